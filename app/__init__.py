@@ -1,0 +1,86 @@
+"""pyshelf: a private Python package index and caching mirror. `create_app` wires it together."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify
+
+from app.config import Settings
+from app.db import Database
+
+__version__ = "0.1.0"
+log = logging.getLogger(__name__)
+
+
+def load_secret_key(settings: Settings) -> str:
+    """SECRET_KEY, or a key generated once into the data directory (shared by all workers)."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.data_dir) / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+        tmp.write_text(secrets.token_hex(32))
+        tmp.chmod(0o600)
+        try:  # link() fails if another process won the race: then its key is the key
+            path.hardlink_to(tmp)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def create_app(
+    settings: Settings | None = None, *, storage: Any = None, upstream: Any = None
+) -> Flask:
+    """Build the WSGI app; services are made here once per process, or passed in by tests."""
+    from app import api, auth, errors, files, simple, upload
+    from app.mirror import Mirror, stale_header
+    from app.storage import LocalStorage
+    from app.upstream import UpstreamClient
+
+    settings = settings or Settings.from_env()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=settings.log_level, format="[pyshelf] %(levelname)s %(name)s: %(message)s"
+        )
+    app = Flask(__name__)
+    app.config["PYSHELF_SETTINGS"] = settings
+    app.config["SECRET_KEY"] = load_secret_key(settings)
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    database = Database(settings.database_url)
+    storage = storage or LocalStorage(settings.blob_dir)
+    upstream = upstream or UpstreamClient(
+        connect_timeout_seconds=settings.upstream_connect_timeout_seconds,
+        read_timeout_seconds=settings.upstream_read_timeout_seconds,
+        retries=settings.upstream_retries,
+        ca_bundle=settings.upstream_ca_bundle,
+    )
+    app.extensions["pyshelf.storage"] = storage
+    app.extensions["pyshelf.upstream"] = upstream
+    app.extensions["pyshelf.mirror"] = Mirror(settings, database, storage, upstream)
+
+    from app import db
+
+    db.init_app(app, database)
+    errors.init_app(app)
+    auth.init_app(app)
+    upload.init_app(app)
+    app.after_request(stale_header)
+
+    @app.get("/+status")
+    def status() -> Response:
+        """Health for load balancers and the Docker HEALTHCHECK."""
+        return jsonify({"status": "ok", "version": __version__})
+
+    for module in (simple, files, upload, api):
+        app.register_blueprint(module.bp)
+    return app

@@ -1,0 +1,285 @@
+"""bp: JSON management of users, tokens, indexes and yanks under /USER and /USER/INDEX."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from packaging.version import InvalidVersion, Version
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.auth import hash_password, new_token_secret, require_user, token_hash
+from app.db import begin_write, get_session
+from app.dists import normalize_name
+from app.errors import HTTPError
+from app.indexes import (
+    IndexConfigError,
+    apply_config,
+    create_index,
+    get_index,
+    index_config,
+    may_configure,
+)
+from app.models import File, Index, Project, Token, User
+
+bp = Blueprint("api", __name__)
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIN_PASSWORD_CHARS = 8
+
+
+def envelope(kind: str, result: Any, status: int = 200) -> Response:
+    """devpi's JSON envelope: {"type": ..., "result": ...}."""
+    response = jsonify({"type": kind, "result": result})
+    response.status_code = status
+    return response
+
+
+def _json_body() -> dict[str, Any]:
+    if not request.data:
+        return {}
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise HTTPError(400, "The request body must be a JSON object.")
+    return data
+
+
+def user_info(session: Session, user: User) -> dict[str, Any]:
+    """A user as the API shows it: never the password hash."""
+    indexes = session.scalars(select(Index).where(Index.owner_id == user.id)).all()
+    return {
+        "username": user.username,
+        "email": user.email,
+        "is_superuser": user.is_superuser,
+        "indexes": {i.name: index_config(i) for i in indexes},
+    }
+
+
+def _user_or_404(session: Session, username: str) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise HTTPError(404, f"User {username} does not exist.")
+    return user
+
+
+def _index_or_404(session: Session, username: str, name: str) -> Index:
+    index = get_index(session, username, name)
+    if index is None:
+        raise HTTPError(404, f"Index {username}/{name} does not exist.")
+    return index
+
+
+def _check_password(password: Any) -> str:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_CHARS:
+        raise HTTPError(400, f"A password of at least {MIN_PASSWORD_CHARS} characters is required.")
+    return password
+
+
+# --- users ---------------------------------------------------------------------------------
+
+
+@bp.get("/<user>")
+@bp.get("/<user>/")
+def get_user(user: str) -> Response:
+    """A user and their indexes."""
+    session = get_session()
+    return envelope("userconfig", user_info(session, _user_or_404(session, user)))
+
+
+@bp.put("/<user>")
+@bp.put("/<user>/")
+def create_user(user: str) -> Response:
+    """Create a user (superusers only): {"password": ..., "email": ..., "superuser": false}."""
+    caller = require_user()
+    if not caller.is_superuser:
+        raise HTTPError(403, "Only superusers may create users.")
+    if not USERNAME_RE.match(user):
+        raise HTTPError(400, f"Invalid username {user!r}: use letters, digits, '.', '_' or '-'.")
+    body = _json_body()
+    session = get_session()
+    begin_write(session)
+    if session.scalar(select(User).where(User.username == user)) is not None:
+        raise HTTPError(409, f"User {user} already exists.")
+    new = User(
+        username=user,
+        password_hash=hash_password(_check_password(body.get("password"))),
+        email=body.get("email"),
+        is_superuser=bool(body.get("superuser", False)),
+    )
+    session.add(new)
+    session.commit()
+    return envelope("userconfig", user_info(session, new), 201)
+
+
+@bp.patch("/<user>")
+@bp.patch("/<user>/")
+def modify_user(user: str) -> Response:
+    """Change a user's password or email (the user or a superuser); superuser flag: superusers."""
+    caller = require_user()
+    session = get_session()
+    begin_write(session)
+    target = _user_or_404(session, user)
+    if caller.id != target.id and not caller.is_superuser:
+        raise HTTPError(403, f"Only {user} or a superuser may change {user}.")
+    body = _json_body()
+    unknown = set(body) - {"password", "email", "superuser"}
+    if unknown:
+        raise HTTPError(400, f"Unknown user setting(s): {', '.join(sorted(unknown))}.")
+    if "password" in body:
+        target.password_hash = hash_password(_check_password(body["password"]))
+    if "email" in body:
+        target.email = body["email"]
+    if "superuser" in body:
+        if not caller.is_superuser:
+            raise HTTPError(403, "Only superusers may grant or revoke superuser rights.")
+        target.is_superuser = bool(body["superuser"])
+    session.commit()
+    return envelope("userconfig", user_info(session, target))
+
+
+@bp.delete("/<user>")
+@bp.delete("/<user>/")
+def delete_user(user: str) -> Response:
+    """Delete a user with their indexes and tokens (superusers only, never yourself)."""
+    caller = require_user()
+    if not caller.is_superuser:
+        raise HTTPError(403, "Only superusers may delete users.")
+    session = get_session()
+    begin_write(session)
+    target = _user_or_404(session, user)
+    if target.id == caller.id:
+        raise HTTPError(403, "You cannot delete yourself.")
+    session.delete(target)
+    session.commit()
+    return envelope("userconfig", {"deleted": user})
+
+
+@bp.post("/<user>/+tokens")
+def create_token(user: str) -> Response:
+    """Create an API token for `user` (the user or a superuser); the secret is shown once."""
+    caller = require_user()
+    session = get_session()
+    begin_write(session)
+    target = _user_or_404(session, user)
+    if caller.id != target.id and not caller.is_superuser:
+        raise HTTPError(403, f"Only {user} or a superuser may create tokens for {user}.")
+    secret = new_token_secret()
+    description = str(_json_body().get("description", ""))[:255]
+    session.add(Token(user_id=target.id, description=description, secret_sha256=token_hash(secret)))
+    session.commit()
+    return envelope("token", {"username": "__token__", "token": secret}, 201)
+
+
+# --- indexes -------------------------------------------------------------------------------
+
+
+@bp.get("/<user>/<index>")
+@bp.get("/<user>/<index>/")
+def get_index_config(user: str, index: str) -> Response:
+    """An index's settings and project names."""
+    session = get_session()
+    found = _index_or_404(session, user, index)
+    result = index_config(found)
+    result["projects"] = sorted(
+        session.scalars(select(Project.name).where(Project.index_id == found.id))
+    )
+    return envelope("indexconfig", result)
+
+
+@bp.put("/<user>/<index>")
+@bp.put("/<user>/<index>/")
+def create_index_view(user: str, index: str) -> Response:
+    """Create an index from a JSON body of settings (the owner or a superuser)."""
+    caller = require_user()
+    session = get_session()
+    begin_write(session)
+    owner = _user_or_404(session, user)
+    if caller.id != owner.id and not caller.is_superuser:
+        raise HTTPError(403, f"Only {user} or a superuser may create indexes for {user}.")
+    try:
+        created = create_index(session, owner, index, _json_body())
+    except IndexConfigError as exc:
+        session.rollback()
+        status = 409 if "already exists" in str(exc) else 400
+        raise HTTPError(status, f"Cannot create {user}/{index}: {exc}.") from None
+    session.commit()
+    return envelope("indexconfig", index_config(created), 201)
+
+
+@bp.patch("/<user>/<index>")
+@bp.patch("/<user>/<index>/")
+def modify_index(user: str, index: str) -> Response:
+    """Change some settings of an index (the owner or a superuser)."""
+    caller = require_user()
+    session = get_session()
+    begin_write(session)
+    found = _index_or_404(session, user, index)
+    if not may_configure(found, caller):
+        raise HTTPError(403, f"Only {user} or a superuser may configure {found.path}.")
+    try:
+        apply_config(session, found, _json_body())
+    except IndexConfigError as exc:
+        session.rollback()
+        raise HTTPError(400, f"Cannot change {found.path}: {exc}.") from None
+    session.commit()
+    return envelope("indexconfig", index_config(found))
+
+
+@bp.delete("/<user>/<index>")
+@bp.delete("/<user>/<index>/")
+def delete_index(user: str, index: str) -> Response:
+    """Delete an index and its files (the owner or a superuser; refused while others use it)."""
+    caller = require_user()
+    session = get_session()
+    begin_write(session)
+    found = _index_or_404(session, user, index)
+    if not may_configure(found, caller):
+        raise HTTPError(403, f"Only {user} or a superuser may delete {found.path}.")
+    users_of = [i.path for i in session.scalars(select(Index)) if found.path in (i.bases or ())]
+    if users_of:
+        raise HTTPError(
+            409, f"{found.path} is a base of {', '.join(users_of)}; change those first."
+        )
+    session.delete(found)
+    session.commit()
+    return envelope("indexconfig", {"deleted": found.path})
+
+
+@bp.patch("/<user>/<index>/<project>/<version>")
+@bp.patch("/<user>/<index>/<project>/<version>/")
+def yank_version(user: str, index: str, project: str, version: str) -> Response:
+    """Yank or un-yank every file of a version: {"yanked": true, "reason": "..."} (PEP 592)."""
+    caller = require_user()
+    session = get_session()
+    begin_write(session)
+    found = _index_or_404(session, user, index)
+    if not (may_configure(found, caller) or caller.username in (found.acl_upload or ())):
+        raise HTTPError(403, f"The user '{caller.username}' may not yank on {found.path}.")
+    body = _json_body()
+    if not isinstance(body.get("yanked"), bool):
+        raise HTTPError(400, 'Send {"yanked": true|false, "reason": "..."}.')
+    try:
+        wanted = Version(version)
+    except InvalidVersion:
+        raise HTTPError(400, f"'{version}' is not a valid version (PEP 440).") from None
+    files = [
+        f
+        for f in session.scalars(
+            select(File)
+            .join(Project)
+            .where(Project.index_id == found.id, Project.normalized_name == normalize_name(project))
+        )
+        if Version(f.version) == wanted
+    ]
+    if not files:
+        raise HTTPError(404, f"{project} {version} has no files on {found.path}.")
+    reason = str(body.get("reason") or "").strip() or None
+    for record in files:
+        record.yanked = body["yanked"]
+        record.yanked_reason = reason if body["yanked"] else None
+    session.commit()
+    return envelope(
+        "versionconfig", {"files": [f.filename for f in files], "yanked": body["yanked"]}
+    )

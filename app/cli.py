@@ -1,0 +1,376 @@
+"""Admin commands behind entrypoint.sh: prepare (check, migrate, bootstrap), users, indexes."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash
+
+from app.auth import hash_password, new_token_secret, token_hash
+from app.config import ConfigError, Settings
+from app.db import Database, begin_write
+from app.dists import normalize_name
+from app.indexes import (
+    IndexConfigError,
+    apply_config,
+    create_index,
+    get_index_by_path,
+    index_config,
+)
+from app.models import MirrorPage, Token, User
+
+log = logging.getLogger("pyshelf")
+
+MIRROR_INDEX = ("root", "pypi")
+STAGE_INDEX = "dev"
+TMP_MAX_AGE_SECONDS = 3600  # leftovers of killed uploads/downloads older than this are removed
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class CommandError(Exception):
+    """A command failed for a reason the admin can act on."""
+
+
+def check_data_dir(settings: Settings) -> None:
+    """The data directory must exist (or be creatable) and be writable by this user."""
+    data_dir = Path(settings.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        uid, gid = os.getuid(), os.getgid()
+        raise CommandError(
+            f"data directory {data_dir.resolve()} is not writable by uid {uid} ({exc.strerror}); "
+            f"fix it with: chown -R {uid}:{gid} {data_dir.resolve()}"
+        ) from None
+    for sub in (settings.tmp_dir, settings.blob_dir):
+        sub.mkdir(parents=True, exist_ok=True)
+
+
+def clean_tmp(settings: Settings) -> int:
+    """Remove temp files that killed workers left behind; they are never served."""
+    removed = 0
+    cutoff = time.time() - TMP_MAX_AGE_SECONDS
+    for root in (settings.tmp_dir, settings.blob_dir / ".tmp"):
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+    return removed
+
+
+def migrate(settings: Settings) -> None:
+    """Bring the database schema up to date (alembic upgrade head)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["database_url"] = settings.database_url
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line of ours instead of ten
+    command.upgrade(config, "head")
+    log.info("database schema is up to date")
+
+
+def _get_user(session: Session, username: str) -> User | None:
+    return session.scalar(select(User).where(User.username == username))
+
+
+def bootstrap(session: Session, settings: Settings, out: Any = sys.stdout) -> list[str]:
+    """Make the admin user, root/pypi and ADMIN_USER/dev exist as configured; idempotent.
+
+    Returns what changed, for the log. Values that differ from the environment (admin password,
+    MIRROR_URL) are applied; everything else that already exists is left alone.
+    """
+    changes: list[str] = []
+    admin = _get_user(session, settings.admin_user)
+    if admin is None:
+        password = settings.admin_password
+        if not password:
+            password = secrets.token_urlsafe(18)
+            print(  # printed once, on the very first start only
+                f"\n  Generated password for {settings.admin_user!r}: {password}\n"
+                "  It is shown only this once: store it, or set ADMIN_PASSWORD.\n",
+                file=out,
+                flush=True,
+            )
+        admin = User(
+            username=settings.admin_user, password_hash=hash_password(password), is_superuser=True
+        )
+        session.add(admin)
+        changes.append(f"created superuser {settings.admin_user}")
+    else:
+        if settings.admin_password and not check_password_hash(
+            admin.password_hash, settings.admin_password
+        ):
+            admin.password_hash = hash_password(settings.admin_password)
+            changes.append(f"changed the password of {settings.admin_user} (ADMIN_PASSWORD)")
+        if not admin.is_superuser:
+            admin.is_superuser = True
+            changes.append(f"made {settings.admin_user} a superuser")
+
+    root = _get_user(session, MIRROR_INDEX[0])
+    if root is None:
+        # root owns the mirror, as in devpi; it cannot log in until someone sets a password.
+        root = User(
+            username=MIRROR_INDEX[0], password_hash="!" + secrets.token_hex(16), is_superuser=True
+        )
+        session.add(root)
+        changes.append("created user root")
+    session.flush()
+
+    mirror = get_index_by_path(session, "/".join(MIRROR_INDEX))
+    if mirror is None:
+        create_index(
+            session,
+            root,
+            MIRROR_INDEX[1],
+            {"type": "mirror", "mirror_url": settings.mirror_url, "title": "PyPI mirror"},
+        )
+        changes.append(f"created mirror index root/pypi of {settings.mirror_url}")
+    elif mirror.mirror_url != settings.mirror_url:
+        apply_config(session, mirror, {"mirror_url": settings.mirror_url})
+        for page in session.scalars(select(MirrorPage).where(MirrorPage.index_id == mirror.id)):
+            page.checked_at = None  # a new upstream: revalidate every cached page
+        changes.append(f"changed the mirror_url of root/pypi to {settings.mirror_url}")
+    session.flush()
+
+    stage_path = f"{settings.admin_user}/{STAGE_INDEX}"
+    if get_index_by_path(session, stage_path) is None:
+        create_index(session, admin, STAGE_INDEX, {"bases": ["/".join(MIRROR_INDEX)]})
+        changes.append(f"created stage index {stage_path} with bases root/pypi")
+    session.commit()
+    return changes
+
+
+# --- subcommands ---------------------------------------------------------------------------
+
+
+def _read_password(given: str | None, username: str) -> str:
+    if given:
+        return given
+    if os.environ.get("PYSHELF_PASSWORD"):
+        return os.environ["PYSHELF_PASSWORD"]
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"Password for {username}: ")
+        if first != getpass.getpass("Again: "):
+            raise CommandError("the passwords differ")
+        return first
+    password = secrets.token_urlsafe(18)
+    print(f"Generated password for {username}: {password}")
+    return password
+
+
+def _parse_pairs(pairs: list[str]) -> dict[str, str]:
+    config: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CommandError(f"expected key=value, got {pair!r}")
+        config[key.strip()] = value.strip()
+    return config
+
+
+def cmd_prepare(settings: Settings, args: argparse.Namespace) -> None:
+    """Check the data directory, migrate, bootstrap: what entrypoint.sh runs before gunicorn."""
+    check_data_dir(settings)
+    removed = clean_tmp(settings)
+    if removed:
+        log.info("removed %d leftover temp files", removed)
+    migrate(settings)
+    database = Database(settings.database_url)
+    with database.session() as session:
+        begin_write(session)
+        for change in bootstrap(session, settings):
+            log.info("bootstrap: %s", change)
+    database.engine.dispose()
+
+
+def cmd_user(settings: Settings, args: argparse.Namespace) -> None:
+    """user create|passwd|delete|list."""
+    database = Database(settings.database_url)
+    with database.session() as session:
+        begin_write(session)
+        if args.action == "list":
+            for user in session.scalars(select(User).order_by(User.username)):
+                print(f"{user.username}{' (superuser)' if user.is_superuser else ''}")
+            return
+        user = _get_user(session, args.name)
+        if args.action == "create":
+            if user is not None:
+                raise CommandError(f"user {args.name} already exists")
+            user = User(
+                username=args.name,
+                password_hash=hash_password(_read_password(args.password, args.name)),
+                email=args.email,
+                is_superuser=args.superuser,
+            )
+            session.add(user)
+        elif user is None:
+            raise CommandError(f"user {args.name} does not exist")
+        elif args.action == "passwd":
+            user.password_hash = hash_password(_read_password(args.password, args.name))
+        elif args.action == "delete":
+            session.delete(user)
+        session.commit()
+        print(f"user {args.name}: {args.action} done")
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
+    """token create USER: print a new API token (use it with username __token__)."""
+    database = Database(settings.database_url)
+    with database.session() as session:
+        begin_write(session)
+        user = _get_user(session, args.name)
+        if user is None:
+            raise CommandError(f"user {args.name} does not exist")
+        secret = new_token_secret()
+        session.add(
+            Token(
+                user_id=user.id,
+                description=args.description or "",
+                secret_sha256=token_hash(secret),
+            )
+        )
+        session.commit()
+        print(secret)
+
+
+def cmd_index(settings: Settings, args: argparse.Namespace) -> None:
+    """index create|modify|delete|show|list."""
+    database = Database(settings.database_url)
+    with database.session() as session:
+        begin_write(session)
+        if args.action == "list":
+            from app.models import Index
+
+            for index in session.scalars(select(Index)):
+                print(f"{index.path} ({index.type})")
+            return
+        username, sep, name = args.path.partition("/")
+        if not sep:
+            raise CommandError(f"expected USER/NAME, got {args.path!r}")
+        index = get_index_by_path(session, args.path)
+        config = _parse_pairs(args.settings)
+        try:
+            if args.action == "create":
+                owner = _get_user(session, username)
+                if owner is None:
+                    raise CommandError(f"user {username} does not exist")
+                index = create_index(session, owner, name, config)
+            elif index is None:
+                raise CommandError(f"index {args.path} does not exist")
+            elif args.action == "modify":
+                apply_config(session, index, config)
+            elif args.action == "delete":
+                session.delete(index)
+                session.commit()
+                print(f"deleted {args.path}")
+                return
+        except IndexConfigError as exc:
+            raise CommandError(str(exc)) from None
+        session.commit()
+        print(json.dumps({args.path: index_config(index)}, indent=2))
+
+
+def cmd_refresh(settings: Settings, args: argparse.Namespace) -> None:
+    """refresh USER/INDEX PROJECT: mark cached mirror pages stale so they are fetched again."""
+    database = Database(settings.database_url)
+    with database.session() as session:
+        begin_write(session)
+        index = get_index_by_path(session, args.path)
+        if index is None:
+            raise CommandError(f"index {args.path} does not exist")
+        from app.indexes import resolution_order
+
+        mirrors = [i.id for i in resolution_order(session, index) if i.is_mirror]
+        pages = session.scalars(
+            select(MirrorPage).where(
+                MirrorPage.index_id.in_(mirrors),
+                MirrorPage.normalized_name == normalize_name(args.project),
+            )
+        ).all()
+        for page in pages:
+            page.checked_at = None
+        session.commit()
+        print(f"{len(pages)} cached page(s) of {normalize_name(args.project)} marked for refresh")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of entrypoint.sh's admin subcommands."""
+    parser = argparse.ArgumentParser(prog="entrypoint.sh", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare", help="check the data dir, migrate, bootstrap").set_defaults(
+        func=cmd_prepare
+    )
+
+    user = sub.add_parser("user", help="manage users")
+    user.add_argument("action", choices=["create", "passwd", "delete", "list"])
+    user.add_argument("name", nargs="?")
+    user.add_argument("--password", help="else $PYSHELF_PASSWORD, a prompt, or generated")
+    user.add_argument("--email")
+    user.add_argument("--superuser", action="store_true")
+    user.set_defaults(func=cmd_user)
+
+    token = sub.add_parser("token", help="create an API token for a user")
+    token.add_argument("action", choices=["create"])
+    token.add_argument("name")
+    token.add_argument("--description")
+    token.set_defaults(func=cmd_token)
+
+    index = sub.add_parser("index", help="manage indexes: key=value settings")
+    index.add_argument("action", choices=["create", "modify", "delete", "show", "list"])
+    index.add_argument("path", nargs="?", help="USER/NAME")
+    index.add_argument("settings", nargs="*", help="e.g. bases=root/pypi volatile=true")
+    index.set_defaults(func=cmd_index)
+
+    refresh = sub.add_parser("refresh", help="refetch a mirrored project on next request")
+    refresh.add_argument("path", help="USER/INDEX")
+    refresh.add_argument("project")
+    refresh.set_defaults(func=cmd_refresh)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one admin command; errors print one line and exit 1 (config errors 2)."""
+    args = build_parser().parse_args(argv)
+    if args.command in ("user",) and args.action != "list" and not args.name:
+        print("entrypoint.sh: user: NAME is required", file=sys.stderr)
+        return 2
+    if args.command == "index" and args.action != "list" and not args.path:
+        print("entrypoint.sh: index: USER/NAME is required", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"pyshelf: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="[pyshelf] %(levelname)s %(message)s")
+    try:
+        args.func(settings, args)
+    except CommandError as exc:
+        print(f"pyshelf: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Settings from environment variables: the only place that reads os.environ."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MIRROR_URL = "https://pypi.tuna.tsinghua.edu.cn/simple/"
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class ConfigError(ValueError):
+    """One or more environment variables are invalid; the message lists all of them."""
+
+
+def parse_size(text: str) -> int:
+    """Parse '100M', '1G', '5242880' or '512KiB' into bytes."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size (examples: 104857600, 100M, 1G)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Read KEY=VALUE lines from a .env file (comments, blank lines and quotes allowed)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything pyshelf can be told; built by `from_env`, or directly by tests."""
+
+    data_dir: Path
+    database_url: str = ""
+    secret_key: str = ""
+    admin_user: str = "admin"
+    admin_password: str = ""
+    mirror_url: str = DEFAULT_MIRROR_URL
+    mirror_cache_expiry_seconds: int = 1800  # 30 minutes
+    mirror_not_found_seconds: int = 300  # 5 minutes: how long an upstream 404 is believed
+    upstream_connect_timeout_seconds: float = 10.0
+    upstream_read_timeout_seconds: float = 30.0
+    upstream_retries: int = 2
+    upstream_ca_bundle: str | None = None
+    max_upload_bytes: int = 1 << 30  # 1 GiB
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            url = f"sqlite:///{Path(self.data_dir).resolve() / 'pyshelf.sqlite3'}"
+            object.__setattr__(self, "database_url", url)
+
+    @property
+    def blob_dir(self) -> Path:
+        """Where the local blob store keeps file contents."""
+        return Path(self.data_dir) / "blobs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space on the same filesystem as the blobs, so renames are atomic."""
+        return Path(self.data_dir) / "tmp"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment and a .env file (ENV_FILE); report every bad one."""
+        env = dict(os.environ if environ is None else environ)
+        dotenv = read_dotenv(Path(env.get("ENV_FILE", ".env")))
+        env = {**dotenv, **env}
+        errors: list[str] = []
+
+        def number(name: str, default: float, kind: type = int) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                errors.append(f"{name}={raw!r} is not a number")
+                return default
+            if value < 0:
+                errors.append(f"{name}={raw!r} must not be negative")
+            return value
+
+        max_upload = 1 << 30
+        if env.get("MAX_UPLOAD_SIZE", "").strip():
+            try:
+                max_upload = parse_size(env["MAX_UPLOAD_SIZE"])
+            except ValueError as exc:
+                errors.append(f"MAX_UPLOAD_SIZE: {exc}")
+
+        mirror_url = env.get("MIRROR_URL", "").strip() or DEFAULT_MIRROR_URL
+        if not re.match(r"^https?://[^/]+", mirror_url):
+            errors.append(
+                f"MIRROR_URL must be an http(s) URL of a simple index, not {mirror_url!r}"
+            )
+
+        admin_user = env.get("ADMIN_USER", "").strip() or "admin"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", admin_user):
+            errors.append(f"ADMIN_USER={admin_user!r}: use letters, digits, '.', '_' or '-'")
+
+        log_level = (env.get("LOG_LEVEL", "").strip() or "INFO").upper()
+        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            errors.append(f"LOG_LEVEL={log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+
+        settings = cls(
+            data_dir=Path(env.get("DATA_DIR", "").strip() or "./data"),
+            database_url=env.get("DATABASE_URL", "").strip(),
+            secret_key=env.get("SECRET_KEY", "").strip(),
+            admin_user=admin_user,
+            admin_password=env.get("ADMIN_PASSWORD", ""),
+            mirror_url=mirror_url,
+            mirror_cache_expiry_seconds=int(number("MIRROR_CACHE_EXPIRY", 1800)),
+            mirror_not_found_seconds=int(number("MIRROR_NOT_FOUND_EXPIRY", 300)),
+            upstream_connect_timeout_seconds=float(number("UPSTREAM_CONNECT_TIMEOUT", 10.0, float)),
+            upstream_read_timeout_seconds=float(number("UPSTREAM_READ_TIMEOUT", 30.0, float)),
+            upstream_retries=int(number("UPSTREAM_RETRIES", 2)),
+            upstream_ca_bundle=env.get("UPSTREAM_CA_BUNDLE", "").strip() or None,
+            max_upload_bytes=max_upload,
+            log_level=log_level,
+        )
+        if errors:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+        return settings

@@ -1,0 +1,74 @@
+"""HTTP errors whose reason goes into the status line and the body (text, HTML or JSON)."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+MAX_REASON_CHARS = 300
+NO_STORE = "no-store"  # R50: errors must not be cached
+
+
+class HTTPError(Exception):
+    """Raised anywhere below a view to answer `status` with a human reason; twine prints it."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+def clean_reason(reason: str) -> str:
+    """One line, ISO-8859-1 safe, bounded: what an HTTP/1.1 status line can carry."""
+    line = " ".join(reason.split())
+    line = line.encode("latin-1", "replace").decode("latin-1")
+    if len(line) > MAX_REASON_CHARS:
+        line = line[: MAX_REASON_CHARS - 3] + "..."
+    return line
+
+
+def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
+    """A response whose status line is `status reason` and whose body says the same (R60)."""
+    reason = clean_reason(reason)
+    kind = request.accept_mimetypes.best_match(["text/plain", "application/json", "text/html"])
+    if kind == "application/json":
+        body = json.dumps({"message": reason, "code": f"{status} {reason}", "title": reason})
+        response = Response(body, mimetype="application/json")
+    elif kind == "text/html":
+        text = html.escape(reason)
+        body = f"<!DOCTYPE html><title>{status} {text}</title><h1>{status}</h1><p>{text}</p>\n"
+        response = Response(body, mimetype="text/html")
+    else:
+        response = Response(reason + "\n", mimetype="text/plain")
+    response.status = f"{status} {reason}"
+    response.headers["Cache-Control"] = NO_STORE
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Turn HTTPError and werkzeug's exceptions into reasoned responses."""
+
+    @app.errorhandler(HTTPError)
+    def _handle_http_error(exc: HTTPError) -> Response:
+        return error_response(exc.status, exc.reason, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _handle_werkzeug(exc: HTTPException) -> Response:
+        if exc.code in (301, 302, 307, 308):
+            return exc.get_response()
+        reason = exc.description or exc.name
+        if exc.code == 413:
+            reason = "File too large: the upload exceeds this server's MAX_UPLOAD_SIZE."
+        response = error_response(exc.code or 500, f"{exc.name}: {reason}"[:MAX_REASON_CHARS])
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response

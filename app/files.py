@@ -1,0 +1,74 @@
+"""bp: release files and their PEP 658 metadata at /USER/INDEX/+f/SHA256/FILENAME."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, Response, current_app, send_file
+from sqlalchemy import select
+
+from app.db import get_session
+from app.errors import HTTPError
+from app.indexes import get_index
+from app.models import File, Index, Project
+
+bp = Blueprint("files", __name__)
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+IMMUTABLE_SECONDS = 365_000_000  # R49: about 11.5 years, as PyPI
+CACHE_IMMUTABLE = f"public, max-age={IMMUTABLE_SECONDS}, immutable"
+METADATA_SUFFIX = ".metadata"
+
+
+def send_blob(
+    sha256: str, filename: str, *, mimetype: str = "application/octet-stream"
+) -> Response:
+    """Send a stored blob with Range, ETag and immutable caching; never Content-Encoding (R38)."""
+    storage = current_app.extensions["pyshelf.storage"]
+    local_path = getattr(storage, "local_path", None)
+    try:
+        source: Any = local_path(sha256) if local_path else storage.open(sha256)
+        response = send_file(
+            source,
+            mimetype=mimetype,
+            download_name=filename,
+            conditional=True,  # Range, If-Range, If-None-Match (R42-R44)
+            etag=sha256,
+            max_age=IMMUTABLE_SECONDS,
+            last_modified=None,
+        )
+    except FileNotFoundError:
+        raise HTTPError(404, f"File {filename} is missing from the blob store.") from None
+    response.headers["Cache-Control"] = CACHE_IMMUTABLE
+    response.headers.pop("Content-Disposition", None)
+    return response
+
+
+def _hosted_file(index: Index, sha256: str, filename: str) -> File | None:
+    return get_session().scalar(
+        select(File)
+        .join(Project)
+        .where(Project.index_id == index.id, File.sha256 == sha256, File.filename == filename)
+    )
+
+
+@bp.route("/<user>/<index>/+f/<sha256>/<path:filename>", methods=["GET", "HEAD"])
+def release_file(user: str, index: str, sha256: str, filename: str) -> Response:
+    """A release file, or its `.metadata` sidecar (PEP 658/714)."""
+    found = get_index(get_session(), user, index)
+    if found is None or not SHA256_RE.match(sha256) or "/" in filename:
+        raise HTTPError(404, f"No such file: {filename}")
+    is_metadata = filename.endswith(METADATA_SUFFIX)
+    dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
+    if found.is_mirror:
+        mirror = current_app.extensions["pyshelf.mirror"]
+        return mirror.serve_file(found, sha256, dist_filename, is_metadata=is_metadata)
+    record = _hosted_file(found, sha256, dist_filename)
+    if record is None:
+        raise HTTPError(404, f"No such file on {found.path}: {filename}")
+    if not is_metadata:
+        return send_blob(record.sha256, record.filename)
+    if not record.metadata_sha256:
+        raise HTTPError(404, f"No core metadata for {dist_filename} (only wheels have it).")
+    return send_blob(record.metadata_sha256, filename, mimetype="text/plain; charset=utf-8")

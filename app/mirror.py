@@ -1,0 +1,560 @@
+"""Mirror indexes' caching policy: freshness, stale-if-error, single-flight, hash checks.
+
+Pages are cached in the database (MirrorPage), files in the blob store under their sha256. Work
+that must happen once across gunicorn workers (one page fetch per project, one download per
+file) is serialized with flock() on files under DATA_DIR/locks: the kernel releases them when
+a worker dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from flask import Response, g
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db import Database, begin_write, get_session
+from app.dists import Hashes, InvalidDistribution, parse_filename
+from app.errors import HTTPError
+from app.files import send_blob
+from app.indexes import Dist, file_path
+from app.models import Index, MirrorPage, MirrorStats, utcnow
+from app.storage import Storage
+from app.upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamFile,
+    UpstreamNotFound,
+    UpstreamTimeout,
+    mask_url,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20  # 1 MiB per read from upstream and per write to the client
+LOCK_POLL_SECONDS = 0.05
+COUNTER_FLUSH_SECONDS = 5.0
+STALE_HEADER = "X-Pyshelf-Stale"
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+    return parsed
+
+
+def file_key(entry: dict[str, Any]) -> str:
+    """The `+f` key of an upstream file: its sha256, or (unverifiable) the sha256 of its URL."""
+    return entry.get("sha256") or hashlib.sha256(entry["url"].encode("utf-8")).hexdigest()
+
+
+def _entry(file: UpstreamFile) -> dict[str, Any]:
+    return {
+        "filename": file.filename,
+        "url": file.url,
+        "sha256": file.sha256,
+        "requires_python": file.requires_python,
+        "yanked": file.yanked,
+        "upload_time": file.upload_time,
+        "size": file.size,
+        # Only a sidecar with a hash is advertised: it can be verified before it is served.
+        "metadata_sha256": file.core_metadata if isinstance(file.core_metadata, str) else None,
+    }
+
+
+class FileLock:
+    """An exclusive flock() on a file; released on close or when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def try_acquire(self) -> bool:
+        """Take the lock if free; never blocks."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def acquire(self, timeout_seconds: float) -> bool:
+        """Wait for the lock at most `timeout_seconds`."""
+        deadline = time.monotonic() + timeout_seconds
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(LOCK_POLL_SECONDS)
+        return True
+
+    def close(self) -> None:
+        """Release the lock."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class Counters:
+    """Hits, misses and bytes fetched, added up in this process and flushed to the database."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.lock = threading.Lock()
+        self.pending: dict[int, list[int]] = {}
+        self.flushed_at = time.monotonic()
+
+    def add(self, index_id: int, *, hits: int = 0, misses: int = 0, fetched_bytes: int = 0) -> None:
+        """Count an event; flush now and then so every worker's counts reach the database."""
+        with self.lock:
+            row = self.pending.setdefault(index_id, [0, 0, 0])
+            row[0] += hits
+            row[1] += misses
+            row[2] += fetched_bytes
+            due = time.monotonic() - self.flushed_at >= COUNTER_FLUSH_SECONDS or misses
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending counts (one short transaction)."""
+        with self.lock:
+            pending, self.pending = self.pending, {}
+            self.flushed_at = time.monotonic()
+        if not pending:
+            return
+        try:
+            with self.database.session() as session:
+                begin_write(session)
+                for index_id, (hits, misses, fetched) in pending.items():
+                    _stats_row(session, index_id)
+                    session.execute(
+                        update(MirrorStats)
+                        .where(MirrorStats.index_id == index_id)
+                        .values(
+                            hits=MirrorStats.hits + hits,
+                            misses=MirrorStats.misses + misses,
+                            bytes_fetched=MirrorStats.bytes_fetched + fetched,
+                        )
+                    )
+                session.commit()
+        except Exception:  # counters must never break a download
+            log.exception("could not write mirror counters")
+
+
+def _stats_row(session: Session, index_id: int) -> MirrorStats:
+    row = session.get(MirrorStats, index_id)
+    if row is None:
+        row = MirrorStats(index_id=index_id, hits=0, misses=0, bytes_fetched=0)
+        session.add(row)
+        session.flush()
+    return row
+
+
+class Mirror:
+    """Serves mirror indexes: project pages and files, fetched once and cached."""
+
+    def __init__(
+        self, settings: Settings, database: Database, storage: Storage, upstream: UpstreamClient
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.storage = storage
+        self.upstream = upstream
+        self.lock_dir = Path(settings.data_dir) / "locks"
+        self.part_dir = settings.tmp_dir / "mirror"
+        self.counters = Counters(database)
+
+    # --- pages -------------------------------------------------------------------------------
+
+    def _expiry_seconds(self, index: Index) -> int:
+        if index.mirror_cache_expiry is not None:
+            return index.mirror_cache_expiry
+        return self.settings.mirror_cache_expiry_seconds
+
+    def _is_fresh(self, index: Index, page: MirrorPage, now: dt.datetime) -> bool:
+        if page.checked_at is None:
+            return False
+        ttl = (
+            self._expiry_seconds(index) if page.is_found else self.settings.mirror_not_found_seconds
+        )
+        return (now - page.checked_at).total_seconds() < ttl
+
+    def _load(self, session: Session, index: Index, name: str) -> MirrorPage | None:
+        return session.scalar(
+            select(MirrorPage).where(
+                MirrorPage.index_id == index.id, MirrorPage.normalized_name == name
+            )
+        )
+
+    def page(self, index: Index, name: str) -> MirrorPage | None:
+        """The cached page of `name`, fetched or revalidated when stale; None if upstream lacks it.
+
+        Raises UpstreamError only when upstream fails and nothing is cached (stale-if-error, R93).
+        """
+        session = get_session()
+        page = self._load(session, index, name)
+        now = utcnow()
+        if page is not None and self._is_fresh(index, page, now):
+            return page if page.is_found else None
+        lock = FileLock(self.lock_dir / f"page-{index.id}-{name}.lock")
+        try:
+            wait = (
+                self.settings.upstream_connect_timeout_seconds
+                + self.settings.upstream_read_timeout_seconds
+            )
+            if not lock.acquire(wait):
+                if page is not None:
+                    return self._stale(index, page, "another worker is still fetching it")
+                raise UpstreamTimeout(f"another worker is still fetching {name}")
+            # Another worker may have fetched it while we waited for the lock.
+            session.expire_all()
+            page = self._load(session, index, name)
+            if page is not None and self._is_fresh(index, page, utcnow()):
+                return page if page.is_found else None
+            return self._fetch(index, name, page)
+        finally:
+            lock.close()
+
+    def _stale(self, index: Index, page: MirrorPage, why: str) -> MirrorPage | None:
+        log.warning("serving stale %s/%s: %s", index.path, page.normalized_name, why)
+        g.setdefault("pyshelf_stale", set()).add(index.path)
+        return page if page.is_found else None
+
+    def _fetch(self, index: Index, name: str, page: MirrorPage | None) -> MirrorPage | None:
+        url = index.mirror_url or ""
+        etag = page.etag if page is not None and page.is_found else None
+        last_modified = page.last_modified if page is not None and page.is_found else None
+        try:
+            fetched = self.upstream.fetch_project(url, name, etag=etag, last_modified=last_modified)
+        except UpstreamNotFound:
+            self._note_upstream(index, None)
+            return self._save(index, name, None)
+        except UpstreamError as exc:
+            self._note_upstream(index, str(exc))
+            if page is not None:
+                return self._stale(index, page, str(exc))
+            log.error("upstream %s failed for %s: %s", mask_url(url), name, exc)
+            raise
+        self._note_upstream(index, None)
+        if fetched is None:  # 304 Not Modified: the cached page is fresh again
+            return self._save(index, name, "not-modified")
+        return self._save(index, name, fetched)
+
+    def _save(self, index: Index, name: str, fetched: Any) -> MirrorPage | None:
+        with self.database.session() as session:
+            begin_write(session)
+            page = self._load(session, index, name)
+            now = utcnow()
+            if page is None:
+                page = MirrorPage(index_id=index.id, normalized_name=name, name=name, files=[])
+                session.add(page)
+            page.checked_at = now
+            if fetched is None:
+                page.is_found = False
+                page.files = []
+                page.etag = page.last_modified = None
+                page.fetched_at = now
+            elif fetched != "not-modified":
+                page.is_found = True
+                page.name = fetched.name or name
+                page.files = [_entry(f) for f in fetched.files]
+                page.etag = fetched.etag
+                page.last_modified = fetched.last_modified
+                page.fetched_at = now
+            session.commit()
+        request_session = get_session()
+        request_session.expire_all()
+        saved = self._load(request_session, index, name)
+        return saved if saved is not None and saved.is_found else None
+
+    def _note_upstream(self, index: Index, error: str | None) -> None:
+        try:
+            with self.database.session() as session:
+                begin_write(session)
+                row = _stats_row(session, index.id)
+                if error is None:
+                    row.last_ok_at = utcnow()
+                else:
+                    row.last_error, row.last_error_at = error[:1000], utcnow()
+                session.commit()
+        except Exception:
+            log.exception("could not record upstream state of %s", index.path)
+
+    def refresh(self, index: Index, name: str) -> bool:
+        """Mark a cached page stale so the next request revalidates it; False if none was cached."""
+        with self.database.session() as session:
+            begin_write(session)
+            page = self._load(session, index, name)
+            if page is None:
+                return False
+            page.checked_at = None
+            session.commit()
+        return True
+
+    # --- what indexes.py asks ------------------------------------------------------------------
+
+    def project(self, index: Index, normalized_name: str) -> tuple[str, list[Dist]] | None:
+        """The upstream project's name and files as local `+f` links, or None if unknown."""
+        page = self.page(index, normalized_name)
+        if page is None:
+            return None
+        dists = []
+        for entry in page.files:
+            try:
+                version = parse_filename(entry["filename"]).version
+            except InvalidDistribution:
+                continue  # eggs, .exe and other files installers cannot use
+            key = file_key(entry)
+            dists.append(
+                Dist(
+                    filename=entry["filename"],
+                    path=file_path(index.path, key, entry["filename"]),
+                    version=version,
+                    sha256=entry.get("sha256"),
+                    size=entry.get("size"),
+                    requires_python=entry.get("requires_python"),
+                    yanked=entry.get("yanked") or False,
+                    upload_time=_parse_time(entry.get("upload_time")),
+                    metadata_sha256=entry.get("metadata_sha256"),
+                    index_path=index.path,
+                )
+            )
+        return page.name, dists
+
+    def project_names(self, index: Index) -> list[str]:
+        """Names of the projects this mirror has cached (it never fetches the upstream list)."""
+        return list(
+            get_session().scalars(
+                select(MirrorPage.name).where(
+                    MirrorPage.index_id == index.id, MirrorPage.is_found.is_(True)
+                )
+            )
+        )
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def serve_file(self, index: Index, key: str, filename: str, *, is_metadata: bool) -> Response:
+        """A mirrored file (or its sidecar): from the cache, or streamed from upstream into it."""
+        try:
+            name = parse_filename(filename).normalized_name
+        except InvalidDistribution:
+            raise HTTPError(404, f"No such file on {index.path}: {filename}") from None
+        try:
+            page = self.page(index, name)
+        except UpstreamTimeout as exc:
+            raise HTTPError(504, f"Upstream timed out: {exc}", {"Retry-After": "30"}) from None
+        except UpstreamError as exc:
+            raise HTTPError(502, f"Upstream failed: {exc}", {"Retry-After": "30"}) from None
+        entry = next(
+            (
+                e
+                for e in (page.files if page else [])
+                if e["filename"] == filename and file_key(e) == key
+            ),
+            None,
+        )
+        if entry is None:
+            raise HTTPError(404, f"No such file on {index.path}: {filename}")
+        if is_metadata:
+            return self._serve_metadata(index, entry)
+        if entry.get("sha256") and self.storage.exists(key):
+            self.counters.add(index.id, hits=1)
+            return send_blob(key, filename)
+        return self._download(index, entry)
+
+    def _serve_metadata(self, index: Index, entry: dict[str, Any]) -> Response:
+        digest = entry.get("metadata_sha256")
+        name = entry["filename"] + ".metadata"
+        if not digest:
+            raise HTTPError(404, f"Upstream offers no core metadata for {entry['filename']}.")
+        if not self.storage.exists(digest):
+            try:
+                response = self.upstream.open_file(
+                    entry["url"] + ".metadata", simple_url=index.mirror_url
+                )
+                with contextlib.closing(response):
+                    data = response.raw.read(16 << 20, decode_content=False)  # 16 MiB cap
+            except UpstreamTimeout as exc:
+                raise HTTPError(504, f"Upstream timed out fetching {name}: {exc}") from None
+            except UpstreamError as exc:
+                raise HTTPError(502, f"Upstream failed fetching {name}: {exc}") from None
+            if hashlib.sha256(data).hexdigest() != digest:
+                log.error("hash mismatch for %s from %s: not cached", name, mask_url(entry["url"]))
+                raise HTTPError(502, f"Upstream sent {name} with the wrong sha256; not served.")
+            self.storage.save(digest, io.BytesIO(data))
+            self.counters.add(index.id, misses=1, fetched_bytes=len(data))
+        return send_blob(digest, name, mimetype="text/plain; charset=utf-8")
+
+    def _download(self, index: Index, entry: dict[str, Any]) -> Response:
+        """Stream a file from upstream to the client while caching it; one download per file."""
+        key = file_key(entry)
+        deadline = time.monotonic() + self.settings.upstream_read_timeout_seconds
+        while True:
+            lock = FileLock(self.lock_dir / f"file-{key}.lock")
+            if lock.try_acquire():
+                if self.storage.exists(key) and entry.get("sha256"):
+                    lock.close()  # another worker just finished it
+                    self.counters.add(index.id, hits=1)
+                    return send_blob(key, entry["filename"])
+                return self._lead(index, entry, lock)
+            lock.close()
+            part = self.part_dir / f"{key}.part"
+            if part.exists() or time.monotonic() >= deadline:
+                return self._follow(index, entry, part)
+            time.sleep(LOCK_POLL_SECONDS)
+
+    def _lead(self, index: Index, entry: dict[str, Any], lock: FileLock) -> Response:
+        key = file_key(entry)
+        verify = entry.get("sha256")
+        try:
+            upstream_response = self.upstream.open_file(entry["url"], simple_url=index.mirror_url)
+        except UpstreamTimeout as exc:
+            lock.close()
+            raise HTTPError(
+                504, f"Upstream timed out fetching {entry['filename']}: {exc}"
+            ) from None
+        except UpstreamError as exc:
+            lock.close()
+            raise HTTPError(502, f"Upstream failed fetching {entry['filename']}: {exc}") from None
+        length = upstream_response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else entry.get("size")
+        self.part_dir.mkdir(parents=True, exist_ok=True)
+        part_path = self.part_dir / f"{key}.part"
+        part: IO[bytes] = open(part_path, "w+b")  # noqa: SIM115 - closed by the generator
+        if total is not None:
+            (self.part_dir / f"{key}.size").write_text(str(total))
+        storage, counters, filename = self.storage, self.counters, entry["filename"]
+
+        def generate() -> Iterator[bytes]:
+            committed = False
+            try:
+                hashes = Hashes()
+                held = b""
+                for chunk in upstream_response.raw.stream(CHUNK_BYTES, decode_content=False):
+                    part.write(chunk)
+                    part.flush()  # followers in other workers read the part file as it grows
+                    hashes.update(chunk)
+                    if held:
+                        yield held
+                    held = chunk
+                # The last chunk is held back until the bytes are proven right (R89): a client
+                # never receives a complete wrong file, only a cut-off one.
+                if total is not None and hashes.size != total:
+                    raise UpstreamError(f"{filename}: got {hashes.size} of {total} bytes")
+                if verify and hashes.sha256 != verify:
+                    raise UpstreamError(f"{filename}: sha256 {hashes.sha256} != expected {verify}")
+                if verify:
+                    os.fsync(part.fileno())
+                    commit = getattr(storage, "commit_temp", None)
+                    if commit is not None:
+                        commit(key, part_path)
+                    else:
+                        part.seek(0)
+                        storage.save(key, part)
+                    committed = True
+                else:
+                    log.warning("%s has no upstream sha256: streamed, not cached", filename)
+                counters.add(index.id, misses=1, fetched_bytes=hashes.size)
+                yield held
+            except Exception as exc:
+                log.error(
+                    "mirror download of %s from %s failed: %s",
+                    filename,
+                    mask_url(entry["url"]),
+                    exc,
+                )
+                raise
+            finally:
+                upstream_response.close()
+                part.close()
+                if not committed:
+                    part_path.unlink(missing_ok=True)
+                (self.part_dir / f"{key}.size").unlink(missing_ok=True)
+                lock.close()
+
+        response = Response(generate(), mimetype="application/octet-stream")
+        if total is not None:
+            response.headers["Content-Length"] = str(total)
+        response.headers["Cache-Control"] = "no-store"  # R95: no ranges, no caching mid-flight
+        return response
+
+    def _follow(self, index: Index, entry: dict[str, Any], part_path: Path) -> Response:
+        """Stream a file another worker is downloading, from its part file, as it grows."""
+        key = file_key(entry)
+        size_path = self.part_dir / f"{key}.size"
+        timeout = self.settings.upstream_read_timeout_seconds
+        try:
+            part = open(part_path, "rb")  # noqa: SIM115 - closed by the generator
+        except FileNotFoundError:
+            if self.storage.exists(key) and entry.get("sha256"):
+                return send_blob(key, entry["filename"])
+            raise HTTPError(
+                503, f"{entry['filename']} is being fetched; try again.", {"Retry-After": "5"}
+            ) from None
+        try:
+            total = int(size_path.read_text())
+        except (OSError, ValueError):
+            total = entry.get("size")
+        storage, filename = self.storage, entry["filename"]
+        self.counters.add(index.id, hits=1)
+
+        def generate() -> Iterator[bytes]:
+            sent = 0
+            idle_since = time.monotonic()
+            try:
+                while True:
+                    if storage.exists(key):
+                        with storage.open(key) as blob:
+                            blob.seek(sent)
+                            while chunk := blob.read(CHUNK_BYTES):
+                                yield chunk
+                        return
+                    lock = FileLock(self.lock_dir / f"file-{key}.lock")
+                    leader_gone = lock.try_acquire()
+                    lock.close()
+                    # Hold back the final byte: only the committed blob may complete the file.
+                    available = os.fstat(part.fileno()).st_size - 1
+                    if available > sent:
+                        part.seek(sent)
+                        chunk = part.read(min(CHUNK_BYTES, available - sent))
+                        sent += len(chunk)
+                        idle_since = time.monotonic()
+                        yield chunk
+                        continue
+                    if leader_gone and not storage.exists(key):
+                        raise UpstreamError(f"the download of {filename} failed in another worker")
+                    if time.monotonic() - idle_since > timeout:
+                        raise UpstreamTimeout(f"no progress on {filename} for {timeout} s")
+                    time.sleep(LOCK_POLL_SECONDS)
+            finally:
+                part.close()
+
+        response = Response(generate(), mimetype="application/octet-stream")
+        if total is not None:
+            response.headers["Content-Length"] = str(total)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def stale_header(response: Response) -> Response:
+    """Say which mirrors answered from a stale cache (after_request hook)."""
+    stale = g.get("pyshelf_stale")
+    if stale:
+        response.headers[STALE_HEADER] = ", ".join(sorted(stale))
+    return response

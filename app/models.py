@@ -1,0 +1,162 @@
+"""The data model: users, tokens, indexes, projects and release files."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask_login import UserMixin
+from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import Base
+
+INDEX_TYPES = ("stage", "mirror")
+
+
+def utcnow() -> dt.datetime:
+    """The current time in UTC, without tzinfo (as stored)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class User(UserMixin, Base):
+    """A person (or robot) who may log in, upload and own indexes."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(255))
+    is_superuser: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    indexes: Mapped[list[Index]] = relationship(back_populates="owner", cascade="all, delete")
+    tokens: Mapped[list[Token]] = relationship(back_populates="user", cascade="all, delete")
+
+
+class Token(Base):
+    """An API token, used as the password of the username `__token__`; only its hash is stored."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class Index(Base):
+    """`USER/NAME`: a stage (uploads, with ordered bases) or a mirror (of one upstream)."""
+
+    __tablename__ = "indexes"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    bases: Mapped[list[str]] = mapped_column(JSON, default=list)
+    volatile: Mapped[bool] = mapped_column(default=False)
+    acl_upload: Mapped[list[str]] = mapped_column(JSON, default=list)
+    mirror_whitelist: Mapped[list[str]] = mapped_column(JSON, default=list)
+    mirror_url: Mapped[str | None] = mapped_column(String(2048))
+    mirror_cache_expiry: Mapped[int | None] = mapped_column()
+    title: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    owner: Mapped[User] = relationship(back_populates="indexes", lazy="joined")
+    projects: Mapped[list[Project]] = relationship(back_populates="index", cascade="all, delete")
+
+    @property
+    def path(self) -> str:
+        """`user/name`, as in URLs and in other indexes' `bases`."""
+        return f"{self.owner.username}/{self.name}"
+
+    @property
+    def is_mirror(self) -> bool:
+        """Whether this index proxies an upstream instead of holding uploads."""
+        return self.type == "mirror"
+
+
+class Project(Base):
+    """A project on one index, known by its normalized name (PEP 503)."""
+
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("index_id", "normalized_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    index_id: Mapped[int] = mapped_column(ForeignKey("indexes.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    normalized_name: Mapped[str] = mapped_column(String(255), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    index: Mapped[Index] = relationship(back_populates="projects")
+    files: Mapped[list[File]] = relationship(back_populates="project", cascade="all, delete")
+
+
+class File(Base):
+    """An uploaded release file; its bytes live in the blob store under `sha256`."""
+
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("project_id", "filename"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(128))
+    filetype: Mapped[str] = mapped_column(String(16))
+    pyversion: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    blake2_256: Mapped[str] = mapped_column(String(64))
+    md5: Mapped[str] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column()
+    requires_python: Mapped[str | None] = mapped_column(String(255))
+    yanked: Mapped[bool] = mapped_column(default=False)
+    yanked_reason: Mapped[str | None] = mapped_column(Text)
+    metadata_sha256: Mapped[str | None] = mapped_column(String(64))
+    core_metadata: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    uploader: Mapped[str] = mapped_column(String(64), default="")
+    uploaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    project: Mapped[Project] = relationship(back_populates="files")
+
+
+class MirrorPage(Base):
+    """A cached upstream project page of a mirror index (or a remembered upstream 404)."""
+
+    __tablename__ = "mirror_pages"
+    __table_args__ = (UniqueConstraint("index_id", "normalized_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    index_id: Mapped[int] = mapped_column(ForeignKey("indexes.id", ondelete="CASCADE"))
+    normalized_name: Mapped[str] = mapped_column(String(255), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    is_found: Mapped[bool] = mapped_column(default=True)  # False: upstream said 404
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    etag: Mapped[str | None] = mapped_column(String(255))
+    last_modified: Mapped[str | None] = mapped_column(String(64))
+    checked_at: Mapped[dt.datetime | None] = (
+        mapped_column()
+    )  # last answer from upstream; None: refresh
+    fetched_at: Mapped[dt.datetime] = mapped_column(default=utcnow)  # last time the content changed
+
+
+class MirrorStats(Base):
+    """Cache counters of one mirror index, and how its upstream last answered."""
+
+    __tablename__ = "mirror_stats"
+
+    index_id: Mapped[int] = mapped_column(
+        ForeignKey("indexes.id", ondelete="CASCADE"), primary_key=True
+    )
+    hits: Mapped[int] = mapped_column(default=0)
+    misses: Mapped[int] = mapped_column(default=0)
+    bytes_fetched: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[dt.datetime | None] = mapped_column()
+    last_ok_at: Mapped[dt.datetime | None] = mapped_column()

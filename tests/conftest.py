@@ -1,0 +1,293 @@
+"""Fixtures: settings and app for unit tests; the real server, pip and twine for e2e tests."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.cli import bootstrap, migrate
+from app.config import Settings
+from app.db import Database
+from tests.fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_PASSWORD = "admin-secret-pw"
+START_TIMEOUT_SECONDS = 60
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess: no PIP_*, TWINE_* or pyshelf variables leak in."""
+    prefixes = ("PIP_", "TWINE_", "UV_")
+    names = {
+        "DATA_DIR",
+        "DATABASE_URL",
+        "ADMIN_USER",
+        "ADMIN_PASSWORD",
+        "MIRROR_URL",
+        "PORT",
+        "HOST",
+        "SECRET_KEY",
+        "MAX_UPLOAD_SIZE",
+        "WEB_CONCURRENCY",
+        "MIRROR_CACHE_EXPIRY",
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in names}
+    env["PIP_CONFIG_FILE"] = os.devnull  # the machine-wide pip config must not add indexes
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["ENV_FILE"] = os.devnull  # never read a developer's .env
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An Authorization header value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@dataclass
+class LiveServer:
+    """pyshelf started through entrypoint.sh (gunicorn, two workers) on a loopback port."""
+
+    data_dir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, **env: str) -> LiveServer:
+        """Start (or restart with changed env) and wait for /+status."""
+        self.env.update(env)
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the server process owns it
+        self.process = subprocess.Popen(
+            [str(ROOT / "entrypoint.sh"), "serve"],
+            cwd=ROOT,
+            env=clean_env(
+                DATA_DIR=str(self.data_dir),
+                PORT=str(self.port),
+                HOST="127.0.0.1",
+                PYSHELF_PYTHON=sys.executable,
+                **self.env,
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/+status", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not answer within {START_TIMEOUT_SECONDS} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then SIGKILL the whole process group."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+    def log(self) -> str:
+        """Everything the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn worker processes (children of the master)."""
+        assert self.process is not None
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(p) for p in out.stdout.split()]
+
+    def get(
+        self,
+        path: str,
+        headers: dict[str, str] | None = None,
+        method: str = "GET",
+        data: bytes | None = None,
+    ) -> tuple[int, dict[str, str], bytes, str]:
+        """One request without following redirects: (status, headers, body, reason)."""
+        return http_request(self.url + path, headers=headers, method=method, data=data)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
+
+
+def http_request(
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    data: bytes | None = None,
+    timeout: float = 30,
+) -> tuple[int, dict[str, str], bytes, str]:
+    """An HTTP request that returns errors instead of raising and never follows redirects."""
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read(), response.reason
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read(), exc.reason
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """Remember each phase's outcome on the test item (so fixtures can print logs on failure)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[FakeUpstream]:
+    """A fake PyPI on 127.0.0.1 that tests fill with packages they build."""
+    with FakeUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
+    """Start servers with custom env; all are stopped (and their logs shown on failure)."""
+    servers: list[LiveServer] = []
+
+    def start(data_dir: Path | None = None, **env: str) -> LiveServer:
+        env.setdefault("ADMIN_PASSWORD", ADMIN_PASSWORD)
+        env.setdefault("MIRROR_URL", "http://127.0.0.1:9/simple/")  # nothing listens there
+        env.setdefault("WEB_CONCURRENCY", "2")
+        env.setdefault("THREADS", "4")
+        server = LiveServer(data_dir or tmp_path / f"data{len(servers)}", dict(env))
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for server in servers:
+            print(f"--- server log ({server.url}) ---\n{server.log()[-20000:]}")
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server per test module, with a mirror pointing at nothing (stage tests)."""
+    data_dir = tmp_path_factory.mktemp("live") / "data"
+    server = LiveServer(
+        data_dir,
+        {
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "MIRROR_URL": "http://127.0.0.1:9/simple/",
+            "WEB_CONCURRENCY": "2",
+            "THREADS": "4",
+        },
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_pip(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run the venv's real pip with no machine-wide configuration."""
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--no-cache-dir", "--disable-pip-version-check"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_twine(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real twine, never interactive."""
+    return subprocess.run(
+        [sys.executable, "-m", "twine", *args, "--non-interactive", "--disable-progress-bar"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# --- unit-test fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a temporary data directory and an upstream that refuses connections."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        admin_password=ADMIN_PASSWORD,
+        mirror_url="http://127.0.0.1:9/simple/",
+        upstream_connect_timeout_seconds=2,
+        upstream_read_timeout_seconds=5,
+        upstream_retries=0,
+        max_upload_bytes=2 << 20,  # 2 MiB, so oversize tests stay small
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> object:
+    """A migrated, bootstrapped app (admin, root/pypi, admin/dev)."""
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings)
+    database = Database(settings.database_url)
+    with database.session() as session:
+        bootstrap(session, settings, out=open(os.devnull, "w"))  # noqa: SIM115
+    database.engine.dispose()
+    flask_app = create_app(settings)
+    flask_app.config["TESTING"] = True
+    return flask_app
+
+
+@pytest.fixture
+def client(app: object) -> object:
+    """Flask's test client for the app."""
+    return app.test_client()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def admin_auth() -> dict[str, str]:
+    """Headers carrying the admin's Basic credentials."""
+    return {"Authorization": basic_auth("admin", ADMIN_PASSWORD)}
