@@ -39,6 +39,7 @@ from app.upstream import (
     UpstreamFile,
     UpstreamNotFound,
     UpstreamTimeout,
+    iter_raw,
     mask_url,
 )
 
@@ -446,7 +447,7 @@ class Mirror:
             try:
                 hashes = Hashes()
                 held = b""
-                for chunk in upstream_response.raw.stream(CHUNK_BYTES, decode_content=False):
+                for chunk in iter_raw(upstream_response, chunk_bytes=CHUNK_BYTES):
                     part.write(chunk)
                     part.flush()  # followers in other workers read the part file as it grows
                     hashes.update(chunk)
