@@ -196,6 +196,11 @@ class Mirror:
         )
         return (now - page.checked_at).total_seconds() < ttl
 
+    def _read(self, index: Index, name: str) -> MirrorPage | None:
+        """Load a page in a fresh session: the request's may hold an older snapshot (WAL)."""
+        with self.database.session() as session:
+            return self._load(session, index, name)
+
     def _load(self, session: Session, index: Index, name: str) -> MirrorPage | None:
         return session.scalar(
             select(MirrorPage).where(
@@ -208,8 +213,7 @@ class Mirror:
 
         Raises UpstreamError only when upstream fails and nothing is cached (stale-if-error, R93).
         """
-        session = get_session()
-        page = self._load(session, index, name)
+        page = self._read(index, name)
         now = utcnow()
         if page is not None and self._is_fresh(index, page, now):
             return page if page.is_found else None
@@ -224,8 +228,7 @@ class Mirror:
                     return self._stale(index, page, "another worker is still fetching it")
                 raise UpstreamTimeout(f"another worker is still fetching {name}")
             # Another worker may have fetched it while we waited for the lock.
-            session.expire_all()
-            page = self._load(session, index, name)
+            page = self._read(index, name)
             if page is not None and self._is_fresh(index, page, utcnow()):
                 return page if page.is_found else None
             return self._fetch(index, name, page)
@@ -279,10 +282,7 @@ class Mirror:
                 page.last_modified = fetched.last_modified
                 page.fetched_at = now
             session.commit()
-        request_session = get_session()
-        request_session.expire_all()
-        saved = self._load(request_session, index, name)
-        return saved if saved is not None and saved.is_found else None
+        return page if page.is_found else None
 
     def _note_upstream(self, index: Index, error: str | None) -> None:
         try:
