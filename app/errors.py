@@ -69,6 +69,10 @@ def init_app(app: Flask) -> None:
         if exc.code == 413:
             reason = "File too large: the upload exceeds this server's MAX_UPLOAD_SIZE."
         response = error_response(exc.code or 500, f"{exc.name}: {reason}"[:MAX_REASON_CHARS])
+        # Keep the exception's own headers: a 416 must say `Content-Range: bytes */SIZE` (R43).
+        for key, value in exc.get_headers():
+            if key.lower() != "content-type":
+                response.headers[key] = value
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response

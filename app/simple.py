@@ -63,7 +63,10 @@ def negotiate(accept: str | None, format_param: str | None = None) -> str:
     Nothing acceptable falls back to text/html, as PyPI does (R35 a).
     """
     if format_param:
-        chosen = ALIASES.get(format_param.lower(), format_param.lower())
+        # An unencoded "+" in the query (`?format=application/vnd.pypi.simple.v1+json`, as docs
+        # and uv's comments write it) arrives as a space; media types never contain one.
+        wanted = format_param.strip().replace(" ", "+").lower()
+        chosen = ALIASES.get(wanted, wanted)
         if chosen in OFFERS:
             return chosen  # R36: exactly one media type, taking precedence over Accept
     if not accept:
@@ -246,7 +249,9 @@ def project_page(user: str, index: str, project: str) -> Response:
     return _page(body, mime, CACHE_LOCAL if local else CACHE_MIRROR)
 
 
+@bp.post("/<user>/<index>/+simple")  # else werkzeug 308s to the slash, and twine aborts
 @bp.post("/<user>/<index>/+simple/")
+@bp.post("/<user>/<index>/+simple/<project>")
 @bp.post("/<user>/<index>/+simple/<project>/")
 def post_to_simple(user: str, index: str, project: str | None = None) -> Response:
     """Uploads go to /USER/INDEX/, not the simple URL (R57: uv turns 405 into that hint)."""
