@@ -18,6 +18,7 @@ from app.indexes import (
     IndexConfigError,
     apply_config,
     create_index,
+    dependents,
     get_index,
     index_config,
     may_configure,
@@ -77,6 +78,12 @@ def _check_password(password: Any) -> str:
     return password
 
 
+def _check_email(email: Any) -> str | None:
+    if email is not None and (not isinstance(email, str) or len(email) > 255):
+        raise HTTPError(400, "The email must be a string of at most 255 characters, or null.")
+    return email
+
+
 # --- users ---------------------------------------------------------------------------------
 
 
@@ -105,7 +112,7 @@ def create_user(user: str) -> Response:
     new = User(
         username=user,
         password_hash=hash_password(_check_password(body.get("password"))),
-        email=body.get("email"),
+        email=_check_email(body.get("email")),
         is_superuser=bool(body.get("superuser", False)),
     )
     session.add(new)
@@ -130,7 +137,7 @@ def modify_user(user: str) -> Response:
     if "password" in body:
         target.password_hash = hash_password(_check_password(body["password"]))
     if "email" in body:
-        target.email = body["email"]
+        target.email = _check_email(body["email"])
     if "superuser" in body:
         if not caller.is_superuser:
             raise HTTPError(403, "Only superusers may grant or revoke superuser rights.")
@@ -151,6 +158,12 @@ def delete_user(user: str) -> Response:
     target = _user_or_404(session, user)
     if target.id == caller.id:
         raise HTTPError(403, "You cannot delete yourself.")
+    # Deleting the user deletes their indexes: refuse, as for DELETE /USER/INDEX, when others
+    # build on one (a dangling base would silently reattach to whoever recreates that path).
+    used = dependents(session, [i.path for i in target.indexes])
+    if used:
+        what = "; ".join(f"{base} is a base of {', '.join(of)}" for base, of in used.items())
+        raise HTTPError(409, f"{what}; change those first.")
     session.delete(target)
     session.commit()
     return envelope("userconfig", {"deleted": user})

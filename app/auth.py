@@ -43,11 +43,11 @@ def check_credentials(session: Session, username: str, secret: str) -> User | No
     """The user these credentials belong to, or None (password, or token as `__token__`)."""
     if username == TOKEN_USERNAME or secret.startswith(TOKEN_PREFIX):
         token = session.scalar(select(Token).where(Token.secret_sha256 == token_hash(secret)))
-        if token is None:
+        if token is not None and username in (TOKEN_USERNAME, token.user.username):
+            return token.user
+        if username == TOKEN_USERNAME:
             return None
-        if username not in (TOKEN_USERNAME, token.user.username):
-            return None
-        return token.user
+        # Not a token of this user: a password may start with "pyshelf-" too.
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         check_password_hash(_DUMMY_HASH, secret)

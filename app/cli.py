@@ -25,10 +25,12 @@ from app.indexes import (
     IndexConfigError,
     apply_config,
     create_index,
+    dependents,
     get_index_by_path,
     index_config,
 )
 from app.models import MirrorPage, Token, User
+from app.upstream import mask_url
 
 log = logging.getLogger("pyshelf")
 
@@ -94,7 +96,7 @@ def _get_user(session: Session, username: str) -> User | None:
     return session.scalar(select(User).where(User.username == username))
 
 
-def bootstrap(session: Session, settings: Settings, out: Any = sys.stdout) -> list[str]:
+def bootstrap(session: Session, settings: Settings, out: Any = None) -> list[str]:
     """Make the admin user, root/pypi and ADMIN_USER/dev exist as configured; idempotent.
 
     Returns what changed, for the log. Values that differ from the environment (admin password,
@@ -109,7 +111,7 @@ def bootstrap(session: Session, settings: Settings, out: Any = sys.stdout) -> li
             print(  # printed once, on the very first start only
                 f"\n  Generated password for {settings.admin_user!r}: {password}\n"
                 "  It is shown only this once: store it, or set ADMIN_PASSWORD.\n",
-                file=out,
+                file=out or sys.stdout,  # looked up now: a default bound at import goes stale
                 flush=True,
             )
         admin = User(
@@ -145,12 +147,12 @@ def bootstrap(session: Session, settings: Settings, out: Any = sys.stdout) -> li
             MIRROR_INDEX[1],
             {"type": "mirror", "mirror_url": settings.mirror_url, "title": "PyPI mirror"},
         )
-        changes.append(f"created mirror index root/pypi of {settings.mirror_url}")
+        changes.append(f"created mirror index root/pypi of {mask_url(settings.mirror_url)}")
     elif mirror.mirror_url != settings.mirror_url:
         apply_config(session, mirror, {"mirror_url": settings.mirror_url})
         for page in session.scalars(select(MirrorPage).where(MirrorPage.index_id == mirror.id)):
             page.checked_at = None  # a new upstream: revalidate every cached page
-        changes.append(f"changed the mirror_url of root/pypi to {settings.mirror_url}")
+        changes.append(f"changed the mirror_url of root/pypi to {mask_url(settings.mirror_url)}")
     session.flush()
 
     stage_path = f"{settings.admin_user}/{STAGE_INDEX}"
@@ -177,6 +179,14 @@ def _read_password(given: str | None, username: str) -> str:
     password = secrets.token_urlsafe(18)
     print(f"Generated password for {username}: {password}")
     return password
+
+
+def _refuse_if_based_on(session: Session, paths: list[str]) -> None:
+    """Refuse to delete indexes that others list as bases (as the API's 409 does)."""
+    used = dependents(session, paths)
+    if used:
+        what = "; ".join(f"{base} is a base of {', '.join(of)}" for base, of in used.items())
+        raise CommandError(f"{what}; change those first")
 
 
 def _parse_pairs(pairs: list[str]) -> dict[str, str]:
@@ -229,6 +239,7 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> None:
         elif args.action == "passwd":
             user.password_hash = hash_password(_read_password(args.password, args.name))
         elif args.action == "delete":
+            _refuse_if_based_on(session, [i.path for i in user.indexes])
             session.delete(user)
         session.commit()
         print(f"user {args.name}: {args.action} done")
@@ -281,6 +292,7 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> None:
             elif args.action == "modify":
                 apply_config(session, index, config)
             elif args.action == "delete":
+                _refuse_if_based_on(session, [index.path])
                 session.delete(index)
                 session.commit()
                 print(f"deleted {args.path}")

@@ -91,22 +91,24 @@ def get_index_by_path(session: Session, path: str) -> Index | None:
 
 
 def resolution_order(session: Session, index: Index) -> list[Index]:
-    """The index, then its bases depth-first in order, each once; missing bases are skipped."""
-    order: list[Index] = []
+    """The index, then its bases depth-first in order, each once; missing bases are skipped.
+
+    A base shared by several branches comes after every index that lists it (reverse
+    postorder), so in a diamond a stage is never shadowed by the mirror it builds on.
+    """
+    postorder: list[Index] = []
     seen: set[str] = set()
 
     def visit(current: Index) -> None:
-        if current.path in seen:
-            return
         seen.add(current.path)
-        order.append(current)
-        for base_path in current.bases or ():
-            base = get_index_by_path(session, base_path)
+        for base_path in reversed(current.bases or ()):
+            base = get_index_by_path(session, base_path) if base_path not in seen else None
             if base is not None:
                 visit(base)
+        postorder.append(current)
 
     visit(index)
-    return order
+    return postorder[::-1]
 
 
 def _hosted_dists(
@@ -348,3 +350,15 @@ def may_upload(index: Index, user: User) -> bool:
 def may_configure(index: Index, user: User) -> bool:
     """Superusers and the index's owner."""
     return user.is_superuser or user.id == index.owner_id
+
+
+def dependents(session: Session, paths: Iterable[str]) -> dict[str, list[str]]:
+    """For each of `paths` that another index lists in its bases: those indexes' paths."""
+    targets = set(paths)
+    found: dict[str, list[str]] = {}
+    for index in session.scalars(select(Index)):
+        if index.path not in targets:
+            for base in index.bases or ():
+                if base in targets:
+                    found.setdefault(base, []).append(index.path)
+    return found
