@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, Response, current_app, send_file
+from flask import Blueprint, Response, current_app, request, send_file
 from sqlalchemy import select
 
 from app.db import get_session
@@ -63,7 +63,13 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> Response:
     dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
     if found.is_mirror:
         mirror = current_app.extensions["pyshelf.mirror"]
-        return mirror.serve_file(found, sha256, dist_filename, is_metadata=is_metadata)
+        return mirror.serve_file(
+            found,
+            sha256,
+            dist_filename,
+            is_metadata=is_metadata,
+            is_head=request.method == "HEAD",
+        )
     record = _hosted_file(found, sha256, dist_filename)
     if record is None:
         raise HTTPError(404, f"No such file on {found.path}: {filename}")

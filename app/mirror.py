@@ -8,6 +8,7 @@ a worker dies, even by SIGKILL.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import fcntl
@@ -17,10 +18,12 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import requests
 from flask import Response, g
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -46,6 +49,7 @@ from app.upstream import (
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20  # 1 MiB per read from upstream and per write to the client
+MAX_METADATA_BYTES = 16 << 20  # 16 MiB: far above any real METADATA file; bounds memory
 LOCK_POLL_SECONDS = 0.05
 COUNTER_FLUSH_SECONDS = 5.0
 STALE_HEADER = "X-Pyshelf-Stale"
@@ -120,6 +124,9 @@ class Counters:
         self.lock = threading.Lock()
         self.pending: dict[int, list[int]] = {}
         self.flushed_at = time.monotonic()
+        # Hits counted since the last flush would be lost when gunicorn stops or recycles the
+        # worker; a weak reference lets tests' short-lived apps go away.
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     def add(self, index_id: int, *, hits: int = 0, misses: int = 0, fetched_bytes: int = 0) -> None:
         """Count an event; flush now and then so every worker's counts reach the database."""
@@ -156,6 +163,12 @@ class Counters:
                 session.commit()
         except Exception:  # counters must never break a download
             log.exception("could not write mirror counters")
+
+
+def _flush_at_exit(counters: weakref.ref[Counters]) -> None:
+    alive = counters()
+    if alive is not None:
+        alive.flush()
 
 
 def _stats_row(session: Session, index_id: int) -> MirrorStats:
@@ -219,11 +232,7 @@ class Mirror:
             return page if page.is_found else None
         lock = FileLock(self.lock_dir / f"page-{index.id}-{name}.lock")
         try:
-            wait = (
-                self.settings.upstream_connect_timeout_seconds
-                + self.settings.upstream_read_timeout_seconds
-            )
-            if not lock.acquire(wait):
+            if not lock.acquire(self._upstream_budget_seconds()):
                 if page is not None:
                     return self._stale(index, page, "another worker is still fetching it")
                 raise UpstreamTimeout(f"another worker is still fetching {name}")
@@ -234,6 +243,16 @@ class Mirror:
             return self._fetch(index, name, page)
         finally:
             lock.close()
+
+    def _upstream_budget_seconds(self) -> float:
+        """How long one upstream request may take with all its retries: what a waiter allows."""
+        settings = self.settings
+        attempts = settings.upstream_retries + 1
+        per_attempt = (
+            settings.upstream_connect_timeout_seconds + settings.upstream_read_timeout_seconds
+        )
+        backoff = getattr(self.upstream, "backoff_seconds", 0.5) * (2**settings.upstream_retries)
+        return per_attempt * attempts + backoff
 
     def _stale(self, index: Index, page: MirrorPage, why: str) -> MirrorPage | None:
         log.warning("serving stale %s/%s: %s", index.path, page.normalized_name, why)
@@ -350,8 +369,13 @@ class Mirror:
 
     # --- files ---------------------------------------------------------------------------------
 
-    def serve_file(self, index: Index, key: str, filename: str, *, is_metadata: bool) -> Response:
-        """A mirrored file (or its sidecar): from the cache, or streamed from upstream into it."""
+    def serve_file(
+        self, index: Index, key: str, filename: str, *, is_metadata: bool, is_head: bool = False
+    ) -> Response:
+        """A mirrored file (or its sidecar): from the cache, or streamed from upstream into it.
+
+        HEAD of a file not cached yet answers from the page without starting a download.
+        """
         try:
             name = parse_filename(filename).normalized_name
         except InvalidDistribution:
@@ -377,26 +401,39 @@ class Mirror:
         if entry.get("sha256") and self.storage.exists(key):
             self.counters.add(index.id, hits=1)
             return send_blob(key, filename)
+        if is_head:
+            response = Response(b"", mimetype="application/octet-stream")
+            if entry.get("size") is not None:
+                response.headers["Content-Length"] = str(entry["size"])
+            response.headers["Cache-Control"] = "no-store"  # R95: no ranges until it is cached
+            return response
         return self._download(index, entry)
 
     def _serve_metadata(self, index: Index, entry: dict[str, Any]) -> Response:
+        """The PEP 658 sidecar: fetched once, verified against the advertised sha256, cached."""
         digest = entry.get("metadata_sha256")
         name = entry["filename"] + ".metadata"
         if not digest:
             raise HTTPError(404, f"Upstream offers no core metadata for {entry['filename']}.")
-        if not self.storage.exists(digest):
+        if self.storage.exists(digest):
+            self.counters.add(index.id, hits=1)
+        else:
+            url = entry["url"] + ".metadata"
             try:
-                response = self.upstream.open_file(
-                    entry["url"] + ".metadata", simple_url=index.mirror_url
-                )
+                response = self.upstream.open_file(url, simple_url=index.mirror_url)
                 with contextlib.closing(response):
-                    data = response.raw.read(16 << 20, decode_content=False)  # 16 MiB cap
+                    data = b""
+                    for chunk in iter_raw(response):
+                        data += chunk
+                        if len(data) > MAX_METADATA_BYTES:
+                            raise UpstreamError(f"{name} is larger than {MAX_METADATA_BYTES} bytes")
             except UpstreamTimeout as exc:
                 raise HTTPError(504, f"Upstream timed out fetching {name}: {exc}") from None
             except UpstreamError as exc:
+                log.error("fetching %s from %s failed: %s", name, mask_url(url), exc)
                 raise HTTPError(502, f"Upstream failed fetching {name}: {exc}") from None
             if hashlib.sha256(data).hexdigest() != digest:
-                log.error("hash mismatch for %s from %s: not cached", name, mask_url(entry["url"]))
+                log.error("hash mismatch for %s from %s: not cached", name, mask_url(url))
                 raise HTTPError(502, f"Upstream sent {name} with the wrong sha256; not served.")
             self.storage.save(digest, io.BytesIO(data))
             self.counters.add(index.id, misses=1, fetched_bytes=len(data))
@@ -404,46 +441,108 @@ class Mirror:
 
     def _download(self, index: Index, entry: dict[str, Any]) -> Response:
         """Stream a file from upstream to the client while caching it; one download per file."""
+        if not entry.get("sha256"):
+            return self._pass_through(index, entry)
         key = file_key(entry)
-        deadline = time.monotonic() + self.settings.upstream_read_timeout_seconds
+        part = self.part_dir / f"{key}.part"
+        # The leader creates the part file once upstream answers, which may take every retry.
+        deadline = time.monotonic() + self._upstream_budget_seconds()
         while True:
             lock = FileLock(self.lock_dir / f"file-{key}.lock")
             if lock.try_acquire():
-                if self.storage.exists(key) and entry.get("sha256"):
+                if self.storage.exists(key):
                     lock.close()  # another worker just finished it
                     self.counters.add(index.id, hits=1)
                     return send_blob(key, entry["filename"])
                 return self._lead(index, entry, lock)
             lock.close()
-            part = self.part_dir / f"{key}.part"
             if part.exists() or time.monotonic() >= deadline:
                 return self._follow(index, entry, part)
             time.sleep(LOCK_POLL_SECONDS)
 
-    def _lead(self, index: Index, entry: dict[str, Any], lock: FileLock) -> Response:
-        key = file_key(entry)
-        verify = entry.get("sha256")
+    def _open_upstream(self, index: Index, entry: dict[str, Any]) -> requests.Response:
         try:
-            upstream_response = self.upstream.open_file(entry["url"], simple_url=index.mirror_url)
+            return self.upstream.open_file(entry["url"], simple_url=index.mirror_url)
         except UpstreamTimeout as exc:
-            lock.close()
+            log.error("fetching %s failed: %s", entry["filename"], exc)
             raise HTTPError(
                 504, f"Upstream timed out fetching {entry['filename']}: {exc}"
             ) from None
         except UpstreamError as exc:
-            lock.close()
+            log.error("fetching %s failed: %s", entry["filename"], exc)
             raise HTTPError(502, f"Upstream failed fetching {entry['filename']}: {exc}") from None
-        length = upstream_response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else entry.get("size")
-        self.part_dir.mkdir(parents=True, exist_ok=True)
-        part_path = self.part_dir / f"{key}.part"
-        part: IO[bytes] = open(part_path, "w+b")  # noqa: SIM115 - closed by the generator
-        if total is not None:
-            (self.part_dir / f"{key}.size").write_text(str(total))
-        storage, counters, filename = self.storage, self.counters, entry["filename"]
+
+    def _pass_through(self, index: Index, entry: dict[str, Any]) -> Response:
+        """A file upstream lists without a sha256: streamed as it comes, never cached (R89)."""
+        upstream_response = self._open_upstream(index, entry)
+        filename, counters = entry["filename"], self.counters
+        log.warning("%s has no upstream sha256: streamed, not cached", filename)
 
         def generate() -> Iterator[bytes]:
-            committed = False
+            size = 0
+            try:
+                for chunk in iter_raw(upstream_response, chunk_bytes=CHUNK_BYTES):
+                    size += len(chunk)
+                    yield chunk
+                counters.add(index.id, misses=1, fetched_bytes=size)
+            except UpstreamError as exc:
+                log.error("mirror download of %s failed: %s", filename, exc)
+                raise
+            finally:
+                upstream_response.close()
+
+        response = Response(generate(), mimetype="application/octet-stream")
+        response.call_on_close(upstream_response.close)  # HEAD: the body is never iterated
+        length = upstream_response.headers.get("Content-Length")
+        if length and length.isdigit():
+            response.headers["Content-Length"] = length
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _lead(self, index: Index, entry: dict[str, Any], lock: FileLock) -> Response:
+        """Download a file for every worker: write KEY.part, verify, commit it to the store."""
+        key, verify, filename = file_key(entry), entry["sha256"], entry["filename"]
+        try:
+            upstream_response = self._open_upstream(index, entry)
+        except BaseException:
+            lock.close()
+            raise
+        part_path = self.part_dir / f"{key}.part"
+        size_path = self.part_dir / f"{key}.size"
+        try:
+            length = upstream_response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else entry.get("size")
+            self.part_dir.mkdir(parents=True, exist_ok=True)
+            # A new inode, never the old one truncated: a follower still reading a part left by
+            # a killed or failed leader must not see its bytes change under it.
+            part_path.unlink(missing_ok=True)
+            part: IO[bytes] = open(part_path, "x+b")  # noqa: SIM115 - closed by the generator
+            if total is not None:
+                size_path.write_text(str(total))
+            else:
+                size_path.unlink(missing_ok=True)
+        except BaseException:
+            upstream_response.close()
+            lock.close()
+            raise
+        storage, counters = self.storage, self.counters
+        released = False
+
+        def release() -> None:
+            """Free the upstream connection, the part file and the lock; once, whatever ends."""
+            nonlocal released
+            if released:
+                return
+            released = True
+            upstream_response.close()
+            part.close()
+            # Gone already when the store committed it by rename; a copy (save()) or a failure
+            # leaves it. Nobody else writes this path while we hold the lock.
+            part_path.unlink(missing_ok=True)
+            size_path.unlink(missing_ok=True)
+            lock.close()
+
+        def generate() -> Iterator[bytes]:
             try:
                 hashes = Hashes()
                 held = b""
@@ -458,52 +557,52 @@ class Mirror:
                 # never receives a complete wrong file, only a cut-off one.
                 if total is not None and hashes.size != total:
                     raise UpstreamError(f"{filename}: got {hashes.size} of {total} bytes")
-                if verify and hashes.sha256 != verify:
+                if hashes.sha256 != verify:
                     raise UpstreamError(f"{filename}: sha256 {hashes.sha256} != expected {verify}")
-                if verify:
-                    os.fsync(part.fileno())
-                    commit = getattr(storage, "commit_temp", None)
-                    if commit is not None:
-                        commit(key, part_path)
-                    else:
-                        part.seek(0)
-                        storage.save(key, part)
-                    committed = True
+                os.fsync(part.fileno())
+                commit = getattr(storage, "commit_temp", None)
+                if commit is not None:
+                    commit(key, part_path)
                 else:
-                    log.warning("%s has no upstream sha256: streamed, not cached", filename)
+                    part.seek(0)
+                    storage.save(key, part)
+                release()  # before the last byte goes out: the client then sees a finished cache
                 counters.add(index.id, misses=1, fetched_bytes=hashes.size)
                 yield held
             except Exception as exc:
                 log.error(
-                    "mirror download of %s from %s failed: %s",
+                    "mirror download of %s from %s failed, not cached: %s",
                     filename,
                     mask_url(entry["url"]),
                     exc,
                 )
                 raise
             finally:
-                upstream_response.close()
-                part.close()
-                if not committed:
-                    part_path.unlink(missing_ok=True)
-                (self.part_dir / f"{key}.size").unlink(missing_ok=True)
-                lock.close()
+                release()
 
         response = Response(generate(), mimetype="application/octet-stream")
+        # A generator that never starts (HEAD, or a client gone before the first byte) never
+        # runs its `finally`: the lock would stay held for the life of this worker.
+        response.call_on_close(release)
         if total is not None:
             response.headers["Content-Length"] = str(total)
         response.headers["Cache-Control"] = "no-store"  # R95: no ranges, no caching mid-flight
         return response
 
     def _follow(self, index: Index, entry: dict[str, Any], part_path: Path) -> Response:
-        """Stream a file another worker is downloading, from its part file, as it grows."""
+        """Stream a file another worker is downloading, from its part file, as it grows.
+
+        The final byte only ever comes from the committed blob, and only after the bytes sent
+        so far are proven to be the blob's own (a part may belong to an earlier, failed leader).
+        """
         key = file_key(entry)
         size_path = self.part_dir / f"{key}.size"
         timeout = self.settings.upstream_read_timeout_seconds
         try:
             part = open(part_path, "rb")  # noqa: SIM115 - closed by the generator
         except FileNotFoundError:
-            if self.storage.exists(key) and entry.get("sha256"):
+            if self.storage.exists(key):
+                self.counters.add(index.id, hits=1)
                 return send_blob(key, entry["filename"])
             raise HTTPError(
                 503, f"{entry['filename']} is being fetched; try again.", {"Retry-After": "5"}
@@ -512,29 +611,37 @@ class Mirror:
             total = int(size_path.read_text())
         except (OSError, ValueError):
             total = entry.get("size")
-        storage, filename = self.storage, entry["filename"]
+        storage, filename, lock_path = self.storage, entry["filename"], self.lock_dir
         self.counters.add(index.id, hits=1)
 
         def generate() -> Iterator[bytes]:
-            sent = 0
-            idle_since = time.monotonic()
+            nonlocal part
+            sent = hashlib.sha256()
+            sent_bytes = 0
+            has_switched = False  # whether the bytes sent came from more than one part file
+            last_size, idle_since = -1, time.monotonic()
             try:
                 while True:
                     if storage.exists(key):
-                        with storage.open(key) as blob:
-                            blob.seek(sent)
-                            while chunk := blob.read(CHUNK_BYTES):
-                                yield chunk
+                        same = not has_switched and _is_same_file(storage, key, part)
+                        yield from _rest_of_blob(storage, key, sent, sent_bytes, filename, same)
                         return
-                    lock = FileLock(self.lock_dir / f"file-{key}.lock")
+                    lock = FileLock(lock_path / f"file-{key}.lock")
                     leader_gone = lock.try_acquire()
                     lock.close()
+                    newer = _current_part(part, part_path)
+                    if newer is not part:
+                        part, has_switched = newer, True
+                    size = os.fstat(part.fileno()).st_size
+                    if size != last_size:  # the leader is making progress, if not past us yet
+                        last_size, idle_since = size, time.monotonic()
                     # Hold back the final byte: only the committed blob may complete the file.
-                    available = os.fstat(part.fileno()).st_size - 1
-                    if available > sent:
-                        part.seek(sent)
-                        chunk = part.read(min(CHUNK_BYTES, available - sent))
-                        sent += len(chunk)
+                    available = size - 1
+                    if available > sent_bytes:
+                        part.seek(sent_bytes)
+                        chunk = part.read(min(CHUNK_BYTES, available - sent_bytes))
+                        sent.update(chunk)
+                        sent_bytes += len(chunk)
                         idle_since = time.monotonic()
                         yield chunk
                         continue
@@ -543,14 +650,71 @@ class Mirror:
                     if time.monotonic() - idle_since > timeout:
                         raise UpstreamTimeout(f"no progress on {filename} for {timeout} s")
                     time.sleep(LOCK_POLL_SECONDS)
+            except Exception as exc:
+                log.error("following the download of %s failed: %s", filename, exc)
+                raise
             finally:
                 part.close()
 
         response = Response(generate(), mimetype="application/octet-stream")
+        response.call_on_close(lambda: part.close())  # the part file open now, on HEAD too
         if total is not None:
             response.headers["Content-Length"] = str(total)
         response.headers["Cache-Control"] = "no-store"
         return response
+
+
+def _current_part(part: IO[bytes], part_path: Path) -> IO[bytes]:
+    """The part file now at `part_path`: a new leader replaces the file of one that failed."""
+    try:
+        now = os.stat(part_path)
+    except FileNotFoundError:
+        return part  # committed (renamed into the store) or discarded: the leader decides
+    mine = os.fstat(part.fileno())
+    if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+        return part
+    try:
+        newer = open(part_path, "rb")  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        return part
+    part.close()
+    return newer
+
+
+def _rest_of_blob(
+    storage: Storage, key: str, sent: Any, sent_bytes: int, filename: str, is_same_file: bool
+) -> Iterator[bytes]:
+    """The committed blob from `sent_bytes` on, once the bytes already sent are shown to match."""
+    with storage.open(key) as blob:
+        if sent_bytes and not is_same_file:
+            prefix = hashlib.sha256()
+            remaining = sent_bytes
+            while remaining > 0:
+                chunk = blob.read(min(CHUNK_BYTES, remaining))
+                if not chunk:
+                    break
+                prefix.update(chunk)
+                remaining -= len(chunk)
+            if prefix.hexdigest() != sent.hexdigest():
+                raise UpstreamError(
+                    f"{filename}: the bytes sent so far differ from the stored file"
+                )
+        blob.seek(sent_bytes)
+        while chunk := blob.read(CHUNK_BYTES):
+            yield chunk
+
+
+def _is_same_file(storage: Storage, key: str, part: IO[bytes]) -> bool:
+    """Whether the blob is the very part file we read (a local store commits by rename)."""
+    local_path = getattr(storage, "local_path", None)
+    if local_path is None:
+        return False
+    try:
+        blob = os.stat(local_path(key))
+    except OSError:
+        return False
+    mine = os.fstat(part.fileno())
+    return (blob.st_dev, blob.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def stale_header(response: Response) -> Response:

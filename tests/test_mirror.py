@@ -1,0 +1,547 @@
+"""Tests of app/mirror.py (the caching policy) through the Flask test client and a fake upstream.
+
+Cites STANDARDS.md section L (R89-R95) and F (R47-R50). The live-server side (gunicorn workers,
+pip, SIGKILL) is in tests/e2e/test_mirror.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import logging
+import os
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from app import create_app
+from app.cli import bootstrap, migrate
+from app.config import Settings
+from app.db import Database
+from app.mirror import STALE_HEADER, FileLock, Mirror, _flush_at_exit
+from app.models import MirrorPage, MirrorStats
+from app.storage import LocalStorage
+from app.upstream import UpstreamError
+from tests.builders import make_wheel
+from tests.fake_upstream import FakeUpstream
+
+MIME_JSON = "application/vnd.pypi.simple.v1+json"
+JSON = {"Accept": MIME_JSON}
+
+
+def sha256(data: bytes) -> str:
+    """Lowercase hex sha256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def wheel_metadata(data: bytes) -> bytes:
+    """A wheel's METADATA: what its PEP 658 sidecar is."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        return archive.read(name)
+
+
+class Clock:
+    """A settable `utcnow` for app.mirror: freshness without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 1, 1, 12, 0, 0)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Mirror freshness decisions read this clock."""
+    fake_clock = Clock()
+    monkeypatch.setattr("app.mirror.utcnow", fake_clock)
+    return fake_clock
+
+
+@pytest.fixture
+def mirror_settings(settings: Settings, fake_upstream: FakeUpstream) -> Settings:
+    """The unit-test settings with root/pypi mirroring the fake upstream (short timeouts)."""
+    return dataclasses.replace(
+        settings,
+        mirror_url=fake_upstream.url,
+        mirror_cache_expiry_seconds=60,
+        mirror_not_found_seconds=10,
+        upstream_connect_timeout_seconds=1,
+        upstream_read_timeout_seconds=1,
+        upstream_retries=0,
+    )
+
+
+@pytest.fixture
+def mirror_app(mirror_settings: Settings, clock: Clock) -> Any:
+    """A bootstrapped app whose root/pypi mirrors the fake upstream."""
+    mirror_settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    migrate(mirror_settings)
+    database = Database(mirror_settings.database_url)
+    with database.session() as session, open(os.devnull, "w") as devnull:
+        bootstrap(session, mirror_settings, out=devnull)
+    database.engine.dispose()
+    app = create_app(mirror_settings)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def mc(mirror_app: Any) -> Any:
+    """The test client of `mirror_app`."""
+    return mirror_app.test_client()
+
+
+@pytest.fixture
+def demo(fake_upstream: FakeUpstream) -> tuple[str, bytes]:
+    """mirror-demo 1.0.0 on the fake upstream, with its PEP 658 sidecar."""
+    filename, data = make_wheel(
+        "mirror-demo", "1.0.0", files={"mirror_demo/x.bin": os.urandom(3000)}
+    )
+    fake_upstream.add_file("mirror-demo", filename, data, metadata=wheel_metadata(data))
+    return filename, data
+
+
+def the_mirror(app: Any) -> Mirror:
+    """The app's Mirror service."""
+    return app.extensions["pyshelf.mirror"]
+
+
+def file_url(client: Any, filename: str, project: str = "mirror-demo") -> str:
+    """The local +f URL root/pypi's page gives a file."""
+    response = client.get(f"/root/pypi/+simple/{project}/", headers=JSON)
+    assert response.status_code == 200, response.status
+    return next(f["url"] for f in response.get_json()["files"] if f["filename"] == filename)
+
+
+def stored(app: Any, data: bytes) -> bool:
+    """Whether the blob store holds `data`."""
+    return app.extensions["pyshelf.storage"].exists(sha256(data))
+
+
+def part_files(settings: Settings) -> list[Path]:
+    """What is left in the mirror's part-file directory."""
+    return sorted((settings.tmp_dir / "mirror").glob("*"))
+
+
+def drain(chunks: Iterable[bytes], into: list[bytes]) -> None:
+    """Read a streamed body into `into`, chunk by chunk, until it ends or raises."""
+    for chunk in chunks:
+        into.append(chunk)
+
+
+def lock_is_free(settings: Settings, key: str) -> bool:
+    """Whether nobody holds the download lock of `key`."""
+    lock = FileLock(Path(settings.data_dir) / "locks" / f"file-{key}.lock")
+    try:
+        return lock.try_acquire()
+    finally:
+        lock.close()
+
+
+# --- pages: freshness, negative cache, revalidation, stale-if-error ------------------------------
+
+
+def test_a_fresh_page_is_served_from_the_cache(mc, fake_upstream, demo, clock):
+    """Issue item 2: within mirror_cache_expiry the upstream is not asked again."""
+    for _ in range(3):
+        response = mc.get("/root/pypi/+simple/mirror-demo/", headers=JSON)
+        assert response.status == "200 OK"
+        clock.advance(20)
+    assert fake_upstream.count("/simple/mirror-demo/") == 1
+    assert fake_upstream.count("/simple/") == 1  # never the project list
+
+
+def test_an_expired_page_is_revalidated_and_a_304_renews_it(
+    mirror_app, mc, fake_upstream, demo, clock
+):
+    """R47 upstream side: If-None-Match/If-Modified-Since; a 304 keeps the page and its files."""
+    mc.get("/root/pypi/+simple/mirror-demo/")
+    clock.advance(61)
+    response = mc.get("/root/pypi/+simple/mirror-demo/", headers=JSON)
+    assert response.status == "200 OK"
+    assert STALE_HEADER not in response.headers
+    assert [f["filename"] for f in response.get_json()["files"]] == [demo[0]]
+    first, second = fake_upstream.headers_for("/simple/mirror-demo/")
+    assert "if-none-match" not in first
+    assert second["if-none-match"].startswith('"')
+    assert second["if-modified-since"].endswith("GMT")
+    with Database(mirror_app.config["PYSHELF_SETTINGS"].database_url).session() as session:
+        page = session.scalar(select(MirrorPage).where(MirrorPage.normalized_name == "mirror-demo"))
+        assert page.checked_at == clock.now  # renewed by the 304
+        assert page.fetched_at < clock.now  # content unchanged since the first fetch
+    clock.advance(30)
+    mc.get("/root/pypi/+simple/mirror-demo/")
+    assert fake_upstream.count("/simple/mirror-demo/") == 2  # fresh again after the 304
+
+
+def test_the_per_index_expiry_overrides_the_default(mc, fake_upstream, demo, clock, admin_auth):
+    """Issue item 2: mirror_cache_expiry per index; 0 revalidates on every request."""
+    response = mc.patch("/root/pypi", json={"mirror_cache_expiry": 0}, headers=admin_auth)
+    assert response.status_code == 200, response.status
+    for _ in range(3):
+        assert mc.get("/root/pypi/+simple/mirror-demo/").status_code == 200
+    assert fake_upstream.count("/simple/mirror-demo/") == 3
+
+
+def test_an_upstream_404_is_cached_for_the_not_found_expiry(mc, fake_upstream, clock):
+    """R94, R50: 404 remembered for MIRROR_NOT_FOUND_EXPIRY; then a new project is found."""
+    for _ in range(2):
+        response = mc.get("/root/pypi/+simple/soon/")
+        assert response.status_code == 404
+        assert response.headers["Cache-Control"] == "no-store"
+    filename, data = make_wheel("soon", "1.0")
+    fake_upstream.add_file("soon", filename, data)
+    clock.advance(9)
+    assert mc.get("/root/pypi/+simple/soon/").status_code == 404
+    assert fake_upstream.count("/simple/soon/") == 1
+    clock.advance(2)
+    assert mc.get("/root/pypi/+simple/soon/").status_code == 200
+    assert fake_upstream.count("/simple/soon/") == 2
+
+
+def test_the_mirror_project_list_shows_cached_projects_only(mc, fake_upstream, demo):
+    """R6, issue item 1: no upstream list; cached pages listed, remembered 404s not."""
+    mc.get("/root/pypi/+simple/mirror-demo/")
+    mc.get("/root/pypi/+simple/not-upstream/")
+    response = mc.get("/root/pypi/+simple/", headers=JSON)
+    assert [p["name"] for p in response.get_json()["projects"]] == ["mirror-demo"]
+    assert fake_upstream.requests["/simple/"] == 0
+
+
+@pytest.mark.parametrize("fault", ["503", "reset", "down"])
+def test_upstream_failure_serves_the_stale_page_with_a_header_and_a_log_line(
+    mc, fake_upstream, demo, clock, caplog, fault
+):
+    """R93: stale-if-error, X-Pyshelf-Stale and a warning; the cached file is still served."""
+    url = file_url(mc, demo[0])
+    assert mc.get(url).get_data() == demo[1]
+    clock.advance(61)
+    if fault == "down":
+        fake_upstream.stop()
+    else:
+        fake_upstream.fail(fault)
+    with caplog.at_level(logging.WARNING, logger="app.mirror"):
+        response = mc.get("/root/pypi/+simple/mirror-demo/")
+        assert response.status == "200 OK"
+        assert response.headers[STALE_HEADER] == "root/pypi"
+        assert demo[0] in response.get_data(as_text=True)
+        response = mc.get(url)
+        assert (response.status_code, response.get_data()) == (200, demo[1])
+        assert response.headers[STALE_HEADER] == "root/pypi"
+    assert "serving stale root/pypi/mirror-demo" in caplog.text
+
+
+@pytest.mark.parametrize(("fault", "status"), [("503", 502), ("reset", 502), ("slow", 504)])
+def test_an_unknown_project_with_a_failing_upstream_is_a_502_or_504_naming_it(
+    mc, fake_upstream, fault, status
+):
+    """R93, issue item 6: nothing cached → 502/504 with Retry-After, not cached as missing."""
+    if fault == "slow":
+        fake_upstream.delay_seconds = 5  # beyond the 1 s read timeout
+    else:
+        fake_upstream.fail(fault)
+    response = mc.get("/root/pypi/+simple/mirror-demo/")
+    assert response.status_code == status
+    assert response.status.split(" ", 1)[1].startswith("Upstream ")
+    assert fake_upstream.url.removesuffix("/") in response.status
+    assert response.headers["Retry-After"]
+    assert response.headers["Cache-Control"] == "no-store"
+    fake_upstream.delay_seconds = 0
+    fake_upstream.fail(None)
+    assert mc.get("/root/pypi/+simple/mirror-demo/").status_code == 404  # asked again: a 404
+
+
+def test_refresh_marks_the_page_stale_and_the_next_request_refetches(mc, fake_upstream, demo):
+    """Issue item 7: POST .../+simple/NAME/refresh; refreshing an uncached name is harmless."""
+    mc.get("/root/pypi/+simple/mirror-demo/")
+    newer, newer_data = make_wheel("mirror-demo", "2.0.0")
+    fake_upstream.add_file("mirror-demo", newer, newer_data)
+    assert newer not in mc.get("/root/pypi/+simple/mirror-demo/").get_data(as_text=True)
+    response = mc.post("/root/pypi/+simple/mirror-demo/refresh")
+    assert response.status_code == 302
+    assert response.headers["Location"].endswith("/root/pypi/+simple/mirror-demo/")
+    assert newer in mc.get("/root/pypi/+simple/mirror-demo/").get_data(as_text=True)
+    assert fake_upstream.count("/simple/mirror-demo/") == 2
+    response = mc.post("/admin/dev/+simple/other/refresh", headers={"Accept": "application/json"})
+    assert response.get_json() == {"refreshed": []}
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+def test_a_file_is_downloaded_once_verified_and_then_served_from_the_store(
+    mirror_app, mc, fake_upstream, demo
+):
+    """R89, R95, R49: the first request fetches and stores; later ones are immutable hits."""
+    url = file_url(mc, demo[0])
+    first = mc.get(url)
+    assert (first.status_code, first.get_data()) == (200, demo[1])
+    assert first.headers["Content-Length"] == str(len(demo[1]))
+    assert "Accept-Ranges" not in first.headers  # R95: not while it streams
+    assert stored(mirror_app, demo[1])
+    second = mc.get(url, headers={"Range": "bytes=0-9"})
+    assert (second.status_code, second.get_data()) == (206, demo[1][:10])
+    assert "immutable" in second.headers["Cache-Control"]
+    assert fake_upstream.count("/files/") == 1
+    assert part_files(mirror_app.config["PYSHELF_SETTINGS"]) == []
+
+
+def test_a_head_request_for_an_uncached_file_leaves_no_lock_behind(
+    mirror_app, mc, fake_upstream, demo
+):
+    """R95: HEAD never iterates the body; the download lock and part file must still go."""
+    url = file_url(mc, demo[0])
+    response = mc.head(url, buffered=True)  # closes the app iterable, as gunicorn does
+    assert response.status_code == 200
+    assert response.headers["Content-Length"] == str(len(demo[1]))
+    assert "Accept-Ranges" not in response.headers
+    settings = mirror_app.config["PYSHELF_SETTINGS"]
+    assert lock_is_free(settings, sha256(demo[1]))
+    assert part_files(settings) == []
+    response = mc.get(url)
+    assert (response.status_code, response.get_data()) == (200, demo[1])
+    assert stored(mirror_app, demo[1])
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncate"])
+def test_bad_bytes_raise_before_the_last_chunk_and_nothing_is_kept(
+    mirror_app, mc, fake_upstream, demo, caplog, fault
+):
+    """R89: the client never gets the complete file; no blob, no part file, lock released."""
+    url = file_url(mc, demo[0])
+    getattr(fake_upstream, fault).add(demo[0])
+    # The small file is one chunk, held back: the error comes before any byte (the WSGI server
+    # then cuts the connection after the 200 status line; the e2e test sees that side).
+    with pytest.raises(UpstreamError):
+        mc.get(url).get_data()
+    assert not stored(mirror_app, demo[1])
+    settings = mirror_app.config["PYSHELF_SETTINGS"]
+    assert part_files(settings) == []
+    assert lock_is_free(settings, sha256(demo[1]))
+    assert "not cached" in caplog.text
+    getattr(fake_upstream, fault).discard(demo[0])
+    assert mc.get(url).get_data() == demo[1]
+    assert stored(mirror_app, demo[1])
+
+
+def test_a_metadata_transfer_that_stalls_is_a_504_not_a_500(mirror_app, mc, fake_upstream, demo):
+    """Issue item 6: a read timeout in the sidecar's body is an upstream error, never a 500."""
+    url = file_url(mc, demo[0]) + ".metadata"
+    mirror_app.extensions["pyshelf.upstream"].read_timeout_seconds = 0.3
+    fake_upstream.throttle_bytes_per_second = 1  # a byte, then a second's pause
+    response = mc.get(url)
+    assert response.status_code == 504
+    assert response.status.split(" ", 1)[1].startswith("Upstream timed out")
+
+
+def test_metadata_is_fetched_once_and_checked_against_its_hash(mirror_app, mc, fake_upstream, demo):
+    """R13, R89: FILE.metadata byte-for-byte, cached; served without fetching the wheel."""
+    url = file_url(mc, demo[0]) + ".metadata"
+    for _ in range(2):
+        response = mc.get(url)
+        assert (response.status_code, response.get_data()) == (200, wheel_metadata(demo[1]))
+    assert fake_upstream.count("/files/") == 1
+    assert stored(mirror_app, wheel_metadata(demo[1]))
+
+
+def test_a_file_upstream_lists_without_a_hash_is_passed_through_not_cached(
+    mirror_app, mc, fake_upstream, demo
+):
+    """R89: unverifiable bytes are streamed but never stored, even while a lock is held."""
+    file_url(mc, demo[0])
+    settings = mirror_app.config["PYSHELF_SETTINGS"]
+    database = Database(settings.database_url)
+    with database.session() as session:
+        page = session.scalar(select(MirrorPage).where(MirrorPage.normalized_name == "mirror-demo"))
+        page.files = [{**page.files[0], "sha256": None}]
+        session.commit()
+    url_key = sha256(page.files[0]["url"].encode())
+    url = f"/root/pypi/+f/{url_key}/{demo[0]}"
+    assert (
+        mc.get("/root/pypi/+simple/mirror-demo/", headers=JSON).get_json()["files"][0]["hashes"]
+        == {}
+    )
+    busy = FileLock(Path(settings.data_dir) / "locks" / f"file-{url_key}.lock")
+    assert busy.try_acquire()  # as if another worker were downloading it
+    try:
+        for _ in range(2):
+            response = mc.get(url)
+            assert (response.status_code, response.get_data()) == (200, demo[1])
+    finally:
+        busy.close()
+    assert fake_upstream.count("/files/") == 2
+    assert not stored(mirror_app, demo[1])
+
+
+# --- following another worker's download ----------------------------------------------------------
+
+
+def _follow_setup(mirror_app: Any, mc: Any, demo: tuple[str, bytes]) -> tuple[str, Path, FileLock]:
+    """Play the leading worker: hold the lock of demo's file; return its URL and part path."""
+    url = file_url(mc, demo[0])
+    settings = mirror_app.config["PYSHELF_SETTINGS"]
+    key = sha256(demo[1])
+    leader = FileLock(Path(settings.data_dir) / "locks" / f"file-{key}.lock")
+    assert leader.try_acquire()
+    part = settings.tmp_dir / "mirror" / f"{key}.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    return url, part, leader
+
+
+def test_a_follower_streams_the_part_file_and_ends_with_the_committed_blob(
+    mirror_app, mc, fake_upstream, demo
+):
+    """R95: a request that finds a download in flight follows it; upstream is asked once."""
+    url, part, leader = _follow_setup(mirror_app, mc, demo)
+    data = demo[1]
+    part.write_bytes(data[:1000])
+    try:
+        response = mc.get(url, buffered=False)
+        chunks = iter(response.response)
+        received = next(chunks)
+        assert received == data[:999]  # the final byte is always held back
+        with part.open("ab") as grow:
+            grow.write(data[1000:])
+        received += next(chunks)
+        assert received == data[:-1]
+        mirror_app.extensions["pyshelf.storage"].commit_temp(sha256(data), part)  # the rename
+    finally:
+        leader.close()
+    received += b"".join(chunks)
+    assert received == data
+    assert fake_upstream.count("/files/") == 0
+
+
+def test_a_follower_never_completes_a_file_whose_earlier_bytes_were_wrong(
+    mirror_app, mc, fake_upstream, demo
+):
+    """R89, R95: bytes from a failed leader's part must not be finished with a good blob."""
+    url, part, leader = _follow_setup(mirror_app, mc, demo)
+    data = demo[1]
+    part.write_bytes(bytes(b ^ 0xFF for b in data[:1000]))  # a bad download in flight
+    try:
+        response = mc.get(url, buffered=False)
+        chunks = iter(response.response)
+        received = next(chunks)
+        assert len(received) == 999
+        # The bad leader fails; a new one writes a new part file and commits the right bytes.
+        part.unlink()
+        part.write_bytes(data)
+        mirror_app.extensions["pyshelf.storage"].save(sha256(data), io.BytesIO(data))
+    finally:
+        leader.close()
+    rest: list[bytes] = []
+    with pytest.raises(UpstreamError, match="differ from the stored file"):
+        drain(chunks, rest)
+    assert len(received + b"".join(rest)) < len(data)
+
+
+def test_a_follower_of_a_killed_leader_fails_instead_of_waiting(mirror_app, mc, demo):
+    """R95: when the lock is released without a blob, followers stop (the client retries)."""
+    url, part, leader = _follow_setup(mirror_app, mc, demo)
+    part.write_bytes(demo[1][:500])
+    response = mc.get(url, buffered=False)
+    chunks = iter(response.response)
+    assert len(next(chunks)) == 499
+    leader.close()  # what the kernel does when a worker dies
+    with pytest.raises(UpstreamError, match="failed in another worker"):
+        next(chunks)
+
+
+def test_a_new_leader_replaces_a_part_file_left_by_a_killed_worker(mirror_app, mc, demo):
+    """DESIGN (kill -9): a leftover part file is not reused in place, and never served."""
+    url = file_url(mc, demo[0])
+    settings = mirror_app.config["PYSHELF_SETTINGS"]
+    part = settings.tmp_dir / "mirror" / f"{sha256(demo[1])}.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(b"left by a killed worker")
+    inode = part.stat().st_ino
+    with part.open("rb") as reader:  # a follower of the dead leader still has it open
+        response = mc.get(url)
+        assert response.get_data() == demo[1]
+        assert reader.read() == b"left by a killed worker"
+    assert stored(mirror_app, demo[1])
+    blob = mirror_app.extensions["pyshelf.storage"].local_path(sha256(demo[1]))
+    assert blob.stat().st_ino != inode
+    assert part_files(settings) == []
+
+
+class CopyingStorage:
+    """The Storage protocol's four verbs only (as an object store would offer): no rename."""
+
+    def __init__(self, root: Path) -> None:
+        self._local = LocalStorage(root)
+
+    def open(self, key: str) -> Any:
+        return self._local.open(key)
+
+    def save(self, key: str, source: Any) -> None:
+        self._local.save(key, source)
+
+    def exists(self, key: str) -> bool:
+        return self._local.exists(key)
+
+    def delete(self, key: str) -> None:
+        self._local.delete(key)
+
+
+def test_a_store_without_rename_gets_a_copy_and_no_part_file_is_left(
+    mirror_settings, mirror_app, fake_upstream, demo
+):
+    """R95 with any Storage: verified bytes are saved, followers check what they sent."""
+    app = create_app(mirror_settings, storage=CopyingStorage(mirror_settings.blob_dir))
+    app.config["TESTING"] = True
+    client = app.test_client()
+    url, part, leader = _follow_setup(app, client, demo)
+    data = demo[1]
+    part.write_bytes(data[:2000])
+    try:
+        response = client.get(url, buffered=False)
+        chunks = iter(response.response)
+        received = next(chunks)
+        app.extensions["pyshelf.storage"].save(sha256(data), io.BytesIO(data))
+    finally:
+        leader.close()
+    assert received + b"".join(chunks) == data
+    part.unlink()
+
+    other, other_data = make_wheel("mirror-demo", "2.0.0")
+    fake_upstream.add_file("mirror-demo", other, other_data)
+    client.post("/root/pypi/+simple/mirror-demo/refresh")
+    response = client.get(file_url(client, other))
+    assert (response.status_code, response.get_data()) == (200, other_data)
+    assert app.extensions["pyshelf.storage"].exists(sha256(other_data))
+    assert part_files(mirror_settings) == []
+
+
+# --- counters -------------------------------------------------------------------------------------
+
+
+def test_counters_flush_on_a_miss_and_at_exit(mirror_app, mc, demo):
+    """Issue item 10: misses are written at once; pending hits when the worker exits."""
+    url = file_url(mc, demo[0])
+    mc.get(url).get_data()
+    mc.get(url).get_data()
+    mc.get(url).get_data()
+    database = Database(mirror_app.config["PYSHELF_SETTINGS"].database_url)
+
+    def row() -> tuple[int, int, int]:
+        with database.session() as session:
+            stats = session.scalar(select(MirrorStats))
+            return stats.hits, stats.misses, stats.bytes_fetched
+
+    assert row() == (0, 1, len(demo[1]))
+    counters = the_mirror(mirror_app).counters
+    _flush_at_exit(lambda: counters)  # what atexit calls in a gunicorn worker
+    assert row() == (2, 1, len(demo[1]))
