@@ -543,6 +543,7 @@ class Mirror:
             lock.close()
 
         def generate() -> Iterator[bytes]:
+            is_client_gone = False
             try:
                 hashes = Hashes()
                 held = b""
@@ -550,8 +551,13 @@ class Mirror:
                     part.write(chunk)
                     part.flush()  # followers in other workers read the part file as it grows
                     hashes.update(chunk)
-                    if held:
-                        yield held
+                    if held and not is_client_gone:
+                        try:
+                            yield held
+                        except GeneratorExit:
+                            # The first client left: finish the download anyway, so followers
+                            # and pip's resumed retry get the file (no more yields from here).
+                            is_client_gone = True
                     held = chunk
                 # The last chunk is held back until the bytes are proven right (R89): a client
                 # never receives a complete wrong file, only a cut-off one.
@@ -568,7 +574,8 @@ class Mirror:
                     storage.save(key, part)
                 release()  # before the last byte goes out: the client then sees a finished cache
                 counters.add(index.id, misses=1, fetched_bytes=hashes.size)
-                yield held
+                if not is_client_gone:
+                    yield held
             except Exception as exc:
                 log.error(
                     "mirror download of %s from %s failed, not cached: %s",

@@ -314,6 +314,25 @@ def test_a_head_request_for_an_uncached_file_leaves_no_lock_behind(
     assert stored(mirror_app, demo[1])
 
 
+def test_a_client_that_leaves_mid_download_still_leaves_the_file_cached(
+    mirror_app, mc, fake_upstream
+):
+    """R95: the download the first client started is finished for the next one (and pip's
+    resumed retry), verified and stored, though that client went away after one chunk."""
+    filename, data = make_wheel("big-demo", "1.0", files={"big_demo/x.bin": os.urandom(3 << 20)})
+    fake_upstream.add_file("big-demo", filename, data)
+    response = mc.get(file_url(mc, filename, "big-demo"), buffered=False)
+    first = next(iter(response.response))
+    assert first == data[: len(first)]
+    assert not stored(mirror_app, data)
+    response.close()  # what the WSGI server does when the client's socket is gone
+    assert stored(mirror_app, data)
+    settings = mirror_app.config["PYSHELF_SETTINGS"]
+    assert part_files(settings) == []
+    assert lock_is_free(settings, sha256(data))
+    assert fake_upstream.count("/files/") == 1
+
+
 @pytest.mark.parametrize("fault", ["corrupt", "truncate"])
 def test_bad_bytes_raise_before_the_last_chunk_and_nothing_is_kept(
     mirror_app, mc, fake_upstream, demo, caplog, fault
