@@ -417,27 +417,41 @@ class Mirror:
             raise HTTPError(404, f"Upstream offers no core metadata for {entry['filename']}.")
         if self.storage.exists(digest):
             self.counters.add(index.id, hits=1)
-        else:
-            url = entry["url"] + ".metadata"
-            try:
-                response = self.upstream.open_file(url, simple_url=index.mirror_url)
-                with contextlib.closing(response):
-                    data = b""
-                    for chunk in iter_raw(response):
-                        data += chunk
-                        if len(data) > MAX_METADATA_BYTES:
-                            raise UpstreamError(f"{name} is larger than {MAX_METADATA_BYTES} bytes")
-            except UpstreamTimeout as exc:
-                raise HTTPError(504, f"Upstream timed out fetching {name}: {exc}") from None
-            except UpstreamError as exc:
-                log.error("fetching %s from %s failed: %s", name, mask_url(url), exc)
-                raise HTTPError(502, f"Upstream failed fetching {name}: {exc}") from None
-            if hashlib.sha256(data).hexdigest() != digest:
-                log.error("hash mismatch for %s from %s: not cached", name, mask_url(url))
-                raise HTTPError(502, f"Upstream sent {name} with the wrong sha256; not served.")
-            self.storage.save(digest, io.BytesIO(data))
-            self.counters.add(index.id, misses=1, fetched_bytes=len(data))
+            return send_blob(digest, name, mimetype="text/plain; charset=utf-8")
+        lock = FileLock(self.lock_dir / f"meta-{digest}.lock")
+        try:  # one fetch per sidecar across workers (uv asks for many at once)
+            if not lock.acquire(self._upstream_budget_seconds()):
+                raise HTTPError(504, f"{name} is still being fetched by another worker.")
+            if self.storage.exists(digest):
+                self.counters.add(index.id, hits=1)
+            else:
+                data = self._fetch_metadata(index, entry["url"] + ".metadata", name)
+                if hashlib.sha256(data).hexdigest() != digest:
+                    log.error(
+                        "hash mismatch for %s from %s: not cached", name, mask_url(entry["url"])
+                    )
+                    raise HTTPError(502, f"Upstream sent {name} with the wrong sha256; not served.")
+                self.storage.save(digest, io.BytesIO(data))
+                self.counters.add(index.id, misses=1, fetched_bytes=len(data))
+        finally:
+            lock.close()
         return send_blob(digest, name, mimetype="text/plain; charset=utf-8")
+
+    def _fetch_metadata(self, index: Index, url: str, name: str) -> bytes:
+        try:
+            response = self.upstream.open_file(url, simple_url=index.mirror_url)
+            with contextlib.closing(response):
+                data = bytearray()
+                for chunk in iter_raw(response):
+                    data += chunk
+                    if len(data) > MAX_METADATA_BYTES:
+                        raise UpstreamError(f"{name} is larger than {MAX_METADATA_BYTES} bytes")
+        except UpstreamTimeout as exc:
+            raise HTTPError(504, f"Upstream timed out fetching {name}: {exc}") from None
+        except UpstreamError as exc:
+            log.error("fetching %s from %s failed: %s", name, mask_url(url), exc)
+            raise HTTPError(502, f"Upstream failed fetching {name}: {exc}") from None
+        return bytes(data)
 
     def _download(self, index: Index, entry: dict[str, Any]) -> Response:
         """Stream a file from upstream to the client while caching it; one download per file."""

@@ -454,6 +454,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real clients use it
+    disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms ACK stall
     timeout = SOCKET_TIMEOUT_SECONDS
     server: _Server
 

@@ -14,6 +14,7 @@ import logging
 import os
 import zipfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +363,16 @@ def test_a_metadata_transfer_that_stalls_is_a_504_not_a_500(mirror_app, mc, fake
     response = mc.get(url)
     assert response.status_code == 504
     assert response.status.split(" ", 1)[1].startswith("Upstream timed out")
+
+
+def test_concurrent_cold_requests_for_a_sidecar_fetch_it_once(mirror_app, fake_upstream, demo):
+    """R95: single-flight for PEP 658 sidecars too (uv asks for many at once)."""
+    url = file_url(mirror_app.test_client(), demo[0]) + ".metadata"
+    fake_upstream.delay_seconds = 0.3  # every request overlaps the first fetch
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        bodies = list(pool.map(lambda _: mirror_app.test_client().get(url).get_data(), range(6)))
+    assert bodies == [wheel_metadata(demo[1])] * 6
+    assert fake_upstream.count("/files/") == 1
 
 
 def test_metadata_is_fetched_once_and_checked_against_its_hash(mirror_app, mc, fake_upstream, demo):
