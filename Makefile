@@ -5,10 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export DATA_DIR ?= ./data
 
-.PHONY: help run test test-fast lint format bench clean
+.PHONY: help run test test-fast test-container lint format bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
@@ -19,19 +19,23 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 run: $(VENV)/.installed ## start the server on port 3141 (data in ./data)
 	./entrypoint.sh serve
 
-test: $(VENV)/.installed ## install what the tests need, then run them all
+test: $(VENV)/.installed ## install what the tests need, then run them all (the image's: test-container)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(VENV)/.installed ## the tests without the end-to-end ones
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
 
+test-container: export CONTAINERS_CONF := $(CURDIR)/tests/container/containers.conf
+test-container: $(VENV)/.installed ## build the image with podman (installed if missing) and test it as a container
+	bash tests/container/prepare.sh && $(PY) -m pytest -q -p no:cacheprovider tests/container
+
 lint: $(VENV)/.installed ## ruff check and format check
-	$(VENV)/bin/ruff check app tests bench migrations/env.py
-	$(VENV)/bin/ruff format --check app tests bench
+	$(VENV)/bin/ruff check app tests bench migrations/env.py gunicorn.conf.py
+	$(VENV)/bin/ruff format --check app tests bench gunicorn.conf.py
 
 format: $(VENV)/.installed ## apply ruff format and fixes
-	$(VENV)/bin/ruff format app tests bench
-	$(VENV)/bin/ruff check --fix app tests bench
+	$(VENV)/bin/ruff format app tests bench gunicorn.conf.py
+	$(VENV)/bin/ruff check --fix app tests bench gunicorn.conf.py
 
 bench: $(VENV)/.installed ## run the benchmarks in bench/ (never part of make test)
 	$(PY) bench/mirror_install.py

@@ -1,4 +1,4 @@
-"""gunicorn settings from the environment (PORT, HOST, WEB_CONCURRENCY, THREADS, LOG_LEVEL)."""
+"""gunicorn settings from the environment: HOST, PORT, TLS_*, WEB_CONCURRENCY, THREADS, timeouts."""
 
 import multiprocessing
 import os
@@ -8,17 +8,37 @@ from app.config import read_dotenv
 
 _env = {**read_dotenv(Path(os.environ.get("ENV_FILE", ".env"))), **os.environ}
 
-bind = f"{_env.get('HOST', '0.0.0.0')}:{_env.get('PORT', '3141')}"  # noqa: S104 - an appliance serves the LAN
+bind = f"{_env.get('HOST') or '0.0.0.0'}:{_env.get('PORT') or '3141'}"  # noqa: S104 - an appliance serves the LAN
 workers = int(_env.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_count() + 1, 8))
 worker_class = "gthread"  # file streaming is I/O-bound: threads keep workers responsive
 threads = int(_env.get("THREADS") or 8)
 timeout = int(_env.get("WORKER_TIMEOUT") or 120)  # seconds of silence before a worker is restarted
-graceful_timeout = int(_env.get("GRACEFUL_TIMEOUT") or 30)  # SIGTERM: in-flight requests finish
+# SIGTERM (docker stop): stop accepting, let requests in flight finish for this many seconds,
+# then exit 0. An upload cut off after that leaves only a temp file, removed at the next start.
+graceful_timeout = int(_env.get("GRACEFUL_TIMEOUT") or 30)
 keepalive = 5
 preload_app = False  # each worker builds its own app: no connections shared across fork
 loglevel = (_env.get("LOG_LEVEL") or "info").lower()
 accesslog = "-" if _env.get("ACCESS_LOG", "true").lower() != "false" else None
 errorlog = "-"
-forwarded_allow_ips = _env.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Only these peers may set X-Forwarded-Proto (here) and X-Forwarded-For/Host/Prefix (the app).
+forwarded_allow_ips = _env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
 limit_request_line = 8190
 control_socket_disable = True  # gunicorn's control socket would live in $HOME; nothing uses it
+
+# Mounted below a path by a proxy that passes the full path (/pypi/...): gunicorn strips it.
+_prefix = _env.get("SCRIPT_NAME", "").strip().strip("/")
+if _prefix:
+    os.environ["SCRIPT_NAME"] = f"/{_prefix}"
+else:
+    os.environ.pop("SCRIPT_NAME", None)  # "" and "/" both mean the root
+
+# HTTPS without a proxy: both files or neither, readable by the user gunicorn runs as.
+_tls = {name: _env.get(name, "").strip() for name in ("TLS_CERT", "TLS_KEY")}
+if any(_tls.values()) and not all(_tls.values()):
+    raise SystemExit("pyshelf: TLS_CERT and TLS_KEY go together: set both, or neither")
+for _name, _path in _tls.items():
+    if _path and not (Path(_path).is_file() and os.access(_path, os.R_OK)):
+        raise SystemExit(f"pyshelf: {_name}={_path} is not a file readable by uid {os.getuid()}")
+if all(_tls.values()):
+    certfile, keyfile = _tls["TLS_CERT"], _tls["TLS_KEY"]

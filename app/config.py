@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -60,7 +61,11 @@ class Settings:
     upstream_retries: int = 2
     upstream_ca_bundle: str | None = None
     max_upload_bytes: int = 1 << 30  # 1 GiB
+    docs_max_bytes: int = 200 << 20  # 200 MiB uncompressed per documentation zip
+    docs_max_files: int = 5000  # entries per documentation zip
     log_level: str = "INFO"
+    # Reverse proxies whose X-Forwarded-* headers are believed: addresses, networks, or "*".
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -105,6 +110,13 @@ class Settings:
             except ValueError as exc:
                 errors.append(f"MAX_UPLOAD_SIZE: {exc}")
 
+        docs_max = 200 << 20
+        if env.get("DOCS_MAX_SIZE", "").strip():
+            try:
+                docs_max = parse_size(env["DOCS_MAX_SIZE"])
+            except ValueError as exc:
+                errors.append(f"DOCS_MAX_SIZE: {exc}")
+
         mirror_url = env.get("MIRROR_URL", "").strip() or DEFAULT_MIRROR_URL
         if not re.match(r"^https?://[^/]+", mirror_url):
             errors.append(
@@ -118,6 +130,14 @@ class Settings:
         log_level = (env.get("LOG_LEVEL", "").strip() or "INFO").upper()
         if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             errors.append(f"LOG_LEVEL={log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+
+        allowed = [i.strip() for i in env.get("FORWARDED_ALLOW_IPS", "").split(",") if i.strip()]
+        for item in allowed:
+            try:
+                if item != "*":
+                    ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                errors.append(f"FORWARDED_ALLOW_IPS: {item!r} is not an IP address, network or *")
 
         settings = cls(
             data_dir=Path(env.get("DATA_DIR", "").strip() or "./data"),
@@ -133,7 +153,10 @@ class Settings:
             upstream_retries=int(number("UPSTREAM_RETRIES", 2)),
             upstream_ca_bundle=env.get("UPSTREAM_CA_BUNDLE", "").strip() or None,
             max_upload_bytes=max_upload,
+            docs_max_bytes=docs_max,
+            docs_max_files=int(number("DOCS_MAX_FILES", 5000)),
             log_level=log_level,
+            forwarded_allow_ips=tuple(allowed) or cls.forwarded_allow_ips,
         )
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))

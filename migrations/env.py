@@ -2,9 +2,9 @@
 
 from alembic import context
 
+from app import models  # noqa: F401  (registers the tables on Base.metadata)
 from app.config import Settings
 from app.db import Base, make_engine
-from app import models  # noqa: F401  (registers the tables on Base.metadata)
 
 config = context.config
 
