@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from flask import Flask, Response, jsonify
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
 from app.db import Database
@@ -35,11 +39,32 @@ def load_secret_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+def trusted_proxy_fix(wsgi_app: WSGIApplication, allowed: Iterable[str]) -> WSGIApplication:
+    """Honour X-Forwarded-For/Proto/Host/Port/Prefix, but only from FORWARDED_ALLOW_IPS peers."""
+    proxied = ProxyFix(wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
+    if "*" in allowed:
+        return proxied
+    networks = [ipaddress.ip_network(item, strict=False) for item in allowed]
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            peer = ipaddress.ip_address(environ.get("REMOTE_ADDR") or "")
+        except ValueError:  # not an IP peer (a unix socket): trusted, as gunicorn does
+            return proxied(environ, start_response)
+        if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped:
+            peer = peer.ipv4_mapped
+        if any(peer in network for network in networks):
+            return proxied(environ, start_response)
+        return wsgi_app(environ, start_response)
+
+    return app
+
+
 def create_app(
     settings: Settings | None = None, *, storage: Any = None, upstream: Any = None
 ) -> Flask:
     """Build the WSGI app; services are made here once per process, or passed in by tests."""
-    from app import api, auth, errors, files, simple, upload
+    from app import api, auth, errors, files, simple, upload, web
     from app.mirror import Mirror, stale_header
     from app.storage import LocalStorage
     from app.upstream import UpstreamClient
@@ -74,6 +99,7 @@ def create_app(
     errors.init_app(app)
     auth.init_app(app)
     upload.init_app(app)
+    web.init_app(app)
     app.after_request(stale_header)
 
     @app.get("/+status")
@@ -81,6 +107,7 @@ def create_app(
         """Health for load balancers and the Docker HEALTHCHECK."""
         return jsonify({"status": "ok", "version": __version__})
 
-    for module in (simple, files, upload, api):
+    for module in (simple, files, upload, api, web):
         app.register_blueprint(module.bp)
+    app.wsgi_app = trusted_proxy_fix(app.wsgi_app, settings.forwarded_allow_ips)  # type: ignore[method-assign]
     return app

@@ -20,6 +20,7 @@ from app.indexes import (
     create_index,
     dependents,
     get_index,
+    get_index_by_path,
     index_config,
     may_configure,
 )
@@ -89,8 +90,12 @@ def _check_email(email: Any) -> str | None:
 
 @bp.get("/<user>")
 @bp.get("/<user>/")
-def get_user(user: str) -> Response:
-    """A user and their indexes."""
+def get_user(user: str) -> Response | str:
+    """A user and their indexes; browsers (Accept prefers text/html) get the web page."""
+    from app.web import user_page, wants_json
+
+    if not wants_json():
+        return user_page(user)
     session = get_session()
     return envelope("userconfig", user_info(session, _user_or_404(session, user)))
 
@@ -171,18 +176,37 @@ def delete_user(user: str) -> Response:
 
 @bp.post("/<user>/+tokens")
 def create_token(user: str) -> Response:
-    """Create an API token for `user` (the user or a superuser); the secret is shown once."""
+    """Create an API token for `user` (the user or a superuser); the secret is shown once.
+
+    `{"index": "USER/NAME"}` limits the token to that one index.
+    """
     caller = require_user()
     session = get_session()
     begin_write(session)
     target = _user_or_404(session, user)
     if caller.id != target.id and not caller.is_superuser:
         raise HTTPError(403, f"Only {user} or a superuser may create tokens for {user}.")
+    body = _json_body()
+    scope = None
+    if body.get("index"):
+        scope = get_index_by_path(session, str(body["index"]))
+        if scope is None:
+            raise HTTPError(400, f"Index {body['index']} does not exist.")
     secret = new_token_secret()
-    description = str(_json_body().get("description", ""))[:255]
-    session.add(Token(user_id=target.id, description=description, secret_sha256=token_hash(secret)))
+    description = str(body.get("description", ""))[:255]
+    session.add(
+        Token(
+            user_id=target.id,
+            description=description,
+            secret_sha256=token_hash(secret),
+            index_id=scope.id if scope else None,
+        )
+    )
     session.commit()
-    return envelope("token", {"username": "__token__", "token": secret}, 201)
+    result = {"username": "__token__", "token": secret}
+    if scope is not None:
+        result["index"] = scope.path
+    return envelope("token", result, 201)
 
 
 # --- indexes -------------------------------------------------------------------------------
@@ -190,8 +214,12 @@ def create_token(user: str) -> Response:
 
 @bp.get("/<user>/<index>")
 @bp.get("/<user>/<index>/")
-def get_index_config(user: str, index: str) -> Response:
-    """An index's settings and project names."""
+def get_index_config(user: str, index: str) -> Response | str:
+    """An index's settings and project names; browsers (preferring text/html) get the web page."""
+    from app.web import index_page, wants_json
+
+    if not wants_json():
+        return index_page(user, index)
     session = get_session()
     found = _index_or_404(session, user, index)
     result = index_config(found)

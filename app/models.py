@@ -1,4 +1,4 @@
-"""The data model: users, tokens, indexes, projects and release files."""
+"""The data model: users, tokens, indexes, projects, release files, doc sets, login failures."""
 
 from __future__ import annotations
 
@@ -45,8 +45,15 @@ class Token(Base):
     description: Mapped[str] = mapped_column(String(255), default="")
     secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # A token limited to one index authenticates only requests to that index; deleting the
+    # index deletes the token (never widen it to every index).
+    index_id: Mapped[int | None] = mapped_column(
+        ForeignKey("indexes.id", ondelete="CASCADE"), index=True
+    )
+    last_used_at: Mapped[dt.datetime | None] = mapped_column()
 
     user: Mapped[User] = relationship(back_populates="tokens")
+    index: Mapped[Index | None] = relationship(lazy="joined")
 
 
 class Index(Base):
@@ -93,6 +100,7 @@ class Project(Base):
     index_id: Mapped[int] = mapped_column(ForeignKey("indexes.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(255))
     normalized_name: Mapped[str] = mapped_column(String(255), index=True)
+    summary: Mapped[str | None] = mapped_column(Text)  # of the latest upload; for search
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     index: Mapped[Index] = relationship(back_populates="projects")
@@ -160,3 +168,33 @@ class MirrorStats(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[dt.datetime | None] = mapped_column()
     last_ok_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class DocSet(Base):
+    """A zip of built HTML documentation for one project version; the zip is a blob."""
+
+    __tablename__ = "doc_sets"
+    __table_args__ = (UniqueConstraint("index_id", "normalized_name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    index_id: Mapped[int] = mapped_column(ForeignKey("indexes.id", ondelete="CASCADE"))
+    normalized_name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(128))  # normalized: str(Version(...))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the zip, its blob key
+    size: Mapped[int] = mapped_column()  # bytes of the zip
+    uncompressed_bytes: Mapped[int] = mapped_column()
+    entry_count: Mapped[int] = mapped_column()
+    path_prefix: Mapped[str] = mapped_column(String(255), default="")  # stripped top folder
+    uploader: Mapped[str] = mapped_column(String(64), default="")
+    uploaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LoginFailure(Base):
+    """Failed password checks of one key ("user:NAME" or "addr:IP"), shared by all workers."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)
+    window_started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[dt.datetime | None] = mapped_column()

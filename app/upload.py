@@ -183,6 +183,8 @@ def _record(
         project = Project(index_id=index.id, name=meta.name, normalized_name=info.normalized_name)
         session.add(project)
         session.flush()
+    if meta.summary:
+        project.summary = meta.summary[:1000]  # the latest upload's, for search and listings
     old = session.scalar(
         select(File).where(File.project_id == project.id, File.filename == info.filename)
     )
@@ -284,6 +286,10 @@ def upload(user: str, index: str) -> Response:
     action = _field(":action") or request.args.get(":action")
     if action == "file_upload":
         return _file_upload(found, uploader)
+    if action == "doc_upload":  # devpi-client: a zip of built HTML as `content`
+        from app.web.docs import doc_upload
+
+        return doc_upload(found, uploader)
     if action in ("submit", "submit_pkg_info"):
         raise HTTPError(
             410,

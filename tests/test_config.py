@@ -216,11 +216,6 @@ def test_the_shipped_env_example_is_valid_and_matches_the_defaults() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=".env.example shows FORWARDED_ALLOW_IPS=127.0.0.1, but the default (Settings and "
-    "gunicorn.conf.py) is 127.0.0.1,::1: fix the example, then drop this mark",
-)
 def test_the_env_example_shows_the_default_forwarded_allow_ips() -> None:
     """Copying .env.example must not silently stop trusting a proxy on ::1."""
     settings = Settings.from_env({"ENV_FILE": str(EXAMPLE)})

@@ -15,7 +15,17 @@ from app.cli import MIGRATIONS_DIR, migrate
 from app.config import Settings
 from app.db import Base
 
-TABLES = {"users", "tokens", "indexes", "projects", "files", "mirror_pages", "mirror_stats"}
+TABLES = {
+    "users",
+    "tokens",
+    "indexes",
+    "projects",
+    "files",
+    "mirror_pages",
+    "mirror_stats",
+    "doc_sets",
+    "login_failures",
+}
 
 
 def alembic_config(settings: Settings) -> Config:

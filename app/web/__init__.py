@@ -1,0 +1,515 @@
+"""bp: the web UI: pages to browse indexes, projects and docs; JSON twins for API clients.
+
+Server-rendered Jinja templates, one stylesheet, no JavaScript. `GET /USER` and
+`GET /USER/INDEX/` belong to app/api.py, which hands browsers to `user_page` and
+`index_page` here (one view per URL: werkzeug cannot route by Accept). Account and admin
+pages are in app/web/admin.py, documentation zips in app/web/docs.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import quote, urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
+from flask_wtf.csrf import CSRFProtect
+from packaging.version import InvalidVersion, Version
+from sqlalchemy import select
+
+from app import __version__
+from app.auth import authenticated_user
+from app.db import get_session
+from app.dists import normalize_name
+from app.errors import HTTPError
+from app.indexes import (
+    ProjectView,
+    get_index,
+    get_index_by_path,
+    may_configure,
+    may_upload,
+    project_view,
+    resolution_order,
+)
+from app.models import Index, MirrorPage, Project, User
+from app.upstream import UpstreamError, UpstreamTimeout, mask_url
+from app.web import docs, pages
+from app.web.render import render_description
+
+bp = Blueprint(
+    "web",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/+static",  # "/static" would shadow a user named "static"
+)
+csrf = CSRFProtect()
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+SEARCH_PAGE_SIZE = 50
+VERSIONS_PER_PAGE = 20  # a mirrored project may have hundreds of versions
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with `Secure` whenever the request came over HTTPS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure when configured, or when this request is HTTPS (directly or via a proxy)."""
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
+
+
+def _protect_cookie_requests() -> None:
+    """CSRF-check unsafe requests that a browser's cookie could authenticate.
+
+    Requests with an Authorization header (twine, pip, scripts using the JSON API) carry their
+    own credentials and need no token; nor do cookie-less requests outside the web UI (`curl
+    -X POST .../+simple/NAME/refresh`). Every web form is checked, cookie or not (login CSRF).
+    """
+    if not current_app.config.get("WTF_CSRF_ENABLED", True) or request.method in SAFE_METHODS:
+        return
+    if request.headers.get("Authorization"):
+        return
+    if request.endpoint == "web.login" and request.is_json:
+        return  # devpi-client logs in with a JSON body (answered 415 for now)
+    if request.blueprint == "web" or current_app.config["SESSION_COOKIE_NAME"] in request.cookies:
+        csrf.protect()
+
+
+def init_app(app: Flask) -> None:
+    """Sessions, CSRF protection and template helpers for the web UI."""
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked by _protect_cookie_requests instead
+    app.config["WTF_CSRF_TIME_LIMIT"] = None  # valid as long as the session: no stale forms
+    csrf.init_app(app)
+    app.session_interface = SessionInterface()
+    app.before_request(_protect_cookie_requests)
+    app.jinja_env.filters["filesize"] = filesize
+    app.jinja_env.filters["when"] = when
+    app.jinja_env.globals.update(
+        pyshelf_version=__version__,
+        index_url=index_url,
+        project_url=project_url,
+        version_url=version_url,
+        doc_url=doc_url,
+        file_url=file_url,
+        mask_url=mask_url,
+        here=current_location,
+        may_configure=may_configure,
+        may_upload=may_upload,
+    )
+
+
+# --- helpers for templates and views ---------------------------------------------------------
+
+
+def filesize(size: int | None) -> str:
+    """1536 -> '1.5 KiB'."""
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} bytes"  # pragma: no cover
+
+
+def when(moment: dt.datetime | None) -> str:
+    """A stored UTC time as '2026-01-31 14:05 UTC'."""
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
+
+
+def index_url(path: str) -> str:
+    """The web page of an index."""
+    return f"{request.script_root}/{quote(path)}/"
+
+
+def project_url(index_path: str, name: str) -> str:
+    """The web page of a project on an index."""
+    return f"{request.script_root}/{quote(index_path)}/{quote(normalize_name(name))}/"
+
+
+def version_url(index_path: str, name: str, version: str) -> str:
+    """The web page of a version."""
+    return f"{project_url(index_path, name)}{quote(version)}/"
+
+
+def doc_url(index_path: str, name: str, version: str, path: str = "") -> str:
+    """Where a version's documentation is served."""
+    return f"{version_url(index_path, name, version)}+doc/{quote(path)}"
+
+
+def file_url(path: str) -> str:
+    """A release file's `+f` URL from its path below the site root."""
+    return f"{request.script_root}/{path}"
+
+
+def wants_json() -> bool:
+    """Whether the client ranks JSON at least as high as HTML.
+
+    Browsers always name text/html (and rank `*/*` lower); API clients name application/json;
+    a bare `*/*` (curl, requests) or no Accept at all ties, and gets the JSON it always got.
+    """
+    accept = request.accept_mimetypes
+    return accept.quality("application/json") >= accept.quality("text/html")
+
+
+def page_number() -> int:
+    """The `?page=` argument, 1 when absent or invalid."""
+    try:
+        return max(1, int(request.args.get("page", "1")))
+    except ValueError:
+        return 1
+
+
+def safe_next(target: str | None) -> str:
+    """A local path to go back to after login; anything else (other sites) goes home."""
+    home_url = f"{request.script_root}/"
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return home_url
+    if any(ord(c) < 0x20 for c in target):
+        return home_url
+    parts = urlsplit(target)
+    return home_url if parts.scheme or parts.netloc else target
+
+
+def current_location() -> str:
+    """This request's path and query, to come back to after logging in."""
+    full = request.script_root + request.full_path
+    return full[:-1] if full.endswith("?") else full
+
+
+def login_redirect() -> Response:
+    """Send an anonymous visitor to the login page, and back here afterwards."""
+    return redirect(url_for("web.login", next=current_location()))
+
+
+def back(default: str) -> Response:
+    """Redirect after a form: to the form's `next` field when local, else `default`."""
+    target = request.form.get("next")
+    return redirect(safe_next(target) if target else default, 303)
+
+
+def index_or_404(user: str, index: str) -> Index:
+    """The index `user/index`, or 404."""
+    found = get_index(get_session(), user, index)
+    if found is None:
+        raise HTTPError(404, f"Index {user}/{index} does not exist.")
+    return found
+
+
+def _project_view(index: Index, normalized: str) -> ProjectView:
+    mirror = current_app.extensions["pyshelf.mirror"]
+    try:
+        view = project_view(get_session(), index, normalized, mirror)
+    except UpstreamTimeout as exc:
+        raise HTTPError(
+            504, f"Upstream timed out and {normalized} is not cached: {exc}", {"Retry-After": "30"}
+        ) from None
+    except UpstreamError as exc:
+        raise HTTPError(
+            502, f"Upstream failed and {normalized} is not cached: {exc}", {"Retry-After": "30"}
+        ) from None
+    if view is None:
+        raise HTTPError(404, f"Project {normalized} is not on index {index.path}.")
+    return view
+
+
+def _root_url() -> str:
+    """This site's base URL, with the script root (a proxy's path prefix)."""
+    return request.host_url.rstrip("/") + request.script_root
+
+
+def _absolute(path: str) -> str:
+    """An absolute URL from a path that already starts with the script root."""
+    return request.host_url.rstrip("/") + path
+
+
+# --- home, search, users, indexes ------------------------------------------------------------
+
+
+@bp.get("/")
+def home() -> str:
+    """The indexes on this server, with a search box."""
+    return render_template("home.html", rows=pages.all_indexes(get_session()))
+
+
+@bp.get("/+search", endpoint="search")
+def search_page() -> str:
+    """Projects of every index whose name or summary matches `q`, best matches first."""
+    from app.web.search import search as run_search
+
+    query = request.args.get("q", "").strip()
+    page = page_number()
+    hits = []
+    if query:
+        hits = run_search(
+            get_session(),
+            query,
+            limit=SEARCH_PAGE_SIZE + 1,
+            offset=(page - 1) * SEARCH_PAGE_SIZE,
+        )
+    return render_template(
+        "search.html",
+        query=query,
+        hits=hits[:SEARCH_PAGE_SIZE],
+        page=page,
+        has_next=len(hits) > SEARCH_PAGE_SIZE,
+    )
+
+
+def user_page(username: str) -> str:
+    """A user and their indexes (HTML for GET /USER; app/api.py answers JSON)."""
+    session = get_session()
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise HTTPError(404, f"User {username} does not exist.")
+    rows = [row for row in pages.all_indexes(session) if row.index.owner_id == user.id]
+    return render_template("user.html", user=user, rows=rows)
+
+
+def index_page(username: str, name: str) -> Response | str:
+    """An index: its settings in words, its projects, and snippets for pip and twine."""
+    if not request.path.endswith("/"):
+        return redirect(request.script_root + request.path + "/", 308)
+    session = get_session()
+    index = index_or_404(username, name)
+    page = page_number()
+    if index.is_mirror:
+        projects, total = pages.mirror_projects(session, index, page)
+    else:
+        projects, total = pages.stage_projects(session, index, page)
+    base = _root_url()
+    host = request.host
+    return render_template(
+        "index.html",
+        index=index,
+        projects=projects,
+        total=total,
+        page=page,
+        page_size=pages.PAGE_SIZE,
+        simple_url=f"{base}/{index.path}/+simple/",
+        upload_url=f"{base}/{index.path}/",
+        host=host,
+        needs_trusted_host=request.scheme == "http",
+        bases=[(path, get_index_by_path(session, path) is not None) for path in index.bases],
+    )
+
+
+# --- projects and versions -------------------------------------------------------------------
+
+
+def _mirror_pages(index: Index, normalized: str) -> list[tuple[Index, MirrorPage | None]]:
+    """Each mirror behind the index with its cached page of the project (or None)."""
+    mirrors = [i for i in resolution_order(get_session(), index) if i.is_mirror]
+    # A fresh session: the mirror has just written the page in its own transaction, which the
+    # request's older snapshot (SQLite WAL) would not see.
+    with current_app.extensions["pyshelf.db"].session() as session:
+        found = {
+            page.index_id: page
+            for page in session.scalars(
+                select(MirrorPage).where(
+                    MirrorPage.index_id.in_([m.id for m in mirrors]),
+                    MirrorPage.normalized_name == normalized,
+                )
+            )
+        }
+    return [(mirror, found.get(mirror.id)) for mirror in mirrors]
+
+
+@bp.get("/<user>/<index>/<project>/")
+def project_page(user: str, index: str, project: str) -> Response | str:
+    """A project: versions newest first with their files, the description, docs, mirror state."""
+    normalized = normalize_name(project)
+    if normalized != project:
+        return redirect(f"{request.script_root}/{user}/{index}/{quote(normalized)}/", 301)
+    session = get_session()
+    found = index_or_404(user, index)
+    view = _project_view(found, normalized)
+    storage = current_app.extensions["pyshelf.storage"]
+    mirror_paths = {i.path for i in resolution_order(session, found) if i.is_mirror}
+    versions = pages.group_versions(pages.file_rows(view, mirror_paths, storage))
+    docsets = docs.doc_sets(session, found, normalized)
+    if wants_json():
+        metadata = pages.hosted_metadata(session, found, normalized)
+        root = _root_url()
+        result = {
+            v.version: pages.version_data(
+                view.name,
+                v,
+                metadata.get(v.version),
+                root,
+                _absolute(doc_url(found.path, normalized, v.version))
+                if v.version in docsets
+                else None,
+            )
+            for v in versions
+        }
+        return jsonify({"type": "projectconfig", "result": result})
+    latest = pages.latest_of(versions)
+    latest_row = next((v for v in versions if v.version == latest), None)
+    meta = pages.hosted_metadata(session, found, normalized, latest).get(latest) if latest else None
+    if meta is None and latest_row is not None:
+        meta = pages.mirror_metadata(latest_row.files, storage)
+    page = page_number()
+    shown = versions[(page - 1) * VERSIONS_PER_PAGE : page * VERSIONS_PER_PAGE]
+    return render_template(
+        "project.html",
+        index=found,
+        view=view,
+        versions=shown,
+        version_count=len(versions),
+        page=page,
+        has_next=page * VERSIONS_PER_PAGE < len(versions),
+        latest=latest,
+        meta=meta,
+        description=render_description(
+            meta.description if meta else None, meta.description_content_type if meta else None
+        ),
+        docs_versions=docsets,
+        latest_docs=docs.latest_version(list(docsets)),
+        mirror_pages=_mirror_pages(found, normalized) if view.is_mirrored else [],
+    )
+
+
+def _same_version(wanted: str, candidate: str) -> bool:
+    try:
+        return Version(wanted) == Version(candidate)
+    except InvalidVersion:
+        return wanted == candidate
+
+
+@bp.get("/<user>/<index>/<project>/<version>/")
+def version_page(user: str, index: str, project: str, version: str) -> Response | str:
+    """A version: its files, metadata, documentation, and (with rights) docs upload and yank."""
+    normalized = normalize_name(project)
+    if normalized != project:
+        target = f"{request.script_root}/{user}/{index}/{quote(normalized)}/{quote(version)}/"
+        return redirect(target, 301)
+    session = get_session()
+    found = index_or_404(user, index)
+    view = _project_view(found, normalized)
+    storage = current_app.extensions["pyshelf.storage"]
+    mirror_paths = {i.path for i in resolution_order(session, found) if i.is_mirror}
+    versions = pages.group_versions(pages.file_rows(view, mirror_paths, storage))
+    if version == "latest":
+        latest = pages.latest_of(versions)
+        if latest is None:
+            raise HTTPError(404, f"{normalized} has no versions on {found.path}.")
+        return redirect(version_url(found.path, normalized, latest), 302)
+    row = next((v for v in versions if _same_version(version, v.version)), None)
+    docset = docs.find_docset(session, found, normalized, version)
+    if row is None and docset is None:
+        raise HTTPError(404, f"{normalized} {version} is not on index {found.path}.")
+    row = row or pages.VersionRow(version, [])
+    meta = pages.hosted_metadata(session, found, normalized, row.version).get(row.version)
+    if meta is None:
+        meta = pages.mirror_metadata(row.files, storage)
+    has_docs = docset is not None
+    if wants_json():
+        root = _root_url()
+        link = _absolute(doc_url(found.path, normalized, row.version)) if has_docs else None
+        data = pages.version_data(view.name, row, meta, root, link)
+        return jsonify({"type": "versiondata", "result": data})
+    hosted = session.scalar(
+        select(Project).where(Project.index_id == found.id, Project.normalized_name == normalized)
+    )
+    caller = authenticated_user()
+    own_files = [f for f in row.files if f.index_path == found.path]
+    may_yank = caller is not None and bool(own_files) and _may_yank(found, caller)
+    return render_template(
+        "version.html",
+        index=found,
+        view=view,
+        version=row,
+        meta=meta,
+        docset=docset[0] if docset else None,
+        description=render_description(
+            meta.description if meta else None, meta.description_content_type if meta else None
+        ),
+        may_upload_docs=(
+            caller is not None
+            and hosted is not None
+            and not found.is_mirror
+            and may_upload(found, caller)
+        ),
+        may_yank=may_yank,
+        may_delete=may_yank and found.volatile,
+        own_files=own_files,
+    )
+
+
+def _may_yank(index: Index, user: User) -> bool:
+    """As PATCH /USER/INDEX/PROJECT/VERSION: the owner, superusers, and uploaders."""
+    return may_configure(index, user) or user.username in (index.acl_upload or ())
+
+
+@bp.post("/<user>/<index>/<project>/+refresh")
+def refresh(user: str, index: str, project: str) -> Response:
+    """Make the mirrors behind this index fetch the project page again (the Refresh button)."""
+    found = index_or_404(user, index)
+    normalized = normalize_name(project)
+    mirror = current_app.extensions["pyshelf.mirror"]
+    mirrors = [i for i in resolution_order(get_session(), found) if i.is_mirror]
+    if not mirrors:
+        raise HTTPError(400, f"{found.path} has no mirror in its bases; nothing to refresh.")
+    refreshed = [i.path for i in mirrors if mirror.refresh(i, normalized)]
+    if refreshed:
+        flash(f"{normalized} will be fetched again from {', '.join(refreshed)}.", "info")
+    else:
+        flash(f"{normalized} was not cached yet; it is fetched on first use.", "info")
+    return redirect(project_url(found.path, normalized), 303)
+
+
+# --- documentation ---------------------------------------------------------------------------
+
+
+@bp.get("/<user>/<index>/<project>/<version>/+doc")
+def doc_root_no_slash(user: str, index: str, project: str, version: str) -> Response:
+    """Redirect to `+doc/` so that relative links in the docs resolve."""
+    return redirect(request.script_root + request.path + "/", 301)
+
+
+@bp.get("/<user>/<index>/<project>/<version>/+doc/")
+@bp.get("/<user>/<index>/<project>/<version>/+doc/<path:path>")
+def doc_file(user: str, index: str, project: str, version: str, path: str = "") -> Response:
+    """A file of a version's documentation (`latest`: the highest version with docs)."""
+    found = index_or_404(user, index)
+    normalized = normalize_name(project)
+    match = docs.find_docset(get_session(), found, normalized, version)
+    if match is None:
+        raise HTTPError(404, f"No documentation for {normalized} {version} on {found.path}.")
+    base = doc_url(found.path, normalized, version)
+    return docs.serve(match[0], path, base)
+
+
+@bp.post("/<user>/<index>/<project>/<version>/+doc-upload")
+def doc_upload(user: str, index: str, project: str, version: str) -> Response:
+    """Upload a zip of built HTML docs for this version (the version page's form)."""
+    caller = authenticated_user()
+    if caller is None:
+        return login_redirect()
+    found = index_or_404(user, index)
+    if not may_upload(found, caller):
+        raise HTTPError(
+            403, f"The user '{caller.username}' isn't allowed to upload to index '{found.path}'."
+        )
+    part = request.files.get("content")
+    if part is None or not part.filename:
+        raise HTTPError(400, "Choose a zip file of the built HTML documentation.")
+    docset = docs.store_docs(found, project, version, caller, part)
+    flash(f"Documentation of {docset.normalized_name} {docset.version} uploaded.", "info")
+    return redirect(version_url(found.path, docset.normalized_name, docset.version), 303)
+
+
+from app.web import actions, admin  # noqa: E402, F401 - they add their views to bp
