@@ -27,8 +27,8 @@ ARG REVISION=
 LABEL org.opencontainers.image.title="pyshelf" \
       org.opencontainers.image.description="Private Python package index and caching PyPI mirror" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.revision="${REVISION}"
+
 RUN groupadd --gid "${PYSHELF_GID}" pyshelf \
     && useradd --uid "${PYSHELF_UID}" --gid pyshelf --no-create-home --no-log-init \
        --home-dir /data --shell /usr/sbin/nologin pyshelf \

@@ -37,6 +37,7 @@ log = logging.getLogger("pyshelf")
 MIRROR_INDEX = ("root", "pypi")
 STAGE_INDEX = "dev"
 TMP_MAX_AGE_SECONDS = 3600  # leftovers of killed uploads/downloads older than this are removed
+NEEDS_SCHEMA = {"user", "token", "index", "refresh"}
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -81,13 +82,13 @@ def clean_tmp(settings: Settings) -> int:
 
 def migrate(settings: Settings) -> None:
     """Bring the database schema up to date (alembic upgrade head)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line of ours instead of ten
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = settings.database_url
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line of ours instead of ten
     command.upgrade(config, "head")
     log.info("database schema is up to date")
 
@@ -377,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level, format="[pyshelf] %(levelname)s %(message)s")
     try:
+        if args.command in NEEDS_SCHEMA:  # an admin command on a volume no server started yet
+            check_data_dir(settings)
+            migrate(settings)
         args.func(settings, args)
     except CommandError as exc:
         print(f"pyshelf: {exc}", file=sys.stderr)
