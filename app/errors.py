@@ -43,7 +43,13 @@ def error_response(status: int, reason: str, headers: dict[str, str] | None = No
         response = Response(body, mimetype="application/json")
     elif kind == "text/html":
         text = html.escape(reason)
-        body = f"<!DOCTYPE html><title>{status} {text}</title><h1>{status}</h1><p>{text}</p>\n"
+        home = html.escape(request.script_root or "") + "/"
+        body = (
+            '<!DOCTYPE html><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{status} {text}</title><h1>{status}</h1><p>{text}</p>"
+            f'<p><a href="{home}">pyshelf home</a></p>\n'
+        )
         response = Response(body, mimetype="text/html")
     else:
         response = Response(reason + "\n", mimetype="text/plain")
