@@ -3,9 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+DEVPI_VENV := .venv-devpi
 export DATA_DIR ?= ./data
 
-.PHONY: help run test test-fast test-container lint format bench clean
+.PHONY: help run test test-fast test-container chromium lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -16,14 +17,22 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	@touch $@
 
+$(DEVPI_VENV)/.installed: requirements-devpi.txt
+	$(PYTHON) -m venv $(DEVPI_VENV)
+	$(DEVPI_VENV)/bin/python -m pip install -q -r requirements-devpi.txt
+	@touch $@
+
 run: $(VENV)/.installed ## start the server on port 3141 (data in ./data)
 	./entrypoint.sh serve
 
-test: $(VENV)/.installed ## install what the tests need, then run them all (the image's: test-container)
+test: $(VENV)/.installed $(DEVPI_VENV)/.installed chromium ## install what the tests need, then run them all (the image's: test-container)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(VENV)/.installed ## the tests without the end-to-end ones
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
+
+chromium: ## install Debian's chromium for the browser tests when missing (apt-get, as root)
+	@[ -n "$$CHROMIUM" ] || command -v chromium >/dev/null || if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; else echo "chromium is missing and only root can apt-get it: the browser tests will be skipped"; fi
 
 test-container: export CONTAINERS_CONF := $(CURDIR)/tests/container/containers.conf
 test-container: $(VENV)/.installed ## build the image with podman (installed if missing) and test it as a container
@@ -41,4 +50,4 @@ bench: $(VENV)/.installed ## run the benchmarks in bench/ (never part of make te
 	$(PY) bench/mirror_install.py
 
 clean: ## remove the venv and caches (not ./data)
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEVPI_VENV) .pytest_cache .ruff_cache

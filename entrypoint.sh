@@ -1,9 +1,10 @@
 #!/bin/sh
 # The one way to start pyshelf, in the container and on a bare machine:
 #   entrypoint.sh [serve]        check DATA_DIR, migrate, bootstrap from env, exec gunicorn
-#   entrypoint.sh healthcheck    exit 0 when this server answers /+status (Docker HEALTHCHECK)
+#   entrypoint.sh healthcheck    exit 0 when this server's /+status says 200 (Docker HEALTHCHECK)
 #   entrypoint.sh COMMAND ...    anything else goes to app.cli with the same configuration:
-#                                user, token, index, refresh, ... (see README)
+#                                user, token, index, refresh, backup, restore, verify, cache,
+#                                prefetch, ... (see README)
 set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)

@@ -4,9 +4,13 @@ import multiprocessing
 import os
 from pathlib import Path
 
-from app.config import read_dotenv
+from app.config import ConfigError, Settings, read_dotenv
 
 _env = {**read_dotenv(Path(os.environ.get("ENV_FILE", ".env"))), **os.environ}
+try:
+    _settings = Settings.from_env()
+except ConfigError as _exc:  # `prepare` reported it already; gunicorn must not start either
+    raise SystemExit(f"pyshelf: {_exc}") from None
 
 bind = f"{_env.get('HOST') or '0.0.0.0'}:{_env.get('PORT') or '3141'}"  # noqa: S104 - an appliance serves the LAN
 workers = int(_env.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_count() + 1, 8))
@@ -19,8 +23,34 @@ graceful_timeout = int(_env.get("GRACEFUL_TIMEOUT") or 30)
 keepalive = 5
 preload_app = False  # each worker builds its own app: no connections shared across fork
 loglevel = (_env.get("LOG_LEVEL") or "info").lower()
-accesslog = "-" if _env.get("ACCESS_LOG", "true").lower() != "false" else None
+# The app logs one line per request itself (with its request id; ACCESS_LOG=false silences it),
+# so gunicorn's own access log stays off.
+accesslog = None
 errorlog = "-"
+if _settings.log_format == "json":  # gunicorn's own lines as JSON too (app.logs.JsonFormatter)
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": _settings.log_level, "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": _settings.log_level, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
+        },
+    }
+
+# Prometheus counters of all workers add up through files in one directory (multiprocess mode):
+# it must be in the environment before a worker imports prometheus_client. `prepare` empties it.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_settings.metrics_dir))
+
+
 # Only these peers may set X-Forwarded-Proto (here) and X-Forwarded-For/Host/Prefix (the app).
 forwarded_allow_ips = _env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
 limit_request_line = 8190
@@ -42,3 +72,15 @@ for _name, _path in _tls.items():
         raise SystemExit(f"pyshelf: {_name}={_path} is not a file readable by uid {os.getuid()}")
 if all(_tls.values()):
     certfile, keyfile = _tls["TLS_CERT"], _tls["TLS_KEY"]
+
+
+def on_starting(server: object) -> None:
+    """Create the metrics directory before the first worker starts."""
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A worker is gone: drop its live gauges (its counters keep counting in the sum)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

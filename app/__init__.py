@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from flask import Flask, Response, jsonify
+from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
@@ -64,16 +64,13 @@ def create_app(
     settings: Settings | None = None, *, storage: Any = None, upstream: Any = None
 ) -> Flask:
     """Build the WSGI app; services are made here once per process, or passed in by tests."""
-    from app import api, auth, errors, files, simple, upload, web
+    from app import api, auth, devpi, errors, files, health, logs, metrics, simple, upload, web
     from app.mirror import Mirror, stale_header
     from app.storage import LocalStorage
     from app.upstream import UpstreamClient
 
     settings = settings or Settings.from_env()
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=settings.log_level, format="[pyshelf] %(levelname)s %(name)s: %(message)s"
-        )
+    logs.configure(settings)
     app = Flask(__name__)
     app.config["PYSHELF_SETTINGS"] = settings
     app.config["SECRET_KEY"] = load_secret_key(settings)
@@ -95,19 +92,19 @@ def create_app(
 
     from app import db
 
+    request_log = logs.RequestLog(app.wsgi_app, access_log=settings.access_log)
+    metrics.init_app(app, request_log)  # first: its before_request labels every request
     db.init_app(app, database)
     errors.init_app(app)
     auth.init_app(app)
+    devpi.init_app(app)
     upload.init_app(app)
     web.init_app(app)
     app.after_request(stale_header)
 
-    @app.get("/+status")
-    def status() -> Response:
-        """Health for load balancers and the Docker HEALTHCHECK."""
-        return jsonify({"status": "ok", "version": __version__})
-
-    for module in (simple, files, upload, api, web):
+    for module in (health, metrics, simple, files, upload, api, devpi, web):
         app.register_blueprint(module.bp)
-    app.wsgi_app = trusted_proxy_fix(app.wsgi_app, settings.forwarded_allow_ips)  # type: ignore[method-assign]
+    # The request log is outermost, so it sees the client address that ProxyFix worked out.
+    request_log.wsgi_app = trusted_proxy_fix(app.wsgi_app, settings.forwarded_allow_ips)
+    app.wsgi_app = request_log  # type: ignore[method-assign]
     return app

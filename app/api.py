@@ -10,19 +10,31 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.auth import hash_password, new_token_secret, require_user, token_hash
+from app.auth import (
+    current_reader,
+    hash_password,
+    new_token_secret,
+    require_read,
+    require_user,
+    token_hash,
+)
 from app.db import begin_write, get_session
 from app.dists import normalize_name
 from app.errors import HTTPError
 from app.indexes import (
     IndexConfigError,
+    Reader,
     apply_config,
+    apply_operations,
     create_index,
     dependents,
     get_index,
     get_index_by_path,
     index_config,
+    is_public,
     may_configure,
+    may_read,
+    shown_bases,
 )
 from app.models import File, Index, Project, Token, User
 
@@ -32,31 +44,61 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PASSWORD_CHARS = 8
 
 
-def envelope(kind: str, result: Any, status: int = 200) -> Response:
-    """devpi's JSON envelope: {"type": ..., "result": ...}."""
-    response = jsonify({"type": kind, "result": result})
+def envelope(kind: str, result: Any, status: int = 200, message: str | None = None) -> Response:
+    """devpi's JSON envelope: {"type": ..., "result": ...} (and a "message" for people)."""
+    body: dict[str, Any] = {"type": kind, "result": result}
+    if message:
+        body["message"] = message
+    response = jsonify(body)
     response.status_code = status
     return response
 
 
-def _json_body() -> dict[str, Any]:
+def _json_body(*, allow_list: bool = False) -> Any:
     if not request.data:
         return {}
     data = request.get_json(silent=True)
+    if allow_list and isinstance(data, list):
+        return data
     if not isinstance(data, dict):
         raise HTTPError(400, "The request body must be a JSON object.")
     return data
 
 
-def user_info(session: Session, user: User) -> dict[str, Any]:
-    """A user as the API shows it: never the password hash."""
+def user_info(session: Session, user: User, reader: Reader | None = None) -> dict[str, Any]:
+    """A user as the API shows it: never the password hash; with a `reader`, only the
+    indexes it may read."""
     indexes = session.scalars(select(Index).where(Index.owner_id == user.id)).all()
+    if reader is not None:
+        indexes = [i for i in indexes if may_read(i, reader)]
     return {
         "username": user.username,
         "email": user.email,
         "is_superuser": user.is_superuser,
-        "indexes": {i.name: index_config(i) for i in indexes},
+        "indexes": {
+            i.name: index_config(
+                i, bases=None if reader is None else shown_bases(session, i, reader)
+            )
+            for i in indexes
+        },
     }
+
+
+def _listing_reader(session: Session) -> Reader | None:
+    """The caller, to filter index listings by; None while every index is public (no
+    credentials need checking then)."""
+    if all(is_public(i) for i in session.scalars(select(Index))):
+        return None
+    return current_reader()
+
+
+def users_json() -> Response:
+    """Every user with the indexes the caller may read, by name (GET / for API clients:
+    `devpi use -l`)."""
+    session = get_session()
+    reader = _listing_reader(session)
+    users = session.scalars(select(User).order_by(User.username)).all()
+    return envelope("list:userconfig", {u.username: user_info(session, u, reader) for u in users})
 
 
 def _user_or_404(session: Session, username: str) -> User:
@@ -97,7 +139,8 @@ def get_user(user: str) -> Response | str:
     if not wants_json():
         return user_page(user)
     session = get_session()
-    return envelope("userconfig", user_info(session, _user_or_404(session, user)))
+    found = _user_or_404(session, user)
+    return envelope("userconfig", user_info(session, found, _listing_reader(session)))
 
 
 @bp.put("/<user>")
@@ -136,6 +179,10 @@ def modify_user(user: str) -> Response:
     if caller.id != target.id and not caller.is_superuser:
         raise HTTPError(403, f"Only {user} or a superuser may change {user}.")
     body = _json_body()
+    if "is_superuser" in body:  # devpi-client sends back the whole GET result, changed
+        body.setdefault("superuser", body.pop("is_superuser"))
+        if body["superuser"] == target.is_superuser:
+            del body["superuser"]
     unknown = set(body) - {"password", "email", "superuser"}
     if unknown:
         raise HTTPError(400, f"Unknown user setting(s): {', '.join(sorted(unknown))}.")
@@ -215,17 +262,21 @@ def create_token(user: str) -> Response:
 @bp.get("/<user>/<index>")
 @bp.get("/<user>/<index>/")
 def get_index_config(user: str, index: str) -> Response | str:
-    """An index's settings and project names; browsers (preferring text/html) get the web page."""
+    """An index's settings and project names (not with `?no_projects`); browsers (preferring
+    text/html) get the web page."""
     from app.web import index_page, wants_json
 
     if not wants_json():
         return index_page(user, index)
     session = get_session()
     found = _index_or_404(session, user, index)
-    result = index_config(found)
-    result["projects"] = sorted(
-        session.scalars(select(Project.name).where(Project.index_id == found.id))
-    )
+    reader = require_read(found)
+    bases = None if reader is None else shown_bases(session, found, reader)
+    result = index_config(found, bases=bases)
+    if "no_projects" not in request.args:
+        result["projects"] = sorted(
+            session.scalars(select(Project.name).where(Project.index_id == found.id))
+        )
     return envelope("indexconfig", result)
 
 
@@ -240,7 +291,7 @@ def create_index_view(user: str, index: str) -> Response:
     if caller.id != owner.id and not caller.is_superuser:
         raise HTTPError(403, f"Only {user} or a superuser may create indexes for {user}.")
     try:
-        created = create_index(session, owner, index, _json_body())
+        created = create_index(session, owner, index, _json_body(), user=caller)
     except IndexConfigError as exc:
         session.rollback()
         status = 409 if "already exists" in str(exc) else 400
@@ -252,15 +303,27 @@ def create_index_view(user: str, index: str) -> Response:
 @bp.patch("/<user>/<index>")
 @bp.patch("/<user>/<index>/")
 def modify_index(user: str, index: str) -> Response:
-    """Change some settings of an index (the owner or a superuser)."""
+    """Change some settings of an index (the owner or a superuser).
+
+    The body is an object of settings (devpi's whole `indexconfig`, as GET returns it, is
+    fine) or a list of devpi's operations: ["key=value", "key+=value", "key-=value", "key-="].
+    """
     caller = require_user()
     session = get_session()
     begin_write(session)
     found = _index_or_404(session, user, index)
     if not may_configure(found, caller):
         raise HTTPError(403, f"Only {user} or a superuser may configure {found.path}.")
+    body = _json_body(allow_list=True)
+    current = index_config(found)
     try:
-        apply_config(session, found, _json_body())
+        if isinstance(body, list):
+            body = apply_operations(current, body)
+        elif body.get("type") == "indexconfig" and isinstance(body.get("result"), dict):
+            body = body["result"]
+        # What comes back unchanged is not a change (a masked mirror_url, "projects").
+        changes = {k: v for k, v in body.items() if k != "projects" and current.get(k) != v}
+        apply_config(session, found, changes, user=caller)
     except IndexConfigError as exc:
         session.rollback()
         raise HTTPError(400, f"Cannot change {found.path}: {exc}.") from None

@@ -1,31 +1,47 @@
-"""Who is asking: HTTP Basic (password or `__token__`), Bearer tokens, and web sessions."""
+"""Who is asking: HTTP Basic (password or `__token__`), Bearer tokens, devpi-client's
+`X-Devpi-Auth` login tokens, and web sessions; and whether they may read an index."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import hmac
 import logging
 import secrets
 
-from flask import Flask, current_app, g, request
+import itsdangerous
+from flask import Flask, Response, current_app, g, request
 from flask_login import LoginManager, current_user
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import throttle
 from app.db import begin_write, get_session
 from app.errors import HTTPError
-from app.models import Token, User, utcnow
+from app.indexes import Reader, is_public, may_read, resolution_order
+from app.models import Index, Token, User, utcnow
 
 log = logging.getLogger(__name__)
 
 TOKEN_USERNAME = "__token__"  # noqa: S105 - a convention, not a secret
 TOKEN_PREFIX = "pyshelf-"  # noqa: S105 - marks tokens, not a secret
 REALM = 'Basic realm="pyshelf"'
+SAFE_METHODS = ("GET", "HEAD")
+INVALID_CREDENTIALS = "Invalid credentials: wrong username, password or token."
 TOKEN_TOUCH_SECONDS = 600  # 10 minutes: how stale a token's last_used_at may get (fewer writes)
+# Login tokens of `POST /+login` (devpi-client sends them back in X-Devpi-Auth). The prefix
+# must not start with "devpi-" or "pypi-": devpi-client would take those for PyPI tokens.
+LOGIN_TOKEN_PREFIX = "pyshelf.login."  # noqa: S105 - marks login tokens, not a secret
+LOGIN_TOKEN_SECONDS = 36_000  # 10 hours, as devpi-server's logins
+LOGIN_TOKEN_SALT = "pyshelf.devpi-login"  # noqa: S105 - itsdangerous namespace, not a secret
+# Password hashes imported from devpi-server (app/devpi_import.py): argon2 PHC strings as
+# devpi-server >= 6 stores them, and its older salted sha256 as "devpi-sha256$SALT$HEXDIGEST".
+ARGON2_PREFIX = "$argon2"
+DEVPI_SHA256_PREFIX = "devpi-sha256$"
 # A constant-time dummy hash, checked when the username is unknown so timing reveals nothing.
 _DUMMY_HASH = generate_password_hash("not a password")
 
@@ -33,6 +49,89 @@ _DUMMY_HASH = generate_password_hash("not a password")
 def hash_password(password: str) -> str:
     """Hash a password with werkzeug's default KDF (scrypt)."""
     return generate_password_hash(password)
+
+
+def is_imported_hash(stored: str) -> bool:
+    """Whether a stored hash came from devpi-server (and should become scrypt at next login)."""
+    return stored.startswith((ARGON2_PREFIX, DEVPI_SHA256_PREFIX))
+
+
+def password_matches(stored: str, password: str) -> bool:
+    """Check a password against a stored hash: werkzeug's, or one imported from devpi-server.
+
+    IMPORTED DEVPI HASHES: `import-devpi` keeps devpi-server's hashes so that people log in
+    with their old passwords; a user with such a hash is re-hashed to scrypt on the next
+    successful login (`_upgrade_hash`), so these branches only serve users who have not
+    logged in since the migration.
+    """
+    if stored.startswith(ARGON2_PREFIX):  # devpi-server >= 6 (passlib's argon2, PHC format)
+        from argon2 import PasswordHasher
+        from argon2.exceptions import InvalidHashError, VerificationError
+
+        try:
+            return PasswordHasher().verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+    if stored.startswith(DEVPI_SHA256_PREFIX):  # devpi-server < 6: sha256(salt + password)
+        salt, _, digest = stored[len(DEVPI_SHA256_PREFIX) :].partition("$")
+        computed = hashlib.sha256(salt.encode("ascii") + password.encode("utf-8")).hexdigest()
+        return hmac.compare_digest(computed, digest.lower())
+    return check_password_hash(stored, password)  # a locked "!..." hash never matches
+
+
+def _upgrade_hash(user: User, password: str) -> None:
+    """Replace an imported devpi hash by scrypt after a successful login (never fatal)."""
+    old, new = user.password_hash, hash_password(password)
+    try:
+        with current_app.extensions["pyshelf.db"].session() as session:
+            begin_write(session)
+            session.execute(
+                update(User)
+                .where(User.id == user.id, User.password_hash == old)
+                .values(password_hash=new)
+            )
+            session.commit()
+    except SQLAlchemyError:
+        log.warning("could not re-hash the imported password of %s", user.username, exc_info=True)
+        return
+    set_committed_value(user, "password_hash", new)  # what the database now holds
+    log.info("re-hashed the imported devpi password of %s to scrypt", user.username)
+
+
+def _login_serializer() -> itsdangerous.URLSafeTimedSerializer:
+    return itsdangerous.URLSafeTimedSerializer(
+        current_app.config["SECRET_KEY"], salt=LOGIN_TOKEN_SALT
+    )
+
+
+def _hash_fingerprint(user: User) -> str:
+    """Changes with the password hash, so a new password ends the user's login tokens."""
+    key = current_app.config["SECRET_KEY"].encode("utf-8")
+    return hmac.new(key, user.password_hash.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def new_login_token(user: User) -> str:
+    """A login token for `user`: signed with SECRET_KEY (every worker accepts it), valid for
+    LOGIN_TOKEN_SECONDS or until the password changes."""
+    payload = [user.username, _hash_fingerprint(user)]
+    return LOGIN_TOKEN_PREFIX + _login_serializer().dumps(payload)
+
+
+def user_from_login_token(session: Session, username: str, token: str) -> User | None:
+    """The user a login token was issued to, or None when it expired, is forged, names another
+    user, or the password changed since."""
+    try:
+        payload = _login_serializer().loads(
+            token.removeprefix(LOGIN_TOKEN_PREFIX), max_age=LOGIN_TOKEN_SECONDS
+        )
+    except itsdangerous.BadData:
+        return None
+    if not (isinstance(payload, list) and len(payload) == 2 and payload[0] == username):
+        return None
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None or not hmac.compare_digest(_hash_fingerprint(user), str(payload[1])):
+        return None
+    return user
 
 
 def new_token_secret() -> str:
@@ -60,7 +159,11 @@ def _password_user(session: Session, username: str, password: str) -> User | Non
     if user is None:
         check_password_hash(_DUMMY_HASH, password)
         return None
-    return user if check_password_hash(user.password_hash, password) else None
+    if not password_matches(user.password_hash, password):
+        return None
+    if is_imported_hash(user.password_hash):
+        _upgrade_hash(user, password)
+    return user
 
 
 def check_credentials(session: Session, username: str, secret: str) -> User | None:
@@ -96,17 +199,37 @@ def verify_password(username: str, password: str, address: str | None) -> User |
     return user
 
 
+def _scope_paths(token: Token) -> frozenset[str] | None:
+    """What a token may read: None (no limit), or its index and that index's bases, whose
+    files the index's pages link to (every index in its resolution order)."""
+    if token.index_id is None:
+        return None
+    if token.index is None:
+        return frozenset()
+    return frozenset(i.path for i in resolution_order(get_session(), token.index))
+
+
 def _check_token_scope(token: Token) -> None:
-    """A token limited to one index authenticates only requests to /USER/INDEX/... of it."""
+    """A token limited to one index authenticates only requests to /USER/INDEX/... of it, and
+    reads (GET, HEAD) of the indexes that one inherits from."""
     if token.index_id is None:
         return
     scope = token.index
     args = request.view_args or {}
-    if scope is None or (args.get("user"), args.get("index")) != (scope.owner.username, scope.name):
-        where = scope.path if scope is not None else "a deleted index"
-        raise HTTPError(
-            403, f"This token is limited to index {where}; it cannot be used for {request.path}."
-        )
+    target = (args.get("user"), args.get("index"))
+    if scope is not None and target == (scope.owner.username, scope.name):
+        return
+    if (
+        scope is not None
+        and request.method in SAFE_METHODS
+        and None not in target
+        and f"{target[0]}/{target[1]}" in (_scope_paths(token) or ())
+    ):
+        return
+    where = scope.path if scope is not None else "a deleted index"
+    raise HTTPError(
+        403, f"This token is limited to index {where}; it cannot be used for {request.path}."
+    )
 
 
 def _touch_token(token: Token) -> None:
@@ -142,24 +265,50 @@ def _credentials_from_header(header: str) -> tuple[str, str] | None:
     return None
 
 
+def _credentials_from_devpi_header(header: str) -> tuple[str, str] | None:
+    """(username, secret) from devpi-client's `X-Devpi-Auth: base64(USER:SECRET)`, or None."""
+    try:
+        decoded = base64.b64decode(header.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None  # as devpi-server: an unreadable header is no credentials at all
+    username, sep, secret = decoded.partition(":")
+    return (username, secret) if sep and username else None
+
+
+def _login_url() -> str:
+    return request.host_url.rstrip("/") + request.script_root + "/+login"
+
+
 def init_app(app: Flask) -> None:
     """Wire flask-login: sessions for the web UI, the Authorization header for clients."""
     manager = LoginManager()
     manager.init_app(app)
+    app.after_request(_private_caching)
 
     @manager.user_loader
     def _load_user(user_id: str) -> User | None:
-        if request.headers.get("Authorization"):
+        if request.headers.get("Authorization") or request.headers.get("X-Devpi-Auth"):
             return None  # explicit credentials win over a session cookie (and skip CSRF checks)
         return get_session().get(User, int(user_id))
 
     @manager.request_loader
     def _load_from_header(req: object) -> User | None:
+        # devpi-client may send Basic credentials for a proxy in front, and its own login in
+        # X-Devpi-Auth: the latter is meant for us.
+        devpi = request.headers.get("X-Devpi-Auth", "")
         header = request.headers.get("Authorization", "")
-        creds = _credentials_from_header(header) if header else None
+        if devpi:
+            creds = _credentials_from_devpi_header(devpi)
+        else:
+            creds = _credentials_from_header(header) if header else None
         if creds is None:
             return None
         username, secret = creds
+        if secret.startswith(LOGIN_TOKEN_PREFIX):
+            user = user_from_login_token(get_session(), username, secret)
+            if user is None:  # anonymous; require_user tells devpi-client to log in again
+                g.login_expired_for = username
+            return user
         token = find_token(get_session(), username, secret)
         if token is not None:
             _check_token_scope(token)
@@ -178,7 +327,10 @@ def init_app(app: Flask) -> None:
                 ) from None
             if user is not None:
                 return user
-        raise HTTPError(403, "Invalid credentials: wrong username, password or token.")
+        if g.get("needs_read_access"):
+            # Reading a restricted index: challenge, so pip asks its keyring or prompts (R52).
+            raise HTTPError(401, INVALID_CREDENTIALS, {"WWW-Authenticate": REALM})
+        raise HTTPError(403, INVALID_CREDENTIALS)
 
 
 def authenticated_user() -> User | None:
@@ -189,8 +341,69 @@ def authenticated_user() -> User | None:
 def require_user() -> User:
     """The caller, or 401 with a challenge so clients and keyrings send credentials (R52)."""
     user = authenticated_user()
+    if user is None and g.get("login_expired_for"):
+        # devpi-client forgets a stored login when a 401 carries a Location (devpi's protocol).
+        raise HTTPError(
+            401,
+            "Your login expired or is no longer valid: log in again (devpi login).",
+            {"WWW-Authenticate": REALM, "Location": _login_url()},
+        )
     if user is None:
         raise HTTPError(
             401, "Authentication required: log in or pass credentials.", {"WWW-Authenticate": REALM}
         )
     return user
+
+
+def current_reader() -> Reader:
+    """Who reads in this request: the caller, and what their token is limited to."""
+    if "reader" not in g:
+        user = authenticated_user()
+        token = g.get("auth_token")
+        g.reader = Reader(user, _scope_paths(token) if token is not None else None)
+    return g.reader
+
+
+def require_read(index: Index, *, with_bases: bool = True) -> Reader | None:
+    """Check that the caller may read `index` (app/indexes.py may_read), for every view that
+    shows anything of it: None when it and (`with_bases`) its bases are public, so that the
+    caller need not be known; else the Reader to filter its bases with.
+
+    Anonymous callers (and wrong credentials) get 401 with a challenge, so pip asks its
+    keyring or prompts; a user who may not read gets 403 (R52). The response becomes
+    `Cache-Control: private` with `Vary: Authorization` (see `_private_caching`).
+    """
+    order = resolution_order(get_session(), index) if with_bases else [index]
+    if all(is_public(i) for i in order):
+        return None  # no credentials are checked for public reads, as before acl_read
+    g.needs_read_access = True
+    reader = current_reader()
+    if may_read(index, reader):
+        return reader
+    if reader.user is None:
+        if g.get("login_expired_for"):
+            require_user()  # devpi-client's "log in again" (a 401 with Location)
+        raise HTTPError(
+            401,
+            f"Authentication required: index {index.path} is not public; log in or pass "
+            "credentials.",
+            {"WWW-Authenticate": REALM},
+        )
+    raise HTTPError(403, f"The user '{reader.user.username}' may not read index '{index.path}'.")
+
+
+def _private_caching(response: Response) -> Response:
+    """Responses about a restricted index are never stored by shared caches: `public` becomes
+    `private`, and caches keep one copy per Authorization header."""
+    if not g.get("needs_read_access"):
+        return response
+    directives = [
+        d.strip()
+        for d in response.headers.get("Cache-Control", "").split(",")
+        if d.strip() and d.strip().lower() != "public"
+    ]
+    if not any(d.lower() in ("private", "no-store") for d in directives):
+        directives.insert(0, "private")
+    response.headers["Cache-Control"] = ", ".join(directives)
+    response.vary.add("Authorization")
+    return response

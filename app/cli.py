@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,9 +16,8 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from werkzeug.security import check_password_hash
 
-from app.auth import hash_password, new_token_secret, token_hash
+from app.auth import hash_password, new_token_secret, password_matches, token_hash
 from app.config import ConfigError, Settings
 from app.db import Database, begin_write
 from app.dists import normalize_name
@@ -37,7 +37,7 @@ log = logging.getLogger("pyshelf")
 MIRROR_INDEX = ("root", "pypi")
 STAGE_INDEX = "dev"
 TMP_MAX_AGE_SECONDS = 3600  # leftovers of killed uploads/downloads older than this are removed
-NEEDS_SCHEMA = {"user", "token", "index", "refresh"}
+NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi"}
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -121,7 +121,7 @@ def bootstrap(session: Session, settings: Settings, out: Any = None) -> list[str
         session.add(admin)
         changes.append(f"created superuser {settings.admin_user}")
     else:
-        if settings.admin_password and not check_password_hash(
+        if settings.admin_password and not password_matches(
             admin.password_hash, settings.admin_password
         ):
             admin.password_hash = hash_password(settings.admin_password)
@@ -203,6 +203,7 @@ def _parse_pairs(pairs: list[str]) -> dict[str, str]:
 def cmd_prepare(settings: Settings, args: argparse.Namespace) -> None:
     """Check the data directory, migrate, bootstrap: what entrypoint.sh runs before gunicorn."""
     check_data_dir(settings)
+    shutil.rmtree(settings.metrics_dir, ignore_errors=True)  # gunicorn's counters start at 0
     removed = clean_tmp(settings)
     if removed:
         log.info("removed %d leftover temp files", removed)
@@ -359,7 +360,76 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("path", help="USER/INDEX")
     refresh.add_argument("project")
     refresh.set_defaults(func=cmd_refresh)
+
+    from app.devpi_import import cmd_import_devpi  # it builds on this module
+
+    devpi = sub.add_parser(
+        "import-devpi", help="import a devpi-server export (devpi-export DIR) into an empty pyshelf"
+    )
+    devpi.add_argument("directory", help="the directory devpi-export wrote")
+    devpi.set_defaults(func=cmd_import_devpi)
+    add_operations(sub)
     return parser
+
+
+def add_operations(sub: Any) -> None:
+    """backup, restore, verify, cache, prefetch: each lives with the module that owns it."""
+    from app.backup import cmd_backup
+    from app.cache import cmd_cache
+    from app.integrity import cmd_verify
+    from app.prefetch import cmd_prefetch
+    from app.restore import cmd_restore
+
+    backup = sub.add_parser("backup", help="write a hot backup archive (the server keeps serving)")
+    backup.add_argument("path", help="archive to write, or a folder to write pyshelf-DATE.tar into")
+    backup.add_argument(
+        "--without-mirror-files",
+        action="store_true",
+        help="leave out mirror-cached files (they are fetched again on demand)",
+    )
+    backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    backup.set_defaults(func=cmd_backup)
+
+    restore = sub.add_parser("restore", help="restore a backup into an empty DATA_DIR")
+    restore.add_argument("path", help="the archive `backup` wrote")
+    restore.add_argument(
+        "--force", action="store_true", help="replace a non-empty DATA_DIR (stop the server first)"
+    )
+    restore.set_defaults(func=cmd_restore)
+
+    verify = sub.add_parser("verify", help="check every blob and row; exit 1 on damage")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="fetch damaged mirror files again and remove orphans (never touches uploads)",
+    )
+    verify.set_defaults(func=cmd_verify)
+
+    cache = sub.add_parser("cache", help="mirror cache: stats, or prune down to the cap now")
+    cache.add_argument("action", choices=["stats", "prune"])
+    cache.add_argument("--json", action="store_true", help="stats as JSON")
+    cache.add_argument(
+        "--max-size", type=_size, default=None, help="prune to this size instead of the cap"
+    )
+    cache.set_defaults(func=cmd_cache)
+
+    prefetch = sub.add_parser("prefetch", help="download what requirements need into the cache")
+    prefetch.add_argument("requirements", nargs="*", help="requirements such as NAME==1.0")
+    prefetch.add_argument("-r", "--requirement", action="append", help="a requirements file")
+    prefetch.add_argument("--index", default="/".join(MIRROR_INDEX), help="default root/pypi")
+    prefetch.add_argument(
+        "--deps", action="store_true", help="also follow Requires-Dist (approximate)"
+    )
+    prefetch.set_defaults(func=cmd_prefetch)
+
+
+def _size(text: str) -> int:
+    from app.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pyshelf: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="[pyshelf] %(levelname)s %(message)s")
+    from app.logs import configure
+
+    configure(settings, "[pyshelf] %(levelname)s %(message)s")  # LOG_FORMAT=json: JSON lines
     try:
         if args.command in NEEDS_SCHEMA:  # an admin command on a volume no server started yet
             check_data_dir(settings)

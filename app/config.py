@@ -64,6 +64,15 @@ class Settings:
     docs_max_bytes: int = 200 << 20  # 200 MiB uncompressed per documentation zip
     docs_max_files: int = 5000  # entries per documentation zip
     log_level: str = "INFO"
+    log_format: str = "text"  # LOG_FORMAT: "text" lines, or "json" (one object per line)
+    access_log: bool = True  # ACCESS_LOG: one line per request, with its request id
+    # MIRROR_CACHE_MAX_SIZE: mirror-cached files beyond this are evicted, least recently used
+    # first; None keeps everything. Uploads never count and are never evicted.
+    mirror_cache_max_bytes: int | None = None
+    metrics_token: str = ""  # METRICS_TOKEN: when set, /+metrics wants "Bearer <token>"
+    status_min_free_bytes: int = 100 << 20  # STATUS_MIN_FREE_SPACE: /+status is 503 below it
+    # PROMETHEUS_MULTIPROC_DIR: set by gunicorn.conf.py so every worker's metrics add up.
+    prometheus_multiproc_dir: str | None = None
     # Reverse proxies whose X-Forwarded-* headers are believed: addresses, networks, or "*".
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
@@ -81,6 +90,16 @@ class Settings:
     def tmp_dir(self) -> Path:
         """Scratch space on the same filesystem as the blobs, so renames are atomic."""
         return Path(self.data_dir) / "tmp"
+
+    @property
+    def lock_dir(self) -> Path:
+        """flock() files that serialize work across gunicorn workers and admin commands."""
+        return Path(self.data_dir) / "locks"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where gunicorn's workers keep their Prometheus counters (emptied at every start)."""
+        return self.tmp_dir / "metrics"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +135,28 @@ class Settings:
                 docs_max = parse_size(env["DOCS_MAX_SIZE"])
             except ValueError as exc:
                 errors.append(f"DOCS_MAX_SIZE: {exc}")
+
+        def size(name: str, default: int | None) -> int | None:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                return parse_size(raw)
+            except ValueError as exc:
+                errors.append(f"{name}: {exc}")
+                return default
+
+        cache_max = size("MIRROR_CACHE_MAX_SIZE", None)
+        if cache_max == 0:
+            errors.append("MIRROR_CACHE_MAX_SIZE=0 would evict every file; leave it empty")
+        min_free = size("STATUS_MIN_FREE_SPACE", 100 << 20)
+
+        log_format = (env.get("LOG_FORMAT", "").strip() or "text").lower()
+        if log_format not in {"text", "json"}:
+            errors.append(f"LOG_FORMAT={log_format!r}: use text or json")
+        access_log = env.get("ACCESS_LOG", "").strip().lower()
+        if access_log not in {"", "true", "false", "1", "0", "yes", "no"}:
+            errors.append(f"ACCESS_LOG={access_log!r}: use true or false")
 
         mirror_url = env.get("MIRROR_URL", "").strip() or DEFAULT_MIRROR_URL
         if not re.match(r"^https?://[^/]+", mirror_url):
@@ -156,6 +197,12 @@ class Settings:
             docs_max_bytes=docs_max,
             docs_max_files=int(number("DOCS_MAX_FILES", 5000)),
             log_level=log_level,
+            log_format=log_format,
+            access_log=access_log not in {"false", "0", "no"},
+            mirror_cache_max_bytes=cache_max or None,
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
+            status_min_free_bytes=min_free or 0,
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None,
             forwarded_allow_ips=tuple(allowed) or cls.forwarded_allow_ips,
         )
         if errors:

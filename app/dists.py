@@ -541,12 +541,18 @@ def hash_stream(fileobj: IO[bytes], chunk_bytes: int = 1 << 20) -> Hashes:
 
 
 def check_digests(
-    hashes: Hashes, *, sha256: str | None, md5: str | None, blake2_256: str | None
+    hashes: Hashes,
+    *,
+    sha256: str | None,
+    md5: str | None,
+    blake2_256: str | None,
+    is_required: bool = True,
 ) -> None:
-    """Check every digest the client supplied against the computed ones (R62)."""
+    """Check every digest the client supplied against the computed ones (R62); with
+    `is_required`, at least one must be there."""
     supplied = {"sha256": sha256, "md5": md5, "blake2_256": blake2_256}
     supplied = {kind: digest for kind, digest in supplied.items() if digest}
-    if not supplied:
+    if not supplied and is_required:
         raise InvalidDistribution("Error: Include at least one message digest.")
     for kind, digest in supplied.items():
         if digest.lower() != getattr(hashes, kind):

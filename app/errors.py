@@ -48,7 +48,7 @@ def error_response(status: int, reason: str, headers: dict[str, str] | None = No
             '<!DOCTYPE html><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{status} {text}</title><h1>{status}</h1><p>{text}</p>"
-            f'<p><a href="{home}">pyshelf home</a></p>\n'
+            f'<nav><a href="{home}">pyshelf home</a></nav>\n'
         )
         response = Response(body, mimetype="text/html")
     else:

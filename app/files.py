@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, send_file
 from sqlalchemy import select
 
+from app.auth import require_read
 from app.db import get_session
 from app.errors import HTTPError
 from app.indexes import get_index
@@ -55,10 +56,13 @@ def _hosted_file(index: Index, sha256: str, filename: str) -> File | None:
 
 @bp.route("/<user>/<index>/+f/<sha256>/<path:filename>", methods=["GET", "HEAD"])
 def release_file(user: str, index: str, sha256: str, filename: str) -> Response:
-    """A release file, or its `.metadata` sidecar (PEP 658/714)."""
+    """A release file, or its `.metadata` sidecar (PEP 658/714), to those who may read the
+    index; only the index's own files (never another index's blob with the same hash)."""
     found = get_index(get_session(), user, index)
     if found is None or not SHA256_RE.match(sha256) or "/" in filename:
         raise HTTPError(404, f"No such file: {filename}")
+    # A file's bytes are the same for every reader: only this index's own acl_read counts.
+    require_read(found, with_bases=False)
     is_metadata = filename.endswith(METADATA_SUFFIX)
     dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
     if found.is_mirror:

@@ -1,4 +1,5 @@
-"""Indexes: lookup, configuration rules, and merging an index with its bases into one view."""
+"""Indexes: lookup, configuration rules, who may read them, and merging an index with its bases
+into one view."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ from urllib.parse import quote
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import INDEX_TYPES, File, Index, Project, User
+from app.models import ANONYMOUS, AUTHENTICATED, INDEX_TYPES, File, Index, Project, User
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-LIST_KEYS = ("bases", "acl_upload", "mirror_whitelist")
+LIST_KEYS = ("bases", "acl_upload", "acl_read", "mirror_whitelist")
 SETTABLE_KEYS = (
     "type",
     "bases",
     "volatile",
     "acl_upload",
+    "acl_read",
     "mirror_whitelist",
     "mirror_url",
     "mirror_cache_expiry",
@@ -30,8 +32,52 @@ SETTABLE_KEYS = (
 )
 
 
+DEFAULT_ACL_READ = (ANONYMOUS,)  # everyone may read, as devpi
+ACL_READ_SPECIALS = (ANONYMOUS, AUTHENTICATED)
+
+
 class IndexConfigError(ValueError):
     """An index setting is invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who reads: a user (None: anonymous) and, for a token limited to one index, the paths
+    of the indexes it may read (that index and its resolution order; None: no limit)."""
+
+    user: User | None = None
+    scope: frozenset[str] | None = None
+
+
+def acl_read_of(index: Index) -> tuple[str, ...]:
+    """The index's acl_read (the default, everyone, when unset)."""
+    return DEFAULT_ACL_READ if index.acl_read is None else tuple(index.acl_read)
+
+
+def is_public(index: Index) -> bool:
+    """Whether everyone, logged in or not, may read the index (acl_read has :ANONYMOUS:)."""
+    return ANONYMOUS in acl_read_of(index)
+
+
+def may_read(index: Index, reader: Reader) -> bool:
+    """The one rule for reading an index: its pages, files, docs, search hits and inherited
+    projects (R52). The owner and superusers always may; then acl_read decides: :ANONYMOUS:
+    everyone, :AUTHENTICATED: any logged-in user, else the users it names. A token limited to
+    one index reads only that index and its bases (never more than its user)."""
+    if reader.scope is not None and index.path not in reader.scope:
+        return False
+    acl = acl_read_of(index)
+    if ANONYMOUS in acl:
+        return True
+    user = reader.user
+    if user is None:
+        return False
+    return (
+        user.is_superuser
+        or user.id == index.owner_id
+        or AUTHENTICATED in acl
+        or user.username in acl
+    )
 
 
 @dataclass(frozen=True)
@@ -111,6 +157,19 @@ def resolution_order(session: Session, index: Index) -> list[Index]:
     return postorder[::-1]
 
 
+def readable_order(session: Session, index: Index, reader: Reader | None) -> list[Index]:
+    """The resolution order without the indexes `reader` may not read (None: everything)."""
+    order = resolution_order(session, index)
+    return order if reader is None else [i for i in order if may_read(i, reader)]
+
+
+def readable_index_ids(session: Session, reader: Reader) -> list[int] | None:
+    """Ids of the indexes `reader` may read, for SQL filters; None when that is every one."""
+    indexes = session.scalars(select(Index)).all()
+    readable = [i.id for i in indexes if may_read(i, reader)]
+    return None if len(readable) == len(indexes) else readable
+
+
 def _hosted_dists(
     session: Session, index: Index, normalized_name: str
 ) -> tuple[str, list[Dist]] | None:
@@ -152,19 +211,29 @@ def is_whitelisted(stages: Iterable[Index], normalized_name: str) -> bool:
 
 
 def project_view(
-    session: Session, index: Index, normalized_name: str, mirror: MirrorSource
+    session: Session,
+    index: Index,
+    normalized_name: str,
+    mirror: MirrorSource,
+    *,
+    ignore_bases: bool = False,
+    reader: Reader | None = None,
 ) -> ProjectView | None:
     """Merge a project across the index and its bases, or None if no index has it.
 
     A name that any stage in the chain holds hides the mirrors' project of that name (and the
     upstream is not asked) unless a stage whitelists it: protection against dependency
-    confusion (R86, R87).
+    confusion (R86, R87). `ignore_bases` looks at the index alone (devpi's `?ignore_bases`).
+    With a `reader`, indexes it may not read contribute no files; they still count for the
+    dependency-confusion rule, or a stranger would get upstream's project of a private name.
     """
-    order = resolution_order(session, index)
+    order = [index] if ignore_bases else resolution_order(session, index)
     stages = [i for i in order if not i.is_mirror]
     hosted = {i.path: _hosted_dists(session, i, normalized_name) for i in stages}
     is_private = any(found is not None for found in hosted.values())
     ask_mirrors = not is_private or is_whitelisted(stages, normalized_name)
+    if reader is not None:
+        order = [i for i in order if may_read(i, reader)]
 
     name: str | None = None
     dists: list[Dist] = []
@@ -188,12 +257,15 @@ def project_view(
     return ProjectView(name, normalized_name, dists, is_mirrored)
 
 
-def project_names(session: Session, index: Index, mirror: MirrorSource) -> list[str]:
-    """Every project name the index shows: its own, its stage bases', cached mirror ones."""
+def project_names(
+    session: Session, index: Index, mirror: MirrorSource, *, reader: Reader | None = None
+) -> list[str]:
+    """Every project name the index shows: its own, its stage bases', cached mirror ones
+    (with a `reader`: only from the indexes it may read)."""
     names: dict[str, str] = {}
     from app.dists import normalize_name
 
-    for current in resolution_order(session, index):
+    for current in readable_order(session, index, reader):
         if current.is_mirror:
             found = mirror.project_names(current)
         else:
@@ -224,6 +296,22 @@ def _as_bool(key: str, value: Any) -> bool:
     raise IndexConfigError(f"{key} must be true or false, not {value!r}")
 
 
+def _as_acl_read(value: Any) -> list[str]:
+    """acl_read entries: user names and the special values (in capitals, each once)."""
+    clean: list[str] = []
+    for entry in _as_list("acl_read", value):
+        if entry.upper() in ACL_READ_SPECIALS:
+            entry = entry.upper()
+        elif not NAME_RE.match(entry):
+            raise IndexConfigError(
+                f"acl_read entry {entry[:100]!r} is neither a user name nor one of "
+                f"{', '.join(ACL_READ_SPECIALS)}"
+            )
+        if entry not in clean:
+            clean.append(entry)
+    return clean
+
+
 def normalize_config(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Check the types of index settings given as JSON or as key=value strings."""
     clean: dict[str, Any] = {}
@@ -232,7 +320,9 @@ def normalize_config(changes: Mapping[str, Any]) -> dict[str, Any]:
             raise IndexConfigError(
                 f"unknown index setting {key!r}; known: {', '.join(SETTABLE_KEYS)}"
             )
-        if key in LIST_KEYS:
+        if key == "acl_read":
+            clean[key] = _as_acl_read(value)
+        elif key in LIST_KEYS:
             clean[key] = _as_list(key, value)
         elif key == "volatile":
             clean[key] = _as_bool(key, value)
@@ -259,6 +349,57 @@ def normalize_config(changes: Mapping[str, Any]) -> dict[str, Any]:
     return clean
 
 
+def apply_operations(config: Mapping[str, Any], operations: list[Any]) -> dict[str, Any]:
+    """Apply devpi's index-setting operations to a copy of `config` and return it.
+
+    `key=value` sets a setting (lists as comma-separated values), `key+=value` adds a value to
+    a list setting, `key-=value` removes one (an error if it is not there), and `key-=` resets
+    the setting to its default. devpi-client sends these when the server announces the
+    `server-keyvalue-parsing` feature (`devpi index USER/INDEX key+=value`).
+    """
+    result = {
+        key: list(value) if isinstance(value, list) else value for key, value in config.items()
+    }
+    defaults: dict[str, Any] = {
+        "volatile": False,
+        "mirror_cache_expiry": None,
+        "acl_read": list(DEFAULT_ACL_READ),
+    }
+    for operation in operations:
+        if not isinstance(operation, str) or "=" not in operation:
+            raise IndexConfigError(
+                f"expected key=value, key+=value or key-=value, not {str(operation)[:100]!r}"
+            )
+        key, _, value = operation.partition("=")
+        kind = "set"
+        if key.endswith(("+", "-")):
+            kind = "add" if key.endswith("+") else ("remove" if value else "reset")
+            key = key[:-1]
+        key, value = key.strip(), value.strip()
+        if key == "acl_read" and value.upper() in ACL_READ_SPECIALS:
+            value = value.upper()
+        if key not in SETTABLE_KEYS:
+            raise IndexConfigError(
+                f"unknown index setting {key!r}; known: {', '.join(SETTABLE_KEYS)}"
+            )
+        if kind == "set":
+            result[key] = value
+        elif kind == "reset":
+            result[key] = defaults.get(key, [] if key in LIST_KEYS else "")
+        elif key not in LIST_KEYS:
+            raise IndexConfigError(f"{key} is not a list setting: use {key}=value")
+        else:
+            values = _as_list(key, result.get(key) or [])
+            if kind == "add" and value not in values:
+                values.append(value)
+            elif kind == "remove":
+                if value not in values:
+                    raise IndexConfigError(f"the {key!r} setting doesn't have value {value!r}")
+                values.remove(value)
+            result[key] = values
+    return result
+
+
 def _check_bases(session: Session, index_path: str, bases: list[str]) -> None:
     for base in bases:
         if get_index_by_path(session, base) is None:
@@ -278,11 +419,28 @@ def _check_bases(session: Session, index_path: str, bases: list[str]) -> None:
             stack.extend(found.bases or ())
 
 
-def apply_config(session: Session, index: Index, changes: Mapping[str, Any]) -> None:
-    """Validate and apply settings to a new or existing index (the caller commits)."""
+def _check_readable_bases(
+    session: Session, old: Iterable[str], new: Iterable[str], user: User
+) -> None:
+    """A user may add only bases they may read: inheriting is reading."""
+    for path in set(new) - set(old):
+        base = get_index_by_path(session, path)
+        if base is not None and not may_read(base, Reader(user)):
+            raise IndexConfigError(f"you may not read {path}, so you cannot inherit from it")
+
+
+def apply_config(
+    session: Session, index: Index, changes: Mapping[str, Any], *, user: User | None = None
+) -> None:
+    """Validate and apply settings to a new or existing index (the caller commits).
+
+    With `user` (who asks for the change), new bases must be indexes that user may read.
+    """
     clean = normalize_config(changes)
     if "type" in clean and index.type and clean["type"] != index.type and index.id is not None:
         raise IndexConfigError("the type of an existing index cannot be changed")
+    if user is not None and "bases" in clean:
+        _check_readable_bases(session, index.bases or (), clean["bases"], user)
     for key, value in clean.items():
         setattr(index, key, value)
     if index.is_mirror:
@@ -295,9 +453,15 @@ def apply_config(session: Session, index: Index, changes: Mapping[str, Any]) -> 
 
 
 def create_index(
-    session: Session, owner: User, name: str, config: Mapping[str, Any] | None = None
+    session: Session,
+    owner: User,
+    name: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    user: User | None = None,
 ) -> Index:
-    """Create `owner/name` (stage by default, uploads allowed to the owner); the caller commits."""
+    """Create `owner/name` (stage by default, uploads allowed to the owner, readable by
+    everyone); the caller commits. `user` is who asks, as for apply_config."""
     if not NAME_RE.match(name):
         raise IndexConfigError(
             f"invalid index name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
@@ -311,6 +475,7 @@ def create_index(
         type=config.pop("type", "stage"),
         bases=[],
         acl_upload=[owner.username],
+        acl_read=list(DEFAULT_ACL_READ),
         mirror_whitelist=[],
         volatile=False,
         title="",
@@ -319,19 +484,35 @@ def create_index(
     if index.type not in INDEX_TYPES:
         raise IndexConfigError(f"type must be 'stage' or 'mirror', not {index.type!r}")
     session.add(index)
-    apply_config(session, index, config)
+    apply_config(session, index, config, user=user)
     return index
 
 
-def index_config(index: Index) -> dict[str, Any]:
-    """An index's settings as the JSON API shows them (never credentials in mirror_url)."""
+def shown_bases(session: Session, index: Index, reader: Reader) -> list[str]:
+    """The bases a reader is told of: every one to those who may configure the index, else
+    those they may read (a stage shows nothing of a base a stranger may not read)."""
+    bases = list(index.bases or [])
+    if reader.user is not None and may_configure(index, reader.user):
+        return bases
+    shown = []
+    for path in bases:
+        base = get_index_by_path(session, path)
+        if base is None or may_read(base, reader):
+            shown.append(path)
+    return shown
+
+
+def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, Any]:
+    """An index's settings as the JSON API shows them (never credentials in mirror_url);
+    `bases` replaces the stored ones (shown_bases)."""
     from app.upstream import mask_url
 
     config: dict[str, Any] = {
         "type": index.type,
-        "bases": list(index.bases or []),
+        "bases": list(index.bases or []) if bases is None else bases,
         "volatile": index.volatile,
         "acl_upload": list(index.acl_upload or []),
+        "acl_read": list(acl_read_of(index)),
         "mirror_whitelist": list(index.mirror_whitelist or []),
         "title": index.title,
         "description": index.description,

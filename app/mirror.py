@@ -3,7 +3,8 @@
 Pages are cached in the database (MirrorPage), files in the blob store under their sha256. Work
 that must happen once across gunicorn workers (one page fetch per project, one download per
 file) is serialized with flock() on files under DATA_DIR/locks: the kernel releases them when
-a worker dies, even by SIGKILL.
+a worker dies, even by SIGKILL. Each committed file is recorded in the cache's accounting
+(app/cache.py: size cap, LRU eviction), and counted for /+metrics.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from flask import Response, g
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app import metrics
+from app.cache import MirrorCache
 from app.config import Settings
 from app.db import Database, begin_write, get_session
 from app.dists import Hashes, InvalidDistribution, parse_filename
@@ -130,6 +133,7 @@ class Counters:
 
     def add(self, index_id: int, *, hits: int = 0, misses: int = 0, fetched_bytes: int = 0) -> None:
         """Count an event; flush now and then so every worker's counts reach the database."""
+        metrics.count_cache(hits=hits, misses=misses, fetched_bytes=fetched_bytes)
         with self.lock:
             row = self.pending.setdefault(index_id, [0, 0, 0])
             row[0] += hits
@@ -193,6 +197,7 @@ class Mirror:
         self.lock_dir = Path(settings.data_dir) / "locks"
         self.part_dir = settings.tmp_dir / "mirror"
         self.counters = Counters(database)
+        self.cache = MirrorCache(settings, database, storage)
 
     # --- pages -------------------------------------------------------------------------------
 
@@ -311,6 +316,7 @@ class Mirror:
                 if error is None:
                     row.last_ok_at = utcnow()
                 else:
+                    metrics.count_upstream_error(index.path)
                     row.last_error, row.last_error_at = error[:1000], utcnow()
                 session.commit()
         except Exception:
@@ -399,8 +405,7 @@ class Mirror:
         if is_metadata:
             return self._serve_metadata(index, entry)
         if entry.get("sha256") and self.storage.exists(key):
-            self.counters.add(index.id, hits=1)
-            return send_blob(key, filename)
+            return self._send_cached(index, key, filename)
         if is_head:
             response = Response(b"", mimetype="application/octet-stream")
             if entry.get("size") is not None:
@@ -415,27 +420,36 @@ class Mirror:
         name = entry["filename"] + ".metadata"
         if not digest:
             raise HTTPError(404, f"Upstream offers no core metadata for {entry['filename']}.")
+        mimetype = "text/plain; charset=utf-8"
         if self.storage.exists(digest):
-            self.counters.add(index.id, hits=1)
-            return send_blob(digest, name, mimetype="text/plain; charset=utf-8")
+            return self._send_cached(index, digest, name, mimetype=mimetype)
         lock = FileLock(self.lock_dir / f"meta-{digest}.lock")
         try:  # one fetch per sidecar across workers (uv asks for many at once)
             if not lock.acquire(self._upstream_budget_seconds()):
                 raise HTTPError(504, f"{name} is still being fetched by another worker.")
             if self.storage.exists(digest):
-                self.counters.add(index.id, hits=1)
-            else:
-                data = self._fetch_metadata(index, entry["url"] + ".metadata", name)
-                if hashlib.sha256(data).hexdigest() != digest:
-                    log.error(
-                        "hash mismatch for %s from %s: not cached", name, mask_url(entry["url"])
-                    )
-                    raise HTTPError(502, f"Upstream sent {name} with the wrong sha256; not served.")
-                self.storage.save(digest, io.BytesIO(data))
-                self.counters.add(index.id, misses=1, fetched_bytes=len(data))
+                return self._send_cached(index, digest, name, mimetype=mimetype)
+            data = self._fetch_metadata(index, entry["url"] + ".metadata", name)
+            if hashlib.sha256(data).hexdigest() != digest:
+                log.error("hash mismatch for %s from %s: not cached", name, mask_url(entry["url"]))
+                metrics.count_upstream_error(index.path)
+                raise HTTPError(502, f"Upstream sent {name} with the wrong sha256; not served.")
+            self.storage.save(digest, io.BytesIO(data))
+            self.counters.add(index.id, misses=1, fetched_bytes=len(data))
+            self.cache.record(index.id, digest, len(data))
         finally:
             lock.close()
-        return send_blob(digest, name, mimetype="text/plain; charset=utf-8")
+        self.cache.evict_if_over()
+        return send_blob(digest, name, mimetype=mimetype)
+
+    def _send_cached(
+        self, index: Index, key: str, filename: str, *, mimetype: str = "application/octet-stream"
+    ) -> Response:
+        """A cache hit: counted, its last access noted (in batches), the blob sent."""
+        self.counters.add(index.id, hits=1)
+        self.cache.touch(key)
+        metrics.mark_cache_hit()
+        return send_blob(key, filename, mimetype=mimetype)
 
     def _fetch_metadata(self, index: Index, url: str, name: str) -> bytes:
         try:
@@ -447,9 +461,11 @@ class Mirror:
                     if len(data) > MAX_METADATA_BYTES:
                         raise UpstreamError(f"{name} is larger than {MAX_METADATA_BYTES} bytes")
         except UpstreamTimeout as exc:
+            metrics.count_upstream_error(index.path)
             raise HTTPError(504, f"Upstream timed out fetching {name}: {exc}") from None
         except UpstreamError as exc:
             log.error("fetching %s from %s failed: %s", name, mask_url(url), exc)
+            metrics.count_upstream_error(index.path)
             raise HTTPError(502, f"Upstream failed fetching {name}: {exc}") from None
         return bytes(data)
 
@@ -466,8 +482,7 @@ class Mirror:
             if lock.try_acquire():
                 if self.storage.exists(key):
                     lock.close()  # another worker just finished it
-                    self.counters.add(index.id, hits=1)
-                    return send_blob(key, entry["filename"])
+                    return self._send_cached(index, key, entry["filename"])
                 return self._lead(index, entry, lock)
             lock.close()
             if part.exists() or time.monotonic() >= deadline:
@@ -479,11 +494,13 @@ class Mirror:
             return self.upstream.open_file(entry["url"], simple_url=index.mirror_url)
         except UpstreamTimeout as exc:
             log.error("fetching %s failed: %s", entry["filename"], exc)
+            metrics.count_upstream_error(index.path)
             raise HTTPError(
                 504, f"Upstream timed out fetching {entry['filename']}: {exc}"
             ) from None
         except UpstreamError as exc:
             log.error("fetching %s failed: %s", entry["filename"], exc)
+            metrics.count_upstream_error(index.path)
             raise HTTPError(502, f"Upstream failed fetching {entry['filename']}: {exc}") from None
 
     def _pass_through(self, index: Index, entry: dict[str, Any]) -> Response:
@@ -539,7 +556,7 @@ class Mirror:
             upstream_response.close()
             lock.close()
             raise
-        storage, counters = self.storage, self.counters
+        storage, counters, cache = self.storage, self.counters, self.cache
         released = False
 
         def release() -> None:
@@ -588,6 +605,7 @@ class Mirror:
                     storage.save(key, part)
                 release()  # before the last byte goes out: the client then sees a finished cache
                 counters.add(index.id, misses=1, fetched_bytes=hashes.size)
+                cache.record(index.id, key, hashes.size)
                 if not is_client_gone:
                     yield held
             except Exception as exc:
@@ -597,9 +615,12 @@ class Mirror:
                     mask_url(entry["url"]),
                     exc,
                 )
+                metrics.count_upstream_error(index.path)
                 raise
             finally:
                 release()
+            # After the last byte: the client does not wait for an eviction over the cap.
+            cache.evict_if_over()
 
         response = Response(generate(), mimetype="application/octet-stream")
         # A generator that never starts (HEAD, or a client gone before the first byte) never
@@ -623,8 +644,7 @@ class Mirror:
             part = open(part_path, "rb")  # noqa: SIM115 - closed by the generator
         except FileNotFoundError:
             if self.storage.exists(key):
-                self.counters.add(index.id, hits=1)
-                return send_blob(key, entry["filename"])
+                return self._send_cached(index, key, entry["filename"])
             raise HTTPError(
                 503, f"{entry['filename']} is being fetched; try again.", {"Retry-After": "5"}
             ) from None
@@ -634,6 +654,7 @@ class Mirror:
             total = entry.get("size")
         storage, filename, lock_path = self.storage, entry["filename"], self.lock_dir
         self.counters.add(index.id, hits=1)
+        self.cache.touch(key)
 
         def generate() -> Iterator[bytes]:
             nonlocal part

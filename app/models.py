@@ -1,4 +1,4 @@
-"""The data model: users, tokens, indexes, projects, release files, doc sets, login failures."""
+"""The data model: users, tokens, indexes, projects, files, doc sets, mirror cache, logins."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import datetime as dt
 from typing import Any
 
 from flask_login import UserMixin
-from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base
 
 INDEX_TYPES = ("stage", "mirror")
+ANONYMOUS = ":ANONYMOUS:"  # in acl_read: everyone, logged in or not (devpi's spelling)
+AUTHENTICATED = ":AUTHENTICATED:"  # in acl_read: any logged-in user
 
 
 def utcnow() -> dt.datetime:
@@ -69,6 +71,11 @@ class Index(Base):
     bases: Mapped[list[str]] = mapped_column(JSON, default=list)
     volatile: Mapped[bool] = mapped_column(default=False)
     acl_upload: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Who may read (app/indexes.py may_read): user names, ":ANONYMOUS:" (everyone, the
+    # default) or ":AUTHENTICATED:" (any logged-in user); the owner and superusers always may.
+    acl_read: Mapped[list[str]] = mapped_column(
+        JSON, default=lambda: [ANONYMOUS], server_default=f'["{ANONYMOUS}"]'
+    )
     mirror_whitelist: Mapped[list[str]] = mapped_column(JSON, default=list)
     mirror_url: Mapped[str | None] = mapped_column(String(2048))
     mirror_cache_expiry: Mapped[int | None] = mapped_column()
@@ -168,6 +175,22 @@ class MirrorStats(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[dt.datetime | None] = mapped_column()
     last_ok_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class MirrorBlob(Base):
+    """A blob that a mirror cached: what the cache cap counts and evicts, least recently used first.
+
+    Blobs that uploads (File, DocSet) reference are never evicted, even when a mirror cached the
+    same bytes too. `last_access_at` is written in batches, not on every download.
+    """
+
+    __tablename__ = "mirror_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    index_id: Mapped[int] = mapped_column(ForeignKey("indexes.id", ondelete="CASCADE"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    cached_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_access_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
 class DocSet(Base):

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, request
 
+from app.auth import require_read
 from app.db import get_session
 from app.dists import normalize_name
 from app.errors import HTTPError
@@ -18,7 +19,7 @@ from app.indexes import (
     get_index,
     project_names,
     project_view,
-    resolution_order,
+    readable_order,
 )
 from app.models import Index
 from app.upstream import UpstreamError, UpstreamTimeout
@@ -206,7 +207,8 @@ def project_list_no_slash(user: str, index: str) -> Response:
 def project_list(user: str, index: str) -> Response:
     """The index's project list: its own projects, its bases', and cached mirror ones."""
     found = _index_or_404(user, index)
-    names = project_names(get_session(), found, _mirror_source())
+    reader = require_read(found)
+    names = project_names(get_session(), found, _mirror_source(), reader=reader)
     mime = negotiate(request.headers.get("Accept"), request.args.get("format"))
     if mime == MIME_JSON:
         body = json.dumps(
@@ -231,8 +233,9 @@ def project_page(user: str, index: str, project: str) -> Response:
     if normalized != project:
         return redirect(f"{request.script_root}/{user}/{index}/+simple/{normalized}/", 301)
     found = _index_or_404(user, index)
+    reader = require_read(found)
     try:
-        view = project_view(get_session(), found, normalized, _mirror_source())
+        view = project_view(get_session(), found, normalized, _mirror_source(), reader=reader)
     except UpstreamTimeout as exc:
         raise HTTPError(
             504, f"Upstream timed out and {normalized} is not cached: {exc}", {"Retry-After": "30"}
@@ -266,9 +269,10 @@ def post_to_simple(user: str, index: str, project: str | None = None) -> Respons
 def refresh(user: str, index: str, project: str) -> Response:
     """Make the mirrors behind this index fetch the project page again on the next request."""
     found = _index_or_404(user, index)
+    reader = require_read(found)
     normalized = normalize_name(project)
     mirror = _mirror_source()
-    mirrors = [i for i in resolution_order(get_session(), found) if i.is_mirror]
+    mirrors = [i for i in readable_order(get_session(), found, reader) if i.is_mirror]
     if not mirrors:
         raise HTTPError(400, f"{found.path} has no mirror in its bases; nothing to refresh.")
     refreshed = [i.path for i in mirrors if mirror.refresh(i, normalized)]

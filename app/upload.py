@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.auth import require_user
+from app.cache import BlobLock
 from app.db import begin_write, get_session
 from app.dists import (
     CoreMetadata,
@@ -237,6 +238,9 @@ def _file_upload(index: Index, user: User) -> Response:
             sha256=_field("sha256_digest"),
             md5=_field("md5_digest"),
             blake2_256=_field("blake2_256_digest"),
+            # devpi-client's upload (it logs in with X-Devpi-Auth) sends no digest, as
+            # devpi-server needs none; the hashes computed here are recorded all the same.
+            is_required=not request.headers.get("X-Devpi-Auth"),
         )
         existing = _existing(index, info)
         if existing is not None:
@@ -246,19 +250,22 @@ def _file_upload(index: Index, user: User) -> Response:
         meta = read_metadata(spool.path, info)
     except InvalidDistribution as exc:
         raise HTTPError(400, str(exc)) from None
-    metadata_sha256 = _store(spool, meta, info)
-    try:
-        _record(index, user, info, spool, meta, metadata_sha256)
-    except IntegrityError:
-        # Another worker stored the same filename between our check and our commit.
-        get_session().rollback()
-        existing = _existing(index, info)
-        if existing is None:
+    # Between storing the blob and committing its row, an eviction of the same bytes from the
+    # mirror cache (or orphan removal) must wait: it would delete a blob we are about to record.
+    with BlobLock(settings.lock_dir).shared():
+        metadata_sha256 = _store(spool, meta, info)
+        try:
+            _record(index, user, info, spool, meta, metadata_sha256)
+        except IntegrityError:
+            # Another worker stored the same filename between our check and our commit.
+            get_session().rollback()
+            existing = _existing(index, info)
+            if existing is None:
+                raise
+            early = _duplicate(index, existing, spool.hashes)
+            if early is not None:
+                return early
             raise
-        early = _duplicate(index, existing, spool.hashes)
-        if early is not None:
-            return early
-        raise
     log.info(
         "upload %s %s by %s (%d bytes)", index.path, info.filename, user.username, spool.hashes.size
     )

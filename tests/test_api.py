@@ -310,6 +310,7 @@ def test_create_index_with_bases_and_read_its_config(
         "bases": ["admin/dev"],
         "volatile": True,
         "acl_upload": ["admin"],
+        "acl_read": [":ANONYMOUS:"],
         "mirror_whitelist": [],
         "title": "Team",
         "description": "",
@@ -391,8 +392,8 @@ def test_owner_creates_own_index_but_not_for_others(client: Any, bob: dict[str, 
             "/admin/new",
             {"colour": "blue"},
             "400 Cannot create admin/new: unknown index setting 'colour'; known: type, bases, "
-            "volatile, acl_upload, mirror_whitelist, mirror_url, mirror_cache_expiry, title, "
-            "description.",
+            "volatile, acl_upload, acl_read, mirror_whitelist, mirror_url, mirror_cache_expiry, "
+            "title, description.",
             id="unknown-setting",
         ),
         pytest.param(

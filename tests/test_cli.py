@@ -265,6 +265,7 @@ def test_index_create_modify_show_list_and_delete(
         "bases": ["admin/dev"],
         "volatile": True,
         "acl_upload": ["admin"],
+        "acl_read": [":ANONYMOUS:"],
         "mirror_whitelist": [],
         "title": "Team",
         "description": "",

@@ -25,6 +25,7 @@ TABLES = {
     "mirror_stats",
     "doc_sets",
     "login_failures",
+    "mirror_blobs",
 }
 
 

@@ -29,18 +29,25 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import select
 
 from app import __version__
-from app.auth import authenticated_user
+from app.auth import authenticated_user, current_reader, require_read
 from app.db import get_session
 from app.dists import normalize_name
 from app.errors import HTTPError
 from app.indexes import (
     ProjectView,
+    Reader,
+    acl_read_of,
     get_index,
     get_index_by_path,
+    is_public,
     may_configure,
+    may_read,
     may_upload,
     project_view,
+    readable_index_ids,
+    readable_order,
     resolution_order,
+    shown_bases,
 )
 from app.models import Index, MirrorPage, Project, User
 from app.upstream import UpstreamError, UpstreamTimeout, mask_url
@@ -78,10 +85,10 @@ def _protect_cookie_requests() -> None:
     """
     if not current_app.config.get("WTF_CSRF_ENABLED", True) or request.method in SAFE_METHODS:
         return
-    if request.headers.get("Authorization"):
-        return
+    if request.headers.get("Authorization") or request.headers.get("X-Devpi-Auth"):
+        return  # a custom header: browsers cannot add it to a cross-site request
     if request.endpoint == "web.login" and request.is_json:
-        return  # devpi-client logs in with a JSON body (answered 415 for now)
+        return  # devpi-client logs in with a JSON body (app/devpi.py): no cookie involved
     if request.blueprint == "web" or current_app.config["SESSION_COOKIE_NAME"] in request.cookies:
         csrf.protect()
 
@@ -208,10 +215,25 @@ def index_or_404(user: str, index: str) -> Index:
     return found
 
 
-def _project_view(index: Index, normalized: str) -> ProjectView:
+def readable_rows(rows: list[pages.IndexRow]) -> list[pages.IndexRow]:
+    """The index rows the caller may read (a restricted index is not even listed)."""
+    reader = current_reader()
+    return [row for row in rows if may_read(row.index, reader)]
+
+
+def _project_view(
+    index: Index, normalized: str, reader: Reader | None, *, ignore_bases: bool = False
+) -> ProjectView:
     mirror = current_app.extensions["pyshelf.mirror"]
     try:
-        view = project_view(get_session(), index, normalized, mirror)
+        view = project_view(
+            get_session(),
+            index,
+            normalized,
+            mirror,
+            ignore_bases=ignore_bases,
+            reader=reader,
+        )
     except UpstreamTimeout as exc:
         raise HTTPError(
             504, f"Upstream timed out and {normalized} is not cached: {exc}", {"Retry-After": "30"}
@@ -239,9 +261,18 @@ def _absolute(path: str) -> str:
 
 
 @bp.get("/")
-def home() -> str:
-    """The indexes on this server, with a search box."""
-    return render_template("home.html", rows=pages.all_indexes(get_session()))
+def home() -> Response | str:
+    """The indexes on this server, with a search box; JSON of the users for API clients."""
+    accept = request.accept_mimetypes
+    if accept.quality("application/json") > accept.quality("text/html"):  # not for */*
+        from app.api import users_json
+
+        return users_json()  # `devpi use -l`, `devpi user -l`
+    rows = pages.all_indexes(get_session())
+    shown = readable_rows(rows)
+    # Indexes the caller may not read are left out; anonymous visitors are told why.
+    hidden = len(shown) < len(rows) and authenticated_user() is None
+    return render_template("home.html", rows=shown, has_hidden=hidden)
 
 
 @bp.get("/+search", endpoint="search")
@@ -253,11 +284,13 @@ def search_page() -> str:
     page = page_number()
     hits = []
     if query:
+        session = get_session()
         hits = run_search(
-            get_session(),
+            session,
             query,
             limit=SEARCH_PAGE_SIZE + 1,
             offset=(page - 1) * SEARCH_PAGE_SIZE,
+            index_ids=readable_index_ids(session, current_reader()),
         )
     return render_template(
         "search.html",
@@ -275,7 +308,7 @@ def user_page(username: str) -> str:
     if user is None:
         raise HTTPError(404, f"User {username} does not exist.")
     rows = [row for row in pages.all_indexes(session) if row.index.owner_id == user.id]
-    return render_template("user.html", user=user, rows=rows)
+    return render_template("user.html", user=user, rows=readable_rows(rows))
 
 
 def index_page(username: str, name: str) -> Response | str:
@@ -284,6 +317,7 @@ def index_page(username: str, name: str) -> Response | str:
         return redirect(request.script_root + request.path + "/", 308)
     session = get_session()
     index = index_or_404(username, name)
+    reader = require_read(index)
     page = page_number()
     if index.is_mirror:
         projects, total = pages.mirror_projects(session, index, page)
@@ -302,16 +336,24 @@ def index_page(username: str, name: str) -> Response | str:
         upload_url=f"{base}/{index.path}/",
         host=host,
         needs_trusted_host=request.scheme == "http",
-        bases=[(path, get_index_by_path(session, path) is not None) for path in index.bases],
+        bases=[
+            (path, get_index_by_path(session, path) is not None)
+            for path in (index.bases if reader is None else shown_bases(session, index, reader))
+        ],
+        acl_read=acl_read_of(index),
+        is_public=is_public(index),
     )
 
 
 # --- projects and versions -------------------------------------------------------------------
 
 
-def _mirror_pages(index: Index, normalized: str) -> list[tuple[Index, MirrorPage | None]]:
-    """Each mirror behind the index with its cached page of the project (or None)."""
-    mirrors = [i for i in resolution_order(get_session(), index) if i.is_mirror]
+def _mirror_pages(
+    index: Index, normalized: str, reader: Reader | None
+) -> list[tuple[Index, MirrorPage | None]]:
+    """Each mirror behind the index (that the reader may read) with its cached page of the
+    project (or None)."""
+    mirrors = [i for i in readable_order(get_session(), index, reader) if i.is_mirror]
     # A fresh session: the mirror has just written the page in its own transaction, which the
     # request's older snapshot (SQLite WAL) would not see.
     with current_app.extensions["pyshelf.db"].session() as session:
@@ -335,13 +377,15 @@ def project_page(user: str, index: str, project: str) -> Response | str:
         return redirect(f"{request.script_root}/{user}/{index}/{quote(normalized)}/", 301)
     session = get_session()
     found = index_or_404(user, index)
-    view = _project_view(found, normalized)
+    reader = require_read(found)
+    # devpi-client asks with `?ignore_bases` for the versions it may delete.
+    view = _project_view(found, normalized, reader, ignore_bases="ignore_bases" in request.args)
     storage = current_app.extensions["pyshelf.storage"]
     mirror_paths = {i.path for i in resolution_order(session, found) if i.is_mirror}
     versions = pages.group_versions(pages.file_rows(view, mirror_paths, storage))
-    docsets = docs.doc_sets(session, found, normalized)
+    docsets = docs.doc_sets(session, found, normalized, reader)
     if wants_json():
-        metadata = pages.hosted_metadata(session, found, normalized)
+        metadata = pages.hosted_metadata(session, found, normalized, reader=reader)
         root = _root_url()
         result = {
             v.version: pages.version_data(
@@ -358,7 +402,11 @@ def project_page(user: str, index: str, project: str) -> Response | str:
         return jsonify({"type": "projectconfig", "result": result})
     latest = pages.latest_of(versions)
     latest_row = next((v for v in versions if v.version == latest), None)
-    meta = pages.hosted_metadata(session, found, normalized, latest).get(latest) if latest else None
+    meta = (
+        pages.hosted_metadata(session, found, normalized, latest, reader=reader).get(latest)
+        if latest
+        else None
+    )
     if meta is None and latest_row is not None:
         meta = pages.mirror_metadata(latest_row.files, storage)
     page = page_number()
@@ -378,7 +426,7 @@ def project_page(user: str, index: str, project: str) -> Response | str:
         ),
         docs_versions=docsets,
         latest_docs=docs.latest_version(list(docsets)),
-        mirror_pages=_mirror_pages(found, normalized) if view.is_mirrored else [],
+        mirror_pages=_mirror_pages(found, normalized, reader) if view.is_mirrored else [],
     )
 
 
@@ -398,7 +446,8 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
         return redirect(target, 301)
     session = get_session()
     found = index_or_404(user, index)
-    view = _project_view(found, normalized)
+    reader = require_read(found)
+    view = _project_view(found, normalized, reader)
     storage = current_app.extensions["pyshelf.storage"]
     mirror_paths = {i.path for i in resolution_order(session, found) if i.is_mirror}
     versions = pages.group_versions(pages.file_rows(view, mirror_paths, storage))
@@ -408,11 +457,13 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
             raise HTTPError(404, f"{normalized} has no versions on {found.path}.")
         return redirect(version_url(found.path, normalized, latest), 302)
     row = next((v for v in versions if _same_version(version, v.version)), None)
-    docset = docs.find_docset(session, found, normalized, version)
+    docset = docs.find_docset(session, found, normalized, version, reader)
     if row is None and docset is None:
         raise HTTPError(404, f"{normalized} {version} is not on index {found.path}.")
     row = row or pages.VersionRow(version, [])
-    meta = pages.hosted_metadata(session, found, normalized, row.version).get(row.version)
+    meta = pages.hosted_metadata(session, found, normalized, row.version, reader=reader).get(
+        row.version
+    )
     if meta is None:
         meta = pages.mirror_metadata(row.files, storage)
     has_docs = docset is not None
@@ -458,9 +509,10 @@ def _may_yank(index: Index, user: User) -> bool:
 def refresh(user: str, index: str, project: str) -> Response:
     """Make the mirrors behind this index fetch the project page again (the Refresh button)."""
     found = index_or_404(user, index)
+    reader = require_read(found)
     normalized = normalize_name(project)
     mirror = current_app.extensions["pyshelf.mirror"]
-    mirrors = [i for i in resolution_order(get_session(), found) if i.is_mirror]
+    mirrors = [i for i in readable_order(get_session(), found, reader) if i.is_mirror]
     if not mirrors:
         raise HTTPError(400, f"{found.path} has no mirror in its bases; nothing to refresh.")
     refreshed = [i.path for i in mirrors if mirror.refresh(i, normalized)]
@@ -485,8 +537,9 @@ def doc_root_no_slash(user: str, index: str, project: str, version: str) -> Resp
 def doc_file(user: str, index: str, project: str, version: str, path: str = "") -> Response:
     """A file of a version's documentation (`latest`: the highest version with docs)."""
     found = index_or_404(user, index)
+    reader = require_read(found)
     normalized = normalize_name(project)
-    match = docs.find_docset(get_session(), found, normalized, version)
+    match = docs.find_docset(get_session(), found, normalized, version, reader)
     if match is None:
         raise HTTPError(404, f"No documentation for {normalized} {version} on {found.path}.")
     base = doc_url(found.path, normalized, version)

@@ -21,11 +21,13 @@ from app.db import begin_write, get_session
 from app.errors import HTTPError
 from app.indexes import (
     IndexConfigError,
+    Reader,
     apply_config,
     create_index,
     dependents,
     get_index_by_path,
     may_configure,
+    may_read,
     may_upload,
 )
 from app.models import Index, Token, User
@@ -43,9 +45,10 @@ MAX_DESCRIPTION_CHARS = 255
 @bp.route("/+login", methods=["GET", "POST"])
 def login() -> Response | str | tuple[str, int, dict[str, str]]:
     """The login form; a successful login goes back to `next` (a path on this site)."""
-    if request.method == "POST" and request.is_json:
-        # devpi-client posts {"user", "password"} for a token: a later issue adds that.
-        raise HTTPError(415, "Log in with the HTML form; JSON logins are not supported yet.")
+    if request.method == "POST" and request.is_json:  # devpi-client: {"user", "password"}
+        from app.devpi import json_login
+
+        return json_login()
     target = safe_next(request.values.get("next"))
     if request.method == "GET":
         return render_template("login.html", next=target, username="")
@@ -105,7 +108,7 @@ def _account_page(user: User, status: int = 200, **extra: Any) -> tuple[str, int
         tokens=tokens,
         token_indexes=_token_indexes(user),
         own_indexes=own,
-        all_paths=[row.index.path for row in all_indexes(db)],
+        all_paths=[row.index.path for row in all_indexes(db) if may_read(row.index, Reader(user))],
         min_password_chars=MIN_PASSWORD_CHARS,
         **extra,
     )
@@ -335,6 +338,10 @@ def _form_config(index: Index | None, kind: str) -> dict[str, Any]:
         "title": form.get("title", "").strip(),
         "description": form.get("description", "").strip(),
     }
+    # Only when the form has the field (and, creating, filled it): empty means the owner and
+    # superusers alone, which a form without the field must never set by accident.
+    if "acl_read" in form and (index is not None or form["acl_read"].strip()):
+        config["acl_read"] = form["acl_read"]
     if kind == "mirror":
         url = form.get("mirror_url", "").strip()
         # The form shows the URL masked; an unchanged mask keeps the stored credentials.
@@ -370,7 +377,7 @@ def create_index_form() -> Response:
     if not config.get("acl_upload"):
         config.pop("acl_upload", None)  # default: the owner
     try:
-        created = create_index(db, owner, name, config)
+        created = create_index(db, owner, name, config, user=caller)
         db.flush()
     except IndexConfigError as exc:
         db.rollback()
@@ -397,14 +404,14 @@ def edit_index(user: str, index: str) -> Response | str | tuple[str, int]:
     checked = _configurable(user, index)
     if isinstance(checked, Response):
         return checked
-    found, _caller = checked
+    found, caller = checked
     if request.method == "GET":
         return render_template("index_edit.html", index=found, error=None)
     db = get_session()
     begin_write(db)
     found = index_or_404(user, index)  # again, inside the write transaction
     try:
-        apply_config(db, found, _form_config(found, found.type))
+        apply_config(db, found, _form_config(found, found.type), user=caller)
         db.flush()
     except IndexConfigError as exc:
         db.rollback()

@@ -37,10 +37,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
+from app.cache import BlobLock
 from app.db import begin_write, get_session
 from app.dists import normalize_name
 from app.errors import HTTPError
-from app.indexes import resolution_order
+from app.indexes import Reader, readable_order
 from app.models import DocSet, Index, Project, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -200,13 +201,6 @@ def store_docs(index: Index, project: str, version: str, user: User, part: FileS
         )
     except InvalidDocs as exc:
         raise HTTPError(400, str(exc)) from None
-    if not storage.exists(sha256):
-        commit_temp = getattr(storage, "commit_temp", None)
-        if commit_temp is not None:
-            commit_temp(sha256, path)
-        else:
-            with open(path, "rb") as source:
-                storage.save(sha256, source)
     values = {
         "sha256": sha256,
         "size": size,
@@ -216,11 +210,20 @@ def store_docs(index: Index, project: str, version: str, user: User, part: FileS
         "uploader": user.username,
         "uploaded_at": utcnow(),
     }
-    try:
-        docset = _record(session, index, normalized, version, values)
-    except IntegrityError:  # another worker created the same doc set first: replace it
-        session.rollback()
-        docset = _record(session, index, normalized, version, values)
+    # Orphan removal (verify --repair) must not delete the blob between store and record.
+    with BlobLock(settings.lock_dir).shared():
+        if not storage.exists(sha256):
+            commit_temp = getattr(storage, "commit_temp", None)
+            if commit_temp is not None:
+                commit_temp(sha256, path)
+            else:
+                with open(path, "rb") as source:
+                    storage.save(sha256, source)
+        try:
+            docset = _record(session, index, normalized, version, values)
+        except IntegrityError:  # another worker created the same doc set first: replace it
+            session.rollback()
+            docset = _record(session, index, normalized, version, values)
     log.info("docs %s %s %s by %s (%d bytes)", index.path, normalized, version, user.username, size)
     return docset
 
@@ -265,10 +268,13 @@ def doc_upload(index: Index, user: User) -> Response:
 # --- lookup and serving ----------------------------------------------------------------------
 
 
-def doc_sets(session: Session, index: Index, normalized: str) -> dict[str, tuple[DocSet, Index]]:
-    """The doc sets of a project by version, from the index and its stage bases (first wins)."""
+def doc_sets(
+    session: Session, index: Index, normalized: str, reader: Reader | None = None
+) -> dict[str, tuple[DocSet, Index]]:
+    """The doc sets of a project by version, from the index and its stage bases (first wins;
+    with a `reader`, only from the indexes it may read)."""
     found: dict[str, tuple[DocSet, Index]] = {}
-    for current in resolution_order(session, index):
+    for current in readable_order(session, index, reader):
         if current.is_mirror:
             continue
         for docset in session.scalars(
@@ -286,10 +292,10 @@ def latest_version(versions: list[str]) -> str | None:
 
 
 def find_docset(
-    session: Session, index: Index, normalized: str, version: str
+    session: Session, index: Index, normalized: str, version: str, reader: Reader | None = None
 ) -> tuple[DocSet, Index] | None:
     """The doc set for a version (`latest`: the highest version that has docs), or None."""
-    found = doc_sets(session, index, normalized)
+    found = doc_sets(session, index, normalized, reader)
     if version == "latest":
         latest = latest_version(list(found))
         return found[latest] if latest else None

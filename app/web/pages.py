@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.dists import InvalidDistribution, parse_filename
-from app.indexes import ProjectView, resolution_order
+from app.indexes import ProjectView, Reader, readable_order
 from app.models import File, Index, MirrorPage, Project, User
 
 PAGE_SIZE = 50  # projects per page of an index
@@ -291,11 +291,16 @@ def _from_raw_metadata(raw: bytes) -> Metadata:
 
 
 def hosted_metadata(
-    session: Session, index: Index, normalized: str, version: str | None = None
+    session: Session,
+    index: Index,
+    normalized: str,
+    version: str | None = None,
+    *,
+    reader: Reader | None = None,
 ) -> dict[str, Metadata]:
     """Metadata of each uploaded version (or just `version`) of a project on the index and
-    its stage bases."""
-    stages = [i.id for i in resolution_order(session, index) if not i.is_mirror]
+    its stage bases (with a `reader`, those it may read)."""
+    stages = [i.id for i in readable_order(session, index, reader) if not i.is_mirror]
     query = (
         select(File.version, File.core_metadata)
         .join(Project)
@@ -350,6 +355,7 @@ def version_data(
             "href": f"{root_url}/{f.path}",
             "basename": f.filename,
             "hash_spec": f"sha256={f.sha256}" if f.sha256 else None,
+            "hashes": {"sha256": f.sha256} if f.sha256 else {},
             "size": f.size,
             "upload_time": f.upload_time.strftime("%Y-%m-%dT%H:%M:%SZ") if f.upload_time else None,
             "requires_python": f.requires_python,

@@ -1,4 +1,5 @@
-"""Search over the project names and summaries of every index, private and cached mirror ones.
+"""Search over the project names and summaries of every index, private and cached mirror ones
+(of the indexes the caller may read: a restricted index's projects are filtered out in SQL).
 
 Portable SQL only (SQLite and PostgreSQL): LIKE on the stored normalized name (PEP 503,
 already lowercase) and on lower(summary), ranked exact name, name prefix, name substring,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Collection
 
 from sqlalchemy import ColumnElement, case, func, or_, select
 from sqlalchemy.orm import Session
@@ -54,8 +56,16 @@ def _rank(column: ColumnElement[str], name: str) -> ColumnElement[int]:
     )
 
 
-def search(session: Session, query: str, *, limit: int, offset: int = 0) -> list[Hit]:
-    """Matches for `query`, best first; at most `limit` from `offset`."""
+def search(
+    session: Session,
+    query: str,
+    *,
+    limit: int,
+    offset: int = 0,
+    index_ids: Collection[int] | None = None,
+) -> list[Hit]:
+    """Matches for `query`, best first; at most `limit` from `offset`; only on the indexes
+    `index_ids` (None: every index)."""
     query = query.strip()[:MAX_QUERY_CHARS]
     name = name_query(query)
     if not name:
@@ -63,6 +73,7 @@ def search(session: Session, query: str, *, limit: int, offset: int = 0) -> list
     wanted = offset + limit
     name_like = "%" + _like(name) + "%"
     text_like = "%" + _like(query.lower()) + "%"
+    readable = [] if index_ids is None else [Index.id.in_(list(index_ids))]
 
     hosted_rank = _rank(Project.normalized_name, name)
     hosted = session.execute(
@@ -80,7 +91,8 @@ def search(session: Session, query: str, *, limit: int, offset: int = 0) -> list
             or_(
                 Project.normalized_name.like(name_like, escape=_ESCAPE),
                 func.lower(Project.summary).like(text_like, escape=_ESCAPE),
-            )
+            ),
+            *readable,
         )
         .order_by(hosted_rank, Project.normalized_name, User.username, Index.name)
         .limit(wanted)
@@ -96,6 +108,7 @@ def search(session: Session, query: str, *, limit: int, offset: int = 0) -> list
         .where(
             MirrorPage.is_found.is_(True),
             MirrorPage.normalized_name.like(name_like, escape=_ESCAPE),
+            *readable,
         )
         .order_by(mirrored_rank, MirrorPage.normalized_name, User.username, Index.name)
         .limit(wanted)

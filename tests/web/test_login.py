@@ -175,12 +175,14 @@ def test_tokens_keep_working_while_the_password_is_locked(client: Any) -> None:
     assert response.status_code == 200
 
 
-def test_json_login_is_not_supported_yet(app: Any, client: Any) -> None:
+def test_json_login_answers_a_devpi_token_without_csrf_or_cookie(app: Any, client: Any) -> None:
     app.config["WTF_CSRF_ENABLED"] = True
 
     response = client.post("/+login", json={"user": "admin", "password": ADMIN_PASSWORD})
 
-    assert response.status_code == 415
+    assert response.status == "200 OK"
+    assert response.json["type"] == "proxyauth"  # the protocol: tests/test_devpi.py
+    assert "Set-Cookie" not in response.headers
 
 
 # --- CSRF ------------------------------------------------------------------------------------

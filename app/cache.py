@@ -1,0 +1,469 @@
+"""The mirror cache's accounting: which blobs it holds, their last download, the size cap.
+
+A mirror records each file it commits in `mirror_blobs`; downloads from the cache update
+`last_access_at` in batches (at most every few seconds per worker, never a write per request).
+When the recorded total passes MIRROR_CACHE_MAX_SIZE, the least recently downloaded files are
+removed until the total is below LOW_WATER of the cap. Their project pages stay: the next
+request fetches a removed file again.
+
+Blobs that an upload references (File, its wheel's METADATA sidecar, DocSet) are never removed,
+even when a mirror cached the same bytes. Uploads store their blob before they record its row,
+so they hold `BlobLock` shared from store to commit; whoever deletes blobs (eviction, orphan
+removal) holds it exclusively while it checks for rows and deletes: it sees every upload either
+fully recorded or not yet stored.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db import Database, begin_write
+from app.models import DocSet, File, Index, MirrorBlob, MirrorPage, MirrorStats, utcnow
+from app.storage import Storage
+
+log = logging.getLogger(__name__)
+
+ACCESS_FLUSH_SECONDS = 5.0  # how stale last_access_at may be, per worker
+LOW_WATER = 0.9  # eviction frees down to 90 % of the cap, so one miss does not evict each time
+EVICT_BATCH = 200  # candidates considered per round
+LOCK_WAIT_SECONDS = 30.0  # how long eviction waits for uploads between store and record
+REQUEST_LOCK_WAIT_SECONDS = 0.5  # ... when it runs in a request thread (a backup holds it long)
+LOCK_POLL_SECONDS = 0.05
+
+
+class BlobLock:
+    """flock() on DATA_DIR/locks/blobs.lock: shared to store and record, exclusive to delete."""
+
+    def __init__(self, lock_dir: Path) -> None:
+        self.path = Path(lock_dir) / "blobs.lock"
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """Held by a writer between storing a blob and committing the row that references it."""
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[bool]:
+        """Held while deciding which blobs are unreferenced and deleting them; yields success."""
+        fd = self._open()
+        try:
+            deadline = time.monotonic() + timeout_seconds
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(LOCK_POLL_SECONDS)
+                    continue
+                yield True
+                return
+        finally:
+            os.close(fd)
+
+
+def uploaded_blobs(session: Session, keys: Iterable[str]) -> set[str]:
+    """Which of `keys` an upload references: a release file, a wheel's sidecar, a doc zip."""
+    keys = list(keys)
+    found: set[str] = set()
+    for start in range(0, len(keys), 500):  # bounded IN lists
+        chunk = keys[start : start + 500]
+        found.update(session.scalars(select(File.sha256).where(File.sha256.in_(chunk))))
+        found.update(
+            session.scalars(select(File.metadata_sha256).where(File.metadata_sha256.in_(chunk)))
+        )
+        found.update(session.scalars(select(DocSet.sha256).where(DocSet.sha256.in_(chunk))))
+    return found
+
+
+@dataclass
+class Eviction:
+    """What one eviction run did."""
+
+    removed_files: int = 0
+    removed_bytes: int = 0
+    kept_uploads: int = 0  # rows dropped from the cache's accounting: an upload owns those bytes
+    total_before: int = 0
+    total_after: int = 0
+    skipped: str | None = None  # why nothing was tried (lock busy, under the cap)
+
+
+@dataclass
+class CacheStats:
+    """Size and use of the mirror cache."""
+
+    total_bytes: int
+    files: int
+    max_bytes: int | None
+    hits: int
+    misses: int
+    per_index: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def hit_ratio(self) -> float | None:
+        """Hits over all cache lookups, or None before the first one."""
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else None
+
+
+class MirrorCache:
+    """Accounting and eviction of mirror-cached blobs; one per process (built in Mirror)."""
+
+    def __init__(self, settings: Settings, database: Database, storage: Storage) -> None:
+        self.settings = settings
+        self.database = database
+        self.storage = storage
+        self.max_bytes = settings.mirror_cache_max_bytes
+        self.blob_lock = BlobLock(settings.lock_dir)
+        self.evict_lock_path = settings.lock_dir / "evict.lock"
+        self.lock = threading.Lock()
+        self.accessed: dict[str, dt.datetime] = {}
+        self.flushed_at = time.monotonic()
+        atexit.register(_flush_at_exit, weakref.ref(self))
+
+    # --- accounting ----------------------------------------------------------------------
+
+    def record(self, index_id: int, key: str, size: int) -> None:
+        """A mirror committed `key` to the store: count it (one short transaction)."""
+        now = utcnow()
+        try:
+            with self.database.session() as session:
+                begin_write(session)
+                row = session.get(MirrorBlob, key)
+                if row is None:
+                    session.add(
+                        MirrorBlob(
+                            sha256=key,
+                            index_id=index_id,
+                            size=size,
+                            cached_at=now,
+                            last_access_at=now,
+                        )
+                    )
+                else:
+                    row.size, row.cached_at, row.last_access_at = size, now, now
+                session.commit()
+        except Exception:  # accounting must never break a download
+            log.exception("could not record cached blob %s", key)
+
+    def touch(self, key: str) -> None:
+        """Note a download from the cache; written with others every ACCESS_FLUSH_SECONDS."""
+        with self.lock:
+            self.accessed[key] = utcnow()
+            due = time.monotonic() - self.flushed_at >= ACCESS_FLUSH_SECONDS
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending last-access times (one short transaction)."""
+        with self.lock:
+            accessed, self.accessed = self.accessed, {}
+            self.flushed_at = time.monotonic()
+        if not accessed:
+            return
+        try:
+            with self.database.session() as session:
+                begin_write(session)
+                for key, when in accessed.items():
+                    session.execute(
+                        update(MirrorBlob)
+                        .where(MirrorBlob.sha256 == key, MirrorBlob.last_access_at < when)
+                        .values(last_access_at=when)
+                    )
+                session.commit()
+        except Exception:
+            log.exception("could not write last-access times of cached files")
+
+    def total_bytes(self, session: Session | None = None) -> int:
+        """The recorded size of the mirror cache."""
+        query = select(func.coalesce(func.sum(MirrorBlob.size), 0))
+        if session is not None:
+            return int(session.scalar(query) or 0)
+        with self.database.session() as own:
+            return int(own.scalar(query) or 0)
+
+    # --- eviction ------------------------------------------------------------------------
+
+    def evict_if_over(self) -> Eviction | None:
+        """After a commit: evict when the recorded total passes the cap (cheap when it does not).
+
+        Never waits for another worker's eviction: one at a time is enough.
+        """
+        if self.max_bytes is None:
+            return None
+        try:
+            if self.total_bytes() <= self.max_bytes:
+                return None
+            # In a request thread: a backup holding the blob lock makes it skip, not wait.
+            return self.evict(wait=False, lock_wait_seconds=REQUEST_LOCK_WAIT_SECONDS)
+        except Exception:
+            log.exception("mirror cache eviction failed")
+            return None
+
+    def evict(
+        self,
+        *,
+        wait: bool = True,
+        max_bytes: int | None = None,
+        lock_wait_seconds: float = LOCK_WAIT_SECONDS,
+    ) -> Eviction:
+        """Remove least recently downloaded files until the cache is under LOW_WATER of the cap."""
+        cap = self.max_bytes if max_bytes is None else max_bytes
+        result = Eviction()
+        if cap is None:
+            result.skipped = "no MIRROR_CACHE_MAX_SIZE"
+            return result
+        self.evict_lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.evict_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                result.skipped = "another process is evicting"
+                return result
+            self.flush()  # this process's recent downloads count as recent
+            return self._evict_locked(cap, result, lock_wait_seconds)
+        finally:
+            os.close(fd)
+
+    def _evict_locked(self, cap: int, result: Eviction, lock_wait_seconds: float) -> Eviction:
+        target = int(cap * LOW_WATER)
+        with self.database.session() as session:
+            total = result.total_before = self.total_bytes(session)
+        if total <= cap:
+            result.skipped, result.total_after = "under the cap", total
+            return result
+        while total > target:
+            with self.database.session() as session:
+                candidates = session.execute(
+                    select(MirrorBlob.sha256, MirrorBlob.size)
+                    .order_by(MirrorBlob.last_access_at, MirrorBlob.sha256)
+                    .limit(EVICT_BATCH)
+                ).all()
+            if not candidates:
+                break
+            chosen: list[tuple[str, int]] = []
+            need = total - target
+            for key, size in candidates:
+                chosen.append((key, size))
+                need -= size
+                if need <= 0:
+                    break
+            with self.blob_lock.exclusive(lock_wait_seconds) as is_locked:
+                if not is_locked:
+                    result.skipped = "uploads kept the blob lock busy; try again later"
+                    break
+                removed, kept = self._remove(chosen)
+            result.removed_files += len(removed)
+            result.removed_bytes += sum(size for _key, size in removed)
+            result.kept_uploads += kept
+            total -= sum(size for _key, size in chosen)
+        with self.database.session() as session:
+            result.total_after = self.total_bytes(session)
+        if result.removed_files:
+            from app import metrics
+
+            metrics.EVICTIONS.inc(result.removed_bytes)
+            log.info(
+                "mirror cache over %d bytes: evicted %d files (%d bytes), %d bytes left",
+                cap,
+                result.removed_files,
+                result.removed_bytes,
+                result.total_after,
+            )
+        return result
+
+    def _remove(self, chosen: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], int]:
+        """Drop the rows of `chosen`, then delete the blobs no upload references (lock held)."""
+        keys = [key for key, _size in chosen]
+        with self.database.session() as session:
+            begin_write(session)
+            protected = uploaded_blobs(session, keys)
+            session.execute(delete(MirrorBlob).where(MirrorBlob.sha256.in_(keys)))
+            session.commit()
+        removed = [(key, size) for key, size in chosen if key not in protected]
+        for key, _size in removed:
+            self.storage.delete(key)
+        return removed, len(keys) - len(removed)
+
+    # --- admin ---------------------------------------------------------------------------
+
+    def adopt(self) -> tuple[int, int]:
+        """Record mirror-cached blobs that nobody recorded (cached before 0003): (files, bytes)."""
+        with self.database.session() as session:
+            known = set(session.scalars(select(MirrorBlob.sha256)))
+            listed: dict[str, int] = {}
+            for index_id, files in session.execute(
+                select(MirrorPage.index_id, MirrorPage.files).where(MirrorPage.is_found.is_(True))
+            ):
+                for entry in files or []:
+                    for key in (entry.get("sha256"), entry.get("metadata_sha256")):
+                        if key and key not in known:
+                            listed.setdefault(key, index_id)
+            uploads = uploaded_blobs(session, listed)
+        local_path = getattr(self.storage, "local_path", None)
+        adopted: list[MirrorBlob] = []
+        for key, index_id in listed.items():
+            if key in uploads or local_path is None:
+                continue
+            try:
+                stat = local_path(key).stat()
+            except (OSError, ValueError):
+                continue  # listed but not cached: nothing to count
+            when = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).replace(tzinfo=None)
+            adopted.append(
+                MirrorBlob(
+                    sha256=key,
+                    index_id=index_id,
+                    size=stat.st_size,
+                    cached_at=when,
+                    last_access_at=when,
+                )
+            )
+        if adopted:
+            with self.database.session() as session:
+                begin_write(session)
+                for row in adopted:
+                    session.merge(row)
+                session.commit()
+        return len(adopted), sum(row.size for row in adopted)
+
+    def stats(self) -> CacheStats:
+        """Size, file count and hit ratio, in total and per mirror index."""
+        self.flush()
+        with self.database.session() as session:
+            total, files = session.execute(
+                select(func.coalesce(func.sum(MirrorBlob.size), 0), func.count())
+            ).one()
+            per_index: dict[str, dict[str, int]] = {}
+            indexes = session.scalars(select(Index).where(Index.type == "mirror")).all()
+            sizes = dict(
+                (index_id, (size, count))
+                for index_id, size, count in session.execute(
+                    select(MirrorBlob.index_id, func.sum(MirrorBlob.size), func.count()).group_by(
+                        MirrorBlob.index_id
+                    )
+                )
+            )
+            counters = {row.index_id: row for row in session.scalars(select(MirrorStats))}
+            hits = misses = 0
+            for index in indexes:
+                size, count = sizes.get(index.id, (0, 0))
+                row = counters.get(index.id)
+                index_hits, index_misses = (row.hits, row.misses) if row else (0, 0)
+                hits, misses = hits + index_hits, misses + index_misses
+                per_index[index.path] = {
+                    "bytes": int(size or 0),
+                    "files": int(count),
+                    "hits": index_hits,
+                    "misses": index_misses,
+                }
+        return CacheStats(
+            total_bytes=int(total),
+            files=int(files),
+            max_bytes=self.max_bytes,
+            hits=hits,
+            misses=misses,
+            per_index=per_index,
+        )
+
+
+def _flush_at_exit(cache: weakref.ref[MirrorCache]) -> None:
+    alive = cache()
+    if alive is not None:
+        alive.flush()
+
+
+def human_bytes(size: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def stats_as_dict(stats: CacheStats) -> dict[str, Any]:
+    """The stats as JSON-ready data (for `cache stats --json`)."""
+    return {
+        "total_bytes": stats.total_bytes,
+        "files": stats.files,
+        "max_bytes": stats.max_bytes,
+        "hits": stats.hits,
+        "misses": stats.misses,
+        "hit_ratio": stats.hit_ratio,
+        "indexes": stats.per_index,
+    }
+
+
+def cmd_cache(settings: Settings, args: Any) -> None:
+    """cache stats|prune: the mirror cache's size and hit ratio; evict down to the cap now."""
+    import json
+
+    from app.cli import CommandError, check_data_dir, migrate
+    from app.storage import LocalStorage
+
+    check_data_dir(settings)
+    migrate(settings)
+    database = Database(settings.database_url)
+    cache = MirrorCache(settings, database, LocalStorage(settings.blob_dir))
+    try:
+        if args.action == "prune":
+            adopted, adopted_bytes = cache.adopt()
+            if adopted:
+                size = human_bytes(adopted_bytes)
+                print(f"counted {adopted} cached files that were not recorded yet ({size})")
+            cap = args.max_size if args.max_size is not None else settings.mirror_cache_max_bytes
+            if cap is None:
+                raise CommandError("no cap: set MIRROR_CACHE_MAX_SIZE (or give --max-size)")
+            result = cache.evict(max_bytes=cap)
+            print(
+                f"cache prune: removed {result.removed_files} files "
+                f"({human_bytes(result.removed_bytes)}); {human_bytes(result.total_after)} "
+                f"cached, cap {human_bytes(cap)}"
+                + (f" ({result.skipped})" if result.skipped else "")
+            )
+            return
+        stats = cache.stats()
+        if args.json:
+            print(json.dumps(stats_as_dict(stats), indent=2))
+            return
+        cap = f"{human_bytes(stats.max_bytes)}" if stats.max_bytes else "none"
+        used = f" ({stats.total_bytes * 100 / stats.max_bytes:.0f} %)" if stats.max_bytes else ""
+        ratio = f"{stats.hit_ratio * 100:.1f} %" if stats.hit_ratio is not None else "-"
+        print(f"mirror cache: {human_bytes(stats.total_bytes)} in {stats.files} files{used}")
+        print(f"cap (MIRROR_CACHE_MAX_SIZE): {cap}")
+        print(f"hit ratio: {ratio} ({stats.hits} hits, {stats.misses} misses)")
+        for path, row in stats.per_index.items():
+            print(
+                f"  {path}: {human_bytes(row['bytes'])} in {row['files']} files, "
+                f"{row['hits']} hits, {row['misses']} misses"
+            )
+    finally:
+        database.engine.dispose()

@@ -1,0 +1,269 @@
+"""bp: the parts of devpi-server's HTTP API that devpi-client uses, beyond app/api.py.
+
+devpi-client (tested with 7.3.0) first asks `GET .../+api` where the server's endpoints are
+(login, index, simple index, upload URL) and which features it has; logs in with `POST
+/+login` and a JSON body (answered here, routed by app/web/admin.py, which owns the URL);
+then sends the login token back as `X-Devpi-Auth: base64(USER:TOKEN)` (checked by app/auth.py).
+It removes releases with DELETE on project, version and `+f` file URLs. Users, indexes and
+their PATCH operations are app/api.py's; project and version JSON is app/web's (`+links`).
+
+Every response carries the `X-Devpi-*` headers: devpi-client warns about a reply without
+`X-Devpi-Api-Version`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from typing import Any
+
+from flask import Blueprint, Flask, Response, g, jsonify, request
+from packaging.version import InvalidVersion, Version
+from sqlalchemy import delete, select
+
+from app import __version__
+from app.auth import (
+    LOGIN_TOKEN_SECONDS,
+    authenticated_user,
+    new_login_token,
+    require_user,
+    verify_password,
+)
+from app.db import begin_write, get_session
+from app.dists import normalize_name
+from app.errors import HTTPError
+from app.indexes import get_index, may_configure, may_upload
+from app.models import DocSet, File, Index, Project, User
+from app.throttle import LoginThrottled
+
+log = logging.getLogger(__name__)
+bp = Blueprint("devpi", __name__)
+
+API_VERSION = "2"  # devpi-client accepts only this X-Devpi-Api-Version
+# The devpi-server release whose API this module follows (the local part names us); tools
+# that compare versions parse it as PEP 440.
+SERVER_VERSION = f"6.20.3+pyshelf.{__version__}"
+# Only what is implemented: with this feature devpi-client sends `devpi index NAME key+=value`
+# as a list of operations (app/indexes.py apply_operations) instead of a whole config.
+FEATURES = ["server-keyvalue-parsing"]
+
+
+def message(status: int, text: str) -> Response:
+    """A devpi reply that carries only a message, as its DELETEs answer."""
+    response = jsonify({"message": text})
+    response.status_code = status
+    return response
+
+
+def _root_url() -> str:
+    return request.host_url.rstrip("/") + request.script_root
+
+
+def auth_status() -> list[Any]:
+    """devpi's `authstatus`: ["ok", USER, []], ["expired", USER, []] or ["noauth", "", []]."""
+    user = authenticated_user()
+    if user is not None:
+        return ["ok", user.username, []]
+    if g.get("login_expired_for"):  # devpi-client then forgets the stored login
+        return ["expired", g.login_expired_for, []]
+    return ["noauth", "", []]
+
+
+@bp.get("/+api")
+@bp.get("/<user>/+api")
+@bp.get("/<user>/<index>/+api")
+def apiconfig(user: str | None = None, index: str | None = None) -> Response:
+    """Where devpi-client finds the login, the index, its simple page and its upload URL."""
+    root = _root_url()
+    result: dict[str, Any] = {
+        "login": f"{root}/+login",
+        "authstatus": auth_status(),
+        "features": FEATURES,
+    }
+    if user is not None and index is not None:
+        found = get_index(get_session(), user, index)
+        if found is None:
+            raise HTTPError(404, f"Index {user}/{index} does not exist.")
+        result["index"] = f"{root}/{found.path}"
+        result["simpleindex"] = f"{root}/{found.path}/+simple/"
+        if not found.is_mirror:  # devpi-client refuses to upload without it
+            result["pypisubmit"] = f"{root}/{found.path}/"
+    elif (
+        user is not None
+        and get_session().scalar(select(User.id).where(User.username == user)) is None
+    ):
+        raise HTTPError(404, f"User {user} does not exist.")
+    return jsonify({"type": "apiconfig", "result": result})
+
+
+def json_login() -> Response:
+    """`POST /+login` with {"user", "password"}: a login token for X-Devpi-Auth.
+
+    The password check is the throttled one of every login; the token is signed (any worker
+    accepts it), expires after LOGIN_TOKEN_SECONDS and ends when the password changes.
+    """
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise HTTPError(400, 'Send a JSON object: {"user": NAME, "password": PASSWORD}.')
+    username, password = body.get("user"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str) or not username:
+        raise HTTPError(400, 'Bad request: no user/password specified ("user", "password").')
+    try:
+        user = verify_password(username[:64], password, request.remote_addr)
+    except LoginThrottled as exc:
+        wait = exc.retry_after_seconds
+        raise HTTPError(
+            429,
+            f"Too many failed logins for this account or address; retry in {wait} s.",
+            {"Retry-After": str(wait)},
+        ) from None
+    if user is None:
+        raise HTTPError(401, f"User {username[:64]!r} could not be authenticated.")
+    token = new_login_token(user)
+    log.info("devpi login of %s", user.username)
+    response = jsonify(
+        {
+            "type": "proxyauth",
+            "result": {"password": token, "expiration": LOGIN_TOKEN_SECONDS},
+            "message": "login successful",
+        }
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- removing releases -----------------------------------------------------------------------
+
+
+def _removable_index(user: str, index: str) -> tuple[Index, User]:
+    """The stage to delete from, if the caller may: volatile, or `?force` by a superuser."""
+    caller = require_user()
+    session = get_session()
+    begin_write(session)
+    found = get_index(session, user, index)
+    if found is None:
+        raise HTTPError(404, f"Index {user}/{index} does not exist.")
+    if found.is_mirror:
+        raise HTTPError(403, f"Index {found.path} is a mirror: its files come from upstream.")
+    # As yanking: the owner, superusers and the users in acl_upload.
+    if not (may_configure(found, caller) or may_upload(found, caller)):
+        raise HTTPError(
+            403, f"The user '{caller.username}' may not delete releases on {found.path}."
+        )
+    if not found.volatile:
+        if "force" not in request.args:
+            raise HTTPError(
+                403,
+                f"Index {found.path} is not volatile: released files stay (yank them instead; "
+                "a superuser may delete with ?force, devpi remove --force).",
+            )
+        if not caller.is_superuser:
+            raise HTTPError(403, f"Only superusers may force deletions on {found.path}.")
+    return found, caller
+
+
+def _project_or_404(index: Index, project: str) -> Project:
+    found = get_session().scalar(
+        select(Project).where(
+            Project.index_id == index.id, Project.normalized_name == normalize_name(project)
+        )
+    )
+    if found is None:
+        raise HTTPError(404, f"Project {normalize_name(project)} is not on index {index.path}.")
+    return found
+
+
+@bp.delete("/<user>/<index>/<project>")
+@bp.delete("/<user>/<index>/<project>/")
+def delete_project(user: str, index: str, project: str) -> Response:
+    """Delete a project with all its files and docs (`devpi remove NAME`)."""
+    found, caller = _removable_index(user, index)
+    record = _project_or_404(found, project)
+    session = get_session()
+    session.execute(
+        delete(DocSet).where(
+            DocSet.index_id == found.id, DocSet.normalized_name == record.normalized_name
+        )
+    )
+    session.delete(record)  # its files go with it (blobs stay: other indexes may share them)
+    session.commit()
+    log.info(
+        "deleted project %s from %s (by %s)", record.normalized_name, found.path, caller.username
+    )
+    return message(200, f"Project {record.normalized_name} deleted from {found.path}.")
+
+
+@bp.delete("/<user>/<index>/<project>/<version>")
+@bp.delete("/<user>/<index>/<project>/<version>/")
+def delete_version(user: str, index: str, project: str, version: str) -> Response:
+    """Delete every file and the docs of one version (`devpi remove NAME==VERSION`)."""
+    from app.web.actions import delete_files
+
+    found, caller = _removable_index(user, index)
+    record = _project_or_404(found, project)
+    try:
+        wanted = Version(version)
+    except InvalidVersion:
+        raise HTTPError(400, f"'{version[:100]}' is not a valid version (PEP 440).") from None
+    session = get_session()
+    files = [
+        f
+        for f in session.scalars(select(File).where(File.project_id == record.id))
+        if Version(f.version) == wanted
+    ]
+    docs = session.scalar(
+        select(DocSet).where(
+            DocSet.index_id == found.id,
+            DocSet.normalized_name == record.normalized_name,
+            DocSet.version == str(wanted),
+        )
+    )
+    if not files and docs is None:
+        raise HTTPError(404, f"{record.normalized_name} {version} is not on index {found.path}.")
+    if files:
+        delete_files(session, found, files)  # the version's docs go with its last file
+    else:
+        session.delete(docs)
+    session.commit()
+    log.info(
+        "deleted %s %s from %s (by %s)", record.normalized_name, wanted, found.path, caller.username
+    )
+    return message(200, f"{record.normalized_name} {wanted} deleted from {found.path}.")
+
+
+@bp.delete("/<user>/<index>/+f/<sha256>/<path:filename>")
+def delete_file(user: str, index: str, sha256: str, filename: str) -> Response:
+    """Delete one release file by its URL (`devpi remove URL`)."""
+    from app.web.actions import delete_files
+
+    found, caller = _removable_index(user, index)
+    session = get_session()
+    record = session.scalar(
+        select(File)
+        .join(Project)
+        .where(Project.index_id == found.id, File.sha256 == sha256, File.filename == filename)
+    )
+    if record is None:
+        raise HTTPError(404, f"No such file on {found.path}: {filename[:200]}")
+    delete_files(session, found, [record])
+    session.commit()
+    log.info("deleted %s from %s (by %s)", filename, found.path, caller.username)
+    return message(200, f"{filename} deleted from {found.path}.")
+
+
+# --- headers -----------------------------------------------------------------------------------
+
+
+def init_app(app: Flask) -> None:
+    """Add the X-Devpi-* headers to every response."""
+    # A stable id of this server (all workers agree), derived without revealing the secret.
+    key = app.config["SECRET_KEY"].encode("utf-8")
+    uuid = hmac.new(key, b"X-Devpi-Uuid", hashlib.sha256).hexdigest()[:32]
+
+    @app.after_request
+    def _devpi_headers(response: Response) -> Response:
+        response.headers["X-Devpi-Api-Version"] = API_VERSION
+        response.headers["X-Devpi-Server-Version"] = SERVER_VERSION
+        response.headers["X-Devpi-Uuid"] = uuid
+        return response

@@ -1,0 +1,361 @@
+"""The mirror cache (app/cache.py): accounting, LRU eviction under a cap, stats, prefetch."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from sqlalchemy import select
+
+from app import cli
+from app.cache import BlobLock, MirrorCache
+from app.config import ConfigError, Settings
+from app.models import MirrorBlob
+from app.prefetch import Prefetcher, choose_version, read_requirements
+from tests.builders import make_sdist, make_wheel
+from tests.conftest import basic_auth
+from tests.fake_upstream import FakeUpstream
+from tests.operations import (
+    download,
+    make_app,
+    mirror_file_path,
+    mirrored,
+    publish_upstream,
+    sha256,
+    upload,
+    wheel_metadata,
+)
+
+AUTH = {"Authorization": basic_auth("admin", "admin-secret-pw")}
+PAYLOAD_BYTES = 10_000
+
+
+def cache_of(app: Any) -> MirrorCache:
+    """The app's mirror cache accounting."""
+    return app.extensions["pyshelf.mirror"].cache
+
+
+def rows(app: Any) -> dict[str, int]:
+    """sha256 -> size of every recorded mirror blob."""
+    with app.extensions["pyshelf.db"].session() as session:
+        return {r.sha256: r.size for r in session.scalars(select(MirrorBlob))}
+
+
+def cached_bytes(app: Any) -> int:
+    """What the cache holds on disk, by the accounting's list."""
+    storage = app.extensions["pyshelf.storage"]
+    return sum(storage.local_path(k).stat().st_size for k in rows(app) if storage.exists(k))
+
+
+@pytest.fixture
+def wheels(fake_upstream: FakeUpstream) -> list[tuple[str, bytes]]:
+    """Five projects on the upstream, one wheel each, about 10 kB (incompressible)."""
+    return [
+        publish_upstream(fake_upstream, f"pkg-{n}", payload_bytes=PAYLOAD_BYTES) for n in "abcde"
+    ]
+
+
+@pytest.fixture
+def capped(settings: Settings, fake_upstream: FakeUpstream, wheels: Any) -> Any:
+    """A mirror app whose cache holds three and a half of those wheels."""
+    cap = int(len(wheels[0][1]) * 3.5)
+    return make_app(mirrored(settings, fake_upstream, mirror_cache_max_bytes=cap))
+
+
+def fetch(app: Any, name: str, filename: str) -> bytes:
+    """Download a mirrored file through the app."""
+    client = app.test_client()
+    return download(client, mirror_file_path(client, name, filename))
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("50GB", 50 << 30), ("512M", 512 << 20), ("1000000", 1_000_000), ("", None)],
+)
+def test_mirror_cache_max_size_takes_sizes_with_units(value, expected):
+    """MIRROR_CACHE_MAX_SIZE=50GB as the issue writes it; empty means no cap."""
+    settings = Settings.from_env({"MIRROR_CACHE_MAX_SIZE": value, "ENV_FILE": os.devnull})
+
+    assert settings.mirror_cache_max_bytes == expected
+
+
+def test_bad_operations_variables_are_reported_together():
+    """A size that is not a size, a zero cap, an unknown log format: one error listing all."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                "MIRROR_CACHE_MAX_SIZE": "lots",
+                "STATUS_MIN_FREE_SPACE": "0x",
+                "LOG_FORMAT": "xml",
+                "ACCESS_LOG": "maybe",
+                "ENV_FILE": os.devnull,
+            }
+        )
+
+    message = str(caught.value)
+    for name in ("MIRROR_CACHE_MAX_SIZE", "STATUS_MIN_FREE_SPACE", "LOG_FORMAT", "ACCESS_LOG"):
+        assert name in message
+    with pytest.raises(ConfigError, match="MIRROR_CACHE_MAX_SIZE=0"):
+        Settings.from_env({"MIRROR_CACHE_MAX_SIZE": "0", "ENV_FILE": os.devnull})
+
+
+# --- accounting --------------------------------------------------------------------------------
+
+
+def test_a_mirror_download_and_its_sidecar_are_recorded_with_their_sizes(capped, wheels):
+    """mirror_blobs learns each committed file (R89: only verified bytes are committed)."""
+    name, data = wheels[0]
+    client = capped.test_client()
+    path = mirror_file_path(client, "pkg-a", name)
+
+    download(client, path)
+    download(client, path + ".metadata")
+
+    assert rows(capped) == {
+        sha256(data): len(data),
+        sha256(wheel_metadata(data)): len(wheel_metadata(data)),
+    }
+
+
+def test_hits_update_the_last_access_in_batches_not_per_request(capped, wheels, monkeypatch):
+    """A hit is remembered in memory and written with others at the next flush."""
+    name, data = wheels[0]
+    fetch(capped, "pkg-a", name)
+    with capped.extensions["pyshelf.db"].session() as session:
+        first = session.get(MirrorBlob, sha256(data)).last_access_at
+
+    fetch(capped, "pkg-a", name)  # a hit, within ACCESS_FLUSH_SECONDS of the last flush
+    with capped.extensions["pyshelf.db"].session() as session:
+        assert session.get(MirrorBlob, sha256(data)).last_access_at == first
+    cache_of(capped).flush()
+
+    with capped.extensions["pyshelf.db"].session() as session:
+        assert session.get(MirrorBlob, sha256(data)).last_access_at > first
+
+
+# --- eviction ----------------------------------------------------------------------------------
+
+
+def test_eviction_keeps_the_cache_under_the_cap_least_recently_used_first(capped, wheels):
+    """Over the cap after a download: the least recently downloaded files go, pages stay."""
+    cap = cache_of(capped).max_bytes
+    for (name, _data), project in zip(wheels[:3], "abc", strict=True):
+        fetch(capped, f"pkg-{project}", name)
+    fetch(capped, "pkg-a", wheels[0][0])  # a is used again: b is now the least recent
+    cache_of(capped).flush()
+
+    fetch(capped, "pkg-d", wheels[3][0])
+
+    kept = rows(capped)
+    assert sha256(wheels[1][1]) not in kept
+    assert {sha256(wheels[i][1]) for i in (0, 2, 3)} <= set(kept)
+    assert cached_bytes(capped) <= cap
+    storage = capped.extensions["pyshelf.storage"]
+    assert not storage.exists(sha256(wheels[1][1]))
+    for (name, data), project in zip(wheels, "abcde", strict=True):
+        assert fetch(capped, f"pkg-{project}", name) == data  # b comes back from upstream
+        assert cached_bytes(capped) <= cap
+
+
+def test_eviction_never_removes_a_blob_an_upload_references(capped, wheels):
+    """The same bytes cached from upstream and uploaded privately are an upload's: kept."""
+    name, data = wheels[0]
+    fetch(capped, "pkg-a", name)
+    client = capped.test_client()
+    upload(client, AUTH, name, data)  # the public wheel, re-uploaded to admin/dev
+    sidecar = sha256(wheel_metadata(data))
+
+    for (other, _bytes), project in zip(wheels[1:], "bcde", strict=True):
+        fetch(capped, f"pkg-{project}", other)
+
+    storage = capped.extensions["pyshelf.storage"]
+    assert storage.exists(sha256(data))
+    assert storage.exists(sidecar)  # the uploaded wheel's METADATA sidecar
+    assert sha256(data) not in rows(capped)  # no longer counted as cache
+    assert cached_bytes(capped) <= cache_of(capped).max_bytes
+
+
+def test_uploaded_files_are_never_counted_or_evicted(capped, wheels):
+    """Private uploads are not cache: however big, the cap ignores them."""
+    client = capped.test_client()
+    big_name, big = make_wheel("own-pkg", "1.0", files={"own_pkg/x.bin": os.urandom(80_000)})
+    upload(client, AUTH, big_name, big)
+
+    for (name, _data), project in zip(wheels, "abcde", strict=True):
+        fetch(capped, f"pkg-{project}", name)
+
+    assert capped.extensions["pyshelf.storage"].exists(sha256(big))
+    assert sha256(big) not in rows(capped)
+
+
+def test_eviction_waits_for_uploads_between_store_and_record(capped, wheels):
+    """With the blob lock held by an upload, eviction gives up instead of racing it."""
+    for (name, _data), project in zip(wheels[:4], "abcd", strict=True):
+        fetch(capped, f"pkg-{project}", name)
+    cache = cache_of(capped)
+    cache.max_bytes = len(wheels[0][1])  # far over: something must go
+    holding, release = threading.Event(), threading.Event()
+
+    def uploader() -> None:
+        with BlobLock(cache.settings.lock_dir).shared():
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=uploader)
+    thread.start()
+    holding.wait(5)
+    try:
+        result = cache.evict(lock_wait_seconds=0.2)
+    finally:
+        release.set()
+        thread.join()
+
+    assert result.removed_files == 0
+    assert "blob lock" in (result.skipped or "")
+    assert cache.evict().removed_files >= 3
+
+
+def test_cache_stats_and_prune_commands(capped, wheels, monkeypatch, capsys):
+    """`cache stats` shows size, files and hit ratio; `cache prune --max-size` evicts now."""
+    settings = capped.config["PYSHELF_SETTINGS"]
+    for (name, _data), project in zip(wheels[:3], "abc", strict=True):
+        fetch(capped, f"pkg-{project}", name)
+    fetch(capped, "pkg-a", wheels[0][0])
+    capped.extensions["pyshelf.mirror"].counters.flush()
+    for key, value in {
+        "DATA_DIR": str(settings.data_dir),
+        "MIRROR_URL": settings.mirror_url,
+        "MIRROR_CACHE_MAX_SIZE": str(settings.mirror_cache_max_bytes),
+        "ENV_FILE": os.devnull,
+    }.items():
+        monkeypatch.setenv(key, value)
+
+    assert cli.main(["cache", "stats"]) == 0
+    out = capsys.readouterr().out
+    assert "in 3 files" in out
+    assert "hit ratio: 25.0 % (1 hits, 3 misses)" in out
+    cap = 2 * len(wheels[0][1]) + 10  # evicts down to 90 %: one file stays
+    assert cli.main(["cache", "prune", "--max-size", str(cap)]) == 0
+    assert "cache prune: removed 2 files" in capsys.readouterr().out
+    assert len(rows(capped)) == 1
+
+
+def test_prune_counts_files_cached_before_the_accounting_existed(capped, wheels):
+    """adopt(): blobs that mirror pages list and the store holds, without a row, get one."""
+    fetch(capped, "pkg-a", wheels[0][0])
+    with capped.extensions["pyshelf.db"].session() as session:
+        session.query(MirrorBlob).delete()
+        session.commit()
+
+    assert cache_of(capped).adopt() == (1, len(wheels[0][1]))
+    assert rows(capped) == {sha256(wheels[0][1]): len(wheels[0][1])}
+
+
+# --- prefetch ----------------------------------------------------------------------------------
+
+
+def test_requirements_files_are_read_as_pip_reads_them(tmp_path: Path):
+    """Comments, continuations, nested -r, per-line options and markers; URLs are skipped."""
+    (tmp_path / "base.txt").write_text("six==1.16.0\n")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(
+        "# a comment\n"
+        "-r base.txt\n"
+        "--index-url https://example.invalid/simple/\n"
+        "requests>=2.0 \\\n    --hash=sha256:abc\n"
+        "attrs; python_version < '3.8'  # every platform counts\n"
+        "pkg @ https://example.invalid/pkg.whl\n"
+        "-e .\n"
+    )
+
+    names = [str(r) for r in read_requirements(requirements)]
+
+    assert names == ["six==1.16.0", "requests>=2.0", 'attrs; python_version < "3.8"']
+
+
+@pytest.mark.parametrize(
+    ("specifier", "expected"),
+    [
+        ("==1.0", "1.0"),
+        ("", "2.0"),
+        ("<2", "1.5"),
+        (">=3.0a1", "3.0a1"),
+        ("==1.5", "1.5"),  # pinned: a yanked release is still chosen (PEP 592)
+        (">5", None),
+    ],
+)
+def test_the_version_is_the_pinned_one_or_the_latest_release(specifier, expected):
+    """Pre-releases only when asked for; a release whose files are all yanked is skipped."""
+    files = [
+        {"filename": "p-1.0-py3-none-any.whl"},
+        {"filename": "p-1.5-py3-none-any.whl", "yanked": "broken"},
+        {"filename": "p-1.5.tar.gz", "yanked": True},
+        {"filename": "p-2.0-py3-none-any.whl"},
+        {"filename": "p-3.0a1-py3-none-any.whl"},
+    ]
+    chosen = choose_version(files, SpecifierSet(specifier))
+    if specifier == "<2":  # 1.5 is yanked: the highest usable one below 2 is 1.0
+        expected = "1.0"
+
+    assert (str(chosen) if chosen else None) == expected
+
+
+def test_prefetch_downloads_every_platform_of_the_chosen_version(settings, fake_upstream):
+    """All wheels of the pinned version, its sdist and sidecars; other versions untouched."""
+    platforms = ("manylinux_2_17_x86_64", "macosx_11_0_arm64", "win_amd64")
+    wanted = []
+    for platform in platforms:
+        filename, data = make_wheel("native", "1.0", python_tag="cp312", abi_tag="cp312",
+                                    platform_tag=platform)  # fmt: skip
+        fake_upstream.add_file("native", filename, data, metadata=wheel_metadata(data))
+        wanted += [data, wheel_metadata(data)]
+    sdist_name, sdist = make_sdist("native", "1.0")
+    fake_upstream.add_file("native", sdist_name, sdist)
+    wanted.append(sdist)
+    other_name, other = make_wheel("native", "2.0")
+    fake_upstream.add_file("native", other_name, other)
+    latest = [publish_upstream(fake_upstream, "plain", v) for v in ("1.0", "1.1")]
+    app = make_app(mirrored(settings, fake_upstream))
+    storage = app.extensions["pyshelf.storage"]
+
+    summary = Prefetcher(app, "root/pypi", progress=False).run(
+        [Requirement("native==1.0"), Requirement("plain"), Requirement("nowhere")]
+    )
+
+    assert all(storage.exists(sha256(data)) for data in wanted)
+    assert not storage.exists(sha256(other))
+    assert storage.exists(sha256(latest[1][1]))
+    assert not storage.exists(sha256(latest[0][1]))
+    assert summary.chosen == {"native": "1.0", "plain": "1.1"}
+    # 3 wheels, 3 identical METADATA sidecars (one blob), the sdist; plain's wheel and sidecar
+    assert summary.files + summary.already_cached == len(wanted) + 2
+    assert len(summary.errors) == 1
+    assert summary.errors[0].startswith("nowhere: 404")
+    again = Prefetcher(app, "root/pypi", progress=False).run([Requirement("native==1.0")])
+    assert again.files == 0
+    assert again.already_cached == len(wanted)
+
+
+def test_prefetch_with_deps_follows_requires_dist(settings, fake_upstream):
+    """--deps: each chosen wheel's Requires-Dist, extras only when asked for."""
+    publish_upstream(fake_upstream, "top", requires_dist=["mid>=1", "opt; extra == 'fancy'"])
+    mid = publish_upstream(fake_upstream, "mid", requires_dist=["leaf; sys_platform == 'win32'"])
+    leaf = publish_upstream(fake_upstream, "leaf")
+    opt = publish_upstream(fake_upstream, "opt")
+    app = make_app(mirrored(settings, fake_upstream))
+    storage = app.extensions["pyshelf.storage"]
+
+    summary = Prefetcher(app, "root/pypi", with_deps=True, progress=False).run([Requirement("top")])
+
+    assert set(summary.chosen) == {"top", "mid", "leaf"}  # markers: every platform counts
+    assert storage.exists(sha256(mid[1]))
+    assert storage.exists(sha256(leaf[1]))
+    assert not storage.exists(sha256(opt[1]))
