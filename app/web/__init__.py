@@ -8,6 +8,7 @@ pages are in app/web/admin.py, documentation zips in app/web/docs.py.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from urllib.parse import quote, urlsplit
 
@@ -17,6 +18,7 @@ from flask import (
     Response,
     current_app,
     flash,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -215,10 +217,30 @@ def index_or_404(user: str, index: str) -> Index:
     return found
 
 
+def require_read_page(index: Index) -> Reader | None:
+    """require_read for web pages: a browser without credentials goes to the login page (and
+    back) instead of getting the 401 challenge, which would open its password dialog. API
+    clients, which ask for JSON or send credentials, get the 401 (R52)."""
+    try:
+        return require_read(index)
+    except HTTPError as exc:
+        sent = request.headers.get("Authorization") or request.headers.get("X-Devpi-Auth")
+        if exc.status != 401 or sent or wants_json():
+            raise
+        login = url_for("web.login", next=current_location())
+        raise HTTPError(303, f"Log in to read index {index.path}.", {"Location": login}) from None
+
+
 def readable_rows(rows: list[pages.IndexRow]) -> list[pages.IndexRow]:
-    """The index rows the caller may read (a restricted index is not even listed)."""
+    """The index rows the caller may read (a restricted index is not even listed, nor named
+    as a base)."""
     reader = current_reader()
-    return [row for row in rows if may_read(row.index, reader)]
+    session = get_session()
+    return [
+        dataclasses.replace(row, bases=shown_bases(session, row.index, reader))
+        for row in rows
+        if may_read(row.index, reader)
+    ]
 
 
 def _project_view(
@@ -317,7 +339,7 @@ def index_page(username: str, name: str) -> Response | str:
         return redirect(request.script_root + request.path + "/", 308)
     session = get_session()
     index = index_or_404(username, name)
-    reader = require_read(index)
+    reader = require_read_page(index)
     page = page_number()
     if index.is_mirror:
         projects, total = pages.mirror_projects(session, index, page)
@@ -377,7 +399,7 @@ def project_page(user: str, index: str, project: str) -> Response | str:
         return redirect(f"{request.script_root}/{user}/{index}/{quote(normalized)}/", 301)
     session = get_session()
     found = index_or_404(user, index)
-    reader = require_read(found)
+    reader = require_read_page(found)
     # devpi-client asks with `?ignore_bases` for the versions it may delete.
     view = _project_view(found, normalized, reader, ignore_bases="ignore_bases" in request.args)
     storage = current_app.extensions["pyshelf.storage"]
@@ -446,7 +468,7 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
         return redirect(target, 301)
     session = get_session()
     found = index_or_404(user, index)
-    reader = require_read(found)
+    reader = require_read_page(found)
     view = _project_view(found, normalized, reader)
     storage = current_app.extensions["pyshelf.storage"]
     mirror_paths = {i.path for i in resolution_order(session, found) if i.is_mirror}
@@ -535,14 +557,33 @@ def doc_root_no_slash(user: str, index: str, project: str, version: str) -> Resp
 @bp.get("/<user>/<index>/<project>/<version>/+doc/")
 @bp.get("/<user>/<index>/<project>/<version>/+doc/<path:path>")
 def doc_file(user: str, index: str, project: str, version: str, path: str = "") -> Response:
-    """A file of a version's documentation (`latest`: the highest version with docs)."""
+    """A file of a version's documentation (`latest`: the highest version with docs).
+
+    Docs that are not public go to logged-in browsers through a grant URL (app/web/docs.py):
+    the sandboxed pages' own requests carry no session cookie.
+    """
     found = index_or_404(user, index)
-    reader = require_read(found)
     normalized = normalize_name(project)
-    match = docs.find_docset(get_session(), found, normalized, version, reader)
+    base = doc_url(found.path, normalized, version)
+    session = get_session()
+    if path.startswith(docs.GRANT_PREFIX):
+        grant, _, path = path.removeprefix(docs.GRANT_PREFIX).partition("/")
+        reader = docs.reader_of_grant(session, grant, found, normalized, version)
+        if reader is None:  # expired or revoked: start over (a browser's cookie renews it)
+            return redirect(base + quote(path), 302)
+        g.needs_read_access = True  # private caching, as require_read would
+        base = f"{base}{docs.GRANT_PREFIX}{grant}/"
+    else:
+        reader = require_read_page(found)
+        by_cookie = not (
+            request.headers.get("Authorization") or request.headers.get("X-Devpi-Auth")
+        )
+        if reader is not None and reader.user is not None and by_cookie:
+            grant = docs.new_grant(found, normalized, version, reader.user)
+            return redirect(f"{base}{docs.GRANT_PREFIX}{grant}/{quote(path)}", 302)
+    match = docs.find_docset(session, found, normalized, version, reader)
     if match is None:
         raise HTTPError(404, f"No documentation for {normalized} {version} on {found.path}.")
-    base = doc_url(found.path, normalized, version)
     return docs.serve(match[0], path, base)
 
 

@@ -26,6 +26,7 @@ from app.indexes import (
     create_index,
     dependents,
     get_index_by_path,
+    is_public,
     may_configure,
     may_read,
     may_upload,
@@ -87,12 +88,16 @@ def logout() -> Response:
 
 
 def _token_indexes(user: User) -> list[Index]:
-    """Indexes a token of `user` may be limited to: those the user may upload to or configure."""
+    """Indexes a token of `user` may be limited to: stages the user may upload to or
+    configure, and indexes that are not public but the user may read (a read-only token)."""
     return [
         row.index
         for row in all_indexes(get_session())
-        if not row.index.is_mirror
-        and (may_upload(row.index, user) or may_configure(row.index, user))
+        if (
+            not row.index.is_mirror
+            and (may_upload(row.index, user) or may_configure(row.index, user))
+        )
+        or (not is_public(row.index) and may_read(row.index, Reader(user)))
     ]
 
 
@@ -169,7 +174,10 @@ def create_token() -> Response | tuple[str, int]:
         scope = get_index_by_path(db, scope_path)
         if scope is None or scope.path not in {i.path for i in _token_indexes(user)}:
             db.rollback()
-            error = f"You cannot limit a token to {scope_path}: upload rights are needed there."
+            error = (
+                f"You cannot limit a token to {scope_path}: upload rights are needed there "
+                "(or read rights, if it is not public)."
+            )
             return _account_page(user, 400, token_error=error)
     secret = new_token_secret()
     db.add(

@@ -13,6 +13,12 @@ Docs are HTML and JavaScript from uploaders. Every `+doc` response carries a san
 Content-Security-Policy without `allow-same-origin`: the page runs in an opaque origin, so its
 scripts cannot read this site's cookies or pages, and its requests to the site are cross-site
 (the SameSite=Lax session cookie is not sent), so they cannot act as the viewer.
+
+That also keeps the cookie from the stylesheets, scripts and images of docs on an index that
+is not public. A logged-in browser is therefore sent to a *grant* URL, `+doc/+grant/GRANT/PATH`:
+GRANT is signed with SECRET_KEY for the user, index, project and version, valid for
+DOC_GRANT_SECONDS, and the docs' relative links resolve below it. Each request with a grant
+checks again that the user may read the index; an expired grant starts over at `+doc/PATH`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+import itsdangerous
 from flask import Response, current_app, redirect, request
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import select
@@ -41,7 +48,7 @@ from app.cache import BlobLock
 from app.db import begin_write, get_session
 from app.dists import normalize_name
 from app.errors import HTTPError
-from app.indexes import Reader, readable_order
+from app.indexes import Reader, may_read, readable_order
 from app.models import DocSet, Index, Project, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -81,6 +88,9 @@ CONTENT_TYPES = {
     ".wasm": "application/wasm",
 }
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
+GRANT_PREFIX = "+grant/"  # +doc/+grant/GRANT/PATH
+DOC_GRANT_SECONDS = 43_200  # 12 hours: a day's reading; then the browser's cookie renews it
+DOC_GRANT_SALT = "pyshelf.doc-grant"  # itsdangerous namespace, not a secret
 
 
 class InvalidDocs(ValueError):
@@ -303,6 +313,34 @@ def find_docset(
         return found.get(str(Version(version)))
     except InvalidVersion:
         return None
+
+
+def _grant_serializer() -> itsdangerous.URLSafeTimedSerializer:
+    return itsdangerous.URLSafeTimedSerializer(
+        current_app.config["SECRET_KEY"], salt=DOC_GRANT_SALT
+    )
+
+
+def new_grant(index: Index, normalized: str, version: str, user: User) -> str:
+    """A grant for `user` to read the docs of one project version on `index` without cookies."""
+    return _grant_serializer().dumps([index.id, normalized, version, user.id])
+
+
+def reader_of_grant(
+    session: Session, grant: str, index: Index, normalized: str, version: str
+) -> Reader | None:
+    """Who a grant was signed for, if it is valid for these docs and they may still read the
+    index; else None (forged, expired, for other docs, or the user lost access)."""
+    try:
+        payload = _grant_serializer().loads(grant, max_age=DOC_GRANT_SECONDS)
+    except itsdangerous.BadData:
+        return None
+    if not isinstance(payload, list) or payload[:3] != [index.id, normalized, version]:
+        return None
+    user = session.get(User, payload[3]) if len(payload) == 4 else None
+    if user is None or not may_read(index, Reader(user)):
+        return None
+    return Reader(user)
 
 
 def content_type(path: str) -> str:

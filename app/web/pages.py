@@ -81,6 +81,7 @@ class IndexRow:
 
     index: Index
     project_count: int
+    bases: list[str] | None = None  # as the visitor is shown them (None: all of them)
 
 
 @dataclasses.dataclass(frozen=True)
