@@ -21,7 +21,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import throttle
 from app.db import begin_write, get_session
-from app.errors import HTTPError
+from app.errors import HTTPError, too_many_logins
 from app.indexes import Reader, is_public, may_read, resolution_order
 from app.models import Index, Token, User, utcnow
 
@@ -319,12 +319,7 @@ def init_app(app: Flask) -> None:
             try:
                 user = verify_password(username, secret, request.remote_addr)
             except throttle.LoginThrottled as exc:
-                wait = exc.retry_after_seconds
-                raise HTTPError(
-                    429,
-                    f"Too many failed logins for this account or address; retry in {wait} s.",
-                    {"Retry-After": str(wait)},
-                ) from None
+                raise too_many_logins(exc.retry_after_seconds) from None
             if user is not None:
                 return user
         if g.get("needs_read_access"):

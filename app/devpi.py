@@ -32,7 +32,7 @@ from app.auth import (
 )
 from app.db import begin_write, get_session
 from app.dists import normalize_name
-from app.errors import HTTPError
+from app.errors import HTTPError, too_many_logins
 from app.indexes import get_index, may_configure, may_upload
 from app.models import DocSet, File, Index, Project, User
 from app.throttle import LoginThrottled
@@ -112,12 +112,7 @@ def json_login() -> Response:
     try:
         user = verify_password(username[:64], password, request.remote_addr)
     except LoginThrottled as exc:
-        wait = exc.retry_after_seconds
-        raise HTTPError(
-            429,
-            f"Too many failed logins for this account or address; retry in {wait} s.",
-            {"Retry-After": str(wait)},
-        ) from None
+        raise too_many_logins(exc.retry_after_seconds) from None
     if user is None:
         raise HTTPError(401, f"User {username[:64]!r} could not be authenticated.")
     token = new_login_token(user)

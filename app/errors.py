@@ -25,6 +25,26 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
 
+def upstream_failed(exc: Exception, project: str) -> HTTPError:
+    """504 for an upstream timeout, else 502, with Retry-After: nothing was cached (R93)."""
+    from app.upstream import UpstreamTimeout
+
+    what = "timed out" if isinstance(exc, UpstreamTimeout) else "failed"
+    status = 504 if isinstance(exc, UpstreamTimeout) else 502
+    return HTTPError(
+        status, f"Upstream {what} and {project} is not cached: {exc}", {"Retry-After": "30"}
+    )
+
+
+def too_many_logins(retry_after_seconds: int) -> HTTPError:
+    """429 for a throttled account or address, saying when to retry."""
+    return HTTPError(
+        429,
+        f"Too many failed logins for this account or address; retry in {retry_after_seconds} s.",
+        {"Retry-After": str(retry_after_seconds)},
+    )
+
+
 def clean_reason(reason: str) -> str:
     """One line, ISO-8859-1 safe, bounded: what an HTTP/1.1 status line can carry."""
     line = " ".join(reason.split())

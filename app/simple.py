@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, redirect, request
 from app.auth import require_read
 from app.db import get_session
 from app.dists import normalize_name
-from app.errors import HTTPError
+from app.errors import HTTPError, upstream_failed
 from app.indexes import (
     Dist,
     ProjectView,
@@ -22,7 +22,7 @@ from app.indexes import (
     readable_order,
 )
 from app.models import Index
-from app.upstream import UpstreamError, UpstreamTimeout
+from app.upstream import UpstreamError
 
 bp = Blueprint("simple", __name__)
 
@@ -236,14 +236,8 @@ def project_page(user: str, index: str, project: str) -> Response:
     reader = require_read(found)
     try:
         view = project_view(get_session(), found, normalized, _mirror_source(), reader=reader)
-    except UpstreamTimeout as exc:
-        raise HTTPError(
-            504, f"Upstream timed out and {normalized} is not cached: {exc}", {"Retry-After": "30"}
-        ) from None
     except UpstreamError as exc:
-        raise HTTPError(
-            502, f"Upstream failed and {normalized} is not cached: {exc}", {"Retry-After": "30"}
-        ) from None
+        raise upstream_failed(exc, normalized) from None
     if view is None:
         raise HTTPError(404, f"Project {normalized} is not on index {user}/{index}.")  # R4
     mime = negotiate(request.headers.get("Accept"), request.args.get("format"))

@@ -34,7 +34,7 @@ from app import __version__
 from app.auth import authenticated_user, current_reader, require_read
 from app.db import get_session
 from app.dists import normalize_name
-from app.errors import HTTPError
+from app.errors import HTTPError, upstream_failed
 from app.indexes import (
     ProjectView,
     Reader,
@@ -52,7 +52,7 @@ from app.indexes import (
     shown_bases,
 )
 from app.models import Index, MirrorPage, Project, User
-from app.upstream import UpstreamError, UpstreamTimeout, mask_url
+from app.upstream import UpstreamError, mask_url
 from app.web import docs, pages
 from app.web.render import render_description
 
@@ -256,14 +256,8 @@ def _project_view(
             ignore_bases=ignore_bases,
             reader=reader,
         )
-    except UpstreamTimeout as exc:
-        raise HTTPError(
-            504, f"Upstream timed out and {normalized} is not cached: {exc}", {"Retry-After": "30"}
-        ) from None
     except UpstreamError as exc:
-        raise HTTPError(
-            502, f"Upstream failed and {normalized} is not cached: {exc}", {"Retry-After": "30"}
-        ) from None
+        raise upstream_failed(exc, normalized) from None
     if view is None:
         raise HTTPError(404, f"Project {normalized} is not on index {index.path}.")
     return view
