@@ -70,8 +70,9 @@ INDEX_KEYS = (
 DEVPI_DEFAULTS = {
     "acl_toxresult_upload": [":ANONYMOUS:"],
     "mirror_whitelist_inheritance": "intersection",
-    "mirror_web_url_fmt": "https://pypi.org/project/{name}/",
 }
+# devpi settings with no meaning here, whatever their value: never reported.
+DEVPI_UNUSED = {"mirror_web_url_fmt"}  # a link template to the upstream's project pages
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as app/api.py
 SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 CHUNK_BYTES = 1 << 20  # 1 MiB per read while hashing
@@ -317,7 +318,7 @@ class Importer:
             config.setdefault("mirror_whitelist", config.pop("pypi_whitelist"))
         if "acl_pkg_read" in config:  # devpi's read ACL lives in a plugin, named so in its docs
             config.setdefault("acl_read", config.pop("acl_pkg_read"))
-        for key in sorted(set(config) - set(INDEX_KEYS)):
+        for key in sorted(set(config) - set(INDEX_KEYS) - DEVPI_UNUSED):
             if config[key] not in (None, "", [], {}) and config[key] != DEVPI_DEFAULTS.get(key):
                 self.report.ignored_settings.setdefault(key, []).append(path)
         wanted = {k: v for k, v in config.items() if k in INDEX_KEYS and k not in ("bases",)}

@@ -108,8 +108,8 @@ def write_export(directory: Path, **overrides: Any) -> Path:
                     "type": "mirror",
                     "volatile": False,
                     "title": "PyPI",
-                    "mirror_url": "https://pypi.org/simple/",
-                    "mirror_web_url_fmt": "https://pypi.org/project/{name}/",
+                    "mirror_url": "https://upstream.test/simple/",
+                    "mirror_web_url_fmt": "https://upstream.test/project/{name}/",
                 },
                 "files": [file_entry("root/pypi/x/1/x-1.tar.gz", b"", "releasefile", "x", "1")],
             },
@@ -166,7 +166,8 @@ def test_import_brings_users_indexes_files_and_docs(
     assert "acl_toxresult_upload" not in out  # devpi's default: no noise
     assert "root/pypi: 1 mirrored files not imported (fetched on demand)" in out
     assert "alice/dev: 1 tox results not imported" in out
-    assert "root/pypi keeps MIRROR_URL; devpi mirrored https://pypi.org/simple/" in out
+    assert "root/pypi keeps MIRROR_URL; devpi mirrored https://upstream.test/simple/" in out
+    assert "mirror_web_url_fmt" not in out  # no meaning in pyshelf: no noise
     with database() as session:
         indexes = {i.path: i for i in session.scalars(select(Index))}
         assert indexes["root/prod"].bases == ["alice/dev"]
