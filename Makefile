@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEVPI_VENV := .venv-devpi
 export DATA_DIR ?= ./data
 
-.PHONY: help run test test-fast test-container chromium lint format bench clean
+.PHONY: help run test test-robustness test-fast test-container chromium lint format bench bench-quick bench-mirror clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -28,6 +28,9 @@ run: $(VENV)/.installed ## start the server on port 3141 (data in ./data)
 test: $(VENV)/.installed $(DEVPI_VENV)/.installed chromium ## install what the tests need, then run them all (the image's: test-container)
 	$(PY) -m pytest -q -p no:cacheprovider
 
+test-robustness: $(VENV)/.installed ## the hostile-input fuzz tests with 1000 cases per property (make test runs 30)
+	FUZZ_EXAMPLES=1000 $(PY) -m pytest -q -p no:cacheprovider tests/robustness
+
 test-fast: $(VENV)/.installed ## the tests without the end-to-end ones
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
 
@@ -46,7 +49,13 @@ format: $(VENV)/.installed ## apply ruff format and fixes
 	$(VENV)/bin/ruff format app tests bench gunicorn.conf.py
 	$(VENV)/bin/ruff check --fix app tests bench gunicorn.conf.py
 
-bench: $(VENV)/.installed ## run the benchmarks in bench/ (never part of make test)
+bench: $(VENV)/.installed ## pyshelf vs devpi-server vs proxpi, about 30 minutes: writes bench/RESULTS.md (never part of make test)
+	$(PY) -m bench.compare
+
+bench-quick: $(VENV)/.installed ## the same comparison in a few minutes: a smoke test, not numbers to quote
+	$(PY) -m bench.compare --quick
+
+bench-mirror: $(VENV)/.installed ## pip through pyshelf's mirror, cold and warm, against the bare upstream
 	$(PY) bench/mirror_install.py
 
 clean: ## remove the venv and caches (not ./data)

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -366,7 +366,7 @@ def yank_version(user: str, index: str, project: str, version: str) -> Response:
         raise HTTPError(400, 'Send {"yanked": true|false, "reason": "..."}.')
     try:
         wanted = Version(version)
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
         raise HTTPError(400, f"'{version}' is not a valid version (PEP 440).") from None
     files = [
         f

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import logging
@@ -254,7 +253,7 @@ def _credentials_from_header(header: str) -> tuple[str, str] | None:
     if scheme == "basic":
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII text
             raise HTTPError(400, "Malformed Basic Authorization header.") from None
         username, sep, password = decoded.partition(":")  # passwords may contain ':'
         if not sep:
@@ -269,7 +268,7 @@ def _credentials_from_devpi_header(header: str) -> tuple[str, str] | None:
     """(username, secret) from devpi-client's `X-Devpi-Auth: base64(USER:SECRET)`, or None."""
     try:
         decoded = base64.b64decode(header.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII text
         return None  # as devpi-server: an unreadable header is no credentials at all
     username, sep, secret = decoded.partition(":")
     return (username, secret) if sep and username else None

@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 from sqlalchemy import delete, select
 
 from app import __version__
@@ -199,7 +199,7 @@ def delete_version(user: str, index: str, project: str, version: str) -> Respons
     record = _project_or_404(found, project)
     try:
         wanted = Version(version)
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
         raise HTTPError(400, f"'{version[:100]}' is not a valid version (PEP 440).") from None
     session = get_session()
     files = [

@@ -6,6 +6,7 @@ import collections
 import gzip
 import hashlib
 import os
+import posixpath
 import re
 import tarfile
 import zipfile
@@ -21,7 +22,7 @@ from packaging.utils import (
     parse_sdist_filename,
     parse_wheel_filename,
 )
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 FILETYPES = ("sdist", "bdist_wheel")
 METADATA_VERSIONS = ("1.0", "1.1", "1.2", "2.1", "2.2", "2.3", "2.4", "2.5", "2.6")  # R74
@@ -124,6 +125,8 @@ def parse_filename(filename: str) -> FilenameInfo:
             name, version, _build, _tags = parse_wheel_filename(filename)
         except InvalidWheelFilename as exc:
             raise InvalidDistribution(str(exc)) from None
+        except ValueError:  # a release number past int()'s 4300-digit limit
+            raise InvalidDistribution(f"Invalid wheel filename: {_q(filename)}") from None
         # packaging accepts any \w in the name part; a project name is ASCII only.
         if not is_valid_project_name(filename.split("-", 1)[0]):
             raise InvalidDistribution(
@@ -137,7 +140,7 @@ def parse_filename(filename: str) -> FilenameInfo:
         if not is_valid_project_name(name_part):
             raise InvalidSdistFilename(filename)
         name, version = parse_sdist_filename(filename)
-    except InvalidSdistFilename:
+    except ValueError:  # InvalidSdistFilename, or a release number past 4300 digits
         raise InvalidDistribution(
             f"Invalid source distribution filename: {_q(filename)}. "
             f"Expected '<name>-<version>{extension}' with a PEP 440 version."
@@ -306,7 +309,7 @@ def _names_dist(dist_info: str, info: FilenameInfo) -> bool:
             continue
         try:
             version = Version(stem[index + 1 :])
-        except InvalidVersion:
+        except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
             continue
         if normalize_name(stem[:index]) == info.normalized_name and str(version) == info.version:
             return True
@@ -361,6 +364,25 @@ def _read_tar_sdist(path: str | os.PathLike[str]) -> tuple[str, bytes]:
     return member, raw
 
 
+def _check_link(member: tarfile.TarInfo, top: str) -> None:
+    """Links must stay inside the sdist, and devices or FIFOs have no place in one: whoever
+    unpacks the file later (pip, a build backend) must not be pointed at /etc/passwd."""
+    if member.ischr() or member.isblk() or member.isfifo():
+        raise InvalidDistribution(
+            f"Invalid distribution file. {_q(member.name)} is a device or FIFO, not a file"
+        )
+    if not (member.issym() or member.islnk()):
+        return
+    target = member.linkname
+    if member.issym():  # relative to the link's own folder; a hard link names a member
+        target = posixpath.join(posixpath.dirname(member.name), target)
+    normalized = posixpath.normpath(target)
+    if member.linkname.startswith("/") or normalized.split("/")[0] != top:
+        raise InvalidDistribution(
+            f"Invalid distribution file. Link {_q(member.name)} points outside the sdist"
+        )
+
+
 def _read_pkg_info(archive: tarfile.TarFile, compressed_bytes: int) -> tuple[str, bytes]:
     """Check an sdist tarball's members and read its one <top>/PKG-INFO (R70)."""
     top: str | None = None
@@ -382,6 +404,7 @@ def _read_pkg_info(archive: tarfile.TarFile, compressed_bytes: int) -> tuple[str
                 top = parts[0]
             elif parts[0] != top:
                 raise InvalidDistribution(TOP_LEVEL_COUNT)
+            _check_link(member, top)
             if parts[1:] == ["PKG-INFO"]:
                 candidates.append(member)
         if top is None:
@@ -447,7 +470,7 @@ def _parse_metadata(raw: bytes, member: str, info: FilenameInfo) -> CoreMetadata
     version = single("version", "Version")
     try:
         parsed_version = Version(version)
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
         raise InvalidDistribution(
             f"{_q(version)} is an invalid value for Version. Error: Use a PEP 440 version. "
             f"See {CORE_METADATA_SPEC} for more information."

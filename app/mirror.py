@@ -235,7 +235,9 @@ class Mirror:
         now = utcnow()
         if page is not None and self._is_fresh(index, page, now):
             return page if page.is_found else None
-        lock = FileLock(self.lock_dir / f"page-{index.id}-{name}.lock")
+        # The name comes from the URL: hashed, a NUL or a 300-character name is a valid lock.
+        name_key = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        lock = FileLock(self.lock_dir / f"page-{index.id}-{name_key}.lock")
         try:
             if not lock.acquire(self._upstream_budget_seconds()):
                 if page is not None:

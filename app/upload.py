@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -111,7 +111,7 @@ def _check_form(info: FilenameInfo) -> None:
         )
     try:
         same_version = Version(version) == Version(info.version)
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
         raise HTTPError(400, f"'{version}' is an invalid value for Version (PEP 440).") from None
     if not same_version:
         raise HTTPError(

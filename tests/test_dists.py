@@ -590,8 +590,17 @@ BAD_ARCHIVES = [
     pytest.param(
         SDIST,
         lambda: tar_gz_bytes({}, symlinks={f"{TOP}/PKG-INFO": "/etc/passwd"}),
-        f"Invalid distribution file. {TOP}/PKG-INFO is not a regular file",
+        f"Invalid distribution file. Link '{TOP}/PKG-INFO' points outside the sdist",
         id="tar.gz whose PKG-INFO is a symlink out of the archive",
+    ),
+    pytest.param(
+        SDIST,
+        lambda: tar_gz_bytes(
+            {f"{TOP}/PKG-INFO": b"Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0.0\n"},
+            symlinks={f"{TOP}/data/secret": "../../../etc/passwd"},
+        ),
+        f"Invalid distribution file. Link '{TOP}/data/secret' points outside the sdist",
+        id="tar.gz with any member linking out of the sdist (handed on to whoever unpacks it)",
     ),
     pytest.param(
         SDIST,

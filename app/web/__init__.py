@@ -27,7 +27,7 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 from sqlalchemy import select
 
 from app import __version__
@@ -449,7 +449,7 @@ def project_page(user: str, index: str, project: str) -> Response | str:
 def _same_version(wanted: str, candidate: str) -> bool:
     try:
         return Version(wanted) == Version(candidate)
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
         return wanted == candidate
 
 

@@ -9,7 +9,7 @@ the bytes); the record goes, so nothing links to them any more.
 from __future__ import annotations
 
 from flask import Response, flash, redirect, request
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -47,7 +47,7 @@ def _checked(user: str, index: str) -> tuple[Index, User] | Response:
 def _version_files(session: Session, index: Index, project: str, version: str) -> list[File]:
     try:
         wanted = Version(version)
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
         raise HTTPError(400, f"'{version[:100]}' is not a valid version (PEP 440).") from None
     files = session.scalars(
         select(File)

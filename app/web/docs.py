@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import itsdangerous
 from flask import Response, current_app, redirect, request
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -136,7 +136,7 @@ def inspect_zip(source: str | Path | IO[bytes], *, max_bytes: int, max_files: in
             path = member_path(info.filename)
             if info.flag_bits & ENCRYPTED_FLAG:
                 raise InvalidDocs(f"Documentation zip member {path!r} is encrypted.")
-            if info.is_dir() or not path:
+            if not path or info.is_dir():  # is_dir() fails on an empty name
                 continue
             total += info.file_size
             if total > max_bytes:
@@ -166,7 +166,7 @@ def normalize_version(version: str) -> str:
     """The PEP 440 normal form of a version; HTTPError 400 when it is not one."""
     try:
         return str(Version(version))
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
         raise HTTPError(
             400, f"'{version[:100]}' is an invalid value for Version (PEP 440)."
         ) from None
@@ -311,7 +311,7 @@ def find_docset(
         return found[latest] if latest else None
     try:
         return found.get(str(Version(version)))
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
         return None
 
 
@@ -353,7 +353,7 @@ def content_type(path: str) -> str:
 def _members(archive: zipfile.ZipFile, prefix: str) -> dict[str, zipfile.ZipInfo]:
     members: dict[str, zipfile.ZipInfo] = {}
     for info in archive.infolist():
-        if info.is_dir():
+        if not info.filename or info.is_dir():  # is_dir() fails on an empty name
             continue
         with contextlib.suppress(InvalidDocs):  # checked at upload; never serve a bad name
             path = member_path(info.filename)

@@ -9,7 +9,7 @@ import email.policy
 from collections.abc import Iterable
 from typing import Any
 
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -99,7 +99,7 @@ def version_key(version: str) -> tuple[int, Any]:
     """Sort key: valid versions by PEP 440, invalid ones below them by text."""
     try:
         return (1, Version(version))
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
         return (0, version)
 
 

@@ -1,0 +1,1 @@
+"""Hostile-input property tests: fuzzed uploads, simple/JSON API requests and doc zips."""
