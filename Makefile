@@ -49,7 +49,7 @@ format: $(VENV)/.installed ## apply ruff format and fixes
 	$(VENV)/bin/ruff format app tests bench gunicorn.conf.py
 	$(VENV)/bin/ruff check --fix app tests bench gunicorn.conf.py
 
-bench: $(VENV)/.installed ## pyshelf vs devpi-server vs proxpi, about 30 minutes: writes bench/RESULTS.md (never part of make test)
+bench: $(VENV)/.installed ## pyshelf vs devpi-server vs proxpi, about 25 minutes: writes bench/RESULTS.md (never part of make test)
 	$(PY) -m bench.compare
 
 bench-quick: $(VENV)/.installed ## the same comparison in a few minutes: a smoke test, not numbers to quote
