@@ -29,6 +29,10 @@ LABEL org.opencontainers.image.title="pyshelf" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
 
+# pg_dump and psql: `entrypoint.sh backup` and `restore` with a PostgreSQL DATABASE_URL.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid "${PYSHELF_GID}" pyshelf \
     && useradd --uid "${PYSHELF_UID}" --gid pyshelf --no-create-home --no-log-init \
        --home-dir /data --shell /usr/sbin/nologin pyshelf \

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEVPI_VENV := .venv-devpi
 export DATA_DIR ?= ./data
 
-.PHONY: help run test test-robustness test-fast test-container chromium lint format bench bench-quick bench-mirror clean
+.PHONY: help run test test-robustness test-scale test-fast test-container chromium postgres lint format bench bench-quick bench-mirror clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -25,17 +25,32 @@ $(DEVPI_VENV)/.installed: requirements-devpi.txt
 run: $(VENV)/.installed ## start the server on port 3141 (data in ./data)
 	./entrypoint.sh serve
 
-test: $(VENV)/.installed $(DEVPI_VENV)/.installed chromium ## install what the tests need, then run them all (the image's: test-container)
-	$(PY) -m pytest -q -p no:cacheprovider
+# The tests where the database and the blob store do the work, run a second time on PostgreSQL
+# + S3 by `make test` (all of them: `make test-scale`).
+SCALE_TESTS := tests/test_upload.py tests/test_backup.py tests/test_integrity.py \
+	tests/test_cache.py tests/test_storage.py tests/test_locks.py tests/test_database.py \
+	tests/test_pagecache.py tests/test_migrations.py tests/test_mirror.py \
+	tests/e2e/test_publish.py tests/e2e/test_mirror.py tests/e2e/test_operations.py \
+	tests/e2e/test_page_cache.py tests/e2e/test_bootstrap.py
 
-test-robustness: $(VENV)/.installed ## the hostile-input fuzz tests with 1000 cases per property (make test runs 30)
-	FUZZ_EXAMPLES=1000 $(PY) -m pytest -q -p no:cacheprovider tests/robustness
+test: $(VENV)/.installed $(DEVPI_VENV)/.installed chromium postgres ## install what the tests need, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
+	$(PY) -m pytest -q -p no:cacheprovider
+	PYSHELF_TEST_DATABASE=postgres PYSHELF_TEST_STORAGE=s3 $(PY) -m pytest -q -p no:cacheprovider $(SCALE_TESTS)
+
+test-robustness: $(VENV)/.installed ## tests/robustness at full size: 1000 fuzz cases per property, 2 min of load, 3 rounds of faults (about 10 min)
+	FUZZ_EXAMPLES=1000 LOAD_SECONDS=120 FAULT_ROUNDS=3 $(PY) -m pytest -q -p no:cacheprovider -s tests/robustness
+
+test-scale: $(VENV)/.installed postgres ## every unit and end-to-end test again on PostgreSQL + S3 (moto): about 20 minutes
+	PYSHELF_TEST_DATABASE=postgres PYSHELF_TEST_STORAGE=s3 $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/browser --ignore=tests/container --ignore=tests/robustness
 
 test-fast: $(VENV)/.installed ## the tests without the end-to-end ones
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
 
 chromium: ## install Debian's chromium for the browser tests when missing (apt-get, as root)
 	@[ -n "$$CHROMIUM" ] || command -v chromium >/dev/null || if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; else echo "chromium is missing and only root can apt-get it: the browser tests will be skipped"; fi
+
+postgres: ## install Debian's PostgreSQL server for the tests when missing (apt-get, as root)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; else echo "PostgreSQL is missing and only root can apt-get it: its tests will be skipped"; fi
 
 test-container: export CONTAINERS_CONF := $(CURDIR)/tests/container/containers.conf
 test-container: $(VENV)/.installed ## build the image with podman (installed if missing) and test it as a container

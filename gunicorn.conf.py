@@ -13,7 +13,10 @@ except ConfigError as _exc:  # `prepare` reported it already; gunicorn must not 
     raise SystemExit(f"pyshelf: {_exc}") from None
 
 bind = f"{_env.get('HOST') or '0.0.0.0'}:{_env.get('PORT') or '3141'}"  # noqa: S104 - an appliance serves the LAN
-workers = int(_env.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_count() + 1, 8))
+# One gthread worker runs Python on one CPU at a time and its threads carry the waiting (uploads,
+# downloads, the upstream): one worker per CPU (at least 2, so one can restart while the other
+# serves) keeps every CPU busy without the memory of idle extra workers.
+workers = int(_env.get("WEB_CONCURRENCY") or max(2, min(multiprocessing.cpu_count(), 8)))
 worker_class = "gthread"  # file streaming is I/O-bound: threads keep workers responsive
 threads = int(_env.get("THREADS") or 8)
 timeout = int(_env.get("WORKER_TIMEOUT") or 120)  # seconds of silence before a worker is restarted

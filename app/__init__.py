@@ -7,15 +7,16 @@ import logging
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
+if TYPE_CHECKING:
+    from flask import Flask
 
-from app.config import Settings
-from app.db import Database
+    from app.config import Settings
 
+# Flask, SQLAlchemy and the rest are imported in the functions below, not here: gunicorn's
+# master imports app.config (and so this package) for its settings, and never serves a request.
 __version__ = "0.1.0"
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def load_secret_key(settings: Settings) -> str:
 
 def trusted_proxy_fix(wsgi_app: WSGIApplication, allowed: Iterable[str]) -> WSGIApplication:
     """Honour X-Forwarded-For/Proto/Host/Port/Prefix, but only from FORWARDED_ALLOW_IPS peers."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
     proxied = ProxyFix(wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
     if "*" in allowed:
         return proxied
@@ -64,9 +67,14 @@ def create_app(
     settings: Settings | None = None, *, storage: Any = None, upstream: Any = None
 ) -> Flask:
     """Build the WSGI app; services are made here once per process, or passed in by tests."""
+    from flask import Flask
+
     from app import api, auth, devpi, errors, files, health, logs, metrics, simple, upload, web
+    from app.config import Settings
+    from app.db import Database
     from app.mirror import Mirror, stale_header
-    from app.storage import LocalStorage
+    from app.pagecache import PageCache
+    from app.storage import make_storage
     from app.upstream import UpstreamClient
 
     settings = settings or Settings.from_env()
@@ -79,7 +87,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     database = Database(settings.database_url)
-    storage = storage or LocalStorage(settings.blob_dir)
+    storage = storage or make_storage(settings)
     upstream = upstream or UpstreamClient(
         connect_timeout_seconds=settings.upstream_connect_timeout_seconds,
         read_timeout_seconds=settings.upstream_read_timeout_seconds,
@@ -89,6 +97,7 @@ def create_app(
     app.extensions["pyshelf.storage"] = storage
     app.extensions["pyshelf.upstream"] = upstream
     app.extensions["pyshelf.mirror"] = Mirror(settings, database, storage, upstream)
+    app.extensions["pyshelf.pages"] = PageCache(database)
 
     from app import db
 
@@ -105,6 +114,7 @@ def create_app(
     for module in (health, metrics, simple, files, upload, api, devpi, web):
         app.register_blueprint(module.bp)
     # The request log is outermost, so it sees the client address that ProxyFix worked out.
-    request_log.wsgi_app = trusted_proxy_fix(app.wsgi_app, settings.forwarded_allow_ips)
+    pages = simple.CachedPages(app, app.wsgi_app)  # stored public pages skip Flask
+    request_log.wsgi_app = trusted_proxy_fix(pages, settings.forwarded_allow_ips)
     app.wsgi_app = request_log  # type: ignore[method-assign]
     return app

@@ -11,6 +11,7 @@ import secrets
 
 import itsdangerous
 from flask import Flask, Response, current_app, g, request
+from flask import session as cookie_session
 from flask_login import LoginManager, current_user
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +38,7 @@ TOKEN_TOUCH_SECONDS = 600  # 10 minutes: how stale a token's last_used_at may ge
 LOGIN_TOKEN_PREFIX = "pyshelf.login."  # noqa: S105 - marks login tokens, not a secret
 LOGIN_TOKEN_SECONDS = 36_000  # 10 hours, as devpi-server's logins
 LOGIN_TOKEN_SALT = "pyshelf.devpi-login"  # noqa: S105 - itsdangerous namespace, not a secret
+SESSION_FINGERPRINT_KEY = "_password_fp"  # in the web session: see bind_session
 # Password hashes imported from devpi-server (app/devpi_import.py): argon2 PHC strings as
 # devpi-server >= 6 stores them, and its older salted sha256 as "devpi-sha256$SALT$HEXDIGEST".
 ARGON2_PREFIX = "$argon2"
@@ -107,6 +109,12 @@ def _hash_fingerprint(user: User) -> str:
     """Changes with the password hash, so a new password ends the user's login tokens."""
     key = current_app.config["SECRET_KEY"].encode("utf-8")
     return hmac.new(key, user.password_hash.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def bind_session(user: User) -> None:
+    """Tie the web session to the user's current password: a new password (their own, or an
+    admin's reset) ends every other session of theirs, copied cookies included."""
+    cookie_session[SESSION_FINGERPRINT_KEY] = _hash_fingerprint(user)
 
 
 def new_login_token(user: User) -> str:
@@ -288,7 +296,11 @@ def init_app(app: Flask) -> None:
     def _load_user(user_id: str) -> User | None:
         if request.headers.get("Authorization") or request.headers.get("X-Devpi-Auth"):
             return None  # explicit credentials win over a session cookie (and skip CSRF checks)
-        return get_session().get(User, int(user_id))
+        user = get_session().get(User, int(user_id))
+        bound = str(cookie_session.get(SESSION_FINGERPRINT_KEY, ""))
+        if user is None or not hmac.compare_digest(bound, _hash_fingerprint(user)):
+            return None  # the password changed since this session logged in
+        return user
 
     @manager.request_loader
     def _load_from_header(req: object) -> User | None:
@@ -358,7 +370,9 @@ def current_reader() -> Reader:
     return g.reader
 
 
-def require_read(index: Index, *, with_bases: bool = True) -> Reader | None:
+def require_read(
+    index: Index, *, with_bases: bool = True, order: list[Index] | None = None
+) -> Reader | None:
     """Check that the caller may read `index` (app/indexes.py may_read), for every view that
     shows anything of it: None when it and (`with_bases`) its bases are public, so that the
     caller need not be known; else the Reader to filter its bases with.
@@ -367,7 +381,8 @@ def require_read(index: Index, *, with_bases: bool = True) -> Reader | None:
     keyring or prompts; a user who may not read gets 403 (R52). The response becomes
     `Cache-Control: private` with `Vary: Authorization` (see `_private_caching`).
     """
-    order = resolution_order(get_session(), index) if with_bases else [index]
+    if order is None:  # `order`: the caller's resolution_order, not computed twice
+        order = resolution_order(get_session(), index) if with_bases else [index]
     if all(is_public(i) for i in order):
         return None  # no credentials are checked for public reads, as before acl_read
     g.needs_read_access = True

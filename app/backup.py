@@ -38,7 +38,7 @@ from app.cache import BlobLock, human_bytes
 from app.config import Settings
 from app.integrity import Refs, blob_references
 from app.progress import Progress
-from app.storage import LocalStorage
+from app.storage import Storage, make_storage
 
 log = logging.getLogger("pyshelf")
 
@@ -66,6 +66,9 @@ class BackupSummary:
     bytes: int = 0
     left_out: dict[str, str] = field(default_factory=dict)  # sha256 -> why (mirror files only)
     seconds: float = 0.0
+
+
+WORK_PREFIX = ".pyshelf-backup-work."  # + pid: a killed backup's folder is removed by the next
 
 
 def database_kind(url: str) -> str:
@@ -125,13 +128,14 @@ def backup(
         path = path / f"pyshelf-{started:%Y%m%d-%H%M%S}.tar"
     if path.exists() and not force:
         raise BackupError(f"{path} exists: choose another name, or --force to replace it")
-    storage = LocalStorage(settings.blob_dir)
-    work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    storage = make_storage(settings)
+    _remove_abandoned_work(path.parent)
+    work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{WORK_PREFIX}{os.getpid()}."))
     summary = BackupSummary(path=path, database=kind)
     try:
         # Held shared from the snapshot to the last blob: eviction and orphan removal delete no
         # blob meanwhile (they wait, or try again later); uploads go on.
-        with BlobLock(settings.lock_dir).shared():
+        with BlobLock(settings).shared():
             _backup_into(work, path, settings, storage, kind, with_mirror_files, summary, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -139,11 +143,25 @@ def backup(
     return summary
 
 
+def _remove_abandoned_work(folder: Path) -> None:
+    """Remove work folders of backups that were killed: they hold a copy of the database."""
+    for work in folder.glob(f"{WORK_PREFIX}*"):
+        try:
+            pid = int(work.name[len(WORK_PREFIX) :].split(".")[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue  # not ours
+        except ProcessLookupError:
+            shutil.rmtree(work, ignore_errors=True)
+        except PermissionError:
+            continue  # a live process of another user
+
+
 def _backup_into(
     work: Path,
     path: Path,
     settings: Settings,
-    storage: LocalStorage,
+    storage: Storage,
     kind: str,
     with_mirror_files: bool,
     summary: BackupSummary,
@@ -195,12 +213,14 @@ def _revision(connection: Connection) -> str | None:
 def pg_env(url: str) -> dict[str, str]:
     """libpq's variables for a URL: the password never shows in the process list."""
     parsed = make_url(url)
+    query = {k: v if isinstance(v, str) else v[-1] for k, v in parsed.query.items()}
     values = {
-        "PGHOST": parsed.host,
-        "PGPORT": str(parsed.port) if parsed.port else None,
+        "PGHOST": parsed.host or query.get("host"),  # ?host=/run/postgresql: a unix socket
+        "PGPORT": str(parsed.port) if parsed.port else query.get("port"),
         "PGUSER": parsed.username,
         "PGPASSWORD": parsed.password,
         "PGDATABASE": parsed.database,
+        "PGSSLMODE": query.get("sslmode"),
     }
     # The child gets our environment (PATH, locale) plus these; nothing is read from it here.
     return {**os.environ, **{k: v for k, v in values.items() if v}}
@@ -241,7 +261,7 @@ def _pg_snapshot(url: str, dump: Path) -> tuple[str | None, Refs]:
 
 
 def _plan(
-    refs: Refs, storage: LocalStorage, with_mirror_files: bool, summary: BackupSummary
+    refs: Refs, storage: Storage, with_mirror_files: bool, summary: BackupSummary
 ) -> dict[str, str]:
     """sha256 -> kind of every blob to copy; private blobs must all be there."""
     blobs = {key: "private" for key in refs.private}
@@ -266,7 +286,7 @@ def _plan(
 def _write_archive(
     archive: Path,
     settings: Settings,
-    storage: LocalStorage,
+    storage: Storage,
     database_file: Path,
     database: dict[str, Any],
     blobs: dict[str, str],
@@ -276,7 +296,7 @@ def _write_archive(
     sizes: dict[str, int] = {}
     for key in list(blobs):
         try:
-            sizes[key] = storage.local_path(key).stat().st_size
+            sizes[key] = storage.size(key)
         except FileNotFoundError:  # removed by hand since the plan
             if blobs[key] == "private":
                 raise BackupError(f"uploaded blob {key} vanished during the backup") from None
@@ -317,7 +337,7 @@ def _write_archive(
                     continue
                 with source:
                     name = f"{ROOT}/blobs/{key[:2]}/{key[2:4]}/{key}"
-                    digest = _add(tar, name, source, bar)
+                    digest = _add(tar, name, source, bar, sizes[key])
                 if digest != key:
                     if kind == "private":
                         raise BackupError(
@@ -349,11 +369,17 @@ class _BytesReader:
         return chunk
 
 
-def _add(tar: tarfile.TarFile, name: str, source: IO[bytes], bar: Progress | None) -> str:
-    """Add an open file as `name`; return the sha256 of the bytes written."""
-    stat = os.fstat(source.fileno())
+def _add(
+    tar: tarfile.TarFile, name: str, source: IO[bytes], bar: Progress | None, size: int = -1
+) -> str:
+    """Add an open file (or a stream of `size` bytes: S3) as `name`; return its sha256."""
+    if size < 0:
+        stat = os.fstat(source.fileno())
+        size, mtime = stat.st_size, int(stat.st_mtime)
+    else:
+        mtime = int(dt.datetime.now().timestamp())
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o644
+    info.size, info.mtime, info.mode = size, mtime, 0o644
     reader = _HashingReader(source, bar)
     tar.addfile(info, reader)  # type: ignore[arg-type]
     return reader.digest.hexdigest()

@@ -18,15 +18,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
-import fcntl
 import logging
-import os
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -34,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database, begin_write
+from app.locks import Locks
 from app.models import DocSet, File, Index, MirrorBlob, MirrorPage, MirrorStats, utcnow
 from app.storage import Storage
 
@@ -44,48 +42,32 @@ LOW_WATER = 0.9  # eviction frees down to 90 % of the cap, so one miss does not 
 EVICT_BATCH = 200  # candidates considered per round
 LOCK_WAIT_SECONDS = 30.0  # how long eviction waits for uploads between store and record
 REQUEST_LOCK_WAIT_SECONDS = 0.5  # ... when it runs in a request thread (a backup holds it long)
-LOCK_POLL_SECONDS = 0.05
 
 
 class BlobLock:
-    """flock() on DATA_DIR/locks/blobs.lock: shared to store and record, exclusive to delete."""
+    """The lock named "blobs" (app/locks.py): shared to store and record, exclusive to delete."""
 
-    def __init__(self, lock_dir: Path) -> None:
-        self.path = Path(lock_dir) / "blobs.lock"
-
-    def _open(self) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+    def __init__(self, settings: Settings) -> None:
+        self.locks = Locks.of(settings)
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         """Held by a writer between storing a blob and committing the row that references it."""
-        fd = self._open()
+        lock = self.locks.shared("blobs")
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            lock.acquire()
             yield
         finally:
-            os.close(fd)
+            lock.close()
 
     @contextlib.contextmanager
     def exclusive(self, timeout_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[bool]:
         """Held while deciding which blobs are unreferenced and deleting them; yields success."""
-        fd = self._open()
+        lock = self.locks.exclusive("blobs")
         try:
-            deadline = time.monotonic() + timeout_seconds
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        yield False
-                        return
-                    time.sleep(LOCK_POLL_SECONDS)
-                    continue
-                yield True
-                return
+            yield lock.acquire(timeout_seconds)
         finally:
-            os.close(fd)
+            lock.close()
 
 
 def uploaded_blobs(session: Session, keys: Iterable[str]) -> set[str]:
@@ -99,6 +81,16 @@ def uploaded_blobs(session: Session, keys: Iterable[str]) -> set[str]:
             session.scalars(select(File.metadata_sha256).where(File.metadata_sha256.in_(chunk)))
         )
         found.update(session.scalars(select(DocSet.sha256).where(DocSet.sha256.in_(chunk))))
+    return found
+
+
+def recorded_blobs(session: Session, keys: Iterable[str]) -> set[str]:
+    """Which of `keys` the database says are stored (uploads and mirror_blobs): no store I/O."""
+    keys = list(keys)
+    found = uploaded_blobs(session, keys)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        found.update(session.scalars(select(MirrorBlob.sha256).where(MirrorBlob.sha256.in_(chunk))))
     return found
 
 
@@ -140,8 +132,8 @@ class MirrorCache:
         self.database = database
         self.storage = storage
         self.max_bytes = settings.mirror_cache_max_bytes
-        self.blob_lock = BlobLock(settings.lock_dir)
-        self.evict_lock_path = settings.lock_dir / "evict.lock"
+        self.blob_lock = BlobLock(settings)
+        self.locks = Locks.of(settings)
         self.lock = threading.Lock()
         self.accessed: dict[str, dt.datetime] = {}
         self.flushed_at = time.monotonic()
@@ -239,18 +231,15 @@ class MirrorCache:
         if cap is None:
             result.skipped = "no MIRROR_CACHE_MAX_SIZE"
             return result
-        self.evict_lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.evict_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.locks.exclusive("evict")  # one eviction at a time, across replicas too
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not (lock.acquire() if wait else lock.try_acquire()):
                 result.skipped = "another process is evicting"
                 return result
             self.flush()  # this process's recent downloads count as recent
             return self._evict_locked(cap, result, lock_wait_seconds)
         finally:
-            os.close(fd)
+            lock.close()
 
     def _evict_locked(self, cap: int, result: Eviction, lock_wait_seconds: float) -> Eviction:
         target = int(cap * LOW_WATER)
@@ -328,20 +317,26 @@ class MirrorCache:
                             listed.setdefault(key, index_id)
             uploads = uploaded_blobs(session, listed)
         local_path = getattr(self.storage, "local_path", None)
+        # A remote store is listed once (pages may list far more files than are cached).
+        stored = {} if local_path or not listed else {o.key: o for o in self.storage.objects()}
         adopted: list[MirrorBlob] = []
         for key, index_id in listed.items():
-            if key in uploads or local_path is None:
+            if key in uploads:
                 continue
             try:
-                stat = local_path(key).stat()
-            except (OSError, ValueError):
+                if local_path is not None:
+                    stat = local_path(key).stat()
+                    size, stamp = stat.st_size, stat.st_mtime
+                else:
+                    size, stamp = stored[key].size, stored[key].modified_at
+            except (OSError, ValueError, KeyError):
                 continue  # listed but not cached: nothing to count
-            when = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).replace(tzinfo=None)
+            when = dt.datetime.fromtimestamp(stamp, dt.UTC).replace(tzinfo=None)
             adopted.append(
                 MirrorBlob(
                     sha256=key,
                     index_id=index_id,
-                    size=stat.st_size,
+                    size=size,
                     cached_at=when,
                     last_access_at=when,
                 )
@@ -427,12 +422,12 @@ def cmd_cache(settings: Settings, args: Any) -> None:
     import json
 
     from app.cli import CommandError, check_data_dir, migrate
-    from app.storage import LocalStorage
+    from app.storage import make_storage
 
     check_data_dir(settings)
     migrate(settings)
     database = Database(settings.database_url)
-    cache = MirrorCache(settings, database, LocalStorage(settings.blob_dir))
+    cache = MirrorCache(settings, database, make_storage(settings))
     try:
         if args.action == "prune":
             adopted, adopted_bytes = cache.adopt()

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import pagecache
 from app.auth import hash_password, new_token_secret, password_matches, token_hash
 from app.config import ConfigError, Settings
 from app.db import Database, begin_write
@@ -29,6 +30,7 @@ from app.indexes import (
     get_index_by_path,
     index_config,
 )
+from app.locks import Locks
 from app.models import MirrorPage, Token, User
 from app.upstream import mask_url
 
@@ -39,6 +41,7 @@ STAGE_INDEX = "dev"
 TMP_MAX_AGE_SECONDS = 3600  # leftovers of killed uploads/downloads older than this are removed
 NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi"}
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATE_WAIT_SECONDS = 600  # how long a start waits for another replica's migration
 
 
 class CommandError(Exception):
@@ -59,7 +62,7 @@ def check_data_dir(settings: Settings) -> None:
             f"data directory {data_dir.resolve()} is not writable by uid {uid} ({exc.strerror}); "
             f"fix it with: chown -R {uid}:{gid} {data_dir.resolve()}"
         ) from None
-    for sub in (settings.tmp_dir, settings.blob_dir):
+    for sub in (settings.tmp_dir, *([] if settings.uses_s3 else [settings.blob_dir])):
         sub.mkdir(parents=True, exist_ok=True)
 
 
@@ -89,7 +92,20 @@ def migrate(settings: Settings) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = settings.database_url
-    command.upgrade(config, "head")
+    # Replicas starting at once share one database: one migrates, the others wait and then
+    # find nothing to do. (Bootstrap needs no such lock: it runs under begin_write.)
+    lock = Locks.of(settings).exclusive("schema")
+    try:
+        if not lock.try_acquire():
+            log.info("waiting for another pyshelf process to finish migrating the database")
+            if not lock.acquire(MIGRATE_WAIT_SECONDS):
+                raise CommandError(
+                    f"another pyshelf process held the migration lock for {MIGRATE_WAIT_SECONDS}"
+                    " s; is a migration stuck? Stop the other servers and try again"
+                )
+        command.upgrade(config, "head")
+    finally:
+        lock.close()
     log.info("database schema is up to date")
 
 
@@ -213,6 +229,9 @@ def cmd_prepare(settings: Settings, args: argparse.Namespace) -> None:
         begin_write(session)
         for change in bootstrap(session, settings):
             log.info("bootstrap: %s", change)
+        begin_write(session)
+        pagecache.clear(session)  # pages are rebuilt with this start's MIRROR_CACHE_EXPIRY
+        session.commit()
     database.engine.dispose()
 
 

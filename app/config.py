@@ -6,7 +6,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MIRROR_URL = "https://pypi.tuna.tsinghua.edu.cn/simple/"
@@ -75,16 +75,37 @@ class Settings:
     prometheus_multiproc_dir: str | None = None
     # Reverse proxies whose X-Forwarded-* headers are believed: addresses, networks, or "*".
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    # STORAGE_URL: file:///FOLDER (default DATA_DIR/blobs) or s3://BUCKET/PREFIX; the S3 client
+    # reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and the rest of boto3's chain) itself.
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None  # S3_ENDPOINT_URL: MinIO, Ceph, ...; unset for AWS
+    s3_region: str | None = None  # S3_REGION (or boto3's AWS_DEFAULT_REGION)
+    s3_redirect: bool = False  # S3_REDIRECT: downloads answer 302 to a presigned URL
+    # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, also from the .env file; empty: boto3's own chain
+    # (its environment variables, ~/.aws, an instance or task role).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.database_url:
             url = f"sqlite:///{Path(self.data_dir).resolve() / 'pyshelf.sqlite3'}"
             object.__setattr__(self, "database_url", url)
+        # postgresql:// alone would ask SQLAlchemy for psycopg2; pyshelf ships psycopg 3.
+        scheme, sep, rest = self.database_url.partition("://")
+        if sep and scheme in ("postgres", "postgresql"):
+            object.__setattr__(self, "database_url", f"postgresql+psycopg://{rest}")
 
     @property
     def blob_dir(self) -> Path:
-        """Where the local blob store keeps file contents."""
+        """Where the local blob store keeps file contents (a file:// STORAGE_URL moves it)."""
+        if self.storage_url.startswith("file:"):
+            return Path(self.storage_url.removeprefix("file://").removeprefix("localhost"))
         return Path(self.data_dir) / "blobs"
+
+    @property
+    def uses_s3(self) -> bool:
+        """Whether blobs live in an S3 bucket (STORAGE_URL=s3://...)."""
+        return self.storage_url.startswith("s3:")
 
     @property
     def tmp_dir(self) -> Path:
@@ -180,6 +201,38 @@ class Settings:
             except ValueError:
                 errors.append(f"FORWARDED_ALLOW_IPS: {item!r} is not an IP address, network or *")
 
+        database_url = env.get("DATABASE_URL", "").strip()
+        if database_url and not database_url.startswith("sqlite"):
+            if not re.match(r"^postgres(ql)?(\+psycopg)?://", database_url):
+                errors.append(
+                    "DATABASE_URL: use postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE, "
+                    "or leave it empty for SQLite in DATA_DIR"
+                )
+            if not env.get("SECRET_KEY", "").strip():
+                # Replicas that share the database would each generate their own key into
+                # their DATA_DIR: a session or CSRF token signed by one fails on the others.
+                errors.append(
+                    "SECRET_KEY must be set with a PostgreSQL DATABASE_URL, the same on every "
+                    "replica (make one: python3 -c 'import secrets; print(secrets.token_hex(32))')"
+                )
+
+        storage_url = env.get("STORAGE_URL", "").strip()
+        if storage_url:
+            from app.storage import parse_storage_url
+
+            try:
+                parse_storage_url(storage_url)
+            except ValueError as exc:
+                errors.append(f"STORAGE_URL: {exc}")
+        s3_endpoint = env.get("S3_ENDPOINT_URL", "").strip()
+        if s3_endpoint and not re.match(r"^https?://[^/]+", s3_endpoint):
+            errors.append(f"S3_ENDPOINT_URL must be an http(s) URL, not {s3_endpoint!r}")
+        s3_redirect = env.get("S3_REDIRECT", "").strip().lower()
+        if s3_redirect not in {"", "true", "false", "1", "0", "yes", "no"}:
+            errors.append(f"S3_REDIRECT={s3_redirect!r}: use true or false")
+        if s3_redirect in {"true", "1", "yes"} and not storage_url.startswith("s3:"):
+            errors.append("S3_REDIRECT=true needs STORAGE_URL=s3://BUCKET/PREFIX")
+
         settings = cls(
             data_dir=Path(env.get("DATA_DIR", "").strip() or "./data"),
             database_url=env.get("DATABASE_URL", "").strip(),
@@ -204,6 +257,12 @@ class Settings:
             status_min_free_bytes=min_free or 0,
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None,
             forwarded_allow_ips=tuple(allowed) or cls.forwarded_allow_ips,
+            storage_url=storage_url,
+            s3_endpoint_url=s3_endpoint or None,
+            s3_region=env.get("S3_REGION", "").strip() or None,
+            s3_redirect=s3_redirect in {"true", "1", "yes"},
+            s3_access_key_id=env.get("AWS_ACCESS_KEY_ID", "").strip(),
+            s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", "").strip(),
         )
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))

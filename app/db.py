@@ -1,4 +1,5 @@
-"""The database: Base, engine setup (SQLite WAL + busy timeout), one session per request."""
+"""The database: Base, engine setup (SQLite WAL + busy timeout, or PostgreSQL), one session per
+request, and `begin_write`, which serializes writers on both."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-BUSY_TIMEOUT_MS = 30_000  # 30 s: how long a SQLite writer waits for another one
+from app.locks import advisory_key, is_postgresql
+
+BUSY_TIMEOUT_MS = 30_000  # 30 s: how long a writer waits for another (SQLite and PostgreSQL)
 IMMEDIATE = {"pyshelf_immediate": True}
+# PostgreSQL: connections each worker keeps open, and how many more it may open in a burst.
+# A request uses one at a time (its session, or a short one of the mirror's); gunicorn's
+# THREADS (8 by default) bound how many run at once.
+PG_POOL_SIZE = 5
+PG_POOL_OVERFLOW = 15
+WRITE_LOCK_KEY = advisory_key("write")  # pg_advisory_xact_lock: one writer at a time
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -31,6 +40,8 @@ class Base(DeclarativeBase):
 
 def make_engine(url: str) -> Engine:
     """Create an engine; for SQLite turn on WAL, a busy timeout, foreign keys and explicit BEGIN."""
+    if is_postgresql(url):
+        return _postgresql_engine(url)
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
@@ -51,8 +62,43 @@ def make_engine(url: str) -> Engine:
     def _on_begin(conn: Any) -> None:
         # A deferred transaction that later writes fails at once with SQLITE_BUSY when another
         # worker committed in between; writers take the lock up front and wait for it instead.
-        immediate = conn.get_execution_options().get("pyshelf_immediate")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if not options.get("pyshelf_immediate"):
+            conn.exec_driver_sql("BEGIN")
+            return
+        wait_ms = options.get("pyshelf_wait_ms")
+        if wait_ms is None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={int(wait_ms)}")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        finally:  # the connection goes back to the pool with the usual patience
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    return engine
+
+
+def _postgresql_engine(url: str) -> Engine:
+    """PostgreSQL with writers serialized as on SQLite (see begin_write)."""
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_OVERFLOW
+    )
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # The code relies on SQLite's one-writer-at-a-time (BEGIN IMMEDIATE): checks such as
+        # "is this filename uploaded yet?" followed by an insert, or read-modify-write of
+        # counters. A transaction-level advisory lock gives writers the same order across
+        # workers and replicas; it is released at COMMIT or ROLLBACK. READ COMMITTED (the
+        # default) makes each statement after the lock see every write committed before it.
+        # A writer that waits longer fails as it would on SQLite (busy timeout), instead of
+        # hanging its worker thread.
+        options = conn.get_execution_options()
+        if options.get("pyshelf_immediate"):
+            wait_ms = int(options.get("pyshelf_wait_ms", BUSY_TIMEOUT_MS))
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait_ms}")
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
 
     return engine
 
@@ -84,11 +130,18 @@ def get_session() -> Session:
     return g.db_session
 
 
-def begin_write(session: Session) -> None:
-    """Start the session's next transaction as a writer (BEGIN IMMEDIATE on SQLite)."""
+def begin_write(session: Session, *, wait_ms: int | None = None) -> None:
+    """Start the session's next transaction as a writer, after any other writer is done.
+
+    BEGIN IMMEDIATE on SQLite; on PostgreSQL a transaction-level advisory lock (make_engine).
+    A writer that waits longer than `wait_ms` gets sqlalchemy's OperationalError: optional
+    writes (a page for the cache) pass a short wait so that a busy database never slows reads.
+    None: BUSY_TIMEOUT_MS.
+    """
     if session.in_transaction():
         session.commit()
-    session.connection(execution_options=IMMEDIATE)
+    options = IMMEDIATE if wait_ms is None else {**IMMEDIATE, "pyshelf_wait_ms": wait_ms}
+    session.connection(execution_options=options)
 
 
 def init_app(app: Flask, database: Database) -> None:

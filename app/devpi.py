@@ -255,10 +255,14 @@ def init_app(app: Flask) -> None:
     # A stable id of this server (all workers agree), derived without revealing the secret.
     key = app.config["SECRET_KEY"].encode("utf-8")
     uuid = hmac.new(key, b"X-Devpi-Uuid", hashlib.sha256).hexdigest()[:32]
+    headers = {
+        "X-Devpi-Api-Version": API_VERSION,
+        "X-Devpi-Server-Version": SERVER_VERSION,
+        "X-Devpi-Uuid": uuid,
+    }
+    app.extensions["pyshelf.devpi_headers"] = headers  # also sent by app/simple.py's CachedPages
 
     @app.after_request
     def _devpi_headers(response: Response) -> Response:
-        response.headers["X-Devpi-Api-Version"] = API_VERSION
-        response.headers["X-Devpi-Server-Version"] = SERVER_VERSION
-        response.headers["X-Devpi-Uuid"] = uuid
+        response.headers.update(headers)
         return response

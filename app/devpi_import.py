@@ -48,7 +48,7 @@ from app.db import Database, begin_write
 from app.dists import InvalidDistribution, normalize_name, parse_filename, read_metadata
 from app.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
 from app.models import DocSet, File, Index, Project, User, utcnow
-from app.storage import LocalStorage, Storage
+from app.storage import Storage, make_storage
 from app.web.docs import InvalidDocs, inspect_zip
 
 log = logging.getLogger(__name__)
@@ -560,7 +560,7 @@ class Importer:
         self.check_empty()
         # As uploads: blobs stored before the commit that references them must not be taken
         # for orphans (app/cache.py). After a rollback they are orphans, removed later.
-        with BlobLock(self.settings.lock_dir).shared():
+        with BlobLock(self.settings).shared():
             self.import_users(data["users"])
             indexes = self.import_indexes(data["indexes"])
             for path, index in indexes.items():
@@ -579,7 +579,7 @@ def cmd_import_devpi(settings: Settings, args: argparse.Namespace) -> None:
     database = Database(settings.database_url)
     try:
         with database.session() as session:
-            importer = Importer(session, LocalStorage(settings.blob_dir), settings, directory)
+            importer = Importer(session, make_storage(settings), settings, directory)
             report = importer.run()
     except ExportError as exc:
         raise CommandError(str(exc)) from None

@@ -251,7 +251,15 @@ def _read_zip(path: str | os.PathLike[str], info: FilenameInfo) -> tuple[str, by
                 raise _too_large(member)
             with archive.open(entry) as stream:
                 raw = stream.read(MAX_METADATA_BYTES + 1)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError) as exc:
+    # NotImplementedError: a member that needs a newer zip version ("zip file version 8.4")
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        NotImplementedError,
+    ) as exc:
         raise InvalidDistribution(
             f"Invalid distribution file. Cannot read the zip: {exc}"
         ) from None

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import logging
 
 from flask import Flask, Response, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
+
+from app.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 300
 NO_STORE = "no-store"  # R50: errors must not be cached
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL = "Insufficient Storage: the data disk is full; nothing was stored (free DATA_DIR space)."
+DATABASE_BUSY = "Database busy: another writer held the lock too long; nothing was stored, retry."
+RETRY_AFTER_SECONDS = "30"
 
 
 class HTTPError(Exception):
@@ -80,12 +88,45 @@ def error_response(status: int, reason: str, headers: dict[str, str] | None = No
     return response
 
 
+def storage_failure(exc: BaseException) -> HTTPError | None:
+    """507 for a full disk, 503 for a database locked past its busy timeout; None otherwise.
+
+    Both leave nothing half-stored (temp files are discarded, the transaction rolled back);
+    the client is told why and when to retry instead of getting a bare 500.
+    """
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return HTTPError(507, DISK_FULL, {"Retry-After": RETRY_AFTER_SECONDS})
+    if isinstance(exc, OperationalError):
+        message = str(exc.orig).lower()
+        if "disk is full" in message:  # SQLITE_FULL: "database or disk is full"
+            return HTTPError(507, DISK_FULL, {"Retry-After": RETRY_AFTER_SECONDS})
+        if "database is locked" in message or "database is busy" in message:
+            return HTTPError(503, DATABASE_BUSY, {"Retry-After": RETRY_AFTER_SECONDS})
+    return None
+
+
 def init_app(app: Flask) -> None:
     """Turn HTTPError and werkzeug's exceptions into reasoned responses."""
 
     @app.errorhandler(HTTPError)
     def _handle_http_error(exc: HTTPError) -> Response:
         return error_response(exc.status, exc.reason, exc.headers)
+
+    @app.errorhandler(StorageUnavailable)
+    def _handle_storage(exc: StorageUnavailable) -> Response:
+        log.error("blob store unavailable: %s", exc)
+        return error_response(
+            503, "The blob store is unavailable; try again shortly.", {"Retry-After": "30"}
+        )
+
+    @app.errorhandler(OSError)
+    @app.errorhandler(OperationalError)
+    def _handle_storage_failure(exc: Exception) -> Response:
+        failure = storage_failure(exc)
+        if failure is None:
+            raise exc  # a real bug: Flask logs it and answers 500
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return error_response(failure.status, failure.reason, failure.headers)
 
     @app.errorhandler(HTTPException)
     def _handle_werkzeug(exc: HTTPException) -> Response:

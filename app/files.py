@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request, send_file
+from flask import Blueprint, Response, current_app, redirect, request, send_file
 from sqlalchemy import select
 
 from app.auth import require_read
@@ -28,6 +28,8 @@ def send_blob(
     """Send a stored blob with Range, ETag and immutable caching; never Content-Encoding (R38)."""
     storage = current_app.extensions["pyshelf.storage"]
     local_path = getattr(storage, "local_path", None)
+    if local_path is None and hasattr(storage, "read_range"):
+        return _send_remote(storage, sha256, filename, mimetype)
     try:
         source: Any = local_path(sha256) if local_path else storage.open(sha256)
         response = send_file(
@@ -43,6 +45,42 @@ def send_blob(
         raise HTTPError(404, f"File {filename} is missing from the blob store.") from None
     response.headers["Cache-Control"] = CACHE_IMMUTABLE
     response.headers.pop("Content-Disposition", None)
+    return response
+
+
+def _send_remote(storage: Any, sha256: str, filename: str, mimetype: str) -> Response:
+    """A blob from S3: a 302 to a presigned URL (S3_REDIRECT), or streamed with Range passed on.
+
+    Called only once the reader's access is checked: the presigned URL is the permission.
+    """
+    settings = current_app.config["PYSHELF_SETTINGS"]
+    # Only GET: a URL presigned for GET refuses HEAD, and a HEAD carries no bytes anyway.
+    if settings.s3_redirect and request.method == "GET":
+        response = redirect(storage.presigned_url(sha256, filename, mimetype), 302)
+        response.headers["Cache-Control"] = "private, no-store"  # the URL expires
+        return response
+    try:
+        size = storage.size(sha256)
+    except FileNotFoundError:
+        raise HTTPError(404, f"File {filename} is missing from the blob store.") from None
+    response = Response(b"", mimetype=mimetype, direct_passthrough=True)
+    response.content_length = size
+    response.set_etag(sha256)
+    # 304 and 412 from the ETag, 206 with Content-Range, or 416 (raised) (R42-R44).
+    response = response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
+    response.headers["Cache-Control"] = CACHE_IMMUTABLE
+    if response.status_code not in (200, 206) or request.method == "HEAD":
+        response.response = []
+        return response
+    start, stop = 0, size
+    if response.status_code == 206 and response.content_range is not None:
+        start, stop = response.content_range.start or 0, response.content_range.stop or size
+    try:
+        body = storage.read_range(sha256, start, stop)
+    except FileNotFoundError:
+        raise HTTPError(404, f"File {filename} is missing from the blob store.") from None
+    response.response = body
+    response.call_on_close(getattr(body, "close", lambda: None))
     return response
 
 

@@ -1,10 +1,10 @@
 """bp: GET /+status, the health of this server as JSON (load balancers, Docker HEALTHCHECK).
 
-Healthy (200) when the database answers, the data directory takes a new file, and the disk has
-more than STATUS_MIN_FREE_SPACE free; otherwise 503. Each mirror's upstream is reported from
-its last real request (MirrorStats), never probed here: an upstream that is down makes the
-status "degraded" but keeps the 200, since the mirror goes on serving its cache and restarting
-the container would not bring the upstream back.
+Healthy (200) when the database answers, the data directory (and an S3 blob store) takes a new
+file, and the disk has more than STATUS_MIN_FREE_SPACE free; otherwise 503. Each mirror's
+upstream is reported from its last real request (MirrorStats), never probed here: an upstream
+that is down makes the status "degraded" but keeps the 200, since the mirror goes on serving
+its cache and restarting the container would not bring the upstream back.
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ def mirror_upstreams(database: Database) -> dict[str, dict[str, Any]]:
     return mirrors
 
 
-def status_report(settings: Settings, database: Database) -> tuple[dict[str, Any], bool]:
+def status_report(
+    settings: Settings, database: Database, storage: Any = None
+) -> tuple[dict[str, Any], bool]:
     """The whole report, and whether this server is healthy."""
     from app import __version__
 
@@ -105,6 +107,9 @@ def status_report(settings: Settings, database: Database) -> tuple[dict[str, Any
         ),
         "disk": check_disk(settings),
     }
+    remote_check = getattr(storage, "check_writable", None)
+    if remote_check is not None:  # S3: a tiny object put and deleted again
+        checks["blob_store"] = remote_check()
     healthy = all(check["ok"] for check in checks.values())
     mirrors: dict[str, dict[str, Any]] = {}
     if checks["database"]["ok"]:
@@ -123,7 +128,9 @@ def status_report(settings: Settings, database: Database) -> tuple[dict[str, Any
 def status() -> Response:
     """Health as JSON: 200 when healthy, 503 otherwise."""
     settings: Settings = current_app.config["PYSHELF_SETTINGS"]
-    report, healthy = status_report(settings, current_app.extensions["pyshelf.db"])
+    report, healthy = status_report(
+        settings, current_app.extensions["pyshelf.db"], current_app.extensions["pyshelf.storage"]
+    )
     response = jsonify(report)
     response.status_code = 200 if healthy else 503
     response.headers["Cache-Control"] = "no-store"

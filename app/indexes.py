@@ -218,6 +218,7 @@ def project_view(
     *,
     ignore_bases: bool = False,
     reader: Reader | None = None,
+    order: list[Index] | None = None,
 ) -> ProjectView | None:
     """Merge a project across the index and its bases, or None if no index has it.
 
@@ -226,8 +227,12 @@ def project_view(
     confusion (R86, R87). `ignore_bases` looks at the index alone (devpi's `?ignore_bases`).
     With a `reader`, indexes it may not read contribute no files; they still count for the
     dependency-confusion rule, or a stranger would get upstream's project of a private name.
+    `order` is the index's resolution_order when the caller has it already.
     """
-    order = [index] if ignore_bases else resolution_order(session, index)
+    if ignore_bases:
+        order = [index]
+    elif order is None:
+        order = resolution_order(session, index)
     stages = [i for i in order if not i.is_mirror]
     hosted = {i.path: _hosted_dists(session, i, normalized_name) for i in stages}
     is_private = any(found is not None for found in hosted.values())

@@ -15,9 +15,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -38,7 +36,7 @@ from app.models import (
     User,
 )
 from app.progress import Progress
-from app.storage import LocalStorage
+from app.storage import Storage, make_storage
 
 log = logging.getLogger("pyshelf")
 
@@ -142,29 +140,9 @@ class Report:
         return any(p.kind != "orphan" and p.repaired is None for p in self.problems)
 
 
-def _walk(root: Path) -> Iterator[tuple[Path, str | None]]:
-    """Every file of the blob store, with its key when it is where its key says it should be."""
-    for first in sorted(root.iterdir()) if root.is_dir() else []:
-        if first.name == ".tmp":
-            continue
-        if not first.is_dir():
-            yield first, None
-            continue
-        for second in sorted(first.iterdir()):
-            if not second.is_dir():
-                yield second, None
-                continue
-            for path in sorted(second.iterdir()):
-                name = path.name
-                is_placed = (
-                    _KEY_RE.match(name) and name[:2] == first.name and name[2:4] == second.name
-                )
-                yield path, name if is_placed and path.is_file() else None
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes."""
-    with open(path, "rb") as source:
+def blob_sha256(storage: Storage, key: str) -> str:
+    """The sha256 of a stored blob's bytes (streamed)."""
+    with storage.open(key) as source:
         return hashlib.file_digest(source, "sha256").hexdigest()
 
 
@@ -194,7 +172,7 @@ class Verifier:
     """Walks the database and the blob store; repairs what may be repaired."""
 
     def __init__(
-        self, settings: Settings, database: Database, storage: LocalStorage, upstream: Any = None
+        self, settings: Settings, database: Database, storage: Storage, upstream: Any = None
     ) -> None:
         self.settings = settings
         self.database = database
@@ -208,33 +186,23 @@ class Verifier:
         started = time.monotonic()
         with self.database.session() as session:
             before = blob_references(session)
-        files = [(path, key) for path, key in _walk(self.storage.root)]
-        sizes = {}
-        for path, _key in files:
-            try:
-                sizes[path] = path.stat().st_size
-            except OSError:
-                sizes[path] = 0
-        bar = Progress("verify", sum(sizes.values())) if progress else None
+        files = list(self.storage.objects())
+        bar = Progress("verify", sum(found.size for found in files)) if progress else None
         on_disk: set[str] = set()
         corrupt: dict[str, str] = {}
-        strays: list[Path] = []
-        for path, key in files:
-            size = sizes[path]
-            if key is None:
-                strays.append(path)
-            else:
+        for found in files:
+            if found.key is not None:
                 try:
-                    actual = file_sha256(path)
+                    actual = blob_sha256(self.storage, found.key)
                 except FileNotFoundError:  # evicted meanwhile
                     continue
-                on_disk.add(key)
-                if actual != key:
-                    corrupt[key] = actual
+                on_disk.add(found.key)
+                if actual != found.key:
+                    corrupt[found.key] = actual
             report.blobs += 1
-            report.bytes += size
+            report.bytes += found.size
             if bar:
-                bar.advance(size)
+                bar.advance(found.size)
         if bar:
             bar.finish()
         with self.database.session() as session:
@@ -258,17 +226,14 @@ class Verifier:
                 detail = f"{self._mirror_name(after, key)} (cached copy; fetched again on demand)"
                 report.problems.append(Problem("missing", key, detail))
         grace = time.time() - ORPHAN_GRACE_SECONDS
-        for path, key in files:
-            if key is not None and key in referenced:
+        for found in files:
+            if found.key is not None and found.key in referenced:
                 continue
-            try:
-                is_old = path.stat().st_mtime < grace
-            except OSError:
-                continue
-            what = "not referenced" if key else "not a blob name or not where its name says"
-            detail = f"{what}, {human_bytes(sizes[path])}" + ("" if is_old else " (recent)")
+            is_old = found.modified_at < grace
+            what = "not referenced" if found.key else "not a blob name or not where its name says"
+            detail = f"{what}, {human_bytes(found.size)}" + ("" if is_old else " (recent)")
             report.problems.append(
-                Problem("orphan", key or str(path), detail, is_recent=not is_old)
+                Problem("orphan", found.key or found.name, detail, is_recent=not is_old)
             )
         for label, count, is_private in dangling:
             report.problems.append(Problem("dangling", label, f"{count} rows", is_private))
@@ -307,7 +272,7 @@ class Verifier:
                 self._record(index_id, key, size)
                 return "fetched again from the upstream"
         # Not refetchable now: drop it, so that the next request fetches it (never serve it).
-        with BlobLock(self.settings.lock_dir).exclusive() as is_locked:
+        with BlobLock(self.settings).exclusive() as is_locked:
             if not is_locked:
                 return None
             with self.database.session() as session:
@@ -338,7 +303,7 @@ class Verifier:
                 os.fsync(tmp.fileno())
             if digest.hexdigest() != key:
                 raise ValueError(f"upstream sent bytes hashing to {digest.hexdigest()}")
-            self.storage.commit_temp(key, tmp_path)
+            self.storage.commit_temp(key, tmp_path, replace=True)  # over a corrupt copy
         finally:
             response.close()
             tmp_path.unlink(missing_ok=True)
@@ -356,7 +321,7 @@ class Verifier:
         strays = [p for p in old if not _KEY_RE.match(p.key)]
         if not orphans and not strays:
             return
-        with BlobLock(self.settings.lock_dir).exclusive() as is_locked:
+        with BlobLock(self.settings).exclusive() as is_locked:
             if not is_locked:
                 log.warning("uploads kept the blob lock busy: orphans not removed, try again")
                 return
@@ -369,7 +334,7 @@ class Verifier:
                 self.storage.delete(problem.key)
                 problem.repaired = "removed"
             for problem in strays:
-                Path(problem.key).unlink(missing_ok=True)
+                self.storage.remove_stray(problem.key)
                 problem.repaired = "removed"
 
     def _drop_dangling_cache_rows(self, report: Report) -> None:
@@ -441,7 +406,7 @@ def cmd_verify(settings: Settings, args: Any) -> None:
         )
     database = Database(settings.database_url)
     try:
-        verifier = Verifier(settings, database, LocalStorage(settings.blob_dir), upstream)
+        verifier = Verifier(settings, database, make_storage(settings), upstream)
         report = verifier.run(repair=args.repair)
     finally:
         database.engine.dispose()

@@ -3,8 +3,9 @@
 Pages are cached in the database (MirrorPage), files in the blob store under their sha256. Work
 that must happen once across gunicorn workers (one page fetch per project, one download per
 file) is serialized with flock() on files under DATA_DIR/locks: the kernel releases them when
-a worker dies, even by SIGKILL. Each committed file is recorded in the cache's accounting
-(app/cache.py: size cap, LRU eviction), and counted for /+metrics.
+a worker dies, even by SIGKILL. File downloads take app/locks.py's named locks, which are
+PostgreSQL advisory locks when replicas share the database. Each committed file is recorded in
+the cache's accounting (app/cache.py: size cap, LRU eviction), and counted for /+metrics.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import io
 import logging
@@ -37,7 +37,8 @@ from app.dists import Hashes, InvalidDistribution, parse_filename
 from app.errors import HTTPError
 from app.files import send_blob
 from app.indexes import Dist, file_path
-from app.models import Index, MirrorPage, MirrorStats, utcnow
+from app.locks import FileLock, Lock, Locks
+from app.models import Index, MirrorBlob, MirrorPage, MirrorStats, utcnow
 from app.storage import Storage
 from app.upstream import (
     UpstreamClient,
@@ -54,8 +55,13 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20  # 1 MiB per read from upstream and per write to the client
 MAX_METADATA_BYTES = 16 << 20  # 16 MiB: far above any real METADATA file; bounds memory
 LOCK_POLL_SECONDS = 0.05
+# PostgreSQL: how long a download waits for another replica's (no part file to follow here)
+# before it streams the file from upstream itself, uncached: well within clients' timeouts.
+REMOTE_WAIT_SECONDS = 10.0
+REMOTE_POLL_SECONDS = 0.2  # each look asks the database and the blob store
 COUNTER_FLUSH_SECONDS = 5.0
 STALE_HEADER = "X-Pyshelf-Stale"
+MAX_NAME_CHARS = 255  # MirrorPage.normalized_name: longer project names are nowhere upstream
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
@@ -75,9 +81,18 @@ def file_key(entry: dict[str, Any]) -> str:
     return entry.get("sha256") or hashlib.sha256(entry["url"].encode("utf-8")).hexdigest()
 
 
+def _version(filename: str) -> str | None:
+    try:
+        return parse_filename(filename).version
+    except InvalidDistribution:
+        return None  # eggs, .exe and other files installers cannot use: never listed
+
+
 def _entry(file: UpstreamFile) -> dict[str, Any]:
+    """A file as MirrorPage.files keeps it: parsed once here, not on every page build."""
     return {
         "filename": file.filename,
+        "version": _version(file.filename),
         "url": file.url,
         "sha256": file.sha256,
         "requires_python": file.requires_python,
@@ -87,36 +102,6 @@ def _entry(file: UpstreamFile) -> dict[str, Any]:
         # Only a sidecar with a hash is advertised: it can be verified before it is served.
         "metadata_sha256": file.core_metadata if isinstance(file.core_metadata, str) else None,
     }
-
-
-class FileLock:
-    """An exclusive flock() on a file; released on close or when the process dies."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-
-    def try_acquire(self) -> bool:
-        """Take the lock if free; never blocks."""
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def acquire(self, timeout_seconds: float) -> bool:
-        """Wait for the lock at most `timeout_seconds`."""
-        deadline = time.monotonic() + timeout_seconds
-        while not self.try_acquire():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(LOCK_POLL_SECONDS)
-        return True
-
-    def close(self) -> None:
-        """Release the lock."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
 
 
 class Counters:
@@ -196,6 +181,7 @@ class Mirror:
         self.upstream = upstream
         self.lock_dir = Path(settings.data_dir) / "locks"
         self.part_dir = settings.tmp_dir / "mirror"
+        self.locks = Locks.of(settings)  # downloads: one per file across workers and replicas
         self.counters = Counters(database)
         self.cache = MirrorCache(settings, database, storage)
 
@@ -231,6 +217,8 @@ class Mirror:
 
         Raises UpstreamError only when upstream fails and nothing is cached (stale-if-error, R93).
         """
+        if len(name) > MAX_NAME_CHARS:  # no row could hold it (PostgreSQL enforces the limit)
+            return None
         page = self._read(index, name)
         now = utcnow()
         if page is not None and self._is_fresh(index, page, now):
@@ -343,16 +331,16 @@ class Mirror:
         if page is None:
             return None
         dists = []
+        index_path = index.path
         for entry in page.files:
-            try:
-                version = parse_filename(entry["filename"]).version
-            except InvalidDistribution:
-                continue  # eggs, .exe and other files installers cannot use
-            key = file_key(entry)
+            # Pages saved before versions were stored with them are parsed here.
+            version = entry["version"] if "version" in entry else _version(entry["filename"])
+            if version is None:
+                continue
             dists.append(
                 Dist(
                     filename=entry["filename"],
-                    path=file_path(index.path, key, entry["filename"]),
+                    path=file_path(index_path, file_key(entry), entry["filename"]),
                     version=version,
                     sha256=entry.get("sha256"),
                     size=entry.get("size"),
@@ -360,10 +348,35 @@ class Mirror:
                     yanked=entry.get("yanked") or False,
                     upload_time=_parse_time(entry.get("upload_time")),
                     metadata_sha256=entry.get("metadata_sha256"),
-                    index_path=index.path,
+                    index_path=index_path,
                 )
             )
         return page.name, dists
+
+    def expires_at(self, indexes: list[Index], normalized_name: str) -> dt.datetime | None:
+        """When the first of these mirrors' cached pages of the name is due for a check (None:
+        no mirror among them has one); what a page built from them is good for."""
+        mirrors = {i.id: i for i in indexes if i.is_mirror}
+        if not mirrors:
+            return None
+        with self.database.session() as session:
+            rows = session.execute(
+                select(MirrorPage.index_id, MirrorPage.checked_at, MirrorPage.is_found).where(
+                    MirrorPage.index_id.in_(mirrors), MirrorPage.normalized_name == normalized_name
+                )
+            ).all()
+        due: dt.datetime | None = None
+        for index_id, checked_at, is_found in rows:
+            if checked_at is None:  # refreshed: due now
+                return utcnow()
+            ttl = (
+                self._expiry_seconds(mirrors[index_id])
+                if is_found
+                else self.settings.mirror_not_found_seconds
+            )
+            at = checked_at + dt.timedelta(seconds=ttl)
+            due = at if due is None else min(due, at)
+        return due
 
     def project_names(self, index: Index) -> list[str]:
         """Names of the projects this mirror has cached (it never fetches the upstream list)."""
@@ -388,6 +401,9 @@ class Mirror:
             name = parse_filename(filename).normalized_name
         except InvalidDistribution:
             raise HTTPError(404, f"No such file on {index.path}: {filename}") from None
+        if not is_metadata and self._is_cached_here(index, key):
+            # The sha256 in the URL names the bytes (R46): no need to decode the project's page.
+            return self._send_cached(index, key, filename)
         try:
             page = self.page(index, name)
         except UpstreamTimeout as exc:
@@ -416,6 +432,13 @@ class Mirror:
             return response
         return self._download(index, entry)
 
+    def _is_cached_here(self, index: Index, key: str) -> bool:
+        """Whether this mirror cached the blob `key` (mirror_blobs) and the store still has it."""
+        cached_by = get_session().scalar(
+            select(MirrorBlob.index_id).where(MirrorBlob.sha256 == key)
+        )
+        return cached_by == index.id and self.storage.exists(key)
+
     def _serve_metadata(self, index: Index, entry: dict[str, Any]) -> Response:
         """The PEP 658 sidecar: fetched once, verified against the advertised sha256, cached."""
         digest = entry.get("metadata_sha256")
@@ -425,7 +448,7 @@ class Mirror:
         mimetype = "text/plain; charset=utf-8"
         if self.storage.exists(digest):
             return self._send_cached(index, digest, name, mimetype=mimetype)
-        lock = FileLock(self.lock_dir / f"meta-{digest}.lock")
+        lock = self.locks.exclusive(f"meta-{digest}")
         try:  # one fetch per sidecar across workers (uv asks for many at once)
             if not lock.acquire(self._upstream_budget_seconds()):
                 raise HTTPError(504, f"{name} is still being fetched by another worker.")
@@ -472,24 +495,42 @@ class Mirror:
         return bytes(data)
 
     def _download(self, index: Index, entry: dict[str, Any]) -> Response:
-        """Stream a file from upstream to the client while caching it; one download per file."""
+        """Stream a file from upstream to the client while caching it; one download per file.
+
+        Whoever takes the file's lock leads: it downloads and caches. A follower on this machine
+        streams the leader's part file as it grows. With PostgreSQL a follower whose leader is
+        on another replica (no part file here) serves the cached file once it is committed, or
+        after REMOTE_WAIT_SECONDS streams it from upstream itself, uncached.
+        """
         if not entry.get("sha256"):
             return self._pass_through(index, entry)
-        key = file_key(entry)
+        key, filename = file_key(entry), entry["filename"]
         part = self.part_dir / f"{key}.part"
         # The leader creates the part file once upstream answers, which may take every retry.
-        deadline = time.monotonic() + self._upstream_budget_seconds()
+        started = time.monotonic()
+        deadline = started + self._upstream_budget_seconds()
+        is_distributed = self.locks.is_distributed
         while True:
-            lock = FileLock(self.lock_dir / f"file-{key}.lock")
+            lock = self.locks.exclusive(f"file-{key}")
             if lock.try_acquire():
                 if self.storage.exists(key):
                     lock.close()  # another worker just finished it
-                    return self._send_cached(index, key, entry["filename"])
+                    return self._send_cached(index, key, filename)
                 return self._lead(index, entry, lock)
             lock.close()
-            if part.exists() or time.monotonic() >= deadline:
+            if part.exists():
                 return self._follow(index, entry, part)
-            time.sleep(LOCK_POLL_SECONDS)
+            if not is_distributed:
+                if time.monotonic() >= deadline:
+                    return self._follow(index, entry, part)
+                time.sleep(LOCK_POLL_SECONDS)
+                continue
+            if self.storage.exists(key):  # committed by another replica, which unlocks next
+                return self._send_cached(index, key, filename)
+            if time.monotonic() - started >= REMOTE_WAIT_SECONDS:
+                log.info("%s: another replica is fetching it, streamed uncached", filename)
+                return self._pass_through(index, entry)
+            time.sleep(REMOTE_POLL_SECONDS)
 
     def _open_upstream(self, index: Index, entry: dict[str, Any]) -> requests.Response:
         try:
@@ -506,17 +547,27 @@ class Mirror:
             raise HTTPError(502, f"Upstream failed fetching {entry['filename']}: {exc}") from None
 
     def _pass_through(self, index: Index, entry: dict[str, Any]) -> Response:
-        """A file upstream lists without a sha256: streamed as it comes, never cached (R89)."""
+        """Streamed from upstream, never cached: a file listed without a sha256 (R89), or one
+        another replica is still downloading. A known sha256 is checked before the last chunk."""
         upstream_response = self._open_upstream(index, entry)
-        filename, counters = entry["filename"], self.counters
-        log.warning("%s has no upstream sha256: streamed, not cached", filename)
+        filename, counters, verify = entry["filename"], self.counters, entry.get("sha256")
+        if not verify:
+            log.warning("%s has no upstream sha256: streamed, not cached", filename)
 
         def generate() -> Iterator[bytes]:
-            size = 0
+            size, digest, held = 0, hashlib.sha256(), b""
             try:
                 for chunk in iter_raw(upstream_response, chunk_bytes=CHUNK_BYTES):
                     size += len(chunk)
-                    yield chunk
+                    if verify:
+                        digest.update(chunk)
+                    if held:
+                        yield held
+                    held = chunk
+                if verify and digest.hexdigest() != verify:
+                    raise UpstreamError(f"{filename}: sha256 {digest.hexdigest()} != {verify}")
+                if held:
+                    yield held
                 counters.add(index.id, misses=1, fetched_bytes=size)
             except UpstreamError as exc:
                 log.error("mirror download of %s failed: %s", filename, exc)
@@ -532,7 +583,7 @@ class Mirror:
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def _lead(self, index: Index, entry: dict[str, Any], lock: FileLock) -> Response:
+    def _lead(self, index: Index, entry: dict[str, Any], lock: Lock) -> Response:
         """Download a file for every worker: write KEY.part, verify, commit it to the store."""
         key, verify, filename = file_key(entry), entry["sha256"], entry["filename"]
         try:
@@ -654,7 +705,7 @@ class Mirror:
             total = int(size_path.read_text())
         except (OSError, ValueError):
             total = entry.get("size")
-        storage, filename, lock_path = self.storage, entry["filename"], self.lock_dir
+        storage, filename, locks = self.storage, entry["filename"], self.locks
         self.counters.add(index.id, hits=1)
         self.cache.touch(key)
 
@@ -670,7 +721,7 @@ class Mirror:
                         same = not has_switched and _is_same_file(storage, key, part)
                         yield from _rest_of_blob(storage, key, sent, sent_bytes, filename, same)
                         return
-                    lock = FileLock(lock_path / f"file-{key}.lock")
+                    lock = locks.exclusive(f"file-{key}")
                     leader_gone = lock.try_acquire()
                     lock.close()
                     newer = _current_part(part, part_path)

@@ -6,7 +6,15 @@ import datetime as dt
 from typing import Any
 
 from flask_login import UserMixin
-from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base
@@ -129,7 +137,7 @@ class File(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     blake2_256: Mapped[str] = mapped_column(String(64))
     md5: Mapped[str] = mapped_column(String(32))
-    size: Mapped[int] = mapped_column()
+    size: Mapped[int] = mapped_column(BigInteger)  # past 2 GiB: PostgreSQL's integer is 32-bit
     requires_python: Mapped[str | None] = mapped_column(String(255))
     yanked: Mapped[bool] = mapped_column(default=False)
     yanked_reason: Mapped[str | None] = mapped_column(Text)
@@ -169,9 +177,9 @@ class MirrorStats(Base):
     index_id: Mapped[int] = mapped_column(
         ForeignKey("indexes.id", ondelete="CASCADE"), primary_key=True
     )
-    hits: Mapped[int] = mapped_column(default=0)
-    misses: Mapped[int] = mapped_column(default=0)
-    bytes_fetched: Mapped[int] = mapped_column(default=0)
+    hits: Mapped[int] = mapped_column(BigInteger, default=0)
+    misses: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_fetched: Mapped[int] = mapped_column(BigInteger, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[dt.datetime | None] = mapped_column()
     last_ok_at: Mapped[dt.datetime | None] = mapped_column()
@@ -204,8 +212,8 @@ class DocSet(Base):
     normalized_name: Mapped[str] = mapped_column(String(255))
     version: Mapped[str] = mapped_column(String(128))  # normalized: str(Version(...))
     sha256: Mapped[str] = mapped_column(String(64))  # of the zip, its blob key
-    size: Mapped[int] = mapped_column()  # bytes of the zip
-    uncompressed_bytes: Mapped[int] = mapped_column()
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes of the zip
+    uncompressed_bytes: Mapped[int] = mapped_column(BigInteger)
     entry_count: Mapped[int] = mapped_column()
     path_prefix: Mapped[str] = mapped_column(String(255), default="")  # stripped top folder
     uploader: Mapped[str] = mapped_column(String(64), default="")
@@ -221,3 +229,40 @@ class LoginFailure(Base):
     count: Mapped[int] = mapped_column(default=0)
     window_started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     locked_until: Mapped[dt.datetime | None] = mapped_column()
+
+
+class CachedPage(Base):
+    """A rendered simple page (one index, project and representation), shared by all workers.
+
+    Database triggers (migration 0005) delete the rows of a project name whenever a file,
+    project or mirror page of that name changes, and every row when an index changes; a page
+    that shows mirrored files is also good only until `expires_at` (app/pagecache.py).
+    """
+
+    __tablename__ = "cached_pages"
+    __table_args__ = (UniqueConstraint("normalized_name", "index_path", "variant"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    normalized_name: Mapped[str] = mapped_column(String(255))
+    index_path: Mapped[str] = mapped_column(String(130))  # USER/INDEX, as in the URL
+    variant: Mapped[str] = mapped_column(String(1024))  # media type and URL prefix
+    etag: Mapped[str] = mapped_column(String(64))
+    cache_control: Mapped[str] = mapped_column(String(64))
+    is_public: Mapped[bool] = mapped_column()  # every index it was made from is public
+    # Unix time when a mirror page it shows is due for a check (None: no mirror data in it);
+    # a number, so that the hot path compares it without SQLAlchemy's type processing
+    expires_epoch_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Bodies last: SQLite reads the columns above without walking a body's overflow pages.
+    has_gzip: Mapped[bool] = mapped_column()
+    body_gzip: Mapped[bytes | None] = mapped_column(LargeBinary)  # only for large bodies
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PageCacheState(Base):
+    """One row: bumped by the same triggers, so a page built from older data is not stored."""
+
+    __tablename__ = "page_cache_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)

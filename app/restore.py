@@ -105,6 +105,10 @@ def _target_entries(settings: Settings) -> list[Path]:
         database = sqlite_path(settings.database_url)
         if database.exists() and database.resolve().parent != data_dir.resolve():
             entries.append(database)
+    blobs = settings.blob_dir
+    is_outside = blobs.resolve().parent != data_dir.resolve()
+    if is_outside and not settings.uses_s3 and blobs.is_dir() and any(blobs.iterdir()):
+        entries.append(blobs)  # STORAGE_URL=file:///FOLDER elsewhere, holding blobs
     return entries
 
 
@@ -242,6 +246,8 @@ def _commit(
     data_dir = Path(settings.data_dir)
     old = work / "old"
     old.mkdir()
+    if settings.uses_s3:  # the blobs first: the database must never name a blob not there yet
+        _upload_blobs(settings, work / "blobs")
     os.sync()  # everything unpacked is on disk before it becomes the live data
     if kind == "sqlite":
         database = sqlite_path(settings.database_url)
@@ -254,6 +260,9 @@ def _commit(
         shutil.move(work / "database.sqlite3", database)
         _forget_left_out(database, manifest.get("left_out") or {})
     else:
+        files = [work / "database.sql"]
+        if force:  # tables the dump does not know (a newer schema) go too, in the same transaction
+            files.insert(0, _drop_tables_script(settings.database_url, work / "drop.sql"))
         command = [
             "psql",
             "--quiet",
@@ -261,7 +270,7 @@ def _commit(
             "--single-transaction",
             "-v",
             "ON_ERROR_STOP=1",
-            f"--file={work / 'database.sql'}",
+            *(f"--file={file}" for file in files),
         ]
         try:
             subprocess.run(  # noqa: S603 - fixed arguments, no shell
@@ -276,14 +285,40 @@ def _commit(
         except subprocess.CalledProcessError as exc:
             raise BackupError(f"psql failed, database unchanged: {exc.stderr.strip()}") from None
         _forget_left_out_pg(settings.database_url, manifest.get("left_out") or {})
-    for name in ("blobs", "secret_key"):
-        current = data_dir / name
+    # STORAGE_URL=file:///FOLDER may keep the blobs outside DATA_DIR (then moved, not renamed).
+    for name, current in (("blobs", settings.blob_dir), ("secret_key", data_dir / "secret_key")):
         if current.exists() and force:
-            os.replace(current, old / name)
+            shutil.move(current, old / name)
         if (work / name).exists():
-            os.replace(work / name, current)
-    settings.blob_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(work / name, current)
+    if not settings.uses_s3:
+        settings.blob_dir.mkdir(parents=True, exist_ok=True)
     fsync_dir(data_dir)
+
+
+def _upload_blobs(settings: Settings, folder: Path) -> None:
+    """Put the checked blobs into the S3 bucket (those already there are kept), then drop them."""
+    from app.storage import StorageUnavailable, make_storage
+
+    storage = make_storage(settings)
+    for path in sorted(folder.glob("??/??/*")) if folder.is_dir() else []:
+        try:
+            storage.commit_temp(path.name, path)
+        except StorageUnavailable as exc:
+            raise BackupError(f"{exc}; nothing was restored") from None
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _drop_tables_script(url: str, path: Path) -> Path:
+    """SQL that drops every table of the target database (restore --force, PostgreSQL)."""
+    engine = create_engine(url)
+    try:
+        tables = inspect(engine).get_table_names()
+        quote = engine.dialect.identifier_preparer.quote
+    finally:
+        engine.dispose()
+    path.write_text("".join(f"DROP TABLE IF EXISTS {quote(name)} CASCADE;\n" for name in tables))
+    return path
 
 
 def _forget_left_out(database: Path, left_out: dict[str, str]) -> None:

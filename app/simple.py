@@ -5,9 +5,14 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from flask import Blueprint, Response, current_app, redirect, request
+from flask import Blueprint, Flask, Response, current_app, g, redirect, request
+from werkzeug.http import parse_accept_header, parse_etags
 
 from app.auth import require_read
 from app.db import get_session
@@ -17,11 +22,15 @@ from app.indexes import (
     Dist,
     ProjectView,
     get_index,
+    is_public,
+    may_read,
     project_names,
     project_view,
     readable_order,
+    resolution_order,
 )
-from app.models import Index
+from app.models import Index, utcnow
+from app.pagecache import GZIP_MIN_BYTES, GZIP_SUFFIX, Hit, PageCache, PageKey
 from app.upstream import UpstreamError
 
 bp = Blueprint("simple", __name__)
@@ -174,16 +183,58 @@ def list_html(names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _page(body: str, mime: str, cache_control: str) -> Response:
+def _etag(mime: str, data: bytes) -> str:
+    """A strong ETag per representation (R47)."""
+    return hashlib.sha256(mime.encode() + b"\0" + data).hexdigest()[:32]
+
+
+def _content_type(mime: str) -> str:
+    return mime if mime == MIME_JSON else f"{mime}; charset=utf-8"  # R18, R32
+
+
+def _page(data: bytes, mime: str, cache_control: str, *, etag: str | None = None) -> Response:
     """A negotiated page with a strong ETag per representation; 304 when it still matches (R47)."""
-    data = body.encode("utf-8")
-    etag = hashlib.sha256(mime.encode() + b"\0" + data).hexdigest()[:32]
-    content_type = mime if mime == MIME_JSON else f"{mime}; charset=utf-8"  # R18, R32
-    response = Response(data, content_type=content_type)
-    response.set_etag(etag)
+    response = Response(data, content_type=_content_type(mime))
+    response.set_etag(etag or _etag(mime, data))
     response.headers["Cache-Control"] = cache_control
-    response.headers["Vary"] = "Accept"  # R37
+    # R37; large pages have a gzipped twin in the page cache
+    response.headers["Vary"] = (
+        "Accept, Accept-Encoding" if len(data) >= GZIP_MIN_BYTES else "Accept"
+    )
     return response.make_conditional(request)
+
+
+def _cached_page(hit: Hit, mime: str) -> Response:
+    """A page from the page cache: 304 when the client has it (the body was not even read)."""
+    if hit.body is None:
+        response = Response(status=304)
+        del response.headers["Content-Type"]
+    else:
+        response = Response(hit.body, content_type=_content_type(mime))
+        if hit.is_gzip:
+            response.headers["Content-Encoding"] = "gzip"
+    response.set_etag(hit.etag)
+    response.headers["Cache-Control"] = hit.cache_control
+    response.headers["Vary"] = "Accept, Accept-Encoding" if hit.has_gzip else "Accept"
+    return response
+
+
+def _seen_etags(header: str | None) -> frozenset[str] | None:
+    """The client's If-None-Match tags, gzip suffix removed; None for `*` (not from the cache)."""
+    if not header:
+        return frozenset()
+    tags = parse_etags(header)
+    if tags.star_tag:
+        return None
+    return frozenset(t.removesuffix(GZIP_SUFFIX) for t in tags.as_set(include_weak=True))
+
+
+def _wants_gzip(header: str | None) -> bool:
+    return bool(header) and parse_accept_header(header)["gzip"] > 0
+
+
+def _page_cache() -> PageCache:
+    return current_app.extensions["pyshelf.pages"]
 
 
 def _mirror_source() -> Any:
@@ -216,7 +267,7 @@ def project_list(user: str, index: str) -> Response:
         )
     else:
         body = list_html(names)
-    return _page(body, mime, CACHE_MIRROR if found.is_mirror else CACHE_LOCAL)
+    return _page(body.encode("utf-8"), mime, CACHE_MIRROR if found.is_mirror else CACHE_LOCAL)
 
 
 @bp.get("/<user>/<index>/+simple/<project>")
@@ -228,22 +279,56 @@ def project_page_no_slash(user: str, index: str, project: str) -> Response:
 
 @bp.route("/<user>/<index>/+simple/<project>/", methods=["GET", "HEAD"])
 def project_page(user: str, index: str, project: str) -> Response:
-    """A project's files across the index and its bases, as PEP 503 HTML or PEP 691 JSON."""
+    """A project's files across the index and its bases, as PEP 503 HTML or PEP 691 JSON.
+
+    Served from the page cache (app/pagecache.py) when it holds this page: public pages without
+    even loading the index; restricted ones once app/auth.py let the caller read every index
+    the page was made from.
+    """
     normalized = normalize_name(project)
     if normalized != project:
         return redirect(f"{request.script_root}/{user}/{index}/+simple/{normalized}/", 301)
+    mime = negotiate(request.headers.get("Accept"), request.args.get("format"))
+    cache = _page_cache()
+    key = PageKey(f"{user}/{index}", normalized, f"{mime} {request.script_root}")
+    seen = _seen_etags(request.headers.get("If-None-Match"))
+    want_gzip = _wants_gzip(request.headers.get("Accept-Encoding"))
+    hit = cache.get(key, seen, want_gzip) if seen is not None else None
+    if hit is not None and hit.is_public:
+        return _cached_page(hit, mime)
+
+    session = get_session()
+    generation = cache.generation(session)  # first: nothing read before it may be older
     found = _index_or_404(user, index)
-    reader = require_read(found)
+    order = resolution_order(session, found)
+    reader = require_read(found, order=order)
+    sees_all = reader is None or all(may_read(i, reader) for i in order)
+    if hit is not None and sees_all:
+        return _cached_page(hit, mime)
+    mirror = _mirror_source()
     try:
-        view = project_view(get_session(), found, normalized, _mirror_source(), reader=reader)
+        view = project_view(session, found, normalized, mirror, reader=reader, order=order)
     except UpstreamError as exc:
         raise upstream_failed(exc, normalized) from None
     if view is None:
         raise HTTPError(404, f"Project {normalized} is not on index {user}/{index}.")  # R4
-    mime = negotiate(request.headers.get("Accept"), request.args.get("format"))
     body = json.dumps(detail_json(view)) if mime == MIME_JSON else detail_html(view)
-    local = not found.is_mirror
-    return _page(body, mime, CACHE_LOCAL if local else CACHE_MIRROR)
+    cache_control = CACHE_MIRROR if found.is_mirror else CACHE_LOCAL
+    data = body.encode("utf-8")
+    etag = _etag(mime, data)
+    if sees_all and not g.get("pyshelf_stale"):
+        expires_at = mirror.expires_at(order, normalized)
+        if expires_at is None or expires_at > utcnow():
+            cache.put(
+                key,
+                generation,
+                body=data,
+                etag=etag,
+                cache_control=cache_control,
+                is_public=all(is_public(i) for i in order),
+                expires_at=expires_at,
+            )
+    return _page(data, mime, cache_control, etag=etag)
 
 
 @bp.post("/<user>/<index>/+simple")  # else werkzeug 308s to the slash, and twine aborts
@@ -273,3 +358,62 @@ def refresh(user: str, index: str, project: str) -> Response:
     if request.accept_mimetypes.best == "application/json":
         return Response(json.dumps({"refreshed": refreshed}), mimetype="application/json")
     return redirect(f"{request.script_root}/{found.path}/+simple/{normalized}/", 302)
+
+
+PAGE_PATH_RE = re.compile(r"^/([^/]+)/([^/]+)/\+simple/([^/]+)/$")
+
+
+class CachedPages:
+    """WSGI middleware in front of the Flask app: GET and HEAD of a stored public project page
+    are answered from the page cache without a request context, hooks or session; everything
+    else (a miss, a restricted page, a redirect, `If-None-Match: *`) goes to the app.
+
+    The answer carries the headers the app's hooks add to every response (devpi's, the
+    security headers): tests/test_simple.py compares both ways header by header.
+    """
+
+    def __init__(self, app: Flask, wsgi_app: WSGIApplication) -> None:
+        from app.web import HSTS, SECURITY_HEADERS
+
+        self.wsgi_app = wsgi_app
+        self.cache: PageCache = app.extensions["pyshelf.pages"]
+        self.fixed = [*app.extensions["pyshelf.devpi_headers"].items(), *SECURITY_HEADERS.items()]
+        self.hsts = ("Strict-Transport-Security", HSTS)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        path = environ.get("PATH_INFO", "")
+        match = PAGE_PATH_RE.match(path) if method in ("GET", "HEAD") and path.isascii() else None
+        if match is None or normalize_name(match[3]) != match[3]:
+            return self.wsgi_app(environ, start_response)
+        seen = _seen_etags(environ.get("HTTP_IF_NONE_MATCH"))
+        if seen is None:
+            return self.wsgi_app(environ, start_response)
+        query = environ.get("QUERY_STRING")
+        format_param = parse_qs(query).get("format", [None])[0] if query else None
+        mime = negotiate(environ.get("HTTP_ACCEPT"), format_param)
+        key = PageKey(
+            f"{match[1]}/{match[2]}",
+            match[3],
+            f"{mime} {environ.get('SCRIPT_NAME', '').rstrip('/')}",
+        )
+        hit = self.cache.get(key, seen, _wants_gzip(environ.get("HTTP_ACCEPT_ENCODING")))
+        if hit is None or not hit.is_public:
+            return self.wsgi_app(environ, start_response)
+        environ["pyshelf.route_kind"] = "simple"  # for /+metrics, as app/metrics.py labels it
+        headers = [
+            ("ETag", f'"{hit.etag}"'),
+            ("Cache-Control", hit.cache_control),
+            ("Vary", "Accept, Accept-Encoding" if hit.has_gzip else "Accept"),
+            *self.fixed,
+        ]
+        if environ.get("wsgi.url_scheme") == "https":
+            headers.append(self.hsts)
+        if hit.body is None:
+            start_response("304 NOT MODIFIED", headers)
+            return []
+        headers += [("Content-Type", _content_type(mime)), ("Content-Length", str(len(hit.body)))]
+        if hit.is_gzip:
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
+        return [] if method == "HEAD" else [hit.body]

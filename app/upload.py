@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -29,7 +30,7 @@ from app.dists import (
     parse_filename,
     read_metadata,
 )
-from app.errors import HTTPError
+from app.errors import DISK_FULL_ERRNOS, HTTPError
 from app.indexes import get_index, may_upload
 from app.models import File, Index, Project, User, utcnow
 
@@ -50,11 +51,24 @@ class Spool:
         self.file: IO[bytes] = os.fdopen(fd, "w+b")
         self.path = Path(name)
         self.hashes = Hashes()
+        self.error: OSError | None = None  # the disk filled up: the rest is read and dropped
 
     def write(self, chunk: bytes) -> int:
-        """Hash and write one chunk (werkzeug's multipart parser calls this)."""
+        """Hash and write one chunk (werkzeug's multipart parser calls this).
+
+        On a full disk the partial file is emptied and the rest of the body is still read
+        (and dropped), so that the client, still sending, gets the 507 rather than a reset.
+        """
         self.hashes.update(chunk)
-        return self.file.write(chunk)
+        if self.error is None:
+            try:
+                return self.file.write(chunk)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL_ERRNOS:
+                    raise
+                self.error = exc
+                os.ftruncate(self.file.fileno(), 0)  # give the space back now (no flush)
+        return len(chunk)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.file, name)
@@ -66,7 +80,8 @@ class Spool:
 
     def discard(self) -> None:
         """Close and delete the temp file if it is still there."""
-        self.file.close()
+        with contextlib.suppress(OSError):  # a full disk fails the flush; the fd still closes
+            self.file.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -75,6 +90,13 @@ class UploadRequest(Request):
 
     max_form_memory_size = FORM_MEMORY_BYTES
     max_form_parts = MAX_FORM_PARTS
+
+    def _load_form_data(self) -> None:
+        """Parse the form; raise the disk-full error of a spool now that the body is read."""
+        super()._load_form_data()
+        for spool in g.get("spools", ()):
+            if spool.error is not None:
+                raise spool.error
 
     def _get_file_stream(  # type: ignore[override]
         self,
@@ -252,7 +274,7 @@ def _file_upload(index: Index, user: User) -> Response:
         raise HTTPError(400, str(exc)) from None
     # Between storing the blob and committing its row, an eviction of the same bytes from the
     # mirror cache (or orphan removal) must wait: it would delete a blob we are about to record.
-    with BlobLock(settings.lock_dir).shared():
+    with BlobLock(settings).shared():
         metadata_sha256 = _store(spool, meta, info)
         try:
             _record(index, user, info, spool, meta, metadata_sha256)

@@ -33,6 +33,7 @@ MAX_PAGE_BYTES = 128 * 1024 * 1024  # 128 MiB: far above any real project page; 
 CHUNK_BYTES = 64 * 1024
 OK_STATUSES = (200, 203)  # 203: a transforming proxy's 200
 NOT_FOUND_STATUSES = (404, 410)
+MAX_ETAG_CHARS = 255  # MirrorPage.etag
 MAX_WHAT_CHARS = 160  # keeps str(UpstreamError) fit for a status line (errors.clean_reason)
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -180,8 +181,10 @@ class UpstreamClient:
                     )
                 body = _read_page(response, display)
                 final_url = response.url
-                page_etag = response.headers.get("ETag")
-                page_last_modified = response.headers.get("Last-Modified")
+                # Validators longer than their columns (PostgreSQL enforces VARCHAR sizes)
+                # are dropped: the page is then simply fetched in full next time.
+                page_etag = _fits(response.headers.get("ETag"), MAX_ETAG_CHARS)
+                page_last_modified = _fits(response.headers.get("Last-Modified"), 64)
             if kind == "json":
                 parsed = parse_json_page(body, final_url, normalized_name)
             else:
@@ -402,6 +405,10 @@ def _charset(content_type: str) -> str:
 def _wraps_read_timeout(exc: BaseException) -> bool:
     """requests reports a read timeout in the body as a ConnectionError around urllib3's."""
     return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
+
+
+def _fits(value: str | None, limit: int) -> str | None:
+    return value if value is not None and len(value) <= limit else None
 
 
 def _cause_text(exc: BaseException) -> str:

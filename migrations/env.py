@@ -1,5 +1,8 @@
 """Alembic environment: the database URL comes from pyshelf's settings (DATABASE_URL/DATA_DIR)."""
 
+from typing import Any
+
+import sqlalchemy as sa
 from alembic import context
 
 from app import models  # noqa: F401  (registers the tables on Base.metadata)
@@ -7,6 +10,15 @@ from app.config import Settings
 from app.db import Base, make_engine
 
 config = context.config
+
+
+def compare_type(migration: Any, _found_column: Any, _column: Any, found: Any, wanted: Any) -> Any:
+    """SQLite keeps every INTEGER in up to 64 bits: INTEGER and BIGINT differ only by name there
+    (0006 widens them on PostgreSQL only). None: alembic's own comparison."""
+    integers = isinstance(found, sa.Integer) and isinstance(wanted, sa.Integer)
+    if integers and migration.dialect.name == "sqlite":
+        return False
+    return None
 
 
 def run() -> None:
@@ -18,7 +30,7 @@ def run() -> None:
             connection=connection,
             target_metadata=Base.metadata,
             render_as_batch=connection.dialect.name == "sqlite",  # ALTER TABLE on SQLite
-            compare_type=True,
+            compare_type=compare_type,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -21,9 +21,14 @@ from app import create_app
 from app.cli import bootstrap, migrate
 from app.config import Settings
 from app.db import Database
+from tests import pgserver, s3server
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
+# PYSHELF_TEST_DATABASE=postgres runs the tests against a throwaway PostgreSQL server.
+TEST_DATABASE = os.environ.get("PYSHELF_TEST_DATABASE", "").strip().lower() or "sqlite"
+# PYSHELF_TEST_STORAGE=s3 keeps the blobs in a bucket of a local S3 server (moto) instead.
+TEST_STORAGE = os.environ.get("PYSHELF_TEST_STORAGE", "").strip().lower() or "local"
 ADMIN_PASSWORD = "admin-secret-pw"
 START_TIMEOUT_SECONDS = 60
 
@@ -43,11 +48,18 @@ def clean_env(**extra: str) -> dict[str, str]:
         "MAX_UPLOAD_SIZE",
         "WEB_CONCURRENCY",
         "MIRROR_CACHE_EXPIRY",
+        "STORAGE_URL",
+        "S3_ENDPOINT_URL",
+        "S3_REDIRECT",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in names}
     env["PIP_CONFIG_FILE"] = os.devnull  # the machine-wide pip config must not add indexes
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["ENV_FILE"] = os.devnull  # never read a developer's .env
+    if "DATABASE_URL" not in extra:  # PostgreSQL runs: the data dir's own database
+        env.update(pgserver.database_env(extra.get("DATA_DIR")))
+    if "STORAGE_URL" not in extra:  # S3 runs: the data dir's own bucket
+        env.update(s3server.storage_env(extra.get("DATA_DIR")))
     env.update(extra)
     return env
 
@@ -176,6 +188,63 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_database() -> Iterator[str]:
+    """The database kind under test; for postgres, one server for the whole session."""
+    if TEST_DATABASE == "sqlite":
+        yield TEST_DATABASE
+        return
+    if TEST_DATABASE not in ("postgres", "postgresql"):
+        raise pytest.UsageError(f"PYSHELF_TEST_DATABASE={TEST_DATABASE!r}: use sqlite or postgres")
+    pgserver.activate()
+    try:
+        yield "postgresql"
+    finally:
+        pgserver.deactivate()
+
+
+@pytest.fixture(autouse=True)
+def _test_databases(request: pytest.FixtureRequest) -> Iterator[None]:
+    """PostgreSQL runs: a database per data dir, migrated unless the test is marked
+    empty_database; dropped when the test ends (its servers are stopped by then)."""
+    server = pgserver.SERVER
+    if server is None:
+        yield
+        return
+    before = set(server.created)
+    pgserver.EMPTY = request.node.get_closest_marker("empty_database") is not None
+    try:
+        yield
+    finally:
+        pgserver.EMPTY = False
+        pgserver.drop_databases(server.created - before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_storage() -> Iterator[str]:
+    """The blob store under test; for s3, one moto server for the whole session."""
+    if TEST_STORAGE == "local":
+        yield TEST_STORAGE
+        return
+    if TEST_STORAGE != "s3":
+        raise pytest.UsageError(f"PYSHELF_TEST_STORAGE={TEST_STORAGE!r}: use local or s3")
+    s3server.activate()
+    try:
+        yield "s3"
+    finally:
+        s3server.deactivate()
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_buckets() -> Iterator[None]:
+    """S3 runs: delete the buckets a test made when it ends."""
+    server = s3server.SERVER
+    before = set(server.created) if server else set()
+    yield
+    if server is not None:
+        s3server.drop_buckets(server.created - before)
 
 
 @pytest.fixture

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, inspect, select, text
 
 from app.backup import MANIFEST, BackupError, backup, database_kind, pg_env
 from app.config import Settings
 from app.db import Database
 from app.models import MirrorBlob
 from app.restore import restore
+from tests.blobs import StoredBlob
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import basic_auth
 from tests.fake_upstream import FakeUpstream
@@ -35,6 +36,9 @@ from tests.operations import (
     upload_docs,
     wheel_metadata,
 )
+
+# PostgreSQL runs: restore wants an empty database, so none starts migrated.
+pytestmark = pytest.mark.empty_database
 
 
 def head_revision() -> str:
@@ -79,7 +83,8 @@ def source(settings: Settings, fake_upstream: FakeUpstream) -> dict[str, Any]:
 
 def restored_settings(settings: Settings, tmp_path: Path, name: str = "restored") -> Settings:
     """Settings for a fresh data directory next to the first one."""
-    return dataclasses.replace(settings, data_dir=tmp_path / name, database_url="")
+    # S3 runs: an empty storage_url gets the new data directory its own (empty) bucket.
+    return dataclasses.replace(settings, data_dir=tmp_path / name, database_url="", storage_url="")
 
 
 def archive_names(path: Path) -> list[str]:
@@ -148,7 +153,7 @@ def test_the_manifest_lists_every_blob_with_its_kind_and_the_database_hash(sourc
     names = archive_names(archive)
 
     assert manifest["format"] == 1
-    assert manifest["database"]["kind"] == "sqlite"
+    assert manifest["database"]["kind"] == database_kind(source["settings"].database_url)
     assert manifest["database"]["alembic_revision"] == head_revision()
     kinds = sorted(blob["kind"] for blob in manifest["blobs"].values())
     assert kinds == ["mirror", "mirror", "private", "private", "private", "private"]
@@ -205,7 +210,7 @@ def test_an_uploaded_file_gone_from_the_store_fails_the_backup(source, tmp_path)
 def test_a_corrupt_uploaded_blob_fails_the_backup(source, tmp_path):
     """Bytes that do not match their name are not archived as if they were good."""
     storage = source["app"].extensions["pyshelf.storage"]
-    storage.local_path(sha256(source["wheel"][1])).write_bytes(b"garbage")
+    StoredBlob(storage, sha256(source["wheel"][1])).write_bytes(b"garbage")
 
     with pytest.raises(BackupError, match="corrupt on disk"):
         backup(source["settings"], tmp_path / "b.tar", progress=False)
@@ -295,7 +300,7 @@ def test_restore_refuses_damaged_or_foreign_archives(source, tmp_path, change, m
             return None
         if change == "evil-name" and info.name.endswith(key):
             info.name = "../evil"
-        if change == "database" and info.name.endswith("database.sqlite3"):
+        if change == "database" and info.name.endswith(("database.sqlite3", "database.sql")):
             data = data + b"\0" * 512
         return info, data
 
@@ -343,6 +348,8 @@ def test_database_kinds_and_postgres_credentials_stay_out_of_argv():
         "shelf",
     )
     assert env["PGPASSWORD"] == "secret"
+    socket = pg_env("postgresql+psycopg://u@/shelf?host=/run/postgresql&sslmode=disable")
+    assert (socket["PGHOST"], socket["PGSSLMODE"]) == ("/run/postgresql", "disable")
 
 
 def test_a_gzipped_archive_restores_too(source, tmp_path):
@@ -355,3 +362,23 @@ def test_a_gzipped_archive_restores_too(source, tmp_path):
     result = restore(restored_settings(source["settings"], tmp_path), packed, progress=False)
 
     assert result.blobs == 6
+
+
+def test_a_forced_postgresql_restore_also_drops_tables_the_archive_does_not_know(source, tmp_path):
+    """--force replaces the whole schema in one transaction, so the next start migrates cleanly."""
+    if database_kind(source["settings"].database_url) != "postgresql":
+        pytest.skip("SQLite's --force replaces the database file itself")
+    archive = tmp_path / "b.tar"
+    backup(source["settings"], archive, progress=False)
+    target = restored_settings(source["settings"], tmp_path)
+    make_app(target).extensions["pyshelf.db"].engine.dispose()
+    engine = create_engine(target.database_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE leftover_of_a_newer_schema (id integer)"))
+
+    restore(target, archive, force=True, progress=False)
+
+    assert "leftover_of_a_newer_schema" not in inspect(engine).get_table_names()
+    engine.dispose()
+    client = make_app(target).test_client()
+    assert client.get("/admin/dev/+simple/private-pkg/").status_code == 200

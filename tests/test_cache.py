@@ -49,7 +49,7 @@ def rows(app: Any) -> dict[str, int]:
 def cached_bytes(app: Any) -> int:
     """What the cache holds on disk, by the accounting's list."""
     storage = app.extensions["pyshelf.storage"]
-    return sum(storage.local_path(k).stat().st_size for k in rows(app) if storage.exists(k))
+    return sum(storage.size(k) for k in rows(app) if storage.exists(k))
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ def test_eviction_waits_for_uploads_between_store_and_record(capped, wheels):
     holding, release = threading.Event(), threading.Event()
 
     def uploader() -> None:
-        with BlobLock(cache.settings.lock_dir).shared():
+        with BlobLock(cache.settings).shared():
             holding.set()
             release.wait(10)
 

@@ -21,7 +21,7 @@ from app.config import Settings
 from app.db import Database
 from app.indexes import get_index_by_path
 from app.models import Index, MirrorPage, User, utcnow
-from tests.conftest import ADMIN_PASSWORD, basic_auth
+from tests.conftest import ADMIN_PASSWORD, TEST_STORAGE, basic_auth
 from tests.test_upload import fast_password_hashes  # noqa: F401 - autouse fixture
 
 DEAD_UPSTREAM = "http://127.0.0.1:9/simple/"
@@ -109,7 +109,7 @@ def test_prepare_creates_the_admin_the_mirror_and_the_stage(
         ("admin/dev", "stage", ["root/pypi"], None),
     ]
     assert password_works("admin", ADMIN_PASSWORD)
-    assert (env / "blobs").is_dir()
+    assert (env / "blobs").is_dir() != (TEST_STORAGE == "s3")  # S3: no local blob folder
     assert (env / "tmp").is_dir()
 
 

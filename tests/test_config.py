@@ -229,3 +229,21 @@ def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("ADMIN_USER", "from-os-environ")
 
     assert Settings.from_env().admin_user == "from-os-environ"
+
+
+def test_a_postgresql_database_needs_a_secret_key_shared_by_every_replica() -> None:
+    """Replicas with keys of their own would reject each other's sessions and form tokens."""
+    env = {**NO_DOTENV, "DATA_DIR": "/srv/pyshelf", "DATABASE_URL": "postgresql://u:p@db/shelf"}
+
+    with pytest.raises(ConfigError, match="SECRET_KEY must be set with a PostgreSQL"):
+        Settings.from_env(env)
+
+    settings = Settings.from_env({**env, "SECRET_KEY": "k" * 64})
+    assert settings.database_url == "postgresql+psycopg://u:p@db/shelf"  # the shipped driver
+
+
+def test_a_database_url_of_another_kind_is_refused() -> None:
+    env = {**NO_DOTENV, "DATABASE_URL": "mysql://u@db/shelf", "SECRET_KEY": "k"}
+
+    with pytest.raises(ConfigError, match="DATABASE_URL: use postgresql"):
+        Settings.from_env(env)

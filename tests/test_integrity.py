@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import create_engine, delete, select, text
 
 from app import cli
 from app.config import Settings
 from app.integrity import ORPHAN_GRACE_SECONDS, Verifier, format_report
 from app.models import MirrorBlob
 from app.upstream import UpstreamClient
+from tests.blobs import StoredBlob, stored_blob
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import basic_auth
 from tests.fake_upstream import FakeUpstream
@@ -64,9 +65,9 @@ def verify(server: dict[str, Any], *, repair: bool = False) -> Any:
     return verifier.run(repair=repair, progress=False)
 
 
-def blob(server: dict[str, Any], data: bytes) -> Path:
-    """Where the blob of `data` lives."""
-    return server["app"].extensions["pyshelf.storage"].local_path(sha256(data))
+def blob(server: dict[str, Any], data: bytes) -> StoredBlob:
+    """The stored blob of `data` (a local file or an S3 object)."""
+    return stored_blob(server["app"], sha256(data))
 
 
 def age(path: Path, seconds: float = ORPHAN_GRACE_SECONDS + 60) -> None:
@@ -154,7 +155,7 @@ def test_old_orphans_are_removed_on_repair_and_recent_ones_left_alone(server):
     old_data, new_data = b"old orphan", b"new orphan"
     for data in (old_data, new_data):
         storage.save(sha256(data), io.BytesIO(data))
-    age(storage.local_path(sha256(old_data)))
+    StoredBlob(storage, sha256(old_data)).age(ORPHAN_GRACE_SECONDS + 60)  # skips on S3
     stray = storage.root / "ab" / "cd" / "not-a-blob-name"
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"?")
@@ -191,14 +192,25 @@ def test_uploaded_bytes_that_a_mirror_also_cached_are_private(server, fake_upstr
 
 def test_rows_pointing_nowhere_are_reported_and_cache_rows_repaired(server):
     """Rows whose parent is gone (possible when foreign keys were off)."""
-    database = Path(server["settings"].data_dir) / "pyshelf.sqlite3"
-    connection = sqlite3.connect(database)
-    with connection:
-        connection.execute("PRAGMA foreign_keys=OFF")
-        connection.execute("UPDATE files SET project_id = 999 WHERE filename LIKE '%.tar.gz'")
-        connection.execute("INSERT INTO mirror_stats (index_id, hits, misses, bytes_fetched)"
-                           " VALUES (999, 0, 0, 0)")  # fmt: skip
-    connection.close()
+    dangle = [
+        "UPDATE files SET project_id = 999 WHERE filename LIKE '%.tar.gz'",
+        "INSERT INTO mirror_stats (index_id, hits, misses, bytes_fetched) VALUES (999, 0, 0, 0)",
+    ]
+    url = server["settings"].database_url
+    if url.startswith("sqlite"):
+        connection = sqlite3.connect(Path(server["settings"].data_dir) / "pyshelf.sqlite3")
+        with connection:
+            connection.execute("PRAGMA foreign_keys=OFF")
+            for statement in dangle:
+                connection.execute(statement)
+        connection.close()
+    else:  # PostgreSQL: a superuser's session can skip foreign-key triggers
+        engine = create_engine(url)
+        with engine.begin() as pg:
+            pg.execute(text("SET LOCAL session_replication_role = replica"))
+            for statement in dangle:
+                pg.execute(text(statement))
+        engine.dispose()
 
     report = verify(server, repair=True)
 

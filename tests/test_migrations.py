@@ -15,6 +15,8 @@ from app.cli import MIGRATIONS_DIR, migrate
 from app.config import Settings
 from app.db import Base
 
+pytestmark = pytest.mark.empty_database  # PostgreSQL runs too: migrate from nothing
+
 TABLES = {
     "users",
     "tokens",
@@ -26,6 +28,8 @@ TABLES = {
     "doc_sets",
     "login_failures",
     "mirror_blobs",
+    "cached_pages",
+    "page_cache_state",
 }
 
 

@@ -25,7 +25,8 @@ from app import create_app
 from app.cli import bootstrap, migrate
 from app.config import Settings
 from app.db import Database
-from app.mirror import STALE_HEADER, FileLock, Mirror, _flush_at_exit
+from app.locks import Lock, Locks
+from app.mirror import STALE_HEADER, Mirror, _flush_at_exit
 from app.models import MirrorPage, MirrorStats
 from app.storage import LocalStorage
 from app.upstream import UpstreamError
@@ -143,7 +144,7 @@ def drain(chunks: Iterable[bytes], into: list[bytes]) -> None:
 
 def lock_is_free(settings: Settings, key: str) -> bool:
     """Whether nobody holds the download lock of `key`."""
-    lock = FileLock(Path(settings.data_dir) / "locks" / f"file-{key}.lock")
+    lock = Locks.of(settings).exclusive(f"file-{key}")
     try:
         return lock.try_acquire()
     finally:
@@ -237,9 +238,9 @@ def test_upstream_failure_serves_the_stale_page_with_a_header_and_a_log_line(
         assert response.status == "200 OK"
         assert response.headers[STALE_HEADER] == "root/pypi"
         assert demo[0] in response.get_data(as_text=True)
+        # A cached file is found by the sha256 in its URL (R46): served without the page.
         response = mc.get(url)
         assert (response.status_code, response.get_data()) == (200, demo[1])
-        assert response.headers[STALE_HEADER] == "root/pypi"
     assert "serving stale root/pypi/mirror-demo" in caplog.text
 
 
@@ -402,7 +403,7 @@ def test_a_file_upstream_lists_without_a_hash_is_passed_through_not_cached(
         mc.get("/root/pypi/+simple/mirror-demo/", headers=JSON).get_json()["files"][0]["hashes"]
         == {}
     )
-    busy = FileLock(Path(settings.data_dir) / "locks" / f"file-{url_key}.lock")
+    busy = Locks.of(settings).exclusive(f"file-{url_key}")
     assert busy.try_acquire()  # as if another worker were downloading it
     try:
         for _ in range(2):
@@ -417,12 +418,12 @@ def test_a_file_upstream_lists_without_a_hash_is_passed_through_not_cached(
 # --- following another worker's download ----------------------------------------------------------
 
 
-def _follow_setup(mirror_app: Any, mc: Any, demo: tuple[str, bytes]) -> tuple[str, Path, FileLock]:
+def _follow_setup(mirror_app: Any, mc: Any, demo: tuple[str, bytes]) -> tuple[str, Path, Lock]:
     """Play the leading worker: hold the lock of demo's file; return its URL and part path."""
     url = file_url(mc, demo[0])
     settings = mirror_app.config["PYSHELF_SETTINGS"]
     key = sha256(demo[1])
-    leader = FileLock(Path(settings.data_dir) / "locks" / f"file-{key}.lock")
+    leader = Locks.of(settings).exclusive(f"file-{key}")
     assert leader.try_acquire()
     part = settings.tmp_dir / "mirror" / f"{key}.part"
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -502,8 +503,9 @@ def test_a_new_leader_replaces_a_part_file_left_by_a_killed_worker(mirror_app, m
         assert response.get_data() == demo[1]
         assert reader.read() == b"left by a killed worker"
     assert stored(mirror_app, demo[1])
-    blob = mirror_app.extensions["pyshelf.storage"].local_path(sha256(demo[1]))
-    assert blob.stat().st_ino != inode
+    storage = mirror_app.extensions["pyshelf.storage"]
+    if hasattr(storage, "local_path"):  # S3 copies the part file: there is no inode to compare
+        assert storage.local_path(sha256(demo[1])).stat().st_ino != inode
     assert part_files(settings) == []
 
 

@@ -90,6 +90,17 @@ def files_under(directory: Path) -> set[str]:
     return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
 
 
+def stored_blobs(app: Any) -> set[str]:
+    """Every object in the app's blob store (local or S3): keys, or the names of strays."""
+    return {o.key or o.name for o in app.extensions["pyshelf.storage"].objects()}
+
+
+def read_blob(app: Any, key: str) -> bytes:
+    """A stored blob's bytes, from whichever store the app uses."""
+    with app.extensions["pyshelf.storage"].open(key) as blob:
+        return blob.read()
+
+
 def count_rows(app: Any, model: type) -> int:
     """How many rows a table holds."""
     with app.extensions["pyshelf.db"].session() as session:
@@ -272,7 +283,7 @@ def test_upload_rejects_bad_input_with_its_reason_and_changes_nothing(
         "malformed": {"Authorization": "Basic !!!not-base64!!!"},
         "bob": {"Authorization": basic_auth("bob", "bob-password")},
     }[case.get("auth", "admin")]
-    blobs_before = files_under(settings.blob_dir)
+    blobs_before = stored_blobs(app)
 
     response = upload(
         client,
@@ -291,7 +302,7 @@ def test_upload_rejects_bad_input_with_its_reason_and_changes_nothing(
     assert count_rows(app, Project) == 0
     assert count_rows(app, File) == 0
     assert files_under(settings.tmp_dir) == set()
-    assert files_under(settings.blob_dir) == blobs_before
+    assert stored_blobs(app) == blobs_before
 
 
 def test_upload_beyond_the_request_size_limit_is_413_and_leaves_no_temp_file(
@@ -348,10 +359,9 @@ def test_upload_stores_a_wheel_with_its_metadata_sidecar(
     assert record.filetype == "bdist_wheel"
     assert record.pyversion == "py3"
     assert record.uploader == "admin"
-    storage = app.extensions["pyshelf.storage"]
-    assert storage.local_path(record.sha256).read_bytes() == WHEEL_BYTES
+    assert read_blob(app, record.sha256) == WHEEL_BYTES
     assert record.metadata_sha256 is not None
-    sidecar = storage.local_path(record.metadata_sha256).read_bytes()
+    sidecar = read_blob(app, record.metadata_sha256)
     assert hashlib.sha256(sidecar).hexdigest() == record.metadata_sha256
     assert sidecar.startswith(b"Metadata-Version: 2.1\nName: Demo.Pkg\n")
     with app.extensions["pyshelf.db"].session() as session:
@@ -372,9 +382,7 @@ def test_upload_stores_an_sdist_without_a_sidecar(
     assert record.pyversion == "source"
     assert record.metadata_sha256 is None
     assert record.requires_python == ">=3.8"
-    assert files_under(settings.blob_dir) == {
-        f"{record.sha256[:2]}/{record.sha256[2:4]}/{record.sha256}"
-    }
+    assert stored_blobs(app) == {record.sha256}
 
 
 def test_upload_extracts_core_metadata_from_the_wheel(
@@ -413,7 +421,7 @@ def test_other_bytes_under_an_existing_filename_are_refused_with_409(
 ) -> None:
     """A filename never gets other bytes; the reason starts 'File already exists' (R46, R63)."""
     upload(client, WHEEL, WHEEL_BYTES, headers=admin_auth)
-    blobs_before = files_under(settings.blob_dir)
+    blobs_before = stored_blobs(app)
     filename, other = make_wheel("Demo.Pkg", "1.0.0", summary="Different bytes")
     assert filename == WHEEL
 
@@ -423,7 +431,7 @@ def test_other_bytes_under_an_existing_filename_are_refused_with_409(
     assert response.status.startswith("409 File already exists ('demo_pkg-1.0.0-py3-none-any.whl'")
     assert response.get_data(as_text=True).startswith("File already exists")
     assert stored_file(app, WHEEL).sha256 == hashlib.sha256(WHEEL_BYTES).hexdigest()
-    assert files_under(settings.blob_dir) == blobs_before
+    assert stored_blobs(app) == blobs_before
     assert files_under(settings.tmp_dir) == set()
 
 

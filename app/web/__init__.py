@@ -66,6 +66,20 @@ bp = Blueprint(
 csrf = CSRFProtect()
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# The UI has no JavaScript and no inline styles: a page may load only its own stylesheet and
+# images (README badges come from https), and no other site may frame it (clickjacking).
+# Docs (+doc) send their own sandboxing policy (app/web/docs.py), which is kept.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' https: data:; style-src 'self'; script-src 'none'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate CSP 2
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # private index URLs do not leak through links
+}
+HSTS = "max-age=15552000"  # 180 days; only on responses to HTTPS requests
 SEARCH_PAGE_SIZE = 50
 VERSIONS_PER_PAGE = 20  # a mirrored project may have hundreds of versions
 
@@ -95,13 +109,23 @@ def _protect_cookie_requests() -> None:
         csrf.protect()
 
 
+def _security_headers(response: Response) -> Response:
+    """Headers that keep browsers from framing, sniffing or scripting any response."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.is_secure:  # directly or through a trusted proxy (X-Forwarded-Proto)
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    return response
+
+
 def init_app(app: Flask) -> None:
-    """Sessions, CSRF protection and template helpers for the web UI."""
+    """Sessions, CSRF protection, security headers and template helpers for the web UI."""
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked by _protect_cookie_requests instead
     app.config["WTF_CSRF_TIME_LIMIT"] = None  # valid as long as the session: no stale forms
     csrf.init_app(app)
     app.session_interface = SessionInterface()
     app.before_request(_protect_cookie_requests)
+    app.after_request(_security_headers)
     app.jinja_env.filters["filesize"] = filesize
     app.jinja_env.filters["when"] = when
     app.jinja_env.globals.update(

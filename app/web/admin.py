@@ -12,6 +12,7 @@ from sqlalchemy import select
 from app.api import MIN_PASSWORD_CHARS, USERNAME_RE
 from app.auth import (
     authenticated_user,
+    bind_session,
     hash_password,
     new_token_secret,
     token_hash,
@@ -73,6 +74,7 @@ def login() -> Response | str | tuple[str, int, dict[str, str]]:
         )
     session.clear()  # a fresh session (and CSRF token) for the new identity
     login_user(user)
+    bind_session(user)
     return redirect(target, 303)
 
 
@@ -155,6 +157,7 @@ def change_password() -> Response | tuple[str, int]:
     assert target is not None
     target.password_hash = hash_password(new)
     db.commit()
+    bind_session(target)  # this session goes on; every other one of this user ends
     flash("Password changed.", "info")
     return redirect(url_for("web.account"), 303)
 

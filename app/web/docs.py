@@ -121,7 +121,8 @@ def inspect_zip(source: str | Path | IO[bytes], *, max_bytes: int, max_files: in
     """Check a documentation zip before it is stored; InvalidDocs says what is wrong."""
     try:
         archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    # NotImplementedError: a member that needs a newer zip version ("zip file version 23.5")
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         raise InvalidDocs(f"The documentation is not a readable zip file: {exc}.") from None
     with archive:
         infos = archive.infolist()
@@ -221,7 +222,7 @@ def store_docs(index: Index, project: str, version: str, user: User, part: FileS
         "uploaded_at": utcnow(),
     }
     # Orphan removal (verify --repair) must not delete the blob between store and record.
-    with BlobLock(settings.lock_dir).shared():
+    with BlobLock(settings).shared():
         if not storage.exists(sha256):
             commit_temp = getattr(storage, "commit_temp", None)
             if commit_temp is not None:
@@ -409,7 +410,7 @@ def _file_response(
             with archive.open(info) as source:
                 while chunk := source.read(CHUNK_BYTES):
                     yield chunk
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:  # a corrupt member: stop short
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:  # corrupt: stop
             log.error("cannot read %s from doc zip %s: %s", member, docset.sha256, exc)
         finally:
             blob.close()

@@ -213,6 +213,8 @@ def mirror_projects(session: Session, index: Index, page: int) -> tuple[list[Pro
 
 def file_rows(view: ProjectView, mirror_paths: set[str], storage: Any) -> list[FileRow]:
     """The view's files with their origin, and for mirrored files whether they are cached."""
+    keys = {d.sha256 for d in view.dists if d.sha256 and d.index_path in mirror_paths}
+    cached = _stored(storage, keys)
     rows = []
     for dist in view.dists:
         is_mirrored = dist.index_path in mirror_paths
@@ -230,12 +232,21 @@ def file_rows(view: ProjectView, mirror_paths: set[str], storage: Any) -> list[F
                 index_path=dist.index_path,
                 metadata_sha256=dist.metadata_sha256,
                 is_mirrored=is_mirrored,
-                is_cached=(bool(dist.sha256) and storage.exists(dist.sha256))
-                if is_mirrored
-                else None,
+                is_cached=(dist.sha256 in cached) if is_mirrored else None,
             )
         )
     return rows
+
+
+def _stored(storage: Any, keys: set[str]) -> set[str]:
+    """Which keys are stored: a local disk is asked; for S3 the database's records answer (one
+    query, not a HEAD request per file)."""
+    if hasattr(storage, "local_path"):
+        return {key for key in keys if storage.exists(key)}
+    from app.cache import recorded_blobs
+    from app.db import get_session
+
+    return recorded_blobs(get_session(), keys)
 
 
 def group_versions(rows: list[FileRow]) -> list[VersionRow]:
@@ -320,8 +331,9 @@ def hosted_metadata(
 
 def mirror_metadata(files: list[FileRow], storage: Any) -> Metadata | None:
     """Metadata of mirrored files, when the PEP 658 sidecar of one of them is cached."""
+    stored = _stored(storage, {row.metadata_sha256 for row in files if row.metadata_sha256})
     for row in files:
-        if row.metadata_sha256 and storage.exists(row.metadata_sha256):
+        if row.metadata_sha256 in stored:
             try:
                 with storage.open(row.metadata_sha256) as source:
                     raw = source.read(MAX_METADATA_BYTES)

@@ -13,11 +13,10 @@ import functools
 from email.message import Message
 
 import nh3
-import readme_renderer.markdown
-import readme_renderer.rst
-import readme_renderer.txt
 from markupsafe import Markup, escape
-from readme_renderer.clean import ALLOWED_ATTRIBUTES, ALLOWED_TAGS
+
+# readme_renderer (with docutils and pygments: ~10 MiB) is imported when a description is first
+# rendered, not at startup: most workers serve pages and files and never render one.
 
 MAX_DESCRIPTION_CHARS = 512 * 1024  # 512 KiB: longer descriptions are shown as plain text
 URL_SCHEMES = {"http", "https", "mailto"}
@@ -33,6 +32,8 @@ def _content_type(value: str | None) -> tuple[str, dict[str, str]]:
 
 def sanitize(html: str) -> str:
     """Clean rendered HTML with nh3: readme_renderer's allowlist, http(s)/mailto links only."""
+    from readme_renderer.clean import ALLOWED_ATTRIBUTES, ALLOWED_TAGS
+
     return nh3.clean(
         html,
         tags=ALLOWED_TAGS,
@@ -52,6 +53,9 @@ def _render(text: str, content_type: str | None) -> str:
     rendered: str | None = None
     if len(text) > MAX_DESCRIPTION_CHARS or kind == "text/plain":
         return _plain(text)
+    import readme_renderer.markdown
+    import readme_renderer.rst
+
     if kind == "text/markdown":
         # None when the Markdown extra (comrak) is missing: then plain text below.
         rendered = readme_renderer.markdown.render(text, variant=params.get("variant", "GFM"))

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.blobs import StoredBlob, data_dir_blob
 from tests.builders import make_wheel, write_dist
 from tests.conftest import ADMIN_PASSWORD, LiveServer, basic_auth, run_pip
 from tests.e2e.helpers import (
@@ -71,9 +72,9 @@ def publish_upstream(
     return filename, data
 
 
-def blob(data_dir: Path, digest: str) -> Path:
-    """Where the blob store keeps a sha256."""
-    return data_dir / "blobs" / digest[:2] / digest[2:4] / digest
+def blob(data_dir: Path, digest: str) -> StoredBlob:
+    """The stored blob of a sha256 (a file under DATA_DIR/blobs, or an S3 object)."""
+    return data_dir_blob(data_dir, digest)
 
 
 def fetch(server: LiveServer, path: str) -> bytes:
@@ -165,7 +166,9 @@ def test_a_backup_under_concurrent_uploads_restores_into_a_server_that_installs(
             future.result()
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"backup: .*pyshelf\.tar: sqlite database and \d+ files", result.stdout)
+    assert re.search(
+        r"backup: .*pyshelf\.tar: (sqlite|postgresql) database and \d+ files", result.stdout
+    )
     assert "backup: 100%" in result.stderr  # no terminal: plain progress lines
     before = {name for name, at in finished.items() if at < backup_started}
     assert len(before) >= 3
@@ -253,7 +256,7 @@ def test_eviction_keeps_the_mirror_cache_under_the_cap_without_touching_uploads(
 
     def cache_bytes() -> int:
         return sum(
-            blob(server.data_dir, key).stat().st_size
+            blob(server.data_dir, key).size()
             for key in cached
             if blob(server.data_dir, key).exists()
         )

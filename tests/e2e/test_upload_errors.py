@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.blobs import server_blob
 from tests.builders import make_sdist, make_wheel, write_dist
 from tests.conftest import LiveServer
 from tests.e2e.helpers import (
@@ -33,8 +34,7 @@ OTHER_BYTES = make_wheel(PROJECT, "1.0", summary="rebuilt with other bytes")  # 
 
 def blob_keys(server: LiveServer) -> set[str]:
     """Every blob in the server's store: a rejected upload must not leave one behind."""
-    root = server.data_dir / "blobs"
-    return {path.name for path in root.rglob("*") if path.is_file() and ".tmp" not in path.parts}
+    return {o.key or o.name for o in server_blob(server, "0" * 64).storage.objects()}
 
 
 @dataclass

@@ -909,5 +909,9 @@ def test_hostile_input_properties_ran_their_cases(capsys: pytest.CaptureFixture)
     with capsys.disabled():
         lines = [f"  {count:6d}  {name}" for name, count in sorted(CASES.items())]
         print(f"\nhostile-input cases run: {total}", *lines, sep="\n")
+    if CASES:
+        from tests.robustness.support import record_figures
+
+        record_figures("fuzz", {"cases": total, "properties": len(CASES)})
     if CASES:  # empty when run alone with -k
         assert total >= len(CASES)

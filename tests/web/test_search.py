@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
+
 from app.db import begin_write
 from app.models import Index, MirrorPage
 from app.web.search import name_query
@@ -105,6 +107,7 @@ def test_name_query_normalizes_like_pep_503() -> None:
     assert name_query("  Foo__Bar.baz ") == "foo-bar-baz"
 
 
+@pytest.mark.empty_database
 def test_the_migration_fills_summaries_of_projects_uploaded_before_it(tmp_path: Any) -> None:
     """Revision 0002 adds projects.summary and fills it from each project's latest upload."""
     from alembic import command
@@ -124,14 +127,14 @@ def test_the_migration_fills_summaries_of_projects_uploaded_before_it(tmp_path: 
         connection.execute(
             text(
                 "INSERT INTO users (id, username, password_hash, is_superuser, created_at) "
-                "VALUES (1, 'u', 'x', 0, '2020-01-01');"
+                "VALUES (1, 'u', 'x', false, '2020-01-01');"
             )
         )
         connection.execute(
             text(
                 "INSERT INTO indexes (id, owner_id, name, type, bases, volatile, acl_upload, "
                 "mirror_whitelist, title, description, created_at) "
-                "VALUES (1, 1, 'dev', 'stage', '[]', 0, '[]', '[]', '', '', '2020-01-01');"
+                "VALUES (1, 1, 'dev', 'stage', '[]', false, '[]', '[]', '', '', '2020-01-01');"
             )
         )
         connection.execute(
@@ -145,7 +148,7 @@ def test_the_migration_fills_summaries_of_projects_uploaded_before_it(tmp_path: 
                 text(
                     "INSERT INTO files (project_id, filename, version, filetype, pyversion, "
                     "sha256, blake2_256, md5, size, yanked, core_metadata, uploader, uploaded_at)"
-                    " VALUES (1, :filename, '1.0', 'sdist', 'source', 'a', 'b', 'c', 1, 0, "
+                    " VALUES (1, :filename, '1.0', 'sdist', 'source', 'a', 'b', 'c', 1, false, "
                     ":meta, 'u', :at)"
                 ),
                 {

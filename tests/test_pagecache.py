@@ -1,0 +1,145 @@
+"""The page cache (app/pagecache.py): stored pages, the triggers that forget them, and the WSGI
+fast path (app/simple.py CachedPages) that must answer exactly as the Flask view does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from app.models import CachedPage
+from app.pagecache import PageKey
+from tests.builders import make_wheel
+from tests.test_upload import fast_password_hashes, upload  # noqa: F401 - autouse fixture
+
+MIME_JSON = "application/vnd.pypi.simple.v1+json"
+PAGE = "/admin/dev/+simple/fastpkg/"
+VOLATILE = ("X-Request-ID", "Date")
+
+
+@pytest.fixture
+def stored(client: Any, admin_auth: dict[str, str]) -> Any:
+    """fastpkg 1.0 on admin/dev, its JSON page requested once (built by the view, stored)."""
+    filename, data = make_wheel("fastpkg", "1.0")
+    assert upload(client, filename, data, headers=admin_auth).status_code == 200
+    first = client.get(PAGE, headers={"Accept": MIME_JSON})
+    assert first.status_code == 200
+    return first
+
+
+def rows(app: Any) -> list[str]:
+    """The variants stored for fastpkg."""
+    with app.extensions["pyshelf.db"].session() as session:
+        return list(
+            session.scalars(
+                select(CachedPage.variant).where(CachedPage.normalized_name == "fastpkg")
+            )
+        )
+
+
+def headers_of(response: Any) -> dict[str, str]:
+    """The headers to compare; flask-login reads the session on every response, so the view
+    adds Cookie to Vary, which a public page does not depend on (the fast path leaves it out)."""
+    headers = {k: v for k, v in response.headers.items() if k not in VOLATILE}
+    headers["Vary"] = ", ".join(v for v in headers["Vary"].split(", ") if v != "Cookie")
+    return headers
+
+
+def test_a_stored_page_is_answered_with_the_views_exact_headers_and_body(
+    app: Any, client: Any, stored: Any
+) -> None:
+    """The fast path (no Flask) and the view send the same status, headers and bytes."""
+    assert rows(app) == [f"{MIME_JSON} "]
+
+    again = client.get(PAGE, headers={"Accept": MIME_JSON})
+
+    assert again.status == stored.status
+    assert headers_of(again) == headers_of(stored)
+    assert again.data == stored.data
+
+
+def test_a_304_from_the_store_has_the_headers_of_the_views_304(
+    app: Any, client: Any, stored: Any
+) -> None:
+    """R47: If-None-Match with the stored ETag is a 304 without a body, as from the view."""
+    etag = stored.headers["ETag"]
+    validated = {"Accept": MIME_JSON, "If-None-Match": etag}
+    from_store = client.get(PAGE, headers=validated)
+    app.extensions["pyshelf.pages"].get = lambda *args: None  # force the view
+    from_view = client.get(PAGE, headers=validated)
+
+    assert from_store.status == from_view.status == "304 NOT MODIFIED"
+    assert from_store.data == from_view.data == b""
+    assert headers_of(from_store) == headers_of(from_view)
+
+
+def test_head_of_a_stored_page_has_its_length_and_no_body(client: Any, stored: Any) -> None:
+    head = client.head(PAGE, headers={"Accept": MIME_JSON})
+
+    assert head.status == "200 OK"
+    assert head.headers["Content-Length"] == str(len(stored.data))
+    assert head.data == b""
+
+
+def test_each_representation_is_stored_on_its_own(app: Any, client: Any, stored: Any) -> None:
+    """HTML and JSON of one page, and pages under another URL prefix, are separate entries."""
+    html = client.get(PAGE, headers={"Accept": "text/html"})
+    prefixed = client.get(PAGE, headers={"Accept": MIME_JSON}, base_url="http://localhost/p")
+
+    assert html.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert '"url": "/p/admin/dev/+f/' in prefixed.get_data(as_text=True)
+    assert sorted(rows(app)) == sorted([f"{MIME_JSON} ", "text/html ", f"{MIME_JSON} /p"])
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE files SET yanked = TRUE",
+        "DELETE FROM files",
+        "UPDATE projects SET summary = 'changed'",
+        "DELETE FROM projects",
+        "UPDATE indexes SET title = 'changed'",
+        "INSERT INTO mirror_pages (index_id, normalized_name, name, is_found, files, fetched_at)"
+        " VALUES (1, 'fastpkg', 'fastpkg', TRUE, '[]', '2026-01-01 00:00:00')",
+    ],
+)
+def test_any_write_to_what_a_page_is_made_of_forgets_it(
+    app: Any, stored: Any, statement: str
+) -> None:
+    """The triggers catch every writer, even raw SQL (the CLI, imports, foreign key cascades)."""
+    database = app.extensions["pyshelf.db"]
+    with database.session() as session:
+        before = app.extensions["pyshelf.pages"].generation(session)
+        session.execute(text(statement))
+        session.commit()
+        assert app.extensions["pyshelf.pages"].generation(session) > before
+
+    assert rows(app) == []
+
+
+def test_a_write_to_another_project_keeps_the_page(
+    app: Any, client: Any, admin_auth: dict[str, str], stored: Any
+) -> None:
+    filename, data = make_wheel("otherpkg", "1.0")
+    assert upload(client, filename, data, headers=admin_auth).status_code == 200
+
+    assert rows(app) == [f"{MIME_JSON} "]
+
+
+def test_a_page_built_before_a_change_is_not_stored(app: Any, stored: Any) -> None:
+    """A worker that read the data before another one committed a change must not store the
+    page it built from the old data (the generation moved on)."""
+    pages = app.extensions["pyshelf.pages"]
+    database = app.extensions["pyshelf.db"]
+    with database.session() as session:
+        generation = pages.generation(session)
+        session.execute(text("UPDATE files SET yanked = TRUE"))
+        session.commit()
+    key = PageKey("admin/dev", "fastpkg", f"{MIME_JSON} ")
+    page = {"body": b"{}", "etag": "e", "cache_control": "no-cache", "is_public": True}
+
+    assert pages.put(key, generation, **page, expires_at=None) is False
+    assert rows(app) == []
+    with database.session() as session:
+        assert pages.put(key, pages.generation(session), **page, expires_at=None) is True
