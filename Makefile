@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEVPI_VENV := .venv-devpi
 export DATA_DIR ?= ./data
 
-.PHONY: help run test test-robustness test-scale test-fast test-container chromium postgres lint format bench bench-quick bench-mirror clean
+.PHONY: help run test test-robustness test-scale test-fast test-container chromium postgres lint format bench bench-quick bench-backends bench-backends-quick bench-mirror clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -69,6 +69,12 @@ bench: $(VENV)/.installed ## pyshelf vs devpi-server vs proxpi, about 25 minutes
 
 bench-quick: $(VENV)/.installed ## the same comparison in a few minutes: a smoke test, not numbers to quote
 	$(PY) -m bench.compare --quick
+
+bench-backends: $(VENV)/.installed postgres ## pyshelf's pages and downloads on SQLite + disk vs PostgreSQL + S3 (moto): the Backends section of bench/RESULTS.md
+	$(PY) -m bench.compare.backends
+
+bench-backends-quick: $(VENV)/.installed postgres ## the same in a few minutes
+	$(PY) -m bench.compare.backends --quick
 
 bench-mirror: $(VENV)/.installed ## pip through pyshelf's mirror, cold and warm, against the bare upstream
 	$(PY) bench/mirror_install.py

@@ -145,8 +145,8 @@ def tool_version(command: list[str]) -> str:
     return "?"
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on, and with what."""
+def host() -> dict[str, Any]:
+    """The machine, pyshelf's commit and the tools every bench here uses."""
     cpu_model = "?"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -163,7 +163,6 @@ def machine() -> dict[str, Any]:
         "",
         "?",
     )
-    tools = ROOT / ".bench-venvs"
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model,
@@ -173,13 +172,21 @@ def machine() -> dict[str, Any]:
         "pyshelf": f"{head}{' + uncommitted changes in app/' if dirty else ''}",
         "python": sys.version.split()[0],
         "gunicorn": venv_version(ROOT / ".venv" / "bin", "gunicorn"),
+        "nginx": tool_version([nginx_binary() or "nginx", "-v"]),
+        "wrk": tool_version(["wrk", "--version"]),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on, and with what."""
+    tools = ROOT / ".bench-venvs"
+    return {
+        **host(),
         "devpi-server": venv_version(tools / "devpi" / "bin", "devpi-server"),
         "proxpi": venv_version(tools / "proxpi" / "bin", "proxpi"),
         "pip": venv_version(ROOT / ".venv" / "bin", "pip"),
         "uv": tool_version([str(tools / "tools" / "bin" / "uv"), "--version"]),
-        "nginx": tool_version([nginx_binary() or "nginx", "-v"]),
-        "wrk": tool_version(["wrk", "--version"]),
-        "load_average_at_start": os.getloadavg(),
     }
 
 
@@ -458,16 +465,18 @@ def huge_release(releases: list[packages.Release]) -> packages.Release:
 
 
 def measure_downloads(
-    fleet: Fleet, upstream: Upstream, releases: list[packages.Release], plan: Plan
+    fleet: Fleet,
+    upstream: Upstream,
+    releases: list[packages.Release],
+    plan: Plan,
+    names: tuple[str, ...] = SERVER_NAMES,
 ) -> dict[str, Any]:
     """The 200 MB wheel through a new server (first download: from the upstream, through the
     mirror) and again (cached), with the servers' peak memory; and from nginx (the ceiling)."""
     huge = huge_release(releases)
-    results: dict[str, Any] = {
-        n: {"cold": [], "cached": [], "idle_rss_kib": []} for n in SERVER_NAMES
-    }
+    results: dict[str, Any] = {n: {"cold": [], "cached": [], "idle_rss_kib": []} for n in names}
     results["static"] = {"cached": []}
-    for number, order in enumerate(orders([*SERVER_NAMES, "static"], plan.runs)):
+    for number, order in enumerate(orders([*names, "static"], plan.runs)):
         for name in order:
             if name == "static":
                 sample = clients.download(upstream.files_url + huge.path, huge.size)
@@ -698,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    args.results.write_text(report.markdown(results))
+    previous = args.results.read_text() if args.results.exists() else ""
+    args.results.write_text(report.keep_section(previous, report.markdown(results), "## Backends"))
     log(f"wrote {args.results}" + (f" and {args.json}" if args.json else ""))
     return 0
 

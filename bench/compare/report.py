@@ -449,3 +449,35 @@ def markdown(results: dict[str, Any]) -> str:
             lines += [line.removeprefix(f"{server}: ") for line in mine[:5]]
             lines += ["```", ""]
     return "\n".join(lines)
+
+
+def _split_section(text: str, heading: str) -> tuple[str, str, str]:
+    """(before, the section from `heading` to the next `## ` heading, after); the section is
+    empty when the text has none."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    if start is None:
+        return text, "", ""
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "".join(lines[:start]), "".join(lines[start:end]), "".join(lines[end:])
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """`text` with its `heading` section replaced by `section` (added before the server logs,
+    or at the end, when there is none yet)."""
+    before, old, after = _split_section(text, heading)
+    section = section.rstrip("\n") + "\n\n"
+    if not text.strip():
+        return section
+    if old:
+        return before + section + after
+    before, logs, after = _split_section(text, "## Server logs")
+    if logs:
+        return before + section + logs + after
+    return text.rstrip("\n") + "\n\n" + section
+
+
+def keep_section(previous: str, new: str, heading: str) -> str:
+    """`new`, carrying over the `heading` section of `previous` (another command writes it)."""
+    _, section, _ = _split_section(previous, heading)
+    return replace_section(new, heading, section) if section else new
