@@ -54,6 +54,9 @@ case "$command" in
     serve)
         check_volume
         "$PY" -m app.cli prepare
+        # gunicorn reads WEB_CONCURRENCY itself and fails on an empty one (.env.example's
+        # `WEB_CONCURRENCY=` passed by compose's env_file): empty means our default.
+        [ -n "${WEB_CONCURRENCY:-}" ] || unset WEB_CONCURRENCY
         exec "$PY" -m gunicorn --config "$HERE/gunicorn.conf.py" "app:create_app()"
         ;;
     healthcheck)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 import tempfile
 import threading
@@ -212,10 +211,10 @@ def test_concurrent_clients_get_no_errors_and_every_upload_is_stored(
 ) -> None:
     fake_upstream.add_file("mirror-alpha", *make_wheel("mirror-alpha", "1.0"))
     fake_upstream.add_file("mirror-beta", *make_wheel("mirror-beta", "1.0"))
-    # gunicorn.conf.py's defaults (server_factory would set 2 workers of 4 threads)
-    default_workers = str(min(2 * (os.cpu_count() or 1) + 1, 8))
+    # gunicorn.conf.py's defaults (server_factory would set 2 workers of 4 threads): empty
+    # values fall back to them
     server: LiveServer = server_factory(
-        MIRROR_URL=fake_upstream.url, WEB_CONCURRENCY=default_workers, THREADS="8"
+        MIRROR_URL=fake_upstream.url, WEB_CONCURRENCY="", THREADS=""
     )
     workers = len(server.worker_pids())
     hosted_name, hosted = make_wheel("load-hosted", "1.0", requires_dist=["mirror-alpha"])
