@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tests.conftest import free_port
-
 from . import clients, packages, report, scale
 from .clients import JSON_ACCEPT, median, percentile, record_pip
 from .packages import CACHE_DIR
@@ -42,7 +40,7 @@ from .servers import (
     memory_kib,
     venv_version,
 )
-from .upstream import Upstream, ensure_tools, nginx_binary
+from .upstream import Upstream, ensure_tools, nginx_binary, prepared_upstream
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SERVER_NAMES = ("pyshelf", "devpi", "proxpi")
@@ -610,15 +608,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = set(args.phases.split(",")) if args.phases else None
     with tempfile.TemporaryDirectory(prefix="pyshelf-compare-") as tmp:
         work = Path(tmp)
-        os.chmod(work, 0o755)  # noqa: S103 - nginx's workers read the pages from here
-        upstream = Upstream(
-            work / "nginx",
-            work / "www",
-            CACHE_DIR / f"upstream-{packages.BUILD_VERSION}" / "files",
-            free_port(),
-        )
-        upstream.run_dir.mkdir()
-        packages.write_pages(upstream.www, releases, upstream.files_url)
+        upstream = prepared_upstream(work, releases)
         fleet = Fleet(work / "servers", upstream)
         scratch = work / "scratch"
         scratch.mkdir()

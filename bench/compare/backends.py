@@ -25,7 +25,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tests.conftest import free_port
 from tests.pgserver import PostgresServer, database_name, wait_until_ready
 from tests.s3server import CREDENTIALS, PREFIX, S3Server, bucket_name
 
@@ -42,7 +41,7 @@ from .__main__ import (
 from .packages import CACHE_DIR
 from .report import Numbers, _f, _ratio, _table
 from .servers import THREADS, WEB_CONCURRENCY, Pyshelf, Server
-from .upstream import Upstream, ensure_tools
+from .upstream import Upstream, ensure_tools, prepared_upstream
 
 SQLITE = "sqlite+disk"
 POSTGRES_S3 = "postgres+s3"
@@ -194,15 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     backing = Backing()
     with tempfile.TemporaryDirectory(prefix="pyshelf-backends-") as tmp:
         work = Path(tmp)
-        os.chmod(work, 0o755)  # noqa: S103 - nginx's workers read the pages from here
-        upstream = Upstream(
-            work / "nginx",
-            work / "www",
-            CACHE_DIR / f"upstream-{packages.BUILD_VERSION}" / "files",
-            free_port(),
-        )
-        upstream.run_dir.mkdir()
-        packages.write_pages(upstream.www, releases, upstream.files_url)
+        upstream = prepared_upstream(work, releases)
         fleet = BackendFleet(work / "servers", upstream, backing)
         upstream.start()
         try:

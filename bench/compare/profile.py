@@ -27,13 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.conftest import free_port
-
 from . import clients, packages
 from .clients import JSON_ACCEPT, record_pip
 from .packages import CACHE_DIR
 from .servers import VENVS, Pyshelf, Server, ensure_venv, get
-from .upstream import Upstream, ensure_tools
+from .upstream import ensure_tools, prepared_upstream
 
 RATE = 200  # samples per second per process
 TOP = 25
@@ -238,15 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="pyshelf-profile-") as tmp:
         work = Path(tmp)
-        os.chmod(work, 0o755)  # noqa: S103 - nginx's workers read the pages from here
-        upstream = Upstream(
-            work / "nginx",
-            work / "www",
-            CACHE_DIR / f"upstream-{packages.BUILD_VERSION}" / "files",
-            free_port(),
-        )
-        upstream.run_dir.mkdir()
-        packages.write_pages(upstream.www, releases, upstream.files_url)
+        upstream = prepared_upstream(work, releases)
         upstream.start()
         try:
             scratch = work / "scratch"

@@ -18,6 +18,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from tests.conftest import free_port
 
 START_TIMEOUT_SECONDS = 10
 APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light"}  # command -> Debian package
@@ -206,3 +209,19 @@ class Upstream:
             for line in text.splitlines()
             if line
         ]
+
+
+def prepared_upstream(work: Path, releases: list[Any]) -> Upstream:
+    """An Upstream (not started yet) whose pages for `releases` are written under `work`."""
+    from . import packages
+
+    os.chmod(work, 0o755)  # noqa: S103 - nginx's workers read the pages from here
+    upstream = Upstream(
+        work / "nginx",
+        work / "www",
+        packages.CACHE_DIR / f"upstream-{packages.BUILD_VERSION}" / "files",
+        free_port(),
+    )
+    upstream.run_dir.mkdir()
+    packages.write_pages(upstream.www, releases, upstream.files_url)
+    return upstream
