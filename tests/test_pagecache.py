@@ -3,6 +3,7 @@ fast path (app/simple.py CachedPages) that must answer exactly as the Flask view
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from tests.test_upload import fast_password_hashes, upload  # noqa: F401 - autou
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 PAGE = "/admin/dev/+simple/fastpkg/"
 VOLATILE = ("X-Request-ID", "Date")
+HOLD_SECONDS = 5  # how long another writer holds the database: far above PUT_WAIT_MS
 
 
 @pytest.fixture
@@ -143,3 +145,40 @@ def test_a_page_built_before_a_change_is_not_stored(app: Any, stored: Any) -> No
     assert rows(app) == []
     with database.session() as session:
         assert pages.put(key, pages.generation(session), **page, expires_at=None) is True
+
+
+def test_a_busy_database_does_not_hold_up_a_page_it_only_skips_storing_it(
+    app: Any, client: Any, admin_auth: dict[str, str], stored: Any
+) -> None:
+    """Storing a page is optional: it waits PUT_WAIT_MS (0.2 s) for the write lock, not the
+    busy timeout (30 s), so a read is neither held up nor failed (503) by another writer."""
+    from app import db
+
+    filename, data = make_wheel("fastpkg", "1.1")
+    assert upload(client, filename, data, headers=admin_auth).status_code == 200
+    assert rows(app) == []  # the upload dropped the stored page
+    database = app.extensions["pyshelf.db"]
+    ready, done = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        with database.session() as session:
+            db.begin_write(session)
+            ready.set()
+            done.wait(HOLD_SECONDS)  # a writer that waited for the lock would get it then
+            session.rollback()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    try:
+        assert ready.wait(10)
+        response = client.get(PAGE, headers={"Accept": MIME_JSON})
+        stored_meanwhile = rows(app)
+    finally:
+        done.set()
+        holder.join(10)
+
+    assert response.status_code == 200, response.status
+    assert filename in response.get_data(as_text=True)
+    assert stored_meanwhile == []  # the view gave up storing instead of waiting for the lock
+    assert client.get(PAGE, headers={"Accept": MIME_JSON}).status_code == 200
+    assert rows(app) == [f"{MIME_JSON} "]  # with the writer gone, the next request stores it
