@@ -141,9 +141,9 @@ class LocalStorage:
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="stream.")
         return os.fdopen(fd, "wb"), Path(tmp_name)
 
-    def commit_temp(self, key: str, tmp_path: Path, *, replace: bool = True) -> None:
-        """Move a finished, fsynced temp file into place under `key` (an atomic rename, which
-        always replaces: `replace` is for the protocol)."""
+    def commit_temp(self, key: str, tmp_path: Path, *, replace: bool = False) -> None:
+        """Move a finished, fsynced temp file into place under `key` (an atomic rename: the
+        same bytes, or right ones over a damaged copy, so `replace` changes nothing here)."""
         target = self.local_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp_path, target)
