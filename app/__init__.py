@@ -114,7 +114,8 @@ def create_app(
     for module in (health, metrics, simple, files, upload, api, devpi, web):
         app.register_blueprint(module.bp)
     # The request log is outermost, so it sees the client address that ProxyFix worked out.
-    pages = simple.CachedPages(app, app.wsgi_app)  # stored public pages skip Flask
-    request_log.wsgi_app = trusted_proxy_fix(pages, settings.forwarded_allow_ips)
+    # Stored public pages and files skip Flask.
+    stored = files.CachedFiles(app, simple.CachedPages(app, app.wsgi_app))
+    request_log.wsgi_app = trusted_proxy_fix(stored, settings.forwarded_allow_ips)
     app.wsgi_app = request_log  # type: ignore[method-assign]
     return app

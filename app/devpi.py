@@ -260,7 +260,7 @@ def init_app(app: Flask) -> None:
         "X-Devpi-Server-Version": SERVER_VERSION,
         "X-Devpi-Uuid": uuid,
     }
-    app.extensions["pyshelf.devpi_headers"] = headers  # also sent by app/simple.py's CachedPages
+    app.extensions["pyshelf.devpi_headers"] = headers  # also sent by web.hook_headers' users
 
     @app.after_request
     def _devpi_headers(response: Response) -> Response:

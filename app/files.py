@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from collections.abc import Iterable
 from typing import Any
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from flask import Blueprint, Response, current_app, redirect, request, send_file
-from sqlalchemy import select
+from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
+from sqlalchemy import Select, bindparam, exists, func, select
+from werkzeug.http import http_date
 
 from app.auth import require_read
 from app.db import get_session
+from app.dists import InvalidDistribution, parse_filename
 from app.errors import HTTPError
 from app.indexes import get_index
-from app.models import File, Index, Project
+from app.models import ANONYMOUS, File, Index, MirrorBlob, MirrorSidecar, Project, User
 
 bp = Blueprint("files", __name__)
 
@@ -20,6 +26,17 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 IMMUTABLE_SECONDS = 365_000_000  # R49: about 11.5 years, as PyPI
 CACHE_IMMUTABLE = f"public, max-age={IMMUTABLE_SECONDS}, immutable"
 METADATA_SUFFIX = ".metadata"
+METADATA_MIMETYPE = "text/plain"  # werkzeug adds "; charset=utf-8" to text types
+FILE_PATH_RE = re.compile(r"^/([^/]+)/([^/]+)/\+f/([0-9a-f]{64})/([^/]+)$")
+# Requests CachedFiles leaves to the view: ranges and revalidations (werkzeug's rules).
+CONDITIONAL_HEADERS = (
+    "HTTP_RANGE",
+    "HTTP_IF_RANGE",
+    "HTTP_IF_MATCH",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE",
+)
 
 
 def send_blob(
@@ -44,6 +61,8 @@ def send_blob(
     except FileNotFoundError:
         raise HTTPError(404, f"File {filename} is missing from the blob store.") from None
     response.headers["Cache-Control"] = CACHE_IMMUTABLE
+    # max-age says it to every HTTP/1.1 cache; no Content-Disposition: the URL names the file.
+    response.headers.pop("Expires", None)
     response.headers.pop("Content-Disposition", None)
     return response
 
@@ -119,4 +138,162 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> Response:
         return send_blob(record.sha256, record.filename)
     if not record.metadata_sha256:
         raise HTTPError(404, f"No core metadata for {dist_filename} (only wheels have it).")
-    return send_blob(record.metadata_sha256, filename, mimetype="text/plain; charset=utf-8")
+    return send_blob(record.metadata_sha256, filename, mimetype=METADATA_MIMETYPE)
+
+
+def _blob_lookup() -> Select:
+    """One query for CachedFiles: the index (type, acl_read) and what it holds under the key.
+
+    `hosted`: the upload's metadata sha256 ("" without one; NULL: not uploaded here);
+    `mirrored`: whether this mirror cached the key; `sidecar`: its recorded PEP 658 sidecar.
+    """
+    index, user = Index.__table__.c, User.__table__.c
+    file, project = File.__table__.c, Project.__table__.c
+    blob, sidecar = MirrorBlob.__table__.c, MirrorSidecar.__table__.c
+    key, filename = bindparam("key"), bindparam("filename")
+    hosted = (
+        select(func.coalesce(file.metadata_sha256, ""))
+        .select_from(File.__table__.join(Project.__table__))
+        .where(project.index_id == index.id, file.sha256 == key, file.filename == filename)
+        .limit(1)
+        .scalar_subquery()
+    )
+    mirrored = exists().where(blob.sha256 == key, blob.index_id == index.id)
+    recorded = (
+        select(sidecar.metadata_sha256)
+        .where(
+            sidecar.index_id == index.id,
+            sidecar.dist_sha256 == key,
+            sidecar.filename == filename,
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(index.id, index.type, index.acl_read, hosted, mirrored, recorded)
+        .select_from(Index.__table__.join(User.__table__))
+        .where(user.username == bindparam("user"), index.name == bindparam("index"))
+    )
+
+
+def _is_public(acl_read: Any) -> bool:
+    """acl_read as the database driver returns JSON (text or decoded); unset means everyone."""
+    if acl_read is None:
+        return True
+    acl = json.loads(acl_read) if isinstance(acl_read, str | bytes) else acl_read
+    return ANONYMOUS in acl
+
+
+class CachedFiles:
+    """WSGI middleware in front of the Flask app: GET and HEAD of a stored file or sidecar of a
+    public index on local disk are sent without a request context, hooks or ORM (sendfile
+    through gunicorn's file wrapper); everything else (S3, a range, a revalidation, a file not
+    cached yet, a restricted index) goes to release_file.
+
+    The answer carries the view's headers and the hooks' (tests/test_files.py compares both),
+    and a mirror hit is counted as the view counts it.
+    """
+
+    def __init__(self, app: Flask, wsgi_app: WSGIApplication) -> None:
+        from app.web import hook_headers
+
+        self.wsgi_app = wsgi_app
+        self.local_path = getattr(app.extensions["pyshelf.storage"], "local_path", None)
+        self.mirror = app.extensions["pyshelf.mirror"]
+        self.database = app.extensions["pyshelf.db"]
+        self.fixed, self.hsts = hook_headers(app)
+        compiled = _blob_lookup().compile(dialect=self.database.engine.dialect)
+        self.sql, self.positions = compiled.string, compiled.positiontup
+        self.constants = compiled.params  # the query's own literals (LIMIT, "")
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        path = environ.get("PATH_INFO", "")
+        match = (
+            FILE_PATH_RE.match(path)
+            if method in ("GET", "HEAD") and self.local_path is not None and path.isascii()
+            else None
+        )
+        if match is None or any(name in environ for name in CONDITIONAL_HEADERS):
+            return self.wsgi_app(environ, start_response)
+        found = self._find(*match.groups())
+        if found is None:
+            return self.wsgi_app(environ, start_response)
+        index_id, blob_key, is_mirror_hit = found
+        try:
+            source = open(self.local_path(blob_key), "rb")  # noqa: SIM115 - closed by the server
+        except FileNotFoundError:  # evicted, or lost: the view says what happened
+            return self.wsgi_app(environ, start_response)
+        is_metadata = match[4].endswith(METADATA_SUFFIX)
+        stat = os.fstat(source.fileno())
+        environ["pyshelf.route_kind"] = "metadata" if is_metadata else "file"
+        if is_mirror_hit:
+            environ["pyshelf.cache_hit"] = True
+            self.mirror.counters.add(index_id, hits=1)
+            self.mirror.cache.touch(blob_key)
+        headers = [
+            (
+                "Content-Type",
+                f"{METADATA_MIMETYPE}; charset=utf-8"
+                if is_metadata
+                else "application/octet-stream",
+            ),
+            ("Content-Length", str(stat.st_size)),
+            ("ETag", f'"{blob_key}"'),
+            ("Cache-Control", CACHE_IMMUTABLE),
+            ("Last-Modified", http_date(stat.st_mtime)),
+            ("Accept-Ranges", "bytes"),
+            *self.fixed,
+        ]
+        if environ.get("wsgi.url_scheme") == "https":
+            headers.append(self.hsts)
+        start_response("200 OK", headers)
+        if method == "HEAD":
+            source.close()
+            return []
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is None:
+            return _chunks(source)
+        return wrapper(source, 1 << 20)
+
+    def _find(self, user: str, index: str, key: str, filename: str) -> tuple[int, str, bool] | None:
+        """(index id, blob key, whether a mirror cached it) of a public index's stored file."""
+        is_metadata = filename.endswith(METADATA_SUFFIX)
+        dist_filename = filename.removesuffix(METADATA_SUFFIX)
+        params = {
+            **self.constants,
+            "user": user,
+            "index": index,
+            "key": key,
+            "filename": dist_filename,
+        }
+        positions = self.positions
+        connection = self.database.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(self.sql, [params[p] for p in positions] if positions else params)
+            row = cursor.fetchone()
+            cursor.close()
+        finally:
+            connection.close()  # back to the pool, which rolls back
+        if row is None or not _is_public(row[2]):
+            return None
+        index_id, index_type, _, hosted, mirrored, sidecar = row
+        if index_type != "mirror":
+            if hosted is None:
+                return None
+            blob_key = hosted if is_metadata else key
+            return (index_id, blob_key, False) if blob_key else None
+        if is_metadata:
+            return (index_id, sidecar, True) if sidecar else None
+        try:
+            parse_filename(dist_filename)  # the view answers 404 for a name that is no dist
+        except InvalidDistribution:
+            return None
+        return (index_id, key, True) if mirrored else None
+
+
+def _chunks(source: Any) -> Iterable[bytes]:
+    """A file in 1 MiB pieces, for servers without wsgi.file_wrapper."""
+    with source:
+        while chunk := source.read(1 << 20):
+            yield chunk

@@ -30,6 +30,7 @@ from app.models import (
     Index,
     MirrorBlob,
     MirrorPage,
+    MirrorSidecar,
     MirrorStats,
     Project,
     Token,
@@ -156,6 +157,13 @@ def _dangling(session: Session) -> list[tuple[str, int, bool]]:
         ("tokens without their user", Token, Token.user_id, User, True),
         ("mirror_pages without their index", MirrorPage, MirrorPage.index_id, Index, False),
         ("mirror_blobs without their index", MirrorBlob, MirrorBlob.index_id, Index, False),
+        (
+            "mirror_sidecars without their index",
+            MirrorSidecar,
+            MirrorSidecar.index_id,
+            Index,
+            False,
+        ),
         ("mirror_stats without their index", MirrorStats, MirrorStats.index_id, Index, False),
     ]
     found = []
@@ -343,7 +351,7 @@ class Verifier:
             return
         with self.database.session() as session:
             begin_write(session)
-            for model in (MirrorPage, MirrorBlob, MirrorStats):
+            for model in (MirrorPage, MirrorBlob, MirrorSidecar, MirrorStats):
                 session.execute(delete(model).where(model.index_id.not_in(select(Index.id))))
             session.commit()
         for problem in dangling:

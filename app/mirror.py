@@ -26,7 +26,8 @@ from typing import IO, Any
 
 import requests
 from flask import Response, g
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from app import metrics
@@ -35,10 +36,10 @@ from app.config import Settings
 from app.db import Database, begin_write, get_session
 from app.dists import Hashes, InvalidDistribution, parse_filename
 from app.errors import HTTPError
-from app.files import send_blob
+from app.files import METADATA_MIMETYPE, send_blob
 from app.indexes import Dist, file_path
 from app.locks import FileLock, Lock, Locks
-from app.models import Index, MirrorBlob, MirrorPage, MirrorStats, utcnow
+from app.models import Index, MirrorBlob, MirrorPage, MirrorSidecar, MirrorStats, utcnow
 from app.storage import Storage
 from app.upstream import (
     UpstreamClient,
@@ -61,6 +62,7 @@ REMOTE_WAIT_SECONDS = 10.0
 REMOTE_POLL_SECONDS = 0.2  # each look asks the database and the blob store
 COUNTER_FLUSH_SECONDS = 5.0
 STALE_HEADER = "X-Pyshelf-Stale"
+SIDECAR_RECORD_WAIT_MS = 200  # noting a sidecar's key is optional: never wait long for it
 MAX_NAME_CHARS = 255  # MirrorPage.normalized_name: longer project names are nowhere upstream
 
 
@@ -79,6 +81,26 @@ def _parse_time(value: str | None) -> dt.datetime | None:
 def file_key(entry: dict[str, Any]) -> str:
     """The `+f` key of an upstream file: its sha256, or (unverifiable) the sha256 of its URL."""
     return entry.get("sha256") or hashlib.sha256(entry["url"].encode("utf-8")).hexdigest()
+
+
+def _forget_unlisted_sidecars(
+    session: Session, index_id: int, name: str, files: list[dict[str, Any]]
+) -> None:
+    """Drop recorded sidecars whose file the new upstream page no longer lists with that
+    metadata hash (upstream corrected it, or removed the file); the caller commits."""
+    listed = {(file_key(e), e.get("metadata_sha256")) for e in files}
+    recorded = session.execute(
+        select(MirrorSidecar.dist_sha256, MirrorSidecar.metadata_sha256).where(
+            MirrorSidecar.index_id == index_id, MirrorSidecar.normalized_name == name
+        )
+    ).all()
+    gone = [key for key, digest in recorded if (key, digest) not in listed]
+    if gone:
+        session.execute(
+            delete(MirrorSidecar).where(
+                MirrorSidecar.index_id == index_id, MirrorSidecar.dist_sha256.in_(gone)
+            )
+        )
 
 
 def _version(filename: str) -> str | None:
@@ -295,6 +317,8 @@ class Mirror:
                 page.etag = fetched.etag
                 page.last_modified = fetched.last_modified
                 page.fetched_at = now
+            if fetched != "not-modified":
+                _forget_unlisted_sidecars(session, index.id, name, page.files)
             session.commit()
         return page if page.is_found else None
 
@@ -404,6 +428,11 @@ class Mirror:
         if not is_metadata and self._is_cached_here(index, key):
             # The sha256 in the URL names the bytes (R46): no need to decode the project's page.
             return self._send_cached(index, key, filename)
+        sidecar = self._cached_sidecar(index, key, filename) if is_metadata else None
+        if sidecar is not None:
+            return self._send_cached(
+                index, sidecar, f"{filename}.metadata", mimetype=METADATA_MIMETYPE
+            )
         try:
             page = self.page(index, name)
         except UpstreamTimeout as exc:
@@ -439,14 +468,47 @@ class Mirror:
         )
         return cached_by == index.id and self.storage.exists(key)
 
+    def _cached_sidecar(self, index: Index, key: str, filename: str) -> str | None:
+        """The stored sidecar recorded for this mirror's file `key`, if the store still has it."""
+        digest = get_session().scalar(
+            select(MirrorSidecar.metadata_sha256).where(
+                MirrorSidecar.index_id == index.id,
+                MirrorSidecar.dist_sha256 == key,
+                MirrorSidecar.filename == filename,
+            )
+        )
+        return digest if digest is not None and self.storage.exists(digest) else None
+
+    def _remember_sidecar(self, index: Index, entry: dict[str, Any], digest: str) -> None:
+        """Record which sidecar `entry` has, so the next request finds it by the file's key.
+
+        Optional work: skipped when another writer holds the database for long.
+        """
+        try:
+            with self.database.session() as session:
+                begin_write(session, wait_ms=SIDECAR_RECORD_WAIT_MS)
+                session.merge(
+                    MirrorSidecar(
+                        index_id=index.id,
+                        dist_sha256=file_key(entry),
+                        filename=entry["filename"],
+                        normalized_name=parse_filename(entry["filename"]).normalized_name,
+                        metadata_sha256=digest,
+                    )
+                )
+                session.commit()
+        except (IntegrityError, OperationalError):  # recorded by another worker, or busy
+            pass
+
     def _serve_metadata(self, index: Index, entry: dict[str, Any]) -> Response:
         """The PEP 658 sidecar: fetched once, verified against the advertised sha256, cached."""
         digest = entry.get("metadata_sha256")
         name = entry["filename"] + ".metadata"
         if not digest:
             raise HTTPError(404, f"Upstream offers no core metadata for {entry['filename']}.")
-        mimetype = "text/plain; charset=utf-8"
+        mimetype = METADATA_MIMETYPE
         if self.storage.exists(digest):
+            self._remember_sidecar(index, entry, digest)
             return self._send_cached(index, digest, name, mimetype=mimetype)
         lock = self.locks.exclusive(f"meta-{digest}")
         try:  # one fetch per sidecar across workers (uv asks for many at once)
@@ -462,6 +524,7 @@ class Mirror:
             self.storage.save(digest, io.BytesIO(data))
             self.counters.add(index.id, misses=1, fetched_bytes=len(data))
             self.cache.record(index.id, digest, len(data))
+            self._remember_sidecar(index, entry, digest)
         finally:
             lock.close()
         self.cache.evict_if_over()

@@ -201,6 +201,24 @@ class MirrorBlob(Base):
     last_access_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
+class MirrorSidecar(Base):
+    """Which cached PEP 658 sidecar belongs to a mirrored file: the sidecar's URL names the
+    file's sha256, the store keeps the sidecar under its own. Recorded when the sidecar is first
+    served (app/mirror.py), dropped when the project's upstream page no longer lists the pair,
+    so a cached sidecar is found without decoding the project's page (app/files.py).
+    """
+
+    __tablename__ = "mirror_sidecars"
+
+    index_id: Mapped[int] = mapped_column(
+        ForeignKey("indexes.id", ondelete="CASCADE"), primary_key=True
+    )
+    dist_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(255))  # of the file, without ".metadata"
+    normalized_name: Mapped[str] = mapped_column(String(255))
+    metadata_sha256: Mapped[str] = mapped_column(String(64))
+
+
 class DocSet(Base):
     """A zip of built HTML documentation for one project version; the zip is a blob."""
 

@@ -373,12 +373,11 @@ class CachedPages:
     """
 
     def __init__(self, app: Flask, wsgi_app: WSGIApplication) -> None:
-        from app.web import HSTS, SECURITY_HEADERS
+        from app.web import hook_headers
 
         self.wsgi_app = wsgi_app
         self.cache: PageCache = app.extensions["pyshelf.pages"]
-        self.fixed = [*app.extensions["pyshelf.devpi_headers"].items(), *SECURITY_HEADERS.items()]
-        self.hsts = ("Strict-Transport-Security", HSTS)
+        self.fixed, self.hsts = hook_headers(app)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD")

@@ -166,6 +166,13 @@ def tar_gz_bytes(
     return buffer.getvalue()
 
 
+def wheel_metadata(data: bytes) -> bytes:
+    """A wheel's METADATA: what its PEP 658 sidecar is."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        return archive.read(name)
+
+
 def make_wheel(
     name: str = "demo-pkg",
     version: str = "1.0.0",

@@ -30,6 +30,7 @@ TABLES = {
     "mirror_blobs",
     "cached_pages",
     "page_cache_state",
+    "mirror_sidecars",
 }
 
 

@@ -12,7 +12,6 @@ import hashlib
 import io
 import logging
 import os
-import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,11 +26,13 @@ from app.config import Settings
 from app.db import Database
 from app.locks import Lock, Locks
 from app.mirror import STALE_HEADER, Mirror, _flush_at_exit
-from app.models import MirrorPage, MirrorStats
+from app.models import MirrorPage, MirrorSidecar, MirrorStats
 from app.storage import LocalStorage
 from app.upstream import UpstreamError
-from tests.builders import make_wheel
+from tests.blobs import stored_blob
+from tests.builders import make_wheel, wheel_metadata
 from tests.fake_upstream import FakeUpstream
+from tests.test_files import Views
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 JSON = {"Accept": MIME_JSON}
@@ -40,13 +41,6 @@ JSON = {"Accept": MIME_JSON}
 def sha256(data: bytes) -> str:
     """Lowercase hex sha256."""
     return hashlib.sha256(data).hexdigest()
-
-
-def wheel_metadata(data: bytes) -> bytes:
-    """A wheel's METADATA: what its PEP 658 sidecar is."""
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-        return archive.read(name)
 
 
 class Clock:
@@ -577,3 +571,90 @@ def test_counters_flush_on_a_miss_and_at_exit(mirror_app, mc, demo):
     counters = the_mirror(mirror_app).counters
     _flush_at_exit(lambda: counters)  # what atexit calls in a gunicorn worker
     assert row() == (2, 1, len(demo[1]))
+
+
+# --- cached files and sidecars in front of Flask (app/files.py CachedFiles) -----------------------
+
+
+@pytest.fixture
+def mirror_views(mirror_app: Any) -> Views:
+    """release_file of the mirror app, counted."""
+    return Views(mirror_app)
+
+
+@pytest.fixture
+def mirrored(fake_upstream: Any) -> dict[str, Any]:
+    """mirror-files 1.0 on the fake upstream, with its sidecar."""
+    filename, data = make_wheel("mirror-files", "1.0", files={"m/x.bin": os.urandom(4000)})
+    fake_upstream.add_file("mirror-files", filename, data, metadata=wheel_metadata(data))
+    return {"filename": filename, "data": data, "metadata": wheel_metadata(data)}
+
+
+def sidecars(app: Any) -> list[tuple[str, str]]:
+    """The recorded (file sha256, sidecar sha256) pairs."""
+    with app.extensions["pyshelf.db"].session() as session:
+        rows = session.execute(select(MirrorSidecar.dist_sha256, MirrorSidecar.metadata_sha256))
+        return [tuple(row) for row in rows]
+
+
+def test_a_cached_mirror_file_is_sent_before_flask_and_counted_as_a_hit(
+    mirror_app: Any, mc: Any, mirror_views: Views, fake_upstream: Any, mirrored: dict
+) -> None:
+    """R89, R95: the first request fetches through the view; the next is a hit in front of it."""
+    url = file_url(mc, mirrored["filename"], "mirror-files")
+    first = mc.get(url)
+    assert (first.status_code, first.get_data(), mirror_views.calls) == (200, mirrored["data"], 1)
+    second = mc.get(url)
+    assert (second.status_code, second.get_data()) == (200, mirrored["data"])
+    assert mirror_views.calls == (1 if mirror_views.fast_path else 2)
+    counters = mirror_app.extensions["pyshelf.mirror"].counters
+    assert sum(row[0] for row in counters.pending.values()) >= 1  # the hit, not yet flushed
+    assert fake_upstream.count("/files/") == 1
+
+
+def test_a_mirrored_sidecar_is_found_by_its_files_sha256_after_the_first_request(
+    mirror_app: Any, mc: Any, mirror_views: Views, fake_upstream: Any, mirrored: dict
+) -> None:
+    """R13: the first request decodes the page and records the sidecar; the next ones are sent
+    by the file's key without Flask, byte-for-byte, and the upstream is asked once."""
+    url = file_url(mc, mirrored["filename"], "mirror-files") + ".metadata"
+    key = url.split("/+f/")[1].split("/")[0]
+    digest = hashlib.sha256(mirrored["metadata"]).hexdigest()
+    for _ in range(3):
+        response = mc.get(url)
+        assert (response.status_code, response.get_data()) == (200, mirrored["metadata"])
+    assert mirror_views.calls == (1 if mirror_views.fast_path else 3)
+    assert sidecars(mirror_app) == [(key, digest)]
+    assert fake_upstream.count("/files/") == 1
+
+
+def test_a_sidecar_the_upstream_corrects_is_fetched_again_not_served_stale(
+    mirror_app: Any, mc: Any, fake_upstream: Any, mirrored: dict, clock: Any
+) -> None:
+    """R89: when the upstream page lists the file with another metadata hash, the recorded
+    sidecar is dropped and the new one fetched and checked against the new hash."""
+    url = file_url(mc, mirrored["filename"], "mirror-files") + ".metadata"
+    assert mc.get(url).get_data() == mirrored["metadata"]
+    corrected = mirrored["metadata"] + b"Keywords: corrected\n"
+    fake_upstream.add_file(
+        "mirror-files", mirrored["filename"], mirrored["data"], metadata=corrected
+    )
+    clock.advance(3600)  # the cached page is due for a check
+    assert mc.get("/root/pypi/+simple/mirror-files/", headers=JSON).status_code == 200
+
+    again = mc.get(url)
+    assert (again.status_code, again.get_data()) == (200, corrected)
+    assert [digest for _, digest in sidecars(mirror_app)] == [hashlib.sha256(corrected).hexdigest()]
+
+
+def test_an_evicted_sidecar_is_fetched_again_through_the_view(
+    mirror_app: Any, mc: Any, mirror_views: Views, fake_upstream: Any, mirrored: dict
+) -> None:
+    """A recorded sidecar whose blob is gone is not a 404: the view fetches it again."""
+    url = file_url(mc, mirrored["filename"], "mirror-files") + ".metadata"
+    assert mc.get(url).status_code == 200
+    stored_blob(mirror_app, hashlib.sha256(mirrored["metadata"]).hexdigest()).unlink()
+
+    again = mc.get(url)
+    assert (again.status_code, again.get_data()) == (200, mirrored["metadata"])
+    assert fake_upstream.count("/files/") == 2

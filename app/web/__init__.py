@@ -118,6 +118,13 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
+def hook_headers(app: Flask) -> tuple[list[tuple[str, str]], tuple[str, str]]:
+    """The headers the app's hooks add to every response (devpi's, the security headers) and
+    the HSTS one for HTTPS requests: for answers made without Flask (CachedPages, CachedFiles)."""
+    fixed = [*app.extensions["pyshelf.devpi_headers"].items(), *SECURITY_HEADERS.items()]
+    return fixed, ("Strict-Transport-Security", HSTS)
+
+
 def init_app(app: Flask) -> None:
     """Sessions, CSRF protection, security headers and template helpers for the web UI."""
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked by _protect_cookie_requests instead

@@ -15,9 +15,8 @@ from app.config import Settings
 from app.db import Database
 from app.models import MirrorPage
 from app.web import pages
-from tests.builders import make_wheel
+from tests.builders import make_wheel, wheel_metadata
 from tests.fake_upstream import FakeUpstream
-from tests.test_mirror import wheel_metadata
 from tests.web.helpers import ADMIN, HTML, JSON, upload
 
 

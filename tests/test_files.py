@@ -1,0 +1,151 @@
+"""Release files and sidecars at /USER/INDEX/+f/SHA256/FILENAME: the view (app/files.py
+release_file) and the WSGI fast path in front of it (CachedFiles), which must answer exactly as
+the view does for what it serves and leave everything else to it.
+
+Cites STANDARDS.md R13 (PEP 658 sidecars), R42-R44 (ranges, validators), R46 (the sha256 names
+the bytes), R49 (immutable caching), R52 (read access). Mirrored files and sidecars in front of
+Flask are tested in tests/test_mirror.py, with its fake upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import pytest
+
+from app.files import CachedFiles
+from tests.blobs import stored_blob
+from tests.builders import make_wheel, wheel_metadata
+from tests.test_upload import fast_password_hashes, upload  # noqa: F401 - autouse fixture
+
+JSON = {"Accept": "application/vnd.pypi.simple.v1+json"}
+VOLATILE = ("X-Request-ID", "Date")
+
+
+class Views:
+    """Counts the requests that reach release_file (the rest were answered in front of Flask)."""
+
+    def __init__(self, app: Any) -> None:
+        self.calls = 0
+        # Blobs in S3 always take the view (streamed or redirected after its access check).
+        self.fast_path = hasattr(app.extensions["pyshelf.storage"], "local_path")
+        view = app.view_functions["files.release_file"]
+
+        def counted(**kwargs: Any) -> Any:
+            self.calls += 1
+            return view(**kwargs)
+
+        app.view_functions["files.release_file"] = counted
+
+
+@pytest.fixture
+def views(app: Any) -> Views:
+    """release_file of the unit app, counted."""
+    return Views(app)
+
+
+@pytest.fixture
+def hosted(client: Any, admin_auth: dict[str, str]) -> dict[str, Any]:
+    """filepkg 1.0 uploaded to admin/dev: its wheel, sidecar bytes and +f URL."""
+    filename, data = make_wheel("filepkg", "1.0", files={"filepkg/x.bin": os.urandom(5000)})
+    assert upload(client, filename, data, headers=admin_auth).status_code == 200
+    page = client.get("/admin/dev/+simple/filepkg/", headers=JSON).get_json()
+    url = next(f["url"] for f in page["files"] if f["filename"] == filename)
+    return {"filename": filename, "data": data, "metadata": wheel_metadata(data), "url": url}
+
+
+def headers_of(response: Any) -> dict[str, str]:
+    """The headers to compare. flask-login reads the session on every view response, so the
+    view adds `Vary: Cookie`, which bytes named by their sha256 do not depend on."""
+    headers = {k: v for k, v in response.headers.items() if k not in VOLATILE}
+    if headers.get("Vary") == "Cookie":
+        del headers["Vary"]
+    return headers
+
+
+def from_view(monkeypatch: pytest.MonkeyPatch, client: Any, url: str, **kwargs: Any) -> Any:
+    """The same request answered by release_file (the fast path turned off)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(CachedFiles, "_find", lambda *args: None)
+        return client.get(url, **kwargs)
+
+
+@pytest.mark.parametrize("sidecar", [False, True], ids=["wheel", "sidecar"])
+def test_a_public_upload_is_sent_before_flask_exactly_as_the_view_sends_it(
+    monkeypatch: pytest.MonkeyPatch, client: Any, views: Views, hosted: dict, sidecar: bool
+) -> None:
+    """R13, R49: the fast path's status, headers and bytes are the view's."""
+    url = hosted["url"] + (".metadata" if sidecar else "")
+    fast = client.get(url)
+    assert views.calls == (0 if views.fast_path else 1)
+    slow = from_view(monkeypatch, client, url)
+
+    assert fast.status == slow.status == "200 OK"
+    assert fast.get_data() == slow.get_data() == hosted["metadata" if sidecar else "data"]
+    assert headers_of(fast) == headers_of(slow)
+    expected_type = "text/plain; charset=utf-8" if sidecar else "application/octet-stream"
+    assert fast.headers["Content-Type"] == expected_type
+    assert "immutable" in fast.headers["Cache-Control"]
+
+
+def test_head_of_a_stored_file_has_its_length_and_no_body(
+    client: Any, views: Views, hosted: dict
+) -> None:
+    """HEAD before Flask: the length of the file, no bytes."""
+    head = client.head(hosted["url"])
+    assert (head.status_code, head.get_data()) == (200, b"")
+    assert views.calls == (0 if views.fast_path else 1)
+    assert head.headers["Content-Length"] == str(len(hosted["data"]))
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({"Range": "bytes=0-9"}, 206), ({"If-None-Match": "ETAG"}, 304)],
+    ids=["range", "revalidation"],
+)
+def test_ranges_and_revalidations_are_left_to_the_view(
+    client: Any, views: Views, hosted: dict, headers: dict[str, str], status: int
+) -> None:
+    """R42-R44: werkzeug's conditional rules stay in one place, the view."""
+    etag = client.get(hosted["url"]).headers["ETag"]
+    before = views.calls
+    sent = {k: v.replace("ETAG", etag) for k, v in headers.items()}
+    response = client.get(hosted["url"], headers=sent)
+    assert (response.status_code, views.calls - before) == (status, 1)
+    if status == 206:
+        assert response.get_data() == hosted["data"][:10]
+
+
+def test_a_restricted_index_goes_through_the_views_access_check(
+    client: Any, views: Views, hosted: dict, admin_auth: dict[str, str]
+) -> None:
+    """R52: nothing of an index that is not public is answered in front of Flask."""
+    patched = client.patch("/admin/dev", json={"acl_read": [":AUTHENTICATED:"]}, headers=admin_auth)
+    assert patched.status_code == 200, patched.get_data(as_text=True)
+
+    anonymous = client.get(hosted["url"])
+    assert anonymous.status_code == 401
+    reader = client.get(hosted["url"], headers=admin_auth)
+    assert (reader.status_code, reader.get_data()) == (200, hosted["data"])
+    assert views.calls == 2
+
+
+def test_a_sha256_under_another_filename_is_a_404_from_the_view(
+    client: Any, views: Views, hosted: dict
+) -> None:
+    """R46: the URL must name this index's file exactly; the fast path does not guess."""
+    wrong = hosted["url"].replace(hosted["filename"], "filepkg-2.0-py3-none-any.whl")
+    response = client.get(wrong)
+    assert (response.status_code, views.calls) == (404, 1)
+
+
+def test_a_blob_missing_from_the_store_is_a_404_that_says_so(
+    app: Any, client: Any, views: Views, hosted: dict
+) -> None:
+    """A lost blob falls through to the view, whose reason names the file."""
+    stored_blob(app, hashlib.sha256(hosted["data"]).hexdigest()).unlink()
+    response = client.get(hosted["url"])
+    assert (response.status_code, views.calls) == (404, 1)
+    assert "missing from the blob store" in response.get_data(as_text=True)
