@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, g
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, Select, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -119,6 +119,33 @@ class Database:
             yield session
         finally:
             session.close()
+
+
+class FastRead:
+    """A Core SELECT compiled once for the database and run on a pooled DBAPI connection (no
+    ORM, no type processing, no BEGIN: one autocommit read on SQLite): for the few reads on
+    the hot paths that answer before Flask (stored pages, stored files)."""
+
+    def __init__(self, database: Database, statement: Select) -> None:
+        self.engine = database.engine
+        compiled = statement.compile(dialect=self.engine.dialect)
+        self.sql, self.positions = compiled.string, compiled.positiontup
+        self.constants = compiled.params  # the statement's own literals (LIMIT, ...)
+
+    def one(self, **params: Any) -> tuple[Any, ...] | None:
+        """The first row for these bind parameters, as the driver returns it, or None."""
+        values = {**self.constants, **params}
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(
+                self.sql, [values[p] for p in self.positions] if self.positions else values
+            )
+            row = cursor.fetchone()
+            cursor.close()
+        finally:
+            connection.close()  # back to the pool, which rolls back
+        return row
 
 
 def get_session() -> Session:

@@ -14,7 +14,7 @@ from sqlalchemy import Select, bindparam, exists, func, select
 from werkzeug.http import http_date
 
 from app.auth import require_read
-from app.db import get_session
+from app.db import FastRead, get_session
 from app.dists import InvalidDistribution, parse_filename
 from app.errors import HTTPError
 from app.indexes import get_index
@@ -199,11 +199,8 @@ class CachedFiles:
         self.wsgi_app = wsgi_app
         self.local_path = getattr(app.extensions["pyshelf.storage"], "local_path", None)
         self.mirror = app.extensions["pyshelf.mirror"]
-        self.database = app.extensions["pyshelf.db"]
+        self.lookup = FastRead(app.extensions["pyshelf.db"], _blob_lookup())
         self.fixed, self.hsts = hook_headers(app)
-        compiled = _blob_lookup().compile(dialect=self.database.engine.dialect)
-        self.sql, self.positions = compiled.string, compiled.positiontup
-        self.constants = compiled.params  # the query's own literals (LIMIT, "")
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD")
@@ -259,22 +256,7 @@ class CachedFiles:
         """(index id, blob key, whether a mirror cached it) of a public index's stored file."""
         is_metadata = filename.endswith(METADATA_SUFFIX)
         dist_filename = filename.removesuffix(METADATA_SUFFIX)
-        params = {
-            **self.constants,
-            "user": user,
-            "index": index,
-            "key": key,
-            "filename": dist_filename,
-        }
-        positions = self.positions
-        connection = self.database.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(self.sql, [params[p] for p in positions] if positions else params)
-            row = cursor.fetchone()
-            cursor.close()
-        finally:
-            connection.close()  # back to the pool, which rolls back
+        row = self.lookup.one(user=user, index=index, key=key, filename=dist_filename)
         if row is None or not _is_public(row[2]):
             return None
         index_id, index_type, _, hosted, mirrored, sidecar = row

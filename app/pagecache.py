@@ -20,7 +20,7 @@ from sqlalchemy import Select, bindparam, case, delete, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.db import Database, begin_write
+from app.db import Database, FastRead, begin_write
 from app.models import CachedPage, PageCacheState
 
 GZIP_MIN_BYTES = 8192  # smaller pages fit in a few packets as they are
@@ -73,13 +73,9 @@ class PageCache:
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        # The lookup runs on every page request: compiled once for this database, executed
-        # on a pooled DBAPI connection (no ORM, no BEGIN: one autocommit read on SQLite).
-        dialect = database.engine.dialect
-        self.lookups: dict[bool, tuple[str, list[str] | None]] = {}
-        for want_gzip in (False, True):
-            compiled = _lookup(want_gzip).compile(dialect=dialect)
-            self.lookups[want_gzip] = (compiled.string, compiled.positiontup)
+        self.lookups = {
+            want_gzip: FastRead(database, _lookup(want_gzip)) for want_gzip in (False, True)
+        }
 
     def get(self, key: PageKey, seen_etags: frozenset[str], want_gzip: bool) -> Hit | None:
         """The stored page, or None when there is none or its mirror data is due for a check.
@@ -87,21 +83,12 @@ class PageCache:
         `seen_etags` are the client's If-None-Match tags (gzip suffix removed): when the stored
         ETag is among them the body is not even read.
         """
-        params = {
-            "seen": next(iter(seen_etags)) if len(seen_etags) == 1 else "",
-            "name": key.normalized_name,
-            "index_path": key.index_path,
-            "variant": key.variant,
-        }
-        sql, positions = self.lookups[want_gzip]
-        connection = self.database.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(sql, [params[p] for p in positions] if positions else params)
-            row = cursor.fetchone()
-            cursor.close()
-        finally:
-            connection.close()  # back to the pool, which rolls back
+        row = self.lookups[want_gzip].one(
+            seen=next(iter(seen_etags)) if len(seen_etags) == 1 else "",
+            name=key.normalized_name,
+            index_path=key.index_path,
+            variant=key.variant,
+        )
         if row is None:
             return None
         etag, has_gzip, cache_control, is_public, expires, data = row
