@@ -43,8 +43,13 @@ SESSION_FINGERPRINT_KEY = "_password_fp"  # in the web session: see bind_session
 # devpi-server >= 6 stores them, and its older salted sha256 as "devpi-sha256$SALT$HEXDIGEST".
 ARGON2_PREFIX = "$argon2"
 DEVPI_SHA256_PREFIX = "devpi-sha256$"
-# A constant-time dummy hash, checked when the username is unknown so timing reveals nothing.
-_DUMMY_HASH = generate_password_hash("not a password")
+# Checked when the username is unknown, so timing reveals nothing: a hash of "not a password"
+# made by hash_password (same KDF and cost; a literal: hashing at import costs every process
+# 75 ms of CPU at start). tests/web/test_account.py checks it against hash_password's.
+_DUMMY_HASH = (
+    "scrypt:32768:8:1$17o9n30EDKXwvmlP$3a7a821ebefe26f438f5cb4a4c69c6fadd99438354b8721d5ede4df"
+    "007672612a7dc7336fabe3b490046fe7573cdc3d534fe7ce69e3417cb6f9bcbdca9f9ac66"
+)
 
 
 def hash_password(password: str) -> str:
