@@ -30,7 +30,7 @@ run: $(VENV)/.installed ## start the server on port 3141 (data in ./data)
 SCALE_TESTS := tests/test_upload.py tests/test_backup.py tests/test_integrity.py \
 	tests/test_cache.py tests/test_storage.py tests/test_locks.py tests/test_database.py \
 	tests/test_files.py \
-	tests/test_pagecache.py tests/test_migrations.py tests/test_mirror.py \
+	tests/test_pagecache.py tests/test_migrations.py tests/test_schema.py tests/test_mirror.py \
 	tests/e2e/test_publish.py tests/e2e/test_mirror.py tests/e2e/test_operations.py \
 	tests/e2e/test_page_cache.py tests/e2e/test_bootstrap.py
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +23,7 @@ from app.config import Settings
 from app.db import Database
 from app.indexes import get_index_by_path
 from app.models import Index, MirrorPage, User, utcnow
-from tests.conftest import ADMIN_PASSWORD, TEST_STORAGE, basic_auth
+from tests.conftest import ADMIN_PASSWORD, ROOT, TEST_STORAGE, basic_auth, clean_env
 from tests.test_upload import fast_password_hashes  # noqa: F401 - autouse fixture
 
 DEAD_UPSTREAM = "http://127.0.0.1:9/simple/"
@@ -401,3 +403,24 @@ def test_bad_configuration_exits_2_before_doing_anything(
     assert "MAX_UPLOAD_SIZE" in err
     assert "LOG_LEVEL" in err
     assert not env.exists()
+
+
+def test_a_command_of_another_module_fails_in_one_line_under_python_m(tmp_path: Path) -> None:
+    """`python -m app.cli` (entrypoint.sh) reports a CommandError raised in another module
+    (import-devpi, backup, ...) as one line and exit 1, not as a traceback."""
+    env = clean_env(DATA_DIR=str(tmp_path / "data"), ADMIN_PASSWORD=ADMIN_PASSWORD)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "import-devpi", str(tmp_path / "missing")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("pyshelf: ")
+    assert "dataindex.json does not exist" in done.stderr
