@@ -131,13 +131,16 @@ class FastRead:
         compiled = statement.compile(dialect=self.engine.dialect)
         self.sql, self.positions = compiled.string, compiled.positiontup
         self.constants = compiled.params  # the statement's own literals (LIMIT, ...)
+        # psycopg: binary results, so that a stored page comes back as its bytes, not as hex
+        # text to decode (a third of a 10,000-file page's time)
+        self.cursor_options = {"binary": True} if self.engine.dialect.name == "postgresql" else {}
 
     def one(self, **params: Any) -> tuple[Any, ...] | None:
         """The first row for these bind parameters, as the driver returns it, or None."""
         values = {**self.constants, **params}
         connection = self.engine.raw_connection()
         try:
-            cursor = connection.cursor()
+            cursor = connection.cursor(**self.cursor_options)
             cursor.execute(
                 self.sql, [values[p] for p in self.positions] if self.positions else values
             )
