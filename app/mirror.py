@@ -34,7 +34,7 @@ from app import metrics
 from app.cache import MirrorCache
 from app.config import Settings
 from app.db import Database, begin_write, get_session
-from app.dists import Hashes, InvalidDistribution, parse_filename
+from app.dists import InvalidDistribution, parse_filename
 from app.errors import HTTPError
 from app.files import METADATA_MIMETYPE, send_blob
 from app.indexes import Dist, file_path
@@ -692,12 +692,14 @@ class Mirror:
         def generate() -> Iterator[bytes]:
             is_client_gone = False
             try:
-                hashes = Hashes()
-                held = b""
+                # Only the sha256 is checked: md5 and blake2b (uploads keep them) would cut the
+                # first download's speed by three.
+                digest, size, held = hashlib.sha256(), 0, b""
                 for chunk in iter_raw(upstream_response, chunk_bytes=CHUNK_BYTES):
                     part.write(chunk)
                     part.flush()  # followers in other workers read the part file as it grows
-                    hashes.update(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
                     if held and not is_client_gone:
                         try:
                             yield held
@@ -708,10 +710,12 @@ class Mirror:
                     held = chunk
                 # The last chunk is held back until the bytes are proven right (R89): a client
                 # never receives a complete wrong file, only a cut-off one.
-                if total is not None and hashes.size != total:
-                    raise UpstreamError(f"{filename}: got {hashes.size} of {total} bytes")
-                if hashes.sha256 != verify:
-                    raise UpstreamError(f"{filename}: sha256 {hashes.sha256} != expected {verify}")
+                if total is not None and size != total:
+                    raise UpstreamError(f"{filename}: got {size} of {total} bytes")
+                if digest.hexdigest() != verify:
+                    raise UpstreamError(
+                        f"{filename}: sha256 {digest.hexdigest()} != expected {verify}"
+                    )
                 os.fsync(part.fileno())
                 commit = getattr(storage, "commit_temp", None)
                 if commit is not None:
@@ -720,8 +724,8 @@ class Mirror:
                     part.seek(0)
                     storage.save(key, part)
                 release()  # before the last byte goes out: the client then sees a finished cache
-                counters.add(index.id, misses=1, fetched_bytes=hashes.size)
-                cache.record(index.id, key, hashes.size)
+                counters.add(index.id, misses=1, fetched_bytes=size)
+                cache.record(index.id, key, size)
                 if not is_client_gone:
                     yield held
             except Exception as exc:
