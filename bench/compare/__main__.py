@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from tests.conftest import free_port
+
 from . import clients, packages, report, scale
 from .clients import JSON_ACCEPT, median, percentile, record_pip
+from .floor import Floor
 from .packages import CACHE_DIR
 from .servers import (
     ROOT,
@@ -45,6 +48,7 @@ from .upstream import Upstream, ensure_tools, nginx_binary, prepared_upstream
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SERVER_NAMES = ("pyshelf", "devpi", "proxpi")
 UPSTREAM = "upstream"
+FLOOR = "gunicorn floor"  # bench/compare/floor.py
 TOOLS = ("pip", "uv")
 HTML_ACCEPT = "text/html"
 PAGE_PROJECTS = ("bench-pkg-02", packages.MANY_PROJECT)  # a 3-file page, the 10,000-file one
@@ -477,7 +481,7 @@ def measure_downloads(
     for number, order in enumerate(orders([*names, "static"], plan.runs)):
         for name in order:
             if name == "static":
-                sample = clients.download(upstream.files_url + huge.path, huge.size)
+                sample = clients.steady_download(upstream.files_url + huge.path, huge.size)
                 results["static"]["cached"].append(sample)
                 log(
                     f"download {number + 1}/{plan.runs} static: "
@@ -490,7 +494,7 @@ def measure_downloads(
                 idle_rss, _ = memory_kib(server.pids())
                 cold = clients.download(url, huge.size, server.pids)
                 server.wait_until_idle()  # proxpi may still be writing its copy
-                cached = clients.download(url, huge.size, server.pids)
+                cached = clients.steady_download(url, huge.size, server.pids)
             row = results[name]
             row["idle_rss_kib"].append(idle_rss)
             row["cold"].append(cold)
@@ -657,7 +661,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     results["memory_after_warm"][name] = {"rss_kib": rss, "pss_kib": pss}
                 if phases is None or "replay" in phases:
                     log("phase: replay of pip's requests")
-                    results["replay"] = measure_replay(replay_plans, plan)
+                    floor = Floor(
+                        upstream.www, upstream.files, free_port(), WEB_CONCURRENCY, THREADS
+                    )
+                    floor.start()
+                    try:
+                        replay_plans[FLOOR] = [
+                            dataclasses.replace(r, url=r.url.replace(upstream.url, floor.url))
+                            for r in replay_plans[UPSTREAM]
+                        ]
+                        results["replay"] = measure_replay(replay_plans, plan)
+                    finally:
+                        floor.stop()
                 if phases is None or "pages" in phases:
                     log("phase: page throughput (wrk)")
                     encoding = recorded[0]["accept_encoding"]
