@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -311,6 +312,22 @@ def main(argv: list[str] | None = None) -> int:
                 _once(lambda: clients.download(cold_url, huge.size)),
             )
             print_summary("download-cold", summarize(raw), args.seconds)
+
+            # pip's requests on an empty server: pages, sidecars and files all from upstream
+            fresh = Pyshelf(work / "pyshelf-cold-replay", upstream.simple_url)
+            servers.append(fresh)
+            fresh.start()
+            fresh.wait_until_idle()
+            cold_plan = [
+                dataclasses.replace(r, url=r.url.replace(server.url, fresh.url)) for r in plan
+            ]
+            raw = record(
+                fresh,
+                args.out / "replay-cold",
+                args.seconds,
+                _once(lambda: clients.run_plan(cold_plan, 1)),
+            )
+            print_summary("replay-cold", summarize(raw), args.seconds)
         finally:
             for server in servers:
                 with contextlib.suppress(Exception):

@@ -143,6 +143,13 @@ def _targets(n: Numbers, results: dict[str, Any]) -> list[list[str]]:
         f"{_f(cached, 0)} vs {_f(static, 0)} MB/s",
         ok,
     )
+    first = {name: n.download(name, "cold") for name in SERVERS}
+    others = [first["devpi"], first["proxpi"]]
+    add(
+        "first download through the mirror ahead of devpi and proxpi (MB/s, hash checked)",
+        f"{_f(first['pyshelf'], 0)} vs {_f(first['devpi'], 0)} and {_f(first['proxpi'], 0)}",
+        None if None in first.values() else all(first["pyshelf"] > o for o in others),
+    )
     startup = n.startup("pyshelf")
     add("startup < 1.5 s", f"{_f(startup)} s", None if startup is None else startup < 1.5)
     p, d = n.idle_rss_mib("pyshelf"), n.idle_rss_mib("devpi")
@@ -155,6 +162,12 @@ def _targets(n: Numbers, results: dict[str, Any]) -> list[list[str]]:
         "streaming 200 MB adds < 20 MB",
         f"{_f(worst, 1)} MiB",
         None if worst is None else worst < 20 * 1e6 / (1 << 20),
+    )
+    uv, base = n.install("uv", "pyshelf warm"), n.install("uv", "upstream")
+    add(
+        "warm `uv pip install` within 1.2x of the static upstream",
+        _ratio(uv, base),
+        None if None in (uv, base) else uv <= 1.2 * base,
     )
     p, u = n.replay_warm("pyshelf"), n.replay_warm("upstream")
     f = n.replay_warm("gunicorn floor")
