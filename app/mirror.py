@@ -283,7 +283,6 @@ class Mirror:
         try:
             fetched = self.upstream.fetch_project(url, name, etag=etag, last_modified=last_modified)
         except UpstreamNotFound:
-            self._note_upstream(index, None)
             return self._save(index, name, None)
         except UpstreamError as exc:
             self._note_upstream(index, str(exc))
@@ -291,16 +290,17 @@ class Mirror:
                 return self._stale(index, page, str(exc))
             log.error("upstream %s failed for %s: %s", mask_url(url), name, exc)
             raise
-        self._note_upstream(index, None)
         if fetched is None:  # 304 Not Modified: the cached page is fresh again
             return self._save(index, name, "not-modified")
         return self._save(index, name, fetched)
 
     def _save(self, index: Index, name: str, fetched: Any) -> MirrorPage | None:
+        """Store what the upstream answered, and that it answered, in one transaction."""
         with self.database.session() as session:
             begin_write(session)
             page = self._load(session, index, name)
             now = utcnow()
+            _stats_row(session, index.id).last_ok_at = now
             if page is None:
                 page = MirrorPage(index_id=index.id, normalized_name=name, name=name, files=[])
                 session.add(page)
@@ -322,16 +322,14 @@ class Mirror:
             session.commit()
         return page if page.is_found else None
 
-    def _note_upstream(self, index: Index, error: str | None) -> None:
+    def _note_upstream(self, index: Index, error: str) -> None:
+        """Record an upstream failure (a success is recorded with what it brought, in _save)."""
+        metrics.count_upstream_error(index.path)
         try:
             with self.database.session() as session:
                 begin_write(session)
                 row = _stats_row(session, index.id)
-                if error is None:
-                    row.last_ok_at = utcnow()
-                else:
-                    metrics.count_upstream_error(index.path)
-                    row.last_error, row.last_error_at = error[:1000], utcnow()
+                row.last_error, row.last_error_at = error[:1000], utcnow()
                 session.commit()
         except Exception:
             log.exception("could not record upstream state of %s", index.path)

@@ -206,6 +206,30 @@ def test_an_upstream_404_is_cached_for_the_not_found_expiry(mc, fake_upstream, c
     assert fake_upstream.count("/simple/soon/") == 2
 
 
+def test_every_upstream_answer_is_recorded_with_what_it_brought(
+    mirror_app, mc, fake_upstream, clock
+):
+    """/+status's upstream state: an answer (200, 304 or 404) sets last_ok_at in the page's own
+    transaction, a failure last_error_at; the later of the two says how the upstream is."""
+
+    def stats() -> tuple[Any, Any]:
+        with mirror_app.extensions["pyshelf.db"].session() as session:
+            row = session.scalar(select(MirrorStats))
+            return row.last_ok_at, row.last_error_at
+
+    assert mc.get("/root/pypi/+simple/nothing-here/").status_code == 404
+    assert stats() == (clock.now, None)
+    clock.advance(60)
+    fake_upstream.fail("503")
+    assert mc.get("/root/pypi/+simple/other/").status_code == 502
+    ok_at, error_at = stats()
+    assert ok_at < error_at == clock.now
+    clock.advance(60)
+    fake_upstream.fail(None)
+    assert mc.get("/root/pypi/+simple/third/").status_code == 404
+    assert stats() == (clock.now, error_at)
+
+
 def test_the_mirror_project_list_shows_cached_projects_only(mc, fake_upstream, demo):
     """R6, issue item 1: no upstream list; cached pages listed, remembered 404s not."""
     mc.get("/root/pypi/+simple/mirror-demo/")
