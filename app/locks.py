@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -92,12 +92,7 @@ class FileLock:
         if timeout_seconds is None:
             fcntl.flock(self.fd, self.mode)
             return True
-        deadline = time.monotonic() + timeout_seconds
-        while not self.try_acquire():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(POLL_SECONDS)
-        return True
+        return _poll(self.try_acquire, timeout_seconds)
 
     def close(self) -> None:
         """Release the lock."""
@@ -105,6 +100,16 @@ class FileLock:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
+
+
+def _poll(try_acquire: Callable[[], bool], timeout_seconds: float) -> bool:
+    """Try every POLL_SECONDS until the lock is taken (True) or `timeout_seconds` pass."""
+    deadline = time.monotonic() + timeout_seconds
+    while not try_acquire():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_SECONDS)
+    return True
 
 
 class AdvisoryLock:
@@ -144,12 +149,7 @@ class AdvisoryLock:
             )
             self._held = True
             return True
-        deadline = time.monotonic() + timeout_seconds
-        while not self.try_acquire():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(POLL_SECONDS)
-        return True
+        return _poll(self.try_acquire, timeout_seconds)
 
     def _is_held(self) -> bool:
         return self._held and self.connection is not None
