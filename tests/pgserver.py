@@ -22,8 +22,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
+
+from tests import settings_defaults
 
 USER = "pyshelf"
 PASSWORD = "pyshelf-test-pw"  # scram over TCP: pg_dump and psql get it from pg_env()
@@ -205,42 +208,28 @@ def wait_until_ready(server: PostgresServer, timeout_seconds: float = 10.0) -> N
 SERVER: PostgresServer | None = None
 # Tests marked empty_database (migrations) get empty databases; the rest start migrated.
 EMPTY = False
-_original_post_init = None
 
 
-def _is_test_data_dir(data_dir: str | os.PathLike[str]) -> bool:
-    """Data directories under the temp folder are tests' own; others (./data) stay SQLite."""
-    temp = Path(tempfile.gettempdir()).resolve()
-    return temp in Path(data_dir).resolve().parents
+def _default_database(settings: Any) -> None:
+    if not settings.database_url:
+        assert SERVER is not None
+        object.__setattr__(settings, "database_url", SERVER.url_for_data_dir(settings.data_dir))
 
 
 def activate() -> PostgresServer:
     """Start the session's server; Settings for test data dirs then default to a database."""
-    global SERVER, _original_post_init
-    from app.config import Settings
-
+    global SERVER
     SERVER = PostgresServer().start()
     wait_until_ready(SERVER)
     SERVER.make_migrated_template()
-    _original_post_init = Settings.__post_init__
-
-    def post_init(settings: Settings) -> None:
-        if not settings.database_url and _is_test_data_dir(settings.data_dir):
-            assert SERVER is not None
-            object.__setattr__(settings, "database_url", SERVER.url_for_data_dir(settings.data_dir))
-        _original_post_init(settings)
-
-    Settings.__post_init__ = post_init  # type: ignore[method-assign]
+    settings_defaults.register(_default_database)
     return SERVER
 
 
 def deactivate() -> None:
     """Stop the session's server and give Settings back its own defaults."""
     global SERVER
-    from app.config import Settings
-
-    if _original_post_init is not None:
-        Settings.__post_init__ = _original_post_init  # type: ignore[method-assign]
+    settings_defaults.unregister(_default_database)
     if SERVER is not None:
         SERVER.stop()
         SERVER = None
@@ -248,7 +237,7 @@ def deactivate() -> None:
 
 def database_env(data_dir: str | os.PathLike[str] | None) -> dict[str, str]:
     """DATABASE_URL (and the SECRET_KEY it requires) for a subprocess using `data_dir`."""
-    if SERVER is None or not data_dir or not _is_test_data_dir(data_dir):
+    if SERVER is None or not data_dir or not settings_defaults.is_test_data_dir(data_dir):
         return {}
     # Empty: entrypoint.sh migrates it as on a real first start (and restore wants it empty).
     name = database_name(data_dir)

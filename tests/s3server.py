@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests import settings_defaults
+
 START_TIMEOUT_SECONDS = 30
 PREFIX = "blobs"  # a prefix, as most deployments share a bucket
 CREDENTIALS = {
@@ -145,48 +147,33 @@ def bucket_name(data_dir: str | os.PathLike[str]) -> str:
 # --- the session's server, as the fixtures in tests/conftest.py use it ---------------------
 
 SERVER: S3Server | None = None
-_original_post_init = None
 _original_environ: dict[str, str | None] = {}
 
 
-def _is_test_data_dir(data_dir: str | os.PathLike[str]) -> bool:
-    """Data directories under the temp folder are tests' own; others (./data) stay local."""
-    temp = Path(tempfile.gettempdir()).resolve()
-    return temp in Path(data_dir).resolve().parents
+def _default_bucket(settings: Any) -> None:
+    if not settings.storage_url:
+        assert SERVER is not None
+        url = SERVER.storage_url_for_data_dir(settings.data_dir)
+        object.__setattr__(settings, "storage_url", url)
+        if not settings.s3_endpoint_url:
+            object.__setattr__(settings, "s3_endpoint_url", SERVER.endpoint_url)
 
 
 def activate() -> S3Server:
     """Start the session's server; Settings for test data dirs then default to its bucket."""
-    global SERVER, _original_post_init
-    from app.config import Settings
-
+    global SERVER
     SERVER = S3Server().start()
     for name, value in CREDENTIALS.items():  # boto3 reads them from the environment
         _original_environ[name] = os.environ.get(name)
         os.environ[name] = value
-    _original_post_init = Settings.__post_init__
-    original = _original_post_init
-
-    def post_init(settings: Settings) -> None:
-        if not settings.storage_url and _is_test_data_dir(settings.data_dir):
-            assert SERVER is not None
-            url = SERVER.storage_url_for_data_dir(settings.data_dir)
-            object.__setattr__(settings, "storage_url", url)
-            if not settings.s3_endpoint_url:
-                object.__setattr__(settings, "s3_endpoint_url", SERVER.endpoint_url)
-        original(settings)
-
-    Settings.__post_init__ = post_init  # type: ignore[method-assign]
+    settings_defaults.register(_default_bucket)
     return SERVER
 
 
 def deactivate() -> None:
     """Stop the session's server and give Settings and the environment back their own."""
     global SERVER
-    from app.config import Settings
-
-    if _original_post_init is not None:
-        Settings.__post_init__ = _original_post_init  # type: ignore[method-assign]
+    settings_defaults.unregister(_default_bucket)
     for name, value in _original_environ.items():
         if value is None:
             os.environ.pop(name, None)
@@ -199,7 +186,7 @@ def deactivate() -> None:
 
 def storage_env(data_dir: str | os.PathLike[str] | None) -> dict[str, str]:
     """STORAGE_URL and S3_ENDPOINT_URL for a subprocess using `data_dir` (S3 runs only)."""
-    if SERVER is None or not data_dir or not _is_test_data_dir(data_dir):
+    if SERVER is None or not data_dir or not settings_defaults.is_test_data_dir(data_dir):
         return {}
     return {
         "STORAGE_URL": SERVER.storage_url_for_data_dir(data_dir),

@@ -384,11 +384,8 @@ def test_app_redirects_to_a_presigned_url_after_the_access_check(s3_app: Any) ->
     assert client.get(f"/admin/dev/+f/{'0' * 64}/{filename}").status_code == 404
 
 
-def test_app_answers_503_when_the_s3_endpoint_is_down(s3_app: Any) -> None:
-    app = s3_app()
-    client = app.test_client()
-    filename, data = _upload(client, "3.0")
-    storage = app.extensions["pyshelf.storage"]
+def unreachable(storage: S3Storage) -> S3Storage:
+    """The same bucket behind an endpoint nobody listens on, tried once per call."""
     down = S3Storage(
         storage.bucket,
         "pfx",
@@ -396,7 +393,15 @@ def test_app_answers_503_when_the_s3_endpoint_is_down(s3_app: Any) -> None:
         endpoint_url=f"http://127.0.0.1:{free_port()}",
     )
     down.client.meta.config.retries = {"max_attempts": 1}
-    app.extensions["pyshelf.storage"] = down
+    return down
+
+
+def test_app_answers_503_when_the_s3_endpoint_is_down(s3_app: Any) -> None:
+    app = s3_app()
+    client = app.test_client()
+    filename, data = _upload(client, "3.0")
+    storage = app.extensions["pyshelf.storage"]
+    app.extensions["pyshelf.storage"] = unreachable(storage)
     response = client.get(f"/admin/dev/+f/{_sha(data)}/{filename}")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "30"
@@ -415,14 +420,7 @@ def test_an_upload_while_the_s3_endpoint_is_down_is_503_and_leaves_no_temp_file(
 
     app = s3_app()
     storage = app.extensions["pyshelf.storage"]
-    down = S3Storage(
-        storage.bucket,
-        "pfx",
-        tmp_dir=storage.tmp_dir,
-        endpoint_url=f"http://127.0.0.1:{free_port()}",
-    )
-    down.client.meta.config.retries = {"max_attempts": 1}
-    app.extensions["pyshelf.storage"] = down
+    app.extensions["pyshelf.storage"] = unreachable(storage)
     filename, data = make_sdist("demo", "4.0")
     headers = {"Authorization": basic_auth("admin", ADMIN_PASSWORD)}
     result = upload(app.test_client(), filename, data, headers=headers)
