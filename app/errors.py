@@ -6,6 +6,7 @@ import errno
 import html
 import json
 import logging
+import unicodedata
 
 from flask import Flask, Response, request
 from sqlalchemy.exc import OperationalError
@@ -54,8 +55,19 @@ def too_many_logins(retry_after_seconds: int) -> HTTPError:
 
 
 def clean_reason(reason: str) -> str:
-    """One line, ISO-8859-1 safe, bounded: what an HTTP/1.1 status line can carry."""
-    line = " ".join(reason.split())
+    """One line, ISO-8859-1 safe, bounded: what an HTTP/1.1 status line can carry.
+
+    RFC 9112 section 4 allows only tab, space, VCHAR and obs-text in a reason phrase; gunicorn
+    answers 500 ("Invalid status") to anything else. Control characters (C0 with CR and LF,
+    DEL, C1) are escaped as Python writes them (`\\x00`, `\\r`), not dropped, so a reason
+    that echoes an uploaded name still shows what was sent.
+    """
+    line = "".join(
+        char.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(char) == "Cc"
+        else char
+        for char in reason.strip()
+    )
     line = line.encode("latin-1", "replace").decode("latin-1")
     if len(line) > MAX_REASON_CHARS:
         line = line[: MAX_REASON_CHARS - 3] + "..."

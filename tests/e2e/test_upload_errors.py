@@ -197,6 +197,27 @@ def test_bad_upload_is_refused_with_its_status_line_and_changes_nothing(
     assert headers["Cache-Control"] == "no-store"  # R50: clients and proxies must not keep it
 
 
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        pytest.param("guar\x00ded", "guar\\x00ded", id="nul"),
+        pytest.param("guarded\r\nX-Injected: 1", "guarded\\r\\nX-Injected: 1", id="crlf"),
+        pytest.param("\x1b[31mgu\x85ard\x7fed", "\\x1b[31mgu\\x85ard\\x7fed", id="escape-c1-del"),
+    ],
+)
+def test_upload_with_control_characters_in_name_is_a_400_with_them_escaped_in_the_reason(
+    guarded: LiveServer, unchanged: Snapshot, name: str, shown: str
+) -> None:
+    """A reason echoing a control character once made gunicorn answer 500 ("Invalid status");
+    now the status line carries it escaped, as Python writes it (RFC 9112 section 4)."""
+    status, headers, body, reason = raw_upload(guarded, "admin/dev", *NEW_WHEEL, name=name)
+
+    expected = f"'{shown}' is an invalid value for Name."
+    assert (status, reason) == (400, expected)
+    assert body.decode() == expected + "\n"
+    assert "X-Injected" not in headers
+
+
 def test_upload_without_credentials_is_challenged_with_401(
     guarded: LiveServer, unchanged: Snapshot
 ) -> None:

@@ -12,8 +12,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import tarfile
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ from hypothesis import strategies as st
 from app.config import Settings
 from app.models import DocSet, File
 from tests.builders import make_sdist, make_wheel, tar_gz_bytes, zip_bytes
+from tests.conftest import basic_auth
 from tests.test_upload import (  # noqa: F401 - autouse fixture
     count_rows,
     fast_password_hashes,
@@ -51,6 +54,9 @@ WHEEL, WHEEL_BYTES = make_wheel("fuzz-pkg", "1.0.0")
 SDIST, SDIST_BYTES = make_sdist("fuzz-pkg", "1.0.0")
 STAGE = "/admin/dev/"
 CYRILLIC_A = "\u0430"  # looks like 'a'
+# RFC 9112 section 4: the reason phrase is HTAB / SP / VCHAR / obs-text (gunicorn's own check,
+# stricter by C1 controls, which clean_reason escapes too).
+STATUS_LINE = re.compile(r"[0-9]{3}(?: [\t\x20-\x7e\xa0-\xff]*)?")
 
 HOSTILE_STRINGS = [
     "",
@@ -93,6 +99,12 @@ hostile_text = st.one_of(
     st.text(max_size=200),
     st.text(alphabet=st.characters(codec="latin-1"), max_size=50),
 )
+# Text with control characters (C0 with NUL, CR and LF, DEL, C1) among ordinary ones.
+control_text = st.text(
+    alphabet=st.characters(categories=["Cc"]) | st.sampled_from("fuzz-pkg 1.0"),
+    min_size=1,
+    max_size=40,
+).filter(lambda text: any(unicodedata.category(char) == "Cc" for char in text))
 UPLOAD_FIELDS = [
     ":action",
     "protocol_version",
@@ -132,9 +144,15 @@ def snapshot(app: Any, settings: Settings) -> Snapshot:
     )
 
 
+def assert_status_line_is_valid(response: Any) -> None:
+    """The status line is one a real server may send: gunicorn answers 500 for any other."""
+    assert STATUS_LINE.fullmatch(response.status), f"not a valid status line: {response.status!r}"
+
+
 def check_answer(response: Any, before: Snapshot, after: Snapshot, *, may_store: bool) -> None:
-    """Never a 5xx, no temp file left; a rejection (anything but 200) stores nothing."""
+    """Never a 5xx, a valid status line, no temp file left; a rejection stores nothing."""
     detail = f"{response.status} {response.get_data()[:300]!r}"
+    assert_status_line_is_valid(response)
     assert response.status_code < 500, detail
     assert after.temps == frozenset(), f"temp files left: {sorted(after.temps)[:5]}"
     if response.status_code == 200:
@@ -220,6 +238,87 @@ def test_upload_with_hostile_filename_is_refused_with_4xx_and_stores_nothing(
     form["content"] = (io.BytesIO(WHEEL_BYTES), filename)
     response = post_form(client, form, admin_auth)
     check_answer(response, before, snapshot(app, settings), may_store=False)
+
+
+@FUZZ
+@given(
+    overrides=st.dictionaries(st.sampled_from(UPLOAD_FIELDS), control_text, min_size=1, max_size=3),
+    filename=st.one_of(st.just(WHEEL), control_text.map(lambda text: text + ".whl")),
+)
+def test_upload_with_control_characters_in_any_form_field_answers_a_valid_status_line(
+    app: Any,
+    client: Any,
+    settings: Settings,
+    admin_auth: dict[str, str],
+    overrides: dict[str, str],
+    filename: str,
+) -> None:
+    """A NUL in `name` once reached the status line and gunicorn answered 500 (issue #15)."""
+    CASES["upload control characters"] += 1
+    before = snapshot(app, settings)
+    form = upload_form(WHEEL, WHEEL_BYTES, **overrides)
+    form["content"] = (io.BytesIO(WHEEL_BYTES), filename)
+    response = post_form(client, form, admin_auth)
+    check_answer(response, before, snapshot(app, settings), may_store=filename == WHEEL)
+
+
+HEADER_TARGETS = [
+    ("POST", STAGE),
+    ("GET", "/admin/dev/+simple/fuzz-pkg/"),
+    ("GET", "/admin/dev/"),
+    ("PATCH", "/admin/dev"),
+    ("POST", "/+login"),
+]
+
+
+@FUZZ
+@given(
+    header=st.sampled_from(
+        [
+            "Authorization",
+            "X-Devpi-Auth",
+            "Accept",
+            "Content-Type",
+            "Origin",
+            "Sec-Fetch-Site",
+            "X-Forwarded-For",
+            "X-Forwarded-Host",
+            "X-Forwarded-Proto",
+            "X-Forwarded-Port",
+            "X-Forwarded-Prefix",
+        ]
+    ),
+    value=control_text,
+    target=st.sampled_from(HEADER_TARGETS),
+    peer=st.sampled_from(["127.0.0.1", "203.0.113.9"]),  # a trusted proxy, a stranger
+)
+def test_control_characters_in_headers_answer_a_valid_status_line(
+    client: Any,
+    admin_auth: dict[str, str],
+    header: str,
+    value: str,
+    target: tuple[str, str],
+    peer: str,
+) -> None:
+    """Control characters in a Basic username, Accept, Content-Type or X-Forwarded-* never
+    make a 5xx or an invalid status line, whether the peer is a trusted proxy or not."""
+    CASES["headers with control characters"] += 1
+    headers = dict(admin_auth)
+    if header == "Authorization":  # the username of Basic credentials
+        headers[header] = basic_auth(value, "password")
+    else:  # no CR or LF: they end a header line (the test client refuses them too)
+        headers[header] = value.replace("\r", "\x00").replace("\n", "\x00")
+    method, path = target
+    body = json.dumps({"title": "fuzz"}) if method == "PATCH" else "{}"
+    response = client.open(
+        path,
+        method=method,
+        headers=headers,
+        data=body,
+        content_type=headers.pop("Content-Type", "application/json"),
+        environ_base={"REMOTE_ADDR": peer},
+    )
+    _never_500(response)
 
 
 @st.composite
@@ -491,6 +590,7 @@ def _get(client: Any, path: str, accept_header: str | None, query: dict[str, str
 
 
 def _never_500(response: Any) -> None:
+    assert_status_line_is_valid(response)
     # root/pypi's upstream refuses connections here: 502/504 say so, as the style asks.
     assert response.status_code < 500 or response.status_code in (502, 504), (
         f"{response.status} {response.get_data()[:300]!r}"
@@ -663,6 +763,7 @@ def test_json_api_writes_with_random_bodies_and_content_types_never_fail(
         target, method=method, data=data, headers=admin_auth, content_type=content_type
     )
     assert response.status_code < 500, f"{method} {target} {data[:200]!r}: {response.status}"
+    assert_status_line_is_valid(response)
 
 
 # --- (4) documentation uploads ---------------------------------------------------------------
