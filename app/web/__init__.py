@@ -66,6 +66,8 @@ bp = Blueprint(
 csrf = CSRFProtect()
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+JSON_BLUEPRINTS = frozenset({"api", "devpi"})  # endpoints whose request bodies are JSON
+DEFAULT_PORTS = {"http": 80, "https": 443}
 # The UI has no JavaScript and no inline styles: a page may load only its own stylesheet and
 # images (README badges come from https), and no other site may frame it (clickjacking).
 # Docs (+doc) send their own sandboxing policy (app/web/docs.py), which is kept.
@@ -92,21 +94,88 @@ class SessionInterface(SecureCookieSessionInterface):
         return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
 
 
-def _protect_cookie_requests() -> None:
-    """CSRF-check unsafe requests that a browser's cookie could authenticate.
+def _protect_unsafe_requests() -> None:
+    """Refuse state changes that a page on another site could make a browser send (CSRF).
 
-    Requests with an Authorization header (twine, pip, scripts using the JSON API) carry their
-    own credentials and need no token; nor do cookie-less requests outside the web UI (`curl
-    -X POST .../+simple/NAME/refresh`). Every web form is checked, cookie or not (login CSRF).
+    Browsers attach the session cookie and also cached Basic credentials (after any 401
+    challenge) to requests that other sites trigger, so no credential exempts a request:
+    every web form needs its CSRF token; the JSON API, uploads and the other client endpoints
+    refuse what a browser marks as another site's (`Sec-Fetch-Site: cross-site`, a foreign
+    `Origin`), check the token when a session cookie is the credential, and JSON endpoints take
+    only `Content-Type: application/json`, which no form can send. pip, twine, uv, poetry,
+    devpi-client and curl send neither `Origin` nor `Sec-Fetch-Site`.
     """
-    if not current_app.config.get("WTF_CSRF_ENABLED", True) or request.method in SAFE_METHODS:
+    if request.method in SAFE_METHODS:
         return
-    if request.headers.get("Authorization") or request.headers.get("X-Devpi-Auth"):
-        return  # a custom header: browsers cannot add it to a cross-site request
-    if request.endpoint == "web.login" and request.is_json:
-        return  # devpi-client logs in with a JSON body (app/devpi.py): no cookie involved
-    if request.blueprint == "web" or current_app.config["SESSION_COOKIE_NAME"] in request.cookies:
+    check_token = current_app.config.get("WTF_CSRF_ENABLED", True)
+    is_json_login = request.endpoint == "web.login" and request.is_json  # devpi-client
+    if request.blueprint == "web" and not is_json_login:
+        if check_token:
+            csrf.protect()  # login CSRF too: checked with or without a session
+        return
+    _refuse_cross_site()
+    has_header_credentials = request.headers.get("Authorization") or request.headers.get(
+        "X-Devpi-Auth"
+    )  # a header a page cannot set: no cookie is used then (app/auth.py)
+    cookie = current_app.config["SESSION_COOKIE_NAME"]
+    if check_token and not has_header_credentials and cookie in request.cookies:
         csrf.protect()
+    if request.blueprint in JSON_BLUEPRINTS or is_json_login:
+        _require_json_body()
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL (RFC 6454 section 4), None for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme]
+
+
+def _refuse_cross_site() -> None:
+    """403 for a request that a browser says another site's page made (Fetch Metadata,
+    RFC 6454 `Origin`; `Origin: null` comes from sandboxes and counts as foreign)."""
+    if request.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+        raise HTTPError(
+            403,
+            "Cross-site request refused: a page on another site made the browser send it "
+            "(Sec-Fetch-Site: cross-site).",
+        )
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    own = _origin(request.host_url)  # X-Forwarded-Host/Proto count from trusted proxies only
+    if own is None or _origin(origin) != own:
+        here = request.host_url.rstrip("/")
+        raise HTTPError(
+            403,
+            f"Cross-origin request refused: Origin {origin[:100]} is not this site ({here}). "
+            "Behind a proxy, pass X-Forwarded-Host and X-Forwarded-Proto and list the proxy "
+            "in FORWARDED_ALLOW_IPS.",
+        )
+
+
+def _require_json_body() -> None:
+    """415 unless a JSON endpoint's body (if any) is declared `application/json`: a form or
+    a `text/plain` fetch from another site cannot declare it without a CORS preflight."""
+    if request.is_json:
+        return
+    has_body = (
+        bool(request.content_length)
+        or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    )
+    if not has_body and not request.mimetype:
+        return  # nothing to read: a DELETE, `curl -X POST .../+tokens`
+    got = request.mimetype[:100] or "no Content-Type"
+    raise HTTPError(
+        415,
+        f"Unsupported Media Type: send the body as JSON with Content-Type: application/json "
+        f"(got {got}).",
+    )
 
 
 def _security_headers(response: Response) -> Response:
@@ -127,11 +196,11 @@ def hook_headers(app: Flask) -> tuple[list[tuple[str, str]], tuple[str, str]]:
 
 def init_app(app: Flask) -> None:
     """Sessions, CSRF protection, security headers and template helpers for the web UI."""
-    app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked by _protect_cookie_requests instead
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked by _protect_unsafe_requests instead
     app.config["WTF_CSRF_TIME_LIMIT"] = None  # valid as long as the session: no stale forms
     csrf.init_app(app)
     app.session_interface = SessionInterface()
-    app.before_request(_protect_cookie_requests)
+    app.before_request(_protect_unsafe_requests)
     app.after_request(_security_headers)
     app.jinja_env.filters["filesize"] = filesize
     app.jinja_env.filters["when"] = when

@@ -141,7 +141,7 @@ def _exercise(server: LiveServer, fake: Any, tmp: Path, seen: Recorder) -> str:
         call("GET", path, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     # the upstream fails: its error must not show the credentials either
     fake.fail("503")
-    call("POST", "/bob/dev/mirrored-pkg/+refresh", auth=admin)
+    call("POST", "/bob/dev/+simple/mirrored-pkg/refresh", auth=admin)  # the web form needs CSRF
     call("GET", "/root/pypi/+simple/other-pkg/")
     call("GET", "/root/pypi/other-pkg/", headers={"Accept": "text/html"})
     fake.fail(None)

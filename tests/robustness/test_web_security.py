@@ -16,7 +16,7 @@ from app import api, auth, cli
 from app.web import admin
 from tests.builders import make_wheel
 from tests.conftest import ADMIN_PASSWORD, basic_auth
-from tests.web.helpers import ADMIN, HTML, csrf_token, docs_zip, upload_form
+from tests.web.helpers import ADMIN, HTML, JSON, csrf_token, docs_zip, upload_form
 
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 SAMPLE_ARGS = {
@@ -116,6 +116,133 @@ def test_a_token_from_another_session_is_refused(app: Any) -> None:
     response = victim.post("/+logout", data={"csrf_token": stolen}, headers=HTML)
     assert response.status_code == 400
     assert "CSRF" in response.status
+
+
+def test_every_web_form_refuses_basic_credentials_without_csrf_token(app: Any) -> None:
+    """Browsers send cached Basic credentials with other sites' forms: no credential exempts
+    a web form from its token (issue #15)."""
+    app.config["WTF_CSRF_ENABLED"] = True
+    client = app.test_client()
+    refused = []
+    for endpoint, method, url in unsafe_routes(app):
+        if not endpoint.startswith("web."):
+            continue
+        response = client.open(url, method=method, data={"x": "1"}, headers={**HTML, **ADMIN})
+        refused.append((endpoint, response.status))
+    assert refused
+    assert all(status == "400 Bad Request: The CSRF token is missing." for _, status in refused), (
+        refused
+    )
+    users = client.get("/", headers={**JSON, **ADMIN}).get_json()["result"]
+    assert "x" not in users  # the sample user name: /+admin/users made nobody
+
+
+CROSS_SITE_HEADERS = [
+    pytest.param({"Origin": "http://evil.example"}, id="foreign-origin"),
+    pytest.param({"Origin": "null"}, id="null-origin"),
+    pytest.param({"Origin": "https://localhost"}, id="other-scheme"),
+    pytest.param({"Origin": "http://localhost:8080"}, id="other-port"),
+    pytest.param({"Sec-Fetch-Site": "cross-site"}, id="sec-fetch-site"),
+]
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE_HEADERS)
+def test_client_endpoints_refuse_what_a_browser_marks_as_another_sites_request(
+    app: Any, headers: dict[str, str]
+) -> None:
+    client = app.test_client()
+    writes = [
+        client.put("/eve", json={"password": "eve-password"}, headers={**ADMIN, **headers}),
+        client.post("/admin/+tokens", json={}, headers={**ADMIN, **headers}),
+        client.patch("/admin/dev", json={"title": "owned"}, headers={**ADMIN, **headers}),
+        client.post(
+            "/admin/dev/",
+            data=upload_form(*make_wheel("demo-pkg", "1.0.0"), "demo-pkg", "1.0.0"),
+            headers={**ADMIN, **headers},
+        ),
+        client.post("/+login", json={"user": "admin", "password": ADMIN_PASSWORD}, headers=headers),
+    ]
+    for response in writes:
+        assert response.status_code == 403, response.status
+        assert response.status.startswith(("403 Cross-origin", "403 Cross-site")), response.status
+    assert client.get("/eve", headers={**JSON, **ADMIN}).status_code == 404
+    stage = client.get("/admin/dev", headers={**JSON, **ADMIN}).get_json()["result"]
+    assert (stage["projects"], stage["title"]) == ([], "")
+
+
+@pytest.mark.parametrize(
+    ("environ", "headers", "status"),
+    [
+        pytest.param({}, {"Origin": "http://localhost"}, 201, id="own-origin"),
+        pytest.param({}, {"Sec-Fetch-Site": "same-origin"}, 201, id="same-origin"),
+        pytest.param(
+            {},
+            {
+                "Origin": "https://pkgs.example",
+                "X-Forwarded-Host": "pkgs.example",
+                "X-Forwarded-Proto": "https",
+            },
+            201,
+            id="trusted-proxy",
+        ),
+        pytest.param(
+            {"REMOTE_ADDR": "203.0.113.9"},
+            {
+                "Origin": "https://pkgs.example",
+                "X-Forwarded-Host": "pkgs.example",
+                "X-Forwarded-Proto": "https",
+            },
+            403,
+            id="untrusted-peer-claims-the-origin",
+        ),
+    ],
+)
+def test_the_sites_own_origin_is_judged_by_trusted_proxy_headers_only(
+    app: Any, environ: dict[str, str], headers: dict[str, str], status: int
+) -> None:
+    response = app.test_client().post(
+        "/admin/+tokens", json={}, headers={**ADMIN, **headers}, environ_base=environ
+    )
+    assert response.status_code == status, response.status
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "content_type"),
+    [
+        pytest.param("POST", "/admin/+tokens", b'{"description": "x"}', "text/plain", id="text"),
+        pytest.param(
+            "POST", "/admin/+tokens", b"", "application/x-www-form-urlencoded", id="empty-form"
+        ),
+        pytest.param("PUT", "/eve", b'{"password": "eve-password"}', "", id="no-content-type"),
+        pytest.param(
+            "PATCH", "/admin/dev", b"title=owned", "application/x-www-form-urlencoded", id="form"
+        ),
+        pytest.param("POST", "/+login", b'{"user": "admin"}', "text/plain", id="devpi-login"),
+    ],
+)
+def test_json_endpoints_refuse_bodies_not_declared_as_json(
+    client: Any, method: str, url: str, body: bytes, content_type: str
+) -> None:
+    """A cross-site form or a `text/plain` fetch cannot declare JSON without a preflight."""
+    response = client.open(
+        url, method=method, data=body, headers={**ADMIN, "Content-Type": content_type}
+    )
+    got = content_type or "no Content-Type"
+    if url == "/+login" and content_type == "text/plain":  # the login form: its CSRF token
+        assert response.status_code == 400
+        return
+    assert response.status == (
+        "415 Unsupported Media Type: send the body as JSON with Content-Type: application/json "
+        f"(got {got})."
+    )
+    assert client.get("/eve", headers={**JSON, **ADMIN}).status_code == 404
+
+
+def test_json_endpoints_without_a_body_need_no_content_type(client: Any) -> None:
+    """`curl -u admin:PW -X POST .../+tokens` and bodyless DELETEs keep working."""
+    assert client.post("/admin/+tokens", headers=ADMIN).status_code == 201
+    assert client.put("/admin/scratch", headers=ADMIN).status_code == 201
+    assert client.delete("/admin/scratch", headers=ADMIN).status_code == 200
 
 
 # --- sessions --------------------------------------------------------------------------------
