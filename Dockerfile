@@ -36,7 +36,7 @@ RUN apt-get update \
 RUN groupadd --gid "${PYSHELF_GID}" pyshelf \
     && useradd --uid "${PYSHELF_UID}" --gid pyshelf --no-create-home --no-log-init \
        --home-dir /data --shell /usr/sbin/nologin pyshelf \
-    && install -d -o pyshelf -g pyshelf -m 0750 /data
+    && install -d -o pyshelf -g pyshelf -m 0700 /data
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY entrypoint.sh gunicorn.conf.py ./

@@ -6,6 +6,9 @@
 #                                user, token, index, refresh, backup, restore, verify, cache,
 #                                prefetch, ... (see README)
 set -eu
+# Everything pyshelf and its commands create is for this user only: DATA_DIR holds the secret
+# key that signs sessions, the database and private packages, and a backup holds all three.
+umask 077
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"

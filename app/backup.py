@@ -50,6 +50,7 @@ PG_MEMBER = f"{ROOT}/database.sql"
 SECRET_MEMBER = f"{ROOT}/secret_key"
 BLOB_MEMBER_RE = re.compile(rf"^{ROOT}/blobs/([0-9a-f]{{2}})/([0-9a-f]{{2}})/([0-9a-f]{{64}})$")
 CHUNK_BYTES = 1 << 20
+ARCHIVE_MODE = 0o600  # for the owner only: an archive holds the secret key and the database
 
 
 class BackupError(Exception):
@@ -311,7 +312,8 @@ def _write_archive(
         "blobs": {},
         "left_out": summary.left_out,
     }
-    with open(archive, "wb") as out:
+    # 0600 whatever the umask (in-process callers) and the folder: it holds the secret key.
+    with open(os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, ARCHIVE_MODE), "wb") as out:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             with open(database_file, "rb") as source:
                 digest = _add(tar, database["member"], source, bar)

@@ -45,6 +45,10 @@ STAGE_INDEX = "dev"
 TMP_MAX_AGE_SECONDS = 3600  # leftovers of killed uploads/downloads older than this are removed
 NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi"}
 MIGRATE_WAIT_SECONDS = 600  # how long a start waits for another replica's migration
+# New files and folders for this user only: DATA_DIR holds the secret key that signs sessions,
+# the database and private packages, and backups hold all three. (entrypoint.sh sets it too.)
+PRIVATE_UMASK = 0o077
+PRIVATE_DIR_MODE = 0o700
 
 
 class CommandError(Exception):
@@ -55,7 +59,7 @@ def check_data_dir(settings: Settings) -> None:
     """The data directory must exist (or be creatable) and be writable by this user."""
     data_dir = Path(settings.data_dir)
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         probe = data_dir / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
@@ -67,6 +71,23 @@ def check_data_dir(settings: Settings) -> None:
         ) from None
     for sub in (settings.tmp_dir, *([] if settings.uses_s3 else [settings.blob_dir])):
         sub.mkdir(parents=True, exist_ok=True)
+
+
+def make_data_dir_private(settings: Settings) -> None:
+    """Make DATA_DIR 0700 when this user owns it and others may enter it, saying so; a folder
+    of another owner is left as it is (`verify` names what others may read)."""
+    data_dir = Path(settings.data_dir)
+    info = data_dir.stat()
+    if info.st_uid != os.getuid() or not info.st_mode & 0o077:
+        return
+    data_dir.chmod(PRIVATE_DIR_MODE)
+    log.warning(
+        "DATA_DIR %s was open to other users (mode %o); made it %o: it holds the secret key,"
+        " the database and private packages",
+        data_dir.resolve(),
+        info.st_mode & 0o777,
+        PRIVATE_DIR_MODE,
+    )
 
 
 def clean_tmp(settings: Settings) -> int:
@@ -239,6 +260,7 @@ def _parse_pairs(pairs: list[str]) -> dict[str, str]:
 def cmd_prepare(settings: Settings, args: argparse.Namespace) -> None:
     """Check the data directory, migrate, bootstrap: what entrypoint.sh runs before gunicorn."""
     check_data_dir(settings)
+    make_data_dir_private(settings)
     shutil.rmtree(settings.metrics_dir, ignore_errors=True)  # gunicorn's counters start at 0
     removed = clean_tmp(settings)
     if removed:
@@ -506,6 +528,7 @@ if __name__ == "__main__":
     # app.cli: run that module's main, so that the CommandError they raise is the one caught.
     from app.cli import main as cli_main
 
+    os.umask(PRIVATE_UMASK)  # as entrypoint.sh does, for `python -m app.cli` run directly
     code = cli_main()
     # Exit without a last garbage collection over every object the imports made (0.1 s of each
     # start). Commands close what they open; what is left in a reference cycle is not

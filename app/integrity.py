@@ -14,11 +14,14 @@ import hashlib
 import logging
 import os
 import re
+import shlex
+import stat
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, make_url, select
 from sqlalchemy.orm import Session
 
 from app.cache import BlobLock, MirrorCache, human_bytes, uploaded_blobs
@@ -396,8 +399,59 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
+def open_to_others(settings: Settings) -> list[tuple[Path, int]]:
+    """Paths of pyshelf's data that other users of this machine may reach, with their modes:
+    DATA_DIR and what it holds (not below a folder closed to them), and a SQLite database kept
+    elsewhere. DATA_DIR holds the secret key that signs sessions: readable, it lets anyone
+    forge an admin's session cookie."""
+    roots = [Path(settings.data_dir)]
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        database = Path(url.database).resolve()
+        if not database.is_relative_to(roots[0].resolve()):
+            roots += [database.with_name(database.name + end) for end in ("", "-wal", "-shm")]
+    found: list[tuple[Path, int]] = []
+    for root in roots:
+        if not root.exists():
+            continue
+        if not root.is_dir():
+            mode = stat.S_IMODE(root.stat().st_mode)
+            if mode & 0o077:
+                found.append((root, mode))
+            continue
+        for folder, dirs, files in os.walk(root):
+            here = Path(folder)
+            mode = stat.S_IMODE(here.stat().st_mode)
+            if not mode & 0o077:
+                dirs.clear()  # nobody else can enter it: what it holds is out of reach
+                continue
+            found.append((here, mode))
+            for name in files:
+                path = here / name
+                mode = stat.S_IMODE(path.lstat().st_mode)
+                if mode & 0o077 and not stat.S_ISLNK(path.lstat().st_mode):
+                    found.append((path, mode))
+    return found
+
+
+def format_open_paths(found: list[tuple[Path, int]], settings: Settings) -> str:
+    """A warning naming what others may read, and the chmod that closes it."""
+    lines = [
+        f"warning: {len(found)} paths are open to other users of this machine; DATA_DIR holds "
+        "the secret key (it signs sessions), the database and private packages:"
+    ]
+    lines += [f"    {path} (mode {mode:04o})" for path, mode in found[:SHOWN]]
+    if len(found) > SHOWN:
+        lines.append(f"    ... and {len(found) - SHOWN} more")
+    tops = sorted({str(path) for path, _ in found if not path.is_relative_to(settings.data_dir)})
+    targets = " ".join(shlex.quote(p) for p in [str(settings.data_dir), *tops])
+    lines.append(f"  fix: chmod -R go-rwx {targets}")
+    return "\n".join(lines)
+
+
 def cmd_verify(settings: Settings, args: Any) -> None:
-    """verify [--repair]: check every blob and row; exit 1 when damage is left."""
+    """verify [--repair]: check every blob and row; exit 1 when damage is left; warn about
+    data that other users may read."""
     from app.cli import CommandError, check_data_dir, migrate
 
     check_data_dir(settings)
@@ -419,5 +473,8 @@ def cmd_verify(settings: Settings, args: Any) -> None:
     finally:
         database.engine.dispose()
     print(format_report(report))
+    found = open_to_others(settings)
+    if found:  # a warning: the exit code stays about damage
+        print(format_open_paths(found, settings))
     if report.is_damaged:
         raise CommandError("damage found (see above)")

@@ -7,6 +7,8 @@ import gzip
 import io
 import json
 import logging
+import os
+import stat
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,16 @@ def test_a_restored_server_serves_exactly_what_the_backup_held(source, tmp_path,
     assert download(client, path) == mirror_data
     token_auth = {"Authorization": basic_auth("__token__", source["token"])}
     upload(client, token_auth, *make_wheel("private-pkg", "2.0"))
+
+
+def test_the_archive_is_for_its_owner_only_whatever_the_umask(source, tmp_path):
+    """It holds the secret key: a 0644 archive once let anyone forge an admin's session."""
+    previous = os.umask(0o022)
+    try:
+        summary = backup(source["settings"], tmp_path / "backups" / "pyshelf.tar", progress=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(summary.path.stat().st_mode) == 0o600
 
 
 def test_the_manifest_lists_every_blob_with_its_kind_and_the_database_hash(source, tmp_path):
