@@ -110,6 +110,11 @@ class Settings:
         return Path(self.data_dir) / "blobs"
 
     @property
+    def users_may_mirror(self) -> bool:
+        """Whether any user, not only superusers, may create mirrors and set mirror_url."""
+        return self.mirror_create == "users"
+
+    @property
     def uses_s3(self) -> bool:
         """Whether blobs live in an S3 bucket (STORAGE_URL=s3://...)."""
         return self.storage_url.startswith("s3:")
