@@ -136,11 +136,12 @@ class AddressGuard:
 
 def _refusal_text(host: str, kind: str) -> str:
     """The reason a client and /+status see: the host as written, never a resolved address."""
+    article = "an" if kind[0] in "aeiou" else "a"
     try:
         ipaddress.ip_address(host)
-        what = f"{host} is a {kind} address"
+        what = f"{host} is {article} {kind} address"
     except ValueError:
-        what = f"{host} resolves to a {kind} address"
+        what = f"{host} resolves to {article} {kind} address"
     return f"Upstream address refused: {what} (set {ALLOW_SETTING} to allow it)"
 
 
