@@ -16,14 +16,14 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit, urlunsplit
 
-if TYPE_CHECKING:
-    from app.config import Settings
-
 import requests
 import urllib3
 from requests.auth import HTTPBasicAuth
 
 from app.egress import AddressGuard, AddressRefused, GuardedAdapter, parse_networks
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 log = logging.getLogger(__name__)
 
