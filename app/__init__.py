@@ -88,12 +88,7 @@ def create_app(
 
     database = Database(settings.database_url)
     storage = storage or make_storage(settings)
-    upstream = upstream or UpstreamClient(
-        connect_timeout_seconds=settings.upstream_connect_timeout_seconds,
-        read_timeout_seconds=settings.upstream_read_timeout_seconds,
-        retries=settings.upstream_retries,
-        ca_bundle=settings.upstream_ca_bundle,
-    )
+    upstream = upstream or UpstreamClient.from_settings(settings)
     app.extensions["pyshelf.storage"] = storage
     app.extensions["pyshelf.upstream"] = upstream
     app.extensions["pyshelf.mirror"] = Mirror(settings, database, storage, upstream)

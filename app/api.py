@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,11 +18,13 @@ from app.auth import (
     require_user,
     token_hash,
 )
+from app.config import Settings
 from app.db import begin_write, get_session
 from app.dists import normalize_name
 from app.errors import HTTPError
 from app.indexes import (
     IndexConfigError,
+    IndexPermissionError,
     Reader,
     apply_config,
     apply_operations,
@@ -280,6 +282,10 @@ def get_index_config(user: str, index: str) -> Response | str:
     return envelope("indexconfig", result)
 
 
+def _settings() -> Settings:
+    return current_app.config["PYSHELF_SETTINGS"]
+
+
 @bp.put("/<user>/<index>")
 @bp.put("/<user>/<index>/")
 def create_index_view(user: str, index: str) -> Response:
@@ -291,7 +297,17 @@ def create_index_view(user: str, index: str) -> Response:
     if caller.id != owner.id and not caller.is_superuser:
         raise HTTPError(403, f"Only {user} or a superuser may create indexes for {user}.")
     try:
-        created = create_index(session, owner, index, _json_body(), user=caller)
+        created = create_index(
+            session,
+            owner,
+            index,
+            _json_body(),
+            user=caller,
+            users_may_mirror=_settings().users_may_mirror,
+        )
+    except IndexPermissionError as exc:
+        session.rollback()
+        raise HTTPError(403, f"Cannot create {user}/{index}: {exc}.") from None
     except IndexConfigError as exc:
         session.rollback()
         status = 409 if "already exists" in str(exc) else 400
@@ -323,7 +339,12 @@ def modify_index(user: str, index: str) -> Response:
             body = body["result"]
         # What comes back unchanged is not a change (a masked mirror_url, "projects").
         changes = {k: v for k, v in body.items() if k != "projects" and current.get(k) != v}
-        apply_config(session, found, changes, user=caller)
+        apply_config(
+            session, found, changes, user=caller, users_may_mirror=_settings().users_may_mirror
+        )
+    except IndexPermissionError as exc:
+        session.rollback()
+        raise HTTPError(403, f"Cannot change {found.path}: {exc}.") from None
     except IndexConfigError as exc:
         session.rollback()
         raise HTTPError(400, f"Cannot change {found.path}: {exc}.") from None

@@ -60,6 +60,13 @@ class Settings:
     upstream_read_timeout_seconds: float = 30.0
     upstream_retries: int = 2
     upstream_ca_bundle: str | None = None
+    # UPSTREAM_ALLOW_PRIVATE: networks upstream requests may reach although not public
+    # (loopback, link-local, RFC 1918, ULA, ...); empty: only public addresses (app/egress.py).
+    upstream_allow_private: tuple[str, ...] = ()
+    # MIRROR_FILE_HOSTS: when set, the only hosts (besides a mirror's own upstream host) that
+    # file links on mirrored pages may point at; empty: any host with a public address.
+    mirror_file_hosts: tuple[str, ...] = ()
+    mirror_create: str = "superuser"  # MIRROR_CREATE: who may create mirrors, set mirror_url
     max_upload_bytes: int = 1 << 30  # 1 GiB
     docs_max_bytes: int = 200 << 20  # 200 MiB uncompressed per documentation zip
     docs_max_files: int = 5000  # entries per documentation zip
@@ -101,6 +108,11 @@ class Settings:
         if self.storage_url.startswith("file:"):
             return Path(self.storage_url.removeprefix("file://").removeprefix("localhost"))
         return Path(self.data_dir) / "blobs"
+
+    @property
+    def users_may_mirror(self) -> bool:
+        """Whether any user, not only superusers, may create mirrors and set mirror_url."""
+        return self.mirror_create == "users"
 
     @property
     def uses_s3(self) -> bool:
@@ -201,6 +213,27 @@ class Settings:
             except ValueError:
                 errors.append(f"FORWARDED_ALLOW_IPS: {item!r} is not an IP address, network or *")
 
+        allow_private = [
+            i.strip() for i in env.get("UPSTREAM_ALLOW_PRIVATE", "").split(",") if i.strip()
+        ]
+        for item in allow_private:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                errors.append(
+                    f"UPSTREAM_ALLOW_PRIVATE: {item!r} is not an IP address or network "
+                    "(use CIDR, e.g. 10.0.0.0/8,fd00::/8)"
+                )
+        file_hosts = [
+            h.strip().lower() for h in env.get("MIRROR_FILE_HOSTS", "").split(",") if h.strip()
+        ]
+        for host in file_hosts:
+            if not re.fullmatch(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]", host):
+                errors.append(f"MIRROR_FILE_HOSTS: {host!r} is not a host name (no scheme or port)")
+        mirror_create = (env.get("MIRROR_CREATE", "").strip() or "superuser").lower()
+        if mirror_create not in {"superuser", "users"}:
+            errors.append(f"MIRROR_CREATE={mirror_create!r}: use superuser or users")
+
         database_url = env.get("DATABASE_URL", "").strip()
         if database_url and not database_url.startswith("sqlite"):
             if not re.match(r"^postgres(ql)?(\+psycopg)?://", database_url):
@@ -246,6 +279,9 @@ class Settings:
             upstream_read_timeout_seconds=float(number("UPSTREAM_READ_TIMEOUT", 30.0, float)),
             upstream_retries=int(number("UPSTREAM_RETRIES", 2)),
             upstream_ca_bundle=env.get("UPSTREAM_CA_BUNDLE", "").strip() or None,
+            upstream_allow_private=tuple(allow_private),
+            mirror_file_hosts=tuple(file_hosts),
+            mirror_create=mirror_create,
             max_upload_bytes=max_upload,
             docs_max_bytes=docs_max,
             docs_max_files=int(number("DOCS_MAX_FILES", 5000)),

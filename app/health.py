@@ -5,6 +5,10 @@ file, and the disk has more than STATUS_MIN_FREE_SPACE free; otherwise 503. Each
 upstream is reported from its last real request (MirrorStats), never probed here: an upstream
 that is down makes the status "degraded" but keeps the 200, since the mirror goes on serving
 its cache and restarting the container would not bring the upstream back.
+
+Error texts (an upstream's failure, a database or directory error) may name internal hosts,
+ports and paths: only superusers and callers with the METRICS_TOKEN see them; anyone else gets
+the state words and ok flags, which is all a load balancer or HEALTHCHECK needs.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import select, text
 
+from app.auth import authenticated_user
 from app.config import Settings
 from app.db import Database
+from app.metrics import has_metrics_token
 from app.models import Index, MirrorStats
 
 bp = Blueprint("health", __name__)
@@ -124,13 +130,35 @@ def status_report(
     return report, healthy
 
 
+def without_error_texts(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as anonymous callers see it: states and flags, no error text."""
+    checks = {
+        name: {k: v for k, v in check.items() if k != "error"}
+        for name, check in report["checks"].items()
+    }
+    mirrors = {
+        path: {k: v for k, v in mirror.items() if k != "last_error"}
+        for path, mirror in report["mirrors"].items()
+    }
+    return {**report, "checks": checks, "mirrors": mirrors}
+
+
+def _may_see_errors(settings: Settings) -> bool:
+    if has_metrics_token(settings):
+        return True
+    user = authenticated_user()
+    return user is not None and user.is_superuser
+
+
 @bp.get("/+status")
 def status() -> Response:
-    """Health as JSON: 200 when healthy, 503 otherwise."""
+    """Health as JSON: 200 when healthy, 503 otherwise; error texts for superusers only."""
     settings: Settings = current_app.config["PYSHELF_SETTINGS"]
     report, healthy = status_report(
         settings, current_app.extensions["pyshelf.db"], current_app.extensions["pyshelf.storage"]
     )
+    if not _may_see_errors(settings):
+        report = without_error_texts(report)
     response = jsonify(report)
     response.status_code = 200 if healthy else 503
     response.headers["Cache-Control"] = "no-store"

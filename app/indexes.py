@@ -40,6 +40,21 @@ class IndexConfigError(ValueError):
     """An index setting is invalid; the message says which and why."""
 
 
+class IndexPermissionError(IndexConfigError):
+    """The caller may not make this change at all (a 403, where a bad value is a 400)."""
+
+
+MIRROR_RIGHT = (
+    "only superusers may create mirror indexes or set mirror_url (the server's MIRROR_CREATE)"
+)
+
+
+def may_set_mirror_url(user: User, *, users_may_mirror: bool) -> bool:
+    """Whether `user` may create mirrors and point them anywhere: an upstream URL makes this
+    server send requests on the caller's behalf (MIRROR_CREATE; superusers only by default)."""
+    return user.is_superuser or users_may_mirror
+
+
 @dataclass(frozen=True)
 class Reader:
     """Who reads: a user (None: anonymous) and, for a token limited to one index, the paths
@@ -435,13 +450,27 @@ def _check_readable_bases(
 
 
 def apply_config(
-    session: Session, index: Index, changes: Mapping[str, Any], *, user: User | None = None
+    session: Session,
+    index: Index,
+    changes: Mapping[str, Any],
+    *,
+    user: User | None = None,
+    users_may_mirror: bool = False,
 ) -> None:
     """Validate and apply settings to a new or existing index (the caller commits).
 
-    With `user` (who asks for the change), new bases must be indexes that user may read.
+    With `user` (who asks for the change), new bases must be indexes that user may read, and
+    a new mirror_url needs may_set_mirror_url. Without one it is the operator (CLI, bootstrap).
     """
     clean = normalize_config(changes)
+    new_url = clean.get("mirror_url")
+    if (
+        user is not None
+        and new_url
+        and new_url != index.mirror_url
+        and not may_set_mirror_url(user, users_may_mirror=users_may_mirror)
+    ):
+        raise IndexPermissionError(MIRROR_RIGHT)
     if "type" in clean and index.type and clean["type"] != index.type and index.id is not None:
         raise IndexConfigError("the type of an existing index cannot be changed")
     if user is not None and "bases" in clean:
@@ -464,9 +493,17 @@ def create_index(
     config: Mapping[str, Any] | None = None,
     *,
     user: User | None = None,
+    users_may_mirror: bool = False,
 ) -> Index:
     """Create `owner/name` (stage by default, uploads allowed to the owner, readable by
     everyone); the caller commits. `user` is who asks, as for apply_config."""
+    is_mirror = (config or {}).get("type") == "mirror"
+    if (
+        is_mirror
+        and user is not None
+        and not may_set_mirror_url(user, users_may_mirror=users_may_mirror)
+    ):
+        raise IndexPermissionError(MIRROR_RIGHT)
     if not NAME_RE.match(name):
         raise IndexConfigError(
             f"invalid index name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
@@ -489,7 +526,7 @@ def create_index(
     if index.type not in INDEX_TYPES:
         raise IndexConfigError(f"type must be 'stage' or 'mirror', not {index.type!r}")
     session.add(index)
-    apply_config(session, index, config, user=user)
+    apply_config(session, index, config, user=user, users_may_mirror=users_may_mirror)
     return index
 
 

@@ -460,12 +460,7 @@ def cmd_verify(settings: Settings, args: Any) -> None:
     if args.repair:
         from app.upstream import UpstreamClient
 
-        upstream = UpstreamClient(
-            connect_timeout_seconds=settings.upstream_connect_timeout_seconds,
-            read_timeout_seconds=settings.upstream_read_timeout_seconds,
-            retries=settings.upstream_retries,
-            ca_bundle=settings.upstream_ca_bundle,
-        )
+        upstream = UpstreamClient.from_settings(settings)  # the server's address checks too
     database = Database(settings.database_url)
     try:
         verifier = Verifier(settings, database, make_storage(settings), upstream)

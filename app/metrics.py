@@ -234,19 +234,25 @@ def mark_worker_dead(settings: Settings, pid: int) -> None:
         multiprocess.mark_process_dead(pid, settings.prometheus_multiproc_dir)
 
 
+def has_metrics_token(settings: Settings) -> bool:
+    """Whether the request carries `Authorization: Bearer <METRICS_TOKEN>` (and one is set)."""
+    if not settings.metrics_token:
+        return False
+    given = request.headers.get("Authorization", "")
+    expected = f"Bearer {settings.metrics_token}"
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
 @bp.get("/+metrics")
 def metrics() -> Response:
     """Prometheus metrics (text format); with METRICS_TOKEN set, only for `Bearer <token>`."""
     settings: Settings = current_app.config["PYSHELF_SETTINGS"]
-    if settings.metrics_token:
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {settings.metrics_token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise HTTPError(
-                401,
-                "Metrics need the METRICS_TOKEN as a bearer token.",
-                {"WWW-Authenticate": 'Bearer realm="pyshelf metrics"'},
-            )
+    if settings.metrics_token and not has_metrics_token(settings):
+        raise HTTPError(
+            401,
+            "Metrics need the METRICS_TOKEN as a bearer token.",
+            {"WWW-Authenticate": 'Bearer realm="pyshelf metrics"'},
+        )
     body = render(settings, current_app.extensions["pyshelf.db"])
     response = Response(body, mimetype=None)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST

@@ -8,17 +8,22 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from http import HTTPStatus
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
 from requests.auth import HTTPBasicAuth
+
+from app.egress import AddressGuard, AddressRefused, GuardedAdapter, parse_networks
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,7 @@ OK_STATUSES = (200, 203)  # 203: a transforming proxy's 200
 NOT_FOUND_STATUSES = (404, 410)
 MAX_ETAG_CHARS = 255  # MirrorPage.etag
 MAX_WHAT_CHARS = 160  # keeps str(UpstreamError) fit for a status line (errors.clean_reason)
+MAX_REDIRECTS = 10  # requests' default of 30 is far more than a file host or CDN chain needs
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _NAME_SEPARATORS = re.compile(r"[-_.]+")  # PEP 503 normalization
@@ -62,6 +68,13 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamNotFound(UpstreamError):
     """The upstream answered 404 or 410 for the project or file."""
+
+
+class UpstreamRefused(UpstreamError):
+    """No request was sent: the URL's host is no public address, or not a MIRROR_FILE_HOSTS one.
+
+    The message names the host as written, never what it resolved to nor a port's state.
+    """
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,14 @@ class UpstreamClient:
         backoff_seconds: float = 0.5,
         ca_bundle: str | None = None,
         session_factory: Callable[[], requests.Session] | None = None,
+        allow_private: Sequence[str] = (),
+        trusted_url: str | None = None,
+        file_hosts: Sequence[str] = (),
     ) -> None:
+        """`allow_private`: networks reachable although not public (UPSTREAM_ALLOW_PRIVATE);
+        `trusted_url`: the operator's MIRROR_URL, whose host:port requests made for that very
+        index URL reach whatever it resolves to; `file_hosts`: when given, the only hosts besides
+        the index's own that file links may point at (MIRROR_FILE_HOSTS)."""
         if retries < 0:
             raise ValueError(f"retries must be >= 0, not {retries}")
         self.connect_timeout_seconds = connect_timeout_seconds
@@ -132,10 +152,31 @@ class UpstreamClient:
         self.backoff_seconds = backoff_seconds
         self.ca_bundle = ca_bundle
         self._session_factory = session_factory or requests.Session
+        self._guard = AddressGuard(allowed=parse_networks(allow_private))
+        self.trusted_url = trusted_url
+        origin = _origin(trusted_url or "")
+        self._trusted_guard = AddressGuard(
+            allowed=self._guard.allowed,
+            trusted=frozenset({origin[1:]} if origin else ()),
+        )
+        self.file_hosts = frozenset(host.strip().lower() for host in file_hosts if host.strip())
         # One session per thread: gthread workers must not share a connection pool's state.
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UpstreamClient:
+        """The client the server and its commands use, as the environment configures it."""
+        return cls(
+            connect_timeout_seconds=settings.upstream_connect_timeout_seconds,
+            read_timeout_seconds=settings.upstream_read_timeout_seconds,
+            retries=settings.upstream_retries,
+            ca_bundle=settings.upstream_ca_bundle,
+            allow_private=settings.upstream_allow_private,
+            trusted_url=settings.mirror_url,
+            file_hosts=settings.mirror_file_hosts,
+        )
 
     def fetch_project(
         self,
@@ -167,9 +208,10 @@ class UpstreamClient:
         if last_modified:
             headers["If-Modified-Since"] = last_modified
         is_conditional = bool(etag or last_modified)
+        is_trusted = simple_url == self.trusted_url
 
         def attempt() -> UpstreamPage | None:
-            with self._get(url, headers, credentials) as response:
+            with self._get(url, headers, credentials, is_trusted=is_trusted) as response:
                 if response.status_code == 304 and is_conditional:
                     return None
                 _check_status(response, display)
@@ -205,6 +247,8 @@ class UpstreamClient:
         display = mask_url(url)
         clean_url, credentials = _split_credentials(url)
         _require_http(clean_url, display)
+        self._check_file_host(clean_url, simple_url)
+        is_trusted = simple_url is not None and simple_url == self.trusted_url
         if credentials is None and simple_url is not None:
             index_url, index_credentials = _split_credentials(simple_url)
             origin = _origin(clean_url)
@@ -214,7 +258,7 @@ class UpstreamClient:
         headers = {"Accept-Encoding": "identity"}
 
         def attempt() -> requests.Response:
-            response = self._get(clean_url, headers, credentials)
+            response = self._get(clean_url, headers, credentials, is_trusted=is_trusted)
             try:
                 _check_status(response, display)
             except BaseException:
@@ -232,19 +276,46 @@ class UpstreamClient:
         for session in sessions:
             session.close()
 
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
+    def _check_file_host(self, url: str, simple_url: str | None) -> None:
+        """With MIRROR_FILE_HOSTS set, a file link must point at one of them or at the index's
+        own host (checked for the link; its redirects are checked by address only)."""
+        if not self.file_hosts:
+            return
+        host = (urlsplit(url).hostname or "").lower()
+        index_origin = _origin(simple_url or "")
+        if host in self.file_hosts or (index_origin is not None and host == index_origin[1]):
+            return
+        log.warning("refused a file link to %s: not in MIRROR_FILE_HOSTS", host)
+        raise UpstreamRefused(
+            f"Upstream address refused: file host {host} is not in MIRROR_FILE_HOSTS", url=None
+        )
+
+    def _session(self, *, is_trusted: bool) -> requests.Session:
+        """This thread's session; requests for the operator's MIRROR_URL get one of their own,
+        so that no connection to the trusted host is ever reused for another index."""
+        attribute = "trusted_session" if is_trusted else "session"
+        session: requests.Session | None = getattr(self._local, attribute, None)
         if session is None:
             session = self._session_factory()
             if self.ca_bundle:
                 session.verify = self.ca_bundle
+            # Every connection, redirect hops included, is made through the guard.
+            adapter = GuardedAdapter(self._trusted_guard if is_trusted else self._guard)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.max_redirects = MAX_REDIRECTS
             with self._lock:
                 self._sessions.append(session)
-                self._local.session = session
+                setattr(self._local, attribute, session)
         return session
 
     def _get(
-        self, url: str, headers: dict[str, str], credentials: tuple[str, str] | None
+        self,
+        url: str,
+        headers: dict[str, str],
+        credentials: tuple[str, str] | None,
+        *,
+        is_trusted: bool = False,
     ) -> requests.Response:
         auth = None
         if credentials is not None:
@@ -254,7 +325,7 @@ class UpstreamClient:
         if self.ca_bundle:
             # Per request too: with trust_env, REQUESTS_CA_BUNDLE would override session.verify.
             extra["verify"] = self.ca_bundle
-        return self._session().get(
+        return self._session(is_trusted=is_trusted).get(
             url,
             headers={"User-Agent": USER_AGENT, **headers},
             auth=auth,
@@ -271,6 +342,8 @@ class UpstreamClient:
         for number in range(1, attempts + 1):
             try:
                 return attempt()
+            except AddressRefused as exc:  # not retried: the answer would be the same
+                raise UpstreamRefused(str(exc), url=display) from None
             except _Failure as exc:
                 failure = exc
             except requests.RequestException as exc:

@@ -21,7 +21,7 @@ from app import create_app
 from app.cli import bootstrap, migrate
 from app.config import Settings
 from app.db import Database
-from tests import pgserver, s3server
+from tests import pgserver, s3server, settings_defaults
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +30,9 @@ TEST_DATABASE = os.environ.get("PYSHELF_TEST_DATABASE", "").strip().lower() or "
 # PYSHELF_TEST_STORAGE=s3 keeps the blobs in a bucket of a local S3 server (moto) instead.
 TEST_STORAGE = os.environ.get("PYSHELF_TEST_STORAGE", "").strip().lower() or "local"
 ADMIN_PASSWORD = "admin-secret-pw"
+# Fake upstreams listen on loopback, which pyshelf refuses by default (app/egress.py): tests
+# allow it unless they set UPSTREAM_ALLOW_PRIVATE themselves (to "" to see the refusal).
+TEST_ALLOW_PRIVATE = ("127.0.0.0/8", "::1/128")
 START_TIMEOUT_SECONDS = 60
 
 
@@ -51,11 +54,15 @@ def clean_env(**extra: str) -> dict[str, str]:
         "STORAGE_URL",
         "S3_ENDPOINT_URL",
         "S3_REDIRECT",
+        "UPSTREAM_ALLOW_PRIVATE",
+        "MIRROR_FILE_HOSTS",
+        "MIRROR_CREATE",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in names}
     env["PIP_CONFIG_FILE"] = os.devnull  # the machine-wide pip config must not add indexes
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["ENV_FILE"] = os.devnull  # never read a developer's .env
+    env["UPSTREAM_ALLOW_PRIVATE"] = ",".join(TEST_ALLOW_PRIVATE)
     if "DATABASE_URL" not in extra:  # PostgreSQL runs: the data dir's own database
         env.update(pgserver.database_env(extra.get("DATA_DIR")))
     if "STORAGE_URL" not in extra:  # S3 runs: the data dir's own bucket
@@ -188,6 +195,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def _allow_loopback_upstreams(settings: Settings) -> None:
+    if not settings.upstream_allow_private:
+        object.__setattr__(settings, "upstream_allow_private", TEST_ALLOW_PRIVATE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def allow_loopback_upstreams() -> Iterator[None]:
+    """Settings built in this process for a test data dir may reach loopback fake upstreams."""
+    settings_defaults.register(_allow_loopback_upstreams)
+    yield
+    settings_defaults.unregister(_allow_loopback_upstreams)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -115,6 +115,44 @@ def test_every_bad_variable_is_reported_at_once() -> None:
     assert "'-5' must not be negative" in message
 
 
+def test_upstream_address_settings_are_read_and_default_to_the_safe_side() -> None:
+    """UPSTREAM_ALLOW_PRIVATE and MIRROR_FILE_HOSTS are lists; MIRROR_CREATE a word."""
+    defaults = Settings.from_env(NO_DOTENV)
+    assert (defaults.upstream_allow_private, defaults.mirror_file_hosts) == ((), ())
+    assert (defaults.mirror_create, defaults.users_may_mirror) == ("superuser", False)
+
+    settings = Settings.from_env(
+        {
+            **NO_DOTENV,
+            "UPSTREAM_ALLOW_PRIVATE": " 10.0.0.0/8, fd00::/8 ,192.168.1.5",
+            "MIRROR_FILE_HOSTS": "Files.Example, cdn.example",
+            "MIRROR_CREATE": "Users",
+        }
+    )
+    assert settings.upstream_allow_private == ("10.0.0.0/8", "fd00::/8", "192.168.1.5")
+    assert settings.mirror_file_hosts == ("files.example", "cdn.example")
+    assert (settings.mirror_create, settings.users_may_mirror) == ("users", True)
+
+
+def test_bad_upstream_address_settings_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                **NO_DOTENV,
+                "UPSTREAM_ALLOW_PRIVATE": "10.0.0.0/8,intranet",
+                "MIRROR_FILE_HOSTS": "https://files.example/",
+                "MIRROR_CREATE": "everyone",
+            }
+        )
+
+    assert str(caught.value).splitlines()[1:] == [
+        "  UPSTREAM_ALLOW_PRIVATE: 'intranet' is not an IP address or network "
+        "(use CIDR, e.g. 10.0.0.0/8,fd00::/8)",
+        "  MIRROR_FILE_HOSTS: 'https://files.example/' is not a host name (no scheme or port)",
+        "  MIRROR_CREATE='everyone': use superuser or users",
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

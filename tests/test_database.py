@@ -17,6 +17,7 @@ from app.models import File, LoginFailure, MirrorStats
 from app.upstream import UpstreamClient
 from tests import test_mirror
 from tests.builders import make_wheel
+from tests.conftest import TEST_ALLOW_PRIVATE
 from tests.operations import upload
 from tests.test_mirror import JSON
 
@@ -127,7 +128,9 @@ def test_upstream_validators_too_long_for_their_columns_are_dropped() -> None:
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/simple/"
-        fetched = UpstreamClient(retries=0).fetch_project(url, "demo")
+        fetched = UpstreamClient(retries=0, allow_private=TEST_ALLOW_PRIVATE).fetch_project(
+            url, "demo"
+        )
     finally:
         server.shutdown()
         server.server_close()

@@ -55,7 +55,12 @@ def server(settings: Settings, fake_upstream: FakeUpstream) -> dict[str, Any]:
 def verify(server: dict[str, Any], *, repair: bool = False) -> Any:
     """Run the verifier as the CLI does (with an upstream client for repairs)."""
     app = server["app"]
-    upstream = UpstreamClient(connect_timeout_seconds=1, read_timeout_seconds=2, retries=0)
+    upstream = UpstreamClient(
+        connect_timeout_seconds=1,
+        read_timeout_seconds=2,
+        retries=0,
+        allow_private=server["settings"].upstream_allow_private,
+    )
     verifier = Verifier(
         server["settings"],
         app.extensions["pyshelf.db"],

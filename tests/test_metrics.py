@@ -247,7 +247,7 @@ def test_a_failing_upstream_degrades_the_status_but_keeps_it_healthy(mirror_app,
     requests_before = fake_upstream.count()
     client.get("/root/pypi/+simple/some-pkg/")
 
-    response = client.get("/+status")
+    response = client.get("/+status", headers=AUTH)  # a superuser sees the error text
 
     assert response.status_code == 200
     assert response.get_json()["status"] == "degraded"
@@ -265,7 +265,7 @@ def test_status_is_503_when_the_data_directory_takes_no_new_file(app, monkeypatc
 
     monkeypatch.setattr(health.tempfile, "mkstemp", read_only)
 
-    response = app.test_client().get("/+status")
+    response = app.test_client().get("/+status", headers=AUTH)
 
     assert response.status == "503 SERVICE UNAVAILABLE"
     report = response.get_json()
@@ -283,8 +283,10 @@ def test_status_is_503_when_the_disk_is_nearly_full(settings):
     assert response.get_json()["checks"]["disk"]["ok"] is False
 
 
-def test_status_is_503_when_the_database_does_not_answer(app, monkeypatch):
-    """The database check runs a query; when it fails, so does the probe."""
+def test_status_is_503_when_the_database_does_not_answer(settings, monkeypatch):
+    """The database check runs a query; when it fails, so does the probe (the reason is for
+    the METRICS_TOKEN: a superuser could not log in without the database)."""
+    app = make_app(dataclasses.replace(settings, metrics_token="status-token"))
     database = app.extensions["pyshelf.db"]
 
     def broken() -> Any:
@@ -292,10 +294,13 @@ def test_status_is_503_when_the_database_does_not_answer(app, monkeypatch):
 
     monkeypatch.setattr(database.engine, "connect", broken)
 
-    response = app.test_client().get("/+status")
+    response = app.test_client().get("/+status", headers={"Authorization": "Bearer status-token"})
 
     assert response.status_code == 503
     assert response.get_json()["checks"]["database"] == {
         "ok": False,
         "error": "database is locked",
     }
+    anonymous = app.test_client().get("/+status")
+    assert anonymous.status_code == 503
+    assert anonymous.get_json()["checks"]["database"] == {"ok": False}

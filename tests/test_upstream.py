@@ -29,6 +29,7 @@ from app.upstream import (
     parse_html_page,
     parse_json_page,
 )
+from tests.conftest import TEST_ALLOW_PRIVATE
 from tests.fake_upstream import MIME_HTML, MIME_JSON, FakeUpstream, negotiate
 
 PAGE = "https://upstream.test/simple/demo-pkg/"
@@ -85,7 +86,11 @@ def fake() -> Iterator[FakeUpstream]:
 def client() -> Iterator[UpstreamClient]:
     """A client with short timeouts and almost no backoff."""
     upstream_client = UpstreamClient(
-        connect_timeout_seconds=2, read_timeout_seconds=2, retries=2, backoff_seconds=0.01
+        connect_timeout_seconds=2,
+        read_timeout_seconds=2,
+        retries=2,
+        backoff_seconds=0.01,
+        allow_private=TEST_ALLOW_PRIVATE,
     )
     yield upstream_client
     upstream_client.close()
@@ -232,7 +237,7 @@ def test_a_transient_503_is_retried_until_the_page_arrives(fake, client):
 
 def test_no_retries_means_exactly_one_attempt(fake):
     fake.fail("503")
-    single = UpstreamClient(retries=0, backoff_seconds=0.01)
+    single = UpstreamClient(retries=0, backoff_seconds=0.01, allow_private=TEST_ALLOW_PRIVATE)
 
     with pytest.raises(UpstreamError, match=r"HTTP 503 Service Unavailable$"):
         single.fetch_project(fake.url, "demo-pkg")
@@ -273,7 +278,12 @@ def test_an_upstream_that_never_accepts_raises_timeout_after_retrying_the_connec
                     break
             else:
                 pytest.skip("this kernel never lets a connect to a full listener time out")
-            impatient = UpstreamClient(connect_timeout_seconds=0.2, retries=1, backoff_seconds=0.01)
+            impatient = UpstreamClient(
+                connect_timeout_seconds=0.2,
+                retries=1,
+                backoff_seconds=0.01,
+                allow_private=TEST_ALLOW_PRIVATE,
+            )
 
             with pytest.raises(UpstreamTimeout) as caught:
                 impatient.fetch_project(f"http://127.0.0.1:{port}/simple/", "demo-pkg")
@@ -287,7 +297,9 @@ def test_an_upstream_that_never_accepts_raises_timeout_after_retrying_the_connec
 
 def test_a_slow_upstream_raises_timeout_within_the_read_timeout(fake):
     fake.delay_seconds = 5
-    impatient = UpstreamClient(read_timeout_seconds=0.3, retries=2, backoff_seconds=0.01)
+    impatient = UpstreamClient(
+        read_timeout_seconds=0.3, retries=2, backoff_seconds=0.01, allow_private=TEST_ALLOW_PRIVATE
+    )
     started = time.monotonic()
 
     with pytest.raises(UpstreamTimeout, match=r"read timeout after 0\.3s$"):
@@ -481,7 +493,9 @@ def test_a_throttled_download_can_be_caught_mid_flight_and_the_fake_still_stops(
 
 
 def test_a_slow_file_raises_timeout_while_streaming(fake):
-    impatient = UpstreamClient(read_timeout_seconds=0.3, backoff_seconds=0.01)
+    impatient = UpstreamClient(
+        read_timeout_seconds=0.3, backoff_seconds=0.01, allow_private=TEST_ALLOW_PRIVATE
+    )
     fake.add_file("big", "big-1.0.tar.gz", blob("big", 100_000))
     fake.throttle_bytes_per_second = 2  # one byte every half second
 
@@ -504,9 +518,9 @@ def test_sessions_are_made_lazily_one_per_thread(fake):
     threaded = UpstreamClient(session_factory=factory, ca_bundle="/nonexistent/ca.pem")
     assert made == []
 
-    threaded._session()
-    threaded._session()
-    worker = threading.Thread(target=threaded._session)
+    threaded._session(is_trusted=False)
+    threaded._session(is_trusted=False)
+    worker = threading.Thread(target=threaded._session, kwargs={"is_trusted": False})
     worker.start()
     worker.join()
 

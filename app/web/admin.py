@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, flash, redirect, render_template, request, session, url_for
+from flask import (
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import login_user, logout_user
 from sqlalchemy import select
 
@@ -22,6 +31,7 @@ from app.db import begin_write, get_session
 from app.errors import HTTPError
 from app.indexes import (
     IndexConfigError,
+    IndexPermissionError,
     Reader,
     apply_config,
     create_index,
@@ -30,6 +40,7 @@ from app.indexes import (
     is_public,
     may_configure,
     may_read,
+    may_set_mirror_url,
     may_upload,
 )
 from app.models import Index, Token, User
@@ -388,8 +399,13 @@ def create_index_form() -> Response:
     if not config.get("acl_upload"):
         config.pop("acl_upload", None)  # default: the owner
     try:
-        created = create_index(db, owner, name, config, user=caller)
+        created = create_index(
+            db, owner, name, config, user=caller, users_may_mirror=_users_may_mirror()
+        )
         db.flush()
+    except IndexPermissionError as exc:
+        db.rollback()
+        raise HTTPError(403, f"Cannot create {owner_name}/{name}: {exc}.") from None
     except IndexConfigError as exc:
         db.rollback()
         flash(f"Cannot create {owner_name}/{name}: {exc}.", "error")
@@ -397,6 +413,10 @@ def create_index_form() -> Response:
     db.commit()
     flash(f"Index {created.path} created.", "info")
     return redirect(index_url(created.path), 303)
+
+
+def _users_may_mirror() -> bool:
+    return current_app.config["PYSHELF_SETTINGS"].users_may_mirror
 
 
 def _configurable(user: str, index: str) -> tuple[Index, User] | Response:
@@ -416,18 +436,33 @@ def edit_index(user: str, index: str) -> Response | str | tuple[str, int]:
     if isinstance(checked, Response):
         return checked
     found, caller = checked
+    may_set_url = may_set_mirror_url(caller, users_may_mirror=_users_may_mirror())
     if request.method == "GET":
-        return render_template("index_edit.html", index=found, error=None)
+        return render_template(
+            "index_edit.html", index=found, error=None, may_set_mirror_url=may_set_url
+        )
     db = get_session()
     begin_write(db)
     found = index_or_404(user, index)  # again, inside the write transaction
     try:
-        apply_config(db, found, _form_config(found, found.type), user=caller)
+        apply_config(
+            db,
+            found,
+            _form_config(found, found.type),
+            user=caller,
+            users_may_mirror=_users_may_mirror(),
+        )
         db.flush()
+    except IndexPermissionError as exc:
+        db.rollback()
+        raise HTTPError(403, f"Cannot change {found.path}: {exc}.") from None
     except IndexConfigError as exc:
         db.rollback()
         found = index_or_404(user, index)
-        return render_template("index_edit.html", index=found, error=f"{exc}."), 400
+        page = render_template(
+            "index_edit.html", index=found, error=f"{exc}.", may_set_mirror_url=may_set_url
+        )
+        return page, 400
     db.commit()
     flash(f"Settings of {found.path} saved.", "info")
     return redirect(index_url(found.path), 303)
