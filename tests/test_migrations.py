@@ -31,6 +31,7 @@ TABLES = {
     "cached_pages",
     "page_cache_state",
     "mirror_sidecars",
+    "mirror_holdings",
 }
 
 
