@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import datetime as dt
 import logging
+import shutil
 import threading
 import time
 import weakref
@@ -279,7 +280,15 @@ class MirrorCache:
 
     def make_room(self, needed_bytes: int) -> int:
         """After a write failed for a full disk: evict least recently used mirror files, whatever
-        the cap, until `needed_bytes` are freed; the bytes removed (0: nothing could go)."""
+        the cap, until `needed_bytes` more than the disk has free fit; the bytes removed (0:
+        nothing could go)."""
+        root = getattr(self.storage, "root", None)
+        if root is None:  # blobs elsewhere (S3): removing them frees no local disk
+            return 0
+        try:
+            shortfall = max(needed_bytes - shutil.disk_usage(root).free, 1)
+        except OSError:
+            shortfall = max(needed_bytes, 1)
         lock = self.locks.exclusive("evict")
         try:
             if not lock.try_acquire():  # another process is evicting: that frees space too
@@ -288,7 +297,7 @@ class MirrorCache:
             with self.database.session() as session:
                 total = self.total_bytes(session)
             result = Eviction(total_before=total)
-            target = max(0, total - max(needed_bytes, 1))
+            target = max(0, total - shortfall)
             self._evict_locked(total, target, result, REQUEST_LOCK_WAIT_SECONDS)
         except Exception:  # a failed eviction leaves the caller's own fallback
             log.exception("could not evict mirror files to make room")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -233,13 +234,15 @@ def test_a_blob_two_mirrors_hold_is_counted_once_and_evicted_for_both(capped, wh
     assert download(client, mirror_file_path(client, "pkg-a", name, "admin/m2")) == data
 
 
-def test_make_room_evicts_least_recently_used_files_whatever_the_cap(capped, wheels):
+def test_make_room_evicts_least_recently_used_files_whatever_the_cap(capped, wheels, monkeypatch):
     """After a write refused for a full disk: enough LRU mirror files go to fit the write."""
     for (name, _data), project in zip(wheels[:3], "abc", strict=True):
         fetch(capped, f"pkg-{project}", name)
     cache_of(capped).flush()
+    full = shutil.disk_usage("/")._replace(free=0)
+    monkeypatch.setattr("app.cache.shutil.disk_usage", lambda _path: full)
 
-    freed = cache_of(capped).make_room(len(wheels[0][1]) + 1)
+    freed = cache_of(capped).make_room(len(wheels[0][1]) + 1)  # a is not enough
 
     assert freed == len(wheels[0][1]) + len(wheels[1][1])  # a, then b: LRU first
     assert set(rows(capped)) == {sha256(wheels[2][1])}
