@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import io
 import logging
@@ -25,6 +26,7 @@ from app.cli import bootstrap, migrate
 from app.config import Settings
 from app.db import Database
 from app.locks import Lock, Locks
+from app.metrics import REGISTRY
 from app.mirror import STALE_HEADER, Mirror, _flush_at_exit
 from app.models import Index, MirrorPage, MirrorSidecar, MirrorStats, User
 from app.storage import LocalStorage
@@ -705,3 +707,53 @@ def test_an_evicted_sidecar_is_fetched_again_through_the_view(
     again = mc.get(url)
     assert (again.status_code, again.get_data()) == (200, mirrored["metadata"])
     assert fake_upstream.count("/files/") == 2
+
+
+# --- cache writes the disk refuses (issue #15 item 12) ----------------------------------------
+
+
+def write_failures(what: str) -> float:
+    """pyshelf_cache_write_failures_total{what=WHAT} in this process."""
+    value = REGISTRY.get_sample_value("pyshelf_cache_write_failures_total", {"what": what})
+    return value or 0.0
+
+
+def test_an_io_error_writing_the_part_file_sends_the_whole_file_uncached(
+    mirror_app, mc, demo, monkeypatch
+):
+    """EIO while caching (no eviction helps there): the client still gets every verified byte,
+    no part file or blob stays, and the failure is counted."""
+
+    def broken(*_args: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("app.mirror.write_at", broken)
+    before = write_failures("mirror")
+
+    response = mc.get(file_url(mc, demo[0]))
+
+    assert (response.status_code, response.get_data()) == (200, demo[1])
+    assert not stored(mirror_app, demo[1])
+    assert part_files(mirror_app.config["PYSHELF_SETTINGS"]) == []
+    assert write_failures("mirror") == before + 1
+    assert lock_is_free(mirror_app.config["PYSHELF_SETTINGS"], sha256(demo[1]))
+
+
+def test_a_full_disk_sends_a_verified_sidecar_uncached(mirror_app, mc, demo, monkeypatch):
+    """ENOSPC storing a PEP 658 sidecar, nothing to evict: the verified bytes are sent anyway,
+    marked no-store, and nothing is recorded for them."""
+    storage = mirror_app.extensions["pyshelf.storage"]
+
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "save", full)
+    before = write_failures("metadata")
+
+    response = mc.get(file_url(mc, demo[0]) + ".metadata")
+
+    assert (response.status_code, response.get_data()) == (200, wheel_metadata(demo[1]))
+    assert response.headers["Cache-Control"] == "no-store"
+    assert not stored(mirror_app, wheel_metadata(demo[1]))
+    assert sidecars(mirror_app) == []
+    assert write_failures("metadata") == before + 1
