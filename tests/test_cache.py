@@ -236,6 +236,8 @@ def test_a_blob_two_mirrors_hold_is_counted_once_and_evicted_for_both(capped, wh
 
 def test_make_room_evicts_least_recently_used_files_whatever_the_cap(capped, wheels, monkeypatch):
     """After a write refused for a full disk: enough LRU mirror files go to fit the write."""
+    if not hasattr(capped.extensions["pyshelf.storage"], "root"):
+        pytest.skip("S3 blobs: evicting them frees no local disk, so make_room never does")
     for (name, _data), project in zip(wheels[:3], "abc", strict=True):
         fetch(capped, f"pkg-{project}", name)
     cache_of(capped).flush()
