@@ -1,10 +1,13 @@
 """The mirror cache's accounting: which blobs it holds, their last download, the size cap.
 
-A mirror records each file it commits in `mirror_blobs`; downloads from the cache update
+A mirror records each file it fetched and verified in `mirror_holdings` (what it may serve:
+the blob store is shared by all indexes, and a sha256 on an upstream page proves nothing) and,
+once per blob, in `mirror_blobs` (what the cap counts). Downloads from the cache update
 `last_access_at` in batches (at most every few seconds per worker, never a write per request).
 When the recorded total passes MIRROR_CACHE_MAX_SIZE, the least recently downloaded files are
-removed until the total is below LOW_WATER of the cap. Their project pages stay: the next
-request fetches a removed file again.
+removed until the total is below LOW_WATER of the cap, and with them every mirror's holding.
+Their project pages stay: the next request fetches a removed file again. A write that fails
+for a full disk first asks `make_room` to evict, whatever the cap.
 
 Blobs that an upload references (File, its wheel's METADATA sidecar, DocSet) are never removed,
 even when a mirror cached the same bytes. Uploads store their blob before they record its row,
@@ -19,6 +22,7 @@ import atexit
 import contextlib
 import datetime as dt
 import logging
+import shutil
 import threading
 import time
 import weakref
@@ -32,7 +36,16 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import Database, begin_write
 from app.locks import Locks
-from app.models import DocSet, File, Index, MirrorBlob, MirrorPage, MirrorStats, utcnow
+from app.models import (
+    DocSet,
+    File,
+    Index,
+    MirrorBlob,
+    MirrorHolding,
+    MirrorPage,
+    MirrorStats,
+    utcnow,
+)
 from app.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -42,6 +55,7 @@ LOW_WATER = 0.9  # eviction frees down to 90 % of the cap, so one miss does not 
 EVICT_BATCH = 200  # candidates considered per round
 LOCK_WAIT_SECONDS = 30.0  # how long eviction waits for uploads between store and record
 REQUEST_LOCK_WAIT_SECONDS = 0.5  # ... when it runs in a request thread (a backup holds it long)
+DISCARD_LOCK_WAIT_SECONDS = 5.0  # a failed upload's cleanup; what it cannot wait for, verify does
 
 
 class BlobLock:
@@ -94,6 +108,19 @@ def recorded_blobs(session: Session, keys: Iterable[str]) -> set[str]:
     return found
 
 
+def holds(session: Session, index_id: int, key: str) -> bool:
+    """Whether mirror `index_id` fetched the blob `key` from its upstream itself (and may serve
+    it); the store may hold the same bytes for another index, which proves nothing here."""
+    return (
+        session.scalar(
+            select(MirrorHolding.index_id).where(
+                MirrorHolding.index_id == index_id, MirrorHolding.sha256 == key
+            )
+        )
+        is not None
+    )
+
+
 @dataclass
 class Eviction:
     """What one eviction run did."""
@@ -141,8 +168,9 @@ class MirrorCache:
 
     # --- accounting ----------------------------------------------------------------------
 
-    def record(self, index_id: int, key: str, size: int) -> None:
-        """A mirror committed `key` to the store: count it (one short transaction)."""
+    def record(self, index_id: int, key: str, size: int) -> bool:
+        """Mirror `index_id` fetched and verified `key`, now stored: it holds the blob, and the
+        cap counts it once (one short transaction). False if that could not be written."""
         now = utcnow()
         try:
             with self.database.session() as session:
@@ -158,11 +186,15 @@ class MirrorCache:
                             last_access_at=now,
                         )
                     )
-                else:
-                    row.size, row.cached_at, row.last_access_at = size, now, now
+                else:  # another mirror's too: still one blob, counted once
+                    row.size, row.last_access_at = size, now
+                if session.get(MirrorHolding, (index_id, key)) is None:
+                    session.add(MirrorHolding(index_id=index_id, sha256=key, fetched_at=now))
                 session.commit()
-        except Exception:  # accounting must never break a download
+        except Exception:  # accounting must never break a download: it is fetched again
             log.exception("could not record cached blob %s", key)
+            return False
+        return True
 
     def touch(self, key: str) -> None:
         """Note a download from the cache; written with others every ACCESS_FLUSH_SECONDS."""
@@ -237,17 +269,53 @@ class MirrorCache:
                 result.skipped = "another process is evicting"
                 return result
             self.flush()  # this process's recent downloads count as recent
-            return self._evict_locked(cap, result, lock_wait_seconds)
+            with self.database.session() as session:
+                total = result.total_before = self.total_bytes(session)
+            if total <= cap:
+                result.skipped, result.total_after = "under the cap", total
+                return result
+            return self._evict_locked(cap, int(cap * LOW_WATER), result, lock_wait_seconds)
         finally:
             lock.close()
 
-    def _evict_locked(self, cap: int, result: Eviction, lock_wait_seconds: float) -> Eviction:
-        target = int(cap * LOW_WATER)
-        with self.database.session() as session:
-            total = result.total_before = self.total_bytes(session)
-        if total <= cap:
-            result.skipped, result.total_after = "under the cap", total
-            return result
+    def make_room(self, needed_bytes: int) -> int:
+        """After a write failed for a full disk: evict least recently used mirror files, whatever
+        the cap, until `needed_bytes` more than the disk has free fit; the bytes removed (0:
+        nothing could go)."""
+        root = getattr(self.storage, "root", None)
+        if root is None:  # blobs elsewhere (S3): removing them frees no local disk
+            return 0
+        try:
+            shortfall = max(needed_bytes - shutil.disk_usage(root).free, 1)
+        except OSError:
+            shortfall = max(needed_bytes, 1)
+        lock = self.locks.exclusive("evict")
+        try:
+            if not lock.try_acquire():  # another process is evicting: that frees space too
+                return 0
+            self.flush()
+            with self.database.session() as session:
+                total = self.total_bytes(session)
+            result = Eviction(total_before=total)
+            target = max(0, total - shortfall)
+            self._evict_locked(total, target, result, REQUEST_LOCK_WAIT_SECONDS)
+        except Exception:  # a failed eviction leaves the caller's own fallback
+            log.exception("could not evict mirror files to make room")
+            return 0
+        finally:
+            lock.close()
+        log.warning(
+            "disk full: evicted %d mirror files (%d bytes) to make room for %d bytes",
+            result.removed_files,
+            result.removed_bytes,
+            needed_bytes,
+        )
+        return result.removed_bytes
+
+    def _evict_locked(
+        self, cap: int, target: int, result: Eviction, lock_wait_seconds: float
+    ) -> Eviction:
+        total = result.total_before
         while total > target:
             with self.database.session() as session:
                 candidates = session.execute(
@@ -295,16 +363,40 @@ class MirrorCache:
             begin_write(session)
             protected = uploaded_blobs(session, keys)
             session.execute(delete(MirrorBlob).where(MirrorBlob.sha256.in_(keys)))
+            session.execute(delete(MirrorHolding).where(MirrorHolding.sha256.in_(keys)))
             session.commit()
         removed = [(key, size) for key, size in chosen if key not in protected]
         for key, _size in removed:
             self.storage.delete(key)
         return removed, len(keys) - len(removed)
 
+    def discard_unrecorded(self, keys: Iterable[str]) -> None:
+        """Delete blobs that a failed upload stored and no row references, so it leaves nothing
+        behind; an upload of the same bytes between store and record is waited for."""
+        keys = list(keys)
+        if not keys:
+            return
+        try:
+            with self.blob_lock.exclusive(DISCARD_LOCK_WAIT_SECONDS) as is_locked:
+                if not is_locked:
+                    log.warning("blob lock busy: %d unrecorded blobs stay (verify)", len(keys))
+                    return
+                with self.database.session() as session:
+                    kept = recorded_blobs(session, keys)
+                for key in keys:
+                    if key not in kept:
+                        self.storage.delete(key)
+        except Exception:  # the caller's own error is the one to answer with
+            log.exception("could not remove the blobs of a failed upload")
+
     # --- admin ---------------------------------------------------------------------------
 
     def adopt(self) -> tuple[int, int]:
-        """Record mirror-cached blobs that nobody recorded (cached before 0003): (files, bytes)."""
+        """Record mirror-cached blobs that nobody recorded (cached before 0003): (files, bytes).
+
+        For the cap only: which mirror fetched a blob is unknown (any page may list a sha256),
+        so none holds it; the first request fetches and verifies it again, and keeps this copy.
+        """
         with self.database.session() as session:
             known = set(session.scalars(select(MirrorBlob.sha256)))
             listed: dict[str, int] = {}
@@ -358,12 +450,13 @@ class MirrorCache:
             ).one()
             per_index: dict[str, dict[str, int]] = {}
             indexes = session.scalars(select(Index).where(Index.type == "mirror")).all()
+            # Per mirror: what it holds (a blob two mirrors fetched counts for both).
             sizes = dict(
                 (index_id, (size, count))
                 for index_id, size, count in session.execute(
-                    select(MirrorBlob.index_id, func.sum(MirrorBlob.size), func.count()).group_by(
-                        MirrorBlob.index_id
-                    )
+                    select(MirrorHolding.index_id, func.sum(MirrorBlob.size), func.count())
+                    .join(MirrorBlob, MirrorBlob.sha256 == MirrorHolding.sha256)
+                    .group_by(MirrorHolding.index_id)
                 )
             )
             counters = {row.index_id: row for row in session.scalars(select(MirrorStats))}

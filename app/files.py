@@ -18,7 +18,7 @@ from app.db import FastRead, get_session
 from app.dists import InvalidDistribution, parse_filename
 from app.errors import HTTPError
 from app.indexes import get_index
-from app.models import ANONYMOUS, File, Index, MirrorBlob, MirrorSidecar, Project, User
+from app.models import ANONYMOUS, File, Index, MirrorHolding, MirrorSidecar, Project, User
 
 bp = Blueprint("files", __name__)
 
@@ -145,11 +145,13 @@ def _blob_lookup() -> Select:
     """One query for CachedFiles: the index (type, acl_read) and what it holds under the key.
 
     `hosted`: the upload's metadata sha256 ("" without one; NULL: not uploaded here);
-    `mirrored`: whether this mirror cached the key; `sidecar`: its recorded PEP 658 sidecar.
+    `mirrored`: whether this mirror holds the key (fetched it itself: the store is shared, and
+    another index's blob under the same key is never this mirror's); `sidecar`: its recorded
+    PEP 658 sidecar, when this mirror holds that too.
     """
     index, user = Index.__table__.c, User.__table__.c
     file, project = File.__table__.c, Project.__table__.c
-    blob, sidecar = MirrorBlob.__table__.c, MirrorSidecar.__table__.c
+    held, sidecar = MirrorHolding.__table__.c, MirrorSidecar.__table__.c
     key, filename = bindparam("key"), bindparam("filename")
     hosted = (
         select(func.coalesce(file.metadata_sha256, ""))
@@ -158,13 +160,14 @@ def _blob_lookup() -> Select:
         .limit(1)
         .scalar_subquery()
     )
-    mirrored = exists().where(blob.sha256 == key, blob.index_id == index.id)
+    mirrored = exists().where(held.sha256 == key, held.index_id == index.id)
     recorded = (
         select(sidecar.metadata_sha256)
         .where(
             sidecar.index_id == index.id,
             sidecar.dist_sha256 == key,
             sidecar.filename == filename,
+            exists().where(held.index_id == index.id, held.sha256 == sidecar.metadata_sha256),
         )
         .scalar_subquery()
     )

@@ -32,6 +32,7 @@ from app.models import (
     File,
     Index,
     MirrorBlob,
+    MirrorHolding,
     MirrorPage,
     MirrorSidecar,
     MirrorStats,
@@ -291,6 +292,7 @@ class Verifier:
                     return None  # an upload took these bytes meanwhile: private now
                 begin_write(session)
                 session.execute(delete(MirrorBlob).where(MirrorBlob.sha256 == key))
+                session.execute(delete(MirrorHolding).where(MirrorHolding.sha256 == key))
                 session.commit()
             if problem.kind == "corrupt":
                 self.storage.delete(key)
@@ -354,7 +356,7 @@ class Verifier:
             return
         with self.database.session() as session:
             begin_write(session)
-            for model in (MirrorPage, MirrorBlob, MirrorSidecar, MirrorStats):
+            for model in (MirrorPage, MirrorBlob, MirrorHolding, MirrorSidecar, MirrorStats):
                 session.execute(delete(model).where(model.index_id.not_in(select(Index.id))))
             session.commit()
         for problem in dangling:

@@ -92,6 +92,14 @@ EVICTIONS = Counter(
     registry=REGISTRY,
 )
 
+CACHE_WRITE_FAILURES = Counter(
+    "pyshelf_cache_write_failures",
+    "Blob store writes that failed (disk full, I/O error), by what was written: a mirror file "
+    "or sidecar is then sent uncached, an upload answers 507.",
+    ["what"],
+    registry=REGISTRY,
+)
+
 _KINDS = {"simple": "simple", "files": "file", "upload": "upload", "api": "api", "web": "web"}
 
 
@@ -108,6 +116,11 @@ def count_cache(*, hits: int = 0, misses: int = 0, fetched_bytes: int = 0) -> No
 def count_upstream_error(index_path: str) -> None:
     """Count one failed upstream request of a mirror index."""
     UPSTREAM_ERRORS.labels(index=index_path).inc()
+
+
+def count_write_failure(what: str) -> None:
+    """Count one failed blob store write: `what` is "mirror", "metadata" or "upload"."""
+    CACHE_WRITE_FAILURES.labels(what=what).inc()
 
 
 def mark_cache_hit() -> None:

@@ -6,6 +6,13 @@ file) is serialized with flock() on files under DATA_DIR/locks: the kernel relea
 a worker dies, even by SIGKILL. File downloads take app/locks.py's named locks, which are
 PostgreSQL advisory locks when replicas share the database. Each committed file is recorded in
 the cache's accounting (app/cache.py: size cap, LRU eviction), and counted for /+metrics.
+
+All indexes share one blob store, and an upstream page may list any sha256 (another index's
+private upload, say): a mirror serves only blobs it holds (app/cache.py `holds`: it fetched and
+verified them itself). Bytes already stored for someone else are downloaded and verified all
+the same, then kept as they are (the store deduplicates). When the disk fails a cache write
+(full, I/O error), least recently used mirror files are evicted and the write retried once;
+after that the download goes on uncached: the client still gets every verified byte.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import io
 import logging
@@ -20,9 +28,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import requests
 from flask import Response, g
@@ -31,16 +39,16 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from app import metrics
-from app.cache import MirrorCache
+from app.cache import MirrorCache, holds
 from app.config import Settings
 from app.db import Database, begin_write, get_session
 from app.dists import InvalidDistribution, parse_filename
-from app.errors import HTTPError
+from app.errors import DISK_FULL_ERRNOS, HTTPError
 from app.files import METADATA_MIMETYPE, send_blob
 from app.indexes import Dist, file_path
 from app.locks import FileLock, Lock, Locks
-from app.models import Index, MirrorBlob, MirrorPage, MirrorSidecar, MirrorStats, utcnow
-from app.storage import Storage
+from app.models import Index, MirrorHolding, MirrorPage, MirrorSidecar, MirrorStats, utcnow
+from app.storage import Storage, write_at
 from app.upstream import (
     UpstreamClient,
     UpstreamError,
@@ -52,6 +60,7 @@ from app.upstream import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHUNK_BYTES = 1 << 20  # 1 MiB per read from upstream and per write to the client
 MAX_METADATA_BYTES = 16 << 20  # 16 MiB: far above any real METADATA file; bounds memory
@@ -64,6 +73,8 @@ COUNTER_FLUSH_SECONDS = 5.0
 STALE_HEADER = "X-Pyshelf-Stale"
 SIDECAR_RECORD_WAIT_MS = 200  # noting a sidecar's key is optional: never wait long for it
 MAX_NAME_CHARS = 255  # MirrorPage.normalized_name: longer project names are nowhere upstream
+# A cache write failing with these sends the file uncached instead of cutting the download.
+CACHE_WRITE_ERRNOS = (*DISK_FULL_ERRNOS, errno.EIO)
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
@@ -449,7 +460,7 @@ class Mirror:
             raise HTTPError(404, f"No such file on {index.path}: {filename}")
         if is_metadata:
             return self._serve_metadata(index, entry)
-        if entry.get("sha256") and self.storage.exists(key):
+        if entry.get("sha256") and self._is_cached_here(index, key):
             return self._send_cached(index, key, filename)
         if is_head:
             response = Response(b"", mimetype="application/octet-stream")
@@ -460,16 +471,24 @@ class Mirror:
         return self._download(index, entry)
 
     def _is_cached_here(self, index: Index, key: str) -> bool:
-        """Whether this mirror cached the blob `key` (mirror_blobs) and the store still has it."""
-        cached_by = get_session().scalar(
-            select(MirrorBlob.index_id).where(MirrorBlob.sha256 == key)
-        )
-        return cached_by == index.id and self.storage.exists(key)
+        """Whether this mirror holds the blob `key` (fetched it itself) and the store has it."""
+        return holds(get_session(), index.id, key) and self.storage.exists(key)
+
+    def _holds_now(self, index: Index, key: str) -> bool:
+        """_is_cached_here in a fresh session: another worker may have committed it just now."""
+        with self.database.session() as session:
+            return holds(session, index.id, key) and self.storage.exists(key)
 
     def _cached_sidecar(self, index: Index, key: str, filename: str) -> str | None:
-        """The stored sidecar recorded for this mirror's file `key`, if the store still has it."""
+        """The sidecar recorded for this mirror's file `key`, if it holds it and it is stored."""
         digest = get_session().scalar(
-            select(MirrorSidecar.metadata_sha256).where(
+            select(MirrorSidecar.metadata_sha256)
+            .join(
+                MirrorHolding,
+                (MirrorHolding.index_id == MirrorSidecar.index_id)
+                & (MirrorHolding.sha256 == MirrorSidecar.metadata_sha256),
+            )
+            .where(
                 MirrorSidecar.index_id == index.id,
                 MirrorSidecar.dist_sha256 == key,
                 MirrorSidecar.filename == filename,
@@ -499,34 +518,59 @@ class Mirror:
             pass
 
     def _serve_metadata(self, index: Index, entry: dict[str, Any]) -> Response:
-        """The PEP 658 sidecar: fetched once, verified against the advertised sha256, cached."""
+        """The PEP 658 sidecar: fetched once per mirror, verified against the advertised sha256,
+        cached (bytes stored already for another index are kept, never served unfetched)."""
         digest = entry.get("metadata_sha256")
         name = entry["filename"] + ".metadata"
         if not digest:
             raise HTTPError(404, f"Upstream offers no core metadata for {entry['filename']}.")
         mimetype = METADATA_MIMETYPE
-        if self.storage.exists(digest):
+        if self._is_cached_here(index, digest):
             self._remember_sidecar(index, entry, digest)
             return self._send_cached(index, digest, name, mimetype=mimetype)
-        lock = self.locks.exclusive(f"meta-{digest}")
-        try:  # one fetch per sidecar across workers (uv asks for many at once)
+        lock = self.locks.exclusive(f"meta-{index.id}-{digest}")
+        try:  # one fetch per sidecar and mirror across workers (uv asks for many at once)
             if not lock.acquire(self._upstream_budget_seconds()):
                 raise HTTPError(504, f"{name} is still being fetched by another worker.")
-            if self.storage.exists(digest):
+            if self._holds_now(index, digest):
                 return self._send_cached(index, digest, name, mimetype=mimetype)
             data = self._fetch_metadata(index, entry["url"] + ".metadata", name)
             if hashlib.sha256(data).hexdigest() != digest:
                 log.error("hash mismatch for %s from %s: not cached", name, mask_url(entry["url"]))
                 metrics.count_upstream_error(index.path)
                 raise HTTPError(502, f"Upstream sent {name} with the wrong sha256; not served.")
-            self.storage.save(digest, io.BytesIO(data))
             self.counters.add(index.id, misses=1, fetched_bytes=len(data))
+            if not self._save_sidecar(index, digest, data, name):
+                response = Response(data, mimetype=mimetype)
+                response.headers["Cache-Control"] = "no-store"
+                return response
             self.cache.record(index.id, digest, len(data))
             self._remember_sidecar(index, entry, digest)
         finally:
             lock.close()
         self.cache.evict_if_over()
         return send_blob(digest, name, mimetype=mimetype)
+
+    def _save_sidecar(self, index: Index, digest: str, data: bytes, name: str) -> bool:
+        """Store verified sidecar bytes, unless stored already; False when the disk refused them
+        (after evicting to make room, once): the caller then sends them uncached."""
+        for attempt in range(2):
+            try:
+                if not self.storage.exists(digest):  # another index's identical bytes stay
+                    self.storage.save(digest, io.BytesIO(data))
+                return True
+            except OSError as exc:
+                if exc.errno not in CACHE_WRITE_ERRNOS:
+                    raise
+                failure = exc
+            if (
+                attempt
+                or failure.errno not in DISK_FULL_ERRNOS
+                or not self.cache.make_room(len(data))
+            ):
+                break
+        _count_write_failure("metadata", f"{index.path}: {name}", failure)
+        return False
 
     def _send_cached(
         self, index: Index, key: str, filename: str, *, mimetype: str = "application/octet-stream"
@@ -555,8 +599,15 @@ class Mirror:
             raise HTTPError(502, f"Upstream failed fetching {name}: {exc}") from None
         return bytes(data)
 
+    def _part_paths(self, index: Index, key: str) -> tuple[Path, Path]:
+        """A download's part file and size note: one per mirror and file (a mirror never sends
+        bytes another mirror is fetching: they are not its own until it verified them)."""
+        stem = f"{index.id}-{key}"
+        return self.part_dir / f"{stem}.part", self.part_dir / f"{stem}.size"
+
     def _download(self, index: Index, entry: dict[str, Any]) -> Response:
-        """Stream a file from upstream to the client while caching it; one download per file.
+        """Stream a file from upstream to the client while caching it; one download per file
+        and mirror.
 
         Whoever takes the file's lock leads: it downloads and caches. A follower on this machine
         streams the leader's part file as it grows. With PostgreSQL a follower whose leader is
@@ -566,15 +617,15 @@ class Mirror:
         if not entry.get("sha256"):
             return self._pass_through(index, entry)
         key, filename = file_key(entry), entry["filename"]
-        part = self.part_dir / f"{key}.part"
+        part, _size = self._part_paths(index, key)
         # The leader creates the part file once upstream answers, which may take every retry.
         started = time.monotonic()
         deadline = started + self._upstream_budget_seconds()
         is_distributed = self.locks.is_distributed
         while True:
-            lock = self.locks.exclusive(f"file-{key}")
+            lock = self.locks.exclusive(f"file-{index.id}-{key}")
             if lock.try_acquire():
-                if self.storage.exists(key):
+                if self._holds_now(index, key):
                     lock.close()  # another worker just finished it
                     return self._send_cached(index, key, filename)
                 return self._lead(index, entry, lock)
@@ -586,7 +637,7 @@ class Mirror:
                     return self._follow(index, entry, part)
                 time.sleep(LOCK_POLL_SECONDS)
                 continue
-            if self.storage.exists(key):  # committed by another replica, which unlocks next
+            if self._holds_now(index, key):  # committed by another replica, which unlocks next
                 return self._send_cached(index, key, filename)
             if time.monotonic() - started >= REMOTE_WAIT_SECONDS:
                 log.info("%s: another replica is fetching it, streamed uncached", filename)
@@ -607,10 +658,17 @@ class Mirror:
             metrics.count_upstream_error(index.path)
             raise HTTPError(502, f"Upstream failed fetching {entry['filename']}: {exc}") from None
 
-    def _pass_through(self, index: Index, entry: dict[str, Any]) -> Response:
-        """Streamed from upstream, never cached: a file listed without a sha256 (R89), or one
-        another replica is still downloading. A known sha256 is checked before the last chunk."""
-        upstream_response = self._open_upstream(index, entry)
+    def _pass_through(
+        self,
+        index: Index,
+        entry: dict[str, Any],
+        upstream_response: requests.Response | None = None,
+    ) -> Response:
+        """Streamed from upstream, never cached: a file listed without a sha256 (R89), one
+        another replica is still downloading, or one the disk has no room for. A known sha256 is
+        checked before the last chunk."""
+        if upstream_response is None:
+            upstream_response = self._open_upstream(index, entry)
         filename, counters, verify = entry["filename"], self.counters, entry.get("sha256")
         if not verify:
             log.warning("%s has no upstream sha256: streamed, not cached", filename)
@@ -644,48 +702,111 @@ class Mirror:
         response.headers["Cache-Control"] = "no-store"
         return response
 
+    def _new_part(self, part_path: Path, size_path: Path, total: int | None) -> IO[bytes]:
+        """A new, empty part file (unbuffered: followers read each chunk as it is written) and
+        its size note; nothing is left when either cannot be written."""
+        self.part_dir.mkdir(parents=True, exist_ok=True)
+        # A new inode, never the old one truncated: a follower still reading a part left by
+        # a killed or failed leader must not see its bytes change under it.
+        part_path.unlink(missing_ok=True)
+        part: IO[bytes] = open(part_path, "x+b", buffering=0)  # noqa: SIM115 - the caller closes
+        try:
+            if total is not None:
+                size_path.write_text(str(total))
+            else:
+                size_path.unlink(missing_ok=True)
+        except BaseException:
+            part.close()
+            part_path.unlink(missing_ok=True)
+            size_path.unlink(missing_ok=True)
+            raise
+        return part
+
     def _lead(self, index: Index, entry: dict[str, Any], lock: Lock) -> Response:
-        """Download a file for every worker: write KEY.part, verify, commit it to the store."""
+        """Download a file for every worker of this mirror: write its part file, verify, commit
+        it to the store (bytes stored already for anyone are kept as they are), record that this
+        mirror holds it.
+
+        A cache write failing for a full disk evicts least recently used mirror files and is
+        tried once more; when it fails again (or with EIO) the part file is dropped and the file
+        is sent on uncached, still checked before its last byte, and the failure is counted.
+        """
         key, verify, filename = file_key(entry), entry["sha256"], entry["filename"]
         try:
             upstream_response = self._open_upstream(index, entry)
         except BaseException:
             lock.close()
             raise
-        part_path = self.part_dir / f"{key}.part"
-        size_path = self.part_dir / f"{key}.size"
+        part_path, size_path = self._part_paths(index, key)
+        length = upstream_response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else entry.get("size")
         try:
-            length = upstream_response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else entry.get("size")
-            self.part_dir.mkdir(parents=True, exist_ok=True)
-            # A new inode, never the old one truncated: a follower still reading a part left by
-            # a killed or failed leader must not see its bytes change under it.
-            part_path.unlink(missing_ok=True)
-            part: IO[bytes] = open(part_path, "x+b")  # noqa: SIM115 - closed by the generator
-            if total is not None:
-                size_path.write_text(str(total))
-            else:
-                size_path.unlink(missing_ok=True)
+            part = self._with_room(lambda: self._new_part(part_path, size_path, total), total or 0)
+        except OSError as exc:
+            lock.close()
+            if exc.errno not in CACHE_WRITE_ERRNOS:
+                upstream_response.close()
+                raise
+            _count_write_failure("mirror", f"{index.path}: {filename}", exc)
+            return self._pass_through(index, entry, upstream_response)
         except BaseException:
             upstream_response.close()
             lock.close()
             raise
         storage, counters, cache = self.storage, self.counters, self.cache
-        released = False
+        is_caching, has_made_room, is_dropped = True, False, False
 
-        def release() -> None:
-            """Free the upstream connection, the part file and the lock; once, whatever ends."""
-            nonlocal released
-            if released:
+        def drop_part() -> None:
+            """Free the part file and the lock; once, whatever ends (or the disk failed)."""
+            nonlocal is_dropped
+            if is_dropped:
                 return
-            released = True
-            upstream_response.close()
+            is_dropped = True
             part.close()
-            # Gone already when the store committed it by rename; a copy (save()) or a failure
-            # leaves it. Nobody else writes this path while we hold the lock.
+            # Gone already when the store committed it by rename; a copy (save()), a stored
+            # copy kept, or a failure leaves it. Nobody else writes this path while we hold
+            # the lock.
             part_path.unlink(missing_ok=True)
             size_path.unlink(missing_ok=True)
             lock.close()
+
+        def release() -> None:
+            """Free the upstream connection, the part file and the lock."""
+            upstream_response.close()
+            drop_part()
+
+        def stop_caching(exc: OSError) -> None:
+            """The disk refused the bytes: nothing partial stays, the client still gets them."""
+            nonlocal is_caching
+            if exc.errno not in CACHE_WRITE_ERRNOS:
+                raise exc
+            is_caching = False
+            _count_write_failure("mirror", f"{index.path}: {filename}", exc)
+            drop_part()  # followers see the leader gone and the file not held: they stop
+
+        def write(chunk: bytes, offset: int) -> None:
+            nonlocal has_made_room
+            try:
+                write_at(part, offset, chunk)
+                return
+            except OSError as exc:
+                if exc.errno not in DISK_FULL_ERRNOS or has_made_room:
+                    raise
+            has_made_room = True  # one eviction per download: it frees the whole rest
+            if not cache.make_room((total or offset + len(chunk)) - offset):
+                raise OSError(errno.ENOSPC, "disk full, and no mirror files to evict")
+            write_at(part, offset, chunk)
+
+        def commit() -> None:
+            os.fsync(part.fileno())
+            if storage.exists(key):
+                return  # stored already (an upload's, another mirror's): the bytes are proven
+            commit_temp = getattr(storage, "commit_temp", None)
+            if commit_temp is not None:
+                commit_temp(key, part_path)
+            else:
+                part.seek(0)
+                storage.save(key, part)
 
         def generate() -> Iterator[bytes]:
             is_client_gone = False
@@ -694,8 +815,11 @@ class Mirror:
                 # first download's speed by three.
                 digest, size, held = hashlib.sha256(), 0, b""
                 for chunk in iter_raw(upstream_response, chunk_bytes=CHUNK_BYTES):
-                    part.write(chunk)
-                    part.flush()  # followers in other workers read the part file as it grows
+                    if is_caching:
+                        try:
+                            write(chunk, size)  # followers read the part file as it grows
+                        except OSError as exc:
+                            stop_caching(exc)
                     digest.update(chunk)
                     size += len(chunk)
                     if held and not is_client_gone:
@@ -705,6 +829,8 @@ class Mirror:
                             # The first client left: finish the download anyway, so followers
                             # and pip's resumed retry get the file (no more yields from here).
                             is_client_gone = True
+                    if is_client_gone and not is_caching:
+                        return  # nobody waits for these bytes any more
                     held = chunk
                 # The last chunk is held back until the bytes are proven right (R89): a client
                 # never receives a complete wrong file, only a cut-off one.
@@ -714,16 +840,16 @@ class Mirror:
                     raise UpstreamError(
                         f"{filename}: sha256 {digest.hexdigest()} != expected {verify}"
                     )
-                os.fsync(part.fileno())
-                commit = getattr(storage, "commit_temp", None)
-                if commit is not None:
-                    commit(key, part_path)
-                else:
-                    part.seek(0)
-                    storage.save(key, part)
+                if is_caching:
+                    try:
+                        commit()
+                    except OSError as exc:
+                        stop_caching(exc)
+                if is_caching:
+                    # Recorded before the lock is freed: a follower then finds it held.
+                    cache.record(index.id, key, size)
                 release()  # before the last byte goes out: the client then sees a finished cache
                 counters.add(index.id, misses=1, fetched_bytes=size)
-                cache.record(index.id, key, size)
                 if not is_client_gone:
                     yield held
             except Exception as exc:
@@ -738,7 +864,8 @@ class Mirror:
             finally:
                 release()
             # After the last byte: the client does not wait for an eviction over the cap.
-            cache.evict_if_over()
+            if is_caching:
+                cache.evict_if_over()
 
         response = Response(generate(), mimetype="application/octet-stream")
         # A generator that never starts (HEAD, or a client gone before the first byte) never
@@ -749,19 +876,30 @@ class Mirror:
         response.headers["Cache-Control"] = "no-store"  # R95: no ranges, no caching mid-flight
         return response
 
-    def _follow(self, index: Index, entry: dict[str, Any], part_path: Path) -> Response:
-        """Stream a file another worker is downloading, from its part file, as it grows.
+    def _with_room(self, write: Callable[[], T], needed_bytes: int) -> T:
+        """`write()`; when the disk is full, evict least recently used mirror files to make room
+        for `needed_bytes` and try once more (the OSError of the last try is raised)."""
+        try:
+            return write()
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS or not self.cache.make_room(needed_bytes):
+                raise
+        return write()
 
-        The final byte only ever comes from the committed blob, and only after the bytes sent
-        so far are proven to be the blob's own (a part may belong to an earlier, failed leader).
+    def _follow(self, index: Index, entry: dict[str, Any], part_path: Path) -> Response:
+        """Stream a file another worker of this mirror is downloading, from its part file.
+
+        The final byte only ever comes from the committed blob, once this mirror holds it, and
+        only after the bytes sent so far are proven to be the blob's own (a part may belong to
+        an earlier, failed leader).
         """
         key = file_key(entry)
-        size_path = self.part_dir / f"{key}.size"
+        _part, size_path = self._part_paths(index, key)
         timeout = self.settings.upstream_read_timeout_seconds
         try:
             part = open(part_path, "rb")  # noqa: SIM115 - closed by the generator
         except FileNotFoundError:
-            if self.storage.exists(key):
+            if self._holds_now(index, key):
                 return self._send_cached(index, key, entry["filename"])
             raise HTTPError(
                 503, f"{entry['filename']} is being fetched; try again.", {"Retry-After": "5"}
@@ -771,8 +909,20 @@ class Mirror:
         except (OSError, ValueError):
             total = entry.get("size")
         storage, filename, locks = self.storage, entry["filename"], self.locks
+        database, index_id = self.database, index.id
         self.counters.add(index.id, hits=1)
         self.cache.touch(key)
+        is_held = False
+
+        def is_done() -> bool:
+            """Whether the leader committed the blob and recorded that this mirror holds it."""
+            nonlocal is_held
+            if not storage.exists(key):
+                return False
+            if not is_held:  # the store may have had it before, for another index
+                with database.session() as session:
+                    is_held = holds(session, index_id, key)
+            return is_held
 
         def generate() -> Iterator[bytes]:
             nonlocal part
@@ -782,11 +932,11 @@ class Mirror:
             last_size, idle_since = -1, time.monotonic()
             try:
                 while True:
-                    if storage.exists(key):
+                    if is_done():
                         same = not has_switched and _is_same_file(storage, key, part)
                         yield from _rest_of_blob(storage, key, sent, sent_bytes, filename, same)
                         return
-                    lock = locks.exclusive(f"file-{key}")
+                    lock = locks.exclusive(f"file-{index_id}-{key}")
                     leader_gone = lock.try_acquire()
                     lock.close()
                     newer = _current_part(part, part_path)
@@ -805,7 +955,7 @@ class Mirror:
                         idle_since = time.monotonic()
                         yield chunk
                         continue
-                    if leader_gone and not storage.exists(key):
+                    if leader_gone and not is_done():
                         raise UpstreamError(f"the download of {filename} failed in another worker")
                     if time.monotonic() - idle_since > timeout:
                         raise UpstreamTimeout(f"no progress on {filename} for {timeout} s")
@@ -822,6 +972,12 @@ class Mirror:
             response.headers["Content-Length"] = str(total)
         response.headers["Cache-Control"] = "no-store"
         return response
+
+
+def _count_write_failure(what: str, where: str, exc: OSError) -> None:
+    """Log and count a cache write the disk refused (the caller sends the bytes uncached)."""
+    log.error("cache write failed for %s, sent uncached: %s", where, exc)
+    metrics.count_write_failure(what)
 
 
 def _current_part(part: IO[bytes], part_path: Path) -> IO[bytes]:

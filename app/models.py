@@ -201,6 +201,24 @@ class MirrorBlob(Base):
     last_access_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
+class MirrorHolding(Base):
+    """Bytes a mirror fetched from its own upstream and verified: what it may serve.
+
+    All indexes share one blob store, keyed by sha256; an upstream page can list any sha256
+    (another index's private upload, say), so a mirror serves a stored blob only when it holds
+    it. One row per (mirror, blob), for files and PEP 658 sidecars; `mirror_blobs` counts each
+    blob once for the cache cap, and eviction drops every mirror's holding of what it removes.
+    """
+
+    __tablename__ = "mirror_holdings"
+
+    index_id: Mapped[int] = mapped_column(
+        ForeignKey("indexes.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    fetched_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class MirrorSidecar(Base):
     """Which cached PEP 658 sidecar belongs to a mirrored file: the sidecar's URL names the
     file's sha256, the store keeps the sidecar under its own. Recorded when the sidecar is first

@@ -6,6 +6,7 @@ Two backends behind one contract: `LocalStorage` (files under DATA_DIR/blobs) an
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import os
@@ -41,6 +42,20 @@ class StoredObject:
     key: str | None
     size: int
     modified_at: float  # seconds since the epoch
+
+
+def write_at(file: Any, offset: int, chunk: bytes) -> None:
+    """Write all of `chunk` at `offset` of an unbuffered file (a raw write may be short); a
+    failed write (a full disk) cuts the file back to `offset`, so a retry leaves no gap."""
+    try:
+        file.seek(offset)
+        view = memoryview(chunk)
+        while view:
+            view = view[file.write(view) :]
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(file.fileno(), offset)
+        raise
 
 
 def _placed_key(relative: str) -> str | None:

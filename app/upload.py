@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,6 +16,7 @@ from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from app import metrics
 from app.auth import require_user
 from app.cache import BlobLock
 from app.db import begin_write, get_session
@@ -30,9 +32,10 @@ from app.dists import (
     parse_filename,
     read_metadata,
 )
-from app.errors import DISK_FULL_ERRNOS, HTTPError
+from app.errors import DISK_FULL_ERRNOS, HTTPError, storage_failure
 from app.indexes import get_index, may_upload
 from app.models import File, Index, Project, User, utcnow
+from app.storage import write_at
 
 log = logging.getLogger(__name__)
 bp = Blueprint("upload", __name__)
@@ -45,29 +48,50 @@ MAX_FORM_PARTS = 10_000  # classifiers and requires_dist repeat one key per valu
 class Spool:
     """A file part being received: written to DATA_DIR/tmp and hashed as it arrives."""
 
-    def __init__(self, tmp_dir: Path) -> None:
+    def __init__(
+        self,
+        tmp_dir: Path,
+        make_room: Callable[[int], int] | None = None,
+        expected_bytes: int | None = None,
+    ) -> None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload.")
-        self.file: IO[bytes] = os.fdopen(fd, "w+b")
+        # Unbuffered: a write the full disk refuses is cut back whole (write_at), and retried.
+        self.file: IO[bytes] = os.fdopen(fd, "w+b", buffering=0)
         self.path = Path(name)
         self.hashes = Hashes()
+        self.make_room = make_room  # evicts mirror files (app/cache.py), once per upload
+        self.expected_bytes = expected_bytes  # the request's Content-Length, if it gave one
         self.error: OSError | None = None  # the disk filled up: the rest is read and dropped
 
     def write(self, chunk: bytes) -> int:
         """Hash and write one chunk (werkzeug's multipart parser calls this).
 
-        On a full disk the partial file is emptied and the rest of the body is still read
-        (and dropped), so that the client, still sending, gets the 507 rather than a reset.
+        On a full disk least recently used mirror files are evicted to make room and the write
+        is tried once more; when it fails again the partial file is emptied and the rest of the
+        body is still read (and dropped), so that the client, still sending, gets the 507
+        rather than a reset.
         """
+        offset = self.hashes.size
         self.hashes.update(chunk)
-        if self.error is None:
+        if self.error is not None:
+            return len(chunk)
+        try:
+            write_at(self.file, offset, chunk)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            make_room, self.make_room = self.make_room, None
+            needed = max((self.expected_bytes or 0) - offset, len(chunk))
             try:
-                return self.file.write(chunk)
-            except OSError as exc:
-                if exc.errno not in DISK_FULL_ERRNOS:
+                if make_room is None or not make_room(needed):
                     raise
-                self.error = exc
-                os.ftruncate(self.file.fileno(), 0)  # give the space back now (no flush)
+                write_at(self.file, offset, chunk)
+            except OSError as again:
+                if again.errno not in DISK_FULL_ERRNOS:
+                    raise
+                self.error = again
+                os.ftruncate(self.file.fileno(), 0)  # give the space back now
         return len(chunk)
 
     def __getattr__(self, name: str) -> Any:
@@ -96,6 +120,8 @@ class UploadRequest(Request):
         super()._load_form_data()
         for spool in g.get("spools", ()):
             if spool.error is not None:
+                log.error("upload to %s: the disk is full: %s", self.path, spool.error)
+                metrics.count_write_failure("upload")
                 raise spool.error
 
     def _get_file_stream(  # type: ignore[override]
@@ -105,7 +131,11 @@ class UploadRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> Any:
-        spool = Spool(current_app.config["PYSHELF_SETTINGS"].tmp_dir)
+        spool = Spool(
+            current_app.config["PYSHELF_SETTINGS"].tmp_dir,
+            current_app.extensions["pyshelf.mirror"].cache.make_room,
+            total_content_length,
+        )
         g.setdefault("spools", []).append(spool)
         return spool
 
@@ -166,10 +196,17 @@ def _duplicate(index: Index, existing: File, hashes: Hashes) -> Response | None:
     )
 
 
-def _store(spool: Spool, metadata: CoreMetadata, info: FilenameInfo) -> str | None:
-    """Put the file (and a wheel's METADATA sidecar) into the blob store; return its sha256."""
+def _store(
+    spool: Spool, metadata: CoreMetadata, info: FilenameInfo, added: list[str]
+) -> str | None:
+    """Put the file (and a wheel's METADATA sidecar) into the blob store; return its sha256.
+
+    The keys that were not stored before go into `added`: a failure after this removes them.
+    """
     storage = current_app.extensions["pyshelf.storage"]
     spool.finish()
+    if not storage.exists(spool.hashes.sha256):
+        added.append(spool.hashes.sha256)
     commit_temp = getattr(storage, "commit_temp", None)
     if commit_temp is not None:
         commit_temp(spool.hashes.sha256, spool.path)
@@ -183,6 +220,7 @@ def _store(spool: Spool, metadata: CoreMetadata, info: FilenameInfo) -> str | No
 
     metadata_sha256 = hashlib.sha256(metadata.raw).hexdigest()
     if not storage.exists(metadata_sha256):
+        added.append(metadata_sha256)
         storage.save(metadata_sha256, io.BytesIO(metadata.raw))
     return metadata_sha256
 
@@ -272,22 +310,34 @@ def _file_upload(index: Index, user: User) -> Response:
         meta = read_metadata(spool.path, info)
     except InvalidDistribution as exc:
         raise HTTPError(400, str(exc)) from None
-    # Between storing the blob and committing its row, an eviction of the same bytes from the
-    # mirror cache (or orphan removal) must wait: it would delete a blob we are about to record.
-    with BlobLock(settings).shared():
-        metadata_sha256 = _store(spool, meta, info)
-        try:
-            _record(index, user, info, spool, meta, metadata_sha256)
-        except IntegrityError:
-            # Another worker stored the same filename between our check and our commit.
-            get_session().rollback()
-            existing = _existing(index, info)
-            if existing is None:
+    added: list[str] = []
+    try:
+        # Between storing the blob and committing its row, an eviction of the same bytes from
+        # the mirror cache (or orphan removal) must wait: it would delete a blob we record.
+        with BlobLock(settings).shared():
+            metadata_sha256 = _store(spool, meta, info, added)
+            try:
+                _record(index, user, info, spool, meta, metadata_sha256)
+            except IntegrityError:
+                # Another worker stored the same filename between our check and our commit.
+                get_session().rollback()
+                existing = _existing(index, info)
+                if existing is None:
+                    raise
+                early = _duplicate(index, existing, spool.hashes)
+                if early is not None:
+                    return early
                 raise
-            early = _duplicate(index, existing, spool.hashes)
-            if early is not None:
-                return early
-            raise
+    except Exception as exc:
+        # A full disk (the blob, the sidecar, the database) or any other failure: no row, so
+        # no blob that this upload added either (the errors module answers 507 with a reason).
+        get_session().rollback()
+        current_app.extensions["pyshelf.mirror"].cache.discard_unrecorded(added)
+        failure = storage_failure(exc)
+        if failure is not None and failure.status == 507:
+            log.error("upload to %s: the disk is full: %s", index.path, exc)
+            metrics.count_write_failure("upload")
+        raise
     log.info(
         "upload %s %s by %s (%d bytes)", index.path, info.filename, user.username, spool.hashes.size
     )

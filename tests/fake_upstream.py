@@ -112,6 +112,9 @@ class FakeFile:
     yanked: bool | str = False
     upload_time: str | None = None
     metadata: bytes | None = None
+    # What the pages claim instead of the real hashes: an attacker's upstream lists any sha256.
+    listed_sha256: str | None = None
+    listed_metadata_sha256: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -120,6 +123,16 @@ class FakeFile:
     @property
     def metadata_sha256(self) -> str | None:
         return hashlib.sha256(self.metadata).hexdigest() if self.metadata is not None else None
+
+    @property
+    def page_sha256(self) -> str:
+        """The sha256 the project pages list for the file."""
+        return self.listed_sha256 or self.sha256
+
+    @property
+    def page_metadata_sha256(self) -> str | None:
+        """The sha256 the project pages list for the file's sidecar."""
+        return self.listed_metadata_sha256 or self.metadata_sha256
 
     @property
     def path(self) -> str:
@@ -234,12 +247,23 @@ class FakeUpstream:
         yanked: bool | str = False,
         upload_time: str | datetime | None = None,
         metadata: bytes | None = None,
+        listed_sha256: str | None = None,
+        listed_metadata_sha256: str | None = None,
     ) -> FakeFile:
-        """Register a distribution (and its PEP 658 sidecar when `metadata` is given)."""
+        """Register a distribution (and its PEP 658 sidecar when `metadata` is given); pages
+        list `listed_sha256` / `listed_metadata_sha256` instead of the real hashes if given."""
         if isinstance(upload_time, datetime):
             upload_time = upload_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         fake_file = FakeFile(
-            project_name, filename, data, requires_python, yanked, upload_time, metadata
+            project_name,
+            filename,
+            data,
+            requires_python,
+            yanked,
+            upload_time,
+            metadata,
+            listed_sha256,
+            listed_metadata_sha256,
         )
         with self._lock:
             project = self._projects.setdefault(normalize(project_name), FakeProject(project_name))
@@ -359,14 +383,14 @@ class FakeUpstream:
             entry: dict[str, Any] = {
                 "filename": f.filename,
                 "url": self.base_url + f.url_path,
-                "hashes": {"sha256": f.sha256},
+                "hashes": {"sha256": f.page_sha256},
                 "requires-python": f.requires_python,
                 "yanked": f.yanked,
                 "size": len(f.data),
             }
             if f.upload_time is not None:
                 entry["upload-time"] = f.upload_time
-            metadata = {"sha256": f.metadata_sha256} if f.metadata is not None else False
+            metadata = {"sha256": f.page_metadata_sha256} if f.metadata is not None else False
             entry["core-metadata"] = metadata
             entry["data-dist-info-metadata"] = metadata  # what PyPI also sends
             files.append(entry)
@@ -400,15 +424,15 @@ class FakeUpstream:
             f"    <h1>Links for {name}</h1>",
         ]
         for f in project.files:
-            attributes = [f'href="../..{f.url_path}#sha256={f.sha256}"']
+            attributes = [f'href="../..{f.url_path}#sha256={f.page_sha256}"']
             if f.requires_python is not None:
                 attributes.append(f'data-requires-python="{html.escape(f.requires_python)}"')
             if f.yanked is not False:
                 reason = "" if f.yanked is True else html.escape(str(f.yanked))
                 attributes.append(f'data-yanked="{reason}"')  # never valueless (R11)
             if f.metadata is not None:
-                attributes.append(f'data-dist-info-metadata="sha256={f.metadata_sha256}"')
-                attributes.append(f'data-core-metadata="sha256={f.metadata_sha256}"')
+                attributes.append(f'data-dist-info-metadata="sha256={f.page_metadata_sha256}"')
+                attributes.append(f'data-core-metadata="sha256={f.page_metadata_sha256}"')
             lines.append(f"    <a {' '.join(attributes)}>{html.escape(f.filename)}</a><br />")
         lines += ["  </body>", "</html>", ""]
         return "\n".join(lines).encode()

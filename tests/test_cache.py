@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy import select
 from app import cli
 from app.cache import BlobLock, MirrorCache
 from app.config import ConfigError, Settings
-from app.models import MirrorBlob
+from app.models import Index, MirrorBlob, MirrorHolding
 from app.prefetch import Prefetcher, choose_version, read_requirements
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import basic_auth
@@ -194,6 +195,59 @@ def test_uploaded_files_are_never_counted_or_evicted(capped, wheels):
 
     assert capped.extensions["pyshelf.storage"].exists(sha256(big))
     assert sha256(big) not in rows(capped)
+
+
+def holdings(app: Any) -> set[tuple[str, str]]:
+    """(mirror path, sha256) of what each mirror holds."""
+    with app.extensions["pyshelf.db"].session() as session:
+        return {
+            (index.path, held.sha256)
+            for held, index in session.execute(
+                select(MirrorHolding, Index).join(Index, Index.id == MirrorHolding.index_id)
+            ).all()
+        }
+
+
+def test_a_blob_two_mirrors_hold_is_counted_once_and_evicted_for_both(capped, wheels):
+    """Two mirrors of one upstream each download a file once; the cap counts it once, each
+    mirror's stats show it, and eviction drops both holdings with the blob."""
+    client = capped.test_client()
+    upstream_url = capped.config["PYSHELF_SETTINGS"].mirror_url
+    response = client.put(
+        "/admin/m2", json={"type": "mirror", "mirror_url": upstream_url}, headers=AUTH
+    )
+    assert response.status_code == 201, response.get_data(as_text=True)
+    name, data = wheels[0]
+    for index in ("root/pypi", "admin/m2"):
+        assert download(client, mirror_file_path(client, "pkg-a", name, index)) == data
+
+    key = sha256(data)
+    assert holdings(capped) == {("root/pypi", key), ("admin/m2", key)}
+    assert cache_of(capped).total_bytes() == len(data)
+    stats = cache_of(capped).stats().per_index
+    assert stats["root/pypi"]["bytes"] == stats["admin/m2"]["bytes"] == len(data)
+
+    cache_of(capped).evict(max_bytes=1)
+
+    assert holdings(capped) == set()
+    assert not capped.extensions["pyshelf.storage"].exists(key)
+    assert download(client, mirror_file_path(client, "pkg-a", name, "admin/m2")) == data
+
+
+def test_make_room_evicts_least_recently_used_files_whatever_the_cap(capped, wheels, monkeypatch):
+    """After a write refused for a full disk: enough LRU mirror files go to fit the write."""
+    if not hasattr(capped.extensions["pyshelf.storage"], "root"):
+        pytest.skip("S3 blobs: evicting them frees no local disk, so make_room never does")
+    for (name, _data), project in zip(wheels[:3], "abc", strict=True):
+        fetch(capped, f"pkg-{project}", name)
+    cache_of(capped).flush()
+    full = shutil.disk_usage("/")._replace(free=0)
+    monkeypatch.setattr("app.cache.shutil.disk_usage", lambda _path: full)
+
+    freed = cache_of(capped).make_room(len(wheels[0][1]) + 1)  # a is not enough
+
+    assert freed == len(wheels[0][1]) + len(wheels[1][1])  # a, then b: LRU first
+    assert set(rows(capped)) == {sha256(wheels[2][1])}
 
 
 def test_eviction_waits_for_uploads_between_store_and_record(capped, wheels):

@@ -31,6 +31,7 @@ TABLES = {
     "cached_pages",
     "page_cache_state",
     "mirror_sidecars",
+    "mirror_holdings",
 }
 
 
@@ -130,3 +131,45 @@ def test_migrations_form_a_single_line_of_history(empty_settings: Settings) -> N
 
     assert len(script.get_heads()) == 1
     assert len(script.get_bases()) == 1
+
+
+def test_upgrade_to_mirror_holdings_keeps_what_each_mirror_cached(empty_settings: Settings) -> None:
+    """0008: a blob in mirror_blobs was fetched by the mirror recorded with it; that mirror holds
+    it after the upgrade (nothing is downloaded again), and no other index does."""
+    empty_settings.data_dir.mkdir(parents=True)
+    config = alembic_config(empty_settings)
+    command.upgrade(config, "0007")
+    engine = create_engine(empty_settings.database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, username, password_hash, is_superuser, created_at)"
+                    " VALUES (1, 'root', 'x', true, '2026-01-01')"
+                )
+            )
+            for index_id, name in ((1, "pypi"), (2, "other")):
+                connection.execute(
+                    text(
+                        "INSERT INTO indexes (id, owner_id, name, type, bases, volatile,"
+                        " acl_upload, mirror_whitelist, title, description, created_at)"
+                        " VALUES (:id, 1, :name, 'mirror', '[]', false, '[]', '[]', '', '',"
+                        " '2026-01-01')"
+                    ),
+                    {"id": index_id, "name": name},
+                )
+            connection.execute(
+                text(
+                    "INSERT INTO mirror_blobs (sha256, index_id, size, cached_at, last_access_at)"
+                    " VALUES (:key, 1, 3, '2026-01-02', '2026-01-03')"
+                ),
+                {"key": "a" * 64},
+            )
+
+        command.upgrade(config, "head")
+
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT index_id, sha256 FROM mirror_holdings")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in rows] == [(1, "a" * 64)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import io
 import logging
@@ -25,8 +26,9 @@ from app.cli import bootstrap, migrate
 from app.config import Settings
 from app.db import Database
 from app.locks import Lock, Locks
+from app.metrics import REGISTRY
 from app.mirror import STALE_HEADER, Mirror, _flush_at_exit
-from app.models import MirrorPage, MirrorSidecar, MirrorStats
+from app.models import Index, MirrorPage, MirrorSidecar, MirrorStats, User
 from app.storage import LocalStorage
 from app.upstream import UpstreamError
 from tests.blobs import stored_blob
@@ -136,9 +138,29 @@ def drain(chunks: Iterable[bytes], into: list[bytes]) -> None:
         into.append(chunk)
 
 
+def download_stem(settings: Settings, key: str) -> str:
+    """What root/pypi's download of `key` names its lock and part file after (per mirror)."""
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            index_id = session.scalar(
+                select(Index.id).join(User).where(User.username == "root", Index.name == "pypi")
+            )
+    finally:
+        database.engine.dispose()
+    return f"{index_id}-{key}"
+
+
+def held_by_pypi(app: Any, data: bytes) -> None:
+    """What a leader records before it unlocks: root/pypi holds `data` (fetched it itself)."""
+    settings = app.config["PYSHELF_SETTINGS"]
+    index_id = int(download_stem(settings, "").rstrip("-"))
+    assert the_mirror(app).cache.record(index_id, sha256(data), len(data))
+
+
 def lock_is_free(settings: Settings, key: str) -> bool:
-    """Whether nobody holds the download lock of `key`."""
-    lock = Locks.of(settings).exclusive(f"file-{key}")
+    """Whether nobody holds root/pypi's download lock of `key`."""
+    lock = Locks.of(settings).exclusive(f"file-{download_stem(settings, key)}")
     try:
         return lock.try_acquire()
     finally:
@@ -440,10 +462,10 @@ def _follow_setup(mirror_app: Any, mc: Any, demo: tuple[str, bytes]) -> tuple[st
     """Play the leading worker: hold the lock of demo's file; return its URL and part path."""
     url = file_url(mc, demo[0])
     settings = mirror_app.config["PYSHELF_SETTINGS"]
-    key = sha256(demo[1])
-    leader = Locks.of(settings).exclusive(f"file-{key}")
+    stem = download_stem(settings, sha256(demo[1]))
+    leader = Locks.of(settings).exclusive(f"file-{stem}")
     assert leader.try_acquire()
-    part = settings.tmp_dir / "mirror" / f"{key}.part"
+    part = settings.tmp_dir / "mirror" / f"{stem}.part"
     part.parent.mkdir(parents=True, exist_ok=True)
     return url, part, leader
 
@@ -465,6 +487,7 @@ def test_a_follower_streams_the_part_file_and_ends_with_the_committed_blob(
         received += next(chunks)
         assert received == data[:-1]
         mirror_app.extensions["pyshelf.storage"].commit_temp(sha256(data), part)  # the rename
+        held_by_pypi(mirror_app, data)
     finally:
         leader.close()
     received += b"".join(chunks)
@@ -488,6 +511,7 @@ def test_a_follower_never_completes_a_file_whose_earlier_bytes_were_wrong(
         part.unlink()
         part.write_bytes(data)
         mirror_app.extensions["pyshelf.storage"].save(sha256(data), io.BytesIO(data))
+        held_by_pypi(mirror_app, data)
     finally:
         leader.close()
     rest: list[bytes] = []
@@ -512,7 +536,7 @@ def test_a_new_leader_replaces_a_part_file_left_by_a_killed_worker(mirror_app, m
     """DESIGN (kill -9): a leftover part file is not reused in place, and never served."""
     url = file_url(mc, demo[0])
     settings = mirror_app.config["PYSHELF_SETTINGS"]
-    part = settings.tmp_dir / "mirror" / f"{sha256(demo[1])}.part"
+    part = settings.tmp_dir / "mirror" / f"{download_stem(settings, sha256(demo[1]))}.part"
     part.parent.mkdir(parents=True, exist_ok=True)
     part.write_bytes(b"left by a killed worker")
     inode = part.stat().st_ino
@@ -561,6 +585,7 @@ def test_a_store_without_rename_gets_a_copy_and_no_part_file_is_left(
         chunks = iter(response.response)
         received = next(chunks)
         app.extensions["pyshelf.storage"].save(sha256(data), io.BytesIO(data))
+        held_by_pypi(app, data)
     finally:
         leader.close()
     assert received + b"".join(chunks) == data
@@ -682,3 +707,53 @@ def test_an_evicted_sidecar_is_fetched_again_through_the_view(
     again = mc.get(url)
     assert (again.status_code, again.get_data()) == (200, mirrored["metadata"])
     assert fake_upstream.count("/files/") == 2
+
+
+# --- cache writes the disk refuses (issue #15 item 12) ----------------------------------------
+
+
+def write_failures(what: str) -> float:
+    """pyshelf_cache_write_failures_total{what=WHAT} in this process."""
+    value = REGISTRY.get_sample_value("pyshelf_cache_write_failures_total", {"what": what})
+    return value or 0.0
+
+
+def test_an_io_error_writing_the_part_file_sends_the_whole_file_uncached(
+    mirror_app, mc, demo, monkeypatch
+):
+    """EIO while caching (no eviction helps there): the client still gets every verified byte,
+    no part file or blob stays, and the failure is counted."""
+
+    def broken(*_args: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("app.mirror.write_at", broken)
+    before = write_failures("mirror")
+
+    response = mc.get(file_url(mc, demo[0]))
+
+    assert (response.status_code, response.get_data()) == (200, demo[1])
+    assert not stored(mirror_app, demo[1])
+    assert part_files(mirror_app.config["PYSHELF_SETTINGS"]) == []
+    assert write_failures("mirror") == before + 1
+    assert lock_is_free(mirror_app.config["PYSHELF_SETTINGS"], sha256(demo[1]))
+
+
+def test_a_full_disk_sends_a_verified_sidecar_uncached(mirror_app, mc, demo, monkeypatch):
+    """ENOSPC storing a PEP 658 sidecar, nothing to evict: the verified bytes are sent anyway,
+    marked no-store, and nothing is recorded for them."""
+    storage = mirror_app.extensions["pyshelf.storage"]
+
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "save", full)
+    before = write_failures("metadata")
+
+    response = mc.get(file_url(mc, demo[0]) + ".metadata")
+
+    assert (response.status_code, response.get_data()) == (200, wheel_metadata(demo[1]))
+    assert response.headers["Cache-Control"] == "no-store"
+    assert not stored(mirror_app, wheel_metadata(demo[1]))
+    assert sidecars(mirror_app) == []
+    assert write_failures("metadata") == before + 1

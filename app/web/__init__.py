@@ -498,7 +498,7 @@ def project_page(user: str, index: str, project: str) -> Response | str:
     view = _project_view(found, normalized, reader, ignore_bases="ignore_bases" in request.args)
     storage = current_app.extensions["pyshelf.storage"]
     mirror_paths = {i.path for i in resolution_order(session, found) if i.is_mirror}
-    versions = pages.group_versions(pages.file_rows(view, mirror_paths, storage))
+    versions = pages.group_versions(pages.file_rows(view, mirror_paths))
     docsets = docs.doc_sets(session, found, normalized, reader)
     if wants_json():
         metadata = pages.hosted_metadata(session, found, normalized, reader=reader)
@@ -566,7 +566,7 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
     view = _project_view(found, normalized, reader)
     storage = current_app.extensions["pyshelf.storage"]
     mirror_paths = {i.path for i in resolution_order(session, found) if i.is_mirror}
-    versions = pages.group_versions(pages.file_rows(view, mirror_paths, storage))
+    versions = pages.group_versions(pages.file_rows(view, mirror_paths))
     if version == "latest":
         latest = pages.latest_of(versions)
         if latest is None:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.dists import InvalidDistribution, parse_filename
 from app.indexes import ProjectView, Reader, readable_order
-from app.models import File, Index, MirrorPage, Project, User
+from app.models import File, Index, MirrorHolding, MirrorPage, Project, User
 
 PAGE_SIZE = 50  # projects per page of an index
 MAX_METADATA_BYTES = 4 << 20  # 4 MiB: a cached upstream METADATA file read for a page
@@ -211,10 +211,10 @@ def mirror_projects(session: Session, index: Index, page: int) -> tuple[list[Pro
 # --- project and version pages ---------------------------------------------------------------
 
 
-def file_rows(view: ProjectView, mirror_paths: set[str], storage: Any) -> list[FileRow]:
+def file_rows(view: ProjectView, mirror_paths: set[str]) -> list[FileRow]:
     """The view's files with their origin, and for mirrored files whether they are cached."""
     keys = {d.sha256 for d in view.dists if d.sha256 and d.index_path in mirror_paths}
-    cached = _stored(storage, keys)
+    cached = _held(keys)
     rows = []
     for dist in view.dists:
         is_mirrored = dist.index_path in mirror_paths
@@ -232,21 +232,27 @@ def file_rows(view: ProjectView, mirror_paths: set[str], storage: Any) -> list[F
                 index_path=dist.index_path,
                 metadata_sha256=dist.metadata_sha256,
                 is_mirrored=is_mirrored,
-                is_cached=(dist.sha256 in cached) if is_mirrored else None,
+                is_cached=((dist.index_path, dist.sha256) in cached) if is_mirrored else None,
             )
         )
     return rows
 
 
-def _stored(storage: Any, keys: set[str]) -> set[str]:
-    """Which keys are stored: a local disk is asked; for S3 the database's records answer (one
-    query, not a HEAD request per file)."""
-    if hasattr(storage, "local_path"):
-        return {key for key in keys if storage.exists(key)}
-    from app.cache import recorded_blobs
+def _held(keys: set[str | None]) -> set[tuple[str, str | None]]:
+    """(mirror path, key) of the keys a mirror holds (fetched itself; one query): the blob store
+    is shared, and another index's blob under the same key is not this mirror's to show."""
     from app.db import get_session
 
-    return recorded_blobs(get_session(), keys)
+    wanted = [key for key in keys if key]
+    if not wanted:
+        return set()
+    rows = get_session().execute(
+        select(User.username, Index.name, MirrorHolding.sha256)
+        .join(Index, Index.id == MirrorHolding.index_id)
+        .join(User, User.id == Index.owner_id)
+        .where(MirrorHolding.sha256.in_(wanted))
+    )
+    return {(f"{user}/{name}", key) for user, name, key in rows}
 
 
 def group_versions(rows: list[FileRow]) -> list[VersionRow]:
@@ -331,9 +337,9 @@ def hosted_metadata(
 
 def mirror_metadata(files: list[FileRow], storage: Any) -> Metadata | None:
     """Metadata of mirrored files, when the PEP 658 sidecar of one of them is cached."""
-    stored = _stored(storage, {row.metadata_sha256 for row in files if row.metadata_sha256})
+    held = _held({row.metadata_sha256 for row in files if row.is_mirrored})
     for row in files:
-        if row.metadata_sha256 in stored:
+        if (row.index_path, row.metadata_sha256) in held:
             try:
                 with storage.open(row.metadata_sha256) as source:
                     raw = source.read(MAX_METADATA_BYTES)
