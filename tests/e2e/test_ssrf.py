@@ -16,13 +16,15 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from tests.builders import make_wheel
 from tests.conftest import ADMIN_PASSWORD, LiveServer, basic_auth
 from tests.e2e.helpers import MIME_JSON, api, cli
+from tests.web.helpers import CSRF_RE
 
 pytestmark = pytest.mark.e2e
 
@@ -166,15 +168,24 @@ def make_mirror(server: LiveServer, path: str, mirror_url: str) -> None:
 def web_form(
     server: LiveServer, path: str, fields: dict[str, str], auth: tuple[str, str]
 ) -> tuple[int, bytes, str]:
-    """POST a web form with Basic credentials (explicit credentials skip the CSRF check)."""
-    data = urlencode(fields).encode()
-    headers = {
-        "Authorization": basic_auth(*auth),
-        "Content-Type": "application/x-www-form-urlencoded",
-        "Accept": "text/html",
-    }
-    status, _headers, body, reason = server.get(path, headers=headers, method="POST", data=data)
-    return status, body, reason
+    """POST a web form as a browser would: logged in by the login form, with the form's CSRF
+    token (every web form needs it, whatever the credentials)."""
+    with requests.Session() as browser:
+        login_page = browser.get(server.url + "/+login", timeout=30)
+        token = CSRF_RE.search(login_page.text).group(1)
+        form = {"username": auth[0], "password": auth[1], "csrf_token": token}
+        logged_in = browser.post(server.url + "/+login", data=form, timeout=30)
+        assert logged_in.ok, logged_in.reason
+        page = browser.get(server.url + "/", timeout=30)  # the logout form carries the token
+        token = CSRF_RE.search(page.text).group(1)
+        response = browser.post(
+            server.url + path,
+            data={**fields, "csrf_token": token},
+            headers={"Accept": "text/html"},
+            allow_redirects=False,
+            timeout=30,
+        )
+        return response.status_code, response.content, response.reason
 
 
 # --- (a) who may point a mirror somewhere --------------------------------------------------------
