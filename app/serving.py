@@ -136,9 +136,12 @@ class Inbox:
                 self.file.flush()
                 self.file.seek(0)
             data = self.file.read(size)
-        else:
-            with memoryview(self.memory) as view:
-                data = bytes(view[self.offset : self.offset + size])
+            self.offset += len(data)
+            if self.offset >= self.size:  # all read: free the disk now, not after the response
+                self.close()
+            return data
+        with memoryview(self.memory) as view:
+            data = bytes(view[self.offset : self.offset + size])
         self.offset += len(data)
         return data
 
@@ -150,6 +153,7 @@ class Inbox:
         """Drop the temp file, if any."""
         if self.file is not None:
             self.file.close()
+            self.file = None
 
 
 class RequestReader:
@@ -160,6 +164,8 @@ class RequestReader:
         self.started_at = started_at
         self.inbox = Inbox(worker.settings.tmp_dir)
         self.pending = bytearray()  # received, not yet taken into the inbox
+        self.scanned = 0  # bytes of `pending` searched for the end of the head
+        self.head_bytes = 0
         self.head_done = False
         self.is_framed = True  # False: gunicorn gets the head alone and answers 400
         self.body_bytes = 0
@@ -211,17 +217,21 @@ class RequestReader:
             self.body_bytes += count
 
     def _read_head(self) -> None:
-        start = len(self.pending) - len(self.pending.lstrip(b"\r\n"))  # RFC 9112 section 2.2
-        match = HEAD_END.search(self.pending, start)
+        # RFC 9112 section 2.2: an empty line before the request line is ignored (one here).
+        start = 2 if self.pending.startswith(b"\r\n") else int(self.pending.startswith(b"\n"))
+        # Search only what is new: a head sent a byte at a time must not cost its square.
+        match = HEAD_END.search(self.pending, max(start, self.scanned))
         if match is None:
             if len(self.pending) > MAX_HEAD_BYTES:
                 raise Refused(
                     431, f"Request header fields too large: more than {MAX_HEAD_BYTES} bytes."
                 )
+            self.scanned = max(len(self.pending) - 3, 0)
             return
         head = bytes(self.pending[start : match.end()])
         self._take(match.end(), body=False)
         self.head_done = True
+        self.head_bytes = match.end()
         self._frame(head)
 
     def _frame(self, head: bytes) -> None:
@@ -301,6 +311,8 @@ class RequestReader:
                     return
                 line = bytes(self.pending[:end]).rstrip(b"\r")
                 self._take(end + 1, body=False)
+                # Chunk extensions and trailers count too: they are bytes to store.
+                self._check_size(self.inbox.size - self.head_bytes, None)
                 if self.chunk_state == "trailer":
                     if not line:
                         self.chunk_state = ""
@@ -314,7 +326,7 @@ class RequestReader:
                 if size == 0:
                     self.chunk_state = "trailer"
                     continue
-                self._check_size(self.body_bytes + size, None)
+                self._check_size(self.inbox.size - self.head_bytes + size, None)
                 self.chunk_state, self.remaining = "data", size
 
 
@@ -348,6 +360,8 @@ class BufferingWorker(ThreadWorker):
         self.lingering: set[Connection] = set()
         self.next_sweep = 0.0
         self.recv_view = memoryview(bytearray(RECV_BYTES))  # the loop is one thread: one buffer
+        # TLS_CERT and TLS_KEY are read once per worker (gunicorn read them per connection).
+        self.tls = gunicorn_sock.ssl_context(self.cfg) if self.cfg.is_ssl else None
         super().run()
 
     def limit_for(self, method: str, target: str) -> tuple[int, str]:
@@ -381,7 +395,12 @@ class BufferingWorker(ThreadWorker):
         conn = Connection(self.cfg, client, address, listener.getsockname())
         if self.cfg.is_ssl:
             try:
-                conn.sock = gunicorn_sock.ssl_wrap_socket(conn.sock, self.cfg)
+                conn.sock = self.tls.wrap_socket(
+                    conn.sock,
+                    server_side=True,
+                    suppress_ragged_eofs=self.cfg.suppress_ragged_eofs,
+                    do_handshake_on_connect=False,  # done on the loop, without blocking
+                )
             except (OSError, ValueError):
                 self.close(conn)
                 return
@@ -435,12 +454,15 @@ class BufferingWorker(ThreadWorker):
         except Refused as refusal:
             self.refuse(conn, refusal)
             return
-        except OSError as exc:  # the temp file could not be written (a full disk)
-            log.error("cannot buffer a request body in %s: %s", self.settings.tmp_dir, exc)
-            self.refuse(conn, Refused(507, "Insufficient Storage: cannot buffer the request."))
+        except OSError as exc:  # the temp file could not be written
+            from app.errors import DISK_FULL, DISK_FULL_ERRNOS
+
+            log.error("cannot keep a request body in %s: %s", self.settings.tmp_dir, exc)
+            if exc.errno in DISK_FULL_ERRNOS:
+                self.refuse(conn, Refused(507, DISK_FULL))
+            else:
+                self.refuse(conn, Refused(503, f"Cannot keep the request body: {exc.strerror}."))
             return
-        if rest is None and not reader.is_framed:
-            rest = b""  # gunicorn reads the head alone and answers 400
         if rest is None:
             if reader.wants_continue and not reader.body_bytes:
                 reader.wants_continue = False
@@ -484,12 +506,13 @@ class BufferingWorker(ThreadWorker):
         if inbox is not None:
             # gunicorn must have read the request exactly as framed here, or where the next
             # request starts is not known: then the connection closes.
-            keep = keep and inbox.is_read() and not conn.parser.unreader.buf.getbuffer().nbytes
+            keep = keep and inbox.is_read() and not conn.parser.unreader.buf.getvalue()
             inbox.close()
         if not keep:
             self.linger(conn)
         elif conn.rest:
             rest, conn.rest = conn.rest, b""
+            conn.sock.setblocking(False)  # the thread made it blocking
             self.start_reading(conn, rest)
         else:
             conn.sock.setblocking(False)

@@ -119,6 +119,7 @@ def test_reader_keeps_a_large_body_in_a_temp_file(tmp_path: Path) -> None:
 
     assert request.inbox.file is not None
     assert replay(request) == head + body
+    assert request.inbox.file is None  # closed once read, before the app answers
     assert list(tmp_path.joinpath("tmp").iterdir()) == []  # nothing named on disk
 
 
@@ -132,6 +133,18 @@ def test_reader_keeps_a_large_body_in_a_temp_file(tmp_path: Path) -> None:
         ),
         (
             b"POST /+login HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n",
+            413,
+            "Request body too large: more than 1024 bytes; this URL takes at most 1024 "
+            "(MAX_REQUEST_BODY).",
+        ),
+        (  # chunk extensions are stored too: they count
+            b"POST /+login HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"1;"
+            + b"e" * 1000
+            + b"\r\na\r\n"
+            + b"1;"
+            + b"e" * 1000
+            + b"\r\n",
             413,
             "Request body too large: more than 1024 bytes; this URL takes at most 1024 "
             "(MAX_REQUEST_BODY).",
