@@ -348,6 +348,15 @@ class BufferingWorker(ThreadWorker):
 
     settings: Settings
 
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Refuse at start what the request reader does not speak: HTTP/2, PROXY protocol."""
+        super().check_config(cfg, log)
+        if cfg.http_protocols != ["h1"] or cfg.http2_cleartext != "off":
+            raise SystemExit("pyshelf: HTTP/1.1 only: leave http_protocols, http2_cleartext unset")
+        if cfg.proxy_protocol != "off":
+            raise SystemExit("pyshelf: the PROXY protocol is not read: leave proxy_protocol unset")
+
     def run(self) -> None:
         """Find the limits in the app, then serve."""
         from werkzeug.exceptions import HTTPException

@@ -25,6 +25,8 @@ from tests.conftest import ADMIN_PASSWORD, LiveServer
 from tests.e2e.helpers import raw_upload
 from tests.robustness.support import wheel
 
+pytestmark = pytest.mark.e2e
+
 SLOW_CLIENTS = 40
 SLOW_BODY_BYTES = 1_000_000  # just under MAX_REQUEST_BODY's 1 MiB: the size cap lets it in
 TRICKLE_SECONDS = 2.0  # one byte per connection this often
@@ -94,7 +96,9 @@ def test_forty_slow_bodies_leave_status_answering_within_two_seconds(
 ) -> None:
     """40 clients trickle a 1 MB login body (a byte every 2 s); /+status still answers in 2 s."""
     server = server_factory(THREADS="8")  # the default: 2 workers x 8 threads
-    sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(40)]
+    sockets = [
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(SLOW_CLIENTS)
+    ]
     stop = threading.Event()
 
     def trickle() -> None:
