@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RoutingException
 
 from app.config import ConfigError, Settings
-from app.serving import Refused, RequestReader, body_limit
+from app.serving import BufferingWorker, Refused, RequestReader, body_limit
 
 NO_DOTENV = {"ENV_FILE": os.devnull}
 
@@ -199,3 +202,30 @@ def test_reader_hands_over_heads_whose_framing_gunicorn_refuses(
 
     assert request.is_framed is False
     assert replay(request) == head
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "setting"),
+    [
+        ("POST", "/pypi/admin/dev/", "MAX_UPLOAD_SIZE"),
+        ("POST", "/pypi/admin/dev", "MAX_UPLOAD_SIZE"),
+        ("POST", "http://pkgs.example/pypi/admin/dev/?x=1", "MAX_UPLOAD_SIZE"),
+        ("POST", "/pypi/admin/dev/pkg/1.0/+doc-upload", "MAX_UPLOAD_SIZE"),
+        ("POST", "/pypi/%61dmin/dev/", "MAX_UPLOAD_SIZE"),
+        ("GET", "/pypi/admin/dev/", "MAX_REQUEST_BODY"),
+        ("POST", "/admin/dev/", "MAX_REQUEST_BODY"),  # outside SCRIPT_NAME: not served at all
+        ("POST", "/pypi/+login", "MAX_REQUEST_BODY"),
+        ("PUT", "/pypi/admin/dev", "MAX_REQUEST_BODY"),
+        ("POST", "/pypi/admin/dev/pkg/+simple/", "MAX_REQUEST_BODY"),
+    ],
+)
+def test_worker_finds_the_upload_urls_as_the_app_routes_them(
+    app: Any, method: str, target: str, setting: str
+) -> None:
+    """The worker routes a large body's target with the app's own URL map, below SCRIPT_NAME."""
+    worker = BufferingWorker.__new__(BufferingWorker)  # no gunicorn arbiter needed for routing
+    worker.settings = replace(app.config["PYSHELF_SETTINGS"], script_name="/pypi")
+    worker.routes = app.url_map.bind("localhost")
+    worker.no_route = (HTTPException, RoutingException)
+
+    assert worker.limit_for(method, target)[1] == setting
