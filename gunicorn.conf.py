@@ -17,7 +17,10 @@ bind = f"{_env.get('HOST') or '0.0.0.0'}:{_env.get('PORT') or '3141'}"  # noqa: 
 # downloads, the upstream): one worker per CPU (at least 2, so one can restart while the other
 # serves) keeps every CPU busy without the memory of idle extra workers.
 workers = int(_env.get("WEB_CONCURRENCY") or max(2, min(multiprocessing.cpu_count(), 8)))
-worker_class = "gthread"  # file streaming is I/O-bound: threads keep workers responsive
+# gunicorn's gthread worker (file streaming is I/O-bound: threads keep workers responsive), but
+# each request is read whole on the worker's event loop before a thread sees it, as a buffering
+# proxy would: a client sending slowly holds a socket, never a thread (app/serving.py).
+worker_class = "app.serving.BufferingWorker"
 threads = int(_env.get("THREADS") or 8)
 timeout = int(_env.get("WORKER_TIMEOUT") or 120)  # seconds of silence before a worker is restarted
 # SIGTERM (docker stop): stop accepting, let requests in flight finish for this many seconds,
@@ -60,9 +63,8 @@ limit_request_line = 8190
 control_socket_disable = True  # gunicorn's control socket would live in $HOME; nothing uses it
 
 # Mounted below a path by a proxy that passes the full path (/pypi/...): gunicorn strips it.
-_prefix = _env.get("SCRIPT_NAME", "").strip().strip("/")
-if _prefix:
-    os.environ["SCRIPT_NAME"] = f"/{_prefix}"
+if _settings.script_name:
+    os.environ["SCRIPT_NAME"] = _settings.script_name
 else:
     os.environ.pop("SCRIPT_NAME", None)  # "" and "/" both mean the root
 

@@ -69,7 +69,20 @@ def create_app(
     """Build the WSGI app; services are made here once per process, or passed in by tests."""
     from flask import Flask
 
-    from app import api, auth, devpi, errors, files, health, logs, metrics, simple, upload, web
+    from app import (
+        api,
+        auth,
+        devpi,
+        errors,
+        files,
+        health,
+        logs,
+        metrics,
+        serving,
+        simple,
+        upload,
+        web,
+    )
     from app.config import Settings
     from app.db import Database
     from app.mirror import Mirror, stale_header
@@ -100,6 +113,7 @@ def create_app(
     metrics.init_app(app, request_log)  # first: its before_request labels every request
     db.init_app(app, database)
     errors.init_app(app)
+    serving.init_app(app)
     auth.init_app(app)
     devpi.init_app(app)
     upload.init_app(app)

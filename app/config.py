@@ -68,6 +68,13 @@ class Settings:
     mirror_file_hosts: tuple[str, ...] = ()
     mirror_create: str = "superuser"  # MIRROR_CREATE: who may create mirrors, set mirror_url
     max_upload_bytes: int = 1 << 30  # 1 GiB
+    # MAX_REQUEST_BODY: the largest body of any other request (a login, a JSON API call);
+    # bigger ones are refused with 413 before they are read (app/serving.py).
+    max_request_body_bytes: int = 1 << 20  # 1 MiB
+    # REQUEST_TIMEOUT: seconds a client has to send a request's head and body, plus one second
+    # per MIN_UPLOAD_BYTES_PER_SECOND of body received (app/serving.py); then 408.
+    request_timeout_seconds: float = 30.0
+    script_name: str = ""  # SCRIPT_NAME: "/pypi" when a proxy passes the full path; "" the root
     docs_max_bytes: int = 200 << 20  # 200 MiB uncompressed per documentation zip
     docs_max_files: int = 5000  # entries per documentation zip
     log_level: str = "INFO"
@@ -183,6 +190,16 @@ class Settings:
         if cache_max == 0:
             errors.append("MIRROR_CACHE_MAX_SIZE=0 would evict every file; leave it empty")
         min_free = size("STATUS_MIN_FREE_SPACE", 100 << 20)
+        max_request_body = size("MAX_REQUEST_BODY", 1 << 20) or 0
+        if max_request_body < 1024:
+            errors.append(
+                f"MAX_REQUEST_BODY={env['MAX_REQUEST_BODY'].strip()!r}: at least 1K, "
+                "or logins and API calls are refused"
+            )
+        request_timeout = float(number("REQUEST_TIMEOUT", 30.0, float))
+        if 0 <= request_timeout < 1:
+            errors.append(f"REQUEST_TIMEOUT={request_timeout!r}: at least 1 second")
+        prefix = env.get("SCRIPT_NAME", "").strip().strip("/")  # "" and "/" both mean the root
 
         log_format = (env.get("LOG_FORMAT", "").strip() or "text").lower()
         if log_format not in {"text", "json"}:
@@ -283,6 +300,9 @@ class Settings:
             mirror_file_hosts=tuple(file_hosts),
             mirror_create=mirror_create,
             max_upload_bytes=max_upload,
+            max_request_body_bytes=max_request_body,
+            request_timeout_seconds=request_timeout,
+            script_name=f"/{prefix}" if prefix else "",
             docs_max_bytes=docs_max,
             docs_max_files=int(number("DOCS_MAX_FILES", 5000)),
             log_level=log_level,

@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("upload", __name__)
 
 FORM_MEMORY_BYTES = 16 << 20  # 16 MiB of text fields: long READMEs arrive as `description`
-FORM_OVERHEAD_BYTES = 32 << 20  # room for those fields on top of MAX_UPLOAD_SIZE
 MAX_FORM_PARTS = 10_000  # classifiers and requires_dist repeat one key per value
 
 
@@ -383,8 +382,6 @@ def upload(user: str, index: str) -> Response:
 def init_app(app: Flask) -> None:
     """Spool uploads to the data directory and delete what a request left behind."""
     app.request_class = UploadRequest
-    settings = app.config["PYSHELF_SETTINGS"]
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
 
     @app.teardown_request
     def _discard_spools(_exc: BaseException | None) -> None:

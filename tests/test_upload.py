@@ -308,15 +308,16 @@ def test_upload_rejects_bad_input_with_its_reason_and_changes_nothing(
 def test_upload_beyond_the_request_size_limit_is_413_and_leaves_no_temp_file(
     app: Any, client: Any, admin_auth: dict[str, str], settings: Any
 ) -> None:
-    """A body past MAX_CONTENT_LENGTH is cut off by werkzeug with a 413, never a 5xx (R65)."""
-    app.config["MAX_CONTENT_LENGTH"] = 1 << 20  # 1 MiB, instead of 34 MiB in a test
-    content = WHEEL_BYTES + b"\0" * (1 << 20)
+    """A body past MAX_UPLOAD_SIZE + 32 MiB is refused before it is read, never a 5xx (R65)."""
+    limit = MAX_UPLOAD_BYTES + (32 << 20)
+    content = WHEEL_BYTES + b"\0" * (limit - len(WHEEL_BYTES))
 
     response = upload(client, WHEEL, content, headers=admin_auth)
 
+    size = response.request.content_length
     assert response.status == (
-        "413 Request Entity Too Large: File too large: the upload exceeds this server's "
-        "MAX_UPLOAD_SIZE."
+        f"413 Request body too large: {size} bytes; this URL takes at most {limit} "
+        "(MAX_UPLOAD_SIZE plus 32 MiB of form fields)."
     )
     assert count_rows(app, File) == 0
     assert files_under(settings.tmp_dir) == set()
