@@ -14,7 +14,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from flask import Blueprint, Flask, Response, current_app, g, redirect, request
 from werkzeug.http import parse_accept_header, parse_etags
 
-from app.auth import require_read
+from app.auth import require_read, require_user
 from app.db import get_session
 from app.dists import normalize_name
 from app.errors import HTTPError, upstream_failed
@@ -346,9 +346,14 @@ def post_to_simple(user: str, index: str, project: str | None = None) -> Respons
 
 @bp.post("/<user>/<index>/+simple/<project>/refresh")
 def refresh(user: str, index: str, project: str) -> Response:
-    """Make the mirrors behind this index fetch the project page again on the next request."""
+    """Make the mirrors behind this index fetch the project page again on the next request.
+
+    Only for logged-in readers (401 otherwise): strangers must not make the server hammer the
+    upstream.
+    """
     found = _index_or_404(user, index)
     reader = require_read(found)
+    require_user()
     normalized = normalize_name(project)
     mirror = _mirror_source()
     mirrors = [i for i in readable_order(get_session(), found, reader) if i.is_mirror]

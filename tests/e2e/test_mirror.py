@@ -506,8 +506,34 @@ def test_refresh_by_post_and_by_entrypoint_refetches_a_fresh_page(server_factory
     assert second not in {f["filename"] for f in document["files"]}  # fresh: cached answer
     assert fake_upstream.count("/simple/refreshed/") == 1
 
-    status, headers, body, _reason = server.get(
+    status, headers, body, reason = server.get(
         "/root/pypi/+simple/refreshed/refresh", method="POST", headers={"Accept": MIME_JSON}
+    )
+    # Strangers may not make the server ask the upstream again (issue #15 item 11).
+    assert (status, reason) == (401, "Authentication required: log in or pass credentials.")
+    assert headers["WWW-Authenticate"] == 'Basic realm="pyshelf"'
+    status, headers, login_page, _reason = server.get("/+login")
+    cookie = headers["Set-Cookie"].split(";")[0]
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', login_page).group(1).decode()
+    status, headers, body, _reason = server.get(
+        "/root/pypi/refreshed/+refresh",
+        method="POST",
+        headers={
+            "Accept": "text/html",
+            "Cookie": cookie,
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        data=f"csrf_token={token}".encode(),
+    )  # the web button: a browser goes to the login page, and back to the project afterwards
+    assert (status, headers["Location"]) == (303, "/+login?next=/root/pypi/refreshed/")
+    _status, _headers, document = page(server, "root/pypi", "refreshed")
+    assert second not in {f["filename"] for f in document["files"]}  # not refreshed
+    assert fake_upstream.count("/simple/refreshed/") == 1
+
+    status, headers, body, _reason = server.get(
+        "/root/pypi/+simple/refreshed/refresh",
+        method="POST",
+        headers={"Accept": MIME_JSON, **ADMIN},
     )
     assert status == 302, body
     assert headers["Location"].endswith("/root/pypi/+simple/refreshed/")
@@ -526,7 +552,7 @@ def test_refresh_by_post_and_by_entrypoint_refetches_a_fresh_page(server_factory
     status, _headers, body, _reason = server.get(
         "/admin/dev/+simple/refreshed/refresh",
         method="POST",
-        headers={"Accept": "application/json"},
+        headers={"Accept": "application/json", **ADMIN},
     )
     assert status == 200
     assert json.loads(body) == {"refreshed": ["root/pypi"]}

@@ -236,10 +236,10 @@ def test_json_api_cannot_be_driven_by_the_session_cookie_without_csrf_token(
 
 
 def test_scripts_without_cookies_need_no_csrf_token(app: Any, client: Any) -> None:
-    """curl -X POST .../+simple/NAME/refresh and twine keep working with CSRF on."""
+    """curl -u ... -X POST .../+simple/NAME/refresh and twine keep working with CSRF on."""
     app.config["WTF_CSRF_ENABLED"] = True
 
-    refresh = client.post("/admin/dev/+simple/nothing-here/refresh")
+    refresh = client.post("/admin/dev/+simple/nothing-here/refresh", headers=ADMIN)
     api = client.post("/admin/+tokens", json={}, headers=ADMIN)
 
     assert refresh.status_code == 302
