@@ -13,10 +13,9 @@ from sqlalchemy.orm import Session
 from app.auth import (
     current_reader,
     hash_password,
-    new_token_secret,
+    new_token,
     require_read,
     require_user,
-    token_hash,
 )
 from app.db import begin_write, get_session
 from app.dists import normalize_name
@@ -36,7 +35,7 @@ from app.indexes import (
     may_read,
     shown_bases,
 )
-from app.models import File, Index, Project, Token, User
+from app.models import File, Index, Project, User
 
 bp = Blueprint("api", __name__)
 
@@ -239,16 +238,7 @@ def create_token(user: str) -> Response:
         scope = get_index_by_path(session, str(body["index"]))
         if scope is None:
             raise HTTPError(400, f"Index {body['index']} does not exist.")
-    secret = new_token_secret()
-    description = str(body.get("description", ""))[:255]
-    session.add(
-        Token(
-            user_id=target.id,
-            description=description,
-            secret_sha256=token_hash(secret),
-            index_id=scope.id if scope else None,
-        )
-    )
+    secret = new_token(session, target, str(body.get("description", "")), scope)
     session.commit()
     result = {"username": "__token__", "token": secret}
     if scope is not None:

@@ -31,6 +31,11 @@ TOKEN_USERNAME = "__token__"  # noqa: S105 - a convention, not a secret
 TOKEN_PREFIX = "pyshelf-"  # noqa: S105 - marks tokens, not a secret
 REALM = 'Basic realm="pyshelf"'
 SAFE_METHODS = ("GET", "HEAD")
+# The only unsafe requests a token limited to an index may make, and only to that index:
+# uploads of files and docs (twine, devpi upload) and yanks (the API's and the web form).
+SCOPED_TOKEN_WRITES = frozenset({"upload.upload", "api.yank_version", "web.yank", "web.doc_upload"})
+# POSTs that only read again: refreshing a mirrored page, on any index the token may read.
+SCOPED_TOKEN_REFRESHES = frozenset({"simple.refresh", "web.refresh"})
 INVALID_CREDENTIALS = "Invalid credentials: wrong username, password or token."
 TOKEN_TOUCH_SECONDS = 600  # 10 minutes: how stale a token's last_used_at may get (fewer writes)
 # Login tokens of `POST /+login` (devpi-client sends them back in X-Devpi-Auth). The prefix
@@ -211,36 +216,65 @@ def verify_password(username: str, password: str, address: str | None) -> User |
     return user
 
 
+def new_token(
+    session: Session, user: User, description: str = "", index: Index | None = None
+) -> str:
+    """Add an API token of `user` (the caller commits) and return its secret, shown once.
+
+    A token limited to `index` may read that index and its bases as they are now: the set is
+    stored with the token, so a later change of the bases never widens it.
+    """
+    secret = new_token_secret()
+    session.add(
+        Token(
+            user_id=user.id,
+            description=description[:255],
+            secret_sha256=token_hash(secret),
+            index_id=index.id if index is not None else None,
+            read_paths=(
+                None if index is None else sorted(i.path for i in resolution_order(session, index))
+            ),
+        )
+    )
+    return secret
+
+
 def _scope_paths(token: Token) -> frozenset[str] | None:
-    """What a token may read: None (no limit), or its index and that index's bases, whose
-    files the index's pages link to (every index in its resolution order)."""
+    """What a token may read: None (no limit), or the indexes of its index's resolution order
+    (whose files the index's pages link to) that it could read when it was made."""
     if token.index_id is None:
         return None
     if token.index is None:
         return frozenset()
-    return frozenset(i.path for i in resolution_order(get_session(), token.index))
+    allowed = set(token.read_paths if token.read_paths is not None else [token.index.path])
+    return frozenset(
+        i.path for i in resolution_order(get_session(), token.index) if i.path in allowed
+    )
 
 
 def _check_token_scope(token: Token) -> None:
-    """A token limited to one index authenticates only requests to /USER/INDEX/... of it, and
-    reads (GET, HEAD) of the indexes that one inherits from."""
+    """The one rule for tokens limited to an index: they read (GET, HEAD, and refresh mirrored
+    pages) that index and its bases (`_scope_paths`), and upload, upload docs and yank on that
+    index (SCOPED_TOKEN_WRITES); anything else, such as settings, ACLs, users, tokens or
+    deletions, is refused."""
     if token.index_id is None:
         return
     scope = token.index
     args = request.view_args or {}
     target = (args.get("user"), args.get("index"))
-    if scope is not None and target == (scope.owner.username, scope.name):
-        return
-    if (
-        scope is not None
-        and request.method in SAFE_METHODS
-        and None not in target
-        and f"{target[0]}/{target[1]}" in (_scope_paths(token) or ())
-    ):
-        return
+    if scope is not None and None not in target:
+        if request.method in SAFE_METHODS or request.endpoint in SCOPED_TOKEN_REFRESHES:
+            if f"{target[0]}/{target[1]}" in (_scope_paths(token) or ()):
+                return
+        elif (
+            target == (scope.owner.username, scope.name) and request.endpoint in SCOPED_TOKEN_WRITES
+        ):
+            return
     where = scope.path if scope is not None else "a deleted index"
     raise HTTPError(
-        403, f"This token is limited to index {where}; it cannot be used for {request.path}."
+        403,
+        f"This token is limited to index {where} (reading it, uploading and yanking there); "
+        f"it cannot be used for {request.method} {request.path[:200]}.",
     )
 
 

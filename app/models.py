@@ -61,6 +61,9 @@ class Token(Base):
         ForeignKey("indexes.id", ondelete="CASCADE"), index=True
     )
     last_used_at: Mapped[dt.datetime | None] = mapped_column()
+    # What a token limited to one index may read, fixed when it was made: that index and its
+    # bases then (app/auth.py). Changing the bases later never widens it. None: no limit.
+    read_paths: Mapped[list[str] | None] = mapped_column(JSON)
 
     user: Mapped[User] = relationship(back_populates="tokens")
     index: Mapped[Index | None] = relationship(lazy="joined")

@@ -14,8 +14,7 @@ from app.auth import (
     authenticated_user,
     bind_session,
     hash_password,
-    new_token_secret,
-    token_hash,
+    new_token,
     verify_password,
 )
 from app.db import begin_write, get_session
@@ -182,15 +181,7 @@ def create_token() -> Response | tuple[str, int]:
                 "(or read rights, if it is not public)."
             )
             return _account_page(user, 400, token_error=error)
-    secret = new_token_secret()
-    db.add(
-        Token(
-            user_id=user.id,
-            description=description,
-            secret_sha256=token_hash(secret),
-            index_id=scope.id if scope else None,
-        )
-    )
+    secret = new_token(db, user, description, scope)
     db.commit()
     # Rendered, not flashed: the secret must not travel in the (signed, readable) session cookie.
     return _account_page(user, 201, new_token=secret, new_token_scope=scope_path or None)
