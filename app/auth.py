@@ -199,8 +199,9 @@ def check_credentials(session: Session, username: str, secret: str) -> User | No
 def verify_password(username: str, password: str, address: str | None) -> User | None:
     """Check a password under the login throttle (app/throttle.py).
 
-    Raises LoginThrottled while the account or the address is locked, without looking at the
-    password; a failure is counted against both, a success clears the account's counter.
+    Raises LoginThrottled while the account is locked for this address, or the address is,
+    without looking at the password; a failure is counted against both, a success clears the
+    pair's counter.
     """
     database = current_app.extensions["pyshelf.db"]
     keys = throttle.keys_for(username, address)
@@ -212,7 +213,7 @@ def verify_password(username: str, password: str, address: str | None) -> User |
         throttle.record_failure(database, keys)
         log.warning("failed password for %r from %s", username[:64], address)
         return None
-    throttle.record_success(database, state, username)
+    throttle.record_success(database, state, keys)
     return user
 
 

@@ -242,7 +242,7 @@ class DocSet(Base):
 
 
 class LoginFailure(Base):
-    """Failed password checks of one key ("user:NAME" or "addr:IP"), shared by all workers."""
+    """Failed password checks of one key ("user:IP/NAME" or "addr:IP"), shared by all workers."""
 
     __tablename__ = "login_failures"
 

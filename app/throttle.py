@@ -1,11 +1,16 @@
-"""Login throttling: failed password checks per account and per address, kept in the database.
+"""Login throttling: failed password checks per (account, address) pair and per address, kept
+in the database.
+
+An account is locked only for the address that failed: a stranger guessing a colleague's
+password locks themselves out, never the colleague working from elsewhere. The per-address
+limit, across all accounts, stops one address from trying many accounts.
 
 The counters live in the `login_failures` table, not in process memory, so every gunicorn
 worker (and every container behind a load balancer) sees the same lockout. After
 MAX_FAILURES failures of one key within WINDOW_SECONDS the key is locked for
 FIRST_LOCK_SECONDS, doubling with each further failure up to MAX_LOCK_SECONDS; a key that
 stays quiet for WINDOW_SECONDS (after its lock ended) starts afresh, and a successful login
-clears its account's counter. Unknown usernames are counted like known ones, so a lockout
+clears its pair's counter. Unknown usernames are counted like known ones, so a lockout
 never tells whether an account exists.
 """
 
@@ -47,8 +52,9 @@ class State:
 
 
 def keys_for(username: str, address: str | None) -> list[str]:
-    """The throttle keys of a login attempt: the account and the client address."""
-    keys = [f"user:{username}"[:MAX_KEY_CHARS]]
+    """The throttle keys of a login attempt: the (address, account) pair, then the address."""
+    # The address first: a long username is what gets cut, never the address.
+    keys = [f"user:{address or '-'}/{username}"[:MAX_KEY_CHARS]]
     if address:
         keys.append(f"addr:{address}"[:MAX_KEY_CHARS])
     return keys
@@ -114,9 +120,10 @@ def _record_failure(database: Database, keys: list[str]) -> None:
         session.commit()
 
 
-def record_success(database: Database, state: State, username: str) -> None:
-    """Clear the account's counter after a successful login (a write only if there is one)."""
-    key = keys_for(username, None)[0]
+def record_success(database: Database, state: State, keys: list[str]) -> None:
+    """Clear the pair's counter after a successful login (a write only if there is one); the
+    address's counter stays."""
+    key = keys[0]
     if key not in state.known_keys:
         return
     with database.session() as session:

@@ -131,14 +131,14 @@ def test_lock_grows_with_more_failures_and_ends_in_time(
     assert unlocked.status_code == 303
 
 
-def test_success_clears_the_accounts_failures(app: Any, client: Any) -> None:
+def test_success_clears_the_failures_of_the_account_from_its_address(app: Any, client: Any) -> None:
     for _ in range(throttle.MAX_FAILURES["user"] - 1):
         login(client, password="wrong-password")
 
     assert login(client).status_code == 303
     with app.extensions["pyshelf.db"].session() as session:
         keys = set(session.scalars(select(LoginFailure.key)))
-    assert "user:admin" not in keys
+    assert "user:127.0.0.1/admin" not in keys
     assert "addr:127.0.0.1" in keys  # the address keeps counting
 
 
