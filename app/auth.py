@@ -12,8 +12,8 @@ import secrets
 import itsdangerous
 from flask import Flask, Response, current_app, g, request
 from flask import session as cookie_session
-from flask_login import LoginManager, current_user
-from sqlalchemy import select, update
+from flask_login import LoginManager, current_user, login_user, logout_user
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -23,7 +23,7 @@ from app import throttle
 from app.db import begin_write, get_session
 from app.errors import HTTPError, too_many_logins
 from app.indexes import Reader, is_public, may_read, resolution_order
-from app.models import Index, Token, User, utcnow
+from app.models import Index, Token, User, WebSession, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ LOGIN_TOKEN_PREFIX = "pyshelf.login."  # noqa: S105 - marks login tokens, not a 
 LOGIN_TOKEN_SECONDS = 36_000  # 10 hours, as devpi-server's logins
 LOGIN_TOKEN_SALT = "pyshelf.devpi-login"  # noqa: S105 - itsdangerous namespace, not a secret
 SESSION_FINGERPRINT_KEY = "_password_fp"  # in the web session: see bind_session
+SESSION_ID_KEY = "_session_id"  # in the web session: names its WebSession row (start_session)
 # Password hashes imported from devpi-server (app/devpi_import.py): argon2 PHC strings as
 # devpi-server >= 6 stores them, and its older salted sha256 as "devpi-sha256$SALT$HEXDIGEST".
 ARGON2_PREFIX = "$argon2"
@@ -125,6 +126,51 @@ def bind_session(user: User) -> None:
     """Tie the web session to the user's current password: a new password (their own, or an
     admin's reset) ends every other session of theirs, copied cookies included."""
     cookie_session[SESSION_FINGERPRINT_KEY] = _hash_fingerprint(user)
+
+
+def start_session(user: User) -> None:
+    """Log `user` in to a new web session (and commit): a fresh cookie that names a new
+    WebSession row, which ends at logout or SESSION_LIFETIME after now, whichever comes first.
+
+    The cookie alone is signed but cannot be revoked; the row can, so a copy of the cookie
+    made before logout stops working with it.
+    """
+    session = get_session()
+    begin_write(session)
+    now = utcnow()
+    session.execute(delete(WebSession).where(WebSession.expires_at <= now))  # housekeeping
+    secret = secrets.token_urlsafe(32)
+    lifetime = current_app.permanent_session_lifetime
+    session.add(
+        WebSession(id_sha256=token_hash(secret), user_id=user.id, expires_at=now + lifetime)
+    )
+    session.commit()
+    cookie_session.clear()  # a fresh session (and CSRF token) for the new identity
+    login_user(user)
+    bind_session(user)
+    cookie_session[SESSION_ID_KEY] = secret
+    cookie_session.permanent = True  # the cookie expires with the session, not the browser
+
+
+def end_session() -> None:
+    """Log out: delete this web session's row (every copy of the cookie ends) and clear it."""
+    secret = cookie_session.get(SESSION_ID_KEY)
+    if isinstance(secret, str):
+        session = get_session()
+        begin_write(session)
+        session.execute(delete(WebSession).where(WebSession.id_sha256 == token_hash(secret)))
+        session.commit()
+    logout_user()
+    cookie_session.clear()
+
+
+def _session_is_live(user: User) -> bool:
+    """Whether the cookie names a WebSession of `user` that has not ended."""
+    secret = cookie_session.get(SESSION_ID_KEY)
+    if not isinstance(secret, str):
+        return False  # made before sessions were stored, or forged
+    row = get_session().get(WebSession, token_hash(secret))
+    return row is not None and row.user_id == user.id and row.expires_at > utcnow()
 
 
 def new_login_token(user: User) -> str:
@@ -340,6 +386,8 @@ def init_app(app: Flask) -> None:
         bound = str(cookie_session.get(SESSION_FINGERPRINT_KEY, ""))
         if user is None or not hmac.compare_digest(bound, _hash_fingerprint(user)):
             return None  # the password changed since this session logged in
+        if not _session_is_live(user):
+            return None  # logged out (a copied cookie), or older than SESSION_LIFETIME
         return user
 
     @manager.request_loader

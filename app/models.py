@@ -69,6 +69,18 @@ class Token(Base):
     index: Mapped[Index | None] = relationship(lazy="joined")
 
 
+class WebSession(Base):
+    """A logged-in browser: its session cookie names the row (only the sha256 is stored);
+    logging out deletes the row, so a copy of the cookie ends with it (app/auth.py)."""
+
+    __tablename__ = "web_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)  # SESSION_LIFETIME after login
+
+
 class Index(Base):
     """`USER/NAME`: a stage (uploads, with ordered bases) or a mirror (of one upstream)."""
 

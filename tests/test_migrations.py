@@ -32,6 +32,7 @@ TABLES = {
     "cached_pages",
     "page_cache_state",
     "mirror_sidecars",
+    "web_sessions",
 }
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, flash, redirect, render_template, request, session, url_for
-from flask_login import login_user, logout_user
+from flask import Response, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from app.api import MIN_PASSWORD_CHARS, USERNAME_RE
 from app.auth import (
     authenticated_user,
     bind_session,
+    end_session,
     hash_password,
     new_token,
+    start_session,
     verify_password,
 )
 from app.db import begin_write, get_session
@@ -71,17 +72,15 @@ def login() -> Response | str | tuple[str, int, dict[str, str]]:
         return render_template(
             "login.html", next=target, username=username, error="Invalid username or password."
         )
-    session.clear()  # a fresh session (and CSRF token) for the new identity
-    login_user(user)
-    bind_session(user)
+    start_session(user)
     return redirect(target, 303)
 
 
 @bp.post("/+logout")
 def logout() -> Response:
-    """Log out (a POST with the CSRF token, so other sites cannot log you out)."""
-    logout_user()
-    session.clear()
+    """Log out, ending the session on the server too (a POST with the CSRF token, so other
+    sites cannot log you out)."""
+    end_session()
     return redirect(url_for("web.home"), 303)
 
 

@@ -1,10 +1,12 @@
-"""security: tokens.read_paths (what an index-scoped token may read, fixed when it was made)
+"""security: web_sessions (logout ends a session server-side) and tokens.read_paths (what an
+index-scoped token may read, fixed when it was made)
 
 Revision ID: 0009
 Revises: 0007
 Create Date: 2026-12-07 10:30:00.000000
 
-Tokens limited to an index get the index and its bases as they are now.
+Browsers logged in before this revision log in again (their cookies name no session). Tokens
+limited to an index get the index and its bases as they are now.
 """
 
 from alembic import op
@@ -31,6 +33,18 @@ def _resolution_paths(start: str, bases: dict[str, list[str]]) -> list[str]:
 
 
 def upgrade() -> None:
+    op.create_table('web_sessions',
+    sa.Column('id_sha256', sa.String(length=64), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('expires_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_web_sessions_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id_sha256', name=op.f('pk_web_sessions'))
+    )
+    with op.batch_alter_table('web_sessions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_web_sessions_expires_at'), ['expires_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_web_sessions_user_id'), ['user_id'], unique=False)
+
     with op.batch_alter_table('tokens', schema=None) as batch_op:
         batch_op.add_column(sa.Column('read_paths', sa.JSON(), nullable=True))
 
@@ -70,3 +84,8 @@ def downgrade() -> None:
     with op.batch_alter_table('tokens', schema=None) as batch_op:
         batch_op.drop_column('read_paths')
 
+    with op.batch_alter_table('web_sessions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_web_sessions_user_id'))
+        batch_op.drop_index(batch_op.f('ix_web_sessions_expires_at'))
+
+    op.drop_table('web_sessions')

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from app import create_app, throttle
+from app.auth import SESSION_ID_KEY
 from app.models import LoginFailure, utcnow
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.web.helpers import ADMIN, HTML, csrf_token, login
@@ -244,3 +245,26 @@ def test_scripts_without_cookies_need_no_csrf_token(app: Any, client: Any) -> No
 
     assert refresh.status_code == 302
     assert api.status_code == 201
+
+
+def test_the_server_ends_a_session_after_session_lifetime_whatever_the_cookie_says(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored session expires after 12 hours even if a cookie's own signature is still
+    accepted (a client that keeps refreshing it, a clock that disagrees)."""
+    login(client)
+    assert client.get("/+account", headers=HTML).status_code == 200
+    later = utcnow() + dt.timedelta(hours=12, seconds=1)
+    monkeypatch.setattr("app.auth.utcnow", lambda: later)
+
+    assert client.get("/+account", headers=HTML).status_code == 302
+
+
+def test_a_session_cookie_from_before_stored_sessions_is_logged_out(app: Any, client: Any) -> None:
+    """A cookie without a session id (signed, with the right password fingerprint, as an
+    upgrade from an older pyshelf leaves them) no longer logs anyone in."""
+    login(client)
+    with client.session_transaction() as session:
+        del session[SESSION_ID_KEY]
+
+    assert client.get("/+account", headers=HTML).status_code == 302
