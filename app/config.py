@@ -79,7 +79,8 @@ class Settings:
     # MIRROR_CACHE_MAX_SIZE: mirror-cached files beyond this are evicted, least recently used
     # first; None keeps everything. Uploads never count and are never evicted.
     mirror_cache_max_bytes: int | None = None
-    metrics_token: str = ""  # METRICS_TOKEN: when set, /+metrics wants "Bearer <token>"
+    metrics_token: str = ""  # METRICS_TOKEN: /+metrics also answers "Bearer <token>"
+    metrics_public: bool = False  # METRICS_PUBLIC: /+metrics answers anyone (no private names)
     session_lifetime_seconds: int = 43_200  # SESSION_LIFETIME: 12 hours from login
     status_min_free_bytes: int = 100 << 20  # STATUS_MIN_FREE_SPACE: /+status is 503 below it
     # PROMETHEUS_MULTIPROC_DIR: set by gunicorn.conf.py so every worker's metrics add up.
@@ -195,6 +196,9 @@ class Settings:
         log_format = (env.get("LOG_FORMAT", "").strip() or "text").lower()
         if log_format not in {"text", "json"}:
             errors.append(f"LOG_FORMAT={log_format!r}: use text or json")
+        metrics_public = env.get("METRICS_PUBLIC", "").strip().lower()
+        if metrics_public not in {"", "true", "false", "1", "0", "yes", "no"}:
+            errors.append(f"METRICS_PUBLIC={metrics_public!r}: use true or false")
         access_log = env.get("ACCESS_LOG", "").strip().lower()
         if access_log not in {"", "true", "false", "1", "0", "yes", "no"}:
             errors.append(f"ACCESS_LOG={access_log!r}: use true or false")
@@ -274,6 +278,7 @@ class Settings:
             access_log=access_log not in {"false", "0", "no"},
             mirror_cache_max_bytes=cache_max or None,
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
+            metrics_public=metrics_public in {"true", "1", "yes"},
             session_lifetime_seconds=session_lifetime,
             status_min_free_bytes=min_free or 0,
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None,
