@@ -174,6 +174,14 @@ def test_a_bad_session_lifetime_is_reported(value: str, message: str) -> None:
     assert [line.strip() for line in str(caught.value).splitlines()[1:]] == [message]
 
 
+def test_metrics_are_private_unless_metrics_public_says_true() -> None:
+    """METRICS_PUBLIC: true/false (1/0, yes/no); anything else is reported."""
+    assert Settings.from_env(NO_DOTENV).metrics_public is False
+    assert Settings.from_env({**NO_DOTENV, "METRICS_PUBLIC": "true"}).metrics_public is True
+    with pytest.raises(ConfigError, match="METRICS_PUBLIC='open': use true or false"):
+        Settings.from_env({**NO_DOTENV, "METRICS_PUBLIC": "open"})
+
+
 def test_a_session_lasts_12_hours_unless_session_lifetime_says_otherwise() -> None:
     """The default, and SESSION_LIFETIME=30m."""
     assert Settings.from_env(NO_DOTENV).session_lifetime_seconds == 43_200
