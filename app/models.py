@@ -254,7 +254,8 @@ class DocSet(Base):
 
 
 class LoginFailure(Base):
-    """Failed password checks of one key ("user:IP/NAME" or "addr:IP"), shared by all workers."""
+    """Failed password checks of one key ("user:IP/NAME" or "addr:IP"), or anonymous refreshes
+    of one address ("refresh:IP"), shared by all workers."""
 
     __tablename__ = "login_failures"
 

@@ -1,5 +1,5 @@
 """Login throttling: failed password checks per (account, address) pair and per address, kept
-in the database.
+in the database; and the same counters for anonymous refreshes of mirrored pages per address.
 
 An account is locked only for the address that failed: a stranger guessing a colleague's
 password locks themselves out, never the colleague working from elsewhere. The per-address
@@ -31,6 +31,9 @@ WINDOW_SECONDS = 900  # 15 minutes
 FIRST_LOCK_SECONDS = 60
 MAX_LOCK_SECONDS = 3600  # 1 hour
 MAX_FAILURES = {"user": 5, "addr": 20}  # an address may be a whole office behind NAT
+# Anonymous refreshes of mirrored pages per address (devpi-client's `devpi refresh` sends no
+# credentials), counted and locked like failures: strangers cannot make us hammer the upstream.
+MAX_ANONYMOUS_REFRESHES = 10
 FORGET_SECONDS = 86_400  # 1 day: rows this quiet are deleted
 MAX_KEY_CHARS = 320
 
@@ -61,7 +64,8 @@ def keys_for(username: str, address: str | None) -> list[str]:
 
 
 def _limit(key: str) -> int:
-    return MAX_FAILURES.get(key.partition(":")[0], MAX_FAILURES["user"])
+    kind = key.partition(":")[0]
+    return MAX_ANONYMOUS_REFRESHES if kind == "refresh" else MAX_FAILURES.get(kind, 5)
 
 
 def _is_stale(row: LoginFailure, now: dt.datetime) -> bool:
@@ -118,6 +122,16 @@ def _record_failure(database: Database, keys: list[str]) -> None:
             )
         )
         session.commit()
+
+
+def count_anonymous_refresh(database: Database, address: str | None) -> int:
+    """Count an anonymous refresh from `address` and return 0, or, while the address has used
+    up MAX_ANONYMOUS_REFRESHES (within WINDOW_SECONDS), the seconds until it may again."""
+    key = f"refresh:{address or '-'}"[:MAX_KEY_CHARS]
+    wait = check(database, [key]).retry_after_seconds
+    if not wait:
+        record_failure(database, [key])
+    return wait
 
 
 def record_success(database: Database, state: State, keys: list[str]) -> None:
