@@ -97,6 +97,10 @@ def create_app(
     app.config["SECRET_KEY"] = load_secret_key(settings)
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    # The cookie's Expires and signature age; the server-side row (app/auth.py) ends it too,
+    # counted from login: so the cookie is not re-sent on every response (docs set none).
+    app.config["PERMANENT_SESSION_LIFETIME"] = settings.session_lifetime_seconds
+    app.config["SESSION_REFRESH_EACH_REQUEST"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     database = Database(settings.database_url)

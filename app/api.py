@@ -11,12 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import (
+    authenticated_user,
     current_reader,
     hash_password,
-    new_token_secret,
+    new_token,
     require_read,
     require_user,
-    token_hash,
 )
 from app.config import Settings
 from app.db import begin_write, get_session
@@ -38,7 +38,7 @@ from app.indexes import (
     may_read,
     shown_bases,
 )
-from app.models import File, Index, Project, Token, User
+from app.models import File, Index, Project, User
 
 bp = Blueprint("api", __name__)
 
@@ -67,16 +67,19 @@ def _json_body(*, allow_list: bool = False) -> Any:
     return data
 
 
-def user_info(session: Session, user: User, reader: Reader | None = None) -> dict[str, Any]:
-    """A user as the API shows it: never the password hash; with a `reader`, only the
-    indexes it may read."""
+def user_info(
+    session: Session, user: User, reader: Reader | None = None, *, is_own: bool = True
+) -> dict[str, Any]:
+    """A user as the API shows it: never the password hash; email and superuser flag only
+    when `is_own` (the user or a superuser asks); with a `reader`, only the indexes it may
+    read."""
     indexes = session.scalars(select(Index).where(Index.owner_id == user.id)).all()
     if reader is not None:
         indexes = [i for i in indexes if may_read(i, reader)]
+    private = {"email": user.email, "is_superuser": user.is_superuser} if is_own else {}
     return {
         "username": user.username,
-        "email": user.email,
-        "is_superuser": user.is_superuser,
+        **private,
         "indexes": {
             i.name: index_config(
                 i, bases=None if reader is None else shown_bases(session, i, reader)
@@ -94,13 +97,22 @@ def _listing_reader(session: Session) -> Reader | None:
     return current_reader()
 
 
+def _is_own(user: User) -> bool:
+    """Whether the caller is `user` or a superuser (who may see the email and superuser flag)."""
+    caller = authenticated_user()
+    return caller is not None and (caller.is_superuser or caller.id == user.id)
+
+
 def users_json() -> Response:
     """Every user with the indexes the caller may read, by name (GET / for API clients:
     `devpi use -l`)."""
     session = get_session()
     reader = _listing_reader(session)
     users = session.scalars(select(User).order_by(User.username)).all()
-    return envelope("list:userconfig", {u.username: user_info(session, u, reader) for u in users})
+    return envelope(
+        "list:userconfig",
+        {u.username: user_info(session, u, reader, is_own=_is_own(u)) for u in users},
+    )
 
 
 def _user_or_404(session: Session, username: str) -> User:
@@ -142,7 +154,8 @@ def get_user(user: str) -> Response | str:
         return user_page(user)
     session = get_session()
     found = _user_or_404(session, user)
-    return envelope("userconfig", user_info(session, found, _listing_reader(session)))
+    reader = _listing_reader(session)
+    return envelope("userconfig", user_info(session, found, reader, is_own=_is_own(found)))
 
 
 @bp.put("/<user>")
@@ -241,16 +254,7 @@ def create_token(user: str) -> Response:
         scope = get_index_by_path(session, str(body["index"]))
         if scope is None:
             raise HTTPError(400, f"Index {body['index']} does not exist.")
-    secret = new_token_secret()
-    description = str(body.get("description", ""))[:255]
-    session.add(
-        Token(
-            user_id=target.id,
-            description=description,
-            secret_sha256=token_hash(secret),
-            index_id=scope.id if scope else None,
-        )
-    )
+    secret = new_token(session, target, str(body.get("description", "")), scope)
     session.commit()
     result = {"username": "__token__", "token": secret}
     if scope is not None:

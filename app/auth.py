@@ -12,8 +12,8 @@ import secrets
 import itsdangerous
 from flask import Flask, Response, current_app, g, request
 from flask import session as cookie_session
-from flask_login import LoginManager, current_user
-from sqlalchemy import select, update
+from flask_login import LoginManager, current_user, login_user, logout_user
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -23,7 +23,7 @@ from app import throttle
 from app.db import begin_write, get_session
 from app.errors import HTTPError, too_many_logins
 from app.indexes import Reader, is_public, may_read, resolution_order
-from app.models import Index, Token, User, utcnow
+from app.models import Index, Token, User, WebSession, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ TOKEN_USERNAME = "__token__"  # noqa: S105 - a convention, not a secret
 TOKEN_PREFIX = "pyshelf-"  # noqa: S105 - marks tokens, not a secret
 REALM = 'Basic realm="pyshelf"'
 SAFE_METHODS = ("GET", "HEAD")
+# The only unsafe requests a token limited to an index may make, and only to that index:
+# uploads of files and docs (twine, devpi upload) and yanks (the API's and the web form).
+SCOPED_TOKEN_WRITES = frozenset({"upload.upload", "api.yank_version", "web.yank", "web.doc_upload"})
+# POSTs that only read again: refreshing a mirrored page, on any index the token may read.
+SCOPED_TOKEN_REFRESHES = frozenset({"simple.refresh", "web.refresh"})
 INVALID_CREDENTIALS = "Invalid credentials: wrong username, password or token."
 TOKEN_TOUCH_SECONDS = 600  # 10 minutes: how stale a token's last_used_at may get (fewer writes)
 # Login tokens of `POST /+login` (devpi-client sends them back in X-Devpi-Auth). The prefix
@@ -39,6 +44,7 @@ LOGIN_TOKEN_PREFIX = "pyshelf.login."  # noqa: S105 - marks login tokens, not a 
 LOGIN_TOKEN_SECONDS = 36_000  # 10 hours, as devpi-server's logins
 LOGIN_TOKEN_SALT = "pyshelf.devpi-login"  # noqa: S105 - itsdangerous namespace, not a secret
 SESSION_FINGERPRINT_KEY = "_password_fp"  # in the web session: see bind_session
+SESSION_ID_KEY = "_session_id"  # in the web session: names its WebSession row (start_session)
 # Password hashes imported from devpi-server (app/devpi_import.py): argon2 PHC strings as
 # devpi-server >= 6 stores them, and its older salted sha256 as "devpi-sha256$SALT$HEXDIGEST".
 ARGON2_PREFIX = "$argon2"
@@ -122,6 +128,51 @@ def bind_session(user: User) -> None:
     cookie_session[SESSION_FINGERPRINT_KEY] = _hash_fingerprint(user)
 
 
+def start_session(user: User) -> None:
+    """Log `user` in to a new web session (and commit): a fresh cookie that names a new
+    WebSession row, which ends at logout or SESSION_LIFETIME after now, whichever comes first.
+
+    The cookie alone is signed but cannot be revoked; the row can, so a copy of the cookie
+    made before logout stops working with it.
+    """
+    session = get_session()
+    begin_write(session)
+    now = utcnow()
+    session.execute(delete(WebSession).where(WebSession.expires_at <= now))  # housekeeping
+    secret = secrets.token_urlsafe(32)
+    lifetime = current_app.permanent_session_lifetime
+    session.add(
+        WebSession(id_sha256=token_hash(secret), user_id=user.id, expires_at=now + lifetime)
+    )
+    session.commit()
+    cookie_session.clear()  # a fresh session (and CSRF token) for the new identity
+    login_user(user)
+    bind_session(user)
+    cookie_session[SESSION_ID_KEY] = secret
+    cookie_session.permanent = True  # the cookie expires with the session, not the browser
+
+
+def end_session() -> None:
+    """Log out: delete this web session's row (every copy of the cookie ends) and clear it."""
+    secret = cookie_session.get(SESSION_ID_KEY)
+    if isinstance(secret, str):
+        session = get_session()
+        begin_write(session)
+        session.execute(delete(WebSession).where(WebSession.id_sha256 == token_hash(secret)))
+        session.commit()
+    logout_user()
+    cookie_session.clear()
+
+
+def _session_is_live(user: User) -> bool:
+    """Whether the cookie names a WebSession of `user` that has not ended."""
+    secret = cookie_session.get(SESSION_ID_KEY)
+    if not isinstance(secret, str):
+        return False  # made before sessions were stored, or forged
+    row = get_session().get(WebSession, token_hash(secret))
+    return row is not None and row.user_id == user.id and row.expires_at > utcnow()
+
+
 def new_login_token(user: User) -> str:
     """A login token for `user`: signed with SECRET_KEY (every worker accepts it), valid for
     LOGIN_TOKEN_SECONDS or until the password changes."""
@@ -194,8 +245,9 @@ def check_credentials(session: Session, username: str, secret: str) -> User | No
 def verify_password(username: str, password: str, address: str | None) -> User | None:
     """Check a password under the login throttle (app/throttle.py).
 
-    Raises LoginThrottled while the account or the address is locked, without looking at the
-    password; a failure is counted against both, a success clears the account's counter.
+    Raises LoginThrottled while the account is locked for this address, or the address is,
+    without looking at the password; a failure is counted against both, a success clears the
+    pair's counter.
     """
     database = current_app.extensions["pyshelf.db"]
     keys = throttle.keys_for(username, address)
@@ -207,40 +259,69 @@ def verify_password(username: str, password: str, address: str | None) -> User |
         throttle.record_failure(database, keys)
         log.warning("failed password for %r from %s", username[:64], address)
         return None
-    throttle.record_success(database, state, username)
+    throttle.record_success(database, state, keys)
     return user
 
 
+def new_token(
+    session: Session, user: User, description: str = "", index: Index | None = None
+) -> str:
+    """Add an API token of `user` (the caller commits) and return its secret, shown once.
+
+    A token limited to `index` may read that index and its bases as they are now: the set is
+    stored with the token, so a later change of the bases never widens it.
+    """
+    secret = new_token_secret()
+    session.add(
+        Token(
+            user_id=user.id,
+            description=description[:255],
+            secret_sha256=token_hash(secret),
+            index_id=index.id if index is not None else None,
+            read_paths=(
+                None if index is None else sorted(i.path for i in resolution_order(session, index))
+            ),
+        )
+    )
+    return secret
+
+
 def _scope_paths(token: Token) -> frozenset[str] | None:
-    """What a token may read: None (no limit), or its index and that index's bases, whose
-    files the index's pages link to (every index in its resolution order)."""
+    """What a token may read: None (no limit), or the indexes of its index's resolution order
+    (whose files the index's pages link to) that it could read when it was made."""
     if token.index_id is None:
         return None
     if token.index is None:
         return frozenset()
-    return frozenset(i.path for i in resolution_order(get_session(), token.index))
+    allowed = set(token.read_paths if token.read_paths is not None else [token.index.path])
+    return frozenset(
+        i.path for i in resolution_order(get_session(), token.index) if i.path in allowed
+    )
 
 
 def _check_token_scope(token: Token) -> None:
-    """A token limited to one index authenticates only requests to /USER/INDEX/... of it, and
-    reads (GET, HEAD) of the indexes that one inherits from."""
+    """The one rule for tokens limited to an index: they read (GET, HEAD, and refresh mirrored
+    pages) that index and its bases (`_scope_paths`), and upload, upload docs and yank on that
+    index (SCOPED_TOKEN_WRITES); anything else, such as settings, ACLs, users, tokens or
+    deletions, is refused."""
     if token.index_id is None:
         return
     scope = token.index
     args = request.view_args or {}
     target = (args.get("user"), args.get("index"))
-    if scope is not None and target == (scope.owner.username, scope.name):
-        return
-    if (
-        scope is not None
-        and request.method in SAFE_METHODS
-        and None not in target
-        and f"{target[0]}/{target[1]}" in (_scope_paths(token) or ())
-    ):
-        return
+    if scope is not None and None not in target:
+        if request.method in SAFE_METHODS or request.endpoint in SCOPED_TOKEN_REFRESHES:
+            if f"{target[0]}/{target[1]}" in (_scope_paths(token) or ()):
+                return
+        elif (
+            target == (scope.owner.username, scope.name) and request.endpoint in SCOPED_TOKEN_WRITES
+        ):
+            return
     where = scope.path if scope is not None else "a deleted index"
     raise HTTPError(
-        403, f"This token is limited to index {where}; it cannot be used for {request.path}."
+        403,
+        f"This token is limited to index {where} (reading it, uploading and yanking there); "
+        f"it cannot be used for {request.method} {request.path[:200]}.",
     )
 
 
@@ -305,6 +386,8 @@ def init_app(app: Flask) -> None:
         bound = str(cookie_session.get(SESSION_FINGERPRINT_KEY, ""))
         if user is None or not hmac.compare_digest(bound, _hash_fingerprint(user)):
             return None  # the password changed since this session logged in
+        if not _session_is_live(user):
+            return None  # logged out (a copied cookie), or older than SESSION_LIFETIME
         return user
 
     @manager.request_loader

@@ -12,6 +12,8 @@ from pathlib import Path
 DEFAULT_MIRROR_URL = "https://pypi.tuna.tsinghua.edu.cn/simple/"
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
 class ConfigError(ValueError):
@@ -24,6 +26,14 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError(f"{text!r} is not a size (examples: 104857600, 100M, 1G)")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def parse_duration(text: str) -> int:
+    """Parse '12h', '30m', '2d', '90s' or '3600' (seconds) into seconds."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (examples: 12h, 30m, 2d, 3600)")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -83,7 +93,9 @@ class Settings:
     # MIRROR_CACHE_MAX_SIZE: mirror-cached files beyond this are evicted, least recently used
     # first; None keeps everything. Uploads never count and are never evicted.
     mirror_cache_max_bytes: int | None = None
-    metrics_token: str = ""  # METRICS_TOKEN: when set, /+metrics wants "Bearer <token>"
+    metrics_token: str = ""  # METRICS_TOKEN: /+metrics also answers "Bearer <token>"
+    metrics_public: bool = False  # METRICS_PUBLIC: /+metrics answers anyone (no private names)
+    session_lifetime_seconds: int = 43_200  # SESSION_LIFETIME: 12 hours from login
     status_min_free_bytes: int = 100 << 20  # STATUS_MIN_FREE_SPACE: /+status is 503 below it
     # PROMETHEUS_MULTIPROC_DIR: set by gunicorn.conf.py so every worker's metrics add up.
     prometheus_multiproc_dir: str | None = None
@@ -201,9 +213,21 @@ class Settings:
             errors.append(f"REQUEST_TIMEOUT={request_timeout!r}: at least 1 second")
         prefix = env.get("SCRIPT_NAME", "").strip().strip("/")  # "" and "/" both mean the root
 
+        session_lifetime = 43_200  # 12 hours
+        if env.get("SESSION_LIFETIME", "").strip():
+            try:
+                session_lifetime = parse_duration(env["SESSION_LIFETIME"])
+            except ValueError as exc:
+                errors.append(f"SESSION_LIFETIME: {exc}")
+            if session_lifetime == 0:
+                errors.append("SESSION_LIFETIME=0 would end every session at once")
+
         log_format = (env.get("LOG_FORMAT", "").strip() or "text").lower()
         if log_format not in {"text", "json"}:
             errors.append(f"LOG_FORMAT={log_format!r}: use text or json")
+        metrics_public = env.get("METRICS_PUBLIC", "").strip().lower()
+        if metrics_public not in {"", "true", "false", "1", "0", "yes", "no"}:
+            errors.append(f"METRICS_PUBLIC={metrics_public!r}: use true or false")
         access_log = env.get("ACCESS_LOG", "").strip().lower()
         if access_log not in {"", "true", "false", "1", "0", "yes", "no"}:
             errors.append(f"ACCESS_LOG={access_log!r}: use true or false")
@@ -310,6 +334,8 @@ class Settings:
             access_log=access_log not in {"false", "0", "no"},
             mirror_cache_max_bytes=cache_max or None,
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
+            metrics_public=metrics_public in {"true", "1", "yes"},
+            session_lifetime_seconds=session_lifetime,
             status_min_free_bytes=min_free or 0,
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None,
             forwarded_allow_ips=tuple(allowed) or cls.forwarded_allow_ips,

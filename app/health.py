@@ -4,7 +4,8 @@ Healthy (200) when the database answers, the data directory (and an S3 blob stor
 file, and the disk has more than STATUS_MIN_FREE_SPACE free; otherwise 503. Each mirror's
 upstream is reported from its last real request (MirrorStats), never probed here: an upstream
 that is down makes the status "degraded" but keeps the 200, since the mirror goes on serving
-its cache and restarting the container would not bring the upstream back.
+its cache and restarting the container would not bring the upstream back. The list leaves out
+mirrors the caller may not read (an anonymous probe sees the public ones): their names are private.
 
 Error texts (an upstream's failure, a database or directory error) may name internal hosts,
 ports and paths: only superusers and callers with the METRICS_TOKEN see them; anyone else gets
@@ -22,10 +23,12 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 
-from app.auth import authenticated_user
+from app.auth import authenticated_user, current_reader
 from app.config import Settings
 from app.db import Database
+from app.indexes import may_read
 from app.metrics import has_metrics_token
 from app.models import Index, MirrorStats
 
@@ -150,13 +153,28 @@ def _may_see_errors(settings: Settings) -> bool:
     return user is not None and user.is_superuser
 
 
+def _readable_mirrors(database: Database, paths: list[str]) -> set[str]:
+    """Which of these mirror paths the caller may read (none if the database fails now)."""
+    if not paths:
+        return set()
+    try:
+        reader = current_reader()  # may read the database too (a session cookie's user)
+        with database.session() as session:
+            mirrors = session.scalars(select(Index).where(Index.type == "mirror")).all()
+            return {i.path for i in mirrors if i.path in paths and may_read(i, reader)}
+    except SQLAlchemyError:
+        return set()
+
+
 @bp.get("/+status")
 def status() -> Response:
-    """Health as JSON: 200 when healthy, 503 otherwise; error texts for superusers only."""
+    """Health as JSON: 200 when healthy, 503 otherwise; only the mirrors the caller may read,
+    and error texts for superusers and the METRICS_TOKEN only."""
     settings: Settings = current_app.config["PYSHELF_SETTINGS"]
-    report, healthy = status_report(
-        settings, current_app.extensions["pyshelf.db"], current_app.extensions["pyshelf.storage"]
-    )
+    database = current_app.extensions["pyshelf.db"]
+    report, healthy = status_report(settings, database, current_app.extensions["pyshelf.storage"])
+    shown = _readable_mirrors(database, list(report["mirrors"]))
+    report["mirrors"] = {path: m for path, m in report["mirrors"].items() if path in shown}
     if not _may_see_errors(settings):
         report = without_error_texts(report)
     response = jsonify(report)

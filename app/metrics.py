@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +31,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from app.auth import REALM, authenticated_user
 from app.config import Settings
 from app.db import Database
 from app.errors import HTTPError
+from app.indexes import is_public
 from app.logs import Finished, RequestLog
 from app.models import DocSet, File, Index, MirrorBlob, MirrorStats
 
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # Single-process mode registers here; in multiprocess mode the values go to files instead.
 REGISTRY = CollectorRegistry(auto_describe=True)
+INDEX_LABEL_RE = re.compile(rb'[{,]index="([^"]*)"')  # index paths never hold a quote
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)  # s
 
 REQUESTS = Counter(
@@ -256,17 +260,54 @@ def has_metrics_token(settings: Settings) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
+def _is_privileged(settings: Settings) -> bool:
+    """Whether the caller sent the METRICS_TOKEN (as a bearer token) or is a superuser; refuse
+    everyone else unless METRICS_PUBLIC."""
+    if has_metrics_token(settings):
+        return True
+    try:
+        user = authenticated_user()
+    except HTTPError as exc:  # wrong credentials (a wrong METRICS_TOKEN too): not privileged
+        if exc.status not in (401, 403):
+            raise
+        user = None
+    if user is not None and user.is_superuser:
+        return True
+    if settings.metrics_public:
+        return False
+    if user is not None:
+        raise HTTPError(403, f"Metrics are for superusers; the user '{user.username}' is not one.")
+    challenge = 'Bearer realm="pyshelf metrics"' if settings.metrics_token else REALM
+    raise HTTPError(
+        401,
+        "Metrics need a superuser's credentials or the METRICS_TOKEN (or METRICS_PUBLIC=true).",
+        {"WWW-Authenticate": challenge},
+    )
+
+
+def without_private_indexes(body: bytes, public_paths: set[str]) -> bytes:
+    """The exposition without the samples labelled with an index that is not public (or no
+    longer exists): what an anonymous scrape may see."""
+    kept = [
+        line
+        for line in body.splitlines(keepends=True)
+        if (match := INDEX_LABEL_RE.search(line)) is None or match.group(1).decode() in public_paths
+    ]
+    return b"".join(kept)
+
+
 @bp.get("/+metrics")
 def metrics() -> Response:
-    """Prometheus metrics (text format); with METRICS_TOKEN set, only for `Bearer <token>`."""
+    """Prometheus metrics (text format) for superusers and the METRICS_TOKEN; with
+    METRICS_PUBLIC, for anyone, without the samples of indexes that are not public."""
     settings: Settings = current_app.config["PYSHELF_SETTINGS"]
-    if settings.metrics_token and not has_metrics_token(settings):
-        raise HTTPError(
-            401,
-            "Metrics need the METRICS_TOKEN as a bearer token.",
-            {"WWW-Authenticate": 'Bearer realm="pyshelf metrics"'},
-        )
-    body = render(settings, current_app.extensions["pyshelf.db"])
+    database = current_app.extensions["pyshelf.db"]
+    is_privileged = _is_privileged(settings)
+    body = render(settings, database)
+    if not is_privileged:
+        with database.session() as session:
+            public = {i.path for i in session.scalars(select(Index)) if is_public(i)}
+        body = without_private_indexes(body, public)
     response = Response(body, mimetype=None)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     response.headers["Cache-Control"] = "no-store"

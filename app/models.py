@@ -61,9 +61,24 @@ class Token(Base):
         ForeignKey("indexes.id", ondelete="CASCADE"), index=True
     )
     last_used_at: Mapped[dt.datetime | None] = mapped_column()
+    # What a token limited to one index may read, fixed when it was made: that index and its
+    # bases then (app/auth.py). Changing the bases later never widens it. None: no limit.
+    read_paths: Mapped[list[str] | None] = mapped_column(JSON)
 
     user: Mapped[User] = relationship(back_populates="tokens")
     index: Mapped[Index | None] = relationship(lazy="joined")
+
+
+class WebSession(Base):
+    """A logged-in browser: its session cookie names the row (only the sha256 is stored);
+    logging out deletes the row, so a copy of the cookie ends with it (app/auth.py)."""
+
+    __tablename__ = "web_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)  # SESSION_LIFETIME after login
 
 
 class Index(Base):
@@ -257,7 +272,8 @@ class DocSet(Base):
 
 
 class LoginFailure(Base):
-    """Failed password checks of one key ("user:NAME" or "addr:IP"), shared by all workers."""
+    """Failed password checks of one key ("user:IP/NAME" or "addr:IP"), or anonymous refreshes
+    of one address ("refresh:IP"), shared by all workers."""
 
     __tablename__ = "login_failures"
 

@@ -14,7 +14,8 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from flask import Blueprint, Flask, Response, current_app, g, redirect, request
 from werkzeug.http import parse_accept_header, parse_etags
 
-from app.auth import require_read
+from app import throttle
+from app.auth import authenticated_user, require_read
 from app.db import get_session
 from app.dists import normalize_name
 from app.errors import HTTPError, upstream_failed
@@ -346,9 +347,23 @@ def post_to_simple(user: str, index: str, project: str | None = None) -> Respons
 
 @bp.post("/<user>/<index>/+simple/<project>/refresh")
 def refresh(user: str, index: str, project: str) -> Response:
-    """Make the mirrors behind this index fetch the project page again on the next request."""
+    """Make the mirrors behind this index fetch the project page again on the next request.
+
+    Logged-in readers may always; anonymous callers (devpi-client's `devpi refresh` sends no
+    credentials) MAX_ANONYMOUS_REFRESHES times per address, then 429: strangers must not make
+    the server hammer the upstream.
+    """
     found = _index_or_404(user, index)
     reader = require_read(found)
+    if authenticated_user() is None:
+        database = current_app.extensions["pyshelf.db"]
+        wait = throttle.count_anonymous_refresh(database, request.remote_addr)
+        if wait:
+            raise HTTPError(
+                429,
+                f"Too many refreshes from your address; retry in {wait} s, or log in.",
+                {"Retry-After": str(wait)},
+            )
     normalized = normalize_name(project)
     mirror = _mirror_source()
     mirrors = [i for i in readable_order(get_session(), found, reader) if i.is_mirror]

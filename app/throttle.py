@@ -1,11 +1,16 @@
-"""Login throttling: failed password checks per account and per address, kept in the database.
+"""Login throttling: failed password checks per (account, address) pair and per address, kept
+in the database; and the same counters for anonymous refreshes of mirrored pages per address.
+
+An account is locked only for the address that failed: a stranger guessing a colleague's
+password locks themselves out, never the colleague working from elsewhere. The per-address
+limit, across all accounts, stops one address from trying many accounts.
 
 The counters live in the `login_failures` table, not in process memory, so every gunicorn
 worker (and every container behind a load balancer) sees the same lockout. After
 MAX_FAILURES failures of one key within WINDOW_SECONDS the key is locked for
 FIRST_LOCK_SECONDS, doubling with each further failure up to MAX_LOCK_SECONDS; a key that
 stays quiet for WINDOW_SECONDS (after its lock ended) starts afresh, and a successful login
-clears its account's counter. Unknown usernames are counted like known ones, so a lockout
+clears its pair's counter. Unknown usernames are counted like known ones, so a lockout
 never tells whether an account exists.
 """
 
@@ -26,6 +31,9 @@ WINDOW_SECONDS = 900  # 15 minutes
 FIRST_LOCK_SECONDS = 60
 MAX_LOCK_SECONDS = 3600  # 1 hour
 MAX_FAILURES = {"user": 5, "addr": 20}  # an address may be a whole office behind NAT
+# Anonymous refreshes of mirrored pages per address (devpi-client's `devpi refresh` sends no
+# credentials), counted and locked like failures: strangers cannot make us hammer the upstream.
+MAX_ANONYMOUS_REFRESHES = 10
 FORGET_SECONDS = 86_400  # 1 day: rows this quiet are deleted
 MAX_KEY_CHARS = 320
 
@@ -47,15 +55,17 @@ class State:
 
 
 def keys_for(username: str, address: str | None) -> list[str]:
-    """The throttle keys of a login attempt: the account and the client address."""
-    keys = [f"user:{username}"[:MAX_KEY_CHARS]]
+    """The throttle keys of a login attempt: the (address, account) pair, then the address."""
+    # The address first: a long username is what gets cut, never the address.
+    keys = [f"user:{address or '-'}/{username}"[:MAX_KEY_CHARS]]
     if address:
         keys.append(f"addr:{address}"[:MAX_KEY_CHARS])
     return keys
 
 
 def _limit(key: str) -> int:
-    return MAX_FAILURES.get(key.partition(":")[0], MAX_FAILURES["user"])
+    kind = key.partition(":")[0]
+    return MAX_ANONYMOUS_REFRESHES if kind == "refresh" else MAX_FAILURES.get(kind, 5)
 
 
 def _is_stale(row: LoginFailure, now: dt.datetime) -> bool:
@@ -114,9 +124,20 @@ def _record_failure(database: Database, keys: list[str]) -> None:
         session.commit()
 
 
-def record_success(database: Database, state: State, username: str) -> None:
-    """Clear the account's counter after a successful login (a write only if there is one)."""
-    key = keys_for(username, None)[0]
+def count_anonymous_refresh(database: Database, address: str | None) -> int:
+    """Count an anonymous refresh from `address` and return 0, or, while the address has used
+    up MAX_ANONYMOUS_REFRESHES (within WINDOW_SECONDS), the seconds until it may again."""
+    key = f"refresh:{address or '-'}"[:MAX_KEY_CHARS]
+    wait = check(database, [key]).retry_after_seconds
+    if not wait:
+        record_failure(database, [key])
+    return wait
+
+
+def record_success(database: Database, state: State, keys: list[str]) -> None:
+    """Clear the pair's counter after a successful login (a write only if there is one); the
+    address's counter stays."""
+    key = keys[0]
     if key not in state.known_keys:
         return
     with database.session() as session:

@@ -294,8 +294,8 @@ def test_forbidden_users_are_told_who_they_are_and_which_index(world: World) -> 
 
     assert as_carol.status == "403 The user 'carol' may not read index 'alice/private'."
     assert wrong_scope.status == (
-        "403 This token is limited to index alice/team; it cannot be used for "
-        "/alice/private/+simple/."
+        "403 This token is limited to index alice/team (reading it, uploading and yanking "
+        "there); it cannot be used for GET /alice/private/+simple/."
     )
 
 
@@ -485,7 +485,8 @@ def test_a_scoped_token_still_writes_only_to_its_own_index(fresh: World) -> None
     )
 
     assert response.status == (
-        "403 This token is limited to index alice/open; it cannot be used for /alice/private/."
+        "403 This token is limited to index alice/open (reading it, uploading and yanking "
+        "there); it cannot be used for POST /alice/private/."
     )
 
 

@@ -145,7 +145,7 @@ def test_user_cannot_make_themselves_superuser_and_nothing_else_changes(
     )
 
     assert response.status == "403 Only superusers may grant or revoke superuser rights."
-    assert client.get("/bob").get_json()["result"]["is_superuser"] is False
+    assert client.get("/bob", headers=bob).get_json()["result"]["is_superuser"] is False
     assert client.patch("/bob", json={"email": "b@example.org"}, headers=bob).status_code == 200
 
 

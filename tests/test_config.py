@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from app.config import DEFAULT_MIRROR_URL, ConfigError, Settings, parse_size, read_dotenv
+from app.config import (
+    DEFAULT_MIRROR_URL,
+    ConfigError,
+    Settings,
+    parse_duration,
+    parse_size,
+    read_dotenv,
+)
 
 NO_DOTENV = {"ENV_FILE": os.devnull}
 
@@ -178,6 +185,47 @@ def test_sizes_reject_anything_else(text: str) -> None:
     """Unreadable sizes are errors, not silently 0 or the default."""
     with pytest.raises(ValueError, match="is not a size"):
         parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("3600", 3600), ("90s", 90), ("30m", 1800), ("12h", 43_200), ("2d", 172_800), (" 1 H ", 3600)],
+)
+def test_durations_accept_seconds_and_units(text: str, expected: int) -> None:
+    """SESSION_LIFETIME takes seconds, or a number with s, m, h or d."""
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("soon", "SESSION_LIFETIME: 'soon' is not a duration (examples: 12h, 30m, 2d, 3600)"),
+        ("1.5h", "SESSION_LIFETIME: '1.5h' is not a duration (examples: 12h, 30m, 2d, 3600)"),
+        ("0", "SESSION_LIFETIME=0 would end every session at once"),
+    ],
+)
+def test_a_bad_session_lifetime_is_reported(value: str, message: str) -> None:
+    """Each bad SESSION_LIFETIME gets one line that says what is wrong."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**NO_DOTENV, "SESSION_LIFETIME": value})
+
+    assert [line.strip() for line in str(caught.value).splitlines()[1:]] == [message]
+
+
+def test_metrics_are_private_unless_metrics_public_says_true() -> None:
+    """METRICS_PUBLIC: true/false (1/0, yes/no); anything else is reported."""
+    assert Settings.from_env(NO_DOTENV).metrics_public is False
+    assert Settings.from_env({**NO_DOTENV, "METRICS_PUBLIC": "true"}).metrics_public is True
+    with pytest.raises(ConfigError, match="METRICS_PUBLIC='open': use true or false"):
+        Settings.from_env({**NO_DOTENV, "METRICS_PUBLIC": "open"})
+
+
+def test_a_session_lasts_12_hours_unless_session_lifetime_says_otherwise() -> None:
+    """The default, and SESSION_LIFETIME=30m."""
+    assert Settings.from_env(NO_DOTENV).session_lifetime_seconds == 43_200
+    assert (
+        Settings.from_env({**NO_DOTENV, "SESSION_LIFETIME": "30m"}).session_lifetime_seconds == 1800
+    )
 
 
 def test_dotenv_file_is_read_from_env_file(tmp_path: Path) -> None:

@@ -41,8 +41,8 @@ def mirror_app(settings: Settings, fake_upstream: FakeUpstream) -> Any:
 
 
 def scrape(client: Any, headers: dict[str, str] | None = None) -> str:
-    """GET /+metrics as text; asserts 200."""
-    response = client.get("/+metrics", headers=headers or {})
+    """GET /+metrics as text (as the superuser unless `headers` say otherwise); asserts 200."""
+    response = client.get("/+metrics", headers=AUTH if headers is None else headers)
     assert response.status == "200 OK"
     assert response.headers["Content-Type"].startswith("text/plain; version=")
     return response.get_data(as_text=True)
@@ -105,7 +105,8 @@ def test_upstream_errors_and_uploads_are_counted(mirror_app, fake_upstream):
 
 
 def test_metrics_need_the_token_when_one_is_set(settings):
-    """METRICS_TOKEN: Prometheus sends it as `authorization: credentials: ...`."""
+    """METRICS_TOKEN: Prometheus sends it as `authorization: credentials: ...`; a superuser's
+    credentials do too."""
     app = make_app(dataclasses.replace(settings, metrics_token="s3cret"))
     client = app.test_client()
 
@@ -115,6 +116,40 @@ def test_metrics_need_the_token_when_one_is_set(settings):
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert client.get("/+metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert "pyshelf_http_requests_total" in scrape(client, {"Authorization": "Bearer s3cret"})
+    assert "pyshelf_http_requests_total" in scrape(client, AUTH)
+
+
+def test_metrics_are_for_superusers_unless_metrics_public(settings):
+    """Without METRICS_TOKEN or METRICS_PUBLIC: anonymous 401 (a Basic challenge), another
+    user 403, a superuser 200."""
+    client = make_app(settings).test_client()
+    client.put("/bob", json={"password": "bob-password"}, headers=AUTH)
+
+    anonymous = client.get("/+metrics")
+    bob = client.get("/+metrics", headers={"Authorization": basic_auth("bob", "bob-password")})
+
+    assert anonymous.status == (
+        "401 Metrics need a superuser's credentials or the METRICS_TOKEN (or METRICS_PUBLIC=true)."
+    )
+    assert anonymous.headers["WWW-Authenticate"] == 'Basic realm="pyshelf"'
+    assert bob.status == "403 Metrics are for superusers; the user 'bob' is not one."
+    assert "pyshelf_http_requests_total" in scrape(client)
+
+
+def test_public_metrics_name_no_private_index(settings, fake_upstream):
+    """METRICS_PUBLIC=true: anyone scrapes, but samples of a private mirror are left out for
+    them (a superuser still sees them)."""
+    app = make_app(dataclasses.replace(mirrored(settings, fake_upstream), metrics_public=True))
+    client = app.test_client()
+    assert client.patch("/root/pypi", json={"acl_read": []}, headers=AUTH).status_code == 200
+    fake_upstream.down = True
+    assert client.get("/root/pypi/+simple/anything/", headers=AUTH).status_code in (502, 504)
+
+    anonymous = scrape(client, {})
+
+    assert "pyshelf_http_requests_total" in anonymous
+    assert "root/pypi" not in anonymous
+    assert 'pyshelf_upstream_up{index="root/pypi"} 0.0' in scrape(client)
 
 
 @pytest.mark.parametrize(

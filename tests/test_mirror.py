@@ -33,11 +33,13 @@ from app.storage import LocalStorage
 from app.upstream import UpstreamError
 from tests.blobs import stored_blob
 from tests.builders import make_wheel, wheel_metadata
+from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.fake_upstream import FakeUpstream
 from tests.test_files import Views
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 JSON = {"Accept": MIME_JSON}
+ADMIN = {"Authorization": basic_auth("admin", ADMIN_PASSWORD)}  # refreshing needs a login
 
 
 def sha256(data: bytes) -> str:
@@ -310,12 +312,14 @@ def test_refresh_marks_the_page_stale_and_the_next_request_refetches(mc, fake_up
     newer, newer_data = make_wheel("mirror-demo", "2.0.0")
     fake_upstream.add_file("mirror-demo", newer, newer_data)
     assert newer not in mc.get("/root/pypi/+simple/mirror-demo/").get_data(as_text=True)
-    response = mc.post("/root/pypi/+simple/mirror-demo/refresh")
+    response = mc.post("/root/pypi/+simple/mirror-demo/refresh", headers=ADMIN)
     assert response.status_code == 302
     assert response.headers["Location"].endswith("/root/pypi/+simple/mirror-demo/")
     assert newer in mc.get("/root/pypi/+simple/mirror-demo/").get_data(as_text=True)
     assert fake_upstream.count("/simple/mirror-demo/") == 2
-    response = mc.post("/admin/dev/+simple/other/refresh", headers={"Accept": "application/json"})
+    response = mc.post(
+        "/admin/dev/+simple/other/refresh", headers={"Accept": "application/json", **ADMIN}
+    )
     assert response.get_json() == {"refreshed": []}
 
 
@@ -593,7 +597,7 @@ def test_a_store_without_rename_gets_a_copy_and_no_part_file_is_left(
 
     other, other_data = make_wheel("mirror-demo", "2.0.0")
     fake_upstream.add_file("mirror-demo", other, other_data)
-    client.post("/root/pypi/+simple/mirror-demo/refresh")
+    client.post("/root/pypi/+simple/mirror-demo/refresh", headers=ADMIN)
     response = client.get(file_url(client, other))
     assert (response.status_code, response.get_data()) == (200, other_data)
     assert app.extensions["pyshelf.storage"].exists(sha256(other_data))

@@ -31,7 +31,7 @@ from packaging.version import Version
 from sqlalchemy import select
 
 from app import __version__
-from app.auth import authenticated_user, current_reader, require_read
+from app.auth import authenticated_user, current_reader, require_read, require_user
 from app.db import get_session
 from app.dists import normalize_name
 from app.errors import HTTPError, upstream_failed
@@ -623,10 +623,15 @@ def _may_yank(index: Index, user: User) -> bool:
 
 @bp.post("/<user>/<index>/<project>/+refresh")
 def refresh(user: str, index: str, project: str) -> Response:
-    """Make the mirrors behind this index fetch the project page again (the Refresh button)."""
+    """Make the mirrors behind this index fetch the project page again (the Refresh button);
+    only for logged-in readers: strangers must not make the server hammer the upstream."""
     found = index_or_404(user, index)
-    reader = require_read(found)
+    reader = require_read_page(found)
     normalized = normalize_name(project)
+    if authenticated_user() is None:
+        if wants_json():  # an API client: 401 with the challenge
+            require_user()
+        return redirect(url_for("web.login", next=project_url(found.path, normalized)), 303)
     mirror = current_app.extensions["pyshelf.mirror"]
     mirrors = [i for i in readable_order(get_session(), found, reader) if i.is_mirror]
     if not mirrors:

@@ -12,19 +12,18 @@ from flask import (
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
-from flask_login import login_user, logout_user
 from sqlalchemy import select
 
 from app.api import MIN_PASSWORD_CHARS, USERNAME_RE
 from app.auth import (
     authenticated_user,
     bind_session,
+    end_session,
     hash_password,
-    new_token_secret,
-    token_hash,
+    new_token,
+    start_session,
     verify_password,
 )
 from app.db import begin_write, get_session
@@ -83,17 +82,15 @@ def login() -> Response | str | tuple[str, int, dict[str, str]]:
         return render_template(
             "login.html", next=target, username=username, error="Invalid username or password."
         )
-    session.clear()  # a fresh session (and CSRF token) for the new identity
-    login_user(user)
-    bind_session(user)
+    start_session(user)
     return redirect(target, 303)
 
 
 @bp.post("/+logout")
 def logout() -> Response:
-    """Log out (a POST with the CSRF token, so other sites cannot log you out)."""
-    logout_user()
-    session.clear()
+    """Log out, ending the session on the server too (a POST with the CSRF token, so other
+    sites cannot log you out)."""
+    end_session()
     return redirect(url_for("web.home"), 303)
 
 
@@ -193,15 +190,7 @@ def create_token() -> Response | tuple[str, int]:
                 "(or read rights, if it is not public)."
             )
             return _account_page(user, 400, token_error=error)
-    secret = new_token_secret()
-    db.add(
-        Token(
-            user_id=user.id,
-            description=description,
-            secret_sha256=token_hash(secret),
-            index_id=scope.id if scope else None,
-        )
-    )
+    secret = new_token(db, user, description, scope)
     db.commit()
     # Rendered, not flashed: the secret must not travel in the (signed, readable) session cookie.
     return _account_page(user, 201, new_token=secret, new_token_scope=scope_path or None)

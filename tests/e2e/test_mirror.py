@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from app import throttle
 from tests import pgserver
 from tests.blobs import StoredBlob, server_blob
 from tests.builders import make_sdist, make_wheel
@@ -506,9 +507,27 @@ def test_refresh_by_post_and_by_entrypoint_refetches_a_fresh_page(server_factory
     assert second not in {f["filename"] for f in document["files"]}  # fresh: cached answer
     assert fake_upstream.count("/simple/refreshed/") == 1
 
+    status, headers, login_page, _reason = server.get("/+login")
+    cookie = headers["Set-Cookie"].split(";")[0]
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', login_page).group(1).decode()
+    status, headers, body, _reason = server.get(
+        "/root/pypi/refreshed/+refresh",
+        method="POST",
+        headers={
+            "Accept": "text/html",
+            "Cookie": cookie,
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        data=f"csrf_token={token}".encode(),
+    )  # the web button: an anonymous browser goes to the login page, and back afterwards
+    assert (status, headers["Location"]) == (303, "/+login?next=/root/pypi/refreshed/")
+    _status, _headers, document = page(server, "root/pypi", "refreshed")
+    assert second not in {f["filename"] for f in document["files"]}  # not refreshed
+    assert fake_upstream.count("/simple/refreshed/") == 1
+
     status, headers, body, _reason = server.get(
         "/root/pypi/+simple/refreshed/refresh", method="POST", headers={"Accept": MIME_JSON}
-    )
+    )  # anonymous, as devpi-client's `devpi refresh`: allowed, counted per address
     assert status == 302, body
     assert headers["Location"].endswith("/root/pypi/+simple/refreshed/")
     _status, _headers, document = page(server, "root/pypi", "refreshed")
@@ -526,10 +545,38 @@ def test_refresh_by_post_and_by_entrypoint_refetches_a_fresh_page(server_factory
     status, _headers, body, _reason = server.get(
         "/admin/dev/+simple/refreshed/refresh",
         method="POST",
-        headers={"Accept": "application/json"},
+        headers={"Accept": "application/json", **ADMIN},
     )
     assert status == 200
     assert json.loads(body) == {"refreshed": ["root/pypi"]}
+
+
+def refresh_from(server: LiveServer, address: str, headers: dict[str, str] | None = None) -> tuple:
+    """POST .../+simple/NAME/refresh from `address` (a loopback address the socket binds to):
+    (status, Retry-After)."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", server.port, timeout=30, source_address=(address, 0)
+    )
+    try:
+        connection.request("POST", "/root/pypi/+simple/anything/refresh", headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("Retry-After")
+    finally:
+        connection.close()
+
+
+def test_anonymous_refreshes_are_limited_per_address(server_factory):
+    """Issue #15 item 11: an address without credentials gets MAX_ANONYMOUS_REFRESHES, then
+    429 with Retry-After, so strangers cannot make the server hammer the upstream; other
+    addresses and logged-in users go on refreshing."""
+    server = server_factory()
+    for _ in range(throttle.MAX_ANONYMOUS_REFRESHES):
+        assert refresh_from(server, "127.0.0.6")[0] == 302
+
+    assert refresh_from(server, "127.0.0.6") == (429, str(throttle.FIRST_LOCK_SECONDS))
+    assert refresh_from(server, "127.0.0.7")[0] == 302
+    assert refresh_from(server, "127.0.0.6", ADMIN)[0] == 302
 
 
 # --- crashes ------------------------------------------------------------------------------------

@@ -77,9 +77,9 @@ def blob(data_dir: Path, digest: str) -> StoredBlob:
     return data_dir_blob(data_dir, digest)
 
 
-def fetch(server: LiveServer, path: str) -> bytes:
+def fetch(server: LiveServer, path: str, headers: dict[str, str] | None = None) -> bytes:
     """GET to the end; asserts 200."""
-    status, _headers, body, reason = server.get(path)
+    status, _headers, body, reason = server.get(path, headers=headers)
     assert status == 200, (status, reason)
     return body
 
@@ -368,13 +368,16 @@ def test_metrics_count_a_cold_and_a_warm_download_across_workers_and_logs_are_js
 ) -> None:
     """Multiprocess mode: whichever worker answers a scrape, the numbers are the sum."""
     name, data = publish_upstream(fake_upstream, "metered", payload_bytes=50_000)
-    server = server_factory(MIRROR_URL=fake_upstream.url, LOG_FORMAT="json", **FAST_UPSTREAM)
+    server = server_factory(
+        MIRROR_URL=fake_upstream.url, LOG_FORMAT="json", METRICS_TOKEN="prom-token", **FAST_UPSTREAM
+    )
     path = mirror_path(server, "metered", name)
 
     fetch(server, path)  # cold
     fetch(server, path)  # warm
 
-    scrapes = [fetch(server, "/+metrics").decode() for _ in range(4)]  # both workers answer
+    prometheus = {"Authorization": "Bearer prom-token"}
+    scrapes = [fetch(server, "/+metrics", prometheus).decode() for _ in range(4)]  # both workers
     for text in scrapes:
         assert metric(text, "pyshelf_mirror_cache_misses_total") == 1
         assert metric(text, "pyshelf_mirror_cache_hits_total") == 1

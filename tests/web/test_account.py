@@ -81,7 +81,8 @@ def test_a_token_limited_to_one_index_uploads_only_there(client: Any) -> None:
 
     assert here.status_code == 200
     assert elsewhere.status == (
-        "403 This token is limited to index admin/dev; it cannot be used for /admin/other/."
+        "403 This token is limited to index admin/dev (reading it, uploading and yanking "
+        "there); it cannot be used for POST /admin/other/."
     )
     assert new_token.status_code == 403  # a scoped token cannot mint an unscoped one
 

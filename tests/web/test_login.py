@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from app import create_app, throttle
+from app.auth import SESSION_ID_KEY
 from app.models import LoginFailure, utcnow
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.web.helpers import ADMIN, HTML, csrf_token, login
@@ -131,14 +132,14 @@ def test_lock_grows_with_more_failures_and_ends_in_time(
     assert unlocked.status_code == 303
 
 
-def test_success_clears_the_accounts_failures(app: Any, client: Any) -> None:
+def test_success_clears_the_failures_of_the_account_from_its_address(app: Any, client: Any) -> None:
     for _ in range(throttle.MAX_FAILURES["user"] - 1):
         login(client, password="wrong-password")
 
     assert login(client).status_code == 303
     with app.extensions["pyshelf.db"].session() as session:
         keys = set(session.scalars(select(LoginFailure.key)))
-    assert "user:admin" not in keys
+    assert "user:127.0.0.1/admin" not in keys
     assert "addr:127.0.0.1" in keys  # the address keeps counting
 
 
@@ -236,11 +237,34 @@ def test_json_api_cannot_be_driven_by_the_session_cookie_without_csrf_token(
 
 
 def test_scripts_without_cookies_need_no_csrf_token(app: Any, client: Any) -> None:
-    """curl -X POST .../+simple/NAME/refresh and twine keep working with CSRF on."""
+    """curl -u ... -X POST .../+simple/NAME/refresh and twine keep working with CSRF on."""
     app.config["WTF_CSRF_ENABLED"] = True
 
-    refresh = client.post("/admin/dev/+simple/nothing-here/refresh")
+    refresh = client.post("/admin/dev/+simple/nothing-here/refresh", headers=ADMIN)
     api = client.post("/admin/+tokens", json={}, headers=ADMIN)
 
     assert refresh.status_code == 302
     assert api.status_code == 201
+
+
+def test_the_server_ends_a_session_after_session_lifetime_whatever_the_cookie_says(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored session expires after 12 hours even if a cookie's own signature is still
+    accepted (a client that keeps refreshing it, a clock that disagrees)."""
+    login(client)
+    assert client.get("/+account", headers=HTML).status_code == 200
+    later = utcnow() + dt.timedelta(hours=12, seconds=1)
+    monkeypatch.setattr("app.auth.utcnow", lambda: later)
+
+    assert client.get("/+account", headers=HTML).status_code == 302
+
+
+def test_a_session_cookie_from_before_stored_sessions_is_logged_out(app: Any, client: Any) -> None:
+    """A cookie without a session id (signed, with the right password fingerprint, as an
+    upgrade from an older pyshelf leaves them) no longer logs anyone in."""
+    login(client)
+    with client.session_transaction() as session:
+        del session[SESSION_ID_KEY]
+
+    assert client.get("/+account", headers=HTML).status_code == 302

@@ -17,7 +17,7 @@ from app.models import MirrorPage
 from app.web import pages
 from tests.builders import make_wheel, wheel_metadata
 from tests.fake_upstream import FakeUpstream
-from tests.web.helpers import ADMIN, HTML, JSON, upload
+from tests.web.helpers import ADMIN, HTML, JSON, login, upload
 
 
 def text(response: Any) -> str:
@@ -328,7 +328,8 @@ def test_mirror_project_page_shows_cache_state_last_fetch_and_a_refresh_button(
     )
     fake_upstream.add_file("mirrored", filename, data, metadata=wheel_metadata(data))
 
-    before = text(mirror_client.get("/root/pypi/mirrored/", headers=HTML))
+    anonymous = text(mirror_client.get("/root/pypi/mirrored/", headers=HTML))
+    before = text(mirror_client.get("/root/pypi/mirrored/", headers={**HTML, **ADMIN}))
     file_url = f"/root/pypi/+f/{__import__('hashlib').sha256(data).hexdigest()}/{filename}"
     assert mirror_client.get(file_url).status_code == 200
     assert mirror_client.get(file_url + ".metadata").status_code == 200
@@ -336,6 +337,7 @@ def test_mirror_project_page_shows_cache_state_last_fetch_and_a_refresh_button(
 
     assert "not cached" in before
     assert 'id="refresh"' in before
+    assert 'id="refresh"' not in anonymous  # strangers may not refresh (issue #15 item 11)
     assert "last fetched" in before
     assert "not cached" not in after.split('id="description"')[-1]
     assert 'class="badge cached"' in after
@@ -349,6 +351,7 @@ def test_refresh_button_makes_the_mirror_fetch_the_page_again(
     fake_upstream.add_file("mirrored", filename, data)
     mirror_client.get("/admin/dev/mirrored/", headers=HTML)
 
+    login(mirror_client)
     response = mirror_client.post("/admin/dev/mirrored/+refresh", headers=HTML)
     app = mirror_client.application
     with app.extensions["pyshelf.db"].session() as session:
