@@ -381,7 +381,7 @@ def init_app(app: Flask) -> None:
     @manager.user_loader
     def _load_user(user_id: str) -> User | None:
         if request.headers.get("Authorization") or request.headers.get("X-Devpi-Auth"):
-            return None  # explicit credentials win over a session cookie (and skip CSRF checks)
+            return None  # explicit credentials win over a session cookie
         user = get_session().get(User, int(user_id))
         bound = str(cookie_session.get(SESSION_FINGERPRINT_KEY, ""))
         if user is None or not hmac.compare_digest(bound, _hash_fingerprint(user)):
