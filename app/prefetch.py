@@ -29,14 +29,17 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from app.cache import holds
 from app.config import Settings
 from app.dists import InvalidDistribution, normalize_name, parse_filename
+from app.indexes import get_index_by_path
 from app.progress import Progress
 
 log = logging.getLogger("pyshelf")
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 _OPTION_RE = re.compile(r"(^|\s)--?[a-zA-Z]")  # trailing per-requirement options (--hash=...)
+INDEX_OF_FILE_RE = re.compile(r"/([^/]+/[^/]+)/\+f/")  # the index in a `+f` path
 
 
 class PrefetchError(Exception):
@@ -148,7 +151,7 @@ class Prefetcher:
         bar = Progress("prefetch", total) if self.progress else None
         for _name, files in plans:
             for path, size, key in files:
-                if key and self.storage.exists(key):
+                if key and self._is_cached(path, key):
                     summary.already_cached += 1
                     if bar:
                         bar.advance(size or 0)
@@ -158,6 +161,19 @@ class Prefetcher:
             bar.finish()
         summary.projects = len(plans)
         return summary
+
+    def _is_cached(self, path: str, key: str) -> bool:
+        """Whether the index the `+f` path names serves `key` from its store: an upload, or a
+        file that mirror fetched itself (the same bytes cached for another index do not count:
+        the mirror would download them on first use)."""
+        match = INDEX_OF_FILE_RE.search(path)
+        if match is None or not self.storage.exists(key):
+            return False
+        with self.app.extensions["pyshelf.db"].session() as session:
+            index = get_index_by_path(session, match.group(1))
+            if index is None:
+                return False
+            return not index.is_mirror or holds(session, index.id, key)
 
     def _plan(
         self, requirement: Requirement, summary: PrefetchSummary

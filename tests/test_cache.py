@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import threading
@@ -413,3 +414,22 @@ def test_prefetch_with_deps_follows_requires_dist(settings, fake_upstream):
     assert storage.exists(sha256(mid[1]))
     assert storage.exists(sha256(leaf[1]))
     assert not storage.exists(sha256(opt[1]))
+
+
+def test_prefetch_fetches_bytes_another_index_stored_for_the_mirror_itself(settings, fake_upstream):
+    """The same bytes stored for someone else (a private upload, say) are not this mirror's
+    cache: prefetch downloads them through the mirror, which then holds them."""
+    filename, data = make_wheel("shared", "1.0")
+    fake_upstream.add_file("shared", filename, data)
+    app = make_app(mirrored(settings, fake_upstream))
+    storage = app.extensions["pyshelf.storage"]
+    storage.save(sha256(data), io.BytesIO(data))  # stored, but not fetched by root/pypi
+
+    summary = Prefetcher(app, "root/pypi", progress=False).run([Requirement("shared==1.0")])
+
+    assert (summary.files, summary.already_cached, summary.errors) == (1, 0, [])
+    with app.extensions["pyshelf.db"].session() as session:
+        held = session.scalars(select(MirrorHolding.sha256)).all()
+    assert sha256(data) in held
+    again = Prefetcher(app, "root/pypi", progress=False).run([Requirement("shared==1.0")])
+    assert (again.files, again.already_cached) == (0, 1)
