@@ -146,9 +146,7 @@ def without_error_texts(report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "checks": checks, "mirrors": mirrors}
 
 
-def _may_see_errors(settings: Settings) -> bool:
-    if has_metrics_token(settings):
-        return True
+def _is_superuser() -> bool:
     user = authenticated_user()
     return user is not None and user.is_superuser
 
@@ -173,10 +171,12 @@ def status() -> Response:
     settings: Settings = current_app.config["PYSHELF_SETTINGS"]
     database = current_app.extensions["pyshelf.db"]
     report, healthy = status_report(settings, database, current_app.extensions["pyshelf.storage"])
-    shown = _readable_mirrors(database, list(report["mirrors"]))
-    report["mirrors"] = {path: m for path, m in report["mirrors"].items() if path in shown}
-    if not _may_see_errors(settings):
-        report = without_error_texts(report)
+    # The METRICS_TOKEN is a monitor's credential, not a user's: it sees every mirror and error.
+    if not has_metrics_token(settings):
+        shown = _readable_mirrors(database, list(report["mirrors"]))
+        report["mirrors"] = {path: m for path, m in report["mirrors"].items() if path in shown}
+        if not _is_superuser():
+            report = without_error_texts(report)
     response = jsonify(report)
     response.status_code = 200 if healthy else 503
     response.headers["Cache-Control"] = "no-store"

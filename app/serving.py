@@ -15,6 +15,7 @@ import errno
 import logging
 import re
 import selectors
+import shutil
 import socket
 import ssl
 import tempfile
@@ -103,6 +104,14 @@ class Refused(Exception):
         return head.encode("latin-1", "replace") + body
 
 
+class NeedsRoom(Exception):
+    """The body about to arrive needs more disk than DATA_DIR has free: make room first."""
+
+    def __init__(self, needed_bytes: int) -> None:
+        super().__init__(needed_bytes)
+        self.needed_bytes = needed_bytes
+
+
 class Inbox:
     """One request's bytes as they arrive, read back by gunicorn's parser (which calls recv)."""
 
@@ -128,6 +137,13 @@ class Inbox:
         else:
             self.memory += data
         self.size += len(data)
+
+    def has_room(self, size: int) -> bool:
+        """Whether the temp folder's disk has `size` bytes free (one statvfs: no blocking)."""
+        try:
+            return shutil.disk_usage(self.tmp_dir).free >= size
+        except OSError:
+            return True  # not there yet: writing will tell
 
     def recv(self, size: int) -> bytes:
         """The next bytes of the request; b"" (end of stream) once it has all been read."""
@@ -275,6 +291,8 @@ class RequestReader:
         has_body = self.remaining > 0 or bool(self.chunk_state)
         # RFC 9110 section 10.1.1: the client waits for 100 before it sends the body.
         self.wants_continue = has_body and expect == "100-continue" and version != "HTTP/1.0"
+        if self.remaining > MEMORY_BYTES and not self.inbox.has_room(self.remaining):
+            raise NeedsRoom(self.remaining)  # the body stays pending until the loop decides
 
     def _check_size(self, size: int, declared: int | None) -> None:
         if size <= self.worker.settings.max_request_body_bytes:
@@ -463,12 +481,15 @@ class BufferingWorker(ThreadWorker):
         except Refused as refusal:
             self.refuse(conn, refusal)
             return
+        except NeedsRoom as short:
+            self.make_room(conn, short.needed_bytes)
+            return
         except OSError as exc:  # the temp file could not be written
-            from app.errors import DISK_FULL, DISK_FULL_ERRNOS
+            from app.errors import DISK_FULL_ERRNOS
 
             log.error("cannot keep a request body in %s: %s", self.settings.tmp_dir, exc)
             if exc.errno in DISK_FULL_ERRNOS:
-                self.refuse(conn, Refused(507, DISK_FULL))
+                self.refuse_disk_full(conn)
             else:
                 self.refuse(conn, Refused(503, f"Cannot keep the request body: {exc.strerror}."))
             return
@@ -483,6 +504,34 @@ class BufferingWorker(ThreadWorker):
             self.watch(conn, self.on_readable)
             return
         self.dispatch(conn, rest)
+
+    def make_room(self, conn: Connection, needed_bytes: int) -> None:
+        """A body larger than the free disk is announced: a thread evicts least recently used
+        mirror files (app/cache.py) while the loop goes on; reading resumes if they made room."""
+        reader = conn.reader
+        self.unwatch(conn)
+        cache = self.wsgi.extensions["pyshelf.mirror"].cache
+        future = self.tpool.submit(cache.make_room, needed_bytes)
+        future.add_done_callback(
+            lambda _done: self.method_queue.defer(self.after_room, conn, reader, needed_bytes)
+        )
+
+    def after_room(self, conn: Connection, reader: RequestReader, needed_bytes: int) -> None:
+        """Back on the loop after eviction: read on, or answer 507 when there is still no room."""
+        if conn.reader is not reader or conn not in self.reading:
+            return  # timed out (408) or dropped meanwhile
+        if not reader.inbox.has_room(needed_bytes):
+            self.refuse_disk_full(conn)
+            return
+        self.feed(conn, b"")  # the body bytes already received are pending: take them now
+
+    def refuse_disk_full(self, conn: Connection) -> None:
+        """507: the body has no room on DATA_DIR's disk (counted like the app's upload 507)."""
+        from app import metrics
+        from app.errors import DISK_FULL
+
+        metrics.count_write_failure("upload")
+        self.refuse(conn, Refused(507, DISK_FULL))
 
     def dispatch(self, conn: Connection, rest: bytes) -> None:
         """Give the complete request to a thread; gunicorn's parser reads it from the inbox."""

@@ -24,7 +24,7 @@ from app.locks import Locks, advisory_key
 from tests import test_mirror
 from tests.operations import sha256
 from tests.test_migrations import TABLES, tables
-from tests.test_mirror import file_url, stored, the_mirror
+from tests.test_mirror import download_stem, file_url, held_by_pypi, stored, the_mirror
 
 # The mirror fixtures of tests/test_mirror.py, used here too.
 clock = test_mirror.clock
@@ -164,12 +164,15 @@ def test_a_download_another_replica_leads_is_served_from_the_store_once_committe
     """Single flight across replicas: the follower waits for the blob, upstream is asked once."""
     filename, data = demo
     url = file_url(mc, filename)
-    leader = remote.exclusive(f"file-{sha256(data)}")
+    leader = remote.exclusive(
+        f"file-{download_stem(mirror_app.config['PYSHELF_SETTINGS'], sha256(data))}"
+    )
     assert leader.try_acquire()
 
     def other_replica_finishes() -> None:
         time.sleep(0.5)
         mirror_app.extensions["pyshelf.storage"].save(sha256(data), io.BytesIO(data))
+        held_by_pypi(mirror_app, data)  # as a leader records before it unlocks
         leader.close()
 
     thread = threading.Thread(target=other_replica_finishes)
@@ -190,7 +193,9 @@ def test_a_download_another_replica_holds_too_long_is_streamed_uncached(
     monkeypatch.setattr("app.mirror.REMOTE_WAIT_SECONDS", 0.3)
     filename, data = demo
     url = file_url(mc, filename)
-    leader = remote.exclusive(f"file-{sha256(data)}")
+    leader = remote.exclusive(
+        f"file-{download_stem(mirror_app.config['PYSHELF_SETTINGS'], sha256(data))}"
+    )
     assert leader.try_acquire()
     try:
         response = mc.get(url)
@@ -212,7 +217,9 @@ def test_bytes_streamed_uncached_are_still_checked_against_the_sha256(
     filename, data = demo
     url = file_url(mc, filename)
     fake_upstream.corrupt.add(filename)
-    leader = remote.exclusive(f"file-{sha256(data)}")
+    leader = remote.exclusive(
+        f"file-{download_stem(mirror_app.config['PYSHELF_SETTINGS'], sha256(data))}"
+    )
     assert leader.try_acquire()
     try:
         with pytest.raises(UpstreamError, match="sha256"):

@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RoutingException
 
 from app.config import ConfigError, Settings
-from app.serving import BufferingWorker, Refused, RequestReader, body_limit
+from app.serving import BufferingWorker, NeedsRoom, Refused, RequestReader, body_limit
 
 NO_DOTENV = {"ENV_FILE": os.devnull}
 
@@ -124,6 +124,28 @@ def test_reader_keeps_a_large_body_in_a_temp_file(tmp_path: Path) -> None:
     assert replay(request) == head + body
     assert request.inbox.file is None  # closed once read, before the app answers
     assert list(tmp_path.joinpath("tmp").iterdir()) == []  # nothing named on disk
+
+
+def test_reader_asks_for_room_before_a_body_the_disk_cannot_hold_then_reads_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A declared body larger than the free disk stops the reader before any of it is written
+    (the worker then evicts mirror files in a thread); fed again, it takes the pending bytes."""
+    body = os.urandom(300 << 10)
+    head = f"POST /admin/dev/ HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    request = reader(tmp_path, max_request_body=1024, target="/admin/dev/")
+    free = SimpleNamespace(free=1000)
+    monkeypatch.setattr("app.serving.shutil.disk_usage", lambda _path: free)
+
+    with pytest.raises(NeedsRoom) as short:
+        request.feed(head + body[:1000])
+
+    assert short.value.needed_bytes == len(body)
+    assert request.inbox.size == len(head)  # the head only: no body byte is on disk yet
+    free.free = 1 << 30  # eviction made room
+    assert request.feed(b"") is None
+    assert request.feed(body[1000:]) == b""
+    assert replay(request) == head + body
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import make_wheel
-from tests.conftest import TEST_STORAGE, LiveServer, run_pip
+from tests.conftest import ADMIN_PASSWORD, TEST_STORAGE, LiveServer, basic_auth, run_pip
 from tests.e2e.helpers import raw_upload
 from tests.fake_upstream import FakeUpstream
 
@@ -110,7 +110,8 @@ def fill(disk: Path, leave_bytes: int) -> Path:
 
 def write_failures(server: LiveServer, what: str) -> float:
     """pyshelf_cache_write_failures_total{what=WHAT} from /+metrics (0 before the first)."""
-    status, _headers, body, _reason = server.get("/+metrics")
+    admin = {"Authorization": basic_auth("admin", ADMIN_PASSWORD)}  # metrics are for superusers
+    status, _headers, body, _reason = server.get("/+metrics", headers=admin)
     assert status == 200
     prefix = f'pyshelf_cache_write_failures_total{{what="{what}"}} '
     for line in body.decode().splitlines():

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
+import requests
 
 from tests.builders import make_wheel, zip_bytes
 from tests.conftest import LiveServer, basic_auth
 from tests.e2e.helpers import api, multipart, publish, raw_upload
+from tests.web.helpers import CSRF_RE
 
 pytestmark = pytest.mark.e2e
 
@@ -63,17 +64,19 @@ def _as(token: str) -> tuple[str, str]:
 def _form(
     server: LiveServer, path: str, token: str, fields: dict[str, str] | None = None
 ) -> tuple[int, str]:
-    """POST a web form with the token in the Authorization header: (status, reason)."""
-    status, _headers, _body, reason = server.get(
-        path,
-        headers={
-            "Authorization": basic_auth(*_as(token)),
-            "Content-Type": "application/x-www-form-urlencoded",
-        },
-        method="POST",
-        data=urlencode(fields or {}).encode(),
-    )
-    return status, reason
+    """POST a web form with the token in the Authorization header and a valid CSRF token (of
+    an anonymous session: every web form needs one), so only the token's scope decides."""
+    with requests.Session() as browser:
+        page = browser.get(server.url + "/+login", timeout=30)
+        csrf = CSRF_RE.search(page.text).group(1)
+        response = browser.post(
+            server.url + path,
+            data={**(fields or {}), "csrf_token": csrf},
+            headers={"Authorization": basic_auth(*_as(token))},
+            allow_redirects=False,
+            timeout=30,
+        )
+    return response.status_code, response.reason
 
 
 # (token, method, path, JSON body): every way to change settings, ACLs, users, tokens,
@@ -143,7 +146,7 @@ def test_a_scoped_token_changes_nothing_through_the_api(
 def test_a_scoped_token_changes_nothing_through_web_forms(
     live_server: LiveServer, world: dict[str, str], who: str, path: str, fields: dict[str, str]
 ) -> None:
-    """The web forms take an Authorization header too (no CSRF token needed then): refused."""
+    """The web forms take an Authorization header too (with their CSRF token): refused."""
     status, reason = _form(live_server, path, world[who], fields)
 
     assert status == 403
