@@ -32,7 +32,8 @@ SCALE_TESTS := tests/test_upload.py tests/test_backup.py tests/test_integrity.py
 	tests/test_files.py \
 	tests/test_pagecache.py tests/test_migrations.py tests/test_schema.py tests/test_mirror.py \
 	tests/e2e/test_publish.py tests/e2e/test_mirror.py tests/e2e/test_operations.py \
-	tests/e2e/test_page_cache.py tests/e2e/test_bootstrap.py
+	tests/e2e/test_page_cache.py tests/e2e/test_bootstrap.py tests/e2e/test_private_blobs.py \
+	tests/e2e/test_sessions.py
 
 test: $(VENV)/.installed $(DEVPI_VENV)/.installed chromium postgres ## install what the tests need, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
 	$(PY) -m pytest -q -p no:cacheprovider
