@@ -22,13 +22,13 @@ import pytest
 from sqlalchemy import select
 
 from app import create_app
-from app.cli import bootstrap, migrate
 from app.config import Settings
 from app.db import Database
 from app.locks import Lock, Locks
 from app.metrics import REGISTRY
 from app.mirror import STALE_HEADER, Mirror, _flush_at_exit
 from app.models import Index, MirrorPage, MirrorSidecar, MirrorStats, User
+from app.prepare import bootstrap, migrate
 from app.storage import LocalStorage
 from app.upstream import UpstreamError
 from tests.blobs import stored_blob
