@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.config import Settings
 from app.db import Database, begin_write
 from app.locks import Locks
@@ -344,8 +345,6 @@ class MirrorCache:
         with self.database.session() as session:
             result.total_after = self.total_bytes(session)
         if result.removed_files:
-            from app import metrics
-
             metrics.EVICTIONS.inc(result.removed_bytes)
             log.info(
                 "mirror cache over %d bytes: evicted %d files (%d bytes), %d bytes left",

@@ -221,12 +221,12 @@ def cmd_refresh(settings: Settings, args: argparse.Namespace) -> None:
 
 # --- operations ---------------------------------------------------------------------------
 # Each imports its module when it runs: `prepare` runs on every container start and loads none
-# of them (backup, S3, packaging's requirement parser, the whole Flask app for prefetch).
+# of them (prefetch even builds the whole Flask app).
 
 
 def cmd_import_devpi(settings: Settings, args: argparse.Namespace) -> None:
     """import-devpi DIR: import a devpi-server export (devpi-export DIR) into an empty pyshelf."""
-    from app.devpi_import import import_export
+    from app.devpi_import import import_export  # when it runs: see above
 
     directory = Path(args.directory)
     report = import_export(settings, directory)
@@ -237,7 +237,7 @@ def cmd_import_devpi(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
     """backup PATH: write an archive while the server keeps serving."""
-    from app.backup import backup
+    from app.backup import backup  # when it runs: see above
     from app.cache import human_bytes
 
     summary = backup(
@@ -261,7 +261,7 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
     """restore PATH: into an empty DATA_DIR (or over one with --force, server stopped)."""
-    from app.cache import human_bytes
+    from app.cache import human_bytes  # when it runs: see above
     from app.restore import restore
 
     summary = restore(settings, Path(args.path), force=args.force)
@@ -279,6 +279,7 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> None:
     """verify [--repair]: check every blob and row; exit 1 when damage is left; warn about
     data that other users may read."""
+    # when it runs: see above
     from app.integrity import format_open_paths, format_report, open_to_others, verify
 
     report = verify(settings, repair=args.repair)
@@ -292,7 +293,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_cache(settings: Settings, args: argparse.Namespace) -> None:
     """cache stats|prune: the mirror cache's size and hit ratio; evict down to the cap now."""
-    from app.cache import MirrorCache, human_bytes, stats_as_dict
+    from app.cache import MirrorCache, human_bytes, stats_as_dict  # when it runs: see above
     from app.storage import make_storage
 
     database = Database(settings.database_url)
@@ -335,7 +336,7 @@ def cmd_cache(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_prefetch(settings: Settings, args: argparse.Namespace) -> None:
     """prefetch -r FILE [REQ ...] [--index USER/NAME] [--deps]: fill the cache in advance."""
-    from app.prefetch import format_summary, parse_requirements, prefetch
+    from app.prefetch import format_summary, parse_requirements, prefetch  # see above
 
     requirements = parse_requirements(args.requirement or [], args.requirements)
     if not requirements:

@@ -39,7 +39,7 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.auth import ARGON2_PREFIX, DEVPI_SHA256_PREFIX
+from app.auth import ARGON2_PREFIX, DEVPI_SHA256_PREFIX, USERNAME_RE
 from app.cache import BlobLock
 from app.config import Settings
 from app.db import Database, begin_write
@@ -72,7 +72,6 @@ DEVPI_DEFAULTS = {
 }
 # devpi settings with no meaning here, whatever their value: never reported.
 DEVPI_UNUSED = {"mirror_web_url_fmt"}  # a link template to the upstream's project pages
-USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as app/api.py
 SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 CHUNK_BYTES = 1 << 20  # 1 MiB per read while hashing
 LOCKED_PREFIX = "!devpi-import-reset-"  # a hash no password matches: set one with `user passwd`

@@ -45,6 +45,7 @@ from app.backup import (
 )
 from app.config import Settings
 from app.progress import Progress
+from app.storage import StorageUnavailable, make_storage
 
 log = logging.getLogger("pyshelf")
 
@@ -297,8 +298,6 @@ def _commit(
 
 def _upload_blobs(settings: Settings, folder: Path) -> None:
     """Put the checked blobs into the S3 bucket (those already there are kept), then drop them."""
-    from app.storage import StorageUnavailable, make_storage
-
     storage = make_storage(settings)
     for path in sorted(folder.glob("??/??/*")) if folder.is_dir() else []:
         try:
