@@ -232,19 +232,6 @@ def _password_user(session: Session, username: str, password: str) -> User | Non
     return user
 
 
-def check_credentials(session: Session, username: str, secret: str) -> User | None:
-    """The user these credentials belong to, or None (password, or token as `__token__`).
-
-    Not throttled: request handlers use `verify_password` for passwords.
-    """
-    token = find_token(session, username, secret)
-    if token is not None:
-        return token.user
-    if username == TOKEN_USERNAME:
-        return None
-    return _password_user(session, username, secret)
-
-
 def verify_password(username: str, password: str, address: str | None) -> User | None:
     """Check a password under the login throttle (app/throttle.py).
 

@@ -138,12 +138,7 @@ def _store(
     spool.finish()
     if not storage.exists(spool.hashes.sha256):
         added.append(spool.hashes.sha256)
-    commit_temp = getattr(storage, "commit_temp", None)
-    if commit_temp is not None:
-        commit_temp(spool.hashes.sha256, spool.path)
-    else:
-        spool.file.seek(0)
-        storage.save(spool.hashes.sha256, spool.file)
+    storage.commit_temp(spool.hashes.sha256, spool.path)
     if info.filetype != "bdist_wheel":
         return None  # R41: sidecars for wheels only
     import hashlib

@@ -223,12 +223,7 @@ def store_docs(index: Index, project: str, version: str, user: User, part: FileS
     # Orphan removal (verify --repair) must not delete the blob between store and record.
     with BlobLock(settings).shared():
         if not storage.exists(sha256):
-            commit_temp = getattr(storage, "commit_temp", None)
-            if commit_temp is not None:
-                commit_temp(sha256, path)
-            else:
-                with open(path, "rb") as source:
-                    storage.save(sha256, source)
+            storage.commit_temp(sha256, path)
         try:
             docset = _record(session, index, normalized, version, values)
         except IntegrityError:  # another worker created the same doc set first: replace it
