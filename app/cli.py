@@ -45,6 +45,7 @@ from app.prepare import (
     make_data_dir_private,
     migrate,
 )
+from app.storage import make_storage
 
 log = logging.getLogger("pyshelf")
 
@@ -294,7 +295,6 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_cache(settings: Settings, args: argparse.Namespace) -> None:
     """cache stats|prune: the mirror cache's size and hit ratio; evict down to the cap now."""
     from app.cache import MirrorCache, human_bytes, stats_as_dict  # when it runs: see above
-    from app.storage import make_storage
 
     database = Database(settings.database_url)
     cache = MirrorCache(settings, database, make_storage(settings))

@@ -146,6 +146,19 @@ def test_the_graph_sees_a_circle_through_a_package() -> None:
     assert circles(graph) == [["app.a", "app.b"]]
 
 
+def test_operations_do_not_reach_up_into_the_command_line() -> None:
+    """Backup, verify, cache, prefetch, import-devpi sit below app/cli.py: none imports it (it
+    imports them, by name, not by a string for importlib), so their errors are their own."""
+    importers = []
+    for module, path in MODULES.items():
+        for node, _in_function in walk(ast.parse(path.read_text()).body, False):
+            if "app.cli" in imported(node, module):  # type: ignore[arg-type]
+                importers.append(f"{module}:{node.lineno}")
+
+    assert importers == []
+    assert "importlib" not in MODULES["app.cli"].read_text()
+
+
 def import_blocks(body: list[ast.stmt], in_function: bool) -> list[tuple[list[ast.stmt], bool]]:
     """Runs of consecutive import statements in every statement list below `body`, and
     whether each runs inside a function."""
