@@ -67,11 +67,13 @@ def create_app(
     settings: Settings | None = None, *, storage: Any = None, upstream: Any = None
 ) -> Flask:
     """Build the WSGI app; services are made here once per process, or passed in by tests."""
+    # Imported here, not at the top: gunicorn's master imports this package (see above).
     from flask import Flask
 
     from app import (
         api,
         auth,
+        db,
         devpi,
         errors,
         files,
@@ -110,8 +112,6 @@ def create_app(
     app.extensions["pyshelf.upstream"] = upstream
     app.extensions["pyshelf.mirror"] = Mirror(settings, database, storage, upstream)
     app.extensions["pyshelf.pages"] = PageCache(database)
-
-    from app import db
 
     request_log = logs.RequestLog(app.wsgi_app, access_log=settings.access_log)
     metrics.init_app(app, request_log)  # first: its before_request labels every request

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import (
-    authenticated_user,
-    current_reader,
+    MIN_PASSWORD_CHARS,
+    USERNAME_RE,
     hash_password,
     new_token,
     require_read,
@@ -20,12 +19,12 @@ from app.auth import (
 )
 from app.config import Settings
 from app.db import begin_write, get_session
+from app.devpi import envelope, is_own, listing_reader, user_info
 from app.dists import normalize_name
 from app.errors import HTTPError
 from app.indexes import (
     IndexConfigError,
     IndexPermissionError,
-    Reader,
     apply_config,
     apply_operations,
     create_index,
@@ -33,27 +32,14 @@ from app.indexes import (
     get_index,
     get_index_by_path,
     index_config,
-    is_public,
     may_configure,
-    may_read,
     shown_bases,
 )
 from app.models import File, Index, Project, User
+from app.web import index_page, user_page
+from app.web.base import wants_json
 
 bp = Blueprint("api", __name__)
-
-USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MIN_PASSWORD_CHARS = 8
-
-
-def envelope(kind: str, result: Any, status: int = 200, message: str | None = None) -> Response:
-    """devpi's JSON envelope: {"type": ..., "result": ...} (and a "message" for people)."""
-    body: dict[str, Any] = {"type": kind, "result": result}
-    if message:
-        body["message"] = message
-    response = jsonify(body)
-    response.status_code = status
-    return response
 
 
 def _json_body(*, allow_list: bool = False) -> Any:
@@ -65,54 +51,6 @@ def _json_body(*, allow_list: bool = False) -> Any:
     if not isinstance(data, dict):
         raise HTTPError(400, "The request body must be a JSON object.")
     return data
-
-
-def user_info(
-    session: Session, user: User, reader: Reader | None = None, *, is_own: bool = True
-) -> dict[str, Any]:
-    """A user as the API shows it: never the password hash; email and superuser flag only
-    when `is_own` (the user or a superuser asks); with a `reader`, only the indexes it may
-    read."""
-    indexes = session.scalars(select(Index).where(Index.owner_id == user.id)).all()
-    if reader is not None:
-        indexes = [i for i in indexes if may_read(i, reader)]
-    private = {"email": user.email, "is_superuser": user.is_superuser} if is_own else {}
-    return {
-        "username": user.username,
-        **private,
-        "indexes": {
-            i.name: index_config(
-                i, bases=None if reader is None else shown_bases(session, i, reader)
-            )
-            for i in indexes
-        },
-    }
-
-
-def _listing_reader(session: Session) -> Reader | None:
-    """The caller, to filter index listings by; None while every index is public (no
-    credentials need checking then)."""
-    if all(is_public(i) for i in session.scalars(select(Index))):
-        return None
-    return current_reader()
-
-
-def _is_own(user: User) -> bool:
-    """Whether the caller is `user` or a superuser (who may see the email and superuser flag)."""
-    caller = authenticated_user()
-    return caller is not None and (caller.is_superuser or caller.id == user.id)
-
-
-def users_json() -> Response:
-    """Every user with the indexes the caller may read, by name (GET / for API clients:
-    `devpi use -l`)."""
-    session = get_session()
-    reader = _listing_reader(session)
-    users = session.scalars(select(User).order_by(User.username)).all()
-    return envelope(
-        "list:userconfig",
-        {u.username: user_info(session, u, reader, is_own=_is_own(u)) for u in users},
-    )
 
 
 def _user_or_404(session: Session, username: str) -> User:
@@ -148,14 +86,12 @@ def _check_email(email: Any) -> str | None:
 @bp.get("/<user>/")
 def get_user(user: str) -> Response | str:
     """A user and their indexes; browsers (Accept prefers text/html) get the web page."""
-    from app.web import user_page, wants_json
-
     if not wants_json():
         return user_page(user)
     session = get_session()
     found = _user_or_404(session, user)
-    reader = _listing_reader(session)
-    return envelope("userconfig", user_info(session, found, reader, is_own=_is_own(found)))
+    reader = listing_reader(session)
+    return envelope("userconfig", user_info(session, found, reader, is_own=is_own(found)))
 
 
 @bp.put("/<user>")
@@ -270,8 +206,6 @@ def create_token(user: str) -> Response:
 def get_index_config(user: str, index: str) -> Response | str:
     """An index's settings and project names (not with `?no_projects`); browsers (preferring
     text/html) get the web page."""
-    from app.web import index_page, wants_json
-
     if not wants_json():
         return index_page(user, index)
     session = get_session()

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 
 import itsdangerous
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 TOKEN_USERNAME = "__token__"  # noqa: S105 - a convention, not a secret
 TOKEN_PREFIX = "pyshelf-"  # noqa: S105 - marks tokens, not a secret
 REALM = 'Basic realm="pyshelf"'
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIN_PASSWORD_CHARS = 8
 SAFE_METHODS = ("GET", "HEAD")
 # The only unsafe requests a token limited to an index may make, and only to that index:
 # uploads of files and docs (twine, devpi upload) and yanks (the API's and the web form).
@@ -227,19 +230,6 @@ def _password_user(session: Session, username: str, password: str) -> User | Non
     if is_imported_hash(user.password_hash):
         _upgrade_hash(user, password)
     return user
-
-
-def check_credentials(session: Session, username: str, secret: str) -> User | None:
-    """The user these credentials belong to, or None (password, or token as `__token__`).
-
-    Not throttled: request handlers use `verify_password` for passwords.
-    """
-    token = find_token(session, username, secret)
-    if token is not None:
-        return token.user
-    if username == TOKEN_USERNAME:
-        return None
-    return _password_user(session, username, secret)
 
 
 def verify_password(username: str, password: str, address: str | None) -> User | None:

@@ -34,9 +34,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session
 
-from app.cache import BlobLock, human_bytes
+from app.cache import BlobLock
 from app.config import Settings
 from app.integrity import Refs, blob_references
+from app.prepare import OperationError
 from app.progress import Progress
 from app.storage import Storage, make_storage
 
@@ -53,7 +54,7 @@ CHUNK_BYTES = 1 << 20
 ARCHIVE_MODE = 0o600  # for the owner only: an archive holds the secret key and the database
 
 
-class BackupError(Exception):
+class BackupError(OperationError):
     """A backup or restore cannot go on; the message says why and what to do."""
 
 
@@ -393,29 +394,3 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def cmd_backup(settings: Settings, args: Any) -> None:
-    """backup PATH: write an archive while the server keeps serving."""
-    from app.cli import CommandError
-
-    try:
-        summary = backup(
-            settings,
-            args.path,  # a string: a trailing "/" names a folder, even one not made yet
-            with_mirror_files=not args.without_mirror_files,
-            force=args.force,
-        )
-    except BackupError as exc:
-        raise CommandError(str(exc)) from None
-    rate = summary.bytes / summary.seconds if summary.seconds else 0.0
-    print(
-        f"backup: {summary.path}: {summary.database} database and {summary.blobs} files "
-        f"({human_bytes(summary.bytes)}) in {summary.seconds:.1f} s ({human_bytes(rate)}/s)"
-    )
-    if summary.left_out:
-        why = sorted(set(summary.left_out.values()))
-        print(
-            f"  {len(summary.left_out)} mirror-cached files left out ({', '.join(why)}): "
-            "the restored server fetches them again on demand"
-        )

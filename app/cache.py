@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.config import Settings
 from app.db import Database, begin_write
 from app.locks import Locks
@@ -344,8 +345,6 @@ class MirrorCache:
         with self.database.session() as session:
             result.total_after = self.total_bytes(session)
         if result.removed_files:
-            from app import metrics
-
             metrics.EVICTIONS.inc(result.removed_bytes)
             log.info(
                 "mirror cache over %d bytes: evicted %d files (%d bytes), %d bytes left",
@@ -508,50 +507,3 @@ def stats_as_dict(stats: CacheStats) -> dict[str, Any]:
         "hit_ratio": stats.hit_ratio,
         "indexes": stats.per_index,
     }
-
-
-def cmd_cache(settings: Settings, args: Any) -> None:
-    """cache stats|prune: the mirror cache's size and hit ratio; evict down to the cap now."""
-    import json
-
-    from app.cli import CommandError, check_data_dir, migrate
-    from app.storage import make_storage
-
-    check_data_dir(settings)
-    migrate(settings)
-    database = Database(settings.database_url)
-    cache = MirrorCache(settings, database, make_storage(settings))
-    try:
-        if args.action == "prune":
-            adopted, adopted_bytes = cache.adopt()
-            if adopted:
-                size = human_bytes(adopted_bytes)
-                print(f"counted {adopted} cached files that were not recorded yet ({size})")
-            cap = args.max_size if args.max_size is not None else settings.mirror_cache_max_bytes
-            if cap is None:
-                raise CommandError("no cap: set MIRROR_CACHE_MAX_SIZE (or give --max-size)")
-            result = cache.evict(max_bytes=cap)
-            print(
-                f"cache prune: removed {result.removed_files} files "
-                f"({human_bytes(result.removed_bytes)}); {human_bytes(result.total_after)} "
-                f"cached, cap {human_bytes(cap)}"
-                + (f" ({result.skipped})" if result.skipped else "")
-            )
-            return
-        stats = cache.stats()
-        if args.json:
-            print(json.dumps(stats_as_dict(stats), indent=2))
-            return
-        cap = f"{human_bytes(stats.max_bytes)}" if stats.max_bytes else "none"
-        used = f" ({stats.total_bytes * 100 / stats.max_bytes:.0f} %)" if stats.max_bytes else ""
-        ratio = f"{stats.hit_ratio * 100:.1f} %" if stats.hit_ratio is not None else "-"
-        print(f"mirror cache: {human_bytes(stats.total_bytes)} in {stats.files} files{used}")
-        print(f"cap (MIRROR_CACHE_MAX_SIZE): {cap}")
-        print(f"hit ratio: {ratio} ({stats.hits} hits, {stats.misses} misses)")
-        for path, row in stats.per_index.items():
-            print(
-                f"  {path}: {human_bytes(row['bytes'])} in {row['files']} files, "
-                f"{row['hits']} hits, {row['misses']} misses"
-            )
-    finally:
-        database.engine.dispose()

@@ -1,29 +1,27 @@
-"""Admin commands behind entrypoint.sh: prepare (check, migrate, bootstrap), users, indexes."""
+"""Admin commands behind entrypoint.sh: parse the arguments, run the operation, print what it
+did, and turn an OperationError into one line and exit 1 (a config error into exit 2)."""
 
 from __future__ import annotations
 
 import argparse
 import gc
 import getpass
-import importlib
 import json
 import logging
 import os
 import secrets
 import shutil
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import pagecache, schema
-from app.auth import hash_password, new_token_secret, password_matches, token_hash
-from app.config import ConfigError, Settings
-from app.db import Database, begin_write, make_engine
+from app import pagecache
+from app.auth import hash_password, new_token_secret, token_hash
+from app.config import ConfigError, Settings, parse_size
+from app.db import Database, begin_write
 from app.dists import normalize_name
 from app.indexes import (
     IndexConfigError,
@@ -32,193 +30,30 @@ from app.indexes import (
     dependents,
     get_index_by_path,
     index_config,
+    resolution_order,
 )
-from app.locks import Locks
-from app.models import MirrorPage, Token, User
-from app.schema import MIGRATIONS_DIR
-from app.upstream import mask_url
+from app.logs import configure
+from app.models import Index, MirrorPage, Token, User
+from app.prepare import (
+    MIRROR_INDEX,
+    PRIVATE_UMASK,
+    OperationError,
+    bootstrap,
+    check_data_dir,
+    clean_tmp,
+    find_user,
+    make_data_dir_private,
+    migrate,
+)
+from app.storage import make_storage
 
 log = logging.getLogger("pyshelf")
 
-MIRROR_INDEX = ("root", "pypi")
-STAGE_INDEX = "dev"
-TMP_MAX_AGE_SECONDS = 3600  # leftovers of killed uploads/downloads older than this are removed
-NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi"}
-MIGRATE_WAIT_SECONDS = 600  # how long a start waits for another replica's migration
-# New files and folders for this user only: DATA_DIR holds the secret key that signs sessions,
-# the database and private packages, and backups hold all three. (entrypoint.sh sets it too.)
-PRIVATE_UMASK = 0o077
-PRIVATE_DIR_MODE = 0o700
+NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi", "verify", "cache"}
 
 
-class CommandError(Exception):
-    """A command failed for a reason the admin can act on."""
-
-
-def check_data_dir(settings: Settings) -> None:
-    """The data directory must exist (or be creatable) and be writable by this user."""
-    data_dir = Path(settings.data_dir)
-    try:
-        data_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-        probe = data_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        uid, gid = os.getuid(), os.getgid()
-        raise CommandError(
-            f"data directory {data_dir.resolve()} is not writable by uid {uid} ({exc.strerror}); "
-            f"fix it with: chown -R {uid}:{gid} {data_dir.resolve()}"
-        ) from None
-    for sub in (settings.tmp_dir, *([] if settings.uses_s3 else [settings.blob_dir])):
-        sub.mkdir(parents=True, exist_ok=True)
-
-
-def make_data_dir_private(settings: Settings) -> None:
-    """Make DATA_DIR 0700 when this user owns it and others may enter it, saying so; a folder
-    of another owner is left as it is (`verify` names what others may read)."""
-    data_dir = Path(settings.data_dir)
-    info = data_dir.stat()
-    if info.st_uid != os.getuid() or not info.st_mode & 0o077:
-        return
-    data_dir.chmod(PRIVATE_DIR_MODE)
-    log.warning(
-        "DATA_DIR %s was open to other users (mode %o); made it %o: it holds the secret key,"
-        " the database and private packages",
-        data_dir.resolve(),
-        info.st_mode & 0o777,
-        PRIVATE_DIR_MODE,
-    )
-
-
-def clean_tmp(settings: Settings) -> int:
-    """Remove temp files that killed workers left behind; they are never served."""
-    removed = 0
-    cutoff = time.time() - TMP_MAX_AGE_SECONDS
-    for root in (settings.tmp_dir, settings.blob_dir / ".tmp"):
-        if not root.is_dir():
-            continue
-        for path in root.rglob("*"):
-            try:
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            except OSError:
-                continue
-    return removed
-
-
-def migrate(settings: Settings) -> None:
-    """Bring the database schema up to the head revision: nothing to do at head (alembic is not
-    even loaded), one step for a new database, alembic's migrations for an older one."""
-    head = schema.head_revision()
-    engine = make_engine(settings.database_url)
-    # Replicas starting at once share one database: one migrates, the others wait and then
-    # find nothing to do. (Bootstrap needs no such lock: it runs under begin_write.) Even the
-    # first look waits: two first connections to a new SQLite file would race to set WAL.
-    lock = Locks.of(settings).exclusive("schema")
-    try:
-        if not lock.try_acquire():
-            log.info("waiting for another pyshelf process to finish migrating the database")
-            if not lock.acquire(MIGRATE_WAIT_SECONDS):
-                raise CommandError(
-                    f"another pyshelf process held the migration lock for {MIGRATE_WAIT_SECONDS}"
-                    " s; is a migration stuck? Stop the other servers and try again"
-                )
-        with engine.begin() as connection:
-            revision = schema.current_revision(connection)
-            is_new = revision is None and schema.is_empty(connection)
-            if is_new:
-                schema.create_schema(connection, head)
-        if is_new:
-            log.info("created the database schema (revision %s)", head)
-        elif revision != head:
-            _alembic_upgrade(settings)
-    finally:
-        lock.close()
-        engine.dispose()
-    log.info("database schema is up to date")
-
-
-def _alembic_upgrade(settings: Settings) -> None:
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line of ours instead of ten
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["database_url"] = settings.database_url
-    command.upgrade(config, "head")
-
-
-def _get_user(session: Session, username: str) -> User | None:
-    return session.scalar(select(User).where(User.username == username))
-
-
-def bootstrap(session: Session, settings: Settings, out: Any = None) -> list[str]:
-    """Make the admin user, root/pypi and ADMIN_USER/dev exist as configured; idempotent.
-
-    Returns what changed, for the log. Values that differ from the environment (admin password,
-    MIRROR_URL) are applied; everything else that already exists is left alone.
-    """
-    changes: list[str] = []
-    admin = _get_user(session, settings.admin_user)
-    if admin is None:
-        password = settings.admin_password
-        if not password:
-            password = secrets.token_urlsafe(18)
-            print(  # printed once, on the very first start only
-                f"\n  Generated password for {settings.admin_user!r}: {password}\n"
-                "  It is shown only this once: store it, or set ADMIN_PASSWORD.\n",
-                file=out or sys.stdout,  # looked up now: a default bound at import goes stale
-                flush=True,
-            )
-        admin = User(
-            username=settings.admin_user, password_hash=hash_password(password), is_superuser=True
-        )
-        session.add(admin)
-        changes.append(f"created superuser {settings.admin_user}")
-    else:
-        if settings.admin_password and not password_matches(
-            admin.password_hash, settings.admin_password
-        ):
-            admin.password_hash = hash_password(settings.admin_password)
-            changes.append(f"changed the password of {settings.admin_user} (ADMIN_PASSWORD)")
-        if not admin.is_superuser:
-            admin.is_superuser = True
-            changes.append(f"made {settings.admin_user} a superuser")
-
-    root = _get_user(session, MIRROR_INDEX[0])
-    if root is None:
-        # root owns the mirror, as in devpi; it cannot log in until someone sets a password.
-        root = User(
-            username=MIRROR_INDEX[0], password_hash="!" + secrets.token_hex(16), is_superuser=True
-        )
-        session.add(root)
-        changes.append("created user root")
-    session.flush()
-
-    mirror = get_index_by_path(session, "/".join(MIRROR_INDEX))
-    if mirror is None:
-        create_index(
-            session,
-            root,
-            MIRROR_INDEX[1],
-            {"type": "mirror", "mirror_url": settings.mirror_url, "title": "PyPI mirror"},
-        )
-        changes.append(f"created mirror index root/pypi of {mask_url(settings.mirror_url)}")
-    elif mirror.mirror_url != settings.mirror_url:
-        apply_config(session, mirror, {"mirror_url": settings.mirror_url})
-        for page in session.scalars(select(MirrorPage).where(MirrorPage.index_id == mirror.id)):
-            page.checked_at = None  # a new upstream: revalidate every cached page
-        changes.append(f"changed the mirror_url of root/pypi to {mask_url(settings.mirror_url)}")
-    session.flush()
-
-    stage_path = f"{settings.admin_user}/{STAGE_INDEX}"
-    if get_index_by_path(session, stage_path) is None:
-        create_index(session, admin, STAGE_INDEX, {"bases": ["/".join(MIRROR_INDEX)]})
-        changes.append(f"created stage index {stage_path} with bases root/pypi")
-    session.commit()
-    return changes
+class CommandError(OperationError):
+    """A command was given something it cannot do, or found what it reports with exit 1."""
 
 
 # --- subcommands ---------------------------------------------------------------------------
@@ -286,7 +121,7 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> None:
             for user in session.scalars(select(User).order_by(User.username)):
                 print(f"{user.username}{' (superuser)' if user.is_superuser else ''}")
             return
-        user = _get_user(session, args.name)
+        user = find_user(session, args.name)
         if args.action == "create":
             if user is not None:
                 raise CommandError(f"user {args.name} already exists")
@@ -313,7 +148,7 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
     database = Database(settings.database_url)
     with database.session() as session:
         begin_write(session)
-        user = _get_user(session, args.name)
+        user = find_user(session, args.name)
         if user is None:
             raise CommandError(f"user {args.name} does not exist")
         secret = new_token_secret()
@@ -334,8 +169,6 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> None:
     with database.session() as session:
         begin_write(session)
         if args.action == "list":
-            from app.models import Index
-
             for index in session.scalars(select(Index)):
                 print(f"{index.path} ({index.type})")
             return
@@ -346,7 +179,7 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> None:
         config = _parse_pairs(args.settings)
         try:
             if args.action == "create":
-                owner = _get_user(session, username)
+                owner = find_user(session, username)
                 if owner is None:
                     raise CommandError(f"user {username} does not exist")
                 index = create_index(session, owner, name, config)
@@ -374,8 +207,6 @@ def cmd_refresh(settings: Settings, args: argparse.Namespace) -> None:
         index = get_index_by_path(session, args.path)
         if index is None:
             raise CommandError(f"index {args.path} does not exist")
-        from app.indexes import resolution_order
-
         mirrors = [i.id for i in resolution_order(session, index) if i.is_mirror]
         pages = session.scalars(
             select(MirrorPage).where(
@@ -389,13 +220,133 @@ def cmd_refresh(settings: Settings, args: argparse.Namespace) -> None:
         print(f"{len(pages)} cached page(s) of {normalize_name(args.project)} marked for refresh")
 
 
-def _command(module: str, name: str) -> Callable[[Settings, argparse.Namespace], None]:
-    """The subcommand `name` of `module`, imported when it runs: a start imports none of them."""
+# --- operations ---------------------------------------------------------------------------
+# Each imports its module when it runs: `prepare` runs on every container start and loads none
+# of them (prefetch even builds the whole Flask app).
 
-    def run(settings: Settings, args: argparse.Namespace) -> None:
-        getattr(importlib.import_module(module), name)(settings, args)
 
-    return run
+def cmd_import_devpi(settings: Settings, args: argparse.Namespace) -> None:
+    """import-devpi DIR: import a devpi-server export (devpi-export DIR) into an empty pyshelf."""
+    from app.devpi_import import import_export  # when it runs: see above
+
+    directory = Path(args.directory)
+    report = import_export(settings, directory)
+    print(f"imported the devpi-server export in {directory}:")
+    for line in report.lines():
+        print(f"  {line}")
+
+
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
+    """backup PATH: write an archive while the server keeps serving."""
+    from app.backup import backup  # when it runs: see above
+    from app.cache import human_bytes
+
+    summary = backup(
+        settings,
+        args.path,  # a string: a trailing "/" names a folder, even one not made yet
+        with_mirror_files=not args.without_mirror_files,
+        force=args.force,
+    )
+    rate = summary.bytes / summary.seconds if summary.seconds else 0.0
+    print(
+        f"backup: {summary.path}: {summary.database} database and {summary.blobs} files "
+        f"({human_bytes(summary.bytes)}) in {summary.seconds:.1f} s ({human_bytes(rate)}/s)"
+    )
+    if summary.left_out:
+        why = sorted(set(summary.left_out.values()))
+        print(
+            f"  {len(summary.left_out)} mirror-cached files left out ({', '.join(why)}): "
+            "the restored server fetches them again on demand"
+        )
+
+
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
+    """restore PATH: into an empty DATA_DIR (or over one with --force, server stopped)."""
+    from app.cache import human_bytes  # when it runs: see above
+    from app.restore import restore
+
+    summary = restore(settings, Path(args.path), force=args.force)
+    counts = ", ".join(f"{n} {table}" for table, n in summary.counts.items())
+    print(
+        f"restore: {summary.database} database ({counts}) and {summary.blobs} files "
+        f"({human_bytes(summary.bytes)}) into {Path(settings.data_dir).resolve()} "
+        f"in {summary.seconds:.1f} s"
+    )
+    if summary.left_out:
+        print(f"  {summary.left_out} mirror-cached files were not in the backup: fetched on demand")
+    print("  start the server as usual (entrypoint.sh serve): it migrates the schema if needed")
+
+
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> None:
+    """verify [--repair]: check every blob and row; exit 1 when damage is left; warn about
+    data that other users may read."""
+    # when it runs: see above
+    from app.integrity import format_open_paths, format_report, open_to_others, verify
+
+    report = verify(settings, repair=args.repair)
+    print(format_report(report))
+    found = open_to_others(settings)
+    if found:  # a warning: the exit code stays about damage
+        print(format_open_paths(found, settings))
+    if report.is_damaged:
+        raise CommandError("damage found (see above)")
+
+
+def cmd_cache(settings: Settings, args: argparse.Namespace) -> None:
+    """cache stats|prune: the mirror cache's size and hit ratio; evict down to the cap now."""
+    from app.cache import MirrorCache, human_bytes, stats_as_dict  # when it runs: see above
+
+    database = Database(settings.database_url)
+    cache = MirrorCache(settings, database, make_storage(settings))
+    try:
+        if args.action == "prune":
+            adopted, adopted_bytes = cache.adopt()
+            if adopted:
+                size = human_bytes(adopted_bytes)
+                print(f"counted {adopted} cached files that were not recorded yet ({size})")
+            cap = args.max_size if args.max_size is not None else settings.mirror_cache_max_bytes
+            if cap is None:
+                raise CommandError("no cap: set MIRROR_CACHE_MAX_SIZE (or give --max-size)")
+            result = cache.evict(max_bytes=cap)
+            print(
+                f"cache prune: removed {result.removed_files} files "
+                f"({human_bytes(result.removed_bytes)}); {human_bytes(result.total_after)} "
+                f"cached, cap {human_bytes(cap)}"
+                + (f" ({result.skipped})" if result.skipped else "")
+            )
+            return
+        stats = cache.stats()
+        if args.json:
+            print(json.dumps(stats_as_dict(stats), indent=2))
+            return
+        cap = f"{human_bytes(stats.max_bytes)}" if stats.max_bytes else "none"
+        used = f" ({stats.total_bytes * 100 / stats.max_bytes:.0f} %)" if stats.max_bytes else ""
+        ratio = f"{stats.hit_ratio * 100:.1f} %" if stats.hit_ratio is not None else "-"
+        print(f"mirror cache: {human_bytes(stats.total_bytes)} in {stats.files} files{used}")
+        print(f"cap (MIRROR_CACHE_MAX_SIZE): {cap}")
+        print(f"hit ratio: {ratio} ({stats.hits} hits, {stats.misses} misses)")
+        for path, row in stats.per_index.items():
+            print(
+                f"  {path}: {human_bytes(row['bytes'])} in {row['files']} files, "
+                f"{row['hits']} hits, {row['misses']} misses"
+            )
+    finally:
+        database.engine.dispose()
+
+
+def cmd_prefetch(settings: Settings, args: argparse.Namespace) -> None:
+    """prefetch -r FILE [REQ ...] [--index USER/NAME] [--deps]: fill the cache in advance."""
+    from app.prefetch import format_summary, parse_requirements, prefetch  # see above
+
+    requirements = parse_requirements(args.requirement or [], args.requirements)
+    if not requirements:
+        raise CommandError("nothing to prefetch: give -r requirements.txt or requirements")
+    check_data_dir(settings)
+    migrate(settings)
+    summary = prefetch(settings, requirements, args.index, with_deps=args.deps)
+    print(format_summary(summary))
+    if summary.errors:
+        raise CommandError(f"{len(summary.errors)} requirements or files could not be fetched")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -435,13 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
         "import-devpi", help="import a devpi-server export (devpi-export DIR) into an empty pyshelf"
     )
     devpi.add_argument("directory", help="the directory devpi-export wrote")
-    devpi.set_defaults(func=_command("app.devpi_import", "cmd_import_devpi"))
+    devpi.set_defaults(func=cmd_import_devpi)
     add_operations(sub)
     return parser
 
 
 def add_operations(sub: Any) -> None:
-    """backup, restore, verify, cache, prefetch: each lives with the module that owns it."""
+    """backup, restore, verify, cache, prefetch."""
 
     backup = sub.add_parser("backup", help="write a hot backup archive (the server keeps serving)")
     backup.add_argument("path", help="archive to write, or a folder to write pyshelf-DATE.tar into")
@@ -451,14 +402,14 @@ def add_operations(sub: Any) -> None:
         help="leave out mirror-cached files (they are fetched again on demand)",
     )
     backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
-    backup.set_defaults(func=_command("app.backup", "cmd_backup"))
+    backup.set_defaults(func=cmd_backup)
 
     restore = sub.add_parser("restore", help="restore a backup into an empty DATA_DIR")
     restore.add_argument("path", help="the archive `backup` wrote")
     restore.add_argument(
         "--force", action="store_true", help="replace a non-empty DATA_DIR (stop the server first)"
     )
-    restore.set_defaults(func=_command("app.restore", "cmd_restore"))
+    restore.set_defaults(func=cmd_restore)
 
     verify = sub.add_parser("verify", help="check every blob and row; exit 1 on damage")
     verify.add_argument(
@@ -466,7 +417,7 @@ def add_operations(sub: Any) -> None:
         action="store_true",
         help="fetch damaged mirror files again and remove orphans (never touches uploads)",
     )
-    verify.set_defaults(func=_command("app.integrity", "cmd_verify"))
+    verify.set_defaults(func=cmd_verify)
 
     cache = sub.add_parser("cache", help="mirror cache: stats, or prune down to the cap now")
     cache.add_argument("action", choices=["stats", "prune"])
@@ -474,7 +425,7 @@ def add_operations(sub: Any) -> None:
     cache.add_argument(
         "--max-size", type=_size, default=None, help="prune to this size instead of the cap"
     )
-    cache.set_defaults(func=_command("app.cache", "cmd_cache"))
+    cache.set_defaults(func=cmd_cache)
 
     prefetch = sub.add_parser("prefetch", help="download what requirements need into the cache")
     prefetch.add_argument("requirements", nargs="*", help="requirements such as NAME==1.0")
@@ -483,12 +434,10 @@ def add_operations(sub: Any) -> None:
     prefetch.add_argument(
         "--deps", action="store_true", help="also follow Requires-Dist (approximate)"
     )
-    prefetch.set_defaults(func=_command("app.prefetch", "cmd_prefetch"))
+    prefetch.set_defaults(func=cmd_prefetch)
 
 
 def _size(text: str) -> int:
-    from app.config import parse_size
-
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -509,27 +458,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pyshelf: {exc}", file=sys.stderr)
         return 2
-    from app.logs import configure
-
     configure(settings, "[pyshelf] %(levelname)s %(message)s")  # LOG_FORMAT=json: JSON lines
     try:
         if args.command in NEEDS_SCHEMA:  # an admin command on a volume no server started yet
             check_data_dir(settings)
             migrate(settings)
         args.func(settings, args)
-    except CommandError as exc:
+    except OperationError as exc:
         print(f"pyshelf: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    # `python -m app.cli` runs this file as __main__, and the commands of other modules import
-    # app.cli: run that module's main, so that the CommandError they raise is the one caught.
-    from app.cli import main as cli_main
-
     os.umask(PRIVATE_UMASK)  # as entrypoint.sh does, for `python -m app.cli` run directly
-    code = cli_main()
+    code = main()
     # Exit without a last garbage collection over every object the imports made (0.1 s of each
     # start). Commands close what they open; what is left in a reference cycle is not
     # finalized, and the kernel closes its files and sockets.

@@ -4,8 +4,10 @@ devpi-client (tested with 7.3.0) first asks `GET .../+api` where the server's en
 (login, index, simple index, upload URL) and which features it has; logs in with `POST
 /+login` and a JSON body (answered here, routed by app/web/admin.py, which owns the URL);
 then sends the login token back as `X-Devpi-Auth: base64(USER:TOKEN)` (checked by app/auth.py).
-It removes releases with DELETE on project, version and `+f` file URLs. Users, indexes and
-their PATCH operations are app/api.py's; project and version JSON is app/web's (`+links`).
+It removes releases with DELETE on project, version and `+f` file URLs. devpi's JSON envelope
+and how a user is shown are here (app/api.py and GET / for `devpi use -l` use them); users,
+indexes and their PATCH operations are app/api.py's; project and version JSON is app/web's
+(`+links`).
 
 Every response carries the `X-Devpi-*` headers: devpi-client warns about a reply without
 `X-Devpi-Api-Version`.
@@ -21,11 +23,13 @@ from typing import Any
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from packaging.version import Version
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from app import __version__
 from app.auth import (
     LOGIN_TOKEN_SECONDS,
     authenticated_user,
+    current_reader,
     new_login_token,
     require_user,
     verify_password,
@@ -33,7 +37,17 @@ from app.auth import (
 from app.db import begin_write, get_session
 from app.dists import normalize_name
 from app.errors import HTTPError, too_many_logins
-from app.indexes import get_index, may_configure, may_upload
+from app.indexes import (
+    Reader,
+    delete_files,
+    get_index,
+    index_config,
+    is_public,
+    may_configure,
+    may_read,
+    may_upload,
+    shown_bases,
+)
 from app.models import DocSet, File, Index, Project, User
 from app.throttle import LoginThrottled
 
@@ -47,6 +61,67 @@ SERVER_VERSION = f"6.20.3+pyshelf.{__version__}"
 # Only what is implemented: with this feature devpi-client sends `devpi index NAME key+=value`
 # as a list of operations (app/indexes.py apply_operations) instead of a whole config.
 FEATURES = ["server-keyvalue-parsing"]
+
+
+# --- devpi's JSON: the envelope, users (also app/api.py's) -------------------------------
+
+
+def envelope(kind: str, result: Any, status: int = 200, message: str | None = None) -> Response:
+    """devpi's JSON envelope: {"type": ..., "result": ...} (and a "message" for people)."""
+    body: dict[str, Any] = {"type": kind, "result": result}
+    if message:
+        body["message"] = message
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def user_info(
+    session: Session, user: User, reader: Reader | None = None, *, is_own: bool = True
+) -> dict[str, Any]:
+    """A user as the API shows it: never the password hash; email and superuser flag only
+    when `is_own` (the user or a superuser asks); with a `reader`, only the indexes it may
+    read."""
+    indexes = session.scalars(select(Index).where(Index.owner_id == user.id)).all()
+    if reader is not None:
+        indexes = [i for i in indexes if may_read(i, reader)]
+    private = {"email": user.email, "is_superuser": user.is_superuser} if is_own else {}
+    return {
+        "username": user.username,
+        **private,
+        "indexes": {
+            i.name: index_config(
+                i, bases=None if reader is None else shown_bases(session, i, reader)
+            )
+            for i in indexes
+        },
+    }
+
+
+def listing_reader(session: Session) -> Reader | None:
+    """The caller, to filter index listings by; None while every index is public (no
+    credentials need checking then)."""
+    if all(is_public(i) for i in session.scalars(select(Index))):
+        return None
+    return current_reader()
+
+
+def is_own(user: User) -> bool:
+    """Whether the caller is `user` or a superuser (who may see the email and superuser flag)."""
+    caller = authenticated_user()
+    return caller is not None and (caller.is_superuser or caller.id == user.id)
+
+
+def users_json() -> Response:
+    """Every user with the indexes the caller may read, by name (GET / for API clients:
+    `devpi use -l`)."""
+    session = get_session()
+    reader = listing_reader(session)
+    users = session.scalars(select(User).order_by(User.username)).all()
+    return envelope(
+        "list:userconfig",
+        {u.username: user_info(session, u, reader, is_own=is_own(u)) for u in users},
+    )
 
 
 def message(status: int, text: str) -> Response:
@@ -193,8 +268,6 @@ def delete_project(user: str, index: str, project: str) -> Response:
 @bp.delete("/<user>/<index>/<project>/<version>/")
 def delete_version(user: str, index: str, project: str, version: str) -> Response:
     """Delete every file and the docs of one version (`devpi remove NAME==VERSION`)."""
-    from app.web.actions import delete_files
-
     found, caller = _removable_index(user, index)
     record = _project_or_404(found, project)
     try:
@@ -230,8 +303,6 @@ def delete_version(user: str, index: str, project: str, version: str) -> Respons
 @bp.delete("/<user>/<index>/+f/<sha256>/<path:filename>")
 def delete_file(user: str, index: str, sha256: str, filename: str) -> Response:
     """Delete one release file by its URL (`devpi remove URL`)."""
-    from app.web.actions import delete_files
-
     found, caller = _removable_index(user, index)
     session = get_session()
     record = session.scalar(

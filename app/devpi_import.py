@@ -23,7 +23,6 @@ refuses, stops it with every problem listed and nothing recorded.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import email.utils
@@ -40,14 +39,14 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.auth import ARGON2_PREFIX, DEVPI_SHA256_PREFIX
+from app.auth import ARGON2_PREFIX, DEVPI_SHA256_PREFIX, USERNAME_RE
 from app.cache import BlobLock
-from app.cli import MIRROR_INDEX, STAGE_INDEX, CommandError
 from app.config import Settings
 from app.db import Database, begin_write
 from app.dists import InvalidDistribution, normalize_name, parse_filename, read_metadata
 from app.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
 from app.models import DocSet, File, Index, Project, User, utcnow
+from app.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError
 from app.storage import Storage, make_storage
 from app.web.docs import InvalidDocs, inspect_zip
 
@@ -73,14 +72,19 @@ DEVPI_DEFAULTS = {
 }
 # devpi settings with no meaning here, whatever their value: never reported.
 DEVPI_UNUSED = {"mirror_web_url_fmt"}  # a link template to the upstream's project pages
-USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as app/api.py
 SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 CHUNK_BYTES = 1 << 20  # 1 MiB per read while hashing
 LOCKED_PREFIX = "!devpi-import-reset-"  # a hash no password matches: set one with `user passwd`
 
 
-class ExportError(Exception):
-    """The export cannot be read at all (no dataindex.json, an unknown dump version)."""
+class ExportError(OperationError):
+    """The export cannot be read at all (no dataindex.json, an unknown dump version), or parts
+    of it cannot be imported (then nothing is)."""
+
+
+class NotEmpty(OperationError):
+    """This pyshelf already holds users, indexes or projects of its own: an import needs a new,
+    empty data directory."""
 
 
 @dataclasses.dataclass
@@ -249,7 +253,7 @@ class Importer:
         hosted = self.session.scalar(select(func.count()).select_from(Project)) or 0
         docs = self.session.scalar(select(func.count()).select_from(DocSet)) or 0
         if hosted or docs:
-            raise CommandError(
+            raise NotEmpty(
                 f"this pyshelf already holds {hosted} projects and {docs} doc sets; "
                 "import a devpi export into a new, empty data directory"
             )
@@ -259,7 +263,7 @@ class Importer:
         indexes = [i.path for i in self.session.scalars(select(Index))]
         others += [path for path in indexes if path not in known_indexes]
         if others:
-            raise CommandError(
+            raise NotEmpty(
                 f"this pyshelf already has users or indexes ({', '.join(sorted(others)[:10])}); "
                 "import a devpi export into a new, empty data directory"
             )
@@ -554,7 +558,7 @@ class Importer:
             self.report.notes.append(f"{path}: {toxresults} tox results not imported")
 
     def run(self) -> Report:
-        """Import everything; on any error roll back and raise CommandError with all of them."""
+        """Import everything; on any error roll back and raise ExportError with all of them."""
         data = read_dataindex(self.directory)
         begin_write(self.session)
         self.check_empty()
@@ -568,23 +572,16 @@ class Importer:
             if self.report.errors:
                 self.session.rollback()
                 problems = "\n  ".join(self.report.errors)
-                raise CommandError(f"nothing was imported; fix the export and retry:\n  {problems}")
+                raise ExportError(f"nothing was imported; fix the export and retry:\n  {problems}")
             self.session.commit()
         return self.report
 
 
-def cmd_import_devpi(settings: Settings, args: argparse.Namespace) -> None:
-    """import-devpi DIR: import a devpi-server export (devpi-export DIR) into an empty pyshelf."""
-    directory = Path(args.directory)
+def import_export(settings: Settings, directory: Path) -> Report:
+    """Import the devpi-server export in `directory` into this (empty) pyshelf, all or nothing."""
     database = Database(settings.database_url)
     try:
         with database.session() as session:
-            importer = Importer(session, make_storage(settings), settings, directory)
-            report = importer.run()
-    except ExportError as exc:
-        raise CommandError(str(exc)) from None
+            return Importer(session, make_storage(settings), settings, directory).run()
     finally:
         database.engine.dispose()
-    print(f"imported the devpi-server export in {directory}:")
-    for line in report.lines():
-        print(f"  {line}")

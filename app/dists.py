@@ -563,14 +563,6 @@ class Hashes:
         return self._blake2_256.hexdigest()
 
 
-def hash_stream(fileobj: IO[bytes], chunk_bytes: int = 1 << 20) -> Hashes:
-    """Hash `fileobj` from its current position to EOF."""
-    hashes = Hashes()
-    while chunk := fileobj.read(chunk_bytes):
-        hashes.update(chunk)
-    return hashes
-
-
 def check_digests(
     hashes: Hashes,
     *,

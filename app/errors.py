@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from app.storage import StorageUnavailable
+from app.upstream import UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ class HTTPError(Exception):
 
 def upstream_failed(exc: Exception, project: str) -> HTTPError:
     """504 for an upstream timeout, else 502, with Retry-After: nothing was cached (R93)."""
-    from app.upstream import UpstreamTimeout
-
     what = "timed out" if isinstance(exc, UpstreamTimeout) else "failed"
     status = 504 if isinstance(exc, UpstreamTimeout) else 502
     return HTTPError(

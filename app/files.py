@@ -19,6 +19,7 @@ from app.dists import InvalidDistribution, parse_filename
 from app.errors import HTTPError
 from app.indexes import get_index
 from app.models import ANONYMOUS, File, Index, MirrorHolding, MirrorSidecar, Project, User
+from app.web import hook_headers
 
 bp = Blueprint("files", __name__)
 
@@ -197,8 +198,6 @@ class CachedFiles:
     """
 
     def __init__(self, app: Flask, wsgi_app: WSGIApplication) -> None:
-        from app.web import hook_headers
-
         self.wsgi_app = wsgi_app
         self.local_path = getattr(app.extensions["pyshelf.storage"], "local_path", None)
         self.mirror = app.extensions["pyshelf.mirror"]

@@ -25,6 +25,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import __version__
 from app.auth import authenticated_user, current_reader
 from app.config import Settings
 from app.db import Database
@@ -106,8 +107,6 @@ def status_report(
     settings: Settings, database: Database, storage: Any = None
 ) -> tuple[dict[str, Any], bool]:
     """The whole report, and whether this server is healthy."""
-    from app import __version__
-
     checks = {
         "database": check_database(database),
         "data_dir": check_writable(

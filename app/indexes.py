@@ -10,10 +10,22 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from sqlalchemy import select
+from packaging.version import Version
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from app.models import ANONYMOUS, AUTHENTICATED, INDEX_TYPES, File, Index, Project, User
+from app.dists import normalize_name
+from app.models import (
+    ANONYMOUS,
+    AUTHENTICATED,
+    INDEX_TYPES,
+    DocSet,
+    File,
+    Index,
+    Project,
+    User,
+)
+from app.upstream import mask_url
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -216,8 +228,6 @@ def _hosted_dists(
 
 def is_whitelisted(stages: Iterable[Index], normalized_name: str) -> bool:
     """Whether a stage's own project may be merged with the mirror's (`mirror_whitelist`)."""
-    from app.dists import normalize_name
-
     for stage in stages:
         for entry in stage.mirror_whitelist or ():
             if entry == "*" or normalize_name(entry) == normalized_name:
@@ -283,8 +293,6 @@ def project_names(
     """Every project name the index shows: its own, its stage bases', cached mirror ones
     (with a `reader`: only from the indexes it may read)."""
     names: dict[str, str] = {}
-    from app.dists import normalize_name
-
     for current in readable_order(session, index, reader):
         if current.is_mirror:
             found = mirror.project_names(current)
@@ -547,8 +555,6 @@ def shown_bases(session: Session, index: Index, reader: Reader) -> list[str]:
 def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, Any]:
     """An index's settings as the JSON API shows them (never credentials in mirror_url);
     `bases` replaces the stored ones (shown_bases)."""
-    from app.upstream import mask_url
-
     config: dict[str, Any] = {
         "type": index.type,
         "bases": list(index.bases or []) if bases is None else bases,
@@ -585,3 +591,47 @@ def dependents(session: Session, paths: Iterable[str]) -> dict[str, list[str]]:
                 if base in targets:
                     found.setdefault(base, []).append(index.path)
     return found
+
+
+# --- deleting release files -------------------------------------------------------------
+
+
+def delete_files(session: Session, index: Index, files: list[File]) -> bool:
+    """Delete release files of one project on `index` (the caller commits); say whether the
+    project is still there.
+
+    A version's docs go with its last file, and the project with its last file and doc set
+    (the web UI's delete, and devpi-client's DELETEs in app/devpi.py).
+    """
+    project_id = files[0].project_id
+    normalized = files[0].project.normalized_name
+    versions = {f.version for f in files}
+    for record in files:
+        session.delete(record)
+    session.flush()
+    for version in versions:
+        if not has_version(session, project_id, version):
+            session.execute(
+                delete(DocSet).where(
+                    DocSet.index_id == index.id,
+                    DocSet.normalized_name == normalized,
+                    DocSet.version == str(Version(version)),
+                )
+            )
+    remaining = session.scalar(select(func.count()).where(File.project_id == project_id))
+    has_docs = session.scalar(
+        select(func.count()).where(
+            DocSet.index_id == index.id, DocSet.normalized_name == normalized
+        )
+    )
+    if remaining or has_docs:
+        return True
+    session.execute(delete(Project).where(Project.id == project_id))
+    return False
+
+
+def has_version(session: Session, project_id: int, version: str) -> bool:
+    """Whether the project still has a file of `version` (compared as PEP 440 versions)."""
+    wanted = Version(version)
+    versions = session.scalars(select(File.version).where(File.project_id == project_id))
+    return any(Version(v) == wanted for v in versions)

@@ -42,6 +42,7 @@ from app.models import (
 )
 from app.progress import Progress
 from app.storage import Storage, make_storage
+from app.upstream import UpstreamClient
 
 log = logging.getLogger("pyshelf")
 
@@ -451,27 +452,12 @@ def format_open_paths(found: list[tuple[Path, int]], settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def cmd_verify(settings: Settings, args: Any) -> None:
-    """verify [--repair]: check every blob and row; exit 1 when damage is left; warn about
-    data that other users may read."""
-    from app.cli import CommandError, check_data_dir, migrate
-
-    check_data_dir(settings)
-    migrate(settings)
-    upstream = None
-    if args.repair:
-        from app.upstream import UpstreamClient
-
-        upstream = UpstreamClient.from_settings(settings)  # the server's address checks too
+def verify(settings: Settings, *, repair: bool = False) -> Report:
+    """Check every blob and row of this DATA_DIR; with `repair`, fix what may be fixed."""
+    # Refetching goes through the server's own client: the same address checks (app/egress.py).
+    upstream = UpstreamClient.from_settings(settings) if repair else None
     database = Database(settings.database_url)
     try:
-        verifier = Verifier(settings, database, make_storage(settings), upstream)
-        report = verifier.run(repair=args.repair)
+        return Verifier(settings, database, make_storage(settings), upstream).run(repair=repair)
     finally:
         database.engine.dispose()
-    print(format_report(report))
-    found = open_to_others(settings)
-    if found:  # a warning: the exit code stays about damage
-        print(format_open_paths(found, settings))
-    if report.is_damaged:
-        raise CommandError("damage found (see above)")

@@ -15,7 +15,6 @@ import logging
 import re
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -236,19 +235,6 @@ def render(settings: Settings, database: Database) -> bytes:
         multiprocess.MultiProcessCollector(registry, path=settings.prometheus_multiproc_dir)
         return generate_latest(registry)
     return generate_latest(REGISTRY) + generate_latest(registry)
-
-
-def reset_multiproc_dir(settings: Settings) -> None:
-    """Empty the workers' metric files: counters start at zero with every server start."""
-    directory = settings.metrics_dir
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
-
-
-def mark_worker_dead(settings: Settings, pid: int) -> None:
-    """Drop a dead worker's live gauges (gunicorn's child_exit hook); its counters stay summed."""
-    if settings.prometheus_multiproc_dir and Path(settings.prometheus_multiproc_dir).is_dir():
-        multiprocess.mark_process_dead(pid, settings.prometheus_multiproc_dir)
 
 
 def has_metrics_token(settings: Settings) -> bool:

@@ -801,12 +801,7 @@ class Mirror:
             os.fsync(part.fileno())
             if storage.exists(key):
                 return  # stored already (an upload's, another mirror's): the bytes are proven
-            commit_temp = getattr(storage, "commit_temp", None)
-            if commit_temp is not None:
-                commit_temp(key, part_path)
-            else:
-                part.seek(0)
-                storage.save(key, part)
+            storage.commit_temp(key, part_path)
 
         def generate() -> Iterator[bytes]:
             is_client_gone = False

@@ -16,6 +16,7 @@ cache cap.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections import deque
@@ -29,10 +30,12 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from app import create_app
 from app.cache import holds
 from app.config import Settings
 from app.dists import InvalidDistribution, normalize_name, parse_filename
 from app.indexes import get_index_by_path
+from app.prepare import OperationError
 from app.progress import Progress
 
 log = logging.getLogger("pyshelf")
@@ -42,8 +45,8 @@ _OPTION_RE = re.compile(r"(^|\s)--?[a-zA-Z]")  # trailing per-requirement option
 INDEX_OF_FILE_RE = re.compile(r"/([^/]+/[^/]+)/\+f/")  # the index in a `+f` path
 
 
-class PrefetchError(Exception):
-    """The requirements file cannot be read."""
+class PrefetchError(OperationError):
+    """A requirements file cannot be read, or a requirement given is not one."""
 
 
 @dataclass
@@ -278,27 +281,22 @@ def format_summary(summary: PrefetchSummary) -> str:
     return "\n".join(lines)
 
 
-def cmd_prefetch(settings: Settings, args: Any) -> None:
-    """prefetch -r FILE [REQ ...] [--index USER/NAME] [--deps]: fill the cache in advance."""
-    import dataclasses
-
-    from app import create_app
-    from app.cli import CommandError, check_data_dir, migrate
-
+def parse_requirements(paths: list[str], lines: list[str]) -> list[Requirement]:
+    """The requirements of these requirements files, then of these command-line arguments."""
     requirements: list[Requirement] = []
-    try:
-        for path in args.requirement or []:
-            requirements += read_requirements(Path(path))
-        for line in args.requirements:
+    for path in paths:
+        requirements += read_requirements(Path(path))
+    for line in lines:
+        try:
             requirements.append(Requirement(line))
-    except (PrefetchError, InvalidRequirement) as exc:
-        raise CommandError(str(exc)) from None
-    if not requirements:
-        raise CommandError("nothing to prefetch: give -r requirements.txt or requirements")
-    check_data_dir(settings)
-    migrate(settings)
-    app = create_app(dataclasses.replace(settings, access_log=False))
-    summary = Prefetcher(app, args.index, with_deps=args.deps).run(requirements)
-    print(format_summary(summary))
-    if summary.errors:
-        raise CommandError(f"{len(summary.errors)} requirements or files could not be fetched")
+        except InvalidRequirement as exc:
+            raise PrefetchError(str(exc)) from None
+    return requirements
+
+
+def prefetch(
+    settings: Settings, requirements: list[Requirement], index_path: str, *, with_deps: bool = False
+) -> PrefetchSummary:
+    """Fetch what `requirements` need into the mirror cache through an app of these settings."""
+    app = create_app(dataclasses.replace(settings, access_log=False))  # no access log lines
+    return Prefetcher(app, index_path, with_deps=with_deps).run(requirements)

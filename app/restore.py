@@ -43,9 +43,9 @@ from app.backup import (
     pg_env,
     sqlite_path,
 )
-from app.cache import human_bytes
 from app.config import Settings
 from app.progress import Progress
+from app.storage import StorageUnavailable, make_storage
 
 log = logging.getLogger("pyshelf")
 
@@ -298,8 +298,6 @@ def _commit(
 
 def _upload_blobs(settings: Settings, folder: Path) -> None:
     """Put the checked blobs into the S3 bucket (those already there are kept), then drop them."""
-    from app.storage import StorageUnavailable, make_storage
-
     storage = make_storage(settings)
     for path in sorted(folder.glob("??/??/*")) if folder.is_dir() else []:
         try:
@@ -362,22 +360,3 @@ def _counts(settings: Settings) -> dict[str, int]:
     finally:
         engine.dispose()
     return counts
-
-
-def cmd_restore(settings: Settings, args: Any) -> None:
-    """restore PATH: into an empty DATA_DIR (or over one with --force, server stopped)."""
-    from app.cli import CommandError
-
-    try:
-        summary = restore(settings, Path(args.path), force=args.force)
-    except BackupError as exc:
-        raise CommandError(str(exc)) from None
-    counts = ", ".join(f"{n} {table}" for table, n in summary.counts.items())
-    print(
-        f"restore: {summary.database} database ({counts}) and {summary.blobs} files "
-        f"({human_bytes(summary.bytes)}) into {Path(settings.data_dir).resolve()} "
-        f"in {summary.seconds:.1f} s"
-    )
-    if summary.left_out:
-        print(f"  {summary.left_out} mirror-cached files were not in the backup: fetched on demand")
-    print("  start the server as usual (entrypoint.sh serve): it migrates the schema if needed")

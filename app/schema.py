@@ -1,7 +1,7 @@
 """The database schema beyond the models: the page-cache triggers, which revision a database is
 at, and a new database's schema built in one step.
 
-A start (app/cli.py migrate) leaves a database at the head revision alone without loading
+A start (app/prepare.py migrate) leaves a database at the head revision alone without loading
 alembic, gives a new, empty database `Base.metadata`'s tables plus the triggers and records the
 head revision (what the migrations would build, in a fraction of the time; tests/test_schema.py
 compares the two), and migrates any other database with alembic.

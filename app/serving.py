@@ -69,6 +69,8 @@ def too_large(size: int | None, limit: int, setting: str) -> str:
 
 def init_app(app: Flask) -> None:
     """Refuse large bodies in the app too, before they are read, under any WSGI server."""
+    # Flask and the app's modules are imported here, not at the top: gunicorn's master loads
+    # this module for BufferingWorker and never serves a request.
     from flask import request
 
     from app.errors import HTTPError
@@ -485,7 +487,7 @@ class BufferingWorker(ThreadWorker):
             self.make_room(conn, short.needed_bytes)
             return
         except OSError as exc:  # the temp file could not be written
-            from app.errors import DISK_FULL_ERRNOS
+            from app.errors import DISK_FULL_ERRNOS  # not at the top: see init_app
 
             log.error("cannot keep a request body in %s: %s", self.settings.tmp_dir, exc)
             if exc.errno in DISK_FULL_ERRNOS:
@@ -527,7 +529,7 @@ class BufferingWorker(ThreadWorker):
 
     def refuse_disk_full(self, conn: Connection) -> None:
         """507: the body has no room on DATA_DIR's disk (counted like the app's upload 507)."""
-        from app import metrics
+        from app import metrics  # not at the top: see init_app
         from app.errors import DISK_FULL
 
         metrics.count_write_failure("upload")

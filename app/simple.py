@@ -33,6 +33,7 @@ from app.indexes import (
 from app.models import Index, utcnow
 from app.pagecache import GZIP_MIN_BYTES, GZIP_SUFFIX, Hit, PageCache, PageKey
 from app.upstream import UpstreamError
+from app.web import hook_headers
 
 bp = Blueprint("simple", __name__)
 
@@ -388,8 +389,6 @@ class CachedPages:
     """
 
     def __init__(self, app: Flask, wsgi_app: WSGIApplication) -> None:
-        from app.web import hook_headers
-
         self.wsgi_app = wsgi_app
         self.cache: PageCache = app.extensions["pyshelf.pages"]
         self.fixed, self.hsts = hook_headers(app)

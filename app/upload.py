@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from packaging.version import Version
@@ -32,80 +27,17 @@ from app.dists import (
     parse_filename,
     read_metadata,
 )
-from app.errors import DISK_FULL_ERRNOS, HTTPError, storage_failure
+from app.errors import HTTPError, storage_failure
 from app.indexes import get_index, may_upload
 from app.models import File, Index, Project, User, utcnow
-from app.storage import write_at
+from app.spool import Spool
+from app.web.docs import doc_upload
 
 log = logging.getLogger(__name__)
 bp = Blueprint("upload", __name__)
 
 FORM_MEMORY_BYTES = 16 << 20  # 16 MiB of text fields: long READMEs arrive as `description`
 MAX_FORM_PARTS = 10_000  # classifiers and requires_dist repeat one key per value
-
-
-class Spool:
-    """A file part being received: written to DATA_DIR/tmp and hashed as it arrives."""
-
-    def __init__(
-        self,
-        tmp_dir: Path,
-        make_room: Callable[[int], int] | None = None,
-        expected_bytes: int | None = None,
-    ) -> None:
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload.")
-        # Unbuffered: a write the full disk refuses is cut back whole (write_at), and retried.
-        self.file: IO[bytes] = os.fdopen(fd, "w+b", buffering=0)
-        self.path = Path(name)
-        self.hashes = Hashes()
-        self.make_room = make_room  # evicts mirror files (app/cache.py), once per upload
-        self.expected_bytes = expected_bytes  # the request's Content-Length, if it gave one
-        self.error: OSError | None = None  # the disk filled up: the rest is read and dropped
-
-    def write(self, chunk: bytes) -> int:
-        """Hash and write one chunk (werkzeug's multipart parser calls this).
-
-        On a full disk least recently used mirror files are evicted to make room and the write
-        is tried once more; when it fails again the partial file is emptied and the rest of the
-        body is still read (and dropped), so that the client, still sending, gets the 507
-        rather than a reset.
-        """
-        offset = self.hashes.size
-        self.hashes.update(chunk)
-        if self.error is not None:
-            return len(chunk)
-        try:
-            write_at(self.file, offset, chunk)
-        except OSError as exc:
-            if exc.errno not in DISK_FULL_ERRNOS:
-                raise
-            make_room, self.make_room = self.make_room, None
-            needed = max((self.expected_bytes or 0) - offset, len(chunk))
-            try:
-                if make_room is None or not make_room(needed):
-                    raise
-                write_at(self.file, offset, chunk)
-            except OSError as again:
-                if again.errno not in DISK_FULL_ERRNOS:
-                    raise
-                self.error = again
-                os.ftruncate(self.file.fileno(), 0)  # give the space back now
-        return len(chunk)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.file, name)
-
-    def finish(self) -> None:
-        """Make the received bytes durable before they are renamed into the blob store."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def discard(self) -> None:
-        """Close and delete the temp file if it is still there."""
-        with contextlib.suppress(OSError):  # a full disk fails the flush; the fd still closes
-            self.file.close()
-        self.path.unlink(missing_ok=True)
 
 
 class UploadRequest(Request):
@@ -206,12 +138,7 @@ def _store(
     spool.finish()
     if not storage.exists(spool.hashes.sha256):
         added.append(spool.hashes.sha256)
-    commit_temp = getattr(storage, "commit_temp", None)
-    if commit_temp is not None:
-        commit_temp(spool.hashes.sha256, spool.path)
-    else:
-        spool.file.seek(0)
-        storage.save(spool.hashes.sha256, spool.file)
+    storage.commit_temp(spool.hashes.sha256, spool.path)
     if info.filetype != "bdist_wheel":
         return None  # R41: sidecars for wheels only
     import hashlib
@@ -365,8 +292,6 @@ def upload(user: str, index: str) -> Response:
     if action == "file_upload":
         return _file_upload(found, uploader)
     if action == "doc_upload":  # devpi-client: a zip of built HTML as `content`
-        from app.web.docs import doc_upload
-
         return doc_upload(found, uploader)
     if action in ("submit", "submit_pkg_info"):
         raise HTTPError(

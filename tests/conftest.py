@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from app.cli import bootstrap, migrate
 from app.config import Settings
 from app.db import Database
+from app.prepare import bootstrap, migrate
 from tests import pgserver, s3server, settings_defaults
 from tests.fake_upstream import FakeUpstream
 

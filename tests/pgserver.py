@@ -163,8 +163,8 @@ class PostgresServer:
     def make_migrated_template(self) -> None:
         """A database migrated to head: tests' databases are copies (no migration per test)."""
         from app import locks
-        from app.cli import migrate
         from app.config import Settings
+        from app.prepare import migrate
 
         url = self.create_database(MIGRATED_TEMPLATE)
         migrate(Settings(data_dir=self.root, database_url=url))

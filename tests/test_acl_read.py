@@ -27,12 +27,12 @@ from sqlalchemy import create_engine, text
 from werkzeug.security import generate_password_hash
 
 from app import api, auth, cli, create_app
-from app.cli import bootstrap, migrate
 from app.config import Settings
 from app.db import Database
 from app.devpi_import import Importer
 from app.indexes import Reader, apply_operations, may_read, normalize_config
 from app.models import Index, User
+from app.prepare import bootstrap, migrate
 from app.web import admin
 from tests.builders import make_wheel, zip_bytes
 from tests.conftest import ADMIN_PASSWORD, basic_auth

@@ -406,7 +406,7 @@ def test_bad_configuration_exits_2_before_doing_anything(
 
 
 def test_a_command_of_another_module_fails_in_one_line_under_python_m(tmp_path: Path) -> None:
-    """`python -m app.cli` (entrypoint.sh) reports a CommandError raised in another module
+    """`python -m app.cli` (entrypoint.sh) reports an error raised in another module
     (import-devpi, backup, ...) as one line and exit 1, not as a traceback."""
     env = clean_env(DATA_DIR=str(tmp_path / "data"), ADMIN_PASSWORD=ADMIN_PASSWORD)
 

@@ -12,6 +12,7 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Callable
+from typing import IO
 
 import pytest
 
@@ -22,7 +23,6 @@ from app.dists import (
     InvalidDistribution,
     check_digests,
     check_filetype,
-    hash_stream,
     is_valid_project_name,
     normalize_name,
     parse_filename,
@@ -49,6 +49,14 @@ BAD_EXTENSION = (
     "information"
 )
 MIB = 1024 * 1024
+
+
+def hash_stream(fileobj: IO[bytes], chunk_bytes: int = 1 << 20) -> Hashes:
+    """Hash `fileobj` from its current position to EOF (as app/spool.py hashes uploads)."""
+    hashes = Hashes()
+    while chunk := fileobj.read(chunk_bytes):
+        hashes.update(chunk)
+    return hashes
 
 
 def _read(tmp_path, filename: str, data: bytes) -> dists.CoreMetadata:

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from app.cli import migrate
 from app.config import Settings
 from app.locks import Locks, advisory_key
+from app.prepare import migrate
 from tests import test_mirror
 from tests.operations import sha256
 from tests.test_migrations import TABLES, tables

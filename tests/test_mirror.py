@@ -22,13 +22,13 @@ import pytest
 from sqlalchemy import select
 
 from app import create_app
-from app.cli import bootstrap, migrate
 from app.config import Settings
 from app.db import Database
 from app.locks import Lock, Locks
 from app.metrics import REGISTRY
 from app.mirror import STALE_HEADER, Mirror, _flush_at_exit
 from app.models import Index, MirrorPage, MirrorSidecar, MirrorStats, User
+from app.prepare import bootstrap, migrate
 from app.storage import LocalStorage
 from app.upstream import UpstreamError
 from tests.blobs import stored_blob
@@ -556,7 +556,7 @@ def test_a_new_leader_replaces_a_part_file_left_by_a_killed_worker(mirror_app, m
 
 
 class CopyingStorage:
-    """The Storage protocol's four verbs only (as an object store would offer): no rename."""
+    """A store that copies a finished temp file in (as an object store does): no rename."""
 
     def __init__(self, root: Path) -> None:
         self._local = LocalStorage(root)
@@ -572,6 +572,11 @@ class CopyingStorage:
 
     def delete(self, key: str) -> None:
         self._local.delete(key)
+
+    def commit_temp(self, key: str, tmp_path: Path, *, replace: bool = False) -> None:
+        with open(tmp_path, "rb") as source:  # a copy, as S3Storage uploads one
+            self._local.save(key, source)
+        tmp_path.unlink()
 
 
 def test_a_store_without_rename_gets_a_copy_and_no_part_file_is_left(

@@ -14,8 +14,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, inspect, text
 
 from app import schema
-from app.cli import migrate
 from app.config import Settings
+from app.prepare import migrate
 from tests.conftest import ADMIN_PASSWORD, ROOT, clean_env
 from tests.test_migrations import alembic_config, current_revision
 

@@ -299,8 +299,8 @@ def s3_app(moto: s3server.S3Server, tmp_path: Path) -> Iterator[Any]:
     from dataclasses import replace
 
     from app import create_app
-    from app.cli import bootstrap, migrate
     from app.db import Database
+    from app.prepare import bootstrap, migrate
 
     bucket = moto.create_bucket(s3server.bucket_name(tmp_path / "app"))
     settings = Settings(

@@ -2,8 +2,10 @@
 
 Server-rendered Jinja templates, one stylesheet, no JavaScript. `GET /USER` and
 `GET /USER/INDEX/` belong to app/api.py, which hands browsers to `user_page` and
-`index_page` here (one view per URL: werkzeug cannot route by Accept). Account and admin
-pages are in app/web/admin.py, documentation zips in app/web/docs.py.
+`index_page` here (one view per URL: werkzeug cannot route by Accept). The blueprint `bp`
+and the helpers every page module shares are in app/web/base.py; account and admin pages in
+app/web/admin.py, yank and delete forms in app/web/actions.py, documentation zips in
+app/web/docs.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import datetime as dt
 from urllib.parse import quote, urlsplit
 
 from flask import (
-    Blueprint,
     Flask,
     Response,
     current_app,
@@ -33,13 +34,13 @@ from sqlalchemy import select
 from app import __version__
 from app.auth import authenticated_user, current_reader, require_read, require_user
 from app.db import get_session
+from app.devpi import users_json
 from app.dists import normalize_name
 from app.errors import HTTPError, upstream_failed
 from app.indexes import (
     ProjectView,
     Reader,
     acl_read_of,
-    get_index,
     get_index_by_path,
     is_public,
     may_configure,
@@ -53,16 +54,23 @@ from app.indexes import (
 )
 from app.models import Index, MirrorPage, Project, User
 from app.upstream import UpstreamError, mask_url
-from app.web import docs, pages
-from app.web.render import render_description
-
-bp = Blueprint(
-    "web",
-    __name__,
-    template_folder="templates",
-    static_folder="static",
-    static_url_path="/+static",  # "/static" would shadow a user named "static"
+from app.web import actions, admin, docs, pages  # noqa: F401 - actions, admin add views to bp
+from app.web.base import (
+    bp,
+    current_location,
+    doc_url,
+    file_url,
+    index_or_404,
+    index_url,
+    login_redirect,
+    page_number,
+    project_url,
+    version_url,
+    wants_json,
 )
+from app.web.render import render_description
+from app.web.search import search as run_search
+
 csrf = CSRFProtect()
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -238,85 +246,6 @@ def when(moment: dt.datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
 
 
-def index_url(path: str) -> str:
-    """The web page of an index."""
-    return f"{request.script_root}/{quote(path)}/"
-
-
-def project_url(index_path: str, name: str) -> str:
-    """The web page of a project on an index."""
-    return f"{request.script_root}/{quote(index_path)}/{quote(normalize_name(name))}/"
-
-
-def version_url(index_path: str, name: str, version: str) -> str:
-    """The web page of a version."""
-    return f"{project_url(index_path, name)}{quote(version)}/"
-
-
-def doc_url(index_path: str, name: str, version: str, path: str = "") -> str:
-    """Where a version's documentation is served."""
-    return f"{version_url(index_path, name, version)}+doc/{quote(path)}"
-
-
-def file_url(path: str) -> str:
-    """A release file's `+f` URL from its path below the site root."""
-    return f"{request.script_root}/{path}"
-
-
-def wants_json() -> bool:
-    """Whether the client ranks JSON at least as high as HTML.
-
-    Browsers always name text/html (and rank `*/*` lower); API clients name application/json;
-    a bare `*/*` (curl, requests) or no Accept at all ties, and gets the JSON it always got.
-    """
-    accept = request.accept_mimetypes
-    return accept.quality("application/json") >= accept.quality("text/html")
-
-
-def page_number() -> int:
-    """The `?page=` argument, 1 when absent or invalid."""
-    try:
-        return max(1, int(request.args.get("page", "1")))
-    except ValueError:
-        return 1
-
-
-def safe_next(target: str | None) -> str:
-    """A local path to go back to after login; anything else (other sites) goes home."""
-    home_url = f"{request.script_root}/"
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return home_url
-    if any(ord(c) < 0x20 for c in target):
-        return home_url
-    parts = urlsplit(target)
-    return home_url if parts.scheme or parts.netloc else target
-
-
-def current_location() -> str:
-    """This request's path and query, to come back to after logging in."""
-    full = request.script_root + request.full_path
-    return full[:-1] if full.endswith("?") else full
-
-
-def login_redirect() -> Response:
-    """Send an anonymous visitor to the login page, and back here afterwards."""
-    return redirect(url_for("web.login", next=current_location()))
-
-
-def back(default: str) -> Response:
-    """Redirect after a form: to the form's `next` field when local, else `default`."""
-    target = request.form.get("next")
-    return redirect(safe_next(target) if target else default, 303)
-
-
-def index_or_404(user: str, index: str) -> Index:
-    """The index `user/index`, or 404."""
-    found = get_index(get_session(), user, index)
-    if found is None:
-        raise HTTPError(404, f"Index {user}/{index} does not exist.")
-    return found
-
-
 def require_read_page(index: Index) -> Reader | None:
     """require_read for web pages: a browser without credentials goes to the login page (and
     back) instead of getting the 401 challenge, which would open its password dialog. API
@@ -381,8 +310,6 @@ def home() -> Response | str:
     """The indexes on this server, with a search box; JSON of the users for API clients."""
     accept = request.accept_mimetypes
     if accept.quality("application/json") > accept.quality("text/html"):  # not for */*
-        from app.api import users_json
-
         return users_json()  # `devpi use -l`, `devpi user -l`
     rows = pages.all_indexes(get_session())
     shown = readable_rows(rows)
@@ -394,8 +321,6 @@ def home() -> Response | str:
 @bp.get("/+search", endpoint="search")
 def search_page() -> str:
     """Projects of every index whose name or summary matches `q`, best matches first."""
-    from app.web.search import search as run_search
-
     query = request.args.get("q", "").strip()
     page = page_number()
     hits = []
@@ -703,6 +628,3 @@ def doc_upload(user: str, index: str, project: str, version: str) -> Response:
     docset = docs.store_docs(found, project, version, caller, part)
     flash(f"Documentation of {docset.normalized_name} {docset.version} uploaded.", "info")
     return redirect(version_url(found.path, docset.normalized_name, docset.version), 303)
-
-
-from app.web import actions, admin  # noqa: E402, F401 - they add their views to bp

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from flask import Response, flash, redirect, request
 from packaging.version import Version
-from sqlalchemy import delete, func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import authenticated_user
 from app.db import begin_write, get_session
 from app.dists import normalize_name
 from app.errors import HTTPError
-from app.models import DocSet, File, Index, Project, User
-from app.web import bp, index_or_404, index_url, login_redirect, project_url, version_url
+from app.indexes import delete_files, has_version
+from app.models import File, Index, Project, User
+from app.web.base import bp, index_or_404, index_url, login_redirect, project_url, version_url
 
 MAX_REASON_CHARS = 1000
 
@@ -109,7 +110,7 @@ def delete_release(user: str, index: str, project: str, version: str) -> Respons
             raise HTTPError(404, f"No file {filename} in {project} {version} on {found.path}.")
     project_id = files[0].project_id
     is_project_left = delete_files(session, found, files)
-    version_left = is_project_left and _version_left(session, project_id, version)
+    version_left = is_project_left and has_version(session, project_id, version)
     session.commit()
     flash(f"Deleted {', '.join(f.filename for f in files)}.", "info")
     if version_left:
@@ -117,43 +118,3 @@ def delete_release(user: str, index: str, project: str, version: str) -> Respons
     if is_project_left:
         return redirect(project_url(found.path, project), 303)
     return redirect(index_url(found.path), 303)
-
-
-def delete_files(session: Session, index: Index, files: list[File]) -> bool:
-    """Delete release files of one project on `index` (the caller commits); say whether the
-    project is still there.
-
-    A version's docs go with its last file, and the project with its last file and doc set
-    (also for devpi-client's DELETEs in app/devpi.py).
-    """
-    project_id = files[0].project_id
-    normalized = files[0].project.normalized_name
-    versions = {f.version for f in files}
-    for record in files:
-        session.delete(record)
-    session.flush()
-    for version in versions:
-        if not _version_left(session, project_id, version):
-            session.execute(
-                delete(DocSet).where(
-                    DocSet.index_id == index.id,
-                    DocSet.normalized_name == normalized,
-                    DocSet.version == str(Version(version)),
-                )
-            )
-    remaining = session.scalar(select(func.count()).where(File.project_id == project_id))
-    has_docs = session.scalar(
-        select(func.count()).where(
-            DocSet.index_id == index.id, DocSet.normalized_name == normalized
-        )
-    )
-    if remaining or has_docs:
-        return True
-    session.execute(delete(Project).where(Project.id == project_id))
-    return False
-
-
-def _version_left(session: Session, project_id: int, version: str) -> bool:
-    wanted = Version(version)
-    versions = session.scalars(select(File.version).where(File.project_id == project_id))
-    return any(Version(v) == wanted for v in versions)

@@ -16,8 +16,9 @@ from flask import (
 )
 from sqlalchemy import select
 
-from app.api import MIN_PASSWORD_CHARS, USERNAME_RE
 from app.auth import (
+    MIN_PASSWORD_CHARS,
+    USERNAME_RE,
     authenticated_user,
     bind_session,
     end_session,
@@ -27,6 +28,7 @@ from app.auth import (
     verify_password,
 )
 from app.db import begin_write, get_session
+from app.devpi import json_login
 from app.errors import HTTPError
 from app.indexes import (
     IndexConfigError,
@@ -45,7 +47,7 @@ from app.indexes import (
 from app.models import Index, Token, User
 from app.throttle import LoginThrottled
 from app.upstream import mask_url
-from app.web import back, bp, index_or_404, index_url, login_redirect, safe_next
+from app.web.base import back, bp, index_or_404, index_url, login_redirect, safe_next
 from app.web.pages import all_indexes
 
 MAX_DESCRIPTION_CHARS = 255
@@ -58,8 +60,6 @@ MAX_DESCRIPTION_CHARS = 255
 def login() -> Response | str | tuple[str, int, dict[str, str]]:
     """The login form; a successful login goes back to `next` (a path on this site)."""
     if request.method == "POST" and request.is_json:  # devpi-client: {"user", "password"}
-        from app.devpi import json_login
-
         return json_login()
     target = safe_next(request.values.get("next"))
     if request.method == "GET":

@@ -50,6 +50,7 @@ from app.dists import normalize_name
 from app.errors import HTTPError
 from app.indexes import Reader, may_read, readable_order
 from app.models import DocSet, Index, Project, User, utcnow
+from app.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,6 @@ def normalize_version(version: str) -> str:
 
 def store_docs(index: Index, project: str, version: str, user: User, part: FileStorage) -> DocSet:
     """Check and store an uploaded documentation zip for `project` `version` on `index`."""
-    from app.upload import Spool
-
     if index.is_mirror:
         raise HTTPError(403, f"Index {index.path} is a mirror and takes no documentation.")
     session = get_session()
@@ -224,12 +223,7 @@ def store_docs(index: Index, project: str, version: str, user: User, part: FileS
     # Orphan removal (verify --repair) must not delete the blob between store and record.
     with BlobLock(settings).shared():
         if not storage.exists(sha256):
-            commit_temp = getattr(storage, "commit_temp", None)
-            if commit_temp is not None:
-                commit_temp(sha256, path)
-            else:
-                with open(path, "rb") as source:
-                    storage.save(sha256, source)
+            storage.commit_temp(sha256, path)
         try:
             docset = _record(session, index, normalized, version, values)
         except IntegrityError:  # another worker created the same doc set first: replace it

@@ -13,6 +13,7 @@ from packaging.version import Version
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.db import get_session
 from app.dists import InvalidDistribution, parse_filename
 from app.indexes import ProjectView, Reader, readable_order
 from app.models import File, Index, MirrorHolding, MirrorPage, Project, User
@@ -241,8 +242,6 @@ def file_rows(view: ProjectView, mirror_paths: set[str]) -> list[FileRow]:
 def _held(keys: set[str | None]) -> set[tuple[str, str | None]]:
     """(mirror path, key) of the keys a mirror holds (fetched itself; one query): the blob store
     is shared, and another index's blob under the same key is not this mirror's to show."""
-    from app.db import get_session
-
     wanted = [key for key in keys if key]
     if not wanted:
         return set()

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 
 from app import create_app
-from app.cli import bootstrap, migrate
 from app.config import Settings
 from app.db import Database
 from app.models import MirrorPage
+from app.prepare import bootstrap, migrate
 from app.web import pages
 from tests.builders import make_wheel, wheel_metadata
 from tests.fake_upstream import FakeUpstream

@@ -114,8 +114,8 @@ def test_the_migration_fills_summaries_of_projects_uploaded_before_it(tmp_path: 
     from alembic.config import Config
     from sqlalchemy import create_engine, text
 
-    from app.cli import MIGRATIONS_DIR
     from app.config import Settings
+    from app.schema import MIGRATIONS_DIR
 
     settings = Settings(data_dir=tmp_path)
     config = Config()
