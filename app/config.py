@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MIRROR_URL = "https://pypi.tuna.tsinghua.edu.cn/simple/"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - an appliance serves the LAN
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
@@ -71,6 +72,7 @@ class Kind:
     parse: Callable[[str, str], Any]
     empty: Any = ""  # the value of a row whose default is empty
     strip: bool = True  # False: the text counts as given, spaces and all (a password)
+    secret: bool = False  # kept out of repr(Settings), so out of logs and tracebacks
 
 
 def _text(name: str, text: str) -> str:
@@ -163,7 +165,7 @@ def _choice(words: tuple[str, ...], case: Callable[[str], str], hint: str) -> Ki
             raise ValueError(f"{name}={word!r}: {hint}")
         return word
 
-    return Kind(" or ".join(words), parse)
+    return Kind(f"{', '.join(words[:-1])} or {words[-1]}", parse)
 
 
 def _http_url(what: str) -> Callable[[str, str], str]:
@@ -240,9 +242,10 @@ def _storage_url(name: str, text: str) -> str:
     return text
 
 
-ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - an appliance serves the LAN
 TEXT = Kind("text", _text)
-PASSWORD = Kind("text", _text, strip=False)
+SECRET = Kind("secret", _text, secret=True)
+PASSWORD = Kind("secret", _text, strip=False, secret=True)
+SQL_URL = Kind("URL", _text)  # checked with SECRET_KEY, in _problems_between
 OPTIONAL_TEXT = Kind("text", _text, empty=None)
 FILE = Kind("file", _text, empty=None)
 FOLDER = Kind("folder", lambda name, text: Path(text))
@@ -287,7 +290,7 @@ class Setting:
     default: str
     meaning: str
     section: str
-    docker: str = ""  # the value the Docker image sets instead (.env.example leaves it out)
+    docker: str = ""  # the value the Docker image sets instead (.env.example comments it out)
 
     def parse(self, text: str) -> Any:
         """The value of this variable's text (empty: the default); ValueError when bad."""
@@ -306,11 +309,10 @@ def setting(
     *,
     meaning: str,
     docker: str = "",
-    secret: bool = False,
 ) -> Any:
-    """A field of Settings read from the variable `env`; `secret` keeps it out of repr()."""
+    """A field of Settings read from the variable `env`, as the row of the table says."""
     row = Setting(env, kind, default, " ".join(meaning.split()), section, docker)
-    return field(default=row.parse(""), repr=not secret, metadata={"setting": row})
+    return field(default=row.parse(""), repr=not kind.secret, metadata={"setting": row})
 
 
 SERVER = "Server"
@@ -353,7 +355,7 @@ class Settings:
     admin_user: str = setting(ACCOUNTS, "ADMIN_USER", USER_NAME, "admin", meaning="""
         The superuser created on the first start (also owner of the stage index
         ADMIN_USER/dev).""")
-    admin_password: str = setting(ACCOUNTS, "ADMIN_PASSWORD", PASSWORD, "", secret=True, meaning="""
+    admin_password: str = setting(ACCOUNTS, "ADMIN_PASSWORD", PASSWORD, "", meaning="""
         Empty on the very first start: a strong password is generated and printed once in the
         log. Set later, the new password is applied at the next start.""")
 
@@ -413,10 +415,10 @@ class Settings:
     docs_max_files: int = setting(LIMITS, "DOCS_MAX_FILES", NUMBER, "5000", meaning="""
         The most members a documentation zip may hold.""")
 
-    database_url: str = setting(DATABASE, "DATABASE_URL", TEXT, "", meaning="""
+    database_url: str = setting(DATABASE, "DATABASE_URL", SQL_URL, "", meaning="""
         Empty: SQLite in DATA_DIR/pyshelf.sqlite3. Several replicas share one PostgreSQL
         database: postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE (then set SECRET_KEY).""")
-    secret_key: str = setting(DATABASE, "SECRET_KEY", TEXT, "", secret=True, meaning="""
+    secret_key: str = setting(DATABASE, "SECRET_KEY", SECRET, "", meaning="""
         Signs web sessions and form tokens. Empty: generated once into DATA_DIR/secret_key.
         Required with PostgreSQL, the same on every replica: python3 -c 'import secrets;
         print(secrets.token_hex(32))'""")
@@ -439,7 +441,7 @@ class Settings:
         The bucket's access key. Empty: boto3's own chain (its environment variables, ~/.aws,
         an instance or task role).""")
     s3_secret_access_key: str = setting(
-        STORAGE_SECTION, "AWS_SECRET_ACCESS_KEY", TEXT, "", secret=True, meaning="""
+        STORAGE_SECTION, "AWS_SECRET_ACCESS_KEY", SECRET, "", meaning="""
         The secret of AWS_ACCESS_KEY_ID.""")
     s3_redirect: bool = setting(STORAGE_SECTION, "S3_REDIRECT", BOOLEAN, "false", meaning="""
         true: a file download answers 302 to a presigned S3 URL (5 minutes) instead of
@@ -464,7 +466,7 @@ class Settings:
         text, or json: one JSON object per line (time, level, logger, message, request_id,
         ...), gunicorn's lines too.""")
 
-    metrics_token: str = setting(MONITORING, "METRICS_TOKEN", TEXT, "", secret=True, meaning="""
+    metrics_token: str = setting(MONITORING, "METRICS_TOKEN", SECRET, "", meaning="""
         GET /+metrics (Prometheus) answers superusers, and "Authorization: Bearer TOKEN" when
         this is TOKEN. The token also shows the error texts in GET /+status (as a superuser's
         login does).""")
