@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEVPI_VENV := .venv-devpi
 export DATA_DIR ?= ./data
 
-.PHONY: help run test test-robustness test-scale test-fast test-container chromium postgres lint format bench bench-quick bench-backends bench-backends-quick bench-mirror clean
+.PHONY: help run test test-robustness test-scale test-fast test-container chromium postgres lint format docs bench bench-quick bench-backends bench-backends-quick bench-mirror clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -61,6 +61,9 @@ test-container: $(VENV)/.installed ## build the image with podman (installed if 
 lint: $(VENV)/.installed ## ruff check and format check
 	$(VENV)/bin/ruff check app tests bench migrations/env.py gunicorn.conf.py
 	$(VENV)/bin/ruff format --check app tests bench gunicorn.conf.py
+
+docs: $(VENV)/.installed ## write docs/configuration.md and .env.example from the settings table in app/config.py
+	$(PY) -m app.config markdown > docs/configuration.md && $(PY) -m app.config env-example > .env.example
 
 format: $(VENV)/.installed ## apply ruff format and fixes
 	$(VENV)/bin/ruff format app tests bench gunicorn.conf.py

@@ -1,19 +1,24 @@
-"""Settings from environment variables: the only place that reads os.environ."""
+"""Settings from environment variables: one table of them, and the only place that reads them."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import sys
+import textwrap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MIRROR_URL = "https://pypi.tuna.tsinghua.edu.cn/simple/"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - an appliance serves the LAN
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 class ConfigError(ValueError):
@@ -54,63 +59,429 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
+# --- kinds: how a variable's text becomes a value ---------------------------------------------
+# Each parser takes the variable's name and its (non-empty) text and raises ValueError with one
+# line per problem, naming the variable; an empty variable means the row's default instead.
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the text of a variable reads: its parser, its name in the docs, what empty means."""
+
+    label: str  # the "type" column of docs/configuration.md
+    parse: Callable[[str, str], Any]
+    empty: Any = ""  # the value of a row whose default is empty
+    strip: bool = True  # False: the text counts as given, spaces and all (a password)
+    secret: bool = False  # kept out of repr(Settings), so out of logs and tracebacks
+
+
+def _text(name: str, text: str) -> str:
+    return text
+
+
+def _integer(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a number") from None
+    if value < 0:
+        raise ValueError(f"{name}={text!r} must not be negative")
+    return value
+
+
+def _decimal(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a number") from None
+    if value < 0:
+        raise ValueError(f"{name}={text!r} must not be negative")
+    return value
+
+
+def _at_least_one(name: str, text: str) -> int:
+    value = _integer(name, text)
+    if value < 1:
+        raise ValueError(f"{name}={text!r}: at least 1")
+    return value
+
+
+def _port(name: str, text: str) -> int:
+    value = _integer(name, text)
+    if not 1 <= value <= 65_535:
+        raise ValueError(f"{name}={text!r}: a port is 1 to 65535")
+    return value
+
+
+def _request_timeout(name: str, text: str) -> float:
+    value = _decimal(name, text)
+    if value < 1:
+        raise ValueError(f"{name}={value!r}: at least 1 second")
+    return value
+
+
+def _size(name: str, text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _request_body_size(name: str, text: str) -> int:
+    size = _size(name, text)
+    if size < 1024:
+        raise ValueError(f"{name}={text!r}: at least 1K, or logins and API calls are refused")
+    return size
+
+
+def _cache_cap(name: str, text: str) -> int:
+    size = _size(name, text)
+    if size == 0:
+        raise ValueError(f"{name}=0 would evict every file; leave it empty")
+    return size
+
+
+def _lifetime(name: str, text: str) -> int:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if seconds == 0:
+        raise ValueError(f"{name}=0 would end every session at once")
+    return seconds
+
+
+def _boolean(name: str, text: str) -> bool:
+    word = text.lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError(f"{name}={word!r}: use true or false")
+    return word in _TRUE
+
+
+def _choice(words: tuple[str, ...], case: Callable[[str], str], hint: str) -> Kind:
+    def parse(name: str, text: str) -> str:
+        word = case(text)
+        if word not in words:
+            raise ValueError(f"{name}={word!r}: {hint}")
+        return word
+
+    return Kind(f"{', '.join(words[:-1])} or {words[-1]}", parse)
+
+
+def _http_url(what: str) -> Callable[[str, str], str]:
+    def parse(name: str, text: str) -> str:
+        if not re.match(r"^https?://[^/]+", text):
+            raise ValueError(f"{name} must be an http(s) URL{what}, not {text!r}")
+        return text
+
+    return parse
+
+
+def _user_name(name: str, text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text):
+        raise ValueError(f"{name}={text!r}: use letters, digits, '.', '_' or '-'")
+    return text
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _networks(name: str, text: str) -> tuple[str, ...]:
+    items, problems = _items(text), []
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            problems.append(
+                f"{name}: {item!r} is not an IP address or network "
+                "(use CIDR, e.g. 10.0.0.0/8,fd00::/8)"
+            )
+    if problems:
+        raise ValueError("\n".join(problems))
+    return tuple(items)
+
+
+def _proxies(name: str, text: str) -> tuple[str, ...]:
+    items, problems = _items(text), []
+    for item in items:
+        try:
+            if item != "*":
+                ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            problems.append(f"{name}: {item!r} is not an IP address, network or *")
+    if problems:
+        raise ValueError("\n".join(problems))
+    return tuple(items)
+
+
+def _hosts(name: str, text: str) -> tuple[str, ...]:
+    hosts = [host.lower() for host in _items(text)]
+    problems = [
+        f"{name}: {host!r} is not a host name (no scheme or port)"
+        for host in hosts
+        if not re.fullmatch(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]", host)
+    ]
+    if problems:
+        raise ValueError("\n".join(problems))
+    return tuple(hosts)
+
+
+def _path_prefix(name: str, text: str) -> str:
+    prefix = text.strip("/")  # "" and "/" both mean the root
+    return f"/{prefix}" if prefix else ""
+
+
+def _storage_url(name: str, text: str) -> str:
+    from app.storage import parse_storage_url  # app.storage imports this module
+
+    try:
+        parse_storage_url(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return text
+
+
+TEXT = Kind("text", _text)
+SECRET = Kind("secret", _text, secret=True)
+PASSWORD = Kind("secret", _text, strip=False, secret=True)
+SQL_URL = Kind("URL", _text)  # checked with SECRET_KEY, in _problems_between
+OPTIONAL_TEXT = Kind("text", _text, empty=None)
+FILE = Kind("file", _text, empty=None)
+FOLDER = Kind("folder", lambda name, text: Path(text))
+URL = Kind("URL", _http_url(" of a simple index"))
+OPTIONAL_URL = Kind("URL", _http_url(""), empty=None)
+STORAGE = Kind("URL", _storage_url)
+PREFIX = Kind("path", _path_prefix)
+USER_NAME = Kind("name", _user_name)
+NUMBER = Kind("number", _integer)
+WORKERS = Kind("number", _at_least_one, empty=None)
+THREADS = Kind("number", _at_least_one)
+PORT = Kind("number", _port)
+SECONDS = Kind("seconds", _integer)
+DECIMAL_SECONDS = Kind("seconds", _decimal)
+REQUEST_SECONDS = Kind("seconds", _request_timeout)
+DURATION = Kind("duration", _lifetime)
+SIZE = Kind("size", _size)
+BODY_SIZE = Kind("size", _request_body_size)
+CACHE_SIZE = Kind("size", _cache_cap, empty=None)
+BOOLEAN = Kind("true or false", _boolean)
+NETWORKS = Kind("networks", _networks, empty=())
+PROXIES = Kind("networks or *", _proxies, empty=())
+HOSTS = Kind("host names", _hosts, empty=())
+LOG_LEVELS = _choice(
+    ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    str.upper,
+    "use DEBUG, INFO, WARNING or ERROR",
+)
+LOG_FORMATS = _choice(("text", "json"), str.lower, "use text or json")
+MIRROR_CREATORS = _choice(("superuser", "users"), str.lower, "use superuser or users")
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, kind, default (as it would be written) and meaning."""
+
+    env: str
+    kind: Kind
+    default: str
+    meaning: str
+    section: str
+    docker: str = ""  # the value the Docker image sets instead (.env.example comments it out)
+
+    def parse(self, text: str) -> Any:
+        """The value of this variable's text (empty: the default); ValueError when bad."""
+        if self.kind.strip:
+            text = text.strip()
+        if not text:
+            return self.kind.parse(self.env, self.default) if self.default else self.kind.empty
+        return self.kind.parse(self.env, text)
+
+
+def setting(
+    section: str,
+    env: str,
+    kind: Kind,
+    default: str,
+    *,
+    meaning: str,
+    docker: str = "",
+) -> Any:
+    """A field of Settings read from the variable `env`, as the row of the table says."""
+    row = Setting(env, kind, default, " ".join(meaning.split()), section, docker)
+    return field(default=row.parse(""), repr=not kind.secret, metadata={"setting": row})
+
+
+SERVER = "Server"
+ACCOUNTS = "First start"
+MIRROR = "Mirror and upstream"
+LIMITS = "Requests and uploads"
+DATABASE = "Database and sessions"
+STORAGE_SECTION = "File storage"
+PROCESSES = "Workers and logs"
+MONITORING = "Metrics and status"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything pyshelf can be told; built by `from_env`, or directly by tests."""
 
-    data_dir: Path
-    database_url: str = ""
-    secret_key: str = ""
-    admin_user: str = "admin"
-    admin_password: str = ""
-    mirror_url: str = DEFAULT_MIRROR_URL
-    mirror_cache_expiry_seconds: int = 1800  # 30 minutes
-    mirror_not_found_seconds: int = 300  # 5 minutes: how long an upstream 404 is believed
-    upstream_connect_timeout_seconds: float = 10.0
-    upstream_read_timeout_seconds: float = 30.0
-    upstream_retries: int = 2
-    upstream_ca_bundle: str | None = None
-    # UPSTREAM_ALLOW_PRIVATE: networks upstream requests may reach although not public
-    # (loopback, link-local, RFC 1918, ULA, ...); empty: only public addresses (app/egress.py).
-    upstream_allow_private: tuple[str, ...] = ()
-    # MIRROR_FILE_HOSTS: when set, the only hosts (besides a mirror's own upstream host) that
-    # file links on mirrored pages may point at; empty: any host with a public address.
-    mirror_file_hosts: tuple[str, ...] = ()
-    mirror_create: str = "superuser"  # MIRROR_CREATE: who may create mirrors, set mirror_url
-    max_upload_bytes: int = 1 << 30  # 1 GiB
-    # MAX_REQUEST_BODY: the largest body of any other request (a login, a JSON API call);
-    # bigger ones are refused with 413 before they are read (app/serving.py).
-    max_request_body_bytes: int = 1 << 20  # 1 MiB
-    # REQUEST_TIMEOUT: seconds a client has to send a request's head and body, plus one second
-    # per MIN_UPLOAD_BYTES_PER_SECOND of body received (app/serving.py); then 408.
-    request_timeout_seconds: float = 30.0
-    script_name: str = ""  # SCRIPT_NAME: "/pypi" when a proxy passes the full path; "" the root
-    docs_max_bytes: int = 200 << 20  # 200 MiB uncompressed per documentation zip
-    docs_max_files: int = 5000  # entries per documentation zip
-    log_level: str = "INFO"
-    log_format: str = "text"  # LOG_FORMAT: "text" lines, or "json" (one object per line)
-    access_log: bool = True  # ACCESS_LOG: one line per request, with its request id
-    # MIRROR_CACHE_MAX_SIZE: mirror-cached files beyond this are evicted, least recently used
-    # first; None keeps everything. Uploads never count and are never evicted.
-    mirror_cache_max_bytes: int | None = None
-    metrics_token: str = ""  # METRICS_TOKEN: /+metrics also answers "Bearer <token>"
-    metrics_public: bool = False  # METRICS_PUBLIC: /+metrics answers anyone (no private names)
-    session_lifetime_seconds: int = 43_200  # SESSION_LIFETIME: 12 hours from login
-    status_min_free_bytes: int = 100 << 20  # STATUS_MIN_FREE_SPACE: /+status is 503 below it
-    # PROMETHEUS_MULTIPROC_DIR: set by gunicorn.conf.py so every worker's metrics add up.
+    # A table, one row per variable with its meaning below it: kept as written.
+    # fmt: off
+    data_dir: Path = setting(  # noqa: RUF009 - setting() returns a field()
+        SERVER, "DATA_DIR", FOLDER, "./data", docker="/data", meaning="""
+        Where all state lives: the SQLite database, the blobs, the secret key.""")
+    host: str = setting(SERVER, "HOST", TEXT, ALL_INTERFACES, meaning="""
+        The address gunicorn listens on.""")
+    port: int = setting(SERVER, "PORT", PORT, "3141", meaning="""
+        The port gunicorn listens on.""")
+    tls_cert: str | None = setting(SERVER, "TLS_CERT", FILE, "", meaning="""
+        HTTPS without a proxy: the PEM certificate (chain), readable by the user pyshelf runs
+        as (uid 10001 in the image). Set TLS_CERT and TLS_KEY both, or neither (plain HTTP).""")
+    tls_key: str | None = setting(SERVER, "TLS_KEY", FILE, "", meaning="""
+        The private key of TLS_CERT (PEM), readable by pyshelf.""")
+    forwarded_allow_ips: tuple[str, ...] = setting(
+        SERVER, "FORWARDED_ALLOW_IPS", PROXIES, "127.0.0.1,::1", meaning="""
+        Reverse proxies whose X-Forwarded-For/-Proto/-Host/-Prefix headers are believed:
+        addresses or networks, comma-separated, or * (only when nothing but the proxy can
+        reach pyshelf).""")
+    script_name: str = setting(SERVER, "SCRIPT_NAME", PREFIX, "", meaning="""
+        The path pyshelf is served under (/pypi) when a proxy passes the full path instead of
+        sending X-Forwarded-Prefix. Empty: the root.""")
+
+    admin_user: str = setting(ACCOUNTS, "ADMIN_USER", USER_NAME, "admin", meaning="""
+        The superuser created on the first start (also owner of the stage index
+        ADMIN_USER/dev).""")
+    admin_password: str = setting(ACCOUNTS, "ADMIN_PASSWORD", PASSWORD, "", meaning="""
+        Empty on the very first start: a strong password is generated and printed once in the
+        log. Set later, the new password is applied at the next start.""")
+
+    mirror_url: str = setting(MIRROR, "MIRROR_URL", URL, DEFAULT_MIRROR_URL, meaning="""
+        The upstream simple index that root/pypi mirrors; a changed value is applied at the
+        next start. Credentials may be given as https://user:password@host/simple/: they are
+        sent as a header, never shown.""")
+    mirror_cache_expiry_seconds: int = setting(
+        MIRROR, "MIRROR_CACHE_EXPIRY", SECONDS, "1800", meaning="""
+        Seconds a mirrored project page is used before it is revalidated (304 when unchanged);
+        per index: mirror_cache_expiry.""")
+    mirror_not_found_seconds: int = setting(
+        MIRROR, "MIRROR_NOT_FOUND_EXPIRY", SECONDS, "300", meaning="""
+        Seconds an upstream "404 no such project" is believed.""")
+    upstream_connect_timeout_seconds: float = setting(
+        MIRROR, "UPSTREAM_CONNECT_TIMEOUT", DECIMAL_SECONDS, "10", meaning="""
+        Seconds to connect to the upstream.""")
+    upstream_read_timeout_seconds: float = setting(
+        MIRROR, "UPSTREAM_READ_TIMEOUT", DECIMAL_SECONDS, "30", meaning="""
+        Seconds the upstream may stay silent while it answers.""")
+    upstream_retries: int = setting(MIRROR, "UPSTREAM_RETRIES", NUMBER, "2", meaning="""
+        Retries (with backoff) of failed idempotent upstream requests.""")
+    upstream_ca_bundle: str | None = setting(MIRROR, "UPSTREAM_CA_BUNDLE", FILE, "", meaning="""
+        A CA bundle (PEM file) for an upstream behind a private CA. HTTPS_PROXY, HTTP_PROXY
+        and NO_PROXY are honoured as usual.""")
+    upstream_allow_private: tuple[str, ...] = setting(
+        MIRROR, "UPSTREAM_ALLOW_PRIVATE", NETWORKS, "", meaning="""
+        Upstream requests (pages, files, redirects) connect only to public addresses:
+        loopback, link-local (169.254.169.254), private (10/8, 172.16/12, 192.168/16,
+        fc00::/7) and other non-public ones are refused. Networks listed here (CIDR,
+        comma-separated) are allowed anyway, e.g. 10.20.0.0/16 for an internal mirror.
+        MIRROR_URL's own host:port is always allowed for root/pypi. Through HTTPS_PROXY only
+        the target's local DNS answer is checked.""")
+    mirror_file_hosts: tuple[str, ...] = setting(MIRROR, "MIRROR_FILE_HOSTS", HOSTS, "", meaning="""
+        Host names that file links on mirrored pages may point at, besides the mirror's own
+        upstream host (comma-separated). Empty: any host with a public address.""")
+    mirror_create: str = setting(MIRROR, "MIRROR_CREATE", MIRROR_CREATORS, "superuser", meaning="""
+        Who may create mirror indexes and set mirror_url (which makes this server fetch URLs):
+        superuser, or users (every logged-in user). The command line is never restricted.""")
+    mirror_cache_max_bytes: int | None = setting(
+        MIRROR, "MIRROR_CACHE_MAX_SIZE", CACHE_SIZE, "", meaning="""
+        The most bytes of files the mirror cached (e.g. 50G). Beyond it the least recently
+        downloaded are removed; a later request fetches them again. Uploads never count and
+        are never removed. Empty: no cap.""")
+
+    max_upload_bytes: int = setting(LIMITS, "MAX_UPLOAD_SIZE", SIZE, "1G", meaning="""
+        The largest file an upload may send.""")
+    max_request_body_bytes: int = setting(LIMITS, "MAX_REQUEST_BODY", BODY_SIZE, "1M", meaning="""
+        The largest request body on any other URL (logins, the JSON API, web forms): larger
+        ones are refused with 413 before they are read.""")
+    request_timeout_seconds: float = setting(
+        LIMITS, "REQUEST_TIMEOUT", REQUEST_SECONDS, "30", meaning="""
+        Seconds a client has to send a whole request (head and body), plus one second per
+        50 kB of body received (a large upload over a slow link still completes); then 408.""")
+    docs_max_bytes: int = setting(LIMITS, "DOCS_MAX_SIZE", SIZE, "200M", meaning="""
+        The most bytes a documentation zip may unpack to (stops zip bombs).""")
+    docs_max_files: int = setting(LIMITS, "DOCS_MAX_FILES", NUMBER, "5000", meaning="""
+        The most members a documentation zip may hold.""")
+
+    database_url: str = setting(DATABASE, "DATABASE_URL", SQL_URL, "", meaning="""
+        Empty: SQLite in DATA_DIR/pyshelf.sqlite3. Several replicas share one PostgreSQL
+        database: postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE (then set SECRET_KEY).""")
+    secret_key: str = setting(DATABASE, "SECRET_KEY", SECRET, "", meaning="""
+        Signs web sessions and form tokens. Empty: generated once into DATA_DIR/secret_key.
+        Required with PostgreSQL, the same on every replica: python3 -c 'import secrets;
+        print(secrets.token_hex(32))'""")
+    session_lifetime_seconds: int = setting(
+        DATABASE, "SESSION_LIFETIME", DURATION, "12h", meaning="""
+        How long a web login lasts from the moment of login: 30m, 8h, 2d, or seconds. Logging
+        out ends it sooner (on the server: a copied cookie stops working too).""")
+
+    storage_url: str = setting(STORAGE_SECTION, "STORAGE_URL", STORAGE, "", meaning="""
+        Where file contents (blobs) live: empty or file:///FOLDER for local disk (default
+        DATA_DIR/blobs), or s3://BUCKET/PREFIX for an S3-compatible bucket.""")
+    s3_endpoint_url: str | None = setting(
+        STORAGE_SECTION, "S3_ENDPOINT_URL", OPTIONAL_URL, "", meaning="""
+        The S3 API's address for MinIO, Ceph and other stores (e.g. http://minio:9000). Empty:
+        AWS.""")
+    s3_region: str | None = setting(STORAGE_SECTION, "S3_REGION", OPTIONAL_TEXT, "", meaning="""
+        The bucket's region (AWS; most other stores ignore it). Empty: boto3's
+        AWS_DEFAULT_REGION.""")
+    s3_access_key_id: str = setting(STORAGE_SECTION, "AWS_ACCESS_KEY_ID", TEXT, "", meaning="""
+        The bucket's access key. Empty: boto3's own chain (its environment variables, ~/.aws,
+        an instance or task role).""")
+    s3_secret_access_key: str = setting(
+        STORAGE_SECTION, "AWS_SECRET_ACCESS_KEY", SECRET, "", meaning="""
+        The secret of AWS_ACCESS_KEY_ID.""")
+    s3_redirect: bool = setting(STORAGE_SECTION, "S3_REDIRECT", BOOLEAN, "false", meaning="""
+        true: a file download answers 302 to a presigned S3 URL (5 minutes) instead of
+        streaming the bytes through pyshelf; clients must reach the S3 endpoint themselves.""")
+
+    web_concurrency: int | None = setting(PROCESSES, "WEB_CONCURRENCY", WORKERS, "", meaning="""
+        gunicorn worker processes. Empty: one per CPU, 2 to 8.""")
+    threads: int = setting(PROCESSES, "THREADS", THREADS, "8", meaning="""
+        Threads per gunicorn worker.""")
+    worker_timeout_seconds: int = setting(PROCESSES, "WORKER_TIMEOUT", SECONDS, "120", meaning="""
+        Seconds a silent worker may take before it is restarted.""")
+    graceful_timeout_seconds: int = setting(
+        PROCESSES, "GRACEFUL_TIMEOUT", SECONDS, "30", meaning="""
+        Seconds requests in flight have to finish on SIGTERM (give docker stop --time or
+        compose's stop_grace_period a little more).""")
+    log_level: str = setting(PROCESSES, "LOG_LEVEL", LOG_LEVELS, "INFO", meaning="""
+        DEBUG, INFO, WARNING or ERROR (stderr).""")
+    access_log: bool = setting(PROCESSES, "ACCESS_LOG", BOOLEAN, "true", meaning="""
+        One line per request, with its request id (it replaces gunicorn's access log); false
+        silences it.""")
+    log_format: str = setting(PROCESSES, "LOG_FORMAT", LOG_FORMATS, "text", meaning="""
+        text, or json: one JSON object per line (time, level, logger, message, request_id,
+        ...), gunicorn's lines too.""")
+
+    metrics_token: str = setting(MONITORING, "METRICS_TOKEN", SECRET, "", meaning="""
+        GET /+metrics (Prometheus) answers superusers, and "Authorization: Bearer TOKEN" when
+        this is TOKEN. The token also shows the error texts in GET /+status (as a superuser's
+        login does).""")
+    metrics_public: bool = setting(MONITORING, "METRICS_PUBLIC", BOOLEAN, "false", meaning="""
+        true: GET /+metrics answers anyone, leaving out the samples of indexes that are not
+        public.""")
+    status_min_free_bytes: int = setting(
+        MONITORING, "STATUS_MIN_FREE_SPACE", SIZE, "100M", meaning="""
+        GET /+status (and the Docker HEALTHCHECK) turns 503 when the data directory's disk has
+        less free.""")
+    # fmt: on
+
+    # Not a setting: prometheus_client's own variable, which gunicorn.conf.py sets for its
+    # workers (DATA_DIR/tmp/metrics) so that every worker's counters add up.
     prometheus_multiproc_dir: str | None = None
-    # Reverse proxies whose X-Forwarded-* headers are believed: addresses, networks, or "*".
-    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
-    # STORAGE_URL: file:///FOLDER (default DATA_DIR/blobs) or s3://BUCKET/PREFIX; the S3 client
-    # reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and the rest of boto3's chain) itself.
-    storage_url: str = ""
-    s3_endpoint_url: str | None = None  # S3_ENDPOINT_URL: MinIO, Ceph, ...; unset for AWS
-    s3_region: str | None = None  # S3_REGION (or boto3's AWS_DEFAULT_REGION)
-    s3_redirect: bool = False  # S3_REDIRECT: downloads answer 302 to a presigned URL
-    # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, also from the .env file; empty: boto3's own chain
-    # (its environment variables, ~/.aws, an instance or task role).
-    s3_access_key_id: str = ""
-    s3_secret_access_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -157,195 +528,122 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from the environment and a .env file (ENV_FILE); report every bad one."""
         env = dict(os.environ if environ is None else environ)
-        dotenv = read_dotenv(Path(env.get("ENV_FILE", ".env")))
-        env = {**dotenv, **env}
+        env = {**read_dotenv(Path(env.get("ENV_FILE", ".env"))), **env}
+        values: dict[str, Any] = {}
         errors: list[str] = []
-
-        def number(name: str, default: float, kind: type = int) -> float:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
+        bad: set[str] = set()
+        for name, row in SETTINGS.items():
             try:
-                value = kind(raw)
-            except ValueError:
-                errors.append(f"{name}={raw!r} is not a number")
-                return default
-            if value < 0:
-                errors.append(f"{name}={raw!r} must not be negative")
-            return value
-
-        max_upload = 1 << 30
-        if env.get("MAX_UPLOAD_SIZE", "").strip():
-            try:
-                max_upload = parse_size(env["MAX_UPLOAD_SIZE"])
+                values[name] = row.parse(env.get(row.env, ""))
             except ValueError as exc:
-                errors.append(f"MAX_UPLOAD_SIZE: {exc}")
-
-        docs_max = 200 << 20
-        if env.get("DOCS_MAX_SIZE", "").strip():
-            try:
-                docs_max = parse_size(env["DOCS_MAX_SIZE"])
-            except ValueError as exc:
-                errors.append(f"DOCS_MAX_SIZE: {exc}")
-
-        def size(name: str, default: int | None) -> int | None:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                return parse_size(raw)
-            except ValueError as exc:
-                errors.append(f"{name}: {exc}")
-                return default
-
-        cache_max = size("MIRROR_CACHE_MAX_SIZE", None)
-        if cache_max == 0:
-            errors.append("MIRROR_CACHE_MAX_SIZE=0 would evict every file; leave it empty")
-        min_free = size("STATUS_MIN_FREE_SPACE", 100 << 20)
-        max_request_body = size("MAX_REQUEST_BODY", 1 << 20) or 0
-        if max_request_body < 1024:
-            errors.append(
-                f"MAX_REQUEST_BODY={env['MAX_REQUEST_BODY'].strip()!r}: at least 1K, "
-                "or logins and API calls are refused"
-            )
-        request_timeout = float(number("REQUEST_TIMEOUT", 30.0, float))
-        if 0 <= request_timeout < 1:
-            errors.append(f"REQUEST_TIMEOUT={request_timeout!r}: at least 1 second")
-        prefix = env.get("SCRIPT_NAME", "").strip().strip("/")  # "" and "/" both mean the root
-
-        session_lifetime = 43_200  # 12 hours
-        if env.get("SESSION_LIFETIME", "").strip():
-            try:
-                session_lifetime = parse_duration(env["SESSION_LIFETIME"])
-            except ValueError as exc:
-                errors.append(f"SESSION_LIFETIME: {exc}")
-            if session_lifetime == 0:
-                errors.append("SESSION_LIFETIME=0 would end every session at once")
-
-        log_format = (env.get("LOG_FORMAT", "").strip() or "text").lower()
-        if log_format not in {"text", "json"}:
-            errors.append(f"LOG_FORMAT={log_format!r}: use text or json")
-        metrics_public = env.get("METRICS_PUBLIC", "").strip().lower()
-        if metrics_public not in {"", "true", "false", "1", "0", "yes", "no"}:
-            errors.append(f"METRICS_PUBLIC={metrics_public!r}: use true or false")
-        access_log = env.get("ACCESS_LOG", "").strip().lower()
-        if access_log not in {"", "true", "false", "1", "0", "yes", "no"}:
-            errors.append(f"ACCESS_LOG={access_log!r}: use true or false")
-
-        mirror_url = env.get("MIRROR_URL", "").strip() or DEFAULT_MIRROR_URL
-        if not re.match(r"^https?://[^/]+", mirror_url):
-            errors.append(
-                f"MIRROR_URL must be an http(s) URL of a simple index, not {mirror_url!r}"
-            )
-
-        admin_user = env.get("ADMIN_USER", "").strip() or "admin"
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", admin_user):
-            errors.append(f"ADMIN_USER={admin_user!r}: use letters, digits, '.', '_' or '-'")
-
-        log_level = (env.get("LOG_LEVEL", "").strip() or "INFO").upper()
-        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            errors.append(f"LOG_LEVEL={log_level!r}: use DEBUG, INFO, WARNING or ERROR")
-
-        allowed = [i.strip() for i in env.get("FORWARDED_ALLOW_IPS", "").split(",") if i.strip()]
-        for item in allowed:
-            try:
-                if item != "*":
-                    ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                errors.append(f"FORWARDED_ALLOW_IPS: {item!r} is not an IP address, network or *")
-
-        allow_private = [
-            i.strip() for i in env.get("UPSTREAM_ALLOW_PRIVATE", "").split(",") if i.strip()
-        ]
-        for item in allow_private:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                errors.append(
-                    f"UPSTREAM_ALLOW_PRIVATE: {item!r} is not an IP address or network "
-                    "(use CIDR, e.g. 10.0.0.0/8,fd00::/8)"
-                )
-        file_hosts = [
-            h.strip().lower() for h in env.get("MIRROR_FILE_HOSTS", "").split(",") if h.strip()
-        ]
-        for host in file_hosts:
-            if not re.fullmatch(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]", host):
-                errors.append(f"MIRROR_FILE_HOSTS: {host!r} is not a host name (no scheme or port)")
-        mirror_create = (env.get("MIRROR_CREATE", "").strip() or "superuser").lower()
-        if mirror_create not in {"superuser", "users"}:
-            errors.append(f"MIRROR_CREATE={mirror_create!r}: use superuser or users")
-
-        database_url = env.get("DATABASE_URL", "").strip()
-        if database_url and not database_url.startswith("sqlite"):
-            if not re.match(r"^postgres(ql)?(\+psycopg)?://", database_url):
-                errors.append(
-                    "DATABASE_URL: use postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE, "
-                    "or leave it empty for SQLite in DATA_DIR"
-                )
-            if not env.get("SECRET_KEY", "").strip():
-                # Replicas that share the database would each generate their own key into
-                # their DATA_DIR: a session or CSRF token signed by one fails on the others.
-                errors.append(
-                    "SECRET_KEY must be set with a PostgreSQL DATABASE_URL, the same on every "
-                    "replica (make one: python3 -c 'import secrets; print(secrets.token_hex(32))')"
-                )
-
-        storage_url = env.get("STORAGE_URL", "").strip()
-        if storage_url:
-            from app.storage import parse_storage_url
-
-            try:
-                parse_storage_url(storage_url)
-            except ValueError as exc:
-                errors.append(f"STORAGE_URL: {exc}")
-        s3_endpoint = env.get("S3_ENDPOINT_URL", "").strip()
-        if s3_endpoint and not re.match(r"^https?://[^/]+", s3_endpoint):
-            errors.append(f"S3_ENDPOINT_URL must be an http(s) URL, not {s3_endpoint!r}")
-        s3_redirect = env.get("S3_REDIRECT", "").strip().lower()
-        if s3_redirect not in {"", "true", "false", "1", "0", "yes", "no"}:
-            errors.append(f"S3_REDIRECT={s3_redirect!r}: use true or false")
-        if s3_redirect in {"true", "1", "yes"} and not storage_url.startswith("s3:"):
-            errors.append("S3_REDIRECT=true needs STORAGE_URL=s3://BUCKET/PREFIX")
-
-        settings = cls(
-            data_dir=Path(env.get("DATA_DIR", "").strip() or "./data"),
-            database_url=env.get("DATABASE_URL", "").strip(),
-            secret_key=env.get("SECRET_KEY", "").strip(),
-            admin_user=admin_user,
-            admin_password=env.get("ADMIN_PASSWORD", ""),
-            mirror_url=mirror_url,
-            mirror_cache_expiry_seconds=int(number("MIRROR_CACHE_EXPIRY", 1800)),
-            mirror_not_found_seconds=int(number("MIRROR_NOT_FOUND_EXPIRY", 300)),
-            upstream_connect_timeout_seconds=float(number("UPSTREAM_CONNECT_TIMEOUT", 10.0, float)),
-            upstream_read_timeout_seconds=float(number("UPSTREAM_READ_TIMEOUT", 30.0, float)),
-            upstream_retries=int(number("UPSTREAM_RETRIES", 2)),
-            upstream_ca_bundle=env.get("UPSTREAM_CA_BUNDLE", "").strip() or None,
-            upstream_allow_private=tuple(allow_private),
-            mirror_file_hosts=tuple(file_hosts),
-            mirror_create=mirror_create,
-            max_upload_bytes=max_upload,
-            max_request_body_bytes=max_request_body,
-            request_timeout_seconds=request_timeout,
-            script_name=f"/{prefix}" if prefix else "",
-            docs_max_bytes=docs_max,
-            docs_max_files=int(number("DOCS_MAX_FILES", 5000)),
-            log_level=log_level,
-            log_format=log_format,
-            access_log=access_log not in {"false", "0", "no"},
-            mirror_cache_max_bytes=cache_max or None,
-            metrics_token=env.get("METRICS_TOKEN", "").strip(),
-            metrics_public=metrics_public in {"true", "1", "yes"},
-            session_lifetime_seconds=session_lifetime,
-            status_min_free_bytes=min_free or 0,
-            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None,
-            forwarded_allow_ips=tuple(allowed) or cls.forwarded_allow_ips,
-            storage_url=storage_url,
-            s3_endpoint_url=s3_endpoint or None,
-            s3_region=env.get("S3_REGION", "").strip() or None,
-            s3_redirect=s3_redirect in {"true", "1", "yes"},
-            s3_access_key_id=env.get("AWS_ACCESS_KEY_ID", "").strip(),
-            s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", "").strip(),
-        )
+                errors += str(exc).splitlines()
+                bad.add(row.env)
+        multiproc_dir = env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None
+        settings = cls(**values, prometheus_multiproc_dir=multiproc_dir)
+        errors += _problems_between(settings, bad)
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
         return settings
+
+
+# Field name -> its row, in the order of the docs.
+SETTINGS: dict[str, Setting] = {
+    f.name: f.metadata["setting"] for f in fields(Settings) if "setting" in f.metadata
+}
+
+
+def _problems_between(settings: Settings, bad: set[str]) -> list[str]:
+    """What is wrong between variables that each read well (`bad` names those that did not)."""
+    problems = []
+    url = settings.database_url  # __post_init__ spelled postgres:// with its driver
+    if not url.startswith("sqlite"):
+        if not re.match(r"^postgres(ql)?(\+psycopg)?://", url):
+            problems.append(
+                "DATABASE_URL: use postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE, "
+                "or leave it empty for SQLite in DATA_DIR"
+            )
+        if not settings.secret_key:
+            # Replicas that share the database would each generate their own key into
+            # their DATA_DIR: a session or CSRF token signed by one fails on the others.
+            problems.append(
+                "SECRET_KEY must be set with a PostgreSQL DATABASE_URL, the same on every "
+                "replica (make one: python3 -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+    # TLS_CERT alone would serve plain HTTP to clients that expect HTTPS.
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        problems.append("TLS_CERT and TLS_KEY go together: set both, or neither")
+    if settings.s3_redirect and not settings.uses_s3 and "STORAGE_URL" not in bad:
+        problems.append("S3_REDIRECT=true needs STORAGE_URL=s3://BUCKET/PREFIX")
+    return problems
+
+
+# --- the reference: docs/configuration.md and .env.example (`make docs`) ----------------------
+
+_GENERATED = "Generated by `make docs` from the table in app/config.py: edit it there."
+
+
+def markdown() -> str:
+    """docs/configuration.md: every variable with its kind, default and meaning, by section."""
+    lines = [
+        "# Configuration",
+        "",
+        f"<!-- {_GENERATED} -->",
+        "",
+        "pyshelf reads environment variables only, and a `.env` file in the working directory",
+        "(`ENV_FILE=PATH` names another file; the environment wins over the file).",
+        "[`.env.example`](../.env.example) lists every variable with its default. Every",
+        "variable is optional, and an empty one means its default. Invalid variables are all",
+        "reported at once, one line each, and the server does not start.",
+        "",
+        "Restarting with the same environment changes nothing; the admin password and",
+        "`MIRROR_URL` follow the environment; everything else created at the first start is",
+        "left alone.",
+        "",
+        "Kinds of values: a *size* is bytes or a number with K, M, G or T (powers of 1024, an",
+        "optional `B` or `iB`: `100M`, `1GiB`); a *duration* is seconds or a number with `s`,",
+        "`m`, `h` or `d` (`30m`, `12h`); *true or false* also takes `1`/`0` and `yes`/`no`;",
+        "lists are comma-separated.",
+    ]
+    section = ""
+    for row in SETTINGS.values():
+        if row.section != section:
+            section = row.section
+            lines += ["", f"## {section}", ""]
+            lines += ["| variable | kind | default | meaning |", "|---|---|---|---|"]
+        default = f"`{row.default}`" if row.default else ""
+        if row.docker:
+            default += f" (`{row.docker}` in Docker)"
+        meaning = row.meaning.replace("|", "\\|")
+        lines.append(f"| `{row.env}` | {row.kind.label} | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def env_example() -> str:
+    """.env.example: every variable at its default, each under its meaning, by section."""
+    lines = [
+        "# pyshelf configuration. Copy to .env (read at start when present) or pass with",
+        "# `docker run -e`. Every variable is optional; the value shown is the default, and an",
+        "# empty one means the default too. docs/configuration.md explains the kinds of values.",
+        f"# {_GENERATED}",
+    ]
+    section = ""
+    for row in SETTINGS.values():
+        if row.section != section:
+            section = row.section
+            lines += ["", f"# --- {section} ---"]
+        lines += textwrap.wrap(
+            row.meaning, 99, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
+        )
+        if row.docker:  # the image sets its own value: a copied .env must not override it
+            lines.append(f"# The Docker image sets {row.docker}: leave this commented out there.")
+            lines.append(f"# {row.env}={row.default}")
+        else:
+            lines.append(f"{row.env}={row.default}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m app.config markdown|env-example
+    outputs = {"markdown": markdown, "env-example": env_example}
+    if len(sys.argv) != 2 or sys.argv[1] not in outputs:
+        sys.exit("usage: python -m app.config markdown|env-example")
+    sys.stdout.write(outputs[sys.argv[1]]())

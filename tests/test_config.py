@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from app.config import (
+    ALL_INTERFACES,
     DEFAULT_MIRROR_URL,
+    SETTINGS,
     ConfigError,
     Settings,
+    env_example,
+    markdown,
     parse_duration,
     parse_size,
     read_dotenv,
@@ -38,12 +43,68 @@ def test_defaults_apply_when_nothing_is_set() -> None:
     assert settings.log_level == "INFO"
 
 
-def test_port_and_workers_are_gunicorn_settings_not_app_settings() -> None:
-    """PORT, HOST and WEB_CONCURRENCY belong to gunicorn.conf.py, not to Settings."""
-    fields = {f.name for f in dataclasses.fields(Settings)}
+def test_gunicorn_variables_are_settings_read_and_checked_like_the_others() -> None:
+    """HOST, PORT, WEB_CONCURRENCY, THREADS and the timeouts go through the table too."""
+    settings = Settings.from_env(
+        {
+            **NO_DOTENV,
+            "HOST": "127.0.0.1",
+            "PORT": "8080",
+            "WEB_CONCURRENCY": "3",
+            "THREADS": "16",
+            "WORKER_TIMEOUT": "60",
+            "GRACEFUL_TIMEOUT": "5",
+            "TLS_CERT": "/etc/pyshelf/cert.pem",
+            "TLS_KEY": "/etc/pyshelf/key.pem",
+        }
+    )
+    assert (settings.host, settings.port, settings.web_concurrency) == ("127.0.0.1", 8080, 3)
+    assert (settings.threads, settings.worker_timeout_seconds) == (16, 60)
+    assert settings.graceful_timeout_seconds == 5
+    assert (settings.tls_cert, settings.tls_key) == (
+        "/etc/pyshelf/cert.pem",
+        "/etc/pyshelf/key.pem",
+    )
+    defaults = Settings.from_env({**NO_DOTENV, "WEB_CONCURRENCY": ""})
+    assert (defaults.host, defaults.port, defaults.web_concurrency) == (ALL_INTERFACES, 3141, None)
+    assert (defaults.threads, defaults.tls_cert, defaults.tls_key) == (8, None, None)
 
-    assert not fields & {"port", "host", "web_concurrency", "workers"}
-    Settings.from_env({**NO_DOTENV, "PORT": "not-a-port", "WEB_CONCURRENCY": "x"})
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                **NO_DOTENV,
+                "PORT": "not-a-port",
+                "WEB_CONCURRENCY": "abc",
+                "THREADS": "0",
+                "WORKER_TIMEOUT": "-1",
+                "TLS_CERT": "/etc/pyshelf/cert.pem",
+            }
+        )
+
+    assert str(caught.value).splitlines()[1:] == [
+        "  PORT='not-a-port' is not a number",
+        "  WEB_CONCURRENCY='abc' is not a number",
+        "  THREADS='0': at least 1",
+        "  WORKER_TIMEOUT='-1' must not be negative",
+        "  TLS_CERT and TLS_KEY go together: set both, or neither",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "65536"}, "PORT='65536': a port is 1 to 65535"),
+        ({"PORT": "0"}, "PORT='0': a port is 1 to 65535"),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY='0': at least 1"),
+        ({"TLS_KEY": "/k.pem"}, "TLS_CERT and TLS_KEY go together: set both, or neither"),
+    ],
+)
+def test_a_bad_gunicorn_variable_is_reported_in_one_line(env: dict[str, str], message: str) -> None:
+    """gunicorn never sees a value that from_env refused."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**NO_DOTENV, **env})
+
+    assert [line.strip() for line in str(caught.value).splitlines()[1:]] == [message]
 
 
 def test_every_variable_is_read() -> None:
@@ -333,3 +394,79 @@ def test_a_database_url_of_another_kind_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="DATABASE_URL: use postgresql"):
         Settings.from_env(env)
+
+
+def test_secrets_stay_out_of_the_repr() -> None:
+    """A logged or printed Settings never shows a password, key or token."""
+    settings = Settings(
+        data_dir=Path("/srv"),
+        admin_password="pw-in-repr",
+        secret_key="key-in-repr",
+        metrics_token="token-in-repr",
+        s3_secret_access_key="s3-in-repr",
+    )
+
+    assert "in-repr" not in repr(settings)
+
+
+ROOT = EXAMPLE.parent
+
+
+def test_the_configuration_reference_is_generated_from_the_table() -> None:
+    """docs/configuration.md is what `make docs` writes now: a new row needs a regenerate."""
+    assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == markdown()
+
+
+def test_the_env_example_is_generated_from_the_table() -> None:
+    """.env.example is what `make docs` writes now, with every variable and nothing else."""
+    shipped = EXAMPLE.read_text(encoding="utf-8")
+    listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", shipped, re.MULTILINE))
+
+    assert listed == {row.env for row in SETTINGS.values()}
+    assert shipped == env_example()
+
+
+def test_every_setting_is_a_row_of_the_table() -> None:
+    """No field of Settings is read from a variable of its own, past the table."""
+    rows = {f.name for f in dataclasses.fields(Settings)} - {"prometheus_multiproc_dir"}
+
+    assert set(SETTINGS) == rows
+    assert len({row.env for row in SETTINGS.values()}) == len(SETTINGS)
+
+
+def test_every_default_reads_back_as_itself() -> None:
+    """The default written in the docs is the default Settings() has."""
+    for name, row in SETTINGS.items():
+        field = next(f for f in dataclasses.fields(Settings) if f.name == name)
+        if name == "database_url":
+            continue  # __post_init__ puts the SQLite file into DATA_DIR
+        assert field.default == row.parse(row.default), name
+
+
+# Reads of the environment outside app/config.py, each with the reason it is not a setting.
+ENVIRONMENT_READS = {
+    ("app/cli.py", 'if os.environ.get("PYSHELF_PASSWORD"):'): "a command's input, not a setting",
+    ("app/cli.py", 'return os.environ["PYSHELF_PASSWORD"]'): "a command's input, not a setting",
+    ("app/backup.py", "return {**os.environ, **{k: v for k, v in values.items() if v}}"): (
+        "passes the whole environment on to pg_dump/psql, reads no variable of its own"
+    ),
+}
+_ENVIRONMENT_RE = re.compile(r"\bos\.environ\b|\bgetenv\b|\bfrom os import\b")
+# gunicorn.conf.py hands values to gunicorn and prometheus_client through the environment.
+_ENVIRONMENT_WRITE_RE = re.compile(r"os\.environ\[[^]]+\] = |os\.environ\.pop\(")
+
+
+def test_only_app_config_reads_the_environment() -> None:
+    """Every variable pyshelf reads is a row of the table: nothing else looks at os.environ."""
+    sources = [*sorted((ROOT / "app").rglob("*.py")), ROOT / "gunicorn.conf.py"]
+    reads = set()
+    for path in sources:
+        relative = path.relative_to(ROOT).as_posix()
+        if relative == "app/config.py":
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            code = line.split("#", 1)[0].strip()
+            if _ENVIRONMENT_RE.search(code) and not _ENVIRONMENT_WRITE_RE.search(code):
+                reads.add((relative, code))
+
+    assert reads == set(ENVIRONMENT_READS)

@@ -136,3 +136,36 @@ def test_entrypoint_refuses_a_data_dir_it_cannot_create_and_names_it(tmp_path: P
     assert str(data_dir) in result.stderr
     assert "data directory" in result.stderr
     assert "Listening at" not in result.stdout + result.stderr  # gunicorn never started
+
+
+def test_entrypoint_refuses_bad_gunicorn_variables_one_line_each(tmp_path: Path) -> None:
+    """WEB_CONCURRENCY=abc, THREADS=0, ...: `prepare` names each, and gunicorn never starts."""
+    result = subprocess.run(
+        [str(ROOT / "entrypoint.sh"), "serve"],
+        cwd=ROOT,
+        env=clean_env(
+            DATA_DIR=str(tmp_path / "data"),
+            PORT=str(free_port()),
+            HOST="127.0.0.1",
+            MIRROR_URL="http://127.0.0.1:9/simple/",
+            PYSHELF_PYTHON=sys.executable,
+            WEB_CONCURRENCY="abc",
+            THREADS="0",
+            GRACEFUL_TIMEOUT="soon",
+            TLS_KEY="/etc/pyshelf/key.pem",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=FAIL_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "pyshelf: invalid configuration:",
+        "  WEB_CONCURRENCY='abc' is not a number",
+        "  THREADS='0': at least 1",
+        "  GRACEFUL_TIMEOUT='soon' is not a number",
+        "  TLS_CERT and TLS_KEY go together: set both, or neither",
+    ]
+    assert "Listening at" not in result.stdout  # gunicorn never started
