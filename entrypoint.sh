@@ -4,7 +4,7 @@
 #   entrypoint.sh healthcheck    exit 0 when this server's /+status says 200 (Docker HEALTHCHECK)
 #   entrypoint.sh COMMAND ...    anything else goes to app.cli with the same configuration:
 #                                user, token, index, refresh, backup, restore, verify, cache,
-#                                prefetch, ... (see README)
+#                                prefetch, ... (see docs/operations.md)
 set -eu
 # Everything pyshelf and its commands create is for this user only: DATA_DIR holds the secret
 # key that signs sessions, the database and private packages, and a backup holds all three.

@@ -330,7 +330,7 @@ def _touch_token(token: Token) -> None:
 
 
 def _credentials_from_header(header: str) -> tuple[str, str] | None:
-    """(username, secret) from `Basic b64`, `Bearer T` or `Token T` (R53); None if absent."""
+    """(username, secret) from `Basic b64`, `Bearer T` or `Token T` (RFC 7617, 6750), or None."""
     scheme, _, value = header.strip().partition(" ")
     scheme = scheme.lower()
     value = value.strip()
@@ -412,7 +412,8 @@ def init_app(app: Flask) -> None:
             if user is not None:
                 return user
         if g.get("needs_read_access"):
-            # Reading a restricted index: challenge, so pip asks its keyring or prompts (R52).
+            # Reading a restricted index: challenge (RFC 9110 §11.6.1), so pip asks its keyring
+            # or prompts.
             raise HTTPError(401, INVALID_CREDENTIALS, {"WWW-Authenticate": REALM})
         raise HTTPError(403, INVALID_CREDENTIALS)
 
@@ -423,7 +424,7 @@ def authenticated_user() -> User | None:
 
 
 def require_user() -> User:
-    """The caller, or 401 with a challenge so clients and keyrings send credentials (R52)."""
+    """The caller, or 401 with a challenge so clients send credentials (RFC 9110 §15.5.2)."""
     user = authenticated_user()
     if user is None and g.get("login_expired_for"):
         # devpi-client forgets a stored login when a 401 carries a Location (devpi's protocol).
@@ -456,7 +457,7 @@ def require_read(
     caller need not be known; else the Reader to filter its bases with.
 
     Anonymous callers (and wrong credentials) get 401 with a challenge, so pip asks its
-    keyring or prompts; a user who may not read gets 403 (R52). The response becomes
+    keyring or prompts; a user who may not read gets 403 (RFC 9110 §15.5.2). The response becomes
     `Cache-Control: private` with `Vary: Authorization` (see `_private_caching`).
     """
     if order is None:  # `order`: the caller's resolution_order, not computed twice

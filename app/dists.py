@@ -25,9 +25,9 @@ from packaging.utils import (
 from packaging.version import Version
 
 FILETYPES = ("sdist", "bdist_wheel")
-METADATA_VERSIONS = ("1.0", "1.1", "1.2", "2.1", "2.2", "2.3", "2.4", "2.5", "2.6")  # R74
+METADATA_VERSIONS = ("1.0", "1.1", "1.2", "2.1", "2.2", "2.3", "2.4", "2.5", "2.6")  # core metadata
 MAX_METADATA_BYTES = 10 * 1024 * 1024  # 10 MiB
-MAX_COMPRESSION_RATIO = 50  # R70, warehouse's zip-bomb rule...
+MAX_COMPRESSION_RATIO = 50  # warehouse's zip-bomb rule...
 RATIO_MIN_BYTES = 64 * 1024 * 1024  # ...applied only past 64 MiB uncompressed
 MAX_REASON_CHARS = 250
 MAX_VALUE_CHARS = 100  # a user-supplied value quoted inside a reason
@@ -46,12 +46,12 @@ RATIO_EXCEEDED = (
 )
 TOP_LEVEL_COUNT = "Invalid distribution file. Incorrect number of top-level directories in sdist"
 
-# Headers whose legacy placeholder "UNKNOWN" means "not given" (warehouse's `sanitize`, R58).
+# Headers whose legacy placeholder "UNKNOWN" means "not given" (warehouse's `sanitize`).
 _UNKNOWN = "UNKNOWN"
 _PROJECT_NAME_RE = re.compile(
     r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE | re.ASCII
 )
-_EXTENSIONS = (".whl", ".tar.gz", ".zip")  # R69, plus legacy .zip sdists
+_EXTENSIONS = (".whl", ".tar.gz", ".zip")  # PEP 527, plus legacy .zip sdists
 
 
 class InvalidDistribution(ValueError):
@@ -62,7 +62,7 @@ class InvalidDistribution(ValueError):
 
 
 def _one_line(reason: str) -> str:
-    """Escape what a status line cannot carry (R60) and bound the length."""
+    """Escape what a status line cannot carry (RFC 9112 §4) and bound the length."""
     line = "".join(
         char if char.isprintable() and ord(char) < 256 else char.encode("unicode_escape").decode()
         for char in reason
@@ -109,7 +109,7 @@ def _extension(filename: str) -> str | None:
 
 
 def parse_filename(filename: str) -> FilenameInfo:
-    """Check a distribution filename (R68, R69, R71, R72) and say what it names."""
+    """Check a distribution filename (PEP 427, PEP 527, PEP 625) and say what it names."""
     if any(ord(char) < 32 or ord(char) == 127 for char in filename):
         raise InvalidDistribution(
             "Cannot upload a file with non-printable characters (ordinals 0-31) "
@@ -134,7 +134,7 @@ def parse_filename(filename: str) -> FilenameInfo:
             )
         pyversion = filename[: -len(extension)].split("-")[-3]
         return FilenameInfo(filename, str(name), str(version), "bdist_wheel", pyversion)
-    # Legacy names ("Demo.Pkg-1.0.tar.gz", ".zip") are accepted like devpi does, unlike R72.
+    # Legacy names ("Demo.Pkg-1.0.tar.gz", ".zip") are accepted like devpi does, unlike PEP 625.
     name_part = filename[: -len(extension)].rpartition("-")[0]
     try:
         if not is_valid_project_name(name_part):
@@ -149,7 +149,7 @@ def parse_filename(filename: str) -> FilenameInfo:
 
 
 def check_filetype(info: FilenameInfo, filetype: str | None, pyversion: str | None) -> None:
-    """Check the upload form's filetype and pyversion against the filename (R58, R69)."""
+    """Check the upload form's filetype and pyversion against the filename (PEP 527)."""
     if filetype and filetype not in FILETYPES:
         raise InvalidDistribution("Invalid value for filetype. Error: Use a known file type.")
     declared = filetype or info.filetype
@@ -196,7 +196,7 @@ def read_metadata(path: str | os.PathLike[str], info: FilenameInfo) -> CoreMetad
 
 
 def _check_ratio(uncompressed_bytes: int, compressed_bytes: int) -> None:
-    # R70: warehouse's zip-bomb rule; applied to tarballs too, as gzip inflates just as well.
+    # Warehouse's zip-bomb rule; applied to tarballs too, as gzip inflates just as well.
     if (
         uncompressed_bytes > RATIO_MIN_BYTES
         and uncompressed_bytes > MAX_COMPRESSION_RATIO * compressed_bytes
@@ -325,7 +325,7 @@ def _names_dist(dist_info: str, info: FilenameInfo) -> bool:
 
 
 def _single_top_level(member_names: Iterable[str]) -> str:
-    """Return the one top-level directory of an sdist's member names (R70)."""
+    """Return the one top-level directory of an sdist's member names."""
     tops = {parts[0] for parts in map(_member_parts, member_names) if parts}
     if len(tops) != 1:
         raise InvalidDistribution(TOP_LEVEL_COUNT)
@@ -333,7 +333,7 @@ def _single_top_level(member_names: Iterable[str]) -> str:
 
 
 class _CappedStream:
-    """A decompressed stream that stops inflating at `limit_bytes` (the R70 ratio for tarballs)."""
+    """A decompressed stream that stops inflating at `limit_bytes` (zip-bomb rule, for tarballs)."""
 
     def __init__(self, stream: IO[bytes], limit_bytes: int) -> None:
         self._stream = stream
@@ -392,7 +392,7 @@ def _check_link(member: tarfile.TarInfo, top: str) -> None:
 
 
 def _read_pkg_info(archive: tarfile.TarFile, compressed_bytes: int) -> tuple[str, bytes]:
-    """Check an sdist tarball's members and read its one <top>/PKG-INFO (R70)."""
+    """Check an sdist tarball's members and read its one <top>/PKG-INFO."""
     top: str | None = None
     candidates: list[tarfile.TarInfo] = []
     try:
@@ -443,7 +443,7 @@ def _read_pkg_info(archive: tarfile.TarFile, compressed_bytes: int) -> tuple[str
 
 
 def _parse_metadata(raw: bytes, member: str, info: FilenameInfo) -> CoreMetadata:
-    """Parse METADATA / PKG-INFO leniently and check it against the filename (R71, R72, R74)."""
+    """Parse METADATA / PKG-INFO leniently and check it against the filename (PEP 427, 625)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -571,7 +571,7 @@ def check_digests(
     blake2_256: str | None,
     is_required: bool = True,
 ) -> None:
-    """Check every digest the client supplied against the computed ones (R62); with
+    """Check every digest the client supplied against the computed ones; with
     `is_required`, at least one must be there."""
     supplied = {"sha256": sha256, "md5": md5, "blake2_256": blake2_256}
     supplied = {kind: digest for kind, digest in supplied.items() if digest}

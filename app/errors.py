@@ -18,7 +18,7 @@ from app.upstream import UpstreamTimeout
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 300
-NO_STORE = "no-store"  # R50: errors must not be cached
+NO_STORE = "no-store"  # errors must not be cached (RFC 9111 §5.2.2.5)
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL = "Insufficient Storage: the data disk is full; nothing was stored (free DATA_DIR space)."
 DATABASE_BUSY = "Database busy: another writer held the lock too long; nothing was stored, retry."
@@ -36,7 +36,7 @@ class HTTPError(Exception):
 
 
 def upstream_failed(exc: Exception, project: str) -> HTTPError:
-    """504 for an upstream timeout, else 502, with Retry-After: nothing was cached (R93)."""
+    """504 for an upstream timeout, else 502, and Retry-After (RFC 9110 §10.2.3): nothing cached."""
     what = "timed out" if isinstance(exc, UpstreamTimeout) else "failed"
     status = 504 if isinstance(exc, UpstreamTimeout) else 502
     return HTTPError(
@@ -74,7 +74,7 @@ def clean_reason(reason: str) -> str:
 
 
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
-    """A response whose status line is `status reason` and whose body says the same (R60)."""
+    """A response whose status line is `status reason` and whose body says it (twine shows it)."""
     reason = clean_reason(reason)
     kind = request.accept_mimetypes.best_match(["text/plain", "application/json", "text/html"])
     if kind == "application/json":
@@ -147,7 +147,8 @@ def init_app(app: Flask) -> None:
         if exc.code == 413:
             reason = "File too large: the upload exceeds this server's MAX_UPLOAD_SIZE."
         response = error_response(exc.code or 500, f"{exc.name}: {reason}"[:MAX_REASON_CHARS])
-        # Keep the exception's own headers: a 416 must say `Content-Range: bytes */SIZE` (R43).
+        # Keep the exception's own headers: a 416 must say `Content-Range: bytes */SIZE`
+        # (RFC 9110 §15.5.17).
         for key, value in exc.get_headers():
             if key.lower() != "content-type":
                 response.headers[key] = value

@@ -24,7 +24,7 @@ from app.web import hook_headers
 bp = Blueprint("files", __name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-IMMUTABLE_SECONDS = 365_000_000  # R49: about 11.5 years, as PyPI
+IMMUTABLE_SECONDS = 365_000_000  # RFC 8246 immutable: about 11.5 years, as PyPI
 CACHE_IMMUTABLE = f"public, max-age={IMMUTABLE_SECONDS}, immutable"
 METADATA_SUFFIX = ".metadata"
 METADATA_MIMETYPE = "text/plain"  # werkzeug adds "; charset=utf-8" to text types
@@ -43,7 +43,7 @@ CONDITIONAL_HEADERS = (
 def send_blob(
     sha256: str, filename: str, *, mimetype: str = "application/octet-stream"
 ) -> Response:
-    """Send a stored blob with Range, ETag and immutable caching; never Content-Encoding (R38)."""
+    """Send a stored blob with Range, ETag and immutable caching; never Content-Encoding."""
     storage = current_app.extensions["pyshelf.storage"]
     local_path = getattr(storage, "local_path", None)
     if local_path is None and hasattr(storage, "read_range"):
@@ -54,7 +54,7 @@ def send_blob(
             source,
             mimetype=mimetype,
             download_name=filename,
-            conditional=True,  # Range, If-Range, If-None-Match (R42-R44)
+            conditional=True,  # Range, If-Range, If-None-Match (RFC 9110 §13, §14)
             etag=sha256,
             max_age=IMMUTABLE_SECONDS,
             last_modified=None,
@@ -86,7 +86,7 @@ def _send_remote(storage: Any, sha256: str, filename: str, mimetype: str) -> Res
     response = Response(b"", mimetype=mimetype, direct_passthrough=True)
     response.content_length = size
     response.set_etag(sha256)
-    # 304 and 412 from the ETag, 206 with Content-Range, or 416 (raised) (R42-R44).
+    # 304 and 412 from the ETag, 206 with Content-Range, or 416 (raised) (RFC 9110 §14, §15.5.17).
     response = response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
     response.headers["Cache-Control"] = CACHE_IMMUTABLE
     if response.status_code not in (200, 206) or request.method == "HEAD":

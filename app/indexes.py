@@ -88,7 +88,7 @@ def is_public(index: Index) -> bool:
 
 def may_read(index: Index, reader: Reader) -> bool:
     """The one rule for reading an index: its pages, files, docs, search hits and inherited
-    projects (R52). The owner and superusers always may; then acl_read decides: :ANONYMOUS:
+    projects. The owner and superusers always may; then acl_read decides: :ANONYMOUS:
     everyone, :AUTHENTICATED: any logged-in user, else the users it names. A token limited to
     one index reads only that index and its bases (never more than its user)."""
     if reader.scope is not None and index.path not in reader.scope:
@@ -146,7 +146,7 @@ class MirrorSource(Protocol):
 
 
 def file_path(index_path: str, sha256: str, filename: str) -> str:
-    """The `+f` path of a file: the sha256 keeps each URL's bytes fixed (R46), no query (R39)."""
+    """The `+f` path of a file: its sha256 fixes its bytes; no query (PEP 658 appends to it)."""
     return f"{index_path}/+f/{sha256}/{quote(filename)}"
 
 
@@ -249,7 +249,7 @@ def project_view(
 
     A name that any stage in the chain holds hides the mirrors' project of that name (and the
     upstream is not asked) unless a stage whitelists it: protection against dependency
-    confusion (R86, R87). `ignore_bases` looks at the index alone (devpi's `?ignore_bases`).
+    confusion. `ignore_bases` looks at the index alone (devpi's `?ignore_bases`).
     With a `reader`, indexes it may not read contribute no files; they still count for the
     dependency-confusion rule, or a stranger would get upstream's project of a private name.
     `order` is the index's resolution_order when the caller has it already.

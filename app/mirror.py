@@ -248,7 +248,7 @@ class Mirror:
     def page(self, index: Index, name: str) -> MirrorPage | None:
         """The cached page of `name`, fetched or revalidated when stale; None if upstream lacks it.
 
-        Raises UpstreamError only when upstream fails and nothing is cached (stale-if-error, R93).
+        Raises UpstreamError only when upstream fails with nothing cached (RFC 5861 stale-if-error).
         """
         if len(name) > MAX_NAME_CHARS:  # no row could hold it (PostgreSQL enforces the limit)
             return None
@@ -435,7 +435,7 @@ class Mirror:
         except InvalidDistribution:
             raise HTTPError(404, f"No such file on {index.path}: {filename}") from None
         if not is_metadata and self._is_cached_here(index, key):
-            # The sha256 in the URL names the bytes (R46): no need to decode the project's page.
+            # The sha256 in the URL names the bytes: no need to decode the project's page.
             return self._send_cached(index, key, filename)
         sidecar = self._cached_sidecar(index, key, filename) if is_metadata else None
         if sidecar is not None:
@@ -466,7 +466,7 @@ class Mirror:
             response = Response(b"", mimetype="application/octet-stream")
             if entry.get("size") is not None:
                 response.headers["Content-Length"] = str(entry["size"])
-            response.headers["Cache-Control"] = "no-store"  # R95: no ranges until it is cached
+            response.headers["Cache-Control"] = "no-store"  # no ranges until it is cached
             return response
         return self._download(index, entry)
 
@@ -664,7 +664,7 @@ class Mirror:
         entry: dict[str, Any],
         upstream_response: requests.Response | None = None,
     ) -> Response:
-        """Streamed from upstream, never cached: a file listed without a sha256 (R89), one
+        """Streamed from upstream, never cached: a file listed without a sha256 (PEP 503), one
         another replica is still downloading, or one the disk has no room for. A known sha256 is
         checked before the last chunk."""
         if upstream_response is None:
@@ -827,7 +827,7 @@ class Mirror:
                     if is_client_gone and not is_caching:
                         return  # nobody waits for these bytes any more
                     held = chunk
-                # The last chunk is held back until the bytes are proven right (R89): a client
+                # The last chunk is held back until the bytes are proven right: a client
                 # never receives a complete wrong file, only a cut-off one.
                 if total is not None and size != total:
                     raise UpstreamError(f"{filename}: got {size} of {total} bytes")
@@ -868,7 +868,7 @@ class Mirror:
         response.call_on_close(release)
         if total is not None:
             response.headers["Content-Length"] = str(total)
-        response.headers["Cache-Control"] = "no-store"  # R95: no ranges, no caching mid-flight
+        response.headers["Cache-Control"] = "no-store"  # no ranges, no caching mid-flight
         return response
 
     def _with_room(self, write: Callable[[], T], needed_bytes: int) -> T:

@@ -37,18 +37,19 @@ from app.web import hook_headers
 
 bp = Blueprint("simple", __name__)
 
-API_VERSION = "1.4"  # R12, R19: HTML stays at 1.4 (PEP 833)
+API_VERSION = "1.4"  # PEP 629, PEP 691: HTML stays at 1.4 (PEP 833)
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 MIME_HTML = "application/vnd.pypi.simple.v1+html"
 MIME_TEXT_HTML = "text/html"
-# R33: on equal quality the server prefers text/html, then v1+html, then v1+json (as PyPI).
+# PEP 691: on equal quality the server prefers text/html, then v1+html, then v1+json (as PyPI).
 OFFERS = (MIME_TEXT_HTML, MIME_HTML, MIME_JSON)
 ALIASES = {
     "application/vnd.pypi.simple.latest+json": MIME_JSON,
     "application/vnd.pypi.simple.latest+html": MIME_HTML,
-}  # R34
-CACHE_LOCAL = "no-cache"  # R48: uploads must show at once; clients revalidate with the ETag
-CACHE_MIRROR = "public, max-age=600"  # R48: pages made only from upstream data
+}  # PEP 691's `latest` aliases
+# RFC 9111 §5.2.2.4: uploads must show at once; clients revalidate with the ETag
+CACHE_LOCAL = "no-cache"
+CACHE_MIRROR = "public, max-age=600"  # RFC 9111 §5.2.2.1: pages made only from upstream data
 
 
 def _parse_accept(header: str) -> list[tuple[str, float]]:
@@ -72,7 +73,7 @@ def _parse_accept(header: str) -> list[tuple[str, float]]:
 def negotiate(accept: str | None, format_param: str | None = None) -> str:
     """Pick the media type for a simple page (PEP 691): `?format=` first, then Accept q-values.
 
-    Nothing acceptable falls back to text/html, as PyPI does (R35 a).
+    Nothing acceptable falls back to text/html, as PyPI does (PEP 691).
     """
     if format_param:
         # An unencoded "+" in the query (`?format=application/vnd.pypi.simple.v1+json`, as docs
@@ -80,7 +81,7 @@ def negotiate(accept: str | None, format_param: str | None = None) -> str:
         wanted = format_param.strip().replace(" ", "+").lower()
         chosen = ALIASES.get(wanted, wanted)
         if chosen in OFFERS:
-            return chosen  # R36: exactly one media type, taking precedence over Accept
+            return chosen  # PEP 691: exactly one media type, taking precedence over Accept
     if not accept:
         return MIME_TEXT_HTML
     ranges = _parse_accept(accept)
@@ -102,7 +103,7 @@ def negotiate(accept: str | None, format_param: str | None = None) -> str:
 def _upload_time(dist: Dist) -> str | None:
     if dist.upload_time is None:
         return None
-    return dist.upload_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # R24: UTC with Z
+    return dist.upload_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # PEP 700: UTC with Z
 
 
 def _href(dist: Dist) -> str:
@@ -138,7 +139,7 @@ def detail_json(view: ProjectView) -> dict[str, Any]:
 
 
 def detail_html(view: ProjectView) -> str:
-    """The PEP 503 HTML page of a project (R7-R13)."""
+    """The PEP 503 HTML page of a project (PEP 592, 629, 658, 714)."""
     lines = [
         "<!DOCTYPE html>",
         "<html>",
@@ -155,7 +156,7 @@ def detail_html(view: ProjectView) -> str:
         if dist.requires_python:
             attrs.append(f'data-requires-python="{html.escape(dist.requires_python)}"')
         if dist.yanked is not False:
-            # R11: always a value, "" when there is no reason (pip ignores a bare attribute)
+            # PEP 592: always a value, "" when there is no reason (pip ignores a bare attribute)
             reason = "" if dist.yanked is True else str(dist.yanked)
             attrs.append(f'data-yanked="{html.escape(reason)}"')
         if dist.metadata_sha256:
@@ -167,7 +168,7 @@ def detail_html(view: ProjectView) -> str:
 
 
 def list_html(names: list[str]) -> str:
-    """The PEP 503 HTML project list, with relative hrefs (R6)."""
+    """The PEP 503 HTML project list, with relative hrefs."""
     lines = [
         "<!DOCTYPE html>",
         "<html>",
@@ -186,20 +187,20 @@ def list_html(names: list[str]) -> str:
 
 
 def _etag(mime: str, data: bytes) -> str:
-    """A strong ETag per representation (R47)."""
+    """A strong ETag per representation (RFC 9110 §8.8.3)."""
     return hashlib.sha256(mime.encode() + b"\0" + data).hexdigest()[:32]
 
 
 def _content_type(mime: str) -> str:
-    return mime if mime == MIME_JSON else f"{mime}; charset=utf-8"  # R18, R32
+    return mime if mime == MIME_JSON else f"{mime}; charset=utf-8"  # PEP 691
 
 
 def _page(data: bytes, mime: str, cache_control: str, *, etag: str | None = None) -> Response:
-    """A negotiated page with a strong ETag per representation; 304 when it still matches (R47)."""
+    """A negotiated page, a strong ETag per representation; 304 if it matches (RFC 9110 §13.1.2)."""
     response = Response(data, content_type=_content_type(mime))
     response.set_etag(etag or _etag(mime, data))
     response.headers["Cache-Control"] = cache_control
-    # R37; large pages have a gzipped twin in the page cache
+    # RFC 9110 §12.5.5; large pages have a gzipped twin in the page cache
     response.headers["Vary"] = (
         "Accept, Accept-Encoding" if len(data) >= GZIP_MIN_BYTES else "Accept"
     )
@@ -252,7 +253,7 @@ def _index_or_404(user: str, index: str) -> Index:
 
 @bp.get("/<user>/<index>/+simple")
 def project_list_no_slash(user: str, index: str) -> Response:
-    """Redirect to the canonical URL with a trailing slash (R3)."""
+    """Redirect to the canonical URL with a trailing slash (PEP 503)."""
     return redirect(f"{request.script_root}/{user}/{index}/+simple/", 301)
 
 
@@ -274,7 +275,7 @@ def project_list(user: str, index: str) -> Response:
 
 @bp.get("/<user>/<index>/+simple/<project>")
 def project_page_no_slash(user: str, index: str, project: str) -> Response:
-    """Redirect to the normalized name with a trailing slash (R2, R3)."""
+    """Redirect to the normalized name with a trailing slash (PEP 503)."""
     target = normalize_name(project)
     return redirect(f"{request.script_root}/{user}/{index}/+simple/{target}/", 301)
 
@@ -313,7 +314,8 @@ def project_page(user: str, index: str, project: str) -> Response:
     except UpstreamError as exc:
         raise upstream_failed(exc, normalized) from None
     if view is None:
-        raise HTTPError(404, f"Project {normalized} is not on index {user}/{index}.")  # R4
+        # A 404, never a 403 or 500: uv tries its next index only after a 404.
+        raise HTTPError(404, f"Project {normalized} is not on index {user}/{index}.")
     body = json.dumps(detail_json(view)) if mime == MIME_JSON else detail_html(view)
     cache_control = CACHE_MIRROR if found.is_mirror else CACHE_LOCAL
     data = body.encode("utf-8")
@@ -338,7 +340,7 @@ def project_page(user: str, index: str, project: str) -> Response:
 @bp.post("/<user>/<index>/+simple/<project>")
 @bp.post("/<user>/<index>/+simple/<project>/")
 def post_to_simple(user: str, index: str, project: str | None = None) -> Response:
-    """Uploads go to /USER/INDEX/, not the simple URL (R57: uv turns 405 into that hint)."""
+    """Uploads go to /USER/INDEX/, not the simple URL (uv turns a 405 into that hint)."""
     raise HTTPError(
         405,
         f"This is the simple index URL; upload to /{user}/{index}/ instead.",

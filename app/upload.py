@@ -1,4 +1,4 @@
-"""bp: uploads with the legacy API that twine speaks, POST /USER/INDEX/ (R57-R76)."""
+"""bp: uploads with the legacy API that twine speaks, POST /USER/INDEX/."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class UploadRequest(Request):
 
 
 def _field(name: str) -> str | None:
-    """A text field; "" and "UNKNOWN" count as absent (R58)."""
+    """A text field; "" and "UNKNOWN" count as absent (as PyPI's upload API)."""
     value = request.form.get(name)
     if value is None or value.strip() in ("", "UNKNOWN"):
         return None
@@ -115,7 +115,7 @@ def _existing(index: Index, info: FilenameInfo) -> File | None:
 
 
 def _duplicate(index: Index, existing: File, hashes: Hashes) -> Response | None:
-    """200 for an identical re-upload (R63), 409 for other bytes, None when volatile replaces."""
+    """200 for an identical re-upload (retry), 409 for other bytes, None when volatile replaces."""
     if existing.sha256 == hashes.sha256:
         return Response("", 200)
     if index.volatile:
@@ -140,7 +140,7 @@ def _store(
         added.append(spool.hashes.sha256)
     storage.commit_temp(spool.hashes.sha256, spool.path)
     if info.filetype != "bdist_wheel":
-        return None  # R41: sidecars for wheels only
+        return None  # PEP 658: sidecars for wheels only
     import hashlib
     import io
 

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 MIME_HTML = "application/vnd.pypi.simple.v1+html"
 MIME_TEXT_HTML = "text/html"
-# PEP 691: ask for JSON first, since only JSON carries size and upload-time (R91).
+# PEP 691: ask for JSON first, since only JSON carries size and upload-time (PEP 700).
 ACCEPT_PAGE = f"{MIME_JSON}, {MIME_HTML};q=0.2, {MIME_TEXT_HTML};q=0.1"
 USER_AGENT = f"pyshelf python-requests/{requests.__version__}"
 SUPPORTED_API_MAJOR = "1"  # PEP 629: refuse a major version we do not understand
@@ -198,7 +198,7 @@ class UpstreamClient:
         full_url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
         display = mask_url(full_url)
         if not _VALID_NORMALIZED_NAME.fullmatch(normalized_name):
-            # e.g. "-foo" from a request for "_foo": no project can have it (R4 wants a 404).
+            # e.g. "-foo" from a request for "_foo": no project can have it, so 404.
             raise UpstreamNotFound(f"{display}: not a valid project name", url=display)
         url, credentials = _split_credentials(full_url)
         _require_http(url, display)
@@ -454,7 +454,7 @@ def _read_page(response: requests.Response, display: str) -> bytes:
 
 
 def _page_kind(content_type: str) -> str | None:
-    """'json' or 'html' by media type (R32: exact types, parameters ignored), else None."""
+    """'json' or 'html' by media type (PEP 691: exact types, parameters ignored), else None."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == MIME_JSON:
         return "json"
@@ -464,7 +464,7 @@ def _page_kind(content_type: str) -> str | None:
 
 
 def _charset(content_type: str) -> str:
-    """The charset parameter if Python knows it, else UTF-8 (R18)."""
+    """The charset parameter if Python knows it, else UTF-8 (PEP 503)."""
     for parameter in content_type.split(";")[1:]:
         key, _, value = parameter.partition("=")
         if key.strip().lower() == "charset":
@@ -590,7 +590,7 @@ def parse_html_page(text: str, base_url: str, requested_name: str) -> ParsedPage
         parser.close()
     except (AssertionError, ValueError) as exc:  # html.parser's rare internal failures
         raise UpstreamError(f"{display}: unparseable HTML page: {exc}"[:300], url=display) from None
-    # R17: the first <base href> sets the base for every link in the document.
+    # PEP 503: the first <base href> sets the base for every link in the document.
     document_url = urljoin(base_url, parser.base_href) if parser.base_href else base_url
     files: list[UpstreamFile] = []
     for attributes in parser.anchors:
@@ -598,7 +598,7 @@ def parse_html_page(text: str, base_url: str, requested_name: str) -> ParsedPage
         if not href or not href.strip():
             continue
         url, fragment = _resolve(document_url, href.strip())
-        # R7: the filename is the href's last path segment, never the anchor text.
+        # PEP 503: the filename is the href's last path segment, never the anchor text.
         filename = _last_segment(url) if url else None
         if url is None or filename is None or not _is_safe_filename(filename):
             log.warning("%s: skipping link %s", display, mask_url(href[:200]))
@@ -611,7 +611,7 @@ def parse_html_page(text: str, base_url: str, requested_name: str) -> ParsedPage
                 requires_python=_text(attributes.get("data-requires-python")),
                 yanked=_html_yanked(attributes),
                 upload_time=normalize_upload_time(attributes.get("data-upload-time")),
-                size=None,  # HTML has no size (R91)
+                size=None,  # HTML has no size (PEP 700)
                 core_metadata=_html_core_metadata(attributes),
             )
         )
@@ -622,7 +622,7 @@ class _AnchorCollector(HTMLParser):
     """Collects `<a>` attributes, the first `<base href>` and the PEP 792 status meta tag."""
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)  # attribute values arrive unescaped (R10)
+        super().__init__(convert_charrefs=True)  # attribute values arrive unescaped (PEP 503)
         self.anchors: list[dict[str, str | None]] = []
         self.base_href: str | None = None
         self.status: str | None = None
@@ -646,7 +646,7 @@ class _AnchorCollector(HTMLParser):
 
 
 def normalize_upload_time(value: object) -> str | None:
-    """`YYYY-MM-DDTHH:MM:SS[.ffffff]Z` in UTC (R24), or None; a value without offset is UTC."""
+    """`YYYY-MM-DDTHH:MM:SS[.ffffff]Z` in UTC (PEP 700), or None; a value without offset is UTC."""
     if not isinstance(value, str) or not value.strip():
         return None
     try:
@@ -708,7 +708,7 @@ def _sha256_hex(value: object) -> str | None:
 
 
 def _fragment_sha256(fragment: str) -> str | None:
-    """sha256 from a `#sha256=<hex>` fragment; other algorithms are ignored (R8)."""
+    """sha256 from a `#sha256=<hex>` fragment; other algorithms are ignored (PEP 503)."""
     for piece in fragment.split("&"):
         algorithm, _, value = piece.partition("=")
         if algorithm.strip().lower() == "sha256":
@@ -729,7 +729,7 @@ def _size(value: object) -> int | None:
 
 
 def _json_yanked(value: object) -> bool | str:
-    """PEP 691: true or a reason; "" counts as not yanked, as unearth reads it (R26)."""
+    """PEP 691: true or a reason; "" counts as not yanked, as unearth reads it (PEP 592)."""
     if isinstance(value, str):
         return value.strip() or False
     return value is True

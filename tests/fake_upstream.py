@@ -24,8 +24,8 @@ from urllib.parse import quote, unquote, urlsplit
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 MIME_HTML = "application/vnd.pypi.simple.v1+html"
 MIME_TEXT_HTML = "text/html"
-OFFERS = (MIME_TEXT_HTML, MIME_HTML, MIME_JSON)  # ties go to the first, as on PyPI (R33)
-ALIASES = {  # R34: the meta-versions name the latest concrete one
+OFFERS = (MIME_TEXT_HTML, MIME_HTML, MIME_JSON)  # ties go to the first, as on PyPI (PEP 691)
+ALIASES = {  # PEP 691: the meta-versions name the latest concrete one
     "application/vnd.pypi.simple.latest+json": MIME_JSON,
     "application/vnd.pypi.simple.latest+html": MIME_HTML,
 }
@@ -44,7 +44,7 @@ def normalize(name: str) -> str:
 
 
 def negotiate(accept: str | None) -> str:
-    """Pick a page type for an Accept header: highest q wins, ties by PyPI's order (R33, R35a)."""
+    """Pick a page type for an Accept header: highest q wins, ties by PyPI's order (PEP 691)."""
     if accept is None or not accept.strip():
         return OFFERS[0]
     ranges: list[tuple[str, float]] = []
@@ -67,7 +67,7 @@ def negotiate(accept: str | None) -> str:
         quality = _quality(offer, ranges)
         if quality > best_quality:
             best, best_quality = offer, quality
-    return best  # nothing acceptable: text/html anyway, as PyPI (R35 a)
+    return best  # nothing acceptable: text/html anyway, as PyPI (PEP 691)
 
 
 def _quality(offer: str, ranges: list[tuple[str, float]]) -> float:
@@ -429,7 +429,7 @@ class FakeUpstream:
                 attributes.append(f'data-requires-python="{html.escape(f.requires_python)}"')
             if f.yanked is not False:
                 reason = "" if f.yanked is True else html.escape(str(f.yanked))
-                attributes.append(f'data-yanked="{reason}"')  # never valueless (R11)
+                attributes.append(f'data-yanked="{reason}"')  # never valueless (PEP 592)
             if f.metadata is not None:
                 attributes.append(f'data-dist-info-metadata="sha256={f.page_metadata_sha256}"')
                 attributes.append(f'data-core-metadata="sha256={f.page_metadata_sha256}"')

@@ -1,5 +1,5 @@
 """Private read access: an index's `acl_read` on every surface that shows anything of it
-(R52-R55 auth and transport, R4 unknown names, R85-R87 dependency confusion).
+(auth and transport, unknown names, dependency confusion).
 
 The matrix tests share one app (module scope) with:
 
@@ -85,7 +85,7 @@ class World:
 
 
 def token_header(secret: str, *, bearer: bool = False) -> dict[str, str]:
-    """Authorization for an API token: Basic __token__ (R53) or Bearer."""
+    """Authorization for an API token: Basic __token__ (RFC 7617) or Bearer."""
     if bearer:
         return {"Authorization": f"Bearer {secret}"}
     return {"Authorization": basic_auth("__token__", secret)}
@@ -248,9 +248,9 @@ def test_every_surface_of_a_restricted_index_challenges_forbids_or_serves(
     ok_status: int,
     caller: str,
 ) -> None:
-    """Anonymous or bad credentials → 401 + WWW-Authenticate, so pip asks its keyring (R52,
-    R54), except that a browser asking for a web page goes to the login page; authenticated
-    but not in acl_read → 403; the owner, superusers, readers and their tokens (R53: Basic
+    """Anonymous or bad credentials → 401 + WWW-Authenticate, so pip asks its keyring, except
+    that a browser asking for a web page goes to the login page; authenticated but not in
+    acl_read → 403; the owner, superusers, readers and their tokens (Basic
     __token__, Bearer) → the page, privately cacheable."""
     url = url.format(file=world.file_path)
     response = world.client().open(
@@ -264,7 +264,7 @@ def test_every_surface_of_a_restricted_index_challenges_forbids_or_serves(
     elif caller in CHALLENGED:
         assert response.status_code == 401, response.status
         assert response.headers["WWW-Authenticate"] == REALM
-        assert response.headers["Cache-Control"] == "no-store"  # R50
+        assert response.headers["Cache-Control"] == "no-store"  # RFC 9111 §5.2.2.5
         expected = (
             "401 Authentication required: index alice/private is not public; log in or pass "
             "credentials."
@@ -317,7 +317,7 @@ def test_authenticated_means_any_logged_in_user(
 
 
 def test_unknown_project_on_a_restricted_index_is_401_first_then_404(world: World) -> None:
-    """Strangers learn nothing about names (401 before lookup); readers get 404 (R4)."""
+    """Strangers learn nothing about names (401 before lookup); readers get 404."""
     anonymous = world.client().get("/alice/private/+simple/nothing-here/")
     reader = world.client().get("/alice/private/+simple/nothing-here/", headers=BOB)
 
@@ -326,7 +326,7 @@ def test_unknown_project_on_a_restricted_index_is_401_first_then_404(world: Worl
 
 
 def test_wrong_password_on_a_restricted_read_is_a_401_challenge(fresh: World) -> None:
-    """pip retries a 401 with its keyring or a prompt, a 403 never (R52)."""
+    """pip retries a 401 with its keyring or a prompt, a 403 never (RFC 9110 §15.5.2)."""
     wrong = {"Authorization": basic_auth("bob", "not-the-password")}
 
     response = fresh.client().get("/alice/private/+simple/", headers=wrong)
@@ -359,7 +359,7 @@ def test_devpi_api_config_stays_open_to_find_the_login(world: World) -> None:
 
 
 def test_restricted_files_are_privately_cached_public_ones_publicly(world: World) -> None:
-    """Shared caches never keep a restricted file (R49 stays for public ones)."""
+    """Shared caches never keep a restricted file (immutable stays for public ones)."""
     private = world.client().get(world.file_path, headers=BOB)
     public_url = (
         world.client().get("/alice/open/+simple/openpkg/", headers=PIP).get_json()["files"][0]
@@ -378,7 +378,7 @@ def test_pages_of_a_public_index_with_a_private_base_vary_by_reader(world: World
 
     assert response.headers["Cache-Control"] == "private, no-cache"
     assert "Authorization" in response.headers["Vary"]
-    assert "Accept" in response.headers["Vary"]  # R37 still holds
+    assert "Accept" in response.headers["Vary"]  # RFC 9110 §12.5.5 still holds
 
 
 # --- inheritance and dependency confusion -----------------------------------------------------
@@ -406,7 +406,7 @@ def test_a_public_stage_shows_nothing_of_a_private_base_to_strangers(
 
 def test_a_private_name_hides_the_mirror_from_strangers_too(world: World) -> None:
     """Strangers get 404 for secretpkg on alice/open, never upstream's 9.9 and upstream is not
-    asked (R86, R87: the rule counts every stage, readable or not); the reader gets 1.0 only."""
+    asked (the rule counts every stage, readable or not); the reader gets 1.0 only."""
     world.upstream.reset_counts()
 
     stranger = world.client().get("/alice/open/+simple/secretpkg/", headers={**PIP, **CAROL})

@@ -1,4 +1,4 @@
-"""The JSON management API: users, tokens, indexes and yanks (R46, R52, R53, R83)."""
+"""The JSON management API: users, tokens, indexes and yanks (PEP 592)."""
 
 from __future__ import annotations
 
@@ -107,14 +107,14 @@ def test_creating_a_user_rejects_bad_input(
 
 
 def test_only_superusers_create_users(client: Any, bob: dict[str, str]) -> None:
-    """A plain user is authenticated but not allowed: 403 (R52)."""
+    """A plain user is authenticated but not allowed: 403 (RFC 9110 §15.5.2)."""
     response = client.put("/carol", json={"password": "long-enough"}, headers=bob)
 
     assert response.status == "403 Only superusers may create users."
 
 
 def test_creating_a_user_without_credentials_is_401_with_a_challenge(client: Any) -> None:
-    """No credentials: 401 + WWW-Authenticate, never a redirect (R52)."""
+    """No credentials: 401 + WWW-Authenticate, never a redirect (RFC 9110 §15.5.2)."""
     response = client.put("/carol", json={"password": "long-enough"})
 
     assert response.status == "401 Authentication required: log in or pass credentials."
@@ -124,7 +124,7 @@ def test_creating_a_user_without_credentials_is_401_with_a_challenge(client: Any
 def test_user_changes_own_password_and_the_old_one_stops_working(
     client: Any, bob: dict[str, str]
 ) -> None:
-    """PATCH /USER by the user; wrong credentials are then 403 (R59)."""
+    """PATCH /USER by the user; wrong credentials are then 403."""
     response = client.patch("/bob", json={"password": "new-password"}, headers=bob)
 
     assert response.status == "200 OK"
@@ -227,7 +227,7 @@ def test_deleting_a_user_whose_index_is_another_index_base_is_409(
 def test_token_is_shown_once_and_works_as_a_password(
     app: Any, client: Any, bob: dict[str, str]
 ) -> None:
-    """POST /USER/+tokens returns the secret once; only its hash is stored (R53)."""
+    """POST /USER/+tokens returns the secret once; only its hash is stored (RFC 7617)."""
     response = client.post("/bob/+tokens", json={"description": "ci"}, headers=bob)
 
     assert response.status == "201 CREATED"
@@ -248,7 +248,7 @@ def test_token_is_shown_once_and_works_as_a_password(
 
 
 def test_token_does_not_authenticate_as_another_user(client: Any, bob: dict[str, str]) -> None:
-    """bob's token with the username admin is wrong credentials (R59)."""
+    """bob's token with the username admin is wrong credentials."""
     token = client.post("/bob/+tokens", headers=bob).get_json()["result"]["token"]
 
     response = client.patch(
@@ -548,7 +548,7 @@ def yanked_state(client: Any) -> dict[str, Any]:
 def test_yank_marks_every_file_of_a_version_and_unyank_clears_it(
     client: Any, admin_auth: dict[str, str], released: None
 ) -> None:
-    """PATCH .../PROJECT/VERSION yanks (with reason) and un-yanks (R83); names and versions
+    """PATCH .../PROJECT/VERSION yanks (with reason) and un-yanks (PEP 592); names and versions
     are matched normalized."""
     response = client.patch(
         "/admin/dev/Demo_Pkg/1.0", json={"yanked": True, "reason": "broken"}, headers=admin_auth

@@ -113,7 +113,7 @@ def test_bad_operations_variables_are_reported_together():
 
 
 def test_a_mirror_download_and_its_sidecar_are_recorded_with_their_sizes(capped, wheels):
-    """mirror_blobs learns each committed file (R89: only verified bytes are committed)."""
+    """mirror_blobs learns each committed file (only verified bytes are committed)."""
     name, data = wheels[0]
     client = capped.test_client()
     path = mirror_file_path(client, "pkg-a", name)

@@ -99,7 +99,7 @@ def password_works(username: str, password: str) -> bool:
 def test_prepare_creates_the_admin_the_mirror_and_the_stage(
     env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A fresh data directory gets admin, root/pypi (MIRROR_URL) and admin/dev (DESIGN.md)."""
+    """A fresh data directory gets admin, root/pypi (MIRROR_URL) and admin/dev."""
     code, out, _err = run(capsys, "prepare")
 
     assert code == 0
@@ -352,7 +352,7 @@ def test_user_delete_refuses_a_user_whose_index_others_build_on(
 def test_token_create_prints_a_token_that_authenticates(
     prepared: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The printed token works as the password of __token__ and as a Bearer token (R53)."""
+    """The printed token works as the password of __token__ and as a Bearer token (RFC 7617)."""
     code, out, _ = run(capsys, "token", "create", "admin", "--description", "ci")
     token = out.strip()
 

@@ -1,4 +1,4 @@
-"""app.config: Settings.from_env, sizes and the .env file (R65: MAX_UPLOAD_SIZE)."""
+"""app.config: Settings.from_env, sizes and the .env file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests for app.dists: filenames, archives, core metadata and digests (R58, R62, R68-R74)."""
+"""Unit tests for app.dists: filenames, archives, core metadata and digests (PEP 427, 527, 625)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def _metadata(**headers: str) -> bytes:
     ],
 )
 def test_normalize_name_follows_pep_503(name, normalized):
-    """R1-style normalisation: runs of '-', '_', '.' become one '-', lower case."""
+    """PEP 503 normalisation: runs of '-', '_', '.' become one '-', lower case."""
     assert normalize_name(name) == normalized
 
 
@@ -149,11 +149,11 @@ def test_normalize_name_follows_pep_503(name, normalized):
     ],
 )
 def test_is_valid_project_name_accepts_only_ascii_core_metadata_names(name, is_valid):
-    """R58's name rule: ^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$, ASCII, case-insensitive."""
+    """The form's name rule: ^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$, ASCII, case-insensitive."""
     assert is_valid_project_name(name) is is_valid
 
 
-# --- filenames (R68, R69, R71, R72) -------------------------------------------------------------
+# --- filenames (PEP 427, 527, 625) -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -179,14 +179,14 @@ def test_is_valid_project_name_accepts_only_ascii_core_metadata_names(name, is_v
     ],
 )
 def test_parse_filename_reads_name_version_filetype_and_pyversion(filename, expected):
-    """Local versions, linux_x86_64 tags and legacy sdist names are accepted (R71, R72, R74)."""
+    """Local versions, linux_x86_64 tags and legacy sdist names are accepted (PEP 427, 625)."""
     assert parse_filename(filename) == FilenameInfo(filename, *expected)
 
 
 @pytest.mark.parametrize(
     ("filename", "message"),
     [
-        # R68, checked before the extension.
+        # Control characters and slashes, checked before the extension.
         *[
             pytest.param(
                 name,
@@ -198,12 +198,12 @@ def test_parse_filename_reads_name_version_filetype_and_pyversion(filename, expe
         ],
         ("../demo_pkg-1.0.tar.gz", "Cannot upload a file with '/' or '\\' in the name."),
         ("dir\\demo_pkg-1.0.exe", "Cannot upload a file with '/' or '\\' in the name."),
-        # R69: PEP 527 / PEP 715 extensions.
+        # PEP 527 / PEP 715 extensions.
         *[
             pytest.param(f"demo_pkg-1.0{ext}", BAD_EXTENSION, id=ext)
             for ext in (".egg", ".exe", ".tar.bz2", ".msi", ".tgz", ".rpm", ".WHL", "")
         ],
-        # R71: packaging's InvalidWheelFilename message.
+        # PEP 427: packaging's InvalidWheelFilename message.
         (
             "demo_pkg-1.0.0.whl",
             "Invalid wheel filename (wrong number of parts): 'demo_pkg-1.0.0'",
@@ -221,7 +221,7 @@ def test_parse_filename_reads_name_version_filetype_and_pyversion(filename, expe
             "d\u00e9mo-1.0-py3-none-any.whl",
             "Invalid wheel filename (invalid project name): 'd\u00e9mo-1.0-py3-none-any.whl'",
         ),
-        # R72: unparseable sdist names (legacy names themselves are fine).
+        # PEP 625: unparseable sdist names (legacy names themselves are fine).
         *[
             pytest.param(
                 name,
@@ -239,14 +239,14 @@ def test_parse_filename_reads_name_version_filetype_and_pyversion(filename, expe
     ],
 )
 def test_parse_filename_rejects_bad_names_with_their_reason(filename, message):
-    """R68 first, then R69, then the wheel (R71) or sdist (R72) filename rules."""
+    """Characters, then extension (PEP 527), then the wheel (PEP 427) or sdist (PEP 625) rules."""
     with pytest.raises(InvalidDistribution) as caught:
         parse_filename(filename)
     assert str(caught.value) == message
 
 
 def test_reasons_are_one_short_latin1_line_even_for_hostile_values():
-    """R60: the reason goes into an HTTP status line, so it must be one latin-1 line."""
+    """The reason goes into an HTTP status line, so it must be one latin-1 line."""
     with pytest.raises(InvalidDistribution) as caught:
         parse_filename("\u4e2d" * 300 + "\u2028-1.0.tar.gz")
     reason = str(caught.value)
@@ -257,7 +257,7 @@ def test_reasons_are_one_short_latin1_line_even_for_hostile_values():
     assert str(InvalidDistribution("two\nlines\u2028here")) == "two\\nlines\\u2028here"
 
 
-# --- check_filetype (R58, R69) -----------------------------------------------------------------
+# --- check_filetype (PEP 527) -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -274,7 +274,7 @@ def test_reasons_are_one_short_latin1_line_even_for_hostile_values():
     ],
 )
 def test_check_filetype_accepts_matching_filetype_and_pyversion(filename, filetype, pyversion):
-    """R58: a wheel names its Python tag; an sdist says 'source' or nothing."""
+    """A wheel names its Python tag; an sdist says 'source' or nothing."""
     check_filetype(parse_filename(filename), filetype, pyversion)
 
 
@@ -318,7 +318,7 @@ def test_check_filetype_accepts_matching_filetype_and_pyversion(filename, filety
 def test_check_filetype_rejects_mismatches_with_warehouse_messages(
     filename, filetype, pyversion, message
 ):
-    """R58's form rules come before R69's extension-versus-filetype rule, as in warehouse."""
+    """The form's rules come before the extension-versus-filetype rule (PEP 527), as warehouse."""
     with pytest.raises(InvalidDistribution) as caught:
         check_filetype(parse_filename(filename), filetype, pyversion)
     assert str(caught.value) == message
@@ -399,7 +399,7 @@ def test_read_metadata_returns_a_wheels_metadata_and_its_exact_bytes(tmp_path):
     ],
 )
 def test_read_metadata_accepts_real_distributions(tmp_path, build, name, version):
-    """Display name and version come back as written in the metadata (R74)."""
+    """Display name and version come back as written in the core metadata."""
     filename, data = build()
     metadata = _read(tmp_path, filename, data)
     assert (metadata.name, metadata.version) == (name, version)
@@ -418,7 +418,7 @@ def test_read_metadata_accepts_a_differently_spelled_dist_info_directory(tmp_pat
 
 
 def test_read_metadata_drops_unknown_placeholders_and_keeps_an_explicit_homepage(tmp_path):
-    """Old setuptools wrote 'UNKNOWN' for absent fields (R58 drops them)."""
+    """Old setuptools wrote 'UNKNOWN' for absent fields (dropped)."""
     metadata = _read(
         tmp_path,
         WHEEL,
@@ -450,11 +450,11 @@ def test_read_metadata_prefers_the_body_when_description_is_also_a_header(tmp_pa
     assert metadata.description == "new body\n"
 
 
-# --- read_metadata: bad archives and metadata (R70-R74) ----------------------------------------
+# --- read_metadata: bad archives and metadata -----------------------------------------------
 
 
 BAD_ARCHIVES = [
-    # R70: archive type.
+    # Archive type.
     pytest.param(WHEEL, lambda: b"not a zip", dists.NOT_A_ZIPFILE, id="wheel not a zip"),
     pytest.param(ZIP_SDIST, lambda: b"not a zip", dists.NOT_A_ZIPFILE, id="zip sdist not a zip"),
     pytest.param(SDIST, lambda: b"not a tar", dists.NOT_A_TARFILE, id="not gzip"),
@@ -479,7 +479,7 @@ BAD_ARCHIVES = [
         "Invalid distribution file. File is both a zip and a tar file",
         id="tar and wheel polyglot",
     ),
-    # R70: zip compression and encryption.
+    # Zip compression and encryption.
     *[
         pytest.param(
             filename,
@@ -498,7 +498,7 @@ BAD_ARCHIVES = [
         "Invalid distribution file. File is encrypted",
         id="encrypted member",
     ),
-    # R70, R71: wheel contents.
+    # PEP 427: wheel contents.
     pytest.param(
         WHEEL,
         lambda: make_wheel(omit=["WHEEL"])[1],
@@ -542,7 +542,7 @@ BAD_ARCHIVES = [
         "Invalid distribution file. Unsafe member path '../evil.py'",
         id="wheel member outside the root",
     ),
-    # R70: sdist layout.
+    # Sdist layout.
     pytest.param(
         SDIST,
         lambda: tar_gz_bytes({f"{TOP}/PKG-INFO": b"", "other-1.0/PKG-INFO": b""}),
@@ -641,7 +641,7 @@ BAD_ARCHIVES = [
         f"Invalid distribution file. {TOP}/PKG-INFO is larger than 10 MiB",
         id="oversized PKG-INFO",
     ),
-    # R74 and R71/R72: what the metadata says.
+    # Core metadata, PEP 427 and PEP 625: what the metadata says.
     pytest.param(
         WHEEL,
         lambda: _wheel_with_metadata(b"Metadata-Version: 2.1\nName: demo-pkg\nSummary: caf\xe9\n"),
@@ -732,7 +732,7 @@ BAD_ARCHIVES = [
 def test_read_metadata_rejects_bad_archives_with_their_reason(
     tmp_path, filename: str, build: Callable[[], bytes], message: str
 ):
-    """R70's archive checks, R71's wheel contents, R72's sdist layout and R74's metadata rules."""
+    """Archive checks, wheel contents (PEP 427), sdist layout (PEP 625) and core metadata rules."""
     with pytest.raises(InvalidDistribution) as caught:
         _read(tmp_path, filename, build())
     assert str(caught.value) == message
@@ -750,7 +750,7 @@ class _Zeros(io.RawIOBase):
 
 
 def test_read_metadata_rejects_a_zip_bomb_quickly(tmp_path):
-    """R70: more than 64 MiB declared and a ratio over 50 -> rejected before inflating."""
+    """More than 64 MiB declared and a ratio over 50 -> rejected before inflating."""
     started = time.monotonic()
     buffer = io.BytesIO()
     with (
@@ -768,7 +768,7 @@ def test_read_metadata_rejects_a_zip_bomb_quickly(tmp_path):
 
 
 def test_read_metadata_rejects_a_tarball_bomb_before_inflating_it(tmp_path):
-    """R70's ratio rule applied to gzip tarballs: the declared member size gives it away."""
+    """The zip-bomb ratio rule applied to gzip tarballs: the declared member size gives it away."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
         entry = tarfile.TarInfo(f"{TOP}/padding")
@@ -795,7 +795,7 @@ def test_read_metadata_stops_inflating_a_tarball_at_the_ratio_limit(tmp_path, mo
     assert str(caught.value) == "Invalid distribution file. File exceeds compression ratio of 50"
 
 
-# --- digests (R62) -----------------------------------------------------------------------------
+# --- digests -----------------------------------------------------------------------------
 
 
 DATA = b"pyshelf" * 1000
@@ -843,7 +843,7 @@ def test_hashes_of_nothing_are_the_empty_digests():
     ],
 )
 def test_check_digests_accepts_any_correct_digest(digests):
-    """R62: one digest is enough; hex compares case-insensitively; '' counts as absent (pdm)."""
+    """One digest is enough; hex compares case-insensitively; '' counts as absent (pdm)."""
     check_digests(hash_stream(io.BytesIO(DATA)), **digests)
 
 
@@ -866,7 +866,7 @@ def test_check_digests_accepts_any_correct_digest(digests):
     ids=["none", "all empty", "wrong sha256", "wrong md5", "wrong blake2", "truncated sha256"],
 )
 def test_check_digests_rejects_missing_or_wrong_digests(digests, message):
-    """R62: every supplied digest must match, and at least one must be supplied."""
+    """Every supplied digest must match, and at least one must be supplied."""
     with pytest.raises(InvalidDistribution) as caught:
         check_digests(hash_stream(io.BytesIO(DATA)), **digests)
     assert str(caught.value) == message
@@ -876,7 +876,7 @@ def test_check_digests_rejects_missing_or_wrong_digests(digests, message):
 
 
 def test_builders_make_distributions_that_pip_installs_and_twine_checks(tmp_path):
-    """pip installs the wheel and builds the sdist offline; twine check --strict passes (R58)."""
+    """pip installs the wheel and builds the sdist offline; twine check --strict passes."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull  # a machine-wide pip config must not leak in
     built = [

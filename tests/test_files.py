@@ -2,8 +2,8 @@
 release_file) and the WSGI fast path in front of it (CachedFiles), which must answer exactly as
 the view does for what it serves and leave everything else to it.
 
-Cites STANDARDS.md R13 (PEP 658 sidecars), R42-R44 (ranges, validators), R46 (the sha256 names
-the bytes), R49 (immutable caching), R52 (read access). Mirrored files and sidecars in front of
+Covers PEP 658 sidecars, ranges and validators (RFC 9110 §13, §14), the sha256 naming the bytes,
+immutable caching (RFC 8246) and read access. Mirrored files and sidecars in front of
 Flask are tested in tests/test_mirror.py, with its fake upstream.
 """
 
@@ -76,7 +76,7 @@ def from_view(monkeypatch: pytest.MonkeyPatch, client: Any, url: str, **kwargs: 
 def test_a_public_upload_is_sent_before_flask_exactly_as_the_view_sends_it(
     monkeypatch: pytest.MonkeyPatch, client: Any, views: Views, hosted: dict, sidecar: bool
 ) -> None:
-    """R13, R49: the fast path's status, headers and bytes are the view's."""
+    """PEP 658; RFC 8246: the fast path's status, headers and bytes are the view's."""
     url = hosted["url"] + (".metadata" if sidecar else "")
     fast = client.get(url)
     assert views.calls == (0 if views.fast_path else 1)
@@ -108,7 +108,7 @@ def test_head_of_a_stored_file_has_its_length_and_no_body(
 def test_ranges_and_revalidations_are_left_to_the_view(
     client: Any, views: Views, hosted: dict, headers: dict[str, str], status: int
 ) -> None:
-    """R42-R44: werkzeug's conditional rules stay in one place, the view."""
+    """Ranges and validators (RFC 9110 §13, §14): werkzeug's rules stay in one place, the view."""
     etag = client.get(hosted["url"]).headers["ETag"]
     before = views.calls
     sent = {k: v.replace("ETAG", etag) for k, v in headers.items()}
@@ -121,7 +121,7 @@ def test_ranges_and_revalidations_are_left_to_the_view(
 def test_a_restricted_index_goes_through_the_views_access_check(
     client: Any, views: Views, hosted: dict, admin_auth: dict[str, str]
 ) -> None:
-    """R52: nothing of an index that is not public is answered in front of Flask."""
+    """RFC 9110 §15.5.2: nothing of an index that is not public is answered in front of Flask."""
     patched = client.patch("/admin/dev", json={"acl_read": [":AUTHENTICATED:"]}, headers=admin_auth)
     assert patched.status_code == 200, patched.get_data(as_text=True)
 
@@ -135,7 +135,7 @@ def test_a_restricted_index_goes_through_the_views_access_check(
 def test_a_sha256_under_another_filename_is_a_404_from_the_view(
     client: Any, views: Views, hosted: dict
 ) -> None:
-    """R46: the URL must name this index's file exactly; the fast path does not guess."""
+    """The URL must name this index's file exactly; the fast path does not guess."""
     wrong = hosted["url"].replace(hosted["filename"], "filepkg-2.0-py3-none-any.whl")
     response = client.get(wrong)
     assert (response.status_code, views.calls) == (404, 1)

@@ -1,4 +1,4 @@
-"""app.indexes: resolution order, merged project views and the dependency-confusion rule (R86)."""
+"""app.indexes: resolution order, merged project views and the dependency-confusion rule."""
 
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def test_resolution_order_survives_a_stored_cycle(session: Session) -> None:
 def test_project_view_lists_own_files_first_and_the_first_filename_wins(
     session: Session,
 ) -> None:
-    """An index shadows a base's file of the same filename; other base files follow (R46)."""
+    """An index shadows a base's file of the same filename; other base files follow."""
     base = stage(session, "base")
     top = stage(session, "top", "admin/base")
     host(session, top, "Demo.Pkg", "demo_pkg-1.0.0-py3-none-any.whl", SHA_A)
@@ -254,7 +254,7 @@ def test_project_view_of_a_public_name_comes_from_the_mirror(session: Session) -
 
 
 def test_private_name_never_asks_the_mirror(session: Session) -> None:
-    """A name with files on the stage hides the mirror's project of that name (R86)."""
+    """A name with files on the stage hides the mirror's project of that name."""
     dev = index(session, "admin/dev")
     host(session, dev, "requests", "requests-0.0.1-py3-none-any.whl")
     mirror = FakeMirror({"requests": ["requests-2.32.0-py3-none-any.whl"]})
@@ -266,7 +266,7 @@ def test_private_name_never_asks_the_mirror(session: Session) -> None:
 
 
 def test_private_name_in_a_base_stage_also_hides_the_mirror(session: Session) -> None:
-    """The rule holds across the whole chain: team/internal's names shadow root/pypi (R86)."""
+    """The rule holds across the whole chain: team/internal's names shadow root/pypi."""
     team = stage(session, "team")
     top = stage(session, "top", "admin/team", "root/pypi")
     host(session, team, "acme-internal", "acme_internal-1.0-py3-none-any.whl")
@@ -282,7 +282,7 @@ def test_private_name_in_a_base_stage_also_hides_the_mirror(session: Session) ->
     "entry", ["demo-pkg", "Demo.Pkg", "demo_pkg", "DEMO__pkg", "demo-.pkg", "*"]
 )
 def test_whitelisted_private_name_is_merged_with_the_mirror(session: Session, entry: str) -> None:
-    """`mirror_whitelist` (by normalized name, or "*") opts a name in: own files first (R86)."""
+    """`mirror_whitelist` (by normalized name, or "*") opts a name in: own files first."""
     dev = index(session, "admin/dev")
     dev.mirror_whitelist = [entry]
     host(session, dev, "demo-pkg", "demo_pkg-1.0.0-py3-none-any.whl")

@@ -89,7 +89,7 @@ def test_shared_holders_coexist_and_keep_out_an_exclusive_one(settings: Settings
 
 
 def test_a_lock_is_released_when_the_process_holding_it_dies(settings: Settings) -> None:
-    """A killed worker (or replica) never leaves a download locked forever (DESIGN: kill -9)."""
+    """A killed worker (or replica) never leaves a download locked forever (kill -9)."""
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
@@ -210,7 +210,7 @@ def test_a_download_another_replica_holds_too_long_is_streamed_uncached(
 def test_bytes_streamed_uncached_are_still_checked_against_the_sha256(
     mirror_app, mc, fake_upstream, demo, remote, monkeypatch
 ):
-    """R89: a wrong file is cut off before its last chunk, cached or not."""
+    """A wrong file is cut off before its last chunk, cached or not."""
     from app.upstream import UpstreamError
 
     monkeypatch.setattr("app.mirror.REMOTE_WAIT_SECONDS", 0.1)

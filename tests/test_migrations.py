@@ -1,4 +1,4 @@
-"""Alembic migrations: `upgrade head` on an empty database, then `alembic check` (STYLE.md)."""
+"""Alembic migrations: `upgrade head` on an empty database, then `alembic check` against models."""
 
 from __future__ import annotations
 

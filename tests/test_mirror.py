@@ -1,7 +1,7 @@
 """Tests of app/mirror.py (the caching policy) through the Flask test client and a fake upstream.
 
-Cites STANDARDS.md section L (R89-R95) and F (R47-R50). The live-server side (gunicorn workers,
-pip, SIGKILL) is in tests/e2e/test_mirror.py.
+Stale-if-error (RFC 5861), revalidation (RFC 9110 §13.1.2), negative caching and single-flight
+downloads. The live-server side (gunicorn workers, pip, SIGKILL) is in tests/e2e/test_mirror.py.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def test_a_fresh_page_is_served_from_the_cache(mc, fake_upstream, demo, clock):
 def test_an_expired_page_is_revalidated_and_a_304_renews_it(
     mirror_app, mc, fake_upstream, demo, clock
 ):
-    """R47 upstream side: If-None-Match/If-Modified-Since; a 304 keeps the page and its files."""
+    """Upstream If-None-Match/If-Modified-Since (RFC 9110 §13.1); a 304 keeps page and files."""
     mc.get("/root/pypi/+simple/mirror-demo/")
     clock.advance(61)
     response = mc.get("/root/pypi/+simple/mirror-demo/", headers=JSON)
@@ -215,7 +215,7 @@ def test_the_per_index_expiry_overrides_the_default(mc, fake_upstream, demo, clo
 
 
 def test_an_upstream_404_is_cached_for_the_not_found_expiry(mc, fake_upstream, clock):
-    """R94, R50: 404 remembered for MIRROR_NOT_FOUND_EXPIRY; then a new project is found."""
+    """A 404 is remembered for MIRROR_NOT_FOUND_EXPIRY; then a new project is found."""
     for _ in range(2):
         response = mc.get("/root/pypi/+simple/soon/")
         assert response.status_code == 404
@@ -255,7 +255,7 @@ def test_every_upstream_answer_is_recorded_with_what_it_brought(
 
 
 def test_the_mirror_project_list_shows_cached_projects_only(mc, fake_upstream, demo):
-    """R6, issue item 1: no upstream list; cached pages listed, remembered 404s not."""
+    """No upstream list; cached pages listed, remembered 404s not."""
     mc.get("/root/pypi/+simple/mirror-demo/")
     mc.get("/root/pypi/+simple/not-upstream/")
     response = mc.get("/root/pypi/+simple/", headers=JSON)
@@ -267,7 +267,7 @@ def test_the_mirror_project_list_shows_cached_projects_only(mc, fake_upstream, d
 def test_upstream_failure_serves_the_stale_page_with_a_header_and_a_log_line(
     mc, fake_upstream, demo, clock, caplog, fault
 ):
-    """R93: stale-if-error, X-Pyshelf-Stale and a warning; the cached file is still served."""
+    """Stale-if-error (RFC 5861), X-Pyshelf-Stale and a warning; the cached file is still served."""
     url = file_url(mc, demo[0])
     assert mc.get(url).get_data() == demo[1]
     clock.advance(61)
@@ -280,7 +280,7 @@ def test_upstream_failure_serves_the_stale_page_with_a_header_and_a_log_line(
         assert response.status == "200 OK"
         assert response.headers[STALE_HEADER] == "root/pypi"
         assert demo[0] in response.get_data(as_text=True)
-        # A cached file is found by the sha256 in its URL (R46): served without the page.
+        # A cached file is found by the sha256 in its URL: served without the page.
         response = mc.get(url)
         assert (response.status_code, response.get_data()) == (200, demo[1])
     assert "serving stale root/pypi/mirror-demo" in caplog.text
@@ -290,7 +290,7 @@ def test_upstream_failure_serves_the_stale_page_with_a_header_and_a_log_line(
 def test_an_unknown_project_with_a_failing_upstream_is_a_502_or_504_naming_it(
     mc, fake_upstream, fault, status
 ):
-    """R93, issue item 6: nothing cached → 502/504 with Retry-After, not cached as missing."""
+    """Nothing cached → 502/504 with Retry-After, not cached as missing."""
     if fault == "slow":
         fake_upstream.delay_seconds = 5  # beyond the 1 s read timeout
     else:
@@ -329,12 +329,12 @@ def test_refresh_marks_the_page_stale_and_the_next_request_refetches(mc, fake_up
 def test_a_file_is_downloaded_once_verified_and_then_served_from_the_store(
     mirror_app, mc, fake_upstream, demo
 ):
-    """R89, R95, R49: the first request fetches and stores; later ones are immutable hits."""
+    """RFC 8246: the first request fetches and stores; later ones are immutable hits."""
     url = file_url(mc, demo[0])
     first = mc.get(url)
     assert (first.status_code, first.get_data()) == (200, demo[1])
     assert first.headers["Content-Length"] == str(len(demo[1]))
-    assert "Accept-Ranges" not in first.headers  # R95: not while it streams
+    assert "Accept-Ranges" not in first.headers  # not while it streams
     assert stored(mirror_app, demo[1])
     second = mc.get(url, headers={"Range": "bytes=0-9"})
     assert (second.status_code, second.get_data()) == (206, demo[1][:10])
@@ -346,7 +346,7 @@ def test_a_file_is_downloaded_once_verified_and_then_served_from_the_store(
 def test_a_head_request_for_an_uncached_file_leaves_no_lock_behind(
     mirror_app, mc, fake_upstream, demo
 ):
-    """R95: HEAD never iterates the body; the download lock and part file must still go."""
+    """HEAD never iterates the body; the download lock and part file must still go."""
     url = file_url(mc, demo[0])
     response = mc.head(url, buffered=True)  # closes the app iterable, as gunicorn does
     assert response.status_code == 200
@@ -363,7 +363,7 @@ def test_a_head_request_for_an_uncached_file_leaves_no_lock_behind(
 def test_a_client_that_leaves_mid_download_still_leaves_the_file_cached(
     mirror_app, mc, fake_upstream
 ):
-    """R95: the download the first client started is finished for the next one (and pip's
+    """The download the first client started is finished for the next one (and pip's
     resumed retry), verified and stored, though that client went away after one chunk."""
     filename, data = make_wheel("big-demo", "1.0", files={"big_demo/x.bin": os.urandom(3 << 20)})
     fake_upstream.add_file("big-demo", filename, data)
@@ -383,7 +383,7 @@ def test_a_client_that_leaves_mid_download_still_leaves_the_file_cached(
 def test_bad_bytes_raise_before_the_last_chunk_and_nothing_is_kept(
     mirror_app, mc, fake_upstream, demo, caplog, fault
 ):
-    """R89: the client never gets the complete file; no blob, no part file, lock released."""
+    """The client never gets the complete file; no blob, no part file, lock released."""
     url = file_url(mc, demo[0])
     getattr(fake_upstream, fault).add(demo[0])
     # The small file is one chunk, held back: the error comes before any byte (the WSGI server
@@ -411,7 +411,7 @@ def test_a_metadata_transfer_that_stalls_is_a_504_not_a_500(mirror_app, mc, fake
 
 
 def test_concurrent_cold_requests_for_a_sidecar_fetch_it_once(mirror_app, fake_upstream, demo):
-    """R95: single-flight for PEP 658 sidecars too (uv asks for many at once)."""
+    """Single-flight for PEP 658 sidecars too (uv asks for many at once)."""
     url = file_url(mirror_app.test_client(), demo[0]) + ".metadata"
     fake_upstream.delay_seconds = 0.3  # every request overlaps the first fetch
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -421,7 +421,7 @@ def test_concurrent_cold_requests_for_a_sidecar_fetch_it_once(mirror_app, fake_u
 
 
 def test_metadata_is_fetched_once_and_checked_against_its_hash(mirror_app, mc, fake_upstream, demo):
-    """R13, R89: FILE.metadata byte-for-byte, cached; served without fetching the wheel."""
+    """PEP 658: FILE.metadata byte-for-byte, cached; served without fetching the wheel."""
     url = file_url(mc, demo[0]) + ".metadata"
     for _ in range(2):
         response = mc.get(url)
@@ -433,7 +433,7 @@ def test_metadata_is_fetched_once_and_checked_against_its_hash(mirror_app, mc, f
 def test_a_file_upstream_lists_without_a_hash_is_passed_through_not_cached(
     mirror_app, mc, fake_upstream, demo
 ):
-    """R89: unverifiable bytes are streamed but never stored, even while a lock is held."""
+    """Unverifiable bytes are streamed but never stored, even while a lock is held."""
     file_url(mc, demo[0])
     settings = mirror_app.config["PYSHELF_SETTINGS"]
     database = Database(settings.database_url)
@@ -477,7 +477,7 @@ def _follow_setup(mirror_app: Any, mc: Any, demo: tuple[str, bytes]) -> tuple[st
 def test_a_follower_streams_the_part_file_and_ends_with_the_committed_blob(
     mirror_app, mc, fake_upstream, demo
 ):
-    """R95: a request that finds a download in flight follows it; upstream is asked once."""
+    """A request that finds a download in flight follows it; upstream is asked once."""
     url, part, leader = _follow_setup(mirror_app, mc, demo)
     data = demo[1]
     part.write_bytes(data[:1000])
@@ -502,7 +502,7 @@ def test_a_follower_streams_the_part_file_and_ends_with_the_committed_blob(
 def test_a_follower_never_completes_a_file_whose_earlier_bytes_were_wrong(
     mirror_app, mc, fake_upstream, demo
 ):
-    """R89, R95: bytes from a failed leader's part must not be finished with a good blob."""
+    """Bytes from a failed leader's part must not be finished with a good blob."""
     url, part, leader = _follow_setup(mirror_app, mc, demo)
     data = demo[1]
     part.write_bytes(bytes(b ^ 0xFF for b in data[:1000]))  # a bad download in flight
@@ -525,7 +525,7 @@ def test_a_follower_never_completes_a_file_whose_earlier_bytes_were_wrong(
 
 
 def test_a_follower_of_a_killed_leader_fails_instead_of_waiting(mirror_app, mc, demo):
-    """R95: when the lock is released without a blob, followers stop (the client retries)."""
+    """When the lock is released without a blob, followers stop (the client retries)."""
     url, part, leader = _follow_setup(mirror_app, mc, demo)
     part.write_bytes(demo[1][:500])
     response = mc.get(url, buffered=False)
@@ -537,7 +537,7 @@ def test_a_follower_of_a_killed_leader_fails_instead_of_waiting(mirror_app, mc, 
 
 
 def test_a_new_leader_replaces_a_part_file_left_by_a_killed_worker(mirror_app, mc, demo):
-    """DESIGN (kill -9): a leftover part file is not reused in place, and never served."""
+    """After kill -9, a leftover part file is not reused in place, and never served."""
     url = file_url(mc, demo[0])
     settings = mirror_app.config["PYSHELF_SETTINGS"]
     part = settings.tmp_dir / "mirror" / f"{download_stem(settings, sha256(demo[1]))}.part"
@@ -582,7 +582,7 @@ class CopyingStorage:
 def test_a_store_without_rename_gets_a_copy_and_no_part_file_is_left(
     mirror_settings, mirror_app, fake_upstream, demo
 ):
-    """R95 with any Storage: verified bytes are saved, followers check what they sent."""
+    """Single-flight with any Storage: verified bytes are saved, followers check what they sent."""
     app = create_app(mirror_settings, storage=CopyingStorage(mirror_settings.blob_dir))
     app.config["TESTING"] = True
     client = app.test_client()
@@ -658,7 +658,7 @@ def sidecars(app: Any) -> list[tuple[str, str]]:
 def test_a_cached_mirror_file_is_sent_before_flask_and_counted_as_a_hit(
     mirror_app: Any, mc: Any, mirror_views: Views, fake_upstream: Any, mirrored: dict
 ) -> None:
-    """R89, R95: the first request fetches through the view; the next is a hit in front of it."""
+    """The first request fetches through the view; the next is a hit in front of it."""
     url = file_url(mc, mirrored["filename"], "mirror-files")
     first = mc.get(url)
     assert (first.status_code, first.get_data(), mirror_views.calls) == (200, mirrored["data"], 1)
@@ -673,7 +673,7 @@ def test_a_cached_mirror_file_is_sent_before_flask_and_counted_as_a_hit(
 def test_a_mirrored_sidecar_is_found_by_its_files_sha256_after_the_first_request(
     mirror_app: Any, mc: Any, mirror_views: Views, fake_upstream: Any, mirrored: dict
 ) -> None:
-    """R13: the first request decodes the page and records the sidecar; the next ones are sent
+    """PEP 658: the first request decodes the page and records the sidecar; the next ones are sent
     by the file's key without Flask, byte-for-byte, and the upstream is asked once."""
     url = file_url(mc, mirrored["filename"], "mirror-files") + ".metadata"
     key = url.split("/+f/")[1].split("/")[0]
@@ -689,7 +689,7 @@ def test_a_mirrored_sidecar_is_found_by_its_files_sha256_after_the_first_request
 def test_a_sidecar_the_upstream_corrects_is_fetched_again_not_served_stale(
     mirror_app: Any, mc: Any, fake_upstream: Any, mirrored: dict, clock: Any
 ) -> None:
-    """R89: when the upstream page lists the file with another metadata hash, the recorded
+    """When the upstream page lists the file with another metadata hash, the recorded
     sidecar is dropped and the new one fetched and checked against the new hash."""
     url = file_url(mc, mirrored["filename"], "mirror-files") + ".metadata"
     assert mc.get(url).get_data() == mirrored["metadata"]

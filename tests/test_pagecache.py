@@ -64,7 +64,7 @@ def test_a_stored_page_is_answered_with_the_views_exact_headers_and_body(
 def test_a_304_from_the_store_has_the_headers_of_the_views_304(
     app: Any, client: Any, stored: Any
 ) -> None:
-    """R47: If-None-Match with the stored ETag is a 304 without a body, as from the view."""
+    """If-None-Match with the stored ETag is a 304 without a body, as from the view."""
     etag = stored.headers["ETag"]
     validated = {"Accept": MIME_JSON, "If-None-Match": etag}
     from_store = client.get(PAGE, headers=validated)

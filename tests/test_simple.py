@@ -1,4 +1,4 @@
-"""The simple repository API, /USER/INDEX/+simple/ (PEP 503, 592, 658, 691, 700; R1-R50, R86)."""
+"""The simple repository API, /USER/INDEX/+simple/ (PEP 503, 592, 629, 658, 691, 700, 714)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;
 JSON_ACCEPT = {"Accept": MIME_JSON}
 WHEEL, WHEEL_BYTES = make_wheel("Demo.Pkg", "1.0.0", requires_python=">=3.8")
 SDIST, SDIST_BYTES = make_sdist("Demo.Pkg", "1.0.0", requires_python=">=3.8")
-UPLOAD_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")  # R24
+UPLOAD_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")  # PEP 700
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ UPLOAD_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$
 def test_negotiate_picks_the_media_type_clients_expect(
     accept: str | None, format_param: str | None, expected: str
 ) -> None:
-    """q-values decide, ties go text/html > v1+html > v1+json, else text/html (R31-R36)."""
+    """q-values decide, ties go text/html > v1+html > v1+json, else text/html (PEP 691)."""
     assert negotiate(accept, format_param) == expected
 
 
@@ -165,11 +165,11 @@ def recorder(app: Any) -> RecordingUpstream:
 
 
 def test_project_list_html_links_each_project_relatively(client: Any, demo: dict) -> None:
-    """One anchor per project, text = name, relative href to the project page (R6, R12)."""
+    """One anchor per project, text = name, relative href to the project page (PEP 503, 629)."""
     response = client.get("/admin/dev/+simple/")
 
     assert response.status == "200 OK"
-    assert response.content_type == "text/html; charset=utf-8"  # R18
+    assert response.content_type == "text/html; charset=utf-8"  # PEP 503
     body = response.get_data(as_text=True)
     assert body.startswith("<!DOCTYPE html>")
     page = parse(body)
@@ -178,7 +178,7 @@ def test_project_list_html_links_each_project_relatively(client: Any, demo: dict
 
 
 def test_project_list_json_has_meta_and_project_names(client: Any, demo: dict) -> None:
-    """The PEP 691 list: meta.api-version and projects[].name only (R6, R19, R30)."""
+    """The PEP 691 list: meta.api-version and projects[].name only (PEP 503, 691)."""
     response = client.get("/admin/dev/+simple/", headers=JSON_ACCEPT)
 
     assert response.status == "200 OK"
@@ -187,7 +187,7 @@ def test_project_list_json_has_meta_and_project_names(client: Any, demo: dict) -
         "meta": {"api-version": "1.4"},
         "projects": [{"name": "Demo.Pkg"}],
     }
-    assert "Accept" in vary(response)  # R37
+    assert "Accept" in vary(response)  # RFC 9110 §12.5.5
 
 
 def test_project_list_of_an_empty_index_is_empty(client: Any, solo: str) -> None:
@@ -204,75 +204,75 @@ def test_project_list_of_an_empty_index_is_empty(client: Any, solo: str) -> None
 def test_project_page_html_has_one_anchor_per_file_with_the_required_attributes(
     client: Any, demo: dict[str, bytes]
 ) -> None:
-    """Text = filename = last href segment, #sha256, requires-python, core-metadata (R7-R13)."""
+    """Text = filename = last href segment, #sha256, requires-python, core-metadata (PEP 658)."""
     response = client.get("/admin/dev/+simple/demo-pkg/")
 
     assert response.status == "200 OK"
-    assert response.content_type == "text/html; charset=utf-8"  # R18, R32
+    assert response.content_type == "text/html; charset=utf-8"  # PEP 503, 691
     body = response.get_data(as_text=True)
     assert body.startswith("<!DOCTYPE html>")
-    assert body.count('name="pypi:repository-version" content="1.4"') == 1  # R12
-    assert 'data-requires-python="&gt;=3.8"' in body  # R10: escaped in the markup
+    assert body.count('name="pypi:repository-version" content="1.4"') == 1  # PEP 629
+    assert 'data-requires-python="&gt;=3.8"' in body  # PEP 503: escaped in the markup
     page = parse(body)
     assert sorted(text for _attrs, text in page.anchors) == sorted(demo)
     for attrs, text in page.anchors:
         href = str(attrs["href"])
         url = urlsplit(href)
-        assert unquote(url.path.rsplit("/", 1)[1]) == text  # R7
-        assert url.query == ""  # R39
-        assert url.fragment == f"sha256={hashlib.sha256(demo[text]).hexdigest()}"  # R8, R9
-        assert attrs["data-requires-python"] == ">=3.8"  # R10
+        assert unquote(url.path.rsplit("/", 1)[1]) == text  # PEP 503
+        assert url.query == ""  # PEP 658
+        assert url.fragment == f"sha256={hashlib.sha256(demo[text]).hexdigest()}"  # PEP 503
+        assert attrs["data-requires-python"] == ">=3.8"  # PEP 503
         assert "data-yanked" not in attrs
         if text.endswith(".whl"):
             value = str(attrs["data-core-metadata"])
-            assert re.fullmatch(r"sha256=[0-9a-f]{64}", value)  # R13
-            assert attrs["data-dist-info-metadata"] == value  # R13: PEP 714 alias agrees
+            assert re.fullmatch(r"sha256=[0-9a-f]{64}", value)  # PEP 658
+            assert attrs["data-dist-info-metadata"] == value  # PEP 658: PEP 714 alias agrees
         else:
-            assert "data-core-metadata" not in attrs  # R41
+            assert "data-core-metadata" not in attrs  # PEP 658
             assert "data-dist-info-metadata" not in attrs
 
 
 def test_project_page_json_has_the_pep_691_and_700_keys(
     client: Any, demo: dict[str, bytes]
 ) -> None:
-    """name, versions, files with filename/url/hashes/size/upload-time/... (R19-R27)."""
+    """name, versions, files with filename/url/hashes/size/upload-time/... (PEP 691, 700)."""
     response = client.get("/admin/dev/+simple/demo-pkg/", headers=JSON_ACCEPT)
 
     assert response.status == "200 OK"
-    assert response.content_type == MIME_JSON  # R32: exact, uv needs it
+    assert response.content_type == MIME_JSON  # PEP 691: exact, uv needs it
     doc = response.get_json()
-    assert doc["meta"] == {"api-version": "1.4"}  # R19
-    assert doc["name"] == "demo-pkg"  # R20: normalized
-    assert doc["versions"] == ["1.0.0"]  # R21
+    assert doc["meta"] == {"api-version": "1.4"}  # PEP 691
+    assert doc["name"] == "demo-pkg"  # PEP 691: normalized
+    assert doc["versions"] == ["1.0.0"]  # PEP 700
     assert sorted(f["filename"] for f in doc["files"]) == sorted(demo)
     for entry in doc["files"]:
         content = demo[entry["filename"]]
-        assert "dist-info-metadata" not in entry  # R27
-        assert entry["hashes"] == {"sha256": hashlib.sha256(content).hexdigest()}  # R22
-        assert entry["size"] == len(content)  # R23
-        assert UPLOAD_TIME_RE.match(entry["upload-time"])  # R24
-        assert entry["requires-python"] == ">=3.8"  # R25: not escaped
-        assert entry["yanked"] is False  # R26
-        assert "?" not in entry["url"]  # R39
+        assert "dist-info-metadata" not in entry  # PEP 714
+        assert entry["hashes"] == {"sha256": hashlib.sha256(content).hexdigest()}  # PEP 691
+        assert entry["size"] == len(content)  # PEP 700
+        assert UPLOAD_TIME_RE.match(entry["upload-time"])  # PEP 700
+        assert entry["requires-python"] == ">=3.8"  # PEP 691: not escaped
+        assert entry["yanked"] is False  # PEP 592
+        assert "?" not in entry["url"]  # PEP 658
         assert unquote(entry["url"].rsplit("/", 1)[1]) == entry["filename"]
         if entry["filename"].endswith(".whl"):
-            assert re.fullmatch(r"[0-9a-f]{64}", entry["core-metadata"]["sha256"])  # R27
+            assert re.fullmatch(r"[0-9a-f]{64}", entry["core-metadata"]["sha256"])  # PEP 714
         else:
-            assert entry["core-metadata"] is False  # R41
+            assert entry["core-metadata"] is False  # PEP 658
 
 
 def test_file_urls_of_the_page_serve_the_hashed_bytes_and_the_sidecar(
     client: Any, demo: dict[str, bytes]
 ) -> None:
-    """Each URL serves exactly the hashed bytes; the wheel's sidecar matches its hash (R9, R40)."""
+    """Each URL serves exactly the hashed bytes; the wheel's sidecar matches its hash (PEP 658)."""
     doc = client.get("/admin/dev/+simple/demo-pkg/", headers=JSON_ACCEPT).get_json()
 
     for entry in doc["files"]:
         served = client.get(entry["url"])
         assert served.status == "200 OK"
         assert served.data == demo[entry["filename"]]
-        assert int(served.headers["Content-Length"]) == entry["size"]  # R23
-        assert "Content-Encoding" not in served.headers  # R38
+        assert int(served.headers["Content-Length"]) == entry["size"]  # PEP 700
+        assert "Content-Encoding" not in served.headers
         if entry["core-metadata"]:
             sidecar = client.get(entry["url"] + ".metadata")
             assert sidecar.status == "200 OK"
@@ -292,16 +292,16 @@ def test_file_urls_of_the_page_serve_the_hashed_bytes_and_the_sidecar(
 def test_project_page_answers_the_negotiated_content_type(
     client: Any, demo: dict, accept: str, content_type: str
 ) -> None:
-    """The response always carries the chosen Content-Type (R31, R32, R35)."""
+    """The response always carries the chosen Content-Type (PEP 691)."""
     response = client.get("/admin/dev/+simple/demo-pkg/", headers={"Accept": accept})
 
     assert response.status == "200 OK"
     assert response.headers["Content-Type"] == content_type
-    assert "Accept" in vary(response)  # R37
+    assert "Accept" in vary(response)  # RFC 9110 §12.5.5
 
 
 def test_format_query_parameter_overrides_accept(client: Any, demo: dict) -> None:
-    """`?format=` takes precedence over Accept (R36)."""
+    """`?format=` takes precedence over Accept (PEP 691)."""
     response = client.get(
         f"/admin/dev/+simple/demo-pkg/?format={MIME_JSON}", headers={"Accept": "text/html"}
     )
@@ -313,7 +313,7 @@ def test_format_query_parameter_overrides_accept(client: Any, demo: dict) -> Non
 def test_requires_python_and_yank_reasons_are_escaped_in_html(
     client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """Attributes are HTML-escaped, JSON carries raw values; no reason is "" / true (R10, R11)."""
+    """Attributes are HTML-escaped, JSON carries raw values; no reason is "" / true (PEP 592)."""
     for version in ("1.0.0", "2.0.0", "3.0.0"):
         filename, content = make_wheel("Demo.Pkg", version, requires_python='>=3.8,<4,!="3.9"')
         assert upload(client, filename, content, headers=admin_auth).status == "200 OK"
@@ -345,21 +345,21 @@ def test_requires_python_and_yank_reasons_are_escaped_in_html(
     assert yanked == {
         "demo_pkg-1.0.0-py3-none-any.whl": False,
         "demo_pkg-2.0.0-py3-none-any.whl": reason,
-        "demo_pkg-3.0.0-py3-none-any.whl": True,  # R26: never ""
+        "demo_pkg-3.0.0-py3-none-any.whl": True,  # PEP 592: never ""
     }
     assert {f["requires-python"] for f in doc["files"]} == {'>=3.8,<4,!="3.9"'}
     parsed = parse(body)
     assert {text: attrs.get("data-yanked") for attrs, text in parsed.anchors} == {
         "demo_pkg-1.0.0-py3-none-any.whl": None,
         "demo_pkg-2.0.0-py3-none-any.whl": reason,
-        "demo_pkg-3.0.0-py3-none-any.whl": "",  # R11: a value, so pip sees it
+        "demo_pkg-3.0.0-py3-none-any.whl": "",  # PEP 592: a value, so pip sees it
     }
 
 
 def test_local_version_filenames_are_percent_encoded_once(
     client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """'+' becomes %2B in hrefs; the file route serves both spellings (R7, R39)."""
+    """'+' becomes %2B in hrefs; the file route serves both spellings (PEP 503, 658)."""
     filename, content = make_wheel("Demo.Pkg", "1.0.0+cpu")
     assert upload(client, filename, content, headers=admin_auth).status == "200 OK"
 
@@ -409,7 +409,7 @@ def test_project_page_title_shows_the_display_name(client: Any, admin_auth: dict
 def test_non_canonical_urls_redirect_permanently_in_one_hop(
     client: Any, demo: dict, path: str, target: str
 ) -> None:
-    """301 to the normalized name with a trailing slash, never content at the wrong URL (R2, R3)."""
+    """301 to the normalized name with a trailing slash, never content at another URL (PEP 503)."""
     response = client.get(path)
 
     assert response.status_code == 301
@@ -421,10 +421,10 @@ def test_non_canonical_urls_redirect_permanently_in_one_hop(
 
 
 def test_matching_etag_gives_304_with_vary_and_cache_control(client: Any, demo: dict) -> None:
-    """If-None-Match -> 304 with the same ETag, Cache-Control and Vary, and no body (R47, R48)."""
+    """If-None-Match -> 304 with the same ETag, Cache-Control, Vary, no body (RFC 9110 §13.1.2)."""
     first = client.get("/admin/dev/+simple/demo-pkg/", headers=JSON_ACCEPT)
     etag = first.headers["ETag"]
-    assert first.headers["Cache-Control"] == "no-cache"  # R48: uploads show at once
+    assert first.headers["Cache-Control"] == "no-cache"  # RFC 9111 §5.2: uploads show at once
 
     again = client.get(
         "/admin/dev/+simple/demo-pkg/", headers={**JSON_ACCEPT, "If-None-Match": etag}
@@ -433,12 +433,12 @@ def test_matching_etag_gives_304_with_vary_and_cache_control(client: Any, demo: 
     assert again.status_code == 304
     assert again.data == b""
     assert again.headers["ETag"] == etag
-    assert "Accept" in vary(again)  # R37
+    assert "Accept" in vary(again)  # RFC 9110 §12.5.5
     assert again.headers["Cache-Control"] == "no-cache"
 
 
 def test_each_representation_has_its_own_etag(client: Any, demo: dict) -> None:
-    """HTML and JSON of one page differ, so must their validators (R47)."""
+    """HTML and JSON of one page differ, so must their validators (RFC 9110 §13.1.2)."""
     json_etag = client.get("/admin/dev/+simple/demo-pkg/", headers=JSON_ACCEPT).headers["ETag"]
     html = client.get("/admin/dev/+simple/demo-pkg/", headers={"If-None-Match": json_etag})
 
@@ -449,7 +449,7 @@ def test_each_representation_has_its_own_etag(client: Any, demo: dict) -> None:
 def test_etag_changes_when_a_file_is_uploaded(
     client: Any, demo: dict, admin_auth: dict[str, str]
 ) -> None:
-    """A new upload invalidates the old validator, so revalidating clients see it (R47, R48)."""
+    """A new upload invalidates the old validator, so revalidating clients see it."""
     etag = client.get("/admin/dev/+simple/demo-pkg/", headers=JSON_ACCEPT).headers["ETag"]
     filename, content = make_wheel("Demo.Pkg", "1.0.1")
     upload(client, filename, content, headers=admin_auth)
@@ -468,7 +468,7 @@ def test_etag_changes_when_a_file_is_uploaded(
 def test_unknown_project_on_an_index_without_bases_is_404_and_not_stored(
     client: Any, solo: str, recorder: RecordingUpstream
 ) -> None:
-    """Unknown names are a plain 404, the only status that lets uv try the next index (R4, R50)."""
+    """Unknown names are a plain 404, the only status that lets uv try the next index."""
     response = client.get(f"{solo}/no-such-project/", headers={"Accept": PIP})
 
     assert response.status == "404 Project no-such-project is not on index admin/solo."
@@ -487,20 +487,20 @@ def test_unknown_index_is_404(client: Any) -> None:
 def test_unknown_project_with_a_dead_upstream_is_502_with_retry_after(
     client: Any, recorder: RecordingUpstream
 ) -> None:
-    """Upstream down and nothing cached: 502 + Retry-After, never a cacheable 404 (R93, R56)."""
+    """Upstream down and nothing cached: 502 + Retry-After, never a cacheable 404 (RFC 5861 §4)."""
     response = client.get("/admin/dev/+simple/no-such-project/", headers={"Accept": PIP})
 
     assert response.status_code == 502
     assert response.status.startswith("502 Upstream failed and no-such-project is not cached")
     assert response.headers["Retry-After"] == "30"
-    assert response.headers["Cache-Control"] == "no-store"  # R50
+    assert response.headers["Cache-Control"] == "no-store"  # RFC 9111 §5.2.2.5
     assert recorder.projects == ["no-such-project"]
 
 
 def test_private_project_is_served_without_asking_the_upstream(
     client: Any, demo: dict, recorder: RecordingUpstream
 ) -> None:
-    """A name held by the stage skips the mirror base entirely (R86): no upstream call, no 502."""
+    """A name held by the stage skips the mirror base entirely: no upstream call, no 502."""
     response = client.get("/admin/dev/+simple/demo-pkg/", headers=JSON_ACCEPT)
 
     assert response.status == "200 OK"
@@ -512,7 +512,7 @@ def test_private_project_is_served_without_asking_the_upstream(
     "path", ["/admin/dev/+simple/", "/admin/dev/+simple/demo-pkg/", "/admin/dev/+simple"]
 )
 def test_post_to_the_simple_index_is_405_with_allow(client: Any, path: str) -> None:
-    """Uploading to the index URL instead of /USER/INDEX/ gets 405 + Allow (R57)."""
+    """Uploading to the index URL instead of /USER/INDEX/ gets 405 + Allow."""
     response = client.post(path, data={":action": "file_upload"})
 
     assert response.status_code == 405

@@ -1,4 +1,4 @@
-"""Uploads through the legacy API, POST /USER/INDEX/ (R53, R57-R63, R65, R69-R72, R76)."""
+"""Uploads through the legacy API, POST /USER/INDEX/ (PEP 427, 527, 625)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def fast_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def upload_form(filename: str, content: bytes, /, **fields: Any) -> dict[str, Any]:
-    """A complete twine-style form for `filename`; a field given as None is left out (R58)."""
+    """A complete twine-style form for `filename`; a field given as None is left out."""
     is_wheel = filename.endswith(".whl")
     stem = filename.removesuffix(".tar.gz").removesuffix(".whl")
     name, version = ([*stem.split("-"), ""])[:2]
@@ -133,122 +133,122 @@ BAD_UPLOADS = [
         {"fields": {":action": "submit"}},
         "410 Project pre-registration is no longer required or supported, "
         "upload your files instead.",
-        id="submit-is-gone",  # R76
+        id="submit-is-gone",
     ),
     pytest.param(
         {"fields": {"protocol_version": "2"}},
         "400 Unknown protocol version.",
-        id="protocol-version-2",  # R58, R60
+        id="protocol-version-2",
     ),
     pytest.param(
         {"fields": {"content": None}},
         "400 Upload payload does not have a file.",
-        id="no-content",  # R58
+        id="no-content",
     ),
     pytest.param(
         {"filename": "demo_pkg-1.0.0.exe", "fields": {"filetype": "bdist_wininst"}},
         "400 Invalid file extension: Use .tar.gz, .whl or .zip extension. See "
         "https://www.python.org/dev/peps/pep-0527 and https://peps.python.org/pep-0715/ "
         "for more information",
-        id="bad-extension",  # R69
+        id="bad-extension",  # PEP 527
     ),
     pytest.param(
         {"fields": {"filetype": "sdist", "pyversion": "source"}},
         "400 Invalid file extension: Extension .whl is invalid for filetype sdist. "
         "See https://www.python.org/dev/peps/pep-0527 for more information.",
-        id="extension-not-matching-filetype",  # R69
+        id="extension-not-matching-filetype",  # PEP 527
     ),
     pytest.param(
         {"fields": {"name": "other-pkg"}},
         f"400 Name 'other-pkg' in the form does not match the filename {WHEEL} "
         "(project 'demo-pkg').",
-        id="name-mismatch",  # R71
+        id="name-mismatch",  # PEP 427
     ),
     pytest.param(
         {"fields": {"name": None}},
         "400 Missing form field: 'name' and 'version' are required.",
-        id="missing-name",  # R58
+        id="missing-name",
     ),
     pytest.param(
         {"fields": {"name": "demo pkg!"}},
         "400 'demo pkg!' is an invalid value for Name.",
-        id="invalid-name",  # R58
+        id="invalid-name",
     ),
     pytest.param(
         {"fields": {"version": "one"}},
         "400 'one' is an invalid value for Version (PEP 440).",
-        id="invalid-version",  # R58
+        id="invalid-version",
     ),
     pytest.param(
         {"fields": {"version": "2.0"}},
         f"400 Version '2.0' in the form does not match the filename {WHEEL}.",
-        id="version-mismatch",  # R71
+        id="version-mismatch",  # PEP 427
     ),
     pytest.param(
         {"content": make_wheel("demo-pkg", "1.0.0", dist_name="other-pkg")[1]},
         "400 Start filename for 'other-pkg' with 'other_pkg'.",
-        id="metadata-name-mismatch",  # R71
+        id="metadata-name-mismatch",  # PEP 427
     ),
     pytest.param(
         {"content": make_wheel("Demo.Pkg", "1.0.0", omit=["METADATA"])[1]},
         f"400 Wheel '{WHEEL}' does not contain the required METADATA file: "
         "demo_pkg-1.0.0.dist-info/METADATA",
-        id="wheel-without-metadata",  # R71
+        id="wheel-without-metadata",  # PEP 427
     ),
     pytest.param(
         {"filename": f"../{WHEEL}"},
         "400 Cannot upload a file with '/' or '\\' in the name.",
-        id="path-in-filename",  # R68
+        id="path-in-filename",
     ),
     pytest.param(
         {"filename": SDIST, "content": SDIST_BYTES, "fields": {"pyversion": "py3"}},
         "400 Use 'source' as Python version for an sdist.",
-        id="sdist-with-pyversion",  # R58
+        id="sdist-with-pyversion",
     ),
     pytest.param(
         {"fields": {"filetype": "bdist_egg"}},
         "400 Invalid value for filetype. Error: Use a known file type.",
-        id="bad-filetype",  # R58
+        id="bad-filetype",
     ),
     pytest.param(
         {"fields": {"pyversion": None}},
         "400 Python version is required for binary distribution uploads.",
-        id="wheel-without-pyversion",  # R58
+        id="wheel-without-pyversion",
     ),
     pytest.param(
         {"fields": {"sha256_digest": "0" * 64}},
         "400 The digest supplied does not match a digest calculated from the uploaded file.",
-        id="digest-mismatch",  # R62
+        id="digest-mismatch",
     ),
     pytest.param(
         {"fields": {"sha256_digest": None}},
         "400 Error: Include at least one message digest.",
-        id="no-digest",  # R62
+        id="no-digest",
     ),
     pytest.param(
         {"content": CORRUPT},
         "400 Invalid distribution file. File is not a zipfile",
-        id="corrupt-zip",  # R70
+        id="corrupt-zip",
     ),
     pytest.param(
         {"auth": "none"},
         "401 Authentication required: log in or pass credentials.",
-        id="missing-auth",  # R52, R59
+        id="missing-auth",  # RFC 9110 §15.5.2
     ),
     pytest.param(
         {"auth": "wrong"},
         "403 Invalid credentials: wrong username, password or token.",
-        id="wrong-password",  # R59
+        id="wrong-password",
     ),
     pytest.param(
         {"auth": "malformed"},
         "400 Malformed Basic Authorization header.",
-        id="malformed-basic-header",  # R53
+        id="malformed-basic-header",  # RFC 7617
     ),
     pytest.param(
         {"auth": "bob"},
         "403 The user 'bob' isn't allowed to upload to index 'admin/dev'.",
-        id="not-in-acl-upload",  # R59
+        id="not-in-acl-upload",
     ),
     pytest.param(
         {"path": "/root/pypi/"},
@@ -264,7 +264,7 @@ BAD_UPLOADS = [
     pytest.param(
         {"content": WHEEL_BYTES + b"\0" * (MAX_UPLOAD_BYTES + 1 - len(WHEEL_BYTES))},
         f"413 File too large. Limit is {MAX_UPLOAD_BYTES} bytes (MAX_UPLOAD_SIZE).",
-        id="oversize",  # R65
+        id="oversize",
     ),
 ]
 
@@ -273,7 +273,7 @@ BAD_UPLOADS = [
 def test_upload_rejects_bad_input_with_its_reason_and_changes_nothing(
     app: Any, client: Any, admin_auth: dict[str, str], settings: Any, case: dict, status: str
 ) -> None:
-    """Every refusal names its reason in the status line and the body (R60), storing nothing."""
+    """Every refusal names its reason in the status line and the body, storing nothing."""
     if case.get("auth") == "bob":
         create_user(client, admin_auth, "bob", "bob-password")
     headers = {
@@ -296,9 +296,9 @@ def test_upload_rejects_bad_input_with_its_reason_and_changes_nothing(
 
     assert response.status == status
     assert status.split(" ", 1)[1] in response.get_data(as_text=True)
-    assert response.headers["Cache-Control"] == "no-store"  # R50
+    assert response.headers["Cache-Control"] == "no-store"  # RFC 9111 §5.2.2.5
     if response.status_code == 401:
-        assert response.headers["WWW-Authenticate"] == 'Basic realm="pyshelf"'  # R52
+        assert response.headers["WWW-Authenticate"] == 'Basic realm="pyshelf"'  # RFC 9110 §15.5.2
     assert count_rows(app, Project) == 0
     assert count_rows(app, File) == 0
     assert files_under(settings.tmp_dir) == set()
@@ -308,7 +308,7 @@ def test_upload_rejects_bad_input_with_its_reason_and_changes_nothing(
 def test_upload_beyond_the_request_size_limit_is_413_and_leaves_no_temp_file(
     app: Any, client: Any, admin_auth: dict[str, str], settings: Any
 ) -> None:
-    """A body past MAX_UPLOAD_SIZE + 32 MiB is refused before it is read, never a 5xx (R65)."""
+    """A body past MAX_UPLOAD_SIZE + 32 MiB is refused before it is read, never a 5xx."""
     limit = MAX_UPLOAD_BYTES + (32 << 20)
     content = WHEEL_BYTES + b"\0" * (limit - len(WHEEL_BYTES))
 
@@ -326,7 +326,7 @@ def test_upload_beyond_the_request_size_limit_is_413_and_leaves_no_temp_file(
 def test_upload_errors_answer_json_to_clients_that_prefer_it(
     client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """uv prefers application/json and shows `code`: Pyramid's error shape (R60)."""
+    """uv prefers application/json and shows `code`: Pyramid's error shape."""
     uv_accept = "application/json;q=0.9, text/plain;q=0.8, text/html;q=0.7"
 
     response = upload(
@@ -349,7 +349,7 @@ def test_upload_errors_answer_json_to_clients_that_prefer_it(
 def test_upload_stores_a_wheel_with_its_metadata_sidecar(
     app: Any, client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """A wheel gets a row, a blob and a PEP 658 sidecar blob of its METADATA (R40, R41, R61)."""
+    """A wheel gets a row, a blob and a PEP 658 sidecar blob of its METADATA (PEP 658)."""
     response = upload(client, WHEEL, WHEEL_BYTES, headers=admin_auth)
 
     assert response.status == "200 OK"
@@ -373,7 +373,7 @@ def test_upload_stores_a_wheel_with_its_metadata_sidecar(
 def test_upload_stores_an_sdist_without_a_sidecar(
     app: Any, client: Any, admin_auth: dict[str, str], settings: Any
 ) -> None:
-    """An sdist is stored, but only wheels get a `.metadata` sidecar (R41)."""
+    """An sdist is stored, but only wheels get a `.metadata` sidecar (PEP 658)."""
     response = upload(client, SDIST, SDIST_BYTES, headers=admin_auth)
 
     assert response.status == "200 OK"
@@ -389,7 +389,7 @@ def test_upload_stores_an_sdist_without_a_sidecar(
 def test_upload_extracts_core_metadata_from_the_wheel(
     app: Any, client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """Summary, Requires-Dist and Requires-Python come from METADATA, not from the form (R74)."""
+    """Summary, Requires-Dist and Requires-Python come from METADATA, not from the form."""
     response = upload(client, WHEEL, WHEEL_BYTES, headers=admin_auth, summary="a lie in the form")
 
     assert response.status == "200 OK"
@@ -405,7 +405,7 @@ def test_upload_extracts_core_metadata_from_the_wheel(
 def test_identical_reupload_answers_200_and_changes_nothing(
     app: Any, client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """Re-sending the same bytes is a 200, so twine's retries are safe (R61, R63)."""
+    """Re-sending the same bytes is a 200, so twine's retries are safe."""
     first = upload(client, WHEEL, WHEEL_BYTES, headers=admin_auth)
     before = stored_file(app, WHEEL)
 
@@ -420,7 +420,7 @@ def test_identical_reupload_answers_200_and_changes_nothing(
 def test_other_bytes_under_an_existing_filename_are_refused_with_409(
     app: Any, client: Any, admin_auth: dict[str, str], settings: Any
 ) -> None:
-    """A filename never gets other bytes; the reason starts 'File already exists' (R46, R63)."""
+    """A filename never gets other bytes; the reason starts 'File already exists'."""
     upload(client, WHEEL, WHEEL_BYTES, headers=admin_auth)
     blobs_before = stored_blobs(app)
     filename, other = make_wheel("Demo.Pkg", "1.0.0", summary="Different bytes")
@@ -439,7 +439,7 @@ def test_other_bytes_under_an_existing_filename_are_refused_with_409(
 def test_volatile_index_replaces_a_file_with_other_bytes(
     app: Any, client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """`volatile` is the deliberate exception to immutability (R46)."""
+    """`volatile` is the deliberate exception to immutability."""
     patched = client.patch("/admin/dev", json={"volatile": True}, headers=admin_auth)
     assert patched.status_code == 200
     upload(client, WHEEL, WHEEL_BYTES, headers=admin_auth)
@@ -471,7 +471,7 @@ def _new_token(client: Any, admin_auth: dict[str, str]) -> str:
 def test_upload_accepts_an_api_token(
     app: Any, client: Any, admin_auth: dict[str, str], scheme: Any
 ) -> None:
-    """Tokens work as the password of __token__, and as Bearer/Token credentials (R53, R59)."""
+    """Tokens work as the password of __token__, and as Bearer/Token credentials (RFC 7617)."""
     token = _new_token(client, admin_auth)
 
     response = upload(client, WHEEL, WHEEL_BYTES, headers={"Authorization": scheme(token)})
@@ -481,7 +481,7 @@ def test_upload_accepts_an_api_token(
 
 
 def test_upload_refuses_an_unknown_token(client: Any, admin_auth: dict[str, str]) -> None:
-    """A token that was never issued is wrong credentials: 403 (R59)."""
+    """A token that was never issued is wrong credentials: 403."""
     response = upload(
         client, WHEEL, WHEEL_BYTES, headers={"Authorization": "Bearer pyshelf-made-up"}
     )
@@ -492,7 +492,7 @@ def test_upload_refuses_an_unknown_token(client: Any, admin_auth: dict[str, str]
 def test_password_containing_colons_authenticates(
     app: Any, client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """Basic credentials split on the first ':' only (R53)."""
+    """Basic credentials split on the first ':' only (RFC 7617)."""
     create_user(client, admin_auth, "carol", "pa:ss:w:rd")
     client.patch("/admin/dev", json={"acl_upload": ["admin", "carol"]}, headers=admin_auth)
 
@@ -507,7 +507,7 @@ def test_password_containing_colons_authenticates(
 def test_upload_works_without_trailing_slash(
     app: Any, client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """twine refuses redirects, so the slash-less upload URL must work directly (R57)."""
+    """twine refuses redirects, so the slash-less upload URL must work directly."""
     response = upload(client, WHEEL, WHEEL_BYTES, headers=admin_auth, path="/admin/dev")
 
     assert response.status == "200 OK"
@@ -517,7 +517,7 @@ def test_upload_works_without_trailing_slash(
 def test_upload_treats_empty_and_unknown_fields_as_absent(
     app: Any, client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """pdm sends "" for missing fields and old tools send UNKNOWN (R58)."""
+    """pdm sends "" for missing fields and old tools send UNKNOWN."""
     response = upload(
         client,
         SDIST,
@@ -535,7 +535,7 @@ def test_upload_treats_empty_and_unknown_fields_as_absent(
 def test_upload_accepts_any_single_correct_digest(
     app: Any, client: Any, admin_auth: dict[str, str]
 ) -> None:
-    """twine ≥ 6.2 sends no md5 and FIPS builds no blake2: any one digest suffices (R58, R62)."""
+    """twine ≥ 6.2 sends no md5 and FIPS builds no blake2: any one digest suffices."""
     response = upload(
         client,
         WHEEL,

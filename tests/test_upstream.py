@@ -141,7 +141,7 @@ def test_json_and_html_pages_give_the_same_files(fake, client):
 
     assert from_json is not None
     assert from_html is not None
-    # HTML has no size and (on PyPI) no upload time (R91); everything else must agree.
+    # HTML has no size and (on PyPI) no upload time (PEP 691); everything else must agree.
     expected = [dataclasses.replace(f, size=None, upload_time=None) for f in from_json.files]
     assert from_html.files == expected
     assert from_html.name == "demo-pkg"

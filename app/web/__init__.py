@@ -249,7 +249,7 @@ def when(moment: dt.datetime | None) -> str:
 def require_read_page(index: Index) -> Reader | None:
     """require_read for web pages: a browser without credentials goes to the login page (and
     back) instead of getting the 401 challenge, which would open its password dialog. API
-    clients, which ask for JSON or send credentials, get the 401 (R52)."""
+    clients, which ask for JSON or send credentials, get the 401 (RFC 9110 §15.5.2)."""
     try:
         return require_read(index)
     except HTTPError as exc:

@@ -46,6 +46,7 @@ from .servers import (
 from .upstream import Upstream, ensure_tools, nginx_binary, prepared_upstream
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
+KEPT_SECTIONS = ("## Backends", "## Measured by hand")
 SERVER_NAMES = ("pyshelf", "devpi", "proxpi")
 UPSTREAM = "upstream"
 FLOOR = "gunicorn floor"  # bench/compare/floor.py
@@ -713,7 +714,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     previous = args.results.read_text() if args.results.exists() else ""
-    args.results.write_text(report.keep_section(previous, report.markdown(results), "## Backends"))
+    text = report.markdown(results)
+    for heading in KEPT_SECTIONS:  # written by another command, or by hand
+        text = report.keep_section(previous, text, heading)
+    args.results.write_text(text)
     log(f"wrote {args.results}" + (f" and {args.json}" if args.json else ""))
     return 0
 

@@ -140,8 +140,8 @@ def test_published_package_installs_and_survives_a_restart(
     assert server.exit_code() == 0, server.logs()
     assert stopped_in < STOP_SECONDS, f"took {stopped_in:.1f} s: SIGTERM did not stop gunicorn"
 
-    # While it is stopped: README's cold backup, restored into a new volume, on which a one-off
-    # container runs an admin command.
+    # While it is stopped: the cold backup of docs/operations.md, restored into a new volume, on
+    # which a one-off container runs an admin command.
     as_root_tar = ("--user", "0", "--entrypoint", "tar", "-v", f"{tmp_path}:/backup")
     backup = run_once(
         image, "-czf", "/backup/pyshelf-data.tar.gz", "-C", "/data", ".",

@@ -26,7 +26,7 @@ from tests.conftest import (
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 MIME_HTML = "application/vnd.pypi.simple.v1+html"
 TEXT_HTML = "text/html; charset=utf-8"
-# The Accept headers real installers send on a project page (STANDARDS.md section D).
+# The Accept headers real installers send on a project page (PEP 691).
 ACCEPT_PIP = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
     "text/html; q=0.01"
@@ -72,7 +72,7 @@ def multipart(
 
 
 def upload_fields(filename: str, content: bytes, **overrides: str) -> list[tuple[str, str]]:
-    """The form fields twine sends for `filename` (R58); `overrides` replace or add fields."""
+    """The form fields twine sends for `filename`; `overrides` replace or add fields."""
     is_wheel = filename.endswith(".whl")
     stem = filename.removesuffix(".whl").removesuffix(".tar.gz")
     name, version = stem.split("-")[:2]
@@ -220,7 +220,7 @@ class Anchor:
 
     @property
     def filename_in_href(self) -> str:
-        """The percent-decoded last path segment of the href (what pip and uv read, R7)."""
+        """The percent-decoded last path segment of the href (what pip and uv read, PEP 503)."""
         return unquote(urlsplit(self.href).path.rsplit("/", 1)[-1])
 
 

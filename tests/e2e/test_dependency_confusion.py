@@ -1,4 +1,4 @@
-"""A name uploaded to a stage hides the mirror's project of that name, and its upstream (R86)."""
+"""A name uploaded to a stage hides the mirror's project of that name, and its upstream."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 def test_private_name_is_never_fetched_upstream_until_it_is_whitelisted(
     server_factory: object, fake_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    """sharedname 0.0.1 on admin/dev hides upstream's 9.9; mirror_whitelist merges them (R86)."""
+    """sharedname 0.0.1 on admin/dev hides upstream's 9.9; mirror_whitelist merges them."""
     server = server_factory(MIRROR_URL=fake_upstream.url)  # type: ignore[operator]
     private = make_wheel("sharedname", "0.0.1")
     publish(server, "admin/dev", tmp_path / "dist", private)

@@ -1,6 +1,7 @@
 """The caching mirror on a live server (gunicorn, two workers) in front of a fake upstream.
 
-Cites STANDARDS.md section L (R89-R95), F (R47-R50), B/C (R8, R9, R13, R22) and R86/R87.
+Stale-if-error (RFC 5861), revalidation (RFC 9110 §13.1.2), hashes and sidecars (PEP 503, 658,
+691), single-flight downloads and the dependency-confusion rule.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def fetch(
 
 
 def mirror_file_path(server: LiveServer, project: str, filename: str) -> str:
-    """The local `+f` path of a mirrored file, as root/pypi's page links it (R92)."""
+    """The local `+f` path of a mirrored file, as root/pypi's page links it."""
     status, _headers, document = page(server, "root/pypi", project)
     assert status == 200
     return file_entry(document, filename)["url"]
@@ -237,7 +238,7 @@ def wait_for(condition: Callable[[], bool], seconds: float = HANG_GUARD_SECONDS)
 def test_pip_installs_cold_then_warm_with_no_upstream_request_while_fresh(
     server_factory, fake_upstream, tmp_path, index
 ):
-    """R91, R92, R89: the first install fetches each page and file once; the second nothing."""
+    """The first install fetches each page and file once; the second nothing."""
     app_wheel, _ = add_wheel(fake_upstream, "mirror-app", requires_dist=["mirror-lib>=1"])
     lib_wheel, lib_data = add_wheel(fake_upstream, "mirror-lib", "1.2.0")
     add_wheel(fake_upstream, "never-asked", "1.0.0")  # upstream has more than we ask for
@@ -260,7 +261,7 @@ def test_pip_installs_cold_then_warm_with_no_upstream_request_while_fresh(
     assert fake_upstream.count("/simple/") == 0
     assert fake_upstream.count("/") == 0
 
-    # The mirror's own project list shows what it cached, never the upstream's list (R6).
+    # The mirror's own project list shows what it cached, never the upstream's list (PEP 503).
     status, _headers, body, _reason = server.get("/root/pypi/+simple/", headers=JSON)
     assert status == 200
     names = {p["name"] for p in json.loads(body)["projects"]}
@@ -270,7 +271,7 @@ def test_pip_installs_cold_then_warm_with_no_upstream_request_while_fresh(
 
 
 def test_mirrored_pages_rewrite_links_and_pass_upstream_data_through(server_factory, fake_upstream):
-    """R89, R92, R8, R22: local +f links, upstream sha256/requires-python/yanked/size kept."""
+    """PEP 503, 691: local +f links, upstream sha256/requires-python/yanked/size kept."""
     wheel, data = add_wheel(fake_upstream, "passthru", requires_python=">=3.8")
     sdist, sdist_data = make_sdist("passthru", "0.9.0")
     fake_upstream.add_file(
@@ -308,10 +309,10 @@ def test_mirrored_pages_rewrite_links_and_pass_upstream_data_through(server_fact
 
 
 def test_eight_concurrent_cold_requests_cause_one_upstream_download(server_factory, fake_upstream):
-    """R95: one upstream download for concurrent requests across workers; all get right bytes."""
+    """One upstream download for concurrent requests across workers; all get right bytes."""
     wheel, data = add_wheel(fake_upstream, "crowd", payload_bytes=600_000)
     server = start_mirror(server_factory, fake_upstream)
-    path = f"/root/pypi/+f/{sha256(data)}/{wheel}"  # the page is cold too: R92 fixes the URL
+    path = f"/root/pypi/+f/{sha256(data)}/{wheel}"  # the page is cold too: the URL is pyshelf's
     fake_upstream.throttle_bytes_per_second = 600_000  # about a second: followers must follow
 
     barrier = threading.Barrier(8)
@@ -337,7 +338,7 @@ def test_eight_concurrent_cold_requests_cause_one_upstream_download(server_facto
     assert fake_upstream.count("/simple/crowd/") == 1  # one page fetch per project, too
     assert blob_path(server, data).read_bytes() == data
 
-    status, body, error, headers = fetch(server, path)  # now a plain cache hit (R49)
+    status, body, error, headers = fetch(server, path)  # now a plain cache hit (RFC 8246)
     assert (status, error, body == data) == (200, None, True)
     assert headers["ETag"] == f'"{sha256(data)}"'
     assert "immutable" in headers["Cache-Control"]
@@ -352,7 +353,7 @@ def test_eight_concurrent_cold_requests_cause_one_upstream_download(server_facto
 def test_bad_upstream_bytes_are_never_served_complete_nor_cached(
     server_factory, fake_upstream, tmp_path, fault
 ):
-    """R89, R95: a wrong sha256 or a short transfer cuts the client off and caches nothing."""
+    """A wrong sha256 or a short transfer cuts the client off and caches nothing."""
     wheel, data = add_wheel(fake_upstream, f"bad-{fault}", payload_bytes=200_000)
     server = start_mirror(server_factory, fake_upstream)
     path = mirror_file_path(server, f"bad-{fault}", wheel)
@@ -389,7 +390,7 @@ def test_bad_upstream_bytes_are_never_served_complete_nor_cached(
 
 @pytest.mark.parametrize("fault", ["503", "reset", "stopped", "slow"])
 def test_upstream_failure_serves_stale_pages_and_cached_files(server_factory, fake_upstream, fault):
-    """R93: stale-if-error with X-Pyshelf-Stale; an unknown project gets 502/504, never 500."""
+    """Stale-if-error (RFC 5861), X-Pyshelf-Stale; an unknown project gets 502/504, never 500."""
     wheel, data = add_wheel(fake_upstream, "steady")
     timeout = {"UPSTREAM_READ_TIMEOUT": "1"} if fault == "slow" else {}  # 4 timeouts below
     server = start_mirror(server_factory, fake_upstream, MIRROR_CACHE_EXPIRY="0", **timeout)
@@ -409,7 +410,7 @@ def test_upstream_failure_serves_stale_pages_and_cached_files(server_factory, fa
     assert headers[STALE_HEADER] == "root/pypi"
     assert file_entry(document, wheel)["hashes"]["sha256"] == sha256(data)
 
-    # A cached file is found by the sha256 in its URL (R46): served without asking the
+    # A cached file is found by the sha256 in its URL: served without asking the
     # upstream for the page, so neither stale nor slowed down by the failing upstream.
     status, body, error, headers = fetch(server, path)
     assert (status, error, body == data) == (200, None, True)
@@ -432,7 +433,7 @@ def test_upstream_failure_serves_stale_pages_and_cached_files(server_factory, fa
 def test_upstream_404_is_cached_briefly_and_a_new_project_is_found_afterwards(
     server_factory, fake_upstream
 ):
-    """R94, R50: an upstream 404 is a 404 remembered for MIRROR_NOT_FOUND_EXPIRY seconds."""
+    """An upstream 404 is a 404, remembered for MIRROR_NOT_FOUND_EXPIRY seconds."""
     server = start_mirror(server_factory, fake_upstream, MIRROR_NOT_FOUND_EXPIRY="2")
     for _ in range(3):
         status, headers, _body, _reason = server.get("/root/pypi/+simple/late-comer/")
@@ -447,7 +448,7 @@ def test_upstream_404_is_cached_briefly_and_a_new_project_is_found_afterwards(
 
 
 def test_upstream_5xx_for_a_new_project_is_not_cached_as_missing(server_factory, fake_upstream):
-    """R93: a failing upstream is not a 404, and the next request asks again."""
+    """RFC 5861 §4: a failing upstream is not a 404, and the next request asks again."""
     wheel, _ = add_wheel(fake_upstream, "flaky")
     server = start_mirror(server_factory, fake_upstream)
     fake_upstream.fail("503")
@@ -465,7 +466,7 @@ def test_upstream_5xx_for_a_new_project_is_not_cached_as_missing(server_factory,
 def test_expired_page_is_revalidated_with_its_etag_and_a_304_keeps_it(
     server_factory, fake_upstream
 ):
-    """R47 (upstream side): If-None-Match on revalidation; an unchanged page costs a 304."""
+    """If-None-Match on revalidation (RFC 9110 §13.1.2); an unchanged page costs a 304."""
     wheel, _ = add_wheel(fake_upstream, "revalidated")
     server = start_mirror(server_factory, fake_upstream)
     assert page(server, "root/pypi", "revalidated")[0] == 200
@@ -585,7 +586,7 @@ def test_anonymous_refreshes_are_limited_per_address(server_factory):
 def test_worker_killed_mid_download_leaves_nothing_that_is_served_later(
     server_factory, fake_upstream
 ):
-    """DESIGN (kill -9), R95: after SIGKILL mid-download no partial file is ever served."""
+    """After SIGKILL mid-download no partial file is ever served."""
     wheel, data = add_wheel(fake_upstream, "killed", payload_bytes=1_500_000)
     server = start_mirror(server_factory, fake_upstream)
     path = mirror_file_path(server, "killed", wheel)
@@ -633,7 +634,7 @@ def test_worker_killed_mid_download_leaves_nothing_that_is_served_later(
 def test_private_names_are_never_asked_upstream_unless_whitelisted(
     server_factory, fake_upstream, tmp_path
 ):
-    """R86, R87, R94: a stage project hides the mirror's of that name; upstream is not asked."""
+    """A stage project hides the mirror's of that name; upstream is not asked."""
     add_wheel(fake_upstream, "acme-secret", "9.9.9")  # the attacker's upload to "PyPI"
     server = start_mirror(server_factory, fake_upstream)
     private, private_data = make_wheel("acme-secret", "0.1.0")
@@ -657,7 +658,7 @@ def test_private_names_are_never_asked_upstream_unless_whitelisted(
 
 
 def test_credentials_in_mirror_url_are_sent_and_never_shown(server_factory, fake_upstream):
-    """Issue item 8, R89: basic auth from the URL as a header; masked in pages, API and logs."""
+    """Basic auth from the URL as a header; masked in pages, API and logs."""
     password = "s3cret-Upstream-pw"
     fake_upstream.basic_auth = ("mirror-user", password)
     wheel, data = add_wheel(fake_upstream, "guarded")
@@ -707,7 +708,7 @@ def test_credentials_in_mirror_url_are_sent_and_never_shown(server_factory, fake
 
 
 def test_html_only_upstream_works_for_pip(server_factory, fake_upstream, tmp_path):
-    """R91: an HTML-only upstream still gives hashes, versions, metadata and installs."""
+    """PEP 691: an HTML-only upstream still gives hashes, versions, metadata and installs."""
     fake_upstream.html_only = True
     wheel, data = add_wheel(fake_upstream, "html-only", "1.5.0", requires_python=">=3.8")
     server = start_mirror(server_factory, fake_upstream)
@@ -728,7 +729,7 @@ def test_html_only_upstream_works_for_pip(server_factory, fake_upstream, tmp_pat
 def test_core_metadata_is_served_when_upstream_offers_it_and_omitted_otherwise(
     server_factory, fake_upstream
 ):
-    """R13, R89, PEP 658/714: FILE.metadata fetched once, hash verified; no attribute without."""
+    """PEP 658/714: FILE.metadata fetched once, hash verified; no attribute without."""
     wheel, data = add_wheel(fake_upstream, "meta")
     bare, _ = add_wheel(fake_upstream, "meta", "2.0.0", with_metadata=False)
     sdist, sdist_data = make_sdist("meta", "0.5.0")

@@ -2,7 +2,7 @@
 shared by every worker, and whatever changes a page (upload, yank, delete, bases, acl_read, a
 mirror refresh or expiry) shows on the very next request, whichever worker answers it.
 
-Cites STANDARDS.md R47 (ETag revalidation), R48 (uploads show at once), R52 (read access).
+ETag revalidation (RFC 9110 §13.1.2), uploads that show at once, and read access.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def upload(server: LiveServer, index: str, name: str, version: str, **auth: Any)
 
 
 def test_an_upload_shows_on_the_next_request_of_every_worker(server: LiveServer) -> None:
-    """R48: the stored page of admin/dev is forgotten in the same transaction as the upload."""
+    """The stored page of admin/dev is forgotten in the same transaction as the upload."""
     first = upload(server, "admin/dev", "cachedpkg", "1.0")
     assert filenames_everywhere(server, "admin/dev", "cachedpkg") == {first}
     assert ("admin/dev", 1) in cached_rows(server, "cachedpkg")
@@ -148,7 +148,7 @@ def test_bases_changes_and_uploads_to_a_base_reach_the_stage_above(server: LiveS
 def test_restricting_read_access_stops_serving_the_stored_public_page(
     server: LiveServer,
 ) -> None:
-    """R52: once acl_read names only the owner, strangers get 401/403, never the stored page."""
+    """Once acl_read names only the owner, strangers get 401/403, never the stored page."""
     status, _, reason = api(server, "PUT", "/admin/shut", {"bases": []})
     assert status == 201, reason
     upload(server, "admin/shut", "hidden", "1.0")
@@ -191,7 +191,7 @@ def test_a_stage_over_a_private_base_shows_each_reader_only_what_they_may_read(
 def test_a_304_carries_the_etag_of_the_body_and_a_change_gives_a_new_one(
     server: LiveServer,
 ) -> None:
-    """R47: If-None-Match with the stored page's ETag is a 304 from any worker, with that ETag;
+    """If-None-Match with the stored page's ETag is a 304 from any worker, with that ETag;
     after an upload the same validator gets the new page and a new ETag."""
     upload(server, "admin/dev", "etagpkg", "1.0")
     status, headers, body = page(server, "admin/dev", "etagpkg")

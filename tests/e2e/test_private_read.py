@@ -1,6 +1,6 @@
 """A read-restricted index with the real pip and twine against gunicorn: credentials in the URL
-(R53), API tokens, pip's keyring after a 401 challenge (R52, R54), plain HTTP on loopback
-(R55), and uploads that still work."""
+(RFC 7617), API tokens, pip's keyring after a 401 challenge (RFC 9110 §15.5.2), plain HTTP on
+loopback, and uploads that still work."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def pip_download(
 
 
 def with_credentials(server: LiveServer, userinfo: str, index: str = "alice/private") -> str:
-    """`http://USERINFO@127.0.0.1:PORT/INDEX/+simple/` (no --trusted-host on loopback, R55)."""
+    """`http://USERINFO@127.0.0.1:PORT/INDEX/+simple/` (no --trusted-host on loopback)."""
     return f"http://{userinfo}@127.0.0.1:{server.port}/{index}/+simple/"
 
 
@@ -122,7 +122,7 @@ def private(server_factory: object, fake_upstream: FakeUpstream, tmp_path: Path)
 
 def test_pip_downloads_with_a_password_in_the_url(private: LiveServer, tmp_path: Path) -> None:
     """pip turns `http://bob:PASSWORD@host/...` into Basic credentials for the page and the
-    file (R45, R53); plain HTTP on 127.0.0.1 needs no --trusted-host (R55)."""
+    file (RFC 7617); plain HTTP on 127.0.0.1 needs no --trusted-host."""
     result = pip_download(tmp_path / "d", with_credentials(private, "bob:bob-password"))
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -131,7 +131,7 @@ def test_pip_downloads_with_a_password_in_the_url(private: LiveServer, tmp_path:
 
 
 def test_pip_downloads_with_an_index_token_in_the_url(private: LiveServer, tmp_path: Path) -> None:
-    """`__token__:TOKEN@` with bob's token limited to alice/private (R53)."""
+    """`__token__:TOKEN@` with bob's token limited to alice/private (RFC 7617)."""
     status, body, _ = api(
         private, "POST", "/bob/+tokens", {"index": "alice/private"}, auth=("bob", "bob-password")
     )
@@ -170,7 +170,7 @@ def test_pip_downloads_with_an_index_token_in_the_url(private: LiveServer, tmp_p
 def test_pip_without_read_access_fails_with_the_status(
     private: LiveServer, tmp_path: Path, userinfo: str | None, status: int, reason: str
 ) -> None:
-    """No or wrong credentials: 401 (pip would ask keyring or prompt, R52); a user not in
+    """No or wrong credentials: 401 (pip would ask keyring or prompt); a user not in
     acl_read: 403. pip names the status; the server logged it; nothing was downloaded."""
     url = (
         f"{private.url}/alice/private/+simple/"
@@ -190,7 +190,7 @@ def test_pip_without_read_access_fails_with_the_status(
 
 def test_pip_asks_its_keyring_after_the_401_challenge(private: LiveServer, tmp_path: Path) -> None:
     """No credentials in the URL: the 401 + WWW-Authenticate makes pip ask keyring, which
-    knows bob's password (R52, R54: the server needs nothing more)."""
+    knows bob's password (the server needs nothing more)."""
     keyring_dir = tmp_path / "keyring"
     keyring_dir.mkdir()
     (keyring_dir / "fake_keyring.py").write_text(FAKE_KEYRING)
@@ -215,7 +215,7 @@ def test_a_stranger_gets_neither_the_private_nor_the_upstream_package(
     private: LiveServer, fake_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     """Through the public alice/open, carol finds no secretpkg at all: the private name still
-    hides upstream's 9.9 (R86, R87: dependency confusion), and upstream is never asked."""
+    hides upstream's 9.9 (dependency confusion), and upstream is never asked."""
     fake_upstream.reset_counts()
     url = with_credentials(private, "carol:carol-password", "alice/open")
 

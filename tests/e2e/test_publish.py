@@ -42,7 +42,7 @@ def _import_versions(target: Path, *modules: str) -> str:
 def test_twine_uploads_a_wheel_and_an_sdist_that_pip_installs_with_its_dependency(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
-    """The DESIGN.md workflow end to end: twine to /admin/dev/, pip from its +simple/ (R57, R61)."""
+    """The README workflow end to end: twine to /admin/dev/, pip from its +simple/."""
     app_wheel = make_wheel("pub-app", "1.0", requires_dist=["pub-dep>=1.0"])
     app_sdist = make_sdist("pub-app", "1.0", requires_dist=["pub-dep>=1.0"])
     dep_sdist = make_sdist("pub-dep", "1.2")  # sdist only: pip builds it with the in-tree backend
@@ -63,7 +63,7 @@ def test_twine_uploads_a_wheel_and_an_sdist_that_pip_installs_with_its_dependenc
 def test_twine_uploads_to_the_index_url_without_a_trailing_slash(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
-    """POST /admin/dev (no slash) is accepted, never redirected: twine aborts on 3xx (R57)."""
+    """POST /admin/dev (no slash) is accepted, never redirected: twine aborts on 3xx."""
     wheel = make_wheel("slashless", "0.1")
     path = tmp_path / wheel[0]
     path.write_bytes(wheel[1])
@@ -98,7 +98,7 @@ def _token_from_cli(server: LiveServer) -> str:
 def test_twine_uploads_with_an_api_token_as_the_password_of_token_user(
     live_server: LiveServer, tmp_path: Path, source: str, make_token: object
 ) -> None:
-    """A token from POST /admin/+tokens or `entrypoint.sh token create` works as __token__ (R59)."""
+    """A token from POST /admin/+tokens or `entrypoint.sh token create` works as __token__."""
     token = make_token(live_server)  # type: ignore[operator]
     assert token.startswith("pyshelf-")
     wheel = make_wheel(f"tokened-{source}", "1.0")
@@ -131,7 +131,7 @@ def _create_volatile_with_api(server: LiveServer) -> None:
 def test_volatile_index_replaces_a_file_reuploaded_with_different_bytes(
     live_server: LiveServer, tmp_path: Path, index: str, create: object
 ) -> None:
-    """On a volatile index the new bytes win: new sha256 on the page, and pip gets them (R46)."""
+    """On a volatile index the new bytes win: new sha256 on the page, and pip gets them."""
     create(live_server)  # type: ignore[operator]
     old = make_wheel("vol-pkg", "1.0", summary="first build")
     new = make_wheel("vol-pkg", "1.0", summary="second build")

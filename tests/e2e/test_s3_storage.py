@@ -1,5 +1,5 @@
 """STORAGE_URL=s3://...: the real pip and twine against gunicorn whose blobs live in a bucket of
-a local S3 server (moto), with and without S3_REDIRECT (R42-R44 for ranges, R49 caching)."""
+a local S3 server (moto), with and without S3_REDIRECT (RFC 9110 §14 ranges, RFC 8246 caching)."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_pip_installs_a_private_and_a_mirrored_package_from_s3(
 
 def test_range_requests_pass_through_to_s3(server_factory, moto, fake_upstream, tmp_path):
     """A Range on a file served from the bucket: 206 with Content-Range, 416 past the end,
-    304 for the ETag; a mirrored file cached in the bucket answers ranges too (R42-R44)."""
+    304 for the ETag; a mirrored file cached in the bucket answers ranges too (RFC 9110 §14)."""
     name, data = add_wheel(fake_upstream, "ranged", "1.0", payload_bytes=200_000)
     server = start_on_s3(
         server_factory, moto, tmp_path, redirect=False, MIRROR_URL=fake_upstream.url

@@ -38,12 +38,12 @@ WHEEL_2 = make_wheel("Demo.Pkg", "2.0.0")
 WHEEL_3 = make_wheel("Demo.Pkg", "3.0.0")
 DEMO = dict([WHEEL_1, SDIST_1, WHEEL_2, WHEEL_3])
 YANK_REASON = 'broken <build> & "bad"'
-UPLOAD_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")  # R24
+UPLOAD_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")  # PEP 700
 
 
 @pytest.fixture(scope="module")
 def demo(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
-    """STANDARDS.md's fixture: Demo.Pkg 1.0.0 (wheel + sdist), 2.0.0 and 3.0.0 yanked."""
+    """The fixture: Demo.Pkg 1.0.0 (wheel + sdist), 2.0.0 and 3.0.0 yanked."""
     publish(live_server, "admin/dev", tmp_path_factory.mktemp("demo"), *DEMO.items())
     for version, body in [
         ("2.0.0", {"yanked": True, "reason": YANK_REASON}),
@@ -73,7 +73,7 @@ def demo(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> L
 def test_non_normalized_names_and_missing_slashes_redirect_permanently(
     demo: LiveServer, path: str, location: str
 ) -> None:
-    """One 301 straight to the canonical URL, never page content at another URL (R2, R3)."""
+    """One 301 straight to the canonical URL, never page content at another URL (PEP 503)."""
     status, headers, _body, reason = demo.get(path)
 
     assert (status, reason) == (301, "MOVED PERMANENTLY")
@@ -81,7 +81,7 @@ def test_non_normalized_names_and_missing_slashes_redirect_permanently(
 
 
 def test_unknown_project_on_a_stage_whose_mirror_is_down_is_a_502(demo: LiveServer) -> None:
-    """admin/dev asks root/pypi, whose upstream refuses connections: 502, not 404 (R56, R93)."""
+    """admin/dev asks root/pypi, whose upstream refuses connections: 502, not 404 (RFC 5861 §4)."""
     status, headers, _body, reason = demo.get(f"{S}/no-such-project-xyz/")
 
     assert status == 502
@@ -90,7 +90,7 @@ def test_unknown_project_on_a_stage_whose_mirror_is_down_is_a_502(demo: LiveServ
 
 
 def test_unknown_project_on_an_index_without_mirror_bases_is_a_404(demo: LiveServer) -> None:
-    """With no mirror to ask, an unknown name is a plain 404, so uv moves on (R4)."""
+    """With no mirror to ask, an unknown name is a plain 404, so uv moves on."""
     status, _headers, _body, reason = demo.get("/admin/solo/+simple/no-such-project-xyz/")
 
     assert (status, reason) == (404, "Project no-such-project-xyz is not on index admin/solo.")
@@ -104,7 +104,7 @@ def test_unknown_index_is_a_404(demo: LiveServer) -> None:
 
 
 def test_post_to_the_simple_url_is_a_405_that_names_the_upload_url(demo: LiveServer) -> None:
-    """uv turns a 405 into the hint "this is the simple index URL" (R57)."""
+    """uv turns a 405 into the hint "this is the simple index URL"."""
     for path in (f"{S}/", f"{S}/demo-pkg/"):
         status, headers, _body, reason = demo.get(path, method="POST", data=b"")
         assert (status, reason) == (
@@ -142,7 +142,7 @@ def test_post_to_the_simple_url_is_a_405_that_names_the_upload_url(demo: LiveSer
 def test_content_type_follows_the_clients_accept_header(
     demo: LiveServer, path: str, accept: str | None, content_type: str
 ) -> None:
-    """Installers get JSON, browsers and hatch get HTML; ties go to text/html (R31-R35, R37)."""
+    """Installers get JSON, browsers and hatch get HTML; ties go to text/html (PEP 691)."""
     status, headers, body, _reason = demo.get(path, headers={"Accept": accept} if accept else {})
 
     assert status == 200
@@ -151,7 +151,7 @@ def test_content_type_follows_the_clients_accept_header(
     if content_type == MIME_JSON:
         assert json.loads(body)["meta"]["api-version"] == "1.4"
     else:
-        assert b'<meta name="pypi:repository-version" content="1.4">' in body  # R12
+        assert b'<meta name="pypi:repository-version" content="1.4">' in body  # PEP 629
 
 
 @pytest.mark.parametrize(
@@ -174,9 +174,9 @@ def test_content_type_follows_the_clients_accept_header(
 def test_format_query_takes_precedence_over_accept(
     demo: LiveServer, query: str, accept: str | None, content_type: str
 ) -> None:
-    """`?format=` picks exactly one type; an unsupported value falls back to Accept (R36).
+    """`?format=` picks exactly one type; an unsupported value falls back to Accept (PEP 691).
 
-    The first case is STANDARDS.md's own curl line: its unencoded "+" reaches the server as a
+    The first case is a plain curl line: its unencoded "+" reaches the server as a
     space, and must still mean v1+json.
     """
     status, headers, _body, _reason = demo.get(
@@ -190,12 +190,12 @@ def test_format_query_takes_precedence_over_accept(
 def test_pages_revalidate_with_their_etag_and_each_representation_has_its_own(
     demo: LiveServer,
 ) -> None:
-    """If-None-Match gives 304 with the same ETag and Vary; HTML and JSON differ (R37, R47, R48)."""
+    """If-None-Match gives 304 with the same ETag and Vary; HTML and JSON differ."""
     etags = {}
     for accept in (MIME_JSON, "text/html"):
         status, headers, _body, _reason = demo.get(f"{S}/demo-pkg/", headers={"Accept": accept})
         assert status == 200
-        assert headers["Cache-Control"] == "no-cache"  # R48: an upload shows up at once
+        assert headers["Cache-Control"] == "no-cache"  # RFC 9111 §5.2: an upload shows up at once
         etags[accept] = headers["ETag"]
 
         status, headers, body, _reason = demo.get(
@@ -217,7 +217,7 @@ def test_pages_revalidate_with_their_etag_and_each_representation_has_its_own(
 
 
 def test_file_head_announces_its_length_and_byte_ranges(demo: LiveServer) -> None:
-    """HEAD: Content-Length and exactly `Accept-Ranges: bytes`, as uv and poetry compare (R42)."""
+    """HEAD: Content-Length and exactly `Accept-Ranges: bytes`, as uv and poetry compare."""
     url = file_url(demo, "admin/dev", "demo-pkg", WHEEL_1[0])
 
     status, headers, body, _reason = demo.get(url, method="HEAD")
@@ -225,7 +225,7 @@ def test_file_head_announces_its_length_and_byte_ranges(demo: LiveServer) -> Non
     assert (status, body) == (200, b"")
     assert headers["Content-Length"] == str(len(WHEEL_1[1]))
     assert headers["Accept-Ranges"] == "bytes"
-    assert "immutable" in headers["Cache-Control"]  # R49
+    assert "immutable" in headers["Cache-Control"]  # RFC 8246
 
 
 @pytest.mark.parametrize(
@@ -246,7 +246,7 @@ def test_file_serves_byte_ranges(
     start: int | None,
     end: int | None,
 ) -> None:
-    """Single ranges give 206 with Content-Range; unsatisfiable ones 416 (R43)."""
+    """Single ranges give 206 with Content-Range; unsatisfiable ones 416 (RFC 9110 §14)."""
     data = WHEEL_1[1]
     size = len(data)
     url = file_url(demo, "admin/dev", "demo-pkg", WHEEL_1[0])
@@ -268,7 +268,7 @@ def test_file_serves_byte_ranges(
     ids=["same-file", "changed-file"],
 )
 def test_file_range_honours_if_range(demo: LiveServer, if_range: str, status: int) -> None:
-    """pip resumes with Range + If-Range: a matching ETag gives 206, another all of it (R43)."""
+    """pip resumes with Range + If-Range: a matching ETag gives 206, else all (RFC 9110 §13.1.5)."""
     url = file_url(demo, "admin/dev", "demo-pkg", WHEEL_1[0])
     etag = demo.get(url, method="HEAD")[1]["ETag"]
     headers = {"Range": "bytes=10-", "If-Range": etag if if_range == "file-etag" else if_range}
@@ -280,12 +280,12 @@ def test_file_range_honours_if_range(demo: LiveServer, if_range: str, status: in
 
 
 def test_file_revalidates_to_304_and_is_cached_as_immutable(demo: LiveServer) -> None:
-    """The file's ETag is stable; If-None-Match gives 304; files are immutable (R44, R46, R49)."""
+    """The file's ETag is stable; If-None-Match gives 304; files are immutable (RFC 8246)."""
     url = file_url(demo, "admin/dev", "demo-pkg", WHEEL_1[0])
     status, headers, body, _reason = demo.get(url)
     assert status == 200
     assert body == WHEEL_1[1]
-    assert headers["Content-Length"] == str(len(body))  # R44
+    assert headers["Content-Length"] == str(len(body))  # RFC 9110 §8.6
     assert "immutable" in headers["Cache-Control"]
 
     status, again, body, _reason = demo.get(url, headers={"If-None-Match": headers["ETag"]})
@@ -295,7 +295,7 @@ def test_file_revalidates_to_304_and_is_cached_as_immutable(demo: LiveServer) ->
 
 
 def test_sdist_is_served_as_its_exact_bytes_without_content_encoding(demo: LiveServer) -> None:
-    """A .tar.gz must not be sent as Content-Encoding: gzip; its bytes match the hash (R9, R38)."""
+    """A .tar.gz must not be sent as Content-Encoding: gzip; its bytes match the hash (PEP 503)."""
     page = simple_json(demo, "admin/dev", "demo-pkg")
     entry = next(f for f in page["files"] if f["filename"] == SDIST_1[0])
     for headers in ({}, {"Accept-Encoding": "gzip"}):
@@ -306,7 +306,7 @@ def test_sdist_is_served_as_its_exact_bytes_without_content_encoding(demo: LiveS
 
 
 def test_metadata_sidecar_is_the_wheels_metadata_byte_for_byte(demo: LiveServer) -> None:
-    """`<wheel>.metadata` equals the wheel's METADATA, and its hash is advertised (R13, R40)."""
+    """`<wheel>.metadata` equals the wheel's METADATA, and its hash is advertised (PEP 658)."""
     with zipfile.ZipFile(io.BytesIO(WHEEL_1[1])) as wheel:
         metadata = wheel.read("demo_pkg-1.0.0.dist-info/METADATA")
     url = file_url(demo, "admin/dev", "demo-pkg", WHEEL_1[0])
@@ -328,14 +328,14 @@ def test_metadata_sidecar_is_the_wheels_metadata_byte_for_byte(demo: LiveServer)
         for f in simple_json(demo, "admin/dev", "demo-pkg")["files"]
         if f["filename"] == SDIST_1[0]
     )
-    assert sdist["core-metadata"] is False  # R41: sidecars for wheels only
+    assert sdist["core-metadata"] is False  # PEP 658: sidecars for wheels only
 
 
 # --- HTML and JSON pages ------------------------------------------------------------------------
 
 
 def test_html_anchors_name_their_files_and_carry_the_sha256(demo: LiveServer) -> None:
-    """Anchor text = filename = last href segment; `#sha256=` of the served bytes (R7, R8, R9)."""
+    """Anchor text = filename = last href segment; `#sha256=` of the served bytes (PEP 503)."""
     status, _headers, page, _reason = demo.get(f"{S}/demo-pkg/")
     assert status == 200
     found = anchors(page)
@@ -345,11 +345,11 @@ def test_html_anchors_name_their_files_and_carry_the_sha256(demo: LiveServer) ->
         assert anchor.filename_in_href == anchor.text
         assert re.fullmatch(r"[^#?]+#sha256=[0-9a-f]{64}", anchor.href), anchor.href
         assert anchor.href.endswith(f"#sha256={sha256(DEMO[anchor.text])}")
-        assert "?" not in anchor.href  # R39
+        assert "?" not in anchor.href  # PEP 658
 
 
 def test_requires_python_is_html_escaped_in_the_attribute(demo: LiveServer) -> None:
-    """`>=3.8` is written `&gt;=3.8` in HTML and plain in JSON (R10, R25)."""
+    """`>=3.8` is written `&gt;=3.8` in HTML and plain in JSON (PEP 503, 691)."""
     status, _headers, page, _reason = demo.get(f"{S}/demo-pkg/")
     assert status == 200
 
@@ -361,7 +361,7 @@ def test_requires_python_is_html_escaped_in_the_attribute(demo: LiveServer) -> N
 
 
 def test_yanked_files_carry_their_reason_or_an_empty_marker(demo: LiveServer) -> None:
-    """HTML data-yanked always has a value; JSON yanked is the reason, true or false (R11, R26)."""
+    """HTML data-yanked always has a value; JSON yanked is the reason, true or false (PEP 592)."""
     status, _headers, page, _reason = demo.get(f"{S}/demo-pkg/")
     assert status == 200
 
@@ -378,7 +378,7 @@ def test_yanked_files_carry_their_reason_or_an_empty_marker(demo: LiveServer) ->
 
 
 def test_json_page_has_api_version_versions_sizes_and_upload_times(demo: LiveServer) -> None:
-    """PEP 691/700 keys: api-version 1.4, versions, size = Content-Length, UTC times (R19-R24)."""
+    """PEP 691/700 keys: api-version 1.4, versions, size = Content-Length, UTC times."""
     page = simple_json(demo, "admin/dev", "demo-pkg")
 
     assert page["meta"] == {"api-version": "1.4"}
@@ -388,14 +388,14 @@ def test_json_page_has_api_version_versions_sizes_and_upload_times(demo: LiveSer
     for entry in page["files"]:
         assert entry["hashes"] == {"sha256": sha256(DEMO[entry["filename"]])}
         assert UPLOAD_TIME_RE.match(entry["upload-time"]), entry["upload-time"]
-        assert "dist-info-metadata" not in entry  # R27
+        assert "dist-info-metadata" not in entry  # PEP 714
         status, headers, _body, _reason = demo.get(entry["url"], method="HEAD")
         assert status == 200
         assert entry["size"] == int(headers["Content-Length"]) == len(DEMO[entry["filename"]])
 
 
 def test_project_list_links_each_project_in_html_and_json(demo: LiveServer) -> None:
-    """The root lists the project with a relative href in HTML and by name in JSON (R6, R30)."""
+    """The root lists the project with a relative href in HTML, by name in JSON (PEP 503, 691)."""
     status, _headers, page, _reason = demo.get(f"{S}/")
     assert status == 200
     links = {a.text: a.href for a in anchors(page)}
@@ -414,7 +414,7 @@ def test_project_list_links_each_project_in_html_and_json(demo: LiveServer) -> N
 def test_pip_download_picks_the_newest_version_that_is_not_yanked(
     demo: LiveServer, tmp_path: Path
 ) -> None:
-    """2.0.0 and 3.0.0 are yanked, so a bare requirement gets 1.0.0 (R11, R83)."""
+    """2.0.0 and 3.0.0 are yanked, so a bare requirement gets 1.0.0 (PEP 592)."""
     result = run_pip(
         "download", "--no-deps", "-d", str(tmp_path), "-i", f"{demo.url}{S}/", "demo-pkg"
     )
@@ -426,9 +426,9 @@ def test_pip_download_picks_the_newest_version_that_is_not_yanked(
 def test_pip_download_of_a_pinned_yanked_version_succeeds_with_a_warning(
     demo: LiveServer, tmp_path: Path
 ) -> None:
-    """An exact pin may select a yanked file; pip warns and shows the reason (R83).
+    """An exact pin may select a yanked file; pip warns and shows the reason (PEP 592).
 
-    The index URL has no trailing slash here: pip adds it (R5).
+    The index URL has no trailing slash here: pip adds it.
     """
     result = run_pip(
         "download", "--no-deps", "-d", str(tmp_path), "-i", f"{demo.url}{S}", "demo-pkg==2.0.0"
@@ -441,7 +441,7 @@ def test_pip_download_of_a_pinned_yanked_version_succeeds_with_a_warning(
 
 
 def test_pip_installs_a_version_uploaded_a_moment_ago(demo: LiveServer, tmp_path: Path) -> None:
-    """Upload, then install at once with no --refresh: pages are no-cache with an ETag (R48).
+    """Upload, then install at once with no --refresh: pages are no-cache with an ETag.
 
     run_pip disables pip's HTTP cache, so the Cache-Control assertion is what keeps a caching
     pip honest; the two pip runs show the page changes as soon as the upload returns.
@@ -472,7 +472,7 @@ def test_pip_installs_a_version_uploaded_a_moment_ago(demo: LiveServer, tmp_path
 def test_local_version_filenames_are_percent_encoded_once_and_pip_downloads_them(
     demo: LiveServer, tmp_path: Path
 ) -> None:
-    """`1.0+cpu`: the href carries %2B, the route takes `+` and %2B, pip finds it (R39, R74)."""
+    """`1.0+cpu`: the href carries %2B, the route takes `+` and %2B, pip finds it (PEP 440)."""
     wheel = make_wheel("local-ver", "1.0+cpu")
     status, _headers, body, reason = raw_upload(demo, "admin/dev", *wheel)
     assert (status, reason) == (200, "OK"), body

@@ -1,4 +1,4 @@
-"""Bad uploads get the exact status line, and leave the index exactly as it was (R57-R72)."""
+"""Bad uploads get the exact status line, and leave the index exactly as it was."""
 
 from __future__ import annotations
 
@@ -188,13 +188,13 @@ def test_bad_upload_is_refused_with_its_status_line_and_changes_nothing(
     status: int,
     reason: str,
 ) -> None:
-    """Each refusal names its cause in the status line and the body (R59, R60, R62, R63, R70)."""
+    """Each refusal names its cause in the status line and the body."""
     got_status, headers, body, got_reason = raw_upload(
         guarded, index, dist[0], dist[1], auth=auth, **overrides
     )
     assert (got_status, got_reason) == (status, reason)
-    assert body.decode() == reason + "\n"  # R60: the body says it too (HTTP/2 has no reason)
-    assert headers["Cache-Control"] == "no-store"  # R50: clients and proxies must not keep it
+    assert body.decode() == reason + "\n"  # the body says it too (HTTP/2 has no reason)
+    assert headers["Cache-Control"] == "no-store"  # clients and proxies must not keep it
 
 
 @pytest.mark.parametrize(
@@ -221,7 +221,7 @@ def test_upload_with_control_characters_in_name_is_a_400_with_them_escaped_in_th
 def test_upload_without_credentials_is_challenged_with_401(
     guarded: LiveServer, unchanged: Snapshot
 ) -> None:
-    """No Authorization header: 401 with a Basic challenge, never a redirect (R52, R59)."""
+    """No Authorization header: 401 with a Basic challenge, never a redirect (RFC 9110 §15.5.2)."""
     status, headers, _body, reason = raw_upload(guarded, "admin/dev", *NEW_WHEEL, auth=None)
 
     assert (status, reason) == (401, "Authentication required: log in or pass credentials.")
@@ -231,7 +231,7 @@ def test_upload_without_credentials_is_challenged_with_401(
 def test_identical_reupload_is_a_200_that_changes_nothing(
     guarded: LiveServer, unchanged: Snapshot, tmp_path: Path
 ) -> None:
-    """Same filename, same bytes: 200, so twine's retries after a 5xx are safe (R61, R63)."""
+    """Same filename, same bytes: 200, so twine's retries after a 5xx are safe."""
     status, _headers, _body, reason = raw_upload(guarded, "admin/dev", *OLD_WHEEL)
     assert (status, reason) == (200, "OK")
 
@@ -242,7 +242,7 @@ def test_identical_reupload_is_a_200_that_changes_nothing(
 def test_twine_shows_the_reason_when_a_filename_is_reused_with_other_bytes(
     guarded: LiveServer, unchanged: Snapshot, tmp_path: Path
 ) -> None:
-    """twine prints the 409 and its reason, which starts "File already exists" (R60, R63)."""
+    """twine prints the 409 and its reason, which starts "File already exists"."""
     result = twine_upload(guarded, "admin/dev", [write_dist(tmp_path, *OTHER_BYTES)])
 
     output = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
@@ -254,7 +254,7 @@ def test_twine_shows_the_reason_when_a_filename_is_reused_with_other_bytes(
 def test_twine_shows_the_reason_for_a_wrong_password(
     guarded: LiveServer, unchanged: Snapshot, tmp_path: Path
 ) -> None:
-    """twine sends credentials pre-emptively; a wrong password is a 403 it reports (R59)."""
+    """twine sends credentials pre-emptively; a wrong password is a 403 it reports."""
     result = twine_upload(
         guarded, "admin/dev", [write_dist(tmp_path, *NEW_WHEEL)], password="not-the-password"
     )
@@ -268,7 +268,7 @@ def test_twine_shows_the_reason_for_a_wrong_password(
 def test_upload_above_max_upload_size_is_a_413_naming_the_limit(
     server_factory: object, tmp_path: Path
 ) -> None:
-    """MAX_UPLOAD_SIZE=1M refuses a 1.5 MiB wheel with 413 and the limit in bytes (R65)."""
+    """MAX_UPLOAD_SIZE=1M refuses a 1.5 MiB wheel with 413 and the limit in bytes."""
     server = server_factory(MAX_UPLOAD_SIZE="1M")  # type: ignore[operator]
     small = make_wheel("bulky", "1.0")
     publish(server, "admin/dev", tmp_path / "small", small)

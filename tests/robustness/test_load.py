@@ -2,7 +2,7 @@
 entrypoint.sh with the default worker settings: real pip installs (through the mirror), twine
 uploads, and raw page, file, web and upload requests. No connection error, no 5xx, and every
 uploaded file downloads afterwards with its sha256. Requests served and latency percentiles
-are written to test-output/robustness.json (figures for the README, never asserted).
+are written to test-output/robustness.json (figures for bench/RESULTS.md, never asserted).
 """
 
 from __future__ import annotations
