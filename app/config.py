@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from app.storage import parse_storage_url
+
 DEFAULT_MIRROR_URL = "https://pypi.tuna.tsinghua.edu.cn/simple/"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - an appliance serves the LAN
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
@@ -233,8 +235,6 @@ def _path_prefix(name: str, text: str) -> str:
 
 
 def _storage_url(name: str, text: str) -> str:
-    from app.storage import parse_storage_url  # app.storage imports this module
-
     try:
         parse_storage_url(text)
     except ValueError as exc:

@@ -6,10 +6,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Function-level imports that may stay without a comment, and why: app/config.py's import of
-# app.storage has no circle behind it (storage names Settings only for type checkers); it can
-# move to the top with config's rewrite, and leave this set empty.
-UNCOMMENTED = {("app.config", "app.storage")}
+# Function-level imports that may stay without a comment (none: each one says why).
+UNCOMMENTED: set[tuple[str, str]] = set()
 
 
 def app_modules() -> dict[str, Path]:
