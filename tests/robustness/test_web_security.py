@@ -503,7 +503,7 @@ def test_login_next_never_leaves_the_site(app: Any) -> None:
 
 def test_form_next_fields_never_leave_the_site(app: Any) -> None:
     """`back()`, which forms use to return to their `next` field, behind a proxy prefix too."""
-    from app.web import back
+    from app.web.base import back
 
     for target in HOSTILE_NEXT:
         for script_root in ("", "/pypi"):
