@@ -540,7 +540,7 @@ class Settings:
                 bad.add(row.env)
         multiproc_dir = env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None
         settings = cls(**values, prometheus_multiproc_dir=multiproc_dir)
-        errors += _problems_between(settings, bad)
+        errors += _problems_between(settings, bad, env.get("DATABASE_URL", "").strip())
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
         return settings
@@ -552,11 +552,11 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
-def _problems_between(settings: Settings, bad: set[str]) -> list[str]:
-    """What is wrong between variables that each read well (`bad` names those that did not)."""
+def _problems_between(settings: Settings, bad: set[str], url: str) -> list[str]:
+    """What is wrong between variables that each read well (`bad` names those that did not;
+    `url` is DATABASE_URL as the operator wrote it, empty for the SQLite default)."""
     problems = []
-    url = settings.database_url  # __post_init__ spelled postgres:// with its driver
-    if not url.startswith("sqlite"):
+    if url and not url.startswith("sqlite"):
         if not re.match(r"^postgres(ql)?(\+psycopg)?://", url):
             problems.append(
                 "DATABASE_URL: use postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE, "
