@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, current_app, request
 from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a subclass
 
 from app.auth import (
     MIN_PASSWORD_CHARS,

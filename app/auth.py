@@ -420,7 +420,8 @@ def init_app(app: Flask) -> None:
 
 def authenticated_user() -> User | None:
     """The caller as a User, or None when no credentials came with the request."""
-    return current_user if current_user.is_authenticated else None  # type: ignore[return-value]
+    # current_user is a User, or flask-login's anonymous user (never authenticated)
+    return current_user if isinstance(current_user, User) else None
 
 
 def require_user() -> User:

@@ -325,8 +325,8 @@ def _write_archive(
             }
             secret = Path(settings.data_dir) / "secret_key"
             if secret.is_file():
-                with open(secret, "rb") as source:
-                    _add(tar, SECRET_MEMBER, source, None)
+                with open(secret, "rb") as secret_file:
+                    _add(tar, SECRET_MEMBER, secret_file, None)
                 manifest["secret_key"] = True
             for key, kind in blobs.items():
                 try:
@@ -384,7 +384,7 @@ def _add(
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = size, mtime, 0o644
     reader = _HashingReader(source, bar)
-    tar.addfile(info, reader)  # type: ignore[arg-type]
+    tar.addfile(info, reader)
     return reader.digest.hexdigest()
 
 

@@ -118,8 +118,8 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> None:
     with database.session() as session:
         begin_write(session)
         if args.action == "list":
-            for user in session.scalars(select(User).order_by(User.username)):
-                print(f"{user.username}{' (superuser)' if user.is_superuser else ''}")
+            for each in session.scalars(select(User).order_by(User.username)):
+                print(f"{each.username}{' (superuser)' if each.is_superuser else ''}")
             return
         user = find_user(session, args.name)
         if args.action == "create":
@@ -169,8 +169,8 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> None:
     with database.session() as session:
         begin_write(session)
         if args.action == "list":
-            for index in session.scalars(select(Index)):
-                print(f"{index.path} ({index.type})")
+            for each in session.scalars(select(Index)):
+                print(f"{each.path} ({each.type})")
             return
         username, sep, name = args.path.partition("/")
         if not sep:

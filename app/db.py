@@ -126,7 +126,7 @@ class FastRead:
     ORM, no type processing, no BEGIN: one autocommit read on SQLite): for the few reads on
     the hot paths that answer before Flask (stored pages, stored files)."""
 
-    def __init__(self, database: Database, statement: Select) -> None:
+    def __init__(self, database: Database, statement: Select[*tuple[Any, ...]]) -> None:
         self.engine = database.engine
         compiled = statement.compile(dialect=self.engine.dialect)
         self.sql, self.positions = compiled.string, compiled.positiontup

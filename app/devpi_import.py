@@ -33,7 +33,7 @@ import logging
 import re
 import secrets
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import func, select
@@ -160,7 +160,8 @@ def _parse_time(value: Any) -> dt.datetime | None:
     """devpi's times: "2024-01-31T12:00:00Z", [Y, M, D, h, m, s] (UTC) or an HTTP date."""
     try:
         if isinstance(value, list) and len(value) >= 6:
-            return dt.datetime(*(int(v) for v in value[:6]))  # naive UTC, as stored
+            year, month, day, hour, minute, second = (int(v) for v in value[:6])
+            return dt.datetime(year, month, day, hour, minute, second)  # naive UTC, as stored
         if isinstance(value, str) and value.endswith("Z"):
             return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
         if isinstance(value, str):
@@ -392,7 +393,7 @@ class Importer:
 
     # --- files -------------------------------------------------------------------------------
 
-    def _save_blob(self, key: str, source: IO[bytes]) -> None:
+    def _save_blob(self, key: str, source: BinaryIO) -> None:
         if not self.storage.exists(key):
             self.storage.save(key, source)
 

@@ -13,7 +13,6 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO
 
 from packaging.metadata import parse_email
 from packaging.utils import (
@@ -335,7 +334,7 @@ def _single_top_level(member_names: Iterable[str]) -> str:
 class _CappedStream:
     """A decompressed stream that stops inflating at `limit_bytes` (zip-bomb rule, for tarballs)."""
 
-    def __init__(self, stream: IO[bytes], limit_bytes: int) -> None:
+    def __init__(self, stream: gzip.GzipFile, limit_bytes: int) -> None:
         self._stream = stream
         self._limit_bytes = limit_bytes
 
@@ -363,7 +362,9 @@ def _read_tar_sdist(path: str | os.PathLike[str]) -> tuple[str, bytes]:
     limit_bytes = max(RATIO_MIN_BYTES, MAX_COMPRESSION_RATIO * compressed_bytes)
     with gzip.GzipFile(path, "rb") as gz:
         try:
-            with tarfile.open(fileobj=_CappedStream(gz, limit_bytes), mode="r:") as archive:
+            # typeshed asks a fileobj for write() and close() in every mode; reading uses neither
+            capped = _CappedStream(gz, limit_bytes)
+            with tarfile.open(fileobj=capped, mode="r:") as archive:  # type: ignore[call-overload]
                 member, raw = _read_pkg_info(archive, compressed_bytes)
         except (tarfile.TarError, zlib.error, EOFError, OSError):
             raise InvalidDistribution(NOT_A_TARFILE) from None
@@ -398,7 +399,8 @@ def _read_pkg_info(archive: tarfile.TarFile, compressed_bytes: int) -> tuple[str
     try:
         while (member := archive.next()) is not None:
             # Forget members as we go: a tarball of millions of entries must not pin memory.
-            archive.members.clear()
+            # (`members` is undocumented, so typeshed leaves it out.)
+            archive.members.clear()  # type: ignore[attr-defined]
             _check_ratio(member.offset_data + member.size, compressed_bytes)
             if member.issparse():
                 raise InvalidDistribution(
@@ -573,8 +575,8 @@ def check_digests(
 ) -> None:
     """Check every digest the client supplied against the computed ones; with
     `is_required`, at least one must be there."""
-    supplied = {"sha256": sha256, "md5": md5, "blake2_256": blake2_256}
-    supplied = {kind: digest for kind, digest in supplied.items() if digest}
+    given = {"sha256": sha256, "md5": md5, "blake2_256": blake2_256}
+    supplied = {kind: digest for kind, digest in given.items() if digest}
     if not supplied and is_required:
         raise InvalidDistribution("Error: Include at least one message digest.")
     for kind, digest in supplied.items():

@@ -10,7 +10,8 @@ import unicodedata
 
 from flask import Flask, Response, request
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
 from app.storage import StorageUnavailable
 from app.upstream import UpstreamTimeout
@@ -140,7 +141,7 @@ def init_app(app: Flask) -> None:
         return error_response(failure.status, failure.reason, failure.headers)
 
     @app.errorhandler(HTTPException)
-    def _handle_werkzeug(exc: HTTPException) -> Response:
+    def _handle_werkzeug(exc: HTTPException) -> BaseResponse:
         if exc.code in (301, 302, 307, 308):
             return exc.get_response()
         reason = exc.description or exc.name
@@ -152,6 +153,6 @@ def init_app(app: Flask) -> None:
         for key, value in exc.get_headers():
             if key.lower() != "content-type":
                 response.headers[key] = value
-        if exc.code == 405 and exc.valid_methods:
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response

@@ -10,8 +10,9 @@ from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
-from sqlalchemy import Select, bindparam, exists, func, select
+from sqlalchemy import BindParameter, Select, bindparam, exists, func, select
 from werkzeug.http import http_date
+from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
 from app.auth import require_read
 from app.db import FastRead, get_session
@@ -42,7 +43,7 @@ CONDITIONAL_HEADERS = (
 
 def send_blob(
     sha256: str, filename: str, *, mimetype: str = "application/octet-stream"
-) -> Response:
+) -> BaseResponse:
     """Send a stored blob with Range, ETag and immutable caching; never Content-Encoding."""
     storage = current_app.extensions["pyshelf.storage"]
     local_path = getattr(storage, "local_path", None)
@@ -68,7 +69,7 @@ def send_blob(
     return response
 
 
-def _send_remote(storage: Any, sha256: str, filename: str, mimetype: str) -> Response:
+def _send_remote(storage: Any, sha256: str, filename: str, mimetype: str) -> BaseResponse:
     """A blob from S3: a 302 to a presigned URL (S3_REDIRECT), or streamed with Range passed on.
 
     Called only once the reader's access is checked: the presigned URL is the permission.
@@ -113,7 +114,7 @@ def _hosted_file(index: Index, sha256: str, filename: str) -> File | None:
 
 
 @bp.route("/<user>/<index>/+f/<sha256>/<path:filename>", methods=["GET", "HEAD"])
-def release_file(user: str, index: str, sha256: str, filename: str) -> Response:
+def release_file(user: str, index: str, sha256: str, filename: str) -> BaseResponse:
     """A release file, or its `.metadata` sidecar (PEP 658/714), to those who may read the
     index; only the index's own files (never another index's blob with the same hash)."""
     found = get_index(get_session(), user, index)
@@ -142,7 +143,7 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> Response:
     return send_blob(record.metadata_sha256, filename, mimetype=METADATA_MIMETYPE)
 
 
-def _blob_lookup() -> Select:
+def _blob_lookup() -> Select[*tuple[Any, ...]]:
     """One query for CachedFiles: the index (type, acl_read) and what it holds under the key.
 
     `hosted`: the upload's metadata sha256 ("" without one; NULL: not uploaded here);
@@ -153,7 +154,8 @@ def _blob_lookup() -> Select:
     index, user = Index.__table__.c, User.__table__.c
     file, project = File.__table__.c, Project.__table__.c
     held, sidecar = MirrorHolding.__table__.c, MirrorSidecar.__table__.c
-    key, filename = bindparam("key"), bindparam("filename")
+    key: BindParameter[str] = bindparam("key")
+    filename: BindParameter[str] = bindparam("filename")
     hosted = (
         select(func.coalesce(file.metadata_sha256, ""))
         .select_from(File.__table__.join(Project.__table__))
@@ -215,7 +217,7 @@ class CachedFiles:
         if match is None or any(name in environ for name in CONDITIONAL_HEADERS):
             return self.wsgi_app(environ, start_response)
         found = self._find(*match.groups())
-        if found is None:
+        if found is None or self.local_path is None:
             return self.wsgi_app(environ, start_response)
         index_id, blob_key, is_mirror_hit = found
         try:

@@ -155,26 +155,26 @@ def blob_sha256(storage: Storage, key: str) -> str:
 def _dangling(session: Session) -> list[tuple[str, int, bool]]:
     """(table, rows whose parent is gone, is_private) for every parent link."""
     checks = [
-        ("files without their project", File, File.project_id, Project, True),
-        ("projects without their index", Project, Project.index_id, Index, True),
-        ("doc_sets without their index", DocSet, DocSet.index_id, Index, True),
-        ("indexes without their owner", Index, Index.owner_id, User, True),
-        ("tokens without their user", Token, Token.user_id, User, True),
-        ("mirror_pages without their index", MirrorPage, MirrorPage.index_id, Index, False),
-        ("mirror_blobs without their index", MirrorBlob, MirrorBlob.index_id, Index, False),
+        ("files without their project", File, File.project_id, Project.id, True),
+        ("projects without their index", Project, Project.index_id, Index.id, True),
+        ("doc_sets without their index", DocSet, DocSet.index_id, Index.id, True),
+        ("indexes without their owner", Index, Index.owner_id, User.id, True),
+        ("tokens without their user", Token, Token.user_id, User.id, True),
+        ("mirror_pages without their index", MirrorPage, MirrorPage.index_id, Index.id, False),
+        ("mirror_blobs without their index", MirrorBlob, MirrorBlob.index_id, Index.id, False),
         (
             "mirror_sidecars without their index",
             MirrorSidecar,
             MirrorSidecar.index_id,
-            Index,
+            Index.id,
             False,
         ),
-        ("mirror_stats without their index", MirrorStats, MirrorStats.index_id, Index, False),
+        ("mirror_stats without their index", MirrorStats, MirrorStats.index_id, Index.id, False),
     ]
     found = []
-    for label, model, column, parent, is_private in checks:
+    for label, model, column, parent_id, is_private in checks:
         count = session.scalar(
-            select(func.count()).select_from(model).where(column.not_in(select(parent.id)))
+            select(func.count()).select_from(model).where(column.not_in(select(parent_id)))
         )
         if count:
             found.append((label, count, is_private))

@@ -171,8 +171,12 @@ class DatabaseCollector(Collector):
         """Query a few sums; a database that does not answer yields no sizes."""
         try:
             with self.database.session() as session:
-                upload_bytes = session.scalar(select(func.coalesce(func.sum(File.size), 0)))
-                doc_bytes = session.scalar(select(func.coalesce(func.sum(DocSet.size), 0)))
+                upload_bytes = session.execute(
+                    select(func.coalesce(func.sum(File.size), 0))
+                ).scalar_one()
+                doc_bytes = session.execute(
+                    select(func.coalesce(func.sum(DocSet.size), 0))
+                ).scalar_one()
                 cache_bytes, cache_files = session.execute(
                     select(func.coalesce(func.sum(MirrorBlob.size), 0), func.count())
                 ).one()
@@ -232,7 +236,8 @@ def render(settings: Settings, database: Database) -> bytes:
     registry = CollectorRegistry()
     registry.register(DatabaseCollector(settings, database))
     if settings.prometheus_multiproc_dir:
-        multiprocess.MultiProcessCollector(registry, path=settings.prometheus_multiproc_dir)
+        # prometheus_client leaves this constructor unannotated (its package is otherwise typed)
+        multiprocess.MultiProcessCollector(registry, path=settings.prometheus_multiproc_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY) + generate_latest(registry)
 

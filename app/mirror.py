@@ -37,6 +37,7 @@ from flask import Response, g
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
 from app import metrics
 from app.cache import MirrorCache, holds
@@ -425,7 +426,7 @@ class Mirror:
 
     def serve_file(
         self, index: Index, key: str, filename: str, *, is_metadata: bool, is_head: bool = False
-    ) -> Response:
+    ) -> BaseResponse:
         """A mirrored file (or its sidecar): from the cache, or streamed from upstream into it.
 
         HEAD of a file not cached yet answers from the page without starting a download.
@@ -517,7 +518,7 @@ class Mirror:
         except (IntegrityError, OperationalError):  # recorded by another worker, or busy
             pass
 
-    def _serve_metadata(self, index: Index, entry: dict[str, Any]) -> Response:
+    def _serve_metadata(self, index: Index, entry: dict[str, Any]) -> BaseResponse:
         """The PEP 658 sidecar: fetched once per mirror, verified against the advertised sha256,
         cached (bytes stored already for another index are kept, never served unfetched)."""
         digest = entry.get("metadata_sha256")
@@ -574,7 +575,7 @@ class Mirror:
 
     def _send_cached(
         self, index: Index, key: str, filename: str, *, mimetype: str = "application/octet-stream"
-    ) -> Response:
+    ) -> BaseResponse:
         """A cache hit: counted, its last access noted (in batches), the blob sent."""
         self.counters.add(index.id, hits=1)
         self.cache.touch(key)
@@ -605,7 +606,7 @@ class Mirror:
         stem = f"{index.id}-{key}"
         return self.part_dir / f"{stem}.part", self.part_dir / f"{stem}.size"
 
-    def _download(self, index: Index, entry: dict[str, Any]) -> Response:
+    def _download(self, index: Index, entry: dict[str, Any]) -> BaseResponse:
         """Stream a file from upstream to the client while caching it; one download per file
         and mirror.
 
@@ -881,7 +882,7 @@ class Mirror:
                 raise
         return write()
 
-    def _follow(self, index: Index, entry: dict[str, Any], part_path: Path) -> Response:
+    def _follow(self, index: Index, entry: dict[str, Any], part_path: Path) -> BaseResponse:
         """Stream a file another worker of this mirror is downloading, from its part file.
 
         The final byte only ever comes from the committed blob, once this mirror holds it, and
@@ -892,13 +893,14 @@ class Mirror:
         _part, size_path = self._part_paths(index, key)
         timeout = self.settings.upstream_read_timeout_seconds
         try:
-            part = open(part_path, "rb")  # noqa: SIM115 - closed by the generator
+            part: IO[bytes] = open(part_path, "rb")  # noqa: SIM115 - closed by the generator
         except FileNotFoundError:
             if self._holds_now(index, key):
                 return self._send_cached(index, key, entry["filename"])
             raise HTTPError(
                 503, f"{entry['filename']} is being fetched; try again.", {"Retry-After": "5"}
             ) from None
+        total: int | None
         try:
             total = int(size_path.read_text())
         except (OSError, ValueError):

@@ -15,6 +15,7 @@ import datetime as dt
 import gzip
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Select, bindparam, case, delete, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -50,7 +51,7 @@ class Hit:
     is_public: bool
 
 
-def _lookup(want_gzip: bool) -> Select:
+def _lookup(want_gzip: bool) -> Select[*tuple[Any, ...]]:
     """One query that reads the body only when the client's ETag does not match."""
     page = CachedPage.__table__.c
     stored = func.coalesce(page.body_gzip, page.body) if want_gzip else page.body

@@ -422,7 +422,7 @@ class BufferingWorker(ThreadWorker):
             return
         self.nr_conns += 1
         conn = Connection(self.cfg, client, address, listener.getsockname())
-        if self.cfg.is_ssl:
+        if self.tls is not None:  # set in run() when the config has TLS
             try:
                 conn.sock = self.tls.wrap_socket(
                     conn.sock,
@@ -436,7 +436,7 @@ class BufferingWorker(ThreadWorker):
             conn.is_handshaking = True
         self.start_reading(conn, b"")
 
-    def on_client_socket_readable(self, conn: Connection, client: socket.socket) -> None:  # type: ignore[override]
+    def on_client_socket_readable(self, conn: Connection, client: socket.socket) -> None:
         """A kept-alive connection has a next request coming: read it here, not in a thread."""
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
@@ -455,7 +455,7 @@ class BufferingWorker(ThreadWorker):
         """Read what has arrived; never blocks."""
         try:
             if conn.is_handshaking:
-                conn.sock.do_handshake()  # type: ignore[attr-defined]
+                conn.sock.do_handshake()
                 conn.is_handshaking = False
             view = self.recv_view
             size = conn.sock.recv_into(view)
@@ -551,12 +551,12 @@ class BufferingWorker(ThreadWorker):
         conn.initialized = conn.data_ready = True  # TConn.init: the TLS handshake is done
         self.enqueue_req(conn)
 
-    def handle_request(self, req: Any, conn: Connection) -> bool:  # type: ignore[override]
+    def handle_request(self, req: Any, conn: Connection) -> bool:
         """Serve one request in a thread (gunicorn's code); 100 Continue was the loop's job."""
         req._expected_100_continue = False  # answered by feed(), or the body had come anyway
         return super().handle_request(req, conn)
 
-    def finish_request(self, conn: Connection, fs: Future) -> None:  # type: ignore[override]
+    def finish_request(self, conn: Connection, fs: Future[bool]) -> None:
         """A thread is done: read the next request on the loop, keep the connection, or close."""
         try:
             keep = not fs.cancelled() and bool(fs.result())
@@ -671,8 +671,9 @@ class BufferingWorker(ThreadWorker):
         if now < self.next_sweep:
             return
         self.next_sweep = now + SWEEP_SECONDS
-        for conn in [c for c in self.reading if c.reader and c.reader.deadline < now]:
-            if not (conn.reader.inbox.size or conn.reader.pending):  # never said a word
+        late = [(c, c.reader) for c in self.reading if c.reader and c.reader.deadline < now]
+        for conn, reader in late:
+            if not (reader.inbox.size or reader.pending):  # never said a word
                 self.drop(conn)
                 continue
             seconds = self.settings.request_timeout_seconds

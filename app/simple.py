@@ -13,6 +13,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from flask import Blueprint, Flask, Response, current_app, g, redirect, request
 from werkzeug.http import parse_accept_header, parse_etags
+from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
 from app import throttle
 from app.auth import authenticated_user, require_read
@@ -204,7 +205,8 @@ def _page(data: bytes, mime: str, cache_control: str, *, etag: str | None = None
     response.headers["Vary"] = (
         "Accept, Accept-Encoding" if len(data) >= GZIP_MIN_BYTES else "Accept"
     )
-    return response.make_conditional(request)
+    response.make_conditional(request)  # 304 when the ETag matches: it changes `response` in place
+    return response
 
 
 def _cached_page(hit: Hit, mime: str) -> Response:
@@ -252,7 +254,7 @@ def _index_or_404(user: str, index: str) -> Index:
 
 
 @bp.get("/<user>/<index>/+simple")
-def project_list_no_slash(user: str, index: str) -> Response:
+def project_list_no_slash(user: str, index: str) -> BaseResponse:
     """Redirect to the canonical URL with a trailing slash (PEP 503)."""
     return redirect(f"{request.script_root}/{user}/{index}/+simple/", 301)
 
@@ -274,14 +276,14 @@ def project_list(user: str, index: str) -> Response:
 
 
 @bp.get("/<user>/<index>/+simple/<project>")
-def project_page_no_slash(user: str, index: str, project: str) -> Response:
+def project_page_no_slash(user: str, index: str, project: str) -> BaseResponse:
     """Redirect to the normalized name with a trailing slash (PEP 503)."""
     target = normalize_name(project)
     return redirect(f"{request.script_root}/{user}/{index}/+simple/{target}/", 301)
 
 
 @bp.route("/<user>/<index>/+simple/<project>/", methods=["GET", "HEAD"])
-def project_page(user: str, index: str, project: str) -> Response:
+def project_page(user: str, index: str, project: str) -> BaseResponse:
     """A project's files across the index and its bases, as PEP 503 HTML or PEP 691 JSON.
 
     Served from the page cache (app/pagecache.py) when it holds this page: public pages without
@@ -349,7 +351,7 @@ def post_to_simple(user: str, index: str, project: str | None = None) -> Respons
 
 
 @bp.post("/<user>/<index>/+simple/<project>/refresh")
-def refresh(user: str, index: str, project: str) -> Response:
+def refresh(user: str, index: str, project: str) -> BaseResponse:
     """Make the mirrors behind this index fetch the project page again on the next request.
 
     Logged-in readers may always; anonymous callers (devpi-client's `devpi refresh` sends no

@@ -78,7 +78,7 @@ class Storage(Protocol):
     A missing blob raises FileNotFoundError; a store that does not answer, StorageUnavailable.
     """
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> io.BufferedReader:
         """Open a blob for reading."""
         ...
 
@@ -128,7 +128,7 @@ class LocalStorage:
         _check_key(key)
         return self.root / key[:2] / key[2:4] / key
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> io.BufferedReader:
         """Open a blob for reading."""
         return open(self.local_path(key), "rb")
 
@@ -287,10 +287,10 @@ class S3Storage:
         head = self._call("head_object", key, Key=self.object_name(key))
         return int(head["ContentLength"])
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> io.BufferedReader:
         """A seekable, buffered reader: each seek elsewhere starts a new ranged GET."""
         raw = S3Reader(self, key, self.size(key))
-        return io.BufferedReader(raw, READ_BUFFER_BYTES)  # type: ignore[return-value]
+        return io.BufferedReader(raw, READ_BUFFER_BYTES)
 
     def read_range(self, key: str, start: int, stop: int) -> Iterable[bytes]:
         """Bytes start..stop-1 of a blob, streamed in chunks (the GET goes out at once)."""

@@ -55,7 +55,7 @@ class UploadRequest(Request):
                 metrics.count_write_failure("upload")
                 raise spool.error
 
-    def _get_file_stream(  # type: ignore[override]
+    def _get_file_stream(
         self,
         total_content_length: int | None,
         content_type: str | None,

@@ -16,7 +16,6 @@ from urllib.parse import quote, urlsplit
 
 from flask import (
     Flask,
-    Response,
     current_app,
     flash,
     g,
@@ -30,6 +29,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from packaging.version import Version
 from sqlalchemy import select
+from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a subclass
 
 from app import __version__
 from app.auth import authenticated_user, current_reader, require_read, require_user

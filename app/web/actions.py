@@ -8,10 +8,11 @@ the bytes); the record goes, so nothing links to them any more.
 
 from __future__ import annotations
 
-from flask import Response, flash, redirect, request
+from flask import flash, redirect, request
 from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a subclass
 
 from app.auth import authenticated_user
 from app.db import begin_write, get_session

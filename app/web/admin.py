@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import (
-    Response,
     current_app,
     flash,
     redirect,
@@ -15,6 +14,7 @@ from flask import (
     url_for,
 )
 from sqlalchemy import select
+from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a subclass
 
 from app.auth import (
     MIN_PASSWORD_CHARS,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlsplit
 
-from flask import Blueprint, Response, redirect, request, url_for
+from flask import Blueprint, redirect, request, url_for
+from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a subclass
 
 from app.db import get_session
 from app.dists import normalize_name

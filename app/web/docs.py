@@ -43,6 +43,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
+from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
 from app.cache import BlobLock
 from app.db import begin_write, get_session
@@ -357,7 +358,7 @@ def _members(archive: zipfile.ZipFile, prefix: str) -> dict[str, zipfile.ZipInfo
     return members
 
 
-def serve(docset: DocSet, path: str, base_url: str) -> Response:
+def serve(docset: DocSet, path: str, base_url: str) -> BaseResponse:
     """One file of a doc set (a directory serves its index.html), with the sandboxing CSP."""
     storage = current_app.extensions["pyshelf.storage"]
     wanted = posixpath.normpath("/" + path).lstrip("/") if path else ""

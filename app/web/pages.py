@@ -165,8 +165,8 @@ def stage_projects(session: Session, index: Index, page: int) -> tuple[list[Proj
                 File.project_id.in_([p.id for p in projects])
             )
         )
-        for project_id, version, uploaded_at, yanked in rows:
-            files.setdefault(project_id, []).append((version, uploaded_at, yanked))
+        for project_id, version, uploaded_at, is_yanked in rows:
+            files.setdefault(project_id, []).append((version, uploaded_at, is_yanked))
     result = []
     for project in projects:
         mine = files.get(project.id, [])
@@ -239,7 +239,7 @@ def file_rows(view: ProjectView, mirror_paths: set[str]) -> list[FileRow]:
     return rows
 
 
-def _held(keys: set[str | None]) -> set[tuple[str, str | None]]:
+def _held(keys: Iterable[str | None]) -> set[tuple[str, str | None]]:
     """(mirror path, key) of the keys a mirror holds (fetched itself; one query): the blob store
     is shared, and another index's blob under the same key is not this mirror's to show."""
     wanted = [key for key in keys if key]

@@ -26,7 +26,7 @@ def _content_type(value: str | None) -> tuple[str, dict[str, str]]:
     """Parse `text/markdown; variant=GFM; charset=UTF-8` into its type and parameters."""
     message = Message()
     message["Content-Type"] = value or "text/x-rst"
-    params = {k.lower(): v for k, v in message.get_params()[1:]}
+    params = {k.lower(): v for k, v in (message.get_params() or [])[1:]}
     return message.get_content_type(), params
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import re
 from collections.abc import Collection
 
-from sqlalchemy import ColumnElement, case, func, or_, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.models import Index, MirrorPage, Project, User
@@ -47,7 +47,7 @@ def name_query(query: str) -> str:
     return re.sub(r"[-_.\s]+", "-", query.strip().lower()).strip("-")
 
 
-def _rank(column: ColumnElement[str], name: str) -> ColumnElement[int]:
+def _rank(column: SQLColumnExpression[str], name: str) -> ColumnElement[int]:
     return case(
         (column == name, RANK_EXACT),
         (column.like(_like(name) + "%", escape=_ESCAPE), RANK_PREFIX),
