@@ -35,7 +35,8 @@ SCALE_TESTS := tests/test_upload.py tests/test_backup.py tests/test_integrity.py
 	tests/e2e/test_page_cache.py tests/e2e/test_bootstrap.py tests/e2e/test_private_blobs.py \
 	tests/e2e/test_sessions.py
 
-test: $(VENV)/.installed $(DEVPI_VENV)/.installed chromium postgres ## install what the tests need, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
+test: $(VENV)/.installed $(DEVPI_VENV)/.installed chromium postgres ## install what the tests need, type-check app/, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 	PYSHELF_TEST_DATABASE=postgres PYSHELF_TEST_STORAGE=s3 $(PY) -m pytest -q -p no:cacheprovider $(SCALE_TESTS)
 
@@ -58,9 +59,10 @@ test-container: export CONTAINERS_CONF := $(CURDIR)/tests/container/containers.c
 test-container: $(VENV)/.installed ## build the image with podman (installed if missing) and test it as a container
 	bash tests/container/prepare.sh && $(PY) -m pytest -q -p no:cacheprovider tests/container
 
-lint: $(VENV)/.installed ## ruff check and format check
+lint: $(VENV)/.installed ## ruff check and format check, mypy over app/ (settings in pyproject.toml)
 	$(VENV)/bin/ruff check app tests bench migrations/env.py gunicorn.conf.py
 	$(VENV)/bin/ruff format --check app tests bench gunicorn.conf.py
+	$(VENV)/bin/mypy
 
 docs: $(VENV)/.installed ## write docs/configuration.md and .env.example from the settings table in app/config.py
 	$(PY) -m app.config markdown > docs/configuration.md && $(PY) -m app.config env-example > .env.example
@@ -85,4 +87,4 @@ bench-mirror: $(VENV)/.installed ## pip through pyshelf's mirror, cold and warm,
 	$(PY) bench/mirror_install.py
 
 clean: ## remove the venv and caches (not ./data)
-	rm -rf $(VENV) $(DEVPI_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEVPI_VENV) .pytest_cache .ruff_cache .mypy_cache
