@@ -154,7 +154,7 @@ class UpstreamClient:
         self._session_factory = session_factory or requests.Session
         self._guard = AddressGuard(allowed=parse_networks(allow_private))
         self.trusted_url = trusted_url
-        origin = _origin(trusted_url or "")
+        origin = url_origin(trusted_url or "")
         self._trusted_guard = AddressGuard(
             allowed=self._guard.allowed,
             trusted=frozenset({origin[1:]} if origin else ()),
@@ -251,8 +251,8 @@ class UpstreamClient:
         is_trusted = simple_url is not None and simple_url == self.trusted_url
         if credentials is None and simple_url is not None:
             index_url, index_credentials = _split_credentials(simple_url)
-            origin = _origin(clean_url)
-            if index_credentials and origin is not None and origin == _origin(index_url):
+            origin = url_origin(clean_url)
+            if index_credentials and origin is not None and origin == url_origin(index_url):
                 credentials = index_credentials
         # identity: requests must not decode gzip, because the sha256 is of the raw bytes.
         headers = {"Accept-Encoding": "identity"}
@@ -282,7 +282,7 @@ class UpstreamClient:
         if not self.file_hosts:
             return
         host = (urlsplit(url).hostname or "").lower()
-        index_origin = _origin(simple_url or "")
+        index_origin = url_origin(simple_url or "")
         if host in self.file_hosts or (index_origin is not None and host == index_origin[1]):
             return
         log.warning("refused a file link to %s: not in MIRROR_FILE_HOSTS", host)
@@ -514,8 +514,9 @@ def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     return urlunsplit(parts._replace(netloc=hostport)), (unquote(user), unquote(password))
 
 
-def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) with the default port filled in, or None for a non-HTTP URL."""
+def url_origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL with the default port filled in (RFC 6454
+    section 4), or None for anything else."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -528,7 +529,7 @@ def _origin(url: str) -> tuple[str, str, int] | None:
 
 
 def _require_http(url: str, display: str) -> None:
-    if _origin(url) is None:
+    if url_origin(url) is None:
         raise UpstreamError(f"{display}: not an http(s) URL", url=display)
 
 
@@ -672,7 +673,7 @@ def _resolve(base_url: str, href: str) -> tuple[str | None, str]:
         url, fragment = urldefrag(urljoin(base_url, href))
     except ValueError:
         return None, ""
-    return (url if _origin(url) is not None else None), fragment
+    return (url if url_origin(url) is not None else None), fragment
 
 
 def _last_segment(url: str) -> str | None:

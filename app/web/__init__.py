@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from flask import (
     Flask,
@@ -53,7 +53,7 @@ from app.indexes import (
     shown_bases,
 )
 from app.models import Index, MirrorPage, Project, User
-from app.upstream import UpstreamError, mask_url
+from app.upstream import UpstreamError, mask_url, url_origin
 from app.web import actions, admin, docs, pages  # noqa: F401 - actions, admin add views to bp
 from app.web.base import (
     bp,
@@ -75,7 +75,6 @@ csrf = CSRFProtect()
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 JSON_BLUEPRINTS = frozenset({"api", "devpi"})  # endpoints whose request bodies are JSON
-DEFAULT_PORTS = {"http": 80, "https": 443}
 # The UI has no JavaScript and no inline styles: a page may load only its own stylesheet and
 # images (README badges come from https), and no other site may frame it (clickjacking).
 # Docs (+doc) send their own sandboxing policy (app/web/docs.py), which is kept.
@@ -132,18 +131,6 @@ def _protect_unsafe_requests() -> None:
         _require_json_body()
 
 
-def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of an http(s) URL (RFC 6454 section 4), None for anything else."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-        return None
-    return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme]
-
-
 def _refuse_cross_site() -> None:
     """403 for a request that a browser says another site's page made (Fetch Metadata,
     RFC 6454 `Origin`; `Origin: null` comes from sandboxes and counts as foreign)."""
@@ -156,8 +143,8 @@ def _refuse_cross_site() -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         return
-    own = _origin(request.host_url)  # X-Forwarded-Host/Proto count from trusted proxies only
-    if own is None or _origin(origin) != own:
+    own = url_origin(request.host_url)  # X-Forwarded-Host/Proto count from trusted proxies only
+    if own is None or url_origin(origin) != own:
         here = request.host_url.rstrip("/")
         raise HTTPError(
             403,
