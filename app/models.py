@@ -283,7 +283,7 @@ class Promotion(Base):
         ForeignKey("indexes.id", ondelete="CASCADE"), index=True
     )  # the target
     normalized_name: Mapped[str] = mapped_column(String(255))
-    version: Mapped[str] = mapped_column(String(128))  # normalized: str(Version(...))
+    version: Mapped[str] = mapped_column(String(128))  # as the files spell it (PEP 440)
     # USER/INDEX as text: the audit trail outlives a source index that is deleted later
     source_path: Mapped[str] = mapped_column(String(130))
     promoted_by: Mapped[str] = mapped_column(String(64))

@@ -87,7 +87,7 @@ class Promoted:
 
     name: str  # the project's name as uploaded
     normalized_name: str
-    version: str  # normalized (PEP 440)
+    version: str  # as the files spell it (a PEP 440 version)
     source: str  # USER/INDEX
     target: str
     copied: list[str]  # filenames, sorted
@@ -136,13 +136,7 @@ def release_files(
     project = session.scalar(
         select(Project).where(Project.index_id == index.id, Project.normalized_name == normalized)
     )
-    docset = session.scalar(
-        select(DocSet).where(
-            DocSet.index_id == index.id,
-            DocSet.normalized_name == normalized,
-            DocSet.version == str(version),
-        )
-    )
+    docset = _docset(session, index, normalized, version)
     if project is None:
         return None, [], docset
     files = [
@@ -151,6 +145,14 @@ def release_files(
         if _same_version(f.version, version)
     ]
     return project, sorted(files, key=lambda f: f.filename), docset
+
+
+def _docset(session: Session, index: Index, normalized: str, version: Version) -> DocSet | None:
+    """The doc set of a version, whichever spelling of it the docs were uploaded under."""
+    docsets = session.scalars(
+        select(DocSet).where(DocSet.index_id == index.id, DocSet.normalized_name == normalized)
+    )
+    return next((d for d in docsets if _same_version(d.version, version)), None)
 
 
 def _same_version(candidate: str, wanted: Version) -> bool:
@@ -270,22 +272,14 @@ def _copy(
             f"Project {normalized} is not on index {target.path}: promote its files with the "
             "docs (docs alone need the project there)."
         )
-    target_docs = (
-        session.scalar(
-            select(DocSet).where(
-                DocSet.index_id == target.id,
-                DocSet.normalized_name == normalized,
-                DocSet.version == str(version),
-            )
-        )
-        if docset is not None
-        else None
-    )
+    target_docs = _docset(session, target, normalized, version) if docset is not None else None
     docs = None
     if docset is not None:
         docs = "unchanged" if target_docs and target_docs.sha256 == docset.sha256 else "copied"
     now = utcnow()
     name = project.name if project else normalized
+    # As the version page spells it: the files' own version, else the docs'.
+    shown_version = files[0].version if files else docset.version if docset else str(version)
     if copied or docs == "copied":
         copy_release(
             session,
@@ -301,7 +295,7 @@ def _copy(
             Promotion(
                 index_id=target.id,
                 normalized_name=normalized,
-                version=str(version),
+                version=shown_version,
                 source_path=source.path,
                 promoted_by=user.username,
                 promoted_at=now,
@@ -313,7 +307,7 @@ def _copy(
     return Promoted(
         name=name,
         normalized_name=normalized,
-        version=str(version),
+        version=shown_version,
         source=source.path,
         target=target.path,
         copied=[f.filename for f in copied],
@@ -373,17 +367,12 @@ def copy_release(
 def promotions_of(session: Session, index: Index, normalized: str, version: str) -> list[Promotion]:
     """The audit trail of one version on `index`: every copy into it, oldest first."""
     try:
-        wanted = str(Version(version))
+        wanted = Version(version)
     except ValueError:  # not a PEP 440 version: nothing was ever promoted under it
         return []
-    return list(
-        session.scalars(
-            select(Promotion)
-            .where(
-                Promotion.index_id == index.id,
-                Promotion.normalized_name == normalized,
-                Promotion.version == wanted,
-            )
-            .order_by(Promotion.promoted_at, Promotion.id)
-        )
+    records = session.scalars(
+        select(Promotion)
+        .where(Promotion.index_id == index.id, Promotion.normalized_name == normalized)
+        .order_by(Promotion.promoted_at, Promotion.id)
     )
+    return [r for r in records if _same_version(r.version, wanted)]
