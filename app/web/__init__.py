@@ -208,6 +208,8 @@ def init_app(app: Flask) -> None:
     """Sessions, CSRF protection, security headers and template helpers for the web UI."""
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked by _protect_unsafe_requests instead
     app.config["WTF_CSRF_TIME_LIMIT"] = None  # valid as long as the session: no stale forms
+    # flask-wtf checks only these methods; devpi push sends PUSH (app/devpi.py).
+    app.config["WTF_CSRF_METHODS"] = ["POST", "PUT", "PATCH", "DELETE", "PUSH"]
     csrf.init_app(app)
     app.session_interface = SessionInterface()
     app.before_request(_protect_unsafe_requests)
