@@ -450,7 +450,12 @@ def push_release(source: Index) -> Response:
     if no_docs and only_docs:
         raise HTTPError(400, "Use either 'no_docs' or 'only_docs', not both.")
     result = promote_for_caller(
-        source, name, version, target, with_files=not only_docs, with_docs=not no_docs
+        source,
+        str(name),
+        str(version),
+        str(target),
+        with_files=not only_docs,
+        with_docs=not no_docs,
     )
     summary = (
         f"{result.target} has {result.normalized_name} {result.version} already: nothing copied."

@@ -32,6 +32,11 @@ from app.models import DocSet, File, Index, Project, Promotion, User, utcnow
 log = logging.getLogger(__name__)
 
 EXTERNAL_PREFIX = "pypi:"  # devpi-client's target for another server (`devpi push X pypi:NAME`)
+EXTERNAL_REFUSAL = (
+    "pyshelf does not push to other servers (pypi: targets): it never sends packages or "
+    "credentials elsewhere for you. Download the files and upload them there with "
+    "twine upload --repository-url URL."
+)
 # What a File row carries over to its copy: everything but its id and project.
 COPIED_FILE_FIELDS = (
     "filename",
@@ -120,13 +125,6 @@ def check_target(value: object) -> str:
             f"The target must be an index of this server as USER/INDEX, not {str(value)[:100]!r}."
         )
     return value
-
-
-EXTERNAL_REFUSAL = (
-    "pyshelf does not push to other servers (pypi: targets): it never sends packages or "
-    "credentials elsewhere for you. Download the files and upload them there with "
-    "twine upload --repository-url URL."
-)
 
 
 def release_files(
