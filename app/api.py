@@ -20,7 +20,7 @@ from app.auth import (
 )
 from app.config import Settings
 from app.db import begin_write, get_session
-from app.devpi import envelope, is_own, listing_reader, user_info
+from app.devpi import envelope, is_own, listing_reader, promote_for_caller, user_info
 from app.dists import normalize_name
 from app.errors import HTTPError
 from app.indexes import (
@@ -37,6 +37,7 @@ from app.indexes import (
     shown_bases,
 )
 from app.models import File, Index, Project, User
+from app.promote import Promoted
 from app.web import index_page, user_page
 from app.web.base import wants_json
 
@@ -347,3 +348,38 @@ def yank_version(user: str, index: str, project: str, version: str) -> Response:
     return envelope(
         "versionconfig", {"files": [f.filename for f in files], "yanked": body["yanked"]}
     )
+
+
+# --- promoting releases ------------------------------------------------------------------------
+
+
+def promotion_json(result: Promoted) -> dict[str, Any]:
+    """A promotion as the API answers it: what was copied, what the target had already."""
+    return {
+        "name": result.name,
+        "version": result.version,
+        "source": result.source,
+        "target": result.target,
+        "copied": result.copied,
+        "unchanged": result.unchanged,
+        "docs": result.docs,
+        "promoted_by": result.promoted_by,
+        "promoted_at": result.promoted_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+@bp.post("/<user>/<index>/+promote")
+def promote_release(user: str, index: str) -> Response:
+    """Copy a release's files and docs to another stage (the JSON twin of devpi push):
+    {"name": NAME, "version": VERSION, "target": "USER/INDEX"}."""
+    require_user()
+    found = _index_or_404(get_session(), user, index)
+    body = _json_body()
+    unknown = sorted(set(body) - {"name", "version", "target"})
+    if unknown:
+        raise HTTPError(400, f"Unknown promote setting(s): {', '.join(unknown)[:200]}.")
+    name, version, target = body.get("name"), body.get("version"), body.get("target")
+    if not all(isinstance(v, str) and v for v in (name, version, target)):
+        raise HTTPError(400, 'Send {"name": NAME, "version": VERSION, "target": "USER/INDEX"}.')
+    result = promote_for_caller(found, name, version, target)
+    return envelope("promotion", promotion_json(result))

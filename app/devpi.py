@@ -7,7 +7,9 @@ then sends the login token back as `X-Devpi-Auth: base64(USER:TOKEN)` (checked b
 It removes releases with DELETE on project, version and `+f` file URLs. devpi's JSON envelope
 and how a user is shown are here (app/api.py and GET / for `devpi use -l` use them); users,
 indexes and their PATCH operations are app/api.py's; project and version JSON is app/web's
-(`+links`).
+(`+links`). `devpi push NAME==VERSION USER/INDEX` arrives as `PUSH /USER/INDEX` (or a POST of
+JSON to the upload URL, which app/upload.py hands over) and copies a release with app/promote.py;
+`promote_for_caller` is that copy as the caller of a request, shared with app/api.py and app/web.
 
 Every response carries the `X-Devpi-*` headers: devpi-client warns about a reply without
 `X-Devpi-Api-Version`.
@@ -49,6 +51,16 @@ from app.indexes import (
     shown_bases,
 )
 from app.models import DocSet, File, Index, Project, User
+from app.promote import (
+    EXTERNAL_REFUSAL,
+    FileConflict,
+    InvalidPromotion,
+    Promoted,
+    PromoteError,
+    PromoteRefused,
+    ReleaseNotFound,
+    promote,
+)
 from app.throttle import LoginThrottled
 
 log = logging.getLogger(__name__)
@@ -60,7 +72,18 @@ API_VERSION = "2"  # devpi-client accepts only this X-Devpi-Api-Version
 SERVER_VERSION = f"6.20.3+pyshelf.{__version__}"
 # Only what is implemented: with this feature devpi-client sends `devpi index NAME key+=value`
 # as a list of operations (app/indexes.py apply_operations) instead of a whole config.
-FEATURES = ["server-keyvalue-parsing"]
+# `push-no-docs`/`push-only-docs`: devpi push's --no-docs and --only-docs.
+FEATURES = ["server-keyvalue-parsing", "push-no-docs", "push-only-docs"]
+PROMOTE_STATUS: dict[type[PromoteError], int] = {
+    ReleaseNotFound: 400,  # as devpi: the release named in the body is not there
+    InvalidPromotion: 400,
+    PromoteRefused: 403,
+    FileConflict: 409,  # twine's and devpi's "File already exists"
+}
+PUSH_KEYS = (":action", "name", "version", "targetindex", "no_docs", "only_docs")
+# What devpi-client sends for `pypi:NAME` targets instead of `targetindex`: another server's
+# upload URL and the .pypirc credentials (never logged, never used).
+EXTERNAL_PUSH_KEY = "posturl"
 
 
 # --- devpi's JSON: the envelope, users (also app/api.py's) -------------------------------
@@ -316,6 +339,143 @@ def delete_file(user: str, index: str, sha256: str, filename: str) -> Response:
     session.commit()
     log.info("deleted %s from %s (by %s)", filename, found.path, caller.username)
     return message(200, f"{filename} deleted from {found.path}.")
+
+
+# --- promoting releases (devpi push) ---------------------------------------------------------
+
+
+def promote_for_caller(
+    source: Index,
+    name: str,
+    version: str,
+    target: str,
+    *,
+    with_files: bool = True,
+    with_docs: bool = True,
+) -> Promoted:
+    """Promote a release from `source` as this request's caller (app/promote.py), commit and
+    log it; its refusals become HTTP errors."""
+    user = require_user()
+    token = g.get("auth_token")
+    token_index = None
+    if token is not None and token.index_id is not None:  # may write to its own index only
+        token_index = token.index.path if token.index is not None else ""
+    session = get_session()
+    try:
+        result = promote(
+            session,
+            source,
+            name,
+            version,
+            target,
+            user=user,
+            reader=current_reader(),
+            token_index=token_index,
+            with_files=with_files,
+            with_docs=with_docs,
+        )
+    except PromoteError as exc:
+        session.rollback()
+        raise HTTPError(PROMOTE_STATUS[type(exc)], str(exc)) from None
+    session.commit()
+    what = "nothing to copy" if result.is_noop else ", ".join(result.copied) or "docs"
+    log.info(
+        "promote %s %s from %s to %s by %s: %s",
+        result.normalized_name,
+        result.version,
+        result.source,
+        result.target,
+        result.promoted_by,
+        what,
+        extra={
+            "project": result.normalized_name,
+            "release_version": result.version,
+            "source_index": result.source,
+            "target_index": result.target,
+            "promoted_by": result.promoted_by,
+            "copied": result.copied,
+            "docs": result.docs,
+        },
+    )
+    return result
+
+
+def action_log(result: Promoted) -> list[list[Any]]:
+    """devpi's `actionlog` of a push: one line per file and the docs; devpi-client prints them."""
+    actions: list[list[Any]] = []
+    if not result.is_noop:
+        actions.append([200, "register", result.name, result.version, "->", result.target])
+    actions += [[200, "store_releasefile", result.path(f)] for f in result.copied]
+    actions += [[200, "unchanged_releasefile", result.path(f)] for f in result.unchanged]
+    if result.docs is not None:
+        kind = "store_doczip" if result.docs == "copied" else "unchanged_doczip"
+        actions.append([200, kind, result.name, result.version, "->", result.target])
+    return actions
+
+
+def _push_flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise HTTPError(400, f"'{key}' must be true or false.")
+    return value
+
+
+def push_release(source: Index) -> Response:
+    """devpi push: copy a release of `source` to another index of this server.
+
+    The body is devpi-client's: {"name", "version", "targetindex": "USER/INDEX"} with
+    optional "no_docs"/"only_docs"; a push to another server (its "posturl") is refused.
+    """
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise HTTPError(
+            400,
+            'Send a JSON object: {"name": NAME, "version": VERSION, "targetindex": "USER/INDEX"}.',
+        )
+    if "targetindex" not in body and EXTERNAL_PUSH_KEY in body:
+        raise HTTPError(400, EXTERNAL_REFUSAL)  # the body holds a password: never echo it
+    if body.get(":action", "push") != "push":
+        raise HTTPError(400, f"Unknown ':action' {str(body[':action'])[:50]!r}: expected 'push'.")
+    unknown = sorted(str(key)[:50] for key in body if key not in PUSH_KEYS)
+    if unknown:
+        raise HTTPError(
+            400, f"Unknown push option(s): {', '.join(unknown)}; known: {', '.join(PUSH_KEYS)}."
+        )
+    name, version, target = body.get("name"), body.get("version"), body.get("targetindex")
+    if not all(isinstance(v, str) and v for v in (name, version, target)):
+        raise HTTPError(
+            400, 'A push needs "name", "version" and "targetindex" ("USER/INDEX") as strings.'
+        )
+    no_docs, only_docs = _push_flag(body, "no_docs"), _push_flag(body, "only_docs")
+    if no_docs and only_docs:
+        raise HTTPError(400, "Use either 'no_docs' or 'only_docs', not both.")
+    result = promote_for_caller(
+        source,
+        str(name),
+        str(version),
+        str(target),
+        with_files=not only_docs,
+        with_docs=not no_docs,
+    )
+    summary = (
+        f"{result.target} has {result.normalized_name} {result.version} already: nothing copied."
+        if result.is_noop
+        else f"{result.normalized_name} {result.version} copied from {result.source} to "
+        f"{result.target}."
+    )
+    return envelope("actionlog", action_log(result), message=summary)
+
+
+@bp.route("/<user>/<index>", methods=["PUSH"])
+@bp.route("/<user>/<index>/", methods=["PUSH"])
+def push(user: str, index: str) -> Response:
+    """`devpi push NAME==VERSION USER/INDEX`: copy a release to another stage (devpi-client
+    sends the PUSH method; a POST of JSON to the upload URL comes here too)."""
+    found = get_index(get_session(), user, index)
+    if found is None:
+        raise HTTPError(404, f"Index {user}/{index} does not exist.")
+    require_user()
+    return push_release(found)
 
 
 # --- headers -----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The data model: users, tokens, indexes, projects, files, doc sets, mirror cache, logins."""
+"""The data model: users, tokens, indexes, projects, files, doc sets, promotions, mirror cache,
+logins."""
 
 from __future__ import annotations
 
@@ -269,6 +270,26 @@ class DocSet(Base):
     path_prefix: Mapped[str] = mapped_column(String(255), default="")  # stripped top folder
     uploader: Mapped[str] = mapped_column(String(64), default="")
     uploaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Promotion(Base):
+    """A release copied into an index from another stage (devpi push, the web's Promote, the
+    JSON API): who copied what from where, and when; shown on the target's version page."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    index_id: Mapped[int] = mapped_column(
+        ForeignKey("indexes.id", ondelete="CASCADE"), index=True
+    )  # the target
+    normalized_name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(128))  # as the files spell it (PEP 440)
+    # USER/INDEX as text: the audit trail outlives a source index that is deleted later
+    source_path: Mapped[str] = mapped_column(String(130))
+    promoted_by: Mapped[str] = mapped_column(String(64))
+    promoted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    filenames: Mapped[list[str]] = mapped_column(JSON, default=list)  # the files copied
+    has_docs: Mapped[bool] = mapped_column(default=False)  # whether the docs were copied
 
 
 class LoginFailure(Base):

@@ -15,6 +15,7 @@ from app import metrics
 from app.auth import require_user
 from app.cache import BlobLock
 from app.db import begin_write, get_session
+from app.devpi import push_release
 from app.dists import (
     CoreMetadata,
     FilenameInfo,
@@ -273,11 +274,14 @@ def _file_upload(index: Index, user: User) -> Response:
 @bp.post("/<user>/<index>/")
 @bp.post("/<user>/<index>")
 def upload(user: str, index: str) -> Response:
-    """Accept a distribution (`:action=file_upload`) from twine, uv, poetry, pdm or hatch."""
+    """Accept a distribution (`:action=file_upload`) from twine, uv, poetry, pdm or hatch; a
+    JSON body is a devpi push (app/devpi.py)."""
     found = get_index(get_session(), user, index)
     if found is None:
         raise HTTPError(404, f"Index {user}/{index} does not exist.")
     uploader = require_user()  # credentials come in the header: check before reading the body
+    if request.is_json:  # devpi push as a POST (devpi-server takes both): reads the source
+        return push_release(found)
     if found.is_mirror:
         raise HTTPError(
             403,

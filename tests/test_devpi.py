@@ -87,7 +87,7 @@ def test_api_of_the_root_names_the_login_and_features(client: Any) -> None:
         "result": {
             "login": "http://localhost/+login",
             "authstatus": ["noauth", "", []],
-            "features": ["server-keyvalue-parsing"],
+            "features": ["server-keyvalue-parsing", "push-no-docs", "push-only-docs"],
         },
     }
 

@@ -29,6 +29,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from packaging.version import Version
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a subclass
 
 from app import __version__
@@ -52,7 +53,8 @@ from app.indexes import (
     resolution_order,
     shown_bases,
 )
-from app.models import Index, MirrorPage, Project, User
+from app.models import Index, MirrorPage, Project, Promotion, User
+from app.promote import promotable_targets, promotions_of
 from app.upstream import UpstreamError, mask_url, url_origin
 from app.web import actions, admin, docs, pages  # noqa: F401 - actions, admin add views to bp
 from app.web.base import (
@@ -193,6 +195,8 @@ def init_app(app: Flask) -> None:
     """Sessions, CSRF protection, security headers and template helpers for the web UI."""
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked by _protect_unsafe_requests instead
     app.config["WTF_CSRF_TIME_LIMIT"] = None  # valid as long as the session: no stale forms
+    # flask-wtf checks only these methods; devpi push sends PUSH (app/devpi.py).
+    app.config["WTF_CSRF_METHODS"] = ["POST", "PUT", "PATCH", "DELETE", "PUSH"]
     csrf.init_app(app)
     app.session_interface = SessionInterface()
     app.before_request(_protect_unsafe_requests)
@@ -525,7 +529,27 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
         may_yank=may_yank,
         may_delete=may_yank and found.volatile,
         own_files=own_files,
+        promote_targets=(
+            promotable_targets(session, found, caller)
+            if caller is not None and own_files and not found.is_mirror
+            else []
+        ),
+        promotions=_promotions(session, found, normalized, row.version),
     )
+
+
+def _promotions(
+    session: Session, index: Index, normalized: str, version: str
+) -> list[tuple[Promotion, str | None]]:
+    """The version's promotions into `index`, each with its source as the visitor may see it:
+    None for an index they may not read (a restricted index is never named to strangers)."""
+    reader = current_reader()
+    shown = []
+    for record in promotions_of(session, index, normalized, version):
+        source = get_index_by_path(session, record.source_path)
+        readable = source is None or may_read(source, reader)
+        shown.append((record, record.source_path if readable else None))
+    return shown
 
 
 def _may_yank(index: Index, user: User) -> bool:

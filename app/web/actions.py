@@ -1,4 +1,5 @@
-"""Web forms that change releases: yank and un-yank (PEP 592), delete on volatile indexes.
+"""Web forms that change releases: yank and un-yank (PEP 592), delete on volatile indexes,
+promote to another stage (app/promote.py, as devpi push).
 
 The rules are the JSON API's (PATCH /USER/INDEX/PROJECT/VERSION): the index owner,
 superusers and the users in `acl_upload` may yank any stage's releases; deleting is allowed
@@ -8,7 +9,7 @@ the bytes); the record goes, so nothing links to them any more.
 
 from __future__ import annotations
 
-from flask import flash, redirect, request
+from flask import flash, redirect, render_template, request
 from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,6 +17,7 @@ from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a 
 
 from app.auth import authenticated_user
 from app.db import begin_write, get_session
+from app.devpi import promote_for_caller
 from app.dists import normalize_name
 from app.errors import HTTPError
 from app.indexes import delete_files, has_version
@@ -119,3 +121,16 @@ def delete_release(user: str, index: str, project: str, version: str) -> Respons
     if is_project_left:
         return redirect(project_url(found.path, project), 303)
     return redirect(index_url(found.path), 303)
+
+
+@bp.post("/<user>/<index>/<project>/<version>/+promote")
+def promote_release(user: str, index: str, project: str, version: str) -> Response | str:
+    """Copy the version's files and docs to the stage named in `target`; list what was copied."""
+    if authenticated_user() is None:
+        return login_redirect()
+    found = index_or_404(user, index)
+    target = (request.form.get("target") or "").strip()
+    if not target:
+        raise HTTPError(400, "Choose the index to promote to.")
+    result = promote_for_caller(found, project, version, target)
+    return render_template("promoted.html", result=result)

@@ -324,3 +324,85 @@ def test_import_refuses_a_second_run(devpi_export: Path, tmp_path: Path) -> None
 
     assert again.returncode == 1
     assert "already holds 2 projects and 1 doc sets" in again.stderr
+
+
+# --- devpi push: staging to production --------------------------------------------------------
+
+
+def test_devpi_push_promotes_a_release_from_staging_to_production(
+    server_factory: StartServer, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """push NAME==VER alice/prod: files and docs land in prod (pip installs them, the upstream's
+    project of that name is hidden from then on); again: a no-op; other bytes: 409; a
+    stranger, or a push to another server: refused."""
+    # The upstream has a higher hello-devpi: prod must never hand it out once it holds the name.
+    fake_upstream.add_file("hello-devpi", *make_wheel("hello-devpi", "9.9", summary="upstream's"))
+    server = server_factory(MIRROR_URL=fake_upstream.url)
+    devpi = Devpi(tmp_path / "home")
+    devpi("use", server.url)
+    devpi("login", "admin", "--password", ADMIN_PASSWORD)
+    devpi("user", "-c", "alice", f"password={ALICE_PASSWORD}")
+    devpi("user", "-c", "bob", "password=bob-password-1")
+    devpi("login", "alice", "--password", ALICE_PASSWORD)
+    devpi("index", "-c", "dev", "bases=root/pypi")
+    devpi("index", "-c", "prod", "bases=root/pypi")  # volatile=False: releases stay
+    devpi("index", "-c", "other", "bases=root/pypi")
+    devpi("use", "alice/dev")
+    project = write_project(tmp_path / "hello", "hello-devpi", "1.0")
+    devpi("upload", "--no-vcs", "--wheel", "--no-isolation", "--with-docs", cwd=project)
+
+    pushed = devpi("push", "hello-devpi==1.0", "alice/prod")
+
+    assert "store_releasefile alice/prod/+f/" in pushed
+    assert "hello_devpi-1.0-py3-none-any.whl" in pushed
+    assert "store_doczip hello-devpi 1.0 -> alice/prod" in pushed
+    site = tmp_path / "site"
+    installed(site, f"{server.url}/alice/prod/+simple/", "hello-devpi")
+    assert [p.name for p in site.glob("*.dist-info")] == ["hello_devpi-1.0.dist-info"]
+    status, page = fetch(f"{server.url}/alice/prod/hello-devpi/1.0/+doc/")
+    assert (status, "hello-devpi docs" in page) == (200, True)
+    page_request = urllib.request.Request(
+        f"{server.url}/alice/prod/hello-devpi/1.0/", headers={"Accept": "text/html"}
+    )
+    with urllib.request.urlopen(page_request, timeout=30) as response:
+        page = response.read().decode()
+    assert 'copied from <a href="/alice/dev/hello-devpi/1.0/">alice/dev</a>' in page
+    assert "by alice: <span" in page
+    assert "promote hello-devpi 1.0 from alice/dev to alice/prod by alice" in server.log()
+
+    again = devpi("push", "hello-devpi==1.0", "alice/prod")
+    assert "unchanged_releasefile alice/prod/+f/" in again
+    assert "store_releasefile" not in again
+
+    # Other bytes under the same filename, from another stage: prod keeps what it has.
+    other = tmp_path / "other-dist"
+    other.mkdir()
+    filename, data = make_wheel("hello-devpi", "1.0", summary="other bytes")
+    (other / filename).write_bytes(data)
+    devpi("upload", "--index", "alice/other", str(other / filename))
+    conflict = devpi.run("push", "--index", "alice/other", "hello-devpi==1.0", "alice/prod")
+    output = conflict.stdout + conflict.stderr
+    assert conflict.returncode == 1, output
+    assert "409 File already exists on alice/prod ('hello_devpi-1.0-py3-none-any.whl'" in output
+    assert "promote a new version instead" in output
+
+    (devpi.home / ".pypirc").write_text(
+        "[distutils]\nindex-servers = elsewhere\n\n[elsewhere]\n"
+        "repository = http://127.0.0.1:9/legacy/\nusername = alice\npassword = secret-pw\n"
+    )
+    external = devpi.run("push", "hello-devpi==1.0", "pypi:elsewhere")
+    output = external.stdout + external.stderr
+    assert external.returncode == 1, output
+    assert "400 pyshelf does not push to other servers" in output
+    assert "twine upload --repository-url" in output
+    assert "secret-pw" not in server.log()
+
+    devpi("login", "bob", "--password", "bob-password-1")
+    stranger = devpi.run("push", "--index", "alice/dev", "hello-devpi==1.0", "alice/prod")
+    output = stranger.stdout + stranger.stderr
+    assert stranger.returncode == 1, output
+    assert "403 The user 'bob' isn't allowed to upload to index 'alice/prod'" in output
+    site = tmp_path / "site2"
+    installed(site, f"{server.url}/alice/prod/+simple/", "hello-devpi")
+    assert [p.name for p in site.glob("*.dist-info")] == ["hello_devpi-1.0.dist-info"]
+    assert fake_upstream.count("/simple/hello-devpi") == 0

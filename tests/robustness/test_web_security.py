@@ -18,7 +18,7 @@ from tests.builders import make_wheel
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.web.helpers import ADMIN, HTML, JSON, csrf_token, docs_zip, upload_form
 
-UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE", "PUSH"}  # PUSH: devpi push
 SAMPLE_ARGS = {
     "user": "admin",
     "index": "dev",
