@@ -103,6 +103,7 @@ def create_app(
     # counted from login: so the cookie is not re-sent on every response (docs set none).
     app.config["PERMANENT_SESSION_LIFETIME"] = settings.session_lifetime_seconds
     app.config["SESSION_REFRESH_EACH_REQUEST"] = False
+    # Flask types app.json as the JSONProvider base; sort_keys is on the default one it builds
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     database = Database(settings.database_url)
@@ -130,5 +131,6 @@ def create_app(
     # Stored public pages and files skip Flask.
     stored = files.CachedFiles(app, simple.CachedPages(app, app.wsgi_app))
     request_log.wsgi_app = trusted_proxy_fix(stored, settings.forwarded_allow_ips)
+    # Flask's documented way to wrap its WSGI app; mypy refuses every assignment to a method
     app.wsgi_app = request_log  # type: ignore[method-assign]
     return app

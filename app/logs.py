@@ -164,6 +164,7 @@ class RequestLog:
                     sent = 0 if method_head else (state["length"] or 0)
                     self._finish(environ, state["status"], sent, started)
 
+            # the server's file wrapper (PEP 3333) has close(); mypy knows its class only as `type`
             result.close = close  # type: ignore[attr-defined]
             request_id_var.reset(token)
             return result
