@@ -59,15 +59,15 @@ test-container: $(VENV)/.installed ## build the image with podman (installed if 
 	bash tests/container/prepare.sh && $(PY) -m pytest -q -p no:cacheprovider tests/container
 
 lint: $(VENV)/.installed ## ruff check and format check
-	$(VENV)/bin/ruff check app tests bench migrations/env.py gunicorn.conf.py
-	$(VENV)/bin/ruff format --check app tests bench gunicorn.conf.py
+	$(VENV)/bin/ruff check app tests bench migrations/env.py
+	$(VENV)/bin/ruff format --check app tests bench
 
 docs: $(VENV)/.installed ## write docs/configuration.md and .env.example from the settings table in app/config.py
 	$(PY) -m app.config markdown > docs/configuration.md && $(PY) -m app.config env-example > .env.example
 
 format: $(VENV)/.installed ## apply ruff format and fixes
-	$(VENV)/bin/ruff format app tests bench gunicorn.conf.py
-	$(VENV)/bin/ruff check --fix app tests bench gunicorn.conf.py
+	$(VENV)/bin/ruff format app tests bench
+	$(VENV)/bin/ruff check --fix app tests bench
 
 bench: $(VENV)/.installed ## pyshelf vs devpi-server vs proxpi, about 25 minutes: writes bench/RESULTS.md (never part of make test)
 	$(PY) -m bench.compare

@@ -86,6 +86,6 @@ def on_starting(server: object) -> None:
 
 def child_exit(server: object, worker: object) -> None:
     """A worker is gone: drop its live gauges (its counters keep counting in the sum)."""
-    from prometheus_client import multiprocess
+    from prometheus_client import multiprocess  # only here: the master imports no app code
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
