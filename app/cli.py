@@ -306,7 +306,7 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
     from app.cache import human_bytes  # when it runs: see above
     from app.restore import restore
 
-    if args.force:
+    if args.force and Path(args.path).is_file():  # (a missing archive: restore says so)
         where = Path(settings.data_dir).resolve()
         confirm(args, f"Replace pyshelf's data in {where} by the backup (server stopped)?")
     summary = restore(settings, Path(args.path), force=args.force)

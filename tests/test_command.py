@@ -194,6 +194,21 @@ def test_a_delete_with_yes_deletes(data_dir: Path) -> None:
     assert indexes(data_dir) == ["root/pypi", "admin/dev"]
 
 
+def test_restore_force_without_yes_keeps_the_data(data_dir: Path, tmp_path: Path) -> None:
+    """Replacing a server's data needs the same confirmation as a delete."""
+    env = {"DATA_DIR": str(data_dir)}
+    archive = tmp_path / "backup.tar"
+    assert pyshelf("backup", str(archive), cwd=tmp_path, **env).returncode == 0
+    assert pyshelf("index", "create", "admin/later", cwd=tmp_path, **env).returncode == 0
+
+    result = pyshelf("restore", str(archive), "--force", cwd=tmp_path, **env)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"pyshelf: Replace pyshelf's data in {data_dir}")
+    assert "add --yes" in result.stderr
+    assert "admin/later" in indexes(data_dir)
+
+
 def answer_at_a_terminal(data: Path, argv: list[str], answer: bytes) -> tuple[int, str]:
     """Run a command with a terminal as stdin, type `answer`: (exit code, what it printed)."""
     controller, terminal = pty.openpty()
