@@ -479,7 +479,7 @@ class Settings:
         less free.""")
     # fmt: on
 
-    # Not a setting: prometheus_client's own variable, which gunicorn.conf.py sets for its
+    # Not a setting: prometheus_client's own variable, which app/gunicorn_conf.py sets for its
     # workers (DATA_DIR/tmp/metrics) so that every worker's counters add up.
     prometheus_multiproc_dir: str | None = None
 
@@ -643,8 +643,10 @@ def markdown() -> str:
         "",
         f"<!-- {_GENERATED} -->",
         "",
-        "pyshelf reads environment variables only, and a `.env` file in the working directory",
-        "(`ENV_FILE=PATH` names another file; the environment wins over the file).",
+        "pyshelf reads environment variables, and a `.env` file: the one `ENV_FILE` names",
+        "(absolute or relative to the current directory; one that does not exist is an error),",
+        "else `./.env` when the current directory has one. The environment wins over the file;",
+        "`pyshelf config show` prints each value and where it came from.",
         "[`.env.example`](../.env.example) lists every variable with its default. Every",
         "variable is optional, and an empty one means its default. Invalid variables are all",
         "reported at once, one line each, and the server does not start.",
