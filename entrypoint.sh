@@ -60,4 +60,4 @@ case "$1" in
     -*|help|healthcheck|config) ;;
     *) check_volume ;;
 esac
-exec "$PY" -m app.cli "$@"
+exec "$PY" -m app "$@"

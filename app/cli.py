@@ -648,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The `pyshelf` console script (and `python -m app.cli`): main() under umask 077."""
+    """`pyshelf` (app/__main__.py) and `python -m app.cli`: main() under umask 077, then exit."""
     os.umask(PRIVATE_UMASK)  # as entrypoint.sh did: DATA_DIR holds secrets (app/prepare.py)
     try:
         code = main()

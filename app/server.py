@@ -8,7 +8,7 @@ import sys
 import urllib.request
 from typing import NoReturn
 
-from app.config import Settings, server_environ
+from app.config import ConfigError, Settings, server_environ
 
 GUNICORN_CONFIG = "python:app.gunicorn_conf"
 WSGI_APP = "app:create_app()"
@@ -48,3 +48,13 @@ def healthcheck(settings: Settings) -> bool:
     except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
         print(f"pyshelf: healthcheck {url}: {exc}", file=sys.stderr)
         return False
+
+
+def run_healthcheck() -> int:
+    """`pyshelf healthcheck`: 0 when healthy, 1 when not, 2 on invalid configuration."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"pyshelf: {exc}", file=sys.stderr)
+        return 2
+    return 0 if healthcheck(settings) else 1

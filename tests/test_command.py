@@ -15,7 +15,7 @@ import pytest
 
 from app import __version__
 from app.cli import build_parser, main
-from tests.conftest import ROOT, clean_env
+from tests.conftest import ROOT, clean_env, free_port
 
 COMMAND_TIMEOUT_SECONDS = 60
 COMMANDS = {
@@ -124,6 +124,30 @@ def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[s
     assert code == 0
     assert out.startswith(f"usage: pyshelf {' '.join(argv)}")
     assert len(out.split("\n\n")) >= 2  # usage, then what it does
+
+
+def test_healthcheck_fails_in_one_line_and_loads_no_database_code(tmp_path: Path) -> None:
+    """The image runs it every 30 s: nothing listening is exit 1 and one line, without
+    importing SQLAlchemy or Flask (seconds of CPU on a small machine)."""
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "app", "healthcheck"],
+        cwd=ROOT,
+        env=clean_env(PORT=str(port), HOST="127.0.0.1", DATA_DIR=str(tmp_path / "data")),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+        check=False,
+    )
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+
+    assert result.returncode == 1
+    assert len(lines) == 1
+    assert lines[0].startswith(f"pyshelf: healthcheck http://127.0.0.1:{port}/+status: ")
+    assert "sqlalchemy" not in imported
+    assert "flask" not in imported
+    assert not (tmp_path / "data").exists()
 
 
 def test_a_usage_mistake_is_one_line_and_exit_2(tmp_path: Path) -> None:
