@@ -467,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pyshelf",
         description="A private Python package index and caching PyPI mirror. "
-        "Every command reads the same settings: the environment, then ENV_FILE or ./.env.",
+        "Every command reads the same settings: environment variables, over those in "
+        "ENV_FILE or else ./.env (pyshelf config show).",
         epilog="Exit codes: 0 done, 1 failed (one line on stderr says why), 2 bad usage, "
         "invalid configuration or not confirmed, 130 interrupted. docs/operations.md has more.",
         parents=[_COMMON],
