@@ -451,7 +451,8 @@ _COMMON.add_argument(
     "--verbose",
     action="count",
     default=argparse.SUPPRESS,
-    help="log what happens (INFO; -vv: DEBUG); without it only warnings and errors",
+    help="log what happens (INFO; -vv: DEBUG); without it only warnings and errors "
+    "(serve always logs at LOG_LEVEL)",
 )
 _YES = argparse.ArgumentParser(add_help=False)
 _YES.add_argument("-y", "--yes", action="store_true", help="do it without asking (for scripts)")
