@@ -29,7 +29,7 @@ LABEL org.opencontainers.image.title="pyshelf" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
 
-# pg_dump and psql: `entrypoint.sh backup` and `restore` with a PostgreSQL DATABASE_URL.
+# pg_dump and psql: `pyshelf backup` and `restore` with a PostgreSQL DATABASE_URL.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends postgresql-client \
     && rm -rf /var/lib/apt/lists/*
@@ -39,9 +39,11 @@ RUN groupadd --gid "${PYSHELF_GID}" pyshelf \
     && install -d -o pyshelf -g pyshelf -m 0700 /data
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
-COPY entrypoint.sh gunicorn.conf.py ./
+COPY entrypoint.sh ./
 COPY migrations ./migrations
 COPY app ./app
+# `pyshelf` on PATH: docker exec CONTAINER pyshelf user list
+RUN ln -s /app/entrypoint.sh /usr/local/bin/pyshelf
 # Bytecode compiled now, as root: the code stays read-only to the pyshelf user.
 RUN /opt/venv/bin/python -m compileall -q /app
 ENV PATH=/opt/venv/bin:$PATH \

@@ -6,13 +6,19 @@ PY := $(VENV)/bin/python
 DEVPI_VENV := .venv-devpi
 export DATA_DIR ?= ./data
 
-.PHONY: help run test test-robustness test-scale test-fast test-container chromium postgres lint format docs bench bench-quick bench-backends bench-backends-quick bench-mirror clean
+.PHONY: help run bench-make-run test test-robustness test-scale test-fast test-container chromium postgres lint format docs bench bench-quick bench-backends bench-backends-quick bench-mirror clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# Two markers in one venv: .runtime has the server's requirements (all `make run` needs),
+# .installed adds the test stack (pip, twine, Playwright, moto, ...) for `make test`.
+$(VENV)/.runtime: requirements.txt
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	@touch $@
@@ -22,7 +28,7 @@ $(DEVPI_VENV)/.installed: requirements-devpi.txt
 	$(DEVPI_VENV)/bin/python -m pip install -q -r requirements-devpi.txt
 	@touch $@
 
-run: $(VENV)/.installed ## start the server on port 3141 (data in ./data)
+run: $(VENV)/.runtime ## venv with requirements.txt only, then the server on port 3141 (data in ./data)
 	./entrypoint.sh serve
 
 # The tests where the database and the blob store do the work, run a second time on PostgreSQL
@@ -60,16 +66,16 @@ test-container: $(VENV)/.installed ## build the image with podman (installed if 
 	bash tests/container/prepare.sh && $(PY) -m pytest -q -p no:cacheprovider tests/container
 
 lint: $(VENV)/.installed ## ruff check and format check, mypy over app/ (settings in pyproject.toml)
-	$(VENV)/bin/ruff check app tests bench migrations/env.py gunicorn.conf.py
-	$(VENV)/bin/ruff format --check app tests bench gunicorn.conf.py
+	$(VENV)/bin/ruff check app tests bench migrations/env.py
+	$(VENV)/bin/ruff format --check app tests bench
 	$(VENV)/bin/mypy
 
 docs: $(VENV)/.installed ## write docs/configuration.md and .env.example from the settings table in app/config.py
 	$(PY) -m app.config markdown > docs/configuration.md && $(PY) -m app.config env-example > .env.example
 
 format: $(VENV)/.installed ## apply ruff format and fixes
-	$(VENV)/bin/ruff format app tests bench gunicorn.conf.py
-	$(VENV)/bin/ruff check --fix app tests bench gunicorn.conf.py
+	$(VENV)/bin/ruff format app tests bench
+	$(VENV)/bin/ruff check --fix app tests bench
 
 bench: $(VENV)/.installed ## pyshelf vs devpi-server vs proxpi, about 25 minutes: writes bench/RESULTS.md (never part of make test)
 	$(PY) -m bench.compare
@@ -82,6 +88,9 @@ bench-backends: $(VENV)/.installed postgres ## pyshelf's pages and downloads on 
 
 bench-backends-quick: $(VENV)/.installed postgres ## the same in a few minutes
 	$(PY) -m bench.compare.backends --quick
+
+bench-make-run: ## seconds from a fresh copy of HEAD (or REF=...) to the first 200 of `make run`
+	bash bench/make_run.sh $(REF)
 
 bench-mirror: $(VENV)/.installed ## pip through pyshelf's mirror, cold and warm, against the bare upstream
 	$(PY) bench/mirror_install.py

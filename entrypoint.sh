@@ -1,17 +1,18 @@
 #!/bin/sh
-# The one way to start pyshelf, in the container and on a bare machine:
+# `pyshelf` from a checkout or the image, where it is not installed (`pip install .` gives the
+# same command on PATH): entrypoint.sh ARGS = pyshelf ARGS, `serve` when none is given.
 #   entrypoint.sh [serve]        check DATA_DIR, migrate, bootstrap from env, exec gunicorn
 #   entrypoint.sh healthcheck    exit 0 when this server's /+status says 200 (Docker HEALTHCHECK)
-#   entrypoint.sh COMMAND ...    anything else goes to app.cli with the same configuration:
-#                                user, token, index, refresh, backup, restore, verify, cache,
-#                                prefetch, ... (see docs/operations.md)
+#   entrypoint.sh COMMAND ...    user, token, index, backup, restore, ... (pyshelf --help)
+# It stays in the directory it was started from: ./.env and a relative ENV_FILE or DATA_DIR
+# mean the caller's directory.
 set -eu
 # Everything pyshelf and its commands create is for this user only: DATA_DIR holds the secret
 # key that signs sessions, the database and private packages, and a backup holds all three.
+# (pyshelf sets it itself too.)
 umask 077
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-cd "$HERE"
+HERE=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)  # also when run through a symlink
 if [ -n "${PYSHELF_PYTHON:-}" ]; then
     PY=$PYSHELF_PYTHON
 elif [ -x "$HERE/.venv/bin/python" ]; then
@@ -19,6 +20,8 @@ elif [ -x "$HERE/.venv/bin/python" ]; then
 else
     PY=python3
 fi
+# The package `app` next to this script, whatever the current directory.
+export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 # In the image, DATA_DIR is a volume that the host prepares: when it is mounted read-only or
@@ -52,49 +55,9 @@ check_volume() {
     done
 }
 
-command=${1:-serve}
-case "$command" in
-    serve)
-        check_volume
-        "$PY" -m app.cli prepare
-        # gunicorn reads WEB_CONCURRENCY itself and fails on an empty one (.env.example's
-        # `WEB_CONCURRENCY=` passed by compose's env_file): empty means our default.
-        [ -n "${WEB_CONCURRENCY:-}" ] || unset WEB_CONCURRENCY
-        exec "$PY" -m gunicorn --config "$HERE/gunicorn.conf.py" "app:create_app()"
-        ;;
-    healthcheck)
-        # Where and how gunicorn listens comes from gunicorn.conf.py itself, so the two agree.
-        exec "$PY" - "$HERE/gunicorn.conf.py" <<'EOF'
-import os
-import runpy
-import ssl
-import sys
-import urllib.request
-
-conf = runpy.run_path(sys.argv[1])
-host, _, port = conf["bind"].rpartition(":")
-if host in ("0.0.0.0", "[::]", "::", ""):
-    host = "127.0.0.1"
-scheme = "https" if conf.get("certfile") else "http"
-url = f"{scheme}://{host}:{port}{os.environ.get('SCRIPT_NAME', '')}/+status"
-# A liveness probe on the server's own address: the certificate names the public host.
-context = ssl._create_unverified_context()
-opener = urllib.request.build_opener(
-    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-)
-try:
-    with opener.open(url, timeout=4) as response:
-        sys.exit(0 if response.status == 200 else 1)
-except Exception as exc:
-    print(f"pyshelf: healthcheck {url}: {exc}", file=sys.stderr)
-    sys.exit(1)
-EOF
-        ;;
-    -h|--help|help)
-        "$PY" -m app.cli --help
-        ;;
-    *)
-        check_volume
-        exec "$PY" -m app.cli "$@"
-        ;;
+[ $# -gt 0 ] || set -- serve
+case "$1" in
+    -*|help|healthcheck|config) ;;
+    *) check_volume ;;
 esac
+exec "$PY" -m app "$@"

@@ -1,5 +1,5 @@
-"""Admin commands behind entrypoint.sh: parse the arguments, run the operation, print what it
-did, and turn an OperationError into one line and exit 1 (a config error into exit 2)."""
+"""The `pyshelf` command: parse the arguments, run the operation, print what it did, and turn an
+OperationError into one line and exit 1 (bad usage, configuration or no confirmation: exit 2)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import secrets
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import pagecache
+from app import __version__, pagecache
 from app.auth import hash_password, new_token_secret, token_hash
-from app.config import ConfigError, Settings, parse_size
+from app.config import ConfigError, Settings, env_file, parse_size, sources
 from app.db import Database, begin_write
 from app.dists import normalize_name
 from app.indexes import (
@@ -45,15 +45,41 @@ from app.prepare import (
     make_data_dir_private,
     migrate,
 )
+from app.server import exec_gunicorn, healthcheck
 from app.storage import make_storage
+from app.upstream import mask_url
 
 log = logging.getLogger("pyshelf")
 
 NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi", "verify", "cache"}
+# Exit codes (docs/operations.md): 0 done, 1 the operation failed (one line says why), 2 bad
+# usage, invalid configuration or a destructive command not confirmed; 130 interrupted (Ctrl-C).
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+MASK = "********"  # what `config show` prints for a secret that is set
 
 
 class CommandError(OperationError):
     """A command was given something it cannot do, or found what it reports with exit 1."""
+
+
+class NotConfirmed(Exception):
+    """A destructive command was not confirmed (no --yes, and no one at a terminal said yes)."""
+
+
+def confirm(args: argparse.Namespace, question: str) -> None:
+    """Go on when --yes was given or the person at the terminal answers yes; else NotConfirmed."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():  # a script or a pipe: nobody can answer, so nothing is done
+        raise NotConfirmed(f"{question} Not confirmed: add --yes to do it without a question")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise NotConfirmed("not confirmed: nothing was changed")
 
 
 # --- subcommands ---------------------------------------------------------------------------
@@ -115,6 +141,15 @@ def cmd_prepare(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_user(settings: Settings, args: argparse.Namespace) -> None:
     """user create|passwd|delete|list."""
     database = Database(settings.database_url)
+    if args.action == "delete":
+        with database.session() as session:  # read only: no write lock while a person answers
+            user = find_user(session, args.name)
+            if user is None:
+                raise CommandError(f"user {args.name} does not exist")
+            owned = [i.path for i in user.indexes]
+            _refuse_if_based_on(session, owned)
+        what = f" and the indexes {', '.join(owned)} with everything in them" if owned else ""
+        confirm(args, f"Delete user {args.name}{what}?")
     with database.session() as session:
         begin_write(session)
         if args.action == "list":
@@ -166,6 +201,12 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_index(settings: Settings, args: argparse.Namespace) -> None:
     """index create|modify|delete|show|list."""
     database = Database(settings.database_url)
+    if args.action == "delete":
+        with database.session() as session:  # read only: no write lock while a person answers
+            if get_index_by_path(session, args.path) is None:
+                raise CommandError(f"index {args.path} does not exist")
+            _refuse_if_based_on(session, [args.path])
+        confirm(args, f"Delete index {args.path} and every file and page in it?")
     with database.session() as session:
         begin_write(session)
         if args.action == "list":
@@ -265,6 +306,9 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
     from app.cache import human_bytes  # when it runs: see above
     from app.restore import restore
 
+    if args.force and Path(args.path).is_file():  # (a missing archive: restore says so)
+        where = Path(settings.data_dir).resolve()
+        confirm(args, f"Replace pyshelf's data in {where} by the backup (server stopped)?")
     summary = restore(settings, Path(args.path), force=args.force)
     counts = ", ".join(f"{n} {table}" for table, n in summary.counts.items())
     print(
@@ -274,7 +318,7 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
     )
     if summary.left_out:
         print(f"  {summary.left_out} mirror-cached files were not in the backup: fetched on demand")
-    print("  start the server as usual (entrypoint.sh serve): it migrates the schema if needed")
+    print("  start the server as usual (pyshelf serve): it migrates the schema if needed")
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> None:
@@ -349,53 +393,179 @@ def cmd_prefetch(settings: Settings, args: argparse.Namespace) -> None:
         raise CommandError(f"{len(summary.errors)} requirements or files could not be fetched")
 
 
+# --- the server -----------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    """serve: prepare as `prepare` does, then become gunicorn (never returns)."""
+    cmd_prepare(settings, args)
+    exec_gunicorn()
+
+
+def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> None:
+    """healthcheck: exit 0 when this server's /+status answers 200 (the Docker HEALTHCHECK)."""
+    if not healthcheck(settings):
+        raise CommandError("the server is not healthy (see above)")
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    """migrate: check the data directory and bring the schema to the head revision."""
+    check_data_dir(settings)
+    migrate(settings)
+
+
+def show_config() -> int:
+    """config show: each setting's effective value and where it comes from, secrets masked;
+    exit 2 (after the table) when the configuration is invalid."""
+    path = env_file()
+    print(f"# .env file: {path if path is not None else 'none (no ENV_FILE, no ./.env)'}")
+    for row, text, source in sources():
+        if row.kind.secret and text:
+            text = MASK
+        elif "://" in text:
+            text = mask_url(text)  # credentials in DATABASE_URL, MIRROR_URL, ...
+        print(f"{row.env}={text}  # {source}")
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        print(f"pyshelf: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake as one line that says where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the mistake in one line and exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+# -v works after any subcommand too: `pyshelf user list -v`.
+_COMMON = argparse.ArgumentParser(add_help=False)
+_COMMON.add_argument(
+    "-v",
+    "--verbose",
+    action="count",
+    default=argparse.SUPPRESS,
+    help="log what happens (INFO; -vv: DEBUG); without it only warnings and errors "
+    "(serve always logs at LOG_LEVEL)",
+)
+_YES = argparse.ArgumentParser(add_help=False)
+_YES.add_argument("-y", "--yes", action="store_true", help="do it without asking (for scripts)")
+
+
+def _command(sub: Any, name: str, summary: str, *, parents: tuple[Any, ...] = ()) -> Any:
+    """A subcommand whose --help starts with `summary`."""
+    return sub.add_parser(name, help=summary, description=summary, parents=[_COMMON, *parents])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of entrypoint.sh's admin subcommands."""
-    parser = argparse.ArgumentParser(prog="entrypoint.sh", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("prepare", help="check the data dir, migrate, bootstrap").set_defaults(
-        func=cmd_prepare
+    """The command line of `pyshelf` (and of entrypoint.sh, which runs it)."""
+    parser = _Parser(
+        prog="pyshelf",
+        description="A private Python package index and caching PyPI mirror. "
+        "Every command reads the same settings: environment variables, over those in "
+        "ENV_FILE or else ./.env (pyshelf config show).",
+        epilog="Exit codes: 0 done, 1 failed (one line on stderr says why), 2 bad usage, "
+        "invalid configuration or not confirmed, 130 interrupted. docs/operations.md has more.",
+        parents=[_COMMON],
+    )
+    parser.set_defaults(verbose=0, yes=False)
+    parser.add_argument("--version", action="version", version=f"pyshelf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _command(
+        sub,
+        "serve",
+        "check the data directory, migrate, bootstrap from the environment, "
+        "then run gunicorn on HOST:PORT",
+    ).set_defaults(func=cmd_serve)
+    _command(
+        sub, "healthcheck", "exit 0 when this server's /+status answers 200 (Docker HEALTHCHECK)"
+    ).set_defaults(func=cmd_healthcheck)
+    _command(
+        sub, "prepare", "what serve does before gunicorn starts: check, migrate, bootstrap"
+    ).set_defaults(func=cmd_prepare)
+    _command(
+        sub, "migrate", "bring the database schema to this version (serve does it too)"
+    ).set_defaults(func=cmd_migrate)
+    config = _command(sub, "config", "the settings in effect")
+    config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _command(
+        config_sub,
+        "show",
+        "each setting's value and source (environment, .env file or "
+        "default), secrets masked; exit 2 when one is invalid",
     )
 
-    user = sub.add_parser("user", help="manage users")
-    user.add_argument("action", choices=["create", "passwd", "delete", "list"])
-    user.add_argument("name", nargs="?")
-    user.add_argument("--password", help="else $PYSHELF_PASSWORD, a prompt, or generated")
-    user.add_argument("--email")
-    user.add_argument("--superuser", action="store_true")
-    user.set_defaults(func=cmd_user)
-
-    token = sub.add_parser("token", help="create an API token for a user")
-    token.add_argument("action", choices=["create"])
-    token.add_argument("name")
-    token.add_argument("--description")
-    token.set_defaults(func=cmd_token)
-
-    index = sub.add_parser("index", help="manage indexes: key=value settings")
-    index.add_argument("action", choices=["create", "modify", "delete", "show", "list"])
-    index.add_argument("path", nargs="?", help="USER/NAME")
-    index.add_argument("settings", nargs="*", help="e.g. bases=root/pypi volatile=true")
-    index.set_defaults(func=cmd_index)
-
-    refresh = sub.add_parser("refresh", help="refetch a mirrored project on next request")
-    refresh.add_argument("path", help="USER/INDEX")
-    refresh.add_argument("project")
-    refresh.set_defaults(func=cmd_refresh)
-
-    devpi = sub.add_parser(
-        "import-devpi", help="import a devpi-server export (devpi-export DIR) into an empty pyshelf"
-    )
-    devpi.add_argument("directory", help="the directory devpi-export wrote")
-    devpi.set_defaults(func=cmd_import_devpi)
+    add_accounts(sub)
     add_operations(sub)
     return parser
 
 
+def add_accounts(sub: Any) -> None:
+    """user, token, index, refresh, import-devpi."""
+    user = _command(sub, "user", "manage users")
+    user.set_defaults(func=cmd_user)
+    actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    how_given = "else $PYSHELF_PASSWORD, a prompt at a terminal, or generated and printed"
+    create = _command(actions, "create", "create a user")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--password", help=how_given)
+    create.add_argument("--email")
+    create.add_argument("--superuser", action="store_true", help="may manage everything")
+    passwd = _command(actions, "passwd", "set a user's password (works with the server down)")
+    passwd.add_argument("name", metavar="NAME")
+    passwd.add_argument("--password", help=how_given)
+    delete = _command(actions, "delete", "delete a user, its indexes and tokens", parents=(_YES,))
+    delete.add_argument("name", metavar="NAME")
+    _command(actions, "list", "list the users")
+
+    token = _command(sub, "token", "API tokens (the password of username __token__)")
+    token.set_defaults(func=cmd_token)
+    actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = _command(actions, "create", "print a new API token of a user")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--description")
+
+    index = _command(sub, "index", "manage indexes (settings as key=value)")
+    index.set_defaults(func=cmd_index, settings=[])
+    actions = index.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pairs_help = "e.g. bases=root/pypi volatile=true acl_upload=alice,bob"
+    create = _command(actions, "create", "create an index")
+    create.add_argument("path", metavar="USER/NAME")
+    create.add_argument("settings", nargs="*", metavar="KEY=VALUE", help=pairs_help)
+    modify = _command(actions, "modify", "change an index's settings")
+    modify.add_argument("path", metavar="USER/NAME")
+    modify.add_argument("settings", nargs="+", metavar="KEY=VALUE", help=pairs_help)
+    delete = _command(actions, "delete", "delete an index and its files", parents=(_YES,))
+    delete.add_argument("path", metavar="USER/NAME")
+    show = _command(actions, "show", "print an index's settings as JSON")
+    show.add_argument("path", metavar="USER/NAME")
+    _command(actions, "list", "list the indexes")
+
+    refresh = _command(sub, "refresh", "refetch a mirrored project on its next request")
+    refresh.add_argument("path", metavar="USER/INDEX")
+    refresh.add_argument("project", metavar="PROJECT")
+    refresh.set_defaults(func=cmd_refresh)
+
+    devpi = _command(
+        sub, "import-devpi", "import a devpi-server export (devpi-export DIR) into an empty pyshelf"
+    )
+    devpi.add_argument("directory", metavar="DIR", help="the directory devpi-export wrote")
+    devpi.set_defaults(func=cmd_import_devpi)
+
+
 def add_operations(sub: Any) -> None:
     """backup, restore, verify, cache, prefetch."""
-
-    backup = sub.add_parser("backup", help="write a hot backup archive (the server keeps serving)")
-    backup.add_argument("path", help="archive to write, or a folder to write pyshelf-DATE.tar into")
+    backup = _command(sub, "backup", "write a hot backup archive (the server keeps serving)")
+    backup.add_argument(
+        "path", metavar="PATH", help="archive to write, or a folder to write pyshelf-DATE.tar into"
+    )
     backup.add_argument(
         "--without-mirror-files",
         action="store_true",
@@ -404,14 +574,16 @@ def add_operations(sub: Any) -> None:
     backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
     backup.set_defaults(func=cmd_backup)
 
-    restore = sub.add_parser("restore", help="restore a backup into an empty DATA_DIR")
-    restore.add_argument("path", help="the archive `backup` wrote")
+    restore = _command(sub, "restore", "restore a backup into an empty DATA_DIR", parents=(_YES,))
+    restore.add_argument("path", metavar="PATH", help="the archive `backup` wrote")
     restore.add_argument(
-        "--force", action="store_true", help="replace a non-empty DATA_DIR (stop the server first)"
+        "--force",
+        action="store_true",
+        help="replace a non-empty DATA_DIR (stop the server first; asks unless --yes)",
     )
     restore.set_defaults(func=cmd_restore)
 
-    verify = sub.add_parser("verify", help="check every blob and row; exit 1 on damage")
+    verify = _command(sub, "verify", "check every blob and row; exit 1 on damage")
     verify.add_argument(
         "--repair",
         action="store_true",
@@ -419,15 +591,17 @@ def add_operations(sub: Any) -> None:
     )
     verify.set_defaults(func=cmd_verify)
 
-    cache = sub.add_parser("cache", help="mirror cache: stats, or prune down to the cap now")
-    cache.add_argument("action", choices=["stats", "prune"])
-    cache.add_argument("--json", action="store_true", help="stats as JSON")
-    cache.add_argument(
+    cache = _command(sub, "cache", "the mirror cache: stats, or prune down to the cap now")
+    cache.set_defaults(func=cmd_cache)
+    actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    stats = _command(actions, "stats", "size, files and hit ratio, per mirror index")
+    stats.add_argument("--json", action="store_true", help="as JSON")
+    prune = _command(actions, "prune", "evict the least recently used files down to the cap")
+    prune.add_argument(
         "--max-size", type=_size, default=None, help="prune to this size instead of the cap"
     )
-    cache.set_defaults(func=cmd_cache)
 
-    prefetch = sub.add_parser("prefetch", help="download what requirements need into the cache")
+    prefetch = _command(sub, "prefetch", "download what requirements need into the cache")
     prefetch.add_argument("requirements", nargs="*", help="requirements such as NAME==1.0")
     prefetch.add_argument("-r", "--requirement", action="append", help="a requirements file")
     prefetch.add_argument("--index", default="/".join(MIRROR_INDEX), help="default root/pypi")
@@ -445,20 +619,22 @@ def _size(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one admin command; errors print one line and exit 1 (config errors 2)."""
-    args = build_parser().parse_args(argv)
-    if args.command in ("user",) and args.action != "list" and not args.name:
-        print("entrypoint.sh: user: NAME is required", file=sys.stderr)
-        return 2
-    if args.command == "index" and args.action != "list" and not args.path:
-        print("entrypoint.sh: index: USER/NAME is required", file=sys.stderr)
-        return 2
+    """Run one command; errors print one line and exit 1 (usage, config, not confirmed: 2)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage mistake (2), already printed
+        return int(exc.code or 0)
+    if args.command == "config":
+        return show_config()
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"pyshelf: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     configure(settings, "[pyshelf] %(levelname)s %(message)s")  # LOG_FORMAT=json: JSON lines
+    if args.command != "serve":  # quiet success: a command prints its result, logs on -v
+        verbose = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+        logging.getLogger().setLevel(max(verbose, logging.getLevelName(settings.log_level)))
     try:
         if args.command in NEEDS_SCHEMA:  # an admin command on a volume no server started yet
             check_data_dir(settings)
@@ -466,15 +642,27 @@ def main(argv: list[str] | None = None) -> int:
         args.func(settings, args)
     except OperationError as exc:
         print(f"pyshelf: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except NotConfirmed as exc:
+        print(f"pyshelf: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 
-if __name__ == "__main__":
-    os.umask(PRIVATE_UMASK)  # as entrypoint.sh does, for `python -m app.cli` run directly
-    code = main()
+def run() -> None:
+    """`pyshelf` (app/__main__.py) and `python -m app.cli`: main() under umask 077, then exit."""
+    os.umask(PRIVATE_UMASK)  # as entrypoint.sh did: DATA_DIR holds secrets (app/prepare.py)
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        code = EXIT_INTERRUPTED
     # Exit without a last garbage collection over every object the imports made (0.1 s of each
     # start). Commands close what they open; what is left in a reference cycle is not
     # finalized, and the kernel closes its files and sockets.
     gc.freeze()
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()

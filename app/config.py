@@ -479,7 +479,7 @@ class Settings:
         less free.""")
     # fmt: on
 
-    # Not a setting: prometheus_client's own variable, which gunicorn.conf.py sets for its
+    # Not a setting: prometheus_client's own variable, which app/gunicorn_conf.py sets for its
     # workers (DATA_DIR/tmp/metrics) so that every worker's counters add up.
     prometheus_multiproc_dir: str | None = None
 
@@ -527,10 +527,8 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from the environment and a .env file (ENV_FILE); report every bad one."""
-        env = dict(os.environ if environ is None else environ)
-        env = {**read_dotenv(Path(env.get("ENV_FILE", ".env"))), **env}
+        env, _sources, errors = _environment(environ)
         values: dict[str, Any] = {}
-        errors: list[str] = []
         bad: set[str] = set()
         for name, row in SETTINGS.items():
             try:
@@ -550,6 +548,62 @@ class Settings:
 SETTINGS: dict[str, Setting] = {
     f.name: f.metadata["setting"] for f in fields(Settings) if "setting" in f.metadata
 }
+
+
+def env_file(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The .env file pyshelf reads: ENV_FILE (relative to the current directory), else ./.env
+    of the current directory when there is one, else none."""
+    env = os.environ if environ is None else environ
+    named = env.get("ENV_FILE", "").strip()
+    if named:
+        return Path(named).absolute()
+    default = Path(".env").absolute()
+    return default if default.is_file() else None
+
+
+def _environment(
+    environ: Mapping[str, str] | None,
+) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """The variables (the environment over the .env file), the source of each (`environment`
+    or the file's path), and the problem with ENV_FILE if it names no file."""
+    env = dict(os.environ if environ is None else environ)
+    path = env_file(env)
+    if path is not None and not path.exists():
+        # A named file that is missing would run with the defaults: a new database in ./data.
+        named = env["ENV_FILE"].strip()
+        where = "" if Path(named).is_absolute() else f" in {Path.cwd()}"
+        problem = f"ENV_FILE={named!r}: no such file{where}; name an existing .env file"
+        return env, dict.fromkeys(env, "environment"), [problem]
+    from_file = read_dotenv(path) if path is not None else {}
+    sources = {**dict.fromkeys(from_file, str(path)), **dict.fromkeys(env, "environment")}
+    return {**from_file, **env}, sources, []
+
+
+def sources(environ: Mapping[str, str] | None = None) -> list[tuple[Setting, str, str]]:
+    """Each row with the text it is read from and where that came from: `environment`, the
+    .env file's path, or `default` (for `pyshelf config show`)."""
+    env, source_of, _errors = _environment(environ)
+    shown = []
+    for row in SETTINGS.values():
+        text = env.get(row.env, "")
+        if (text.strip() if row.kind.strip else text) and row.env in source_of:
+            shown.append((row, text, source_of[row.env]))
+        else:
+            shown.append((row, row.default, "default"))
+    return shown
+
+
+def server_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment `pyshelf serve` hands to gunicorn: ENV_FILE made absolute (the same file
+    whatever gunicorn's directory), and no empty WEB_CONCURRENCY (gunicorn reads it itself and
+    fails on an empty one, as compose passes .env.example's `WEB_CONCURRENCY=`)."""
+    env = dict(os.environ if environ is None else environ)
+    path = env_file(env)
+    if path is not None:
+        env["ENV_FILE"] = str(path)
+    if not env.get("WEB_CONCURRENCY", "").strip():
+        env.pop("WEB_CONCURRENCY", None)
+    return env
 
 
 def _problems_between(settings: Settings, bad: set[str], url: str) -> list[str]:
@@ -589,8 +643,10 @@ def markdown() -> str:
         "",
         f"<!-- {_GENERATED} -->",
         "",
-        "pyshelf reads environment variables only, and a `.env` file in the working directory",
-        "(`ENV_FILE=PATH` names another file; the environment wins over the file).",
+        "pyshelf reads environment variables, and a `.env` file: the one `ENV_FILE` names",
+        "(absolute or relative to the current directory; one that does not exist is an error),",
+        "else `./.env` when the current directory has one. The environment wins over the file;",
+        "`pyshelf config show` prints each value and where it came from.",
         "[`.env.example`](../.env.example) lists every variable with its default. Every",
         "variable is optional, and an empty one means its default. Invalid variables are all",
         "reported at once, one line each, and the server does not start.",

@@ -1,6 +1,6 @@
 """Prometheus metrics: request, cache, upload and upstream counters, and GET /+metrics.
 
-Under gunicorn every worker is its own process: gunicorn.conf.py points
+Under gunicorn every worker is its own process: app/gunicorn_conf.py points
 PROMETHEUS_MULTIPROC_DIR at DATA_DIR/tmp/metrics before any worker imports prometheus_client,
 so counters live in per-process files that a scrape adds up (prometheus_client's multiprocess
 mode), whichever worker answers it. Without that variable (tests, a single process) the

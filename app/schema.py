@@ -17,7 +17,12 @@ from sqlalchemy import Column, Connection, MetaData, PrimaryKeyConstraint, Strin
 from app import models  # noqa: F401  (registers the tables on Base.metadata)
 from app.db import Base
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# migrations/ sits at the top of a checkout; `pip install` puts it into the package.
+_INSTALLED_MIGRATIONS = _PACKAGE_DIR / "migrations"
+MIGRATIONS_DIR = (
+    _INSTALLED_MIGRATIONS if _INSTALLED_MIGRATIONS.is_dir() else _PACKAGE_DIR.parent / "migrations"
+)
 # What alembic records the revision in (alembic.runtime.migration's own definition).
 VERSION_TABLE = Table(
     "alembic_version",

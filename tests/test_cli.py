@@ -1,4 +1,4 @@
-"""The admin commands behind entrypoint.sh (app.cli.main): prepare, user, index, token, refresh."""
+"""The `pyshelf` command (app.cli.main): prepare, user, index, token, refresh."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def test_user_create_passwd_list_and_delete(
     assert password_works("bob", "second-password")
     assert not password_works("bob", "first-password")
 
-    code, out, _ = run(capsys, "user", "delete", "bob")
+    code, out, _ = run(capsys, "user", "delete", "bob", "--yes")
     assert (code, out) == (0, "user bob: delete done\n")
     assert "bob" not in run(capsys, "user", "list")[1]
 
@@ -225,14 +225,14 @@ def test_user_create_takes_the_password_from_the_environment(
         (["user", "create", "admin", "--password", "x" * 10], 1, "user admin already exists"),
         (["user", "passwd", "nobody", "--password", "x" * 10], 1, "user nobody does not exist"),
         (["user", "delete", "nobody"], 1, "user nobody does not exist"),
-        (["user", "create"], 2, "user: NAME is required"),
+        (["user", "create"], 2, "the following arguments are required: NAME"),
         (["token", "create", "nobody"], 1, "user nobody does not exist"),
         (["index", "show", "admin/nope"], 1, "index admin/nope does not exist"),
         (["index", "create", "nobody/dev"], 1, "user nobody does not exist"),
         (["index", "create", "nopath"], 1, "expected USER/NAME, got 'nopath'"),
         (["index", "modify", "admin/dev", "volatile"], 1, "expected key=value, got 'volatile'"),
         (["index", "modify", "admin/dev", "colour=blue"], 1, "unknown index setting 'colour'"),
-        (["index", "show"], 2, "index: USER/NAME is required"),
+        (["index", "show"], 2, "the following arguments are required: USER/NAME"),
         (["refresh", "admin/nope", "six"], 1, "index admin/nope does not exist"),
     ],
 )
@@ -286,7 +286,7 @@ def test_index_create_modify_show_list_and_delete(
     code, out, _ = run(capsys, "index", "list")
     assert (code, out) == (0, "root/pypi (mirror)\nadmin/dev (stage)\nadmin/team (stage)\n")
 
-    code, out, _ = run(capsys, "index", "delete", "admin/team")
+    code, out, _ = run(capsys, "index", "delete", "admin/team", "--yes")
     assert (code, out) == (0, "deleted admin/team\n")
     assert "admin/team" not in run(capsys, "index", "list")[1]
 

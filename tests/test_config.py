@@ -335,11 +335,34 @@ def test_bad_values_in_the_dotenv_file_are_reported_too(tmp_path: Path) -> None:
         Settings.from_env({"ENV_FILE": str(env_file)})
 
 
-def test_missing_dotenv_file_is_not_an_error(tmp_path: Path) -> None:
-    """.env is optional."""
-    settings = Settings.from_env({"ENV_FILE": str(tmp_path / "absent.env")})
+def test_missing_dotenv_file_is_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """./.env is optional."""
+    monkeypatch.chdir(tmp_path)
 
-    assert settings.admin_user == "admin"
+    assert Settings.from_env({}).admin_user == "admin"
+
+
+def test_an_env_file_that_does_not_exist_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENV_FILE names a file on purpose: missing, the defaults would make a new database."""
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(ConfigError, match=f"ENV_FILE='absent.env': no such file in {tmp_path}"):
+        Settings.from_env({"ENV_FILE": "absent.env"})
+
+
+def test_a_relative_env_file_is_read_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENV_FILE=conf/pyshelf.env means the file below the directory the command runs in."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "pyshelf.env").write_text("ADMIN_USER=from-conf\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+
+    assert Settings.from_env({"ENV_FILE": "conf/pyshelf.env"}).admin_user == "from-conf"
 
 
 def test_dotenv_in_the_working_directory_is_the_default(
@@ -454,13 +477,13 @@ ENVIRONMENT_READS = {
     ),
 }
 _ENVIRONMENT_RE = re.compile(r"\bos\.environ\b|\bgetenv\b|\bfrom os import\b")
-# gunicorn.conf.py hands values to gunicorn and prometheus_client through the environment.
+# app/gunicorn_conf.py hands values to gunicorn and prometheus_client through the environment.
 _ENVIRONMENT_WRITE_RE = re.compile(r"os\.environ\[[^]]+\] = |os\.environ\.pop\(")
 
 
 def test_only_app_config_reads_the_environment() -> None:
     """Every variable pyshelf reads is a row of the table: nothing else looks at os.environ."""
-    sources = [*sorted((ROOT / "app").rglob("*.py")), ROOT / "gunicorn.conf.py"]
+    sources = sorted((ROOT / "app").rglob("*.py"))
     reads = set()
     for path in sources:
         relative = path.relative_to(ROOT).as_posix()

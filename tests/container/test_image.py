@@ -120,7 +120,7 @@ def test_published_package_installs_and_survives_a_restart(
     )  # fmt: skip
     assert install.returncode == 0, install.stdout + install.stderr
     assert installed_version(tmp_path / "site", "upstream_dep") == "2.0"  # through the mirror
-    created = server.exec("/app/entrypoint.sh", "user", "create", "alice", "--password", "pw-a")
+    created = server.exec("pyshelf", "user", "create", "alice", "--password", "pw-a")  # on PATH
     assert created.returncode == 0, created.stderr
 
     # `podman stop` while an upload is still arriving: gunicorn lets it finish, then exits 0.

@@ -161,7 +161,7 @@ def test_a_backup_under_concurrent_uploads_restores_into_a_server_that_installs(
         futures = [pool.submit(upload_one, path) for path in paths]
         assert wait_for(lambda: len(finished) >= 3, 60)
         backup_started = time.monotonic()
-        result = cli(server.data_dir, "backup", str(archive))
+        result = cli(server.data_dir, "backup", str(archive), "-v")
         for future in futures:
             future.result()
 
@@ -169,7 +169,7 @@ def test_a_backup_under_concurrent_uploads_restores_into_a_server_that_installs(
     assert re.search(
         r"backup: .*pyshelf\.tar: (sqlite|postgresql) database and \d+ files", result.stdout
     )
-    assert "backup: 100%" in result.stderr  # no terminal: plain progress lines
+    assert "backup: 100%" in result.stderr  # -v and no terminal: plain progress lines
     before = {name for name, at in finished.items() if at < backup_started}
     assert len(before) >= 3
     assert len(before) < LOAD_UPLOADS  # the others were still going while the backup ran

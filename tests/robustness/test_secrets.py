@@ -167,7 +167,8 @@ def test_no_secret_appears_in_responses_logs_or_command_output(
 
     archive = tmp_path / "backup.tar"
     for args in (("backup", str(archive)), ("verify",), ("index", "list"), ("user", "list")):
-        result = cli(server.data_dir, *args, SECRET_KEY=SECRET_KEY, LOG_FORMAT=log_format)
+        # -vv: the commands' DEBUG log too (they log only warnings without -v)
+        result = cli(server.data_dir, *args, "-vv", SECRET_KEY=SECRET_KEY, LOG_FORMAT=log_format)
         seen.add(f"entrypoint.sh {' '.join(args)}", result.stdout + result.stderr)
         assert result.returncode == 0, result.stdout + result.stderr
     with tarfile.open(archive) as tar:

@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 from pathlib import Path
+from typing import Any
 
 from app.config import ConfigError, Settings
 
@@ -84,8 +85,9 @@ def on_starting(server: object) -> None:
     _metrics_dir.mkdir(parents=True, exist_ok=True)
 
 
-def child_exit(server: object, worker: object) -> None:
+def child_exit(server: object, worker: Any) -> None:
     """A worker is gone: drop its live gauges (its counters keep counting in the sum)."""
-    from prometheus_client import multiprocess
+    from prometheus_client import multiprocess  # only here: the master imports no app code
 
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+    # prometheus_client leaves mark_process_dead unannotated.
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
