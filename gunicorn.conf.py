@@ -69,12 +69,7 @@ if _settings.script_name:
 else:
     os.environ.pop("SCRIPT_NAME", None)  # "" and "/" both mean the root
 
-# HTTPS without a proxy (from_env saw both files or neither): each readable by the user gunicorn
-# runs as, or it would fail on its first TLS handshake.
-_tls = {"TLS_CERT": _settings.tls_cert, "TLS_KEY": _settings.tls_key}
-for _name, _path in _tls.items():
-    if _path and not (Path(_path).is_file() and os.access(_path, os.R_OK)):
-        raise SystemExit(f"pyshelf: {_name}={_path} is not a file readable by uid {os.getuid()}")
+# HTTPS without a proxy: `prepare` checked that both files load (app/preflight.py).
 if _settings.tls_cert:
     certfile, keyfile = _settings.tls_cert, _settings.tls_key
 

@@ -34,6 +34,7 @@ from app.indexes import (
 )
 from app.logs import configure
 from app.models import Index, MirrorPage, Token, User
+from app.preflight import settings_for_start
 from app.prepare import (
     MIRROR_INDEX,
     PRIVATE_UMASK,
@@ -453,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "index" and args.action != "list" and not args.path:
         print("entrypoint.sh: index: USER/NAME is required", file=sys.stderr)
         return 2
-    try:
-        settings = Settings.from_env()
+    try:  # a server start checks everything it needs before `prepare` creates anything
+        settings = settings_for_start() if args.command == "prepare" else Settings.from_env()
     except ConfigError as exc:
         print(f"pyshelf: {exc}", file=sys.stderr)
         return 2

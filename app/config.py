@@ -24,7 +24,22 @@ _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 class ConfigError(ValueError):
-    """One or more environment variables are invalid; the message lists all of them."""
+    """One or more environment variables are invalid; the message lists all of them.
+
+    `settings` holds the others (each bad one at its default) and `bad` names the bad ones, so
+    that a start can check what else is wrong and still report everything at once.
+    """
+
+    def __init__(
+        self,
+        problems: list[str],
+        settings: Settings | None = None,
+        bad: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+        self.settings = settings
+        self.bad = bad
 
 
 def parse_size(text: str) -> int:
@@ -542,7 +557,7 @@ class Settings:
         settings = cls(**values, prometheus_multiproc_dir=multiproc_dir)
         errors += _problems_between(settings, bad, env.get("DATABASE_URL", "").strip())
         if errors:
-            raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+            raise ConfigError(errors, settings, frozenset(bad))
         return settings
 
 
@@ -562,7 +577,7 @@ def _problems_between(settings: Settings, bad: set[str], url: str) -> list[str]:
                 "DATABASE_URL: use postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE, "
                 "or leave it empty for SQLite in DATA_DIR"
             )
-        if not settings.secret_key:
+        elif not settings.secret_key:
             # Replicas that share the database would each generate their own key into
             # their DATA_DIR: a session or CSRF token signed by one fails on the others.
             problems.append(
@@ -592,8 +607,11 @@ def markdown() -> str:
         "pyshelf reads environment variables only, and a `.env` file in the working directory",
         "(`ENV_FILE=PATH` names another file; the environment wins over the file).",
         "[`.env.example`](../.env.example) lists every variable with its default. Every",
-        "variable is optional, and an empty one means its default. Invalid variables are all",
-        "reported at once, one line each, and the server does not start.",
+        "variable is optional, and an empty one means its default. Before a start creates or",
+        "changes anything it checks every variable, and also that `DATA_DIR` can be made and",
+        "written, the TLS files load, `HOST:PORT` is free and a PostgreSQL `DATABASE_URL` or an",
+        "S3 `STORAGE_URL` answers within 5 s: all problems are reported at once, one line each",
+        "with the variable and the fix, and the server does not start (exit code 2).",
         "",
         "Restarting with the same environment changes nothing; the admin password and",
         "`MIRROR_URL` follow the environment; everything else created at the first start is",

@@ -21,6 +21,7 @@ from app.db import make_engine
 from app.indexes import apply_config, create_index, get_index_by_path
 from app.locks import Locks
 from app.models import MirrorPage, User
+from app.preflight import data_dir_problems
 from app.schema import MIGRATIONS_DIR
 from app.upstream import mask_url
 
@@ -47,6 +48,9 @@ class PrepareError(OperationError):
 def check_data_dir(settings: Settings) -> None:
     """The data directory must exist (or be creatable) and be writable by this user."""
     data_dir = Path(settings.data_dir)
+    problems = data_dir_problems(data_dir)
+    if problems:
+        raise PrepareError("; ".join(problems))
     try:
         data_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         probe = data_dir / f".write-test-{os.getpid()}"

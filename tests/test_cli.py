@@ -23,7 +23,14 @@ from app.config import Settings
 from app.db import Database
 from app.indexes import get_index_by_path
 from app.models import Index, MirrorPage, User, utcnow
-from tests.conftest import ADMIN_PASSWORD, ROOT, TEST_STORAGE, basic_auth, clean_env
+from tests.conftest import (
+    ADMIN_PASSWORD,
+    ROOT,
+    TEST_STORAGE,
+    basic_auth,
+    clean_env,
+    free_port,
+)
 from tests.test_upload import fast_password_hashes  # noqa: F401 - autouse fixture
 
 DEAD_UPSTREAM = "http://127.0.0.1:9/simple/"
@@ -43,6 +50,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ENV_FILE", os.devnull)
     monkeypatch.setenv("ADMIN_PASSWORD", ADMIN_PASSWORD)
     monkeypatch.setenv("MIRROR_URL", DEAD_UPSTREAM)
+    monkeypatch.setenv("HOST", "127.0.0.1")
+    monkeypatch.setenv("PORT", str(free_port()))  # `prepare` checks that it is free
     return data_dir
 
 
