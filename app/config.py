@@ -371,13 +371,15 @@ class Settings:
         The superuser created on the first start (also owner of the stage index
         ADMIN_USER/dev).""")
     admin_password: str = setting(ACCOUNTS, "ADMIN_PASSWORD", PASSWORD, "", meaning="""
-        Empty on the very first start: a strong password is generated and printed once in the
-        log. Set later, the new password is applied at the next start.""")
+        Empty on the first start: a strong password is generated, kept in
+        DATA_DIR/initial-admin-password (mode 0600) and printed at every start until the admin
+        logs in or changes it. Set later, the new password is applied at the next start.""")
 
     mirror_url: str = setting(MIRROR, "MIRROR_URL", URL, DEFAULT_MIRROR_URL, meaning="""
-        The upstream simple index that root/pypi mirrors; a changed value is applied at the
-        next start. Credentials may be given as https://user:password@host/simple/: they are
-        sent as a header, never shown.""")
+        The upstream simple index that the first start gives root/pypi; later the database wins
+        (a changed value is logged at start with the command that applies it). Credentials
+        may be given as https://user:password@host/simple/: they are sent as a header, never
+        shown.""")
     mirror_cache_expiry_seconds: int = setting(
         MIRROR, "MIRROR_CACHE_EXPIRY", SECONDS, "1800", meaning="""
         Seconds a mirrored project page is used before it is revalidated (304 when unchanged);
@@ -613,9 +615,10 @@ def markdown() -> str:
         "S3 `STORAGE_URL` answers within 5 s: all problems are reported at once, one line each",
         "with the variable and the fix, and the server does not start (exit code 2).",
         "",
-        "Restarting with the same environment changes nothing; the admin password and",
-        "`MIRROR_URL` follow the environment; everything else created at the first start is",
-        "left alone.",
+        "The first start (an empty database) creates `ADMIN_USER`, `root/pypi` and",
+        "`ADMIN_USER/dev`; later starts create nothing again and the database wins: only a",
+        "changed `ADMIN_PASSWORD` is applied, and a `MIRROR_URL` or `ADMIN_USER` that disagrees",
+        "with the database is logged at start with the command that applies it.",
         "",
         "Kinds of values: a *size* is bytes or a number with K, M, G or T (powers of 1024, an",
         "optional `B` or `iB`: `100M`, `1GiB`); a *duration* is seconds or a number with `s`,",
