@@ -32,24 +32,28 @@ loglevel = _settings.log_level.lower()
 # so gunicorn's own access log stays off.
 accesslog = None
 errorlog = "-"
-if _settings.log_format == "json":  # gunicorn's own lines as JSON too (app.logs.JsonFormatter)
-    logconfig_dict = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
-        "handlers": {
-            "stderr": {
-                "class": "logging.StreamHandler",
-                "formatter": "json",
-                "stream": "ext://sys.stderr",
-            }
-        },
-        "root": {"level": _settings.log_level, "handlers": ["stderr"]},
-        "loggers": {
-            "gunicorn.error": {"level": _settings.log_level, "handlers": [], "propagate": True},
-            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
-        },
-    }
+# gunicorn's own lines in pyshelf's format (LOG_FORMAT: text with ISO 8601 UTC times, or JSON),
+# through the root logger that the app's lines use too.
+_formatter = (
+    "app.logs.JsonFormatter" if _settings.log_format == "json" else "app.logs.TextFormatter"
+)
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"pyshelf": {"()": _formatter}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "pyshelf",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "root": {"level": _settings.log_level, "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": _settings.log_level, "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
+    },
+}
 
 # Prometheus counters of all workers add up through files in one directory (multiprocess mode):
 # it must be in the environment before a worker imports prometheus_client. `prepare` empties it.

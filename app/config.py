@@ -477,11 +477,11 @@ class Settings:
     log_level: str = setting(PROCESSES, "LOG_LEVEL", LOG_LEVELS, "INFO", meaning="""
         DEBUG, INFO, WARNING or ERROR (stderr).""")
     access_log: bool = setting(PROCESSES, "ACCESS_LOG", BOOLEAN, "true", meaning="""
-        One line per request, with its request id (it replaces gunicorn's access log); false
-        silences it.""")
+        One line per request with its status, bytes, duration, client and request id (it
+        replaces gunicorn's access log); false silences it.""")
     log_format: str = setting(PROCESSES, "LOG_FORMAT", LOG_FORMATS, "text", meaning="""
-        text, or json: one JSON object per line (time, level, logger, message, request_id,
-        ...), gunicorn's lines too.""")
+        text (each line starts with its time in ISO 8601 UTC), or json: one JSON object per
+        line (time, level, logger, message, request_id, ...), gunicorn's lines too.""")
 
     metrics_token: str = setting(MONITORING, "METRICS_TOKEN", SECRET, "", meaning="""
         GET /+metrics (Prometheus) answers superusers, and "Authorization: Bearer TOKEN" when
