@@ -227,7 +227,10 @@ def _answers_within(
     results: dict[str, str | None] = {}
 
     def run(name: str, check: Callable[[], str | None]) -> None:
-        results[name] = check()
+        try:
+            results[name] = check()
+        except Exception as exc:  # a client that cannot even be built: still one line
+            results[name] = f"{name}: cannot check it ({_first_line(exc)})"
 
     threads = [
         threading.Thread(target=run, args=check, name=f"preflight-{check[0]}", daemon=True)
