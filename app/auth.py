@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app import throttle
+from app import initial_password, throttle
 from app.db import begin_write, get_session
 from app.errors import HTTPError, too_many_logins
 from app.indexes import Reader, is_public, may_read, resolution_order
@@ -250,6 +250,8 @@ def verify_password(username: str, password: str, address: str | None) -> User |
         log.warning("failed password for %r from %s", username[:64], address)
         return None
     throttle.record_success(database, state, keys)
+    # The generated first password has been used: its file in DATA_DIR is no longer needed.
+    initial_password.forget(current_app.config["PYSHELF_SETTINGS"], user.username, "logged in")
     return user
 
 

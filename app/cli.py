@@ -34,6 +34,7 @@ from app.indexes import (
 )
 from app.logs import configure
 from app.models import Index, MirrorPage, Token, User
+from app.preflight import settings_for_start
 from app.prepare import (
     MIRROR_INDEX,
     PRIVATE_UMASK,
@@ -627,7 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         return show_config()
     try:
-        settings = Settings.from_env()
+        # a server start checks everything it needs before `prepare` creates anything
+        starts = args.command in ("prepare", "serve")
+        settings = settings_for_start() if starts else Settings.from_env()
     except ConfigError as exc:
         print(f"pyshelf: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,7 +24,22 @@ _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 class ConfigError(ValueError):
-    """One or more environment variables are invalid; the message lists all of them."""
+    """One or more environment variables are invalid; the message lists all of them.
+
+    `settings` holds the others (each bad one at its default) and `bad` names the bad ones, so
+    that a start can check what else is wrong and still report everything at once.
+    """
+
+    def __init__(
+        self,
+        problems: list[str],
+        settings: Settings | None = None,
+        bad: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+        self.settings = settings
+        self.bad = bad
 
 
 def parse_size(text: str) -> int:
@@ -356,13 +371,15 @@ class Settings:
         The superuser created on the first start (also owner of the stage index
         ADMIN_USER/dev).""")
     admin_password: str = setting(ACCOUNTS, "ADMIN_PASSWORD", PASSWORD, "", meaning="""
-        Empty on the very first start: a strong password is generated and printed once in the
-        log. Set later, the new password is applied at the next start.""")
+        Empty on the first start: a strong password is generated, kept in
+        DATA_DIR/initial-admin-password (mode 0600) and printed at every start until the admin
+        logs in or changes it. Set later, the new password is applied at the next start.""")
 
     mirror_url: str = setting(MIRROR, "MIRROR_URL", URL, DEFAULT_MIRROR_URL, meaning="""
-        The upstream simple index that root/pypi mirrors; a changed value is applied at the
-        next start. Credentials may be given as https://user:password@host/simple/: they are
-        sent as a header, never shown.""")
+        The upstream simple index that the first start gives root/pypi; later the database wins
+        (a changed value is logged at start with the command that applies it). Credentials
+        may be given as https://user:password@host/simple/: they are sent as a header, never
+        shown.""")
     mirror_cache_expiry_seconds: int = setting(
         MIRROR, "MIRROR_CACHE_EXPIRY", SECONDS, "1800", meaning="""
         Seconds a mirrored project page is used before it is revalidated (304 when unchanged);
@@ -460,11 +477,11 @@ class Settings:
     log_level: str = setting(PROCESSES, "LOG_LEVEL", LOG_LEVELS, "INFO", meaning="""
         DEBUG, INFO, WARNING or ERROR (stderr).""")
     access_log: bool = setting(PROCESSES, "ACCESS_LOG", BOOLEAN, "true", meaning="""
-        One line per request, with its request id (it replaces gunicorn's access log); false
-        silences it.""")
+        One line per request with its status, bytes, duration, client and request id (it
+        replaces gunicorn's access log); false silences it.""")
     log_format: str = setting(PROCESSES, "LOG_FORMAT", LOG_FORMATS, "text", meaning="""
-        text, or json: one JSON object per line (time, level, logger, message, request_id,
-        ...), gunicorn's lines too.""")
+        text (each line starts with its time in ISO 8601 UTC), or json: one JSON object per
+        line (time, level, logger, message, request_id, ...), gunicorn's lines too.""")
 
     metrics_token: str = setting(MONITORING, "METRICS_TOKEN", SECRET, "", meaning="""
         GET /+metrics (Prometheus) answers superusers, and "Authorization: Bearer TOKEN" when
@@ -540,7 +557,7 @@ class Settings:
         settings = cls(**values, prometheus_multiproc_dir=multiproc_dir)
         errors += _problems_between(settings, bad, env.get("DATABASE_URL", "").strip())
         if errors:
-            raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+            raise ConfigError(errors, settings, frozenset(bad))
         return settings
 
 
@@ -616,7 +633,7 @@ def _problems_between(settings: Settings, bad: set[str], url: str) -> list[str]:
                 "DATABASE_URL: use postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE, "
                 "or leave it empty for SQLite in DATA_DIR"
             )
-        if not settings.secret_key:
+        elif not settings.secret_key:
             # Replicas that share the database would each generate their own key into
             # their DATA_DIR: a session or CSRF token signed by one fails on the others.
             problems.append(
@@ -648,12 +665,16 @@ def markdown() -> str:
         "else `./.env` when the current directory has one. The environment wins over the file;",
         "`pyshelf config show` prints each value and where it came from.",
         "[`.env.example`](../.env.example) lists every variable with its default. Every",
-        "variable is optional, and an empty one means its default. Invalid variables are all",
-        "reported at once, one line each, and the server does not start.",
+        "variable is optional, and an empty one means its default. Before a start creates or",
+        "changes anything it checks every variable, and also that `DATA_DIR` can be made and",
+        "written, the TLS files load, `HOST:PORT` is free and a PostgreSQL `DATABASE_URL` or an",
+        "S3 `STORAGE_URL` answers within 5 s: all problems are reported at once, one line each",
+        "with the variable and the fix, and the server does not start (exit code 2).",
         "",
-        "Restarting with the same environment changes nothing; the admin password and",
-        "`MIRROR_URL` follow the environment; everything else created at the first start is",
-        "left alone.",
+        "The first start (an empty database) creates `ADMIN_USER`, `root/pypi` and",
+        "`ADMIN_USER/dev`; later starts create nothing again and the database wins: only a",
+        "changed `ADMIN_PASSWORD` is applied, and a `MIRROR_URL` or `ADMIN_USER` that disagrees",
+        "with the database is logged at start with the command that applies it.",
         "",
         "Kinds of values: a *size* is bytes or a number with K, M, G or T (powers of 1024, an",
         "optional `B` or `iB`: `100M`, `1GiB`); a *duration* is seconds or a number with `s`,",

@@ -10,14 +10,15 @@ a list of files with their hashes) and the files under `USER/INDEX/...`. What co
   them, and `entrypoint.sh user passwd NAME` sets a new one. devpi's `root` is a superuser.
 - indexes with the settings pyshelf knows (type, bases, volatile, acl_upload, acl_read,
   mirror_whitelist, mirror_url, mirror_cache_expiry, title, description); the others are
-  named in the report. root/pypi keeps pyshelf's MIRROR_URL, which governs it at every start.
+  named in the report. root/pypi keeps pyshelf's MIRROR_URL.
 - release files and documentation zips, each checked against the hashes the export lists
   and against pyshelf's own rules for uploads; upload time and uploader come from devpi's log.
   Files of mirror indexes and tox results are not imported (mirrors fetch again on demand).
 
 "Empty" means no project, file or doc set yet, and no users or indexes besides the ones
 that the first start creates (ADMIN_USER, root, root/pypi, ADMIN_USER/dev), which the import
-fills in. The import is one transaction: a missing or corrupt file, or a setting pyshelf
+fills in; into a volume no server started yet, the import creates them first, as a first start
+would. The import is one transaction: a missing or corrupt file, or a setting pyshelf
 refuses, stops it with every problem listed and nothing recorded.
 """
 
@@ -46,7 +47,7 @@ from app.db import Database, begin_write
 from app.dists import InvalidDistribution, normalize_name, parse_filename, read_metadata
 from app.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
 from app.models import DocSet, File, Index, Project, User, utcnow
-from app.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError
+from app.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError, bootstrap, is_first_start
 from app.storage import Storage, make_storage
 from app.web.docs import InvalidDocs, inspect_zip
 
@@ -562,6 +563,9 @@ class Importer:
         """Import everything; on any error roll back and raise ExportError with all of them."""
         data = read_dataindex(self.directory)
         begin_write(self.session)
+        if is_first_start(self.session):  # no server started here yet: the import is the start
+            bootstrap(self.session, self.settings)
+            begin_write(self.session)
         self.check_empty()
         # As uploads: blobs stored before the commit that references them must not be taken
         # for orphans (app/cache.py). After a rollback they are orphans, removed later.

@@ -33,24 +33,28 @@ loglevel = _settings.log_level.lower()
 # so gunicorn's own access log stays off.
 accesslog = None
 errorlog = "-"
-if _settings.log_format == "json":  # gunicorn's own lines as JSON too (app.logs.JsonFormatter)
-    logconfig_dict = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
-        "handlers": {
-            "stderr": {
-                "class": "logging.StreamHandler",
-                "formatter": "json",
-                "stream": "ext://sys.stderr",
-            }
-        },
-        "root": {"level": _settings.log_level, "handlers": ["stderr"]},
-        "loggers": {
-            "gunicorn.error": {"level": _settings.log_level, "handlers": [], "propagate": True},
-            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
-        },
-    }
+# gunicorn's own lines in pyshelf's format (LOG_FORMAT: text with ISO 8601 UTC times, or JSON),
+# through the root logger that the app's lines use too.
+_formatter = (
+    "app.logs.JsonFormatter" if _settings.log_format == "json" else "app.logs.TextFormatter"
+)
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"pyshelf": {"()": _formatter}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "pyshelf",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "root": {"level": _settings.log_level, "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": _settings.log_level, "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
+    },
+}
 
 # Prometheus counters of all workers add up through files in one directory (multiprocess mode):
 # it must be in the environment before a worker imports prometheus_client. `prepare` empties it.
@@ -70,12 +74,7 @@ if _settings.script_name:
 else:
     os.environ.pop("SCRIPT_NAME", None)  # "" and "/" both mean the root
 
-# HTTPS without a proxy (from_env saw both files or neither): each readable by the user gunicorn
-# runs as, or it would fail on its first TLS handshake.
-_tls = {"TLS_CERT": _settings.tls_cert, "TLS_KEY": _settings.tls_key}
-for _name, _path in _tls.items():
-    if _path and not (Path(_path).is_file() and os.access(_path, os.R_OK)):
-        raise SystemExit(f"pyshelf: {_name}={_path} is not a file readable by uid {os.getuid()}")
+# HTTPS without a proxy: `prepare` checked that both files load (app/preflight.py).
 if _settings.tls_cert:
     certfile, keyfile = _settings.tls_cert, _settings.tls_key
 

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from packaging.version import Version
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.dists import normalize_name
@@ -22,6 +22,7 @@ from app.models import (
     DocSet,
     File,
     Index,
+    MirrorPage,
     Project,
     User,
 )
@@ -483,8 +484,14 @@ def apply_config(
         raise IndexConfigError("the type of an existing index cannot be changed")
     if user is not None and "bases" in clean:
         _check_readable_bases(session, index.bases or (), clean["bases"], user)
+    old_url = index.mirror_url
     for key, value in clean.items():
         setattr(index, key, value)
+    if index.id is not None and new_url and new_url != old_url:
+        # A new upstream: the pages cached from the old one are revalidated on their next request.
+        session.execute(
+            update(MirrorPage).where(MirrorPage.index_id == index.id).values(checked_at=None)
+        )
     if index.is_mirror:
         if not index.mirror_url or not re.match(r"^https?://[^/]+", index.mirror_url):
             raise IndexConfigError("a mirror index needs mirror_url, an http(s) simple index URL")

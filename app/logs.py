@@ -26,6 +26,17 @@ from app.config import Settings
 REQUEST_ID_HEADER = "X-Request-ID"
 TEXT_FORMAT = "[pyshelf] %(levelname)s %(name)s: %(message)s"
 _INCOMING_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # nothing that could forge a log line
+# A User-Agent is products and comments (RFC 9110 section 10.1.5); a product is a token with an
+# optional "/version". Text lines keep the first product: pip's agent adds ~700 characters of
+# JSON about the machine after "pip/24.0". Browsers all start with "Mozilla/5.0": theirs is
+# the product that names them.
+_PRODUCT_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:/[!#$%&'*+.^_`|~0-9A-Za-z-]+)?")
+# Most specific first: Edge and Opera also say Chrome and Safari, Chrome also says Safari.
+_BROWSER_RES = [
+    re.compile(rf"\b[A-Za-z]*{name}/[0-9A-Za-z.]+")
+    for name in ("Edg", "OPR", "Firefox", "Chrome", "Safari")
+]
+AGENT_MAX_CHARS = 64
 # LogRecord attributes that JSON lines leave out (they say nothing, or say it twice).
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -53,14 +64,33 @@ def install_record_factory() -> None:
         logging.setLogRecordFactory(_record_factory)
 
 
+def utc_time(record: logging.LogRecord) -> str:
+    """When the record was made: ISO 8601 in UTC, to the millisecond."""
+    return dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def short_user_agent(agent: str) -> str:
+    """The client's name and version from a User-Agent ("pip/24.0", "Firefox/128.0"), or "-"."""
+    agent = agent.strip()
+    first = _PRODUCT_RE.match(agent)
+    if first is None:
+        return "-"
+    product = first.group()
+    if product.startswith("Mozilla/"):
+        browsers = (found for pattern in _BROWSER_RES if (found := pattern.search(agent)))
+        product = next(browsers, first).group()
+    return product[:AGENT_MAX_CHARS]
+
+
 class TextFormatter(logging.Formatter):
-    """`[pyshelf] LEVEL logger: message`, with ` rid=ID` appended inside a request."""
+    """`TIME [pyshelf] LEVEL logger: message` (TIME in ISO 8601 UTC), with ` rid=ID` appended
+    inside a request."""
 
     def __init__(self, fmt: str = TEXT_FORMAT) -> None:
         super().__init__(fmt)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = f"{utc_time(record)} {super().format(record)}"
         request_id = getattr(record, "request_id", None)
         return f"{text} rid={request_id}" if request_id else text
 
@@ -70,9 +100,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "time": utc_time(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -233,7 +261,8 @@ def _request_line(environ: WSGIEnvironment) -> str:
 
 
 def _log_request(finished: Finished) -> None:
-    """One line per request, shaped like gunicorn's access log (which this replaces)."""
+    """One line per request, shaped like gunicorn's access log (which this replaces): status,
+    bytes sent and duration; the message names the client, the `user_agent` field has it all."""
     environ = finished.environ
     remote = environ.get("REMOTE_ADDR") or "-"
     agent = environ.get("HTTP_USER_AGENT", "-")
@@ -251,7 +280,7 @@ def _log_request(finished: Finished) -> None:
             finished.status,
             finished.bytes_sent,
             milliseconds,
-            agent.replace('"', "'"),
+            short_user_agent(agent),
             extra={
                 "remote_addr": remote,
                 "method": environ.get("REQUEST_METHOD"),

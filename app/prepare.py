@@ -14,13 +14,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import schema
+from app import initial_password, schema
 from app.auth import hash_password, password_matches
 from app.config import Settings
 from app.db import make_engine
-from app.indexes import apply_config, create_index, get_index_by_path
+from app.indexes import create_index, get_index_by_path
 from app.locks import Locks
-from app.models import MirrorPage, User
+from app.models import User
+from app.preflight import data_dir_problems
 from app.schema import MIGRATIONS_DIR
 from app.upstream import mask_url
 
@@ -47,6 +48,9 @@ class PrepareError(OperationError):
 def check_data_dir(settings: Settings) -> None:
     """The data directory must exist (or be creatable) and be writable by this user."""
     data_dir = Path(settings.data_dir)
+    problems = data_dir_problems(data_dir)
+    if problems:
+        raise PrepareError("; ".join(problems))
     try:
         data_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         probe = data_dir / f".write-test-{os.getpid()}"
@@ -144,68 +148,104 @@ def find_user(session: Session, username: str) -> User | None:
     return session.scalar(select(User).where(User.username == username))
 
 
-def bootstrap(session: Session, settings: Settings, out: Any = None) -> list[str]:
-    """Make the admin user, root/pypi and ADMIN_USER/dev exist as configured; idempotent.
+def is_first_start(session: Session) -> bool:
+    """Whether the database has no user yet: nothing was ever started or imported here."""
+    return session.scalar(select(User.id).limit(1)) is None
 
-    Returns what changed, for the log. Values that differ from the environment (admin password,
-    MIRROR_URL) are applied; everything else that already exists is left alone.
-    """
+
+def bootstrap(session: Session, settings: Settings, out: Any = None) -> list[str]:
+    """Create the admin user, root/pypi and ADMIN_USER/dev on an empty database; on a later
+    start apply a changed ADMIN_PASSWORD and log what else in the environment the database
+    overrides. Returns what changed, for the log."""
+    if is_first_start(session):
+        changes = _first_start(session, settings)
+    else:
+        changes = _later_start(session, settings)
+    show_initial_password(session, settings, out)
+    return changes
+
+
+def _later_start(session: Session, settings: Settings) -> list[str]:
+    """Apply ADMIN_PASSWORD; log what the database overrides (it wins after the first start)."""
     changes: list[str] = []
     admin = find_user(session, settings.admin_user)
     if admin is None:
-        password = settings.admin_password
-        if not password:
-            password = secrets.token_urlsafe(18)
-            print(  # printed once, on the very first start only
-                f"\n  Generated password for {settings.admin_user!r}: {password}\n"
-                "  It is shown only this once: store it, or set ADMIN_PASSWORD.\n",
-                file=out or sys.stdout,  # looked up now: a default bound at import goes stale
-                flush=True,
-            )
-        admin = User(
-            username=settings.admin_user, password_hash=hash_password(password), is_superuser=True
+        log.warning(
+            "ADMIN_USER=%s: no such user (deleted, or ADMIN_USER changed after the first start):"
+            " the database wins, nothing is created; to make one: entrypoint.sh user create %s"
+            " --superuser",
+            settings.admin_user,
+            settings.admin_user,
         )
-        session.add(admin)
-        changes.append(f"created superuser {settings.admin_user}")
-    else:
-        if settings.admin_password and not password_matches(
-            admin.password_hash, settings.admin_password
-        ):
-            admin.password_hash = hash_password(settings.admin_password)
-            changes.append(f"changed the password of {settings.admin_user} (ADMIN_PASSWORD)")
-        if not admin.is_superuser:
-            admin.is_superuser = True
-            changes.append(f"made {settings.admin_user} a superuser")
-
-    root = find_user(session, MIRROR_INDEX[0])
-    if root is None:
-        # root owns the mirror, as in devpi; it cannot log in until someone sets a password.
-        root = User(
-            username=MIRROR_INDEX[0], password_hash="!" + secrets.token_hex(16), is_superuser=True
-        )
-        session.add(root)
-        changes.append("created user root")
-    session.flush()
-
+    elif settings.admin_password and not password_matches(
+        admin.password_hash, settings.admin_password
+    ):
+        # ADMIN_PASSWORD wins at every start: with it set, the environment is the way back in.
+        admin.password_hash = hash_password(settings.admin_password)
+        changes.append(f"changed the password of {settings.admin_user} (ADMIN_PASSWORD)")
     mirror = get_index_by_path(session, "/".join(MIRROR_INDEX))
-    if mirror is None:
-        create_index(
-            session,
-            root,
-            MIRROR_INDEX[1],
-            {"type": "mirror", "mirror_url": settings.mirror_url, "title": "PyPI mirror"},
+    if mirror is not None and mirror.mirror_url != settings.mirror_url:
+        log.warning(
+            "MIRROR_URL=%s differs from the mirror_url of root/pypi, %s: the database wins"
+            " (MIRROR_URL only seeds the first start); to use MIRROR_URL: entrypoint.sh index"
+            ' modify root/pypi mirror_url="$MIRROR_URL"',
+            mask_url(settings.mirror_url),
+            mask_url(mirror.mirror_url or ""),
         )
-        changes.append(f"created mirror index root/pypi of {mask_url(settings.mirror_url)}")
-    elif mirror.mirror_url != settings.mirror_url:
-        apply_config(session, mirror, {"mirror_url": settings.mirror_url})
-        for page in session.scalars(select(MirrorPage).where(MirrorPage.index_id == mirror.id)):
-            page.checked_at = None  # a new upstream: revalidate every cached page
-        changes.append(f"changed the mirror_url of root/pypi to {mask_url(settings.mirror_url)}")
-    session.flush()
-
-    stage_path = f"{settings.admin_user}/{STAGE_INDEX}"
-    if get_index_by_path(session, stage_path) is None:
-        create_index(session, admin, STAGE_INDEX, {"bases": ["/".join(MIRROR_INDEX)]})
-        changes.append(f"created stage index {stage_path} with bases root/pypi")
     session.commit()
     return changes
+
+
+def _first_start(session: Session, settings: Settings) -> list[str]:
+    """The superuser, root (owner of the mirror root/pypi) and ADMIN_USER/dev, as configured."""
+    password = settings.admin_password
+    if not password:
+        password = secrets.token_urlsafe(18)
+        # Written before the commit: a start that fails later (the port taken) keeps it.
+        initial_password.write(settings, password)
+    admin = User(
+        username=settings.admin_user, password_hash=hash_password(password), is_superuser=True
+    )
+    # root owns the mirror, as in devpi; it cannot log in until someone sets a password.
+    root = User(
+        username=MIRROR_INDEX[0], password_hash="!" + secrets.token_hex(16), is_superuser=True
+    )
+    if settings.admin_user == root.username:  # ADMIN_USER=root: one user, with the password
+        root = admin
+    session.add(admin)
+    session.add(root)
+    session.flush()
+    create_index(
+        session,
+        root,
+        MIRROR_INDEX[1],
+        {"type": "mirror", "mirror_url": settings.mirror_url, "title": "PyPI mirror"},
+    )
+    create_index(session, admin, STAGE_INDEX, {"bases": ["/".join(MIRROR_INDEX)]})
+    session.commit()
+    return [
+        f"created superuser {settings.admin_user}",
+        *(["created user root"] if root is not admin else []),
+        f"created mirror index root/pypi of {mask_url(settings.mirror_url)}",
+        f"created stage index {settings.admin_user}/{STAGE_INDEX} with bases root/pypi",
+    ]
+
+
+def show_initial_password(session: Session, settings: Settings, out: Any = None) -> None:
+    """Print the generated password at every start while it is still the admin's; once it was
+    changed (or the admin is gone) remove its file instead."""
+    password = initial_password.read(settings)
+    if password is None:
+        return
+    admin = find_user(session, settings.admin_user)
+    if admin is None or not password_matches(admin.password_hash, password):
+        initial_password.forget(settings, settings.admin_user, "has another password now")
+        return
+    print(
+        f"\n  Generated password for {settings.admin_user!r}: {password}\n"
+        f"  Kept in {initial_password.path_of(settings).resolve()} and shown at every start"
+        f" until {settings.admin_user} logs in or changes it.\n"
+        f"  Lost? `entrypoint.sh user passwd {settings.admin_user}` sets a new one.\n",
+        file=out or sys.stdout,  # looked up now: a default bound at import goes stale
+        flush=True,
+    )

@@ -23,7 +23,14 @@ from app.config import Settings
 from app.db import Database
 from app.indexes import get_index_by_path
 from app.models import Index, MirrorPage, User, utcnow
-from tests.conftest import ADMIN_PASSWORD, ROOT, TEST_STORAGE, basic_auth, clean_env
+from tests.conftest import (
+    ADMIN_PASSWORD,
+    ROOT,
+    TEST_STORAGE,
+    basic_auth,
+    clean_env,
+    free_port,
+)
 from tests.test_upload import fast_password_hashes  # noqa: F401 - autouse fixture
 
 DEAD_UPSTREAM = "http://127.0.0.1:9/simple/"
@@ -43,6 +50,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ENV_FILE", os.devnull)
     monkeypatch.setenv("ADMIN_PASSWORD", ADMIN_PASSWORD)
     monkeypatch.setenv("MIRROR_URL", DEAD_UPSTREAM)
+    monkeypatch.setenv("HOST", "127.0.0.1")
+    monkeypatch.setenv("PORT", str(free_port()))  # `prepare` checks that it is free
     return data_dir
 
 
@@ -125,34 +134,86 @@ def test_prepare_is_idempotent(prepared: Path, capsys: pytest.CaptureFixture[str
     assert snapshot() == before
 
 
-def test_prepare_applies_a_new_admin_password_and_mirror_url(
+def test_prepare_applies_a_new_admin_password(
     prepared: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Changed environment values are applied at the next start; cached pages go stale."""
-    with database() as session:
-        mirror = get_index_by_path(session, "root/pypi")
-        session.add(
-            MirrorPage(index_id=mirror.id, normalized_name="six", name="six", checked_at=utcnow())
-        )
-        session.commit()
+    """A changed ADMIN_PASSWORD is applied at the next start (the environment's way back in)."""
     monkeypatch.setenv("ADMIN_PASSWORD", "a-brand-new-password")
-    monkeypatch.setenv("MIRROR_URL", "http://127.0.0.1:10/simple/")
 
     code, _out, _err = run(capsys, "prepare")
 
     assert code == 0
     assert password_works("admin", "a-brand-new-password")
     assert not password_works("admin", ADMIN_PASSWORD)
+
+
+def test_prepare_keeps_the_mirror_url_of_the_database_and_says_how_to_apply_a_new_one(
+    prepared: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A changed MIRROR_URL is logged with the command that applies it; that command does,
+    and the pages cached from the old upstream go stale."""
+    with database() as session:
+        mirror = get_index_by_path(session, "root/pypi")
+        session.add(
+            MirrorPage(index_id=mirror.id, normalized_name="six", name="six", checked_at=utcnow())
+        )
+        session.commit()
+    before = snapshot()
+    monkeypatch.setenv("MIRROR_URL", "http://me:pw-123@127.0.0.1:10/simple/")
+
+    code, _out, _err = run(capsys, "prepare")
+
+    assert code == 0
+    assert snapshot() == before
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "MIRROR_URL=http://***:***@127.0.0.1:10/simple/ differs from the mirror_url of"
+        f" root/pypi, {DEAD_UPSTREAM}: the database wins (MIRROR_URL only seeds the first"
+        ' start); to use MIRROR_URL: entrypoint.sh index modify root/pypi mirror_url="$MIRROR_URL"'
+    ]
+
+    code, _out, err = run(
+        capsys, "index", "modify", "root/pypi", "mirror_url=http://127.0.0.1:10/simple/"
+    )
+
+    assert code == 0, err
     with database() as session:
         assert get_index_by_path(session, "root/pypi").mirror_url == "http://127.0.0.1:10/simple/"
-        page = session.scalar(select(MirrorPage))
-        assert page.checked_at is None
+        assert session.scalar(select(MirrorPage)).checked_at is None
 
 
-def test_prepare_prints_a_generated_password_once(
+def test_prepare_does_not_recreate_what_was_deleted_after_the_first_start(
+    prepared: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """admin/dev, root/pypi and the admin deleted on purpose stay deleted; the missing
+    ADMIN_USER is named with the command that makes one."""
+    assert run(capsys, "index", "delete", "admin/dev", "--yes")[0] == 0
+    assert run(capsys, "index", "delete", "root/pypi", "--yes")[0] == 0
+    assert run(capsys, "user", "create", "carol", "--password", "carol-pw-1", "--superuser")[0] == 0
+    assert run(capsys, "user", "delete", "admin", "--yes")[0] == 0
+    before = snapshot()
+
+    code, out, _err = run(capsys, "prepare")
+
+    assert code == 0
+    assert snapshot() == before
+    assert [i[0] for i in before["indexes"]] == []
+    assert "bootstrap:" not in out + caplog.text
+    assert (
+        "ADMIN_USER=admin: no such user (deleted, or ADMIN_USER changed after the first start):"
+        " the database wins, nothing is created; to make one: entrypoint.sh user create admin"
+        " --superuser"
+    ) in caplog.text
+
+
+def test_prepare_prints_the_generated_password_until_it_is_changed(
     env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without ADMIN_PASSWORD the first start prints a generated one; later starts do not."""
+    """Without ADMIN_PASSWORD the first start generates one into DATA_DIR (0600) and every
+    start prints it; after `user passwd admin` the file is gone and nothing is printed."""
     monkeypatch.delenv("ADMIN_PASSWORD")
 
     code, out, _err = run(capsys, "prepare")
@@ -162,12 +223,23 @@ def test_prepare_prints_a_generated_password_once(
     assert len(found) == 1
     assert len(found[0]) >= 20
     assert password_works("admin", found[0])
+    kept = env / "initial-admin-password"
+    assert kept.read_text() == found[0] + "\n"
+    assert kept.stat().st_mode & 0o777 == 0o600
 
     code, out, _err = run(capsys, "prepare")
 
     assert code == 0
-    assert "Generated password" not in out
+    assert GENERATED_RE.findall(out) == found
     assert password_works("admin", found[0])
+
+    assert run(capsys, "user", "passwd", "admin", "--password", "my-own-password")[0] == 0
+    code, out, _err = run(capsys, "prepare")
+
+    assert code == 0
+    assert "Generated password" not in out
+    assert not kept.exists()
+    assert password_works("admin", "my-own-password")
 
 
 def test_prepare_keeps_the_password_when_admin_password_is_unset_later(

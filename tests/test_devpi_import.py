@@ -284,7 +284,8 @@ def test_import_refuses_what_is_not_an_export(
 def test_import_into_a_volume_no_server_started_yet(
     env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The first start after the import adds ADMIN_USER and admin/dev, and applies MIRROR_URL."""
+    """The import into a volume no server started is its first start: ADMIN_USER, admin/dev
+    and root/pypi of MIRROR_URL are there, and the server start after it adds nothing."""
     code, _out, err = import_devpi(write_export(tmp_path / "export"), capsys)
     assert code == 0, err
 

@@ -103,7 +103,7 @@ def test_published_package_installs_and_survives_a_restart(
         "-v", f"{volume}:/data", MIRROR_URL=fake_upstream.url, WEB_CONCURRENCY="2", THREADS="4"
     )
     print(f"healthy after {server.wait_healthy():.1f} s")
-    [password] = GENERATED_PASSWORD.findall(server.logs())  # no ADMIN_PASSWORD: made, shown once
+    [password] = GENERATED_PASSWORD.findall(server.logs())  # no ADMIN_PASSWORD: generated
 
     gunicorn = [(uid, args) for uid, args in server.processes() if "gunicorn" in args]
     assert len(gunicorn) == 3, gunicorn  # the master and WEB_CONCURRENCY workers

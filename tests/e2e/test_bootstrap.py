@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,10 +28,11 @@ def _upload_status(server: LiveServer, password: str, version: str) -> tuple[int
     return status, reason
 
 
-def test_first_start_without_admin_password_prints_a_generated_one_exactly_once(
+def test_first_start_without_admin_password_prints_a_generated_one_until_it_is_used(
     server_factory: object,
 ) -> None:
-    """The generated password is shown once, works for uploads, and survives restarts."""
+    """The generated password is shown, works for uploads (which use it up: no restart shows it
+    again), and survives restarts."""
     server = server_factory(ADMIN_PASSWORD="")  # type: ignore[operator]
     passwords = GENERATED_RE.findall(server.log())
     assert len(passwords) == 1, server.log()
@@ -81,8 +83,11 @@ def test_restart_with_a_new_admin_password_applies_it(server_factory: object) ->
     assert _upload_status(server, "second-password", "2.1") == (200, "OK")
 
 
-def test_restart_with_a_new_mirror_url_applies_it_to_root_pypi(server_factory: object) -> None:
-    """MIRROR_URL is applied on every start; the indexes keep their types and bases."""
+def test_restart_with_a_new_mirror_url_keeps_root_pypi_and_says_how_to_apply_it(
+    server_factory: object,
+) -> None:
+    """After the first start the database wins: a changed MIRROR_URL is logged once with the
+    command that applies it, and root/pypi keeps its upstream until then."""
     server = server_factory(MIRROR_URL="http://127.0.0.1:9/simple/")  # type: ignore[operator]
     status, body, _reason = api(server, "GET", "/root/pypi", auth=None)
     assert status == 200
@@ -95,18 +100,44 @@ def test_restart_with_a_new_mirror_url_applies_it_to_root_pypi(server_factory: o
     assert body["result"]["bases"] == ["root/pypi"]
 
     server.stop()
+    first_log = server.log()
     server.start(MIRROR_URL="http://127.0.0.1:10/other/simple/")
 
+    second_log = server.log()[len(first_log) :]
+    assert second_log.count("MIRROR_URL=") == 1, second_log
+    assert (
+        "MIRROR_URL=http://127.0.0.1:10/other/simple/ differs from the mirror_url of root/pypi,"
+        " http://127.0.0.1:9/simple/: the database wins (MIRROR_URL only seeds the first"
+        ' start); to use MIRROR_URL: entrypoint.sh index modify root/pypi mirror_url="$MIRROR_URL"'
+    ) in second_log
     status, body, _reason = api(server, "GET", "/root/pypi", auth=None)
     assert status == 200
-    assert body["result"]["mirror_url"] == "http://127.0.0.1:10/other/simple/"
+    assert body["result"]["mirror_url"] == "http://127.0.0.1:9/simple/"
     assert body["result"]["type"] == "mirror"
     status, body, _reason = api(server, "GET", "/admin/dev", auth=None)
     assert body["result"]["bases"] == ["root/pypi"]
 
 
+def test_a_deleted_admin_dev_stays_deleted_after_a_restart(server_factory: object) -> None:
+    """The first start made admin/dev; the admin deletes it; later starts do not bring it back."""
+    server = server_factory()  # type: ignore[operator]
+    status, body, _reason = api(server, "DELETE", "/admin/dev")
+    assert status == 200, body
+
+    server.stop()
+    first_log = server.log()
+    server.start()
+
+    assert "bootstrap:" not in server.log()[len(first_log) :]
+    status, _body, _reason = api(server, "GET", "/admin/dev", auth=None)
+    assert status == 404
+    status, body, _reason = api(server, "GET", "/admin", auth=None)
+    assert status == 200
+    assert body["result"]["indexes"] == {}
+
+
 def test_entrypoint_refuses_a_data_dir_it_cannot_create_and_names_it(tmp_path: Path) -> None:
-    """DATA_DIR below a regular file: exit non-zero with the directory in the message.
+    """DATA_DIR below a regular file: exit 2 with the directory in the message.
 
     The tests run as root, which ignores permission bits, so a file in the way stands in for
     an unwritable volume.
@@ -132,9 +163,8 @@ def test_entrypoint_refuses_a_data_dir_it_cannot_create_and_names_it(tmp_path: P
         check=False,
     )
 
-    assert result.returncode != 0
-    assert str(data_dir) in result.stderr
-    assert "data directory" in result.stderr
+    assert result.returncode == 2
+    assert f"DATA_DIR={data_dir} cannot be made: {blocker} is a file" in result.stderr
     assert "Listening at" not in result.stdout + result.stderr  # gunicorn never started
 
 
@@ -167,5 +197,7 @@ def test_entrypoint_refuses_bad_gunicorn_variables_one_line_each(tmp_path: Path)
         "  THREADS='0': at least 1",
         "  GRACEFUL_TIMEOUT='soon' is not a number",
         "  TLS_CERT and TLS_KEY go together: set both, or neither",
+        "  TLS_KEY=/etc/pyshelf/key.pem is not a file readable by uid "
+        f"{os.getuid()}: fix the path or the file's owner and mode",
     ]
     assert "Listening at" not in result.stdout  # gunicorn never started

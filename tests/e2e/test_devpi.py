@@ -295,7 +295,8 @@ def test_devpi_export_imports_into_pyshelf_and_installs(
     """devpi-export DIR on the old server, import-devpi DIR on the new one, then pip and devpi."""
     data_dir = tmp_path / "data"
 
-    result = cli(data_dir, "import-devpi", str(devpi_export))
+    # Into a new data dir the import is the first start: it takes the server's environment.
+    result = cli(data_dir, "import-devpi", str(devpi_export), MIRROR_URL=fake_upstream.url)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "users: 2 (alice, root)" in result.stdout
