@@ -35,6 +35,7 @@ TABLES = {
     "mirror_sidecars",
     "mirror_holdings",
     "web_sessions",
+    "mirror_files",
 }
 
 
