@@ -440,3 +440,22 @@ def test_prefetch_fetches_bytes_another_index_stored_for_the_mirror_itself(setti
     assert sha256(data) in held
     again = Prefetcher(app, "root/pypi", progress=False).run([Requirement("shared==1.0")])
     assert (again.files, again.already_cached) == (0, 2)  # the wheel and its METADATA
+
+
+def test_prefetch_with_deps_follows_requires_dist_of_a_plain_upstream(settings, fake_upstream):
+    """--deps from a PEP 503 upstream without sidecars: each chosen wheel is cached first, and
+    its METADATA (now the mirror's own sidecar) names the dependencies."""
+    fake_upstream.html_only = True
+    top = make_wheel("top", "1.0", requires_dist=["leaf>=1"])
+    leaf = make_wheel("leaf", "1.0")
+    fake_upstream.add_file("top", *top)
+    fake_upstream.add_file("leaf", *leaf)
+    app = make_app(mirrored(settings, fake_upstream))
+
+    summary = Prefetcher(app, "root/pypi", with_deps=True, progress=False).run([Requirement("top")])
+
+    assert set(summary.chosen) == {"top", "leaf"}
+    assert (summary.files, summary.already_cached, summary.errors) == (2, 0, [])
+    assert summary.bytes == len(top[1]) + len(leaf[1])
+    assert app.extensions["pyshelf.storage"].exists(sha256(leaf[1]))
+    assert fake_upstream.count("/files/") == 2  # each wheel once
