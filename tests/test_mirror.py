@@ -24,6 +24,7 @@ from sqlalchemy import select
 from app import create_app
 from app.config import Settings
 from app.db import Database
+from app.integrity import Verifier
 from app.locks import Lock, Locks
 from app.metrics import REGISTRY
 from app.mirror import STALE_HEADER, Mirror, _flush_at_exit
@@ -873,3 +874,22 @@ def test_an_evicted_metadata_blob_is_no_longer_offered(mirror_app, mc, plain, cl
     assert entry["core-metadata"] is False
     assert entry["size"] == len(plain["data"])  # the wheel is still cached
     assert mc.get(entry["url"] + ".metadata").status_code == 404
+
+
+def test_a_lost_metadata_blob_is_taken_off_the_page_by_verify_repair(mirror_app, mc, plain, clock):
+    """verify --repair drops a METADATA blob the store lost (nothing upstream to fetch it from):
+    the page, kept by the page cache, no longer offers a sidecar that would be a 404."""
+    clock.now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    _version, entry = plain_entry(mc)
+    mc.get(entry["url"]).get_data()
+    _version, entry = plain_entry(mc)
+    assert entry["core-metadata"] == {"sha256": sha256(plain["metadata"])}
+    mirror_app.extensions["pyshelf.storage"].delete(sha256(plain["metadata"]))
+
+    extensions, settings = mirror_app.extensions, mirror_app.config["PYSHELF_SETTINGS"]
+    verifier = Verifier(settings, extensions["pyshelf.db"], extensions["pyshelf.storage"])
+    report = verifier.run(repair=True, progress=False)
+
+    assert [p.repaired for p in report.of("missing")] == ["removed; the next request fetches it"]
+    _version, entry = plain_entry(mc)
+    assert entry["core-metadata"] is False
