@@ -367,8 +367,9 @@ class Mirror:
         dists = []
         index_path = index.path
         # A fresh session, as _read: the file may have been cached a moment ago by another worker.
+        keys = [entry["sha256"] for entry in page.files if entry.get("sha256")]
         with self.database.session() as session:
-            cached = cached_files(session, index.id, normalized_name)
+            cached = cached_files(session, index.id, normalized_name, keys)
         for entry in page.files:
             # Pages saved before versions were stored with them are parsed here.
             version = entry["version"] if "version" in entry else _version(entry["filename"])

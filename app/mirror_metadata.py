@@ -15,6 +15,7 @@ import hashlib
 import io
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import and_, select
@@ -30,7 +31,7 @@ from app.dists import (
     parse_metadata,
     read_metadata,
 )
-from app.models import MirrorFile, MirrorHolding, utcnow
+from app.models import MirrorBlob, MirrorFile, MirrorHolding, utcnow
 from app.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,12 @@ def _store_metadata(storage: Storage, cache: MirrorCache, index_id: int, raw: by
     return digest if cache.record(index_id, digest, len(raw)) else None
 
 
-def cached_files(session: Session, index_id: int, normalized_name: str) -> dict[str, CachedFile]:
-    """The files of a project that mirror `index_id` cached, by sha256 (one query); metadata
-    counts only while the mirror holds its blob."""
+def cached_files(
+    session: Session, index_id: int, normalized_name: str, keys: Iterable[str] = ()
+) -> dict[str, CachedFile]:
+    """The files of a project that mirror `index_id` cached, by sha256; metadata counts only
+    while the mirror holds its blob. Those of `keys` that it holds without a record (cached
+    before it read metadata) come with their size alone."""
     rows = session.execute(
         select(
             MirrorFile.sha256,
@@ -131,10 +135,22 @@ def cached_files(session: Session, index_id: int, normalized_name: str) -> dict[
         )
         .where(MirrorFile.index_id == index_id, MirrorFile.normalized_name == normalized_name)
     )
-    return {
+    found = {
         key: CachedFile(size, metadata if held else None, bool(is_sidecar) and bool(held))
         for key, size, metadata, is_sidecar, held in rows
     }
+    missing = [key for key in keys if key not in found]
+    for start in range(0, len(missing), 500):  # bounded IN lists
+        for key, size in session.execute(
+            select(MirrorHolding.sha256, MirrorBlob.size)
+            .join(MirrorBlob, MirrorBlob.sha256 == MirrorHolding.sha256)
+            .where(
+                MirrorHolding.index_id == index_id,
+                MirrorHolding.sha256.in_(missing[start : start + 500]),
+            )
+        ):
+            found[key] = CachedFile(size, None, False)
+    return found
 
 
 def sidecar_of(session: Session, index_id: int, key: str, filename: str) -> str | None:

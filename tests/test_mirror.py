@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app import create_app
 from app.config import Settings
@@ -28,7 +28,7 @@ from app.integrity import Verifier
 from app.locks import Lock, Locks
 from app.metrics import REGISTRY
 from app.mirror import STALE_HEADER, Mirror, _flush_at_exit
-from app.models import CachedPage, Index, MirrorPage, MirrorSidecar, MirrorStats, User
+from app.models import CachedPage, Index, MirrorFile, MirrorPage, MirrorSidecar, MirrorStats, User
 from app.prepare import bootstrap, migrate
 from app.storage import LocalStorage
 from app.upstream import UpstreamError
@@ -893,3 +893,16 @@ def test_a_lost_metadata_blob_is_taken_off_the_page_by_verify_repair(mirror_app,
     assert [p.repaired for p in report.of("missing")] == ["removed; the next request fetches it"]
     _version, entry = plain_entry(mc)
     assert entry["core-metadata"] is False
+
+
+def test_a_file_cached_before_metadata_was_read_still_shows_its_size(mirror_app, mc, plain):
+    """A file cached by an older pyshelf (held, no mirror_files row): its size from the cache's
+    accounting, and no sidecar (nothing was read from it)."""
+    _version, entry = plain_entry(mc)
+    mc.get(entry["url"]).get_data()
+    with mirror_app.extensions["pyshelf.db"].session() as session:
+        session.execute(delete(MirrorFile))
+        session.commit()
+
+    version, entry = plain_entry(mc)
+    assert (version, entry["size"], entry["core-metadata"]) == ("1.4", len(plain["data"]), False)

@@ -363,9 +363,11 @@ def mirror_metadata(
 def newest_described(
     versions: list[VersionRow], latest: str | None, storage: Any, mirror_ids: dict[str, int]
 ) -> tuple[str, Metadata] | None:
-    """The newest version with metadata in a mirror's cache (read from a cached file of it; for
-    `latest` also a cached upstream sidecar), and that metadata; versions newest first."""
-    for version in versions:
+    """The newest version from `latest` down with metadata in a mirror's cache (read from a
+    cached file of it; for `latest` also a cached upstream sidecar), and that metadata; versions
+    newest first. Pre-releases above `latest` never describe the project, as on PyPI."""
+    start = next((n for n, version in enumerate(versions) if version.version == latest), 0)
+    for version in versions[start:]:
         if version.version == latest or any(row.is_cached for row in version.files):
             meta = mirror_metadata(version.files, storage, mirror_ids)
             if meta is not None:
