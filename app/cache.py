@@ -42,6 +42,7 @@ from app.models import (
     File,
     Index,
     MirrorBlob,
+    MirrorFile,
     MirrorHolding,
     MirrorPage,
     MirrorStats,
@@ -120,6 +121,18 @@ def holds(session: Session, index_id: int, key: str) -> bool:
         )
         is not None
     )
+
+
+def forget_metadata(session: Session, keys: list[str]) -> None:
+    """Blobs `keys` leave the cache: no mirrored file offers them as its core metadata any more
+    (app/mirror_metadata.py; the caller commits, the page-cache triggers forget the pages)."""
+    for start in range(0, len(keys), 500):  # bounded IN lists
+        chunk = keys[start : start + 500]
+        session.execute(
+            update(MirrorFile)
+            .where(MirrorFile.metadata_sha256.in_(chunk))
+            .values(metadata_sha256=None, is_sidecar=False)
+        )
 
 
 @dataclass
@@ -363,6 +376,7 @@ class MirrorCache:
             protected = uploaded_blobs(session, keys)
             session.execute(delete(MirrorBlob).where(MirrorBlob.sha256.in_(keys)))
             session.execute(delete(MirrorHolding).where(MirrorHolding.sha256.in_(keys)))
+            forget_metadata(session, keys)
             session.commit()
         removed = [(key, size) for key, size in chosen if key not in protected]
         for key, _size in removed:

@@ -194,6 +194,12 @@ def read_metadata(path: str | os.PathLike[str], info: FilenameInfo) -> CoreMetad
     return _parse_metadata(raw, member, info)
 
 
+def parse_metadata(raw: bytes, info: FilenameInfo) -> CoreMetadata:
+    """Parse stored METADATA / PKG-INFO bytes of the distribution `info` names, as read_metadata."""
+    member = "METADATA" if info.filetype == "bdist_wheel" else "PKG-INFO"
+    return _parse_metadata(raw, member, info)
+
+
 def _check_ratio(uncompressed_bytes: int, compressed_bytes: int) -> None:
     # Warehouse's zip-bomb rule; applied to tarballs too, as gzip inflates just as well.
     if (

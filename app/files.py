@@ -19,7 +19,16 @@ from app.db import FastRead, get_session
 from app.dists import InvalidDistribution, parse_filename
 from app.errors import HTTPError
 from app.indexes import get_index
-from app.models import ANONYMOUS, File, Index, MirrorHolding, MirrorSidecar, Project, User
+from app.models import (
+    ANONYMOUS,
+    File,
+    Index,
+    MirrorFile,
+    MirrorHolding,
+    MirrorSidecar,
+    Project,
+    User,
+)
 from app.web import hook_headers
 
 bp = Blueprint("files", __name__)
@@ -148,12 +157,14 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
 
     `hosted`: the upload's metadata sha256 ("" without one; NULL: not uploaded here);
     `mirrored`: whether this mirror holds the key (fetched it itself: the store is shared, and
-    another index's blob under the same key is never this mirror's); `sidecar`: its recorded
-    PEP 658 sidecar, when this mirror holds that too.
+    another index's blob under the same key is never this mirror's); `sidecar`: its PEP 658
+    sidecar (the METADATA extracted when the mirror cached the wheel, else the upstream's one
+    recorded), when this mirror holds that too.
     """
     index, user = Index.__table__.c, User.__table__.c
     file, project = File.__table__.c, Project.__table__.c
     held, sidecar = MirrorHolding.__table__.c, MirrorSidecar.__table__.c
+    extracted = MirrorFile.__table__.c
     key: BindParameter[str] = bindparam("key")
     filename: BindParameter[str] = bindparam("filename")
     hosted = (
@@ -164,7 +175,18 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
         .scalar_subquery()
     )
     mirrored = exists().where(held.sha256 == key, held.index_id == index.id)
-    recorded = (
+    own = (
+        select(extracted.metadata_sha256)
+        .where(
+            extracted.index_id == index.id,
+            extracted.sha256 == key,
+            extracted.filename == filename,
+            extracted.is_sidecar.is_(True),
+            exists().where(held.index_id == index.id, held.sha256 == extracted.metadata_sha256),
+        )
+        .scalar_subquery()
+    )
+    upstream = (
         select(sidecar.metadata_sha256)
         .where(
             sidecar.index_id == index.id,
@@ -175,7 +197,7 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
         .scalar_subquery()
     )
     return (
-        select(index.id, index.type, index.acl_read, hosted, mirrored, recorded)
+        select(index.id, index.type, index.acl_read, hosted, mirrored, func.coalesce(own, upstream))
         .select_from(Index.__table__.join(User.__table__))
         .where(user.username == bindparam("user"), index.name == bindparam("index"))
     )

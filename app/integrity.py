@@ -24,14 +24,17 @@ from typing import Any
 from sqlalchemy import delete, func, make_url, select
 from sqlalchemy.orm import Session
 
-from app.cache import BlobLock, MirrorCache, human_bytes, uploaded_blobs
+from app.cache import BlobLock, MirrorCache, forget_metadata, human_bytes, uploaded_blobs
 from app.config import Settings
 from app.db import Database, begin_write
+from app.dists import CoreMetadata
+from app.mirror_metadata import extract, record_cached_file
 from app.models import (
     DocSet,
     File,
     Index,
     MirrorBlob,
+    MirrorFile,
     MirrorHolding,
     MirrorPage,
     MirrorSidecar,
@@ -170,6 +173,7 @@ def _dangling(session: Session) -> list[tuple[str, int, bool]]:
             False,
         ),
         ("mirror_stats without their index", MirrorStats, MirrorStats.index_id, Index.id, False),
+        ("mirror_files without their index", MirrorFile, MirrorFile.index_id, Index.id, False),
     ]
     found = []
     for label, model, column, parent_id, is_private in checks:
@@ -278,11 +282,11 @@ class Verifier:
         if listed is not None and self.upstream is not None:
             index_id, url, name = listed
             try:
-                size = self._download(index_id, url, key)
+                size, metadata = self._download(index_id, url, key, name)
             except Exception as exc:
                 log.warning("could not fetch %s again: %s", name, exc)
             else:
-                self._record(index_id, key, size)
+                self._record(index_id, key, size, name, metadata)
                 return "fetched again from the upstream"
         # Not refetchable now: drop it, so that the next request fetches it (never serve it).
         with BlobLock(self.settings).exclusive() as is_locked:
@@ -294,12 +298,17 @@ class Verifier:
                 begin_write(session)
                 session.execute(delete(MirrorBlob).where(MirrorBlob.sha256 == key))
                 session.execute(delete(MirrorHolding).where(MirrorHolding.sha256 == key))
+                forget_metadata(session, [key])
                 session.commit()
             if problem.kind == "corrupt":
                 self.storage.delete(key)
         return "removed; the next request fetches it"
 
-    def _download(self, index_id: int, url: str, key: str) -> int:
+    def _download(
+        self, index_id: int, url: str, key: str, name: str
+    ) -> tuple[int, CoreMetadata | None]:
+        """Fetch `url` again over the blob `key`: its size and (a release file's) core metadata,
+        read as a mirror download reads it (app/mirror_metadata.py)."""
         with self.database.session() as session:
             index = session.get(Index, index_id)
             simple_url = index.mirror_url if index is not None else None
@@ -317,17 +326,24 @@ class Verifier:
                 os.fsync(tmp.fileno())
             if digest.hexdigest() != key:
                 raise ValueError(f"upstream sent bytes hashing to {digest.hexdigest()}")
+            is_sidecar = name.endswith(".metadata")
+            metadata = None if is_sidecar else extract(tmp_path, name)
             self.storage.commit_temp(key, tmp_path, replace=True)  # over a corrupt copy
         finally:
             response.close()
             tmp_path.unlink(missing_ok=True)
-        return size
+        return size, metadata
 
-    def _record(self, index_id: int, key: str, size: int) -> None:
+    def _record(
+        self, index_id: int, key: str, size: int, name: str, metadata: CoreMetadata | None
+    ) -> None:
         with self.database.session() as session:
             if uploaded_blobs(session, [key]):
                 return
-        self.cache.record(index_id, key, size)
+        if self.cache.record(index_id, key, size) and not name.endswith(".metadata"):
+            record_cached_file(
+                self.database, self.storage, self.cache, index_id, key, name, size, metadata
+            )
 
     def _remove_orphans(self, report: Report) -> None:
         old = [p for p in report.of("orphan") if not p.is_recent]
@@ -357,7 +373,8 @@ class Verifier:
             return
         with self.database.session() as session:
             begin_write(session)
-            for model in (MirrorPage, MirrorBlob, MirrorHolding, MirrorSidecar, MirrorStats):
+            models = (MirrorPage, MirrorBlob, MirrorHolding, MirrorSidecar, MirrorStats, MirrorFile)
+            for model in models:
                 session.execute(delete(model).where(model.index_id.not_in(select(Index.id))))
             session.commit()
         for problem in dangling:

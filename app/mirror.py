@@ -48,6 +48,7 @@ from app.errors import DISK_FULL_ERRNOS, HTTPError
 from app.files import METADATA_MIMETYPE, send_blob
 from app.indexes import Dist, file_path
 from app.locks import FileLock, Lock, Locks
+from app.mirror_metadata import cached_files, extract, record_cached_file, sidecar_of
 from app.models import Index, MirrorHolding, MirrorPage, MirrorSidecar, MirrorStats, utcnow
 from app.storage import Storage, write_at
 from app.upstream import (
@@ -366,22 +367,33 @@ class Mirror:
             return None
         dists = []
         index_path = index.path
+        # A fresh session, as _read: the file may have been cached a moment ago by another worker.
+        keys = [entry["sha256"] for entry in page.files if entry.get("sha256")]
+        with self.database.session() as session:
+            cached = cached_files(session, index.id, normalized_name, keys)
         for entry in page.files:
             # Pages saved before versions were stored with them are parsed here.
             version = entry["version"] if "version" in entry else _version(entry["filename"])
             if version is None:
                 continue
+            # What the mirror cached it knows first-hand: the size of the bytes it verified and
+            # the METADATA inside a wheel (the PEP 658 sidecar, even where upstream has none).
+            held = cached.get(entry["sha256"]) if entry.get("sha256") else None
             dists.append(
                 Dist(
                     filename=entry["filename"],
                     path=file_path(index_path, file_key(entry), entry["filename"]),
                     version=version,
                     sha256=entry.get("sha256"),
-                    size=entry.get("size"),
+                    size=held.size if held else entry.get("size"),
                     requires_python=entry.get("requires_python"),
                     yanked=entry.get("yanked") or False,
                     upload_time=_parse_time(entry.get("upload_time")),
-                    metadata_sha256=entry.get("metadata_sha256"),
+                    metadata_sha256=(
+                        held.metadata_sha256
+                        if held and held.is_sidecar
+                        else entry.get("metadata_sha256")
+                    ),
                     index_path=index_path,
                 )
             )
@@ -481,8 +493,10 @@ class Mirror:
             return holds(session, index.id, key) and self.storage.exists(key)
 
     def _cached_sidecar(self, index: Index, key: str, filename: str) -> str | None:
-        """The sidecar recorded for this mirror's file `key`, if it holds it and it is stored."""
-        digest = get_session().scalar(
+        """The sidecar of this mirror's file `key`: the METADATA extracted when it cached the
+        wheel, else the upstream's one recorded; if it holds it and it is stored."""
+        session = get_session()
+        digest = sidecar_of(session, index.id, key, filename) or session.scalar(
             select(MirrorSidecar.metadata_sha256)
             .join(
                 MirrorHolding,
@@ -755,6 +769,7 @@ class Mirror:
             lock.close()
             raise
         storage, counters, cache = self.storage, self.counters, self.cache
+        database, index_id = self.database, index.id
         is_caching, has_made_room, is_dropped = True, False, False
 
         def drop_part() -> None:
@@ -836,14 +851,20 @@ class Mirror:
                     raise UpstreamError(
                         f"{filename}: sha256 {digest.hexdigest()} != expected {verify}"
                     )
+                # Read from the part file before the store takes it (by rename, or to S3).
+                metadata = extract(part_path, filename) if is_caching else None
                 if is_caching:
                     try:
                         commit()
                     except OSError as exc:
                         stop_caching(exc)
                 if is_caching:
-                    # Recorded before the lock is freed: a follower then finds it held.
-                    cache.record(index.id, key, size)
+                    # Recorded before the lock is freed: a follower then finds it held, and
+                    # the pages show its size and sidecar from the client's next request on.
+                    cache.record(index_id, key, size)
+                    record_cached_file(
+                        database, storage, cache, index_id, key, filename, size, metadata
+                    )
                 release()  # before the last byte goes out: the client then sees a finished cache
                 counters.add(index.id, misses=1, fetched_bytes=size)
                 if not is_client_gone:

@@ -253,6 +253,30 @@ class MirrorSidecar(Base):
     metadata_sha256: Mapped[str] = mapped_column(String(64))
 
 
+class MirrorFile(Base):
+    """A file a mirror cached: its size, and the core metadata extracted from it then.
+
+    `metadata_sha256` keys the METADATA of a wheel or the PKG-INFO of an sdist in the blob store
+    (this mirror holds it too, as it holds the file); only a wheel's is served, as its PEP 658
+    sidecar (`is_sidecar`): an sdist's dependencies are known only after a build. Written once
+    per file by app/mirror_metadata.py; page-cache triggers (migration 0012) forget the project's
+    pages when a row changes, so a page shows the size and core metadata from then on.
+    """
+
+    __tablename__ = "mirror_files"
+
+    index_id: Mapped[int] = mapped_column(
+        ForeignKey("indexes.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    normalized_name: Mapped[str] = mapped_column(String(255), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    metadata_sha256: Mapped[str | None] = mapped_column(String(64))  # None: none could be read
+    is_sidecar: Mapped[bool] = mapped_column(default=False)
+    cached_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class DocSet(Base):
     """A zip of built HTML documentation for one project version; the zip is a blob."""
 

@@ -7,7 +7,8 @@ nothing else matches, yanked files only when pinned). It downloads every file of
 are ignored: every platform counts. Dependencies are not resolved: give a complete, pinned
 file (`pip freeze`, `pip-compile`, `uv pip compile`), or `--deps` to follow each chosen
 version's Requires-Dist the same way (highest match per name; an approximation of pip's
-resolver, enough to warm a cache).
+resolver, enough to warm a cache), read from a wheel's sidecar: the upstream's, or where a
+plain upstream has none, the METADATA the mirror reads when it caches the wheel.
 
 Downloads go through the app itself (in-process, Flask's test client), so they take exactly
 the path a pip request takes: single-flight with the server's workers, hash check, accounting,
@@ -131,6 +132,7 @@ class Prefetcher:
         self.with_deps = with_deps
         self.progress = progress
         self.storage = app.extensions["pyshelf.storage"]
+        self.fetched_early: dict[str, int] = {}  # wheels fetched to read their Requires-Dist
 
     def run(self, requirements: list[Requirement]) -> PrefetchSummary:
         """Download what the requirements need; errors are collected, not raised."""
@@ -154,6 +156,12 @@ class Prefetcher:
         bar = Progress("prefetch", total) if self.progress else None
         for _name, files in plans:
             for path, size, key in files:
+                if path in self.fetched_early:
+                    summary.files += 1
+                    summary.bytes += self.fetched_early[path]
+                    if bar:
+                        bar.advance(size or 0)
+                    continue
                 if key and self._is_cached(path, key):
                     summary.already_cached += 1
                     if bar:
@@ -235,7 +243,19 @@ class Prefetcher:
         """Requires-Dist of the chosen version (from a wheel's metadata), for the asked extras."""
         sidecar = next((path for path, _size, _key in planned if path.endswith(".metadata")), None)
         if sidecar is None:
-            return []  # sdists only: their dependencies are known after a build, not here
+            wheel = next((path for path, _size, _key in planned if path.endswith(".whl")), None)
+            if wheel is None:
+                return []  # sdists only: their dependencies are known after a build, not here
+            # A plain upstream offers no sidecar: caching the wheel (run() would anyway) makes
+            # the mirror read its METADATA, which it then serves as the sidecar.
+            response = self.client.get(wheel)
+            try:
+                if response.status_code != 200:
+                    return []
+                self.fetched_early[wheel] = sum(len(chunk) for chunk in response.response)
+            finally:
+                response.close()
+            sidecar = wheel + ".metadata"
         response = self.client.get(sidecar)
         try:
             if response.status_code != 200:

@@ -53,17 +53,22 @@ FORGET_NAME = {
 }
 FORGET_ALL = "DELETE FROM cached_pages;"
 FORGET = {**FORGET_NAME, "indexes": FORGET_ALL}
+# Migration 0012: a mirrored file cached (its size and PEP 658 sidecar now show on its pages).
+MIRROR_FILES_FORGET = {
+    "mirror_files": "DELETE FROM cached_pages WHERE normalized_name = ROW.normalized_name;"
+}
 EVENTS = ("INSERT", "UPDATE", "DELETE")
 
 
-def page_cache_triggers(dialect: str) -> list[str]:
-    """The statements that create the page-cache triggers on `dialect` (sqlite, postgresql).
+def page_cache_triggers(dialect: str, tables: dict[str, str] = FORGET) -> list[str]:
+    """The statements that create the page-cache triggers of `tables` (FORGET: migration 0005's,
+    MIRROR_FILES_FORGET: 0012's) on `dialect` (sqlite, postgresql).
 
-    On SQLite, a migration that rebuilds one of FORGET's tables (batch_alter_table's
+    On SQLite, a migration that rebuilds one of these tables (batch_alter_table's
     copy-and-rename) drops its triggers and must create them again.
     """
     statements = []
-    for table, forget in FORGET.items():
+    for table, forget in tables.items():
         if dialect == "sqlite":
             for event in EVENTS:
                 rows = {"INSERT": ["NEW"], "UPDATE": ["OLD", "NEW"], "DELETE": ["OLD"]}[event]
@@ -88,10 +93,10 @@ def page_cache_triggers(dialect: str) -> list[str]:
     return statements
 
 
-def drop_page_cache_triggers(dialect: str) -> list[str]:
-    """The statements that drop what page_cache_triggers creates."""
+def drop_page_cache_triggers(dialect: str, tables: dict[str, str] = FORGET) -> list[str]:
+    """The statements that drop what page_cache_triggers creates for `tables`."""
     statements = []
-    for table in FORGET:
+    for table in tables:
         if dialect == "sqlite":
             statements += [
                 f"DROP TRIGGER IF EXISTS cached_pages_{table}_{event.lower()}" for event in EVENTS
@@ -144,7 +149,9 @@ def create_schema(connection: Connection, revision: str) -> None:
     """Build the head schema in an empty database, in the caller's transaction: the models'
     tables, the page-cache triggers and state row, and `revision` recorded as alembic would."""
     Base.metadata.create_all(connection)
-    for statement in [*page_cache_triggers(connection.dialect.name), PAGE_CACHE_STATE_ROW]:
+    dialect = connection.dialect.name
+    triggers = page_cache_triggers(dialect) + page_cache_triggers(dialect, MIRROR_FILES_FORGET)
+    for statement in [*triggers, PAGE_CACHE_STATE_ROW]:
         connection.exec_driver_sql(statement)
     VERSION_TABLE.create(connection, checkfirst=True)
     connection.execute(VERSION_TABLE.insert().values(version_num=revision))

@@ -39,6 +39,11 @@ from app.web import hook_headers
 bp = Blueprint("simple", __name__)
 
 API_VERSION = "1.4"  # PEP 629, PEP 691: HTML stays at 1.4 (PEP 833)
+# PEP 700 makes `size` mandatory from api-version 1.1 on. A plain PEP 503 upstream gives no
+# sizes, and a HEAD per file at page build would cost one upstream request per file of the
+# project: a JSON page with a file of unknown size (one the mirror has not cached yet) says
+# 1.0 instead, where `size` is not defined; the other keys stay (clients ignore unknown keys).
+API_VERSION_WITHOUT_SIZES = "1.0"
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 MIME_HTML = "application/vnd.pypi.simple.v1+html"
 MIME_TEXT_HTML = "text/html"
@@ -115,6 +120,7 @@ def detail_json(view: ProjectView) -> dict[str, Any]:
     """The PEP 691/700 JSON document of a project page."""
     files = []
     versions: dict[str, None] = {}
+    has_all_sizes = True
     for dist in view.dists:
         versions.setdefault(dist.version, None)
         entry: dict[str, Any] = {
@@ -127,12 +133,14 @@ def detail_json(view: ProjectView) -> dict[str, Any]:
         }
         if dist.size is not None:
             entry["size"] = dist.size
+        else:
+            has_all_sizes = False
         upload_time = _upload_time(dist)
         if upload_time:
             entry["upload-time"] = upload_time
         files.append(entry)
     return {
-        "meta": {"api-version": API_VERSION},
+        "meta": {"api-version": API_VERSION if has_all_sizes else API_VERSION_WITHOUT_SIZES},
         "name": view.normalized_name,
         "versions": list(versions),
         "files": files,

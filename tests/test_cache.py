@@ -222,11 +222,13 @@ def test_a_blob_two_mirrors_hold_is_counted_once_and_evicted_for_both(capped, wh
     for index in ("root/pypi", "admin/m2"):
         assert download(client, mirror_file_path(client, "pkg-a", name, index)) == data
 
-    key = sha256(data)
-    assert holdings(capped) == {("root/pypi", key), ("admin/m2", key)}
-    assert cache_of(capped).total_bytes() == len(data)
+    key, meta = sha256(data), wheel_metadata(data)  # each holds the METADATA it read, too
+    assert holdings(capped) == {
+        (index, held) for index in ("root/pypi", "admin/m2") for held in (key, sha256(meta))
+    }
+    assert cache_of(capped).total_bytes() == len(data) + len(meta)
     stats = cache_of(capped).stats().per_index
-    assert stats["root/pypi"]["bytes"] == stats["admin/m2"]["bytes"] == len(data)
+    assert stats["root/pypi"]["bytes"] == stats["admin/m2"]["bytes"] == len(data) + len(meta)
 
     cache_of(capped).evict(max_bytes=1)
 
@@ -245,10 +247,12 @@ def test_make_room_evicts_least_recently_used_files_whatever_the_cap(capped, whe
     full = shutil.disk_usage("/")._replace(free=0)
     monkeypatch.setattr("app.cache.shutil.disk_usage", lambda _path: full)
 
-    freed = cache_of(capped).make_room(len(wheels[0][1]) + 1)  # a is not enough
+    # Each wheel was cached with the METADATA read from it, a blob of its own.
+    (a, a_meta), (b, b_meta), (c, c_meta) = [(d, wheel_metadata(d)) for _n, d in wheels[:3]]
+    freed = cache_of(capped).make_room(len(a) + len(a_meta) + 1)  # a is not enough
 
-    assert freed == len(wheels[0][1]) + len(wheels[1][1])  # a, then b: LRU first
-    assert set(rows(capped)) == {sha256(wheels[2][1])}
+    assert freed == len(a) + len(a_meta) + len(b)  # a, then b: LRU first
+    assert set(rows(capped)) == {sha256(b_meta), sha256(c), sha256(c_meta)}
 
 
 def test_eviction_waits_for_uploads_between_store_and_record(capped, wheels):
@@ -295,12 +299,14 @@ def test_cache_stats_and_prune_commands(capped, wheels, monkeypatch, capsys):
 
     assert cli.main(["cache", "stats"]) == 0
     out = capsys.readouterr().out
-    assert "in 3 files" in out
+    assert "in 6 files" in out  # each wheel and the METADATA read from it
     assert "hit ratio: 25.0 % (1 hits, 3 misses)" in out
-    cap = 2 * len(wheels[0][1]) + 10  # evicts down to 90 %: one file stays
+    cap = 2 * len(wheels[0][1]) + 10  # evicts down to 90 %: one wheel stays
     assert cli.main(["cache", "prune", "--max-size", str(cap)]) == 0
-    assert "cache prune: removed 2 files" in capsys.readouterr().out
-    assert len(rows(capped)) == 1
+    assert "cache prune: removed 3 files" in capsys.readouterr().out  # two wheels, a METADATA
+    left = rows(capped)
+    assert len([size for size in left.values() if size >= PAYLOAD_BYTES]) == 1
+    assert sum(left.values()) <= 0.9 * cap
 
 
 def test_prune_counts_files_cached_before_the_accounting_existed(capped, wheels):
@@ -310,8 +316,9 @@ def test_prune_counts_files_cached_before_the_accounting_existed(capped, wheels)
         session.query(MirrorBlob).delete()
         session.commit()
 
-    assert cache_of(capped).adopt() == (1, len(wheels[0][1]))
-    assert rows(capped) == {sha256(wheels[0][1]): len(wheels[0][1])}
+    data, meta = wheels[0][1], wheel_metadata(wheels[0][1])  # the page lists both
+    assert cache_of(capped).adopt() == (2, len(data) + len(meta))
+    assert rows(capped) == {sha256(data): len(data), sha256(meta): len(meta)}
 
 
 # --- prefetch ----------------------------------------------------------------------------------
@@ -432,4 +439,23 @@ def test_prefetch_fetches_bytes_another_index_stored_for_the_mirror_itself(setti
         held = session.scalars(select(MirrorHolding.sha256)).all()
     assert sha256(data) in held
     again = Prefetcher(app, "root/pypi", progress=False).run([Requirement("shared==1.0")])
-    assert (again.files, again.already_cached) == (0, 1)
+    assert (again.files, again.already_cached) == (0, 2)  # the wheel and its METADATA
+
+
+def test_prefetch_with_deps_follows_requires_dist_of_a_plain_upstream(settings, fake_upstream):
+    """--deps from a PEP 503 upstream without sidecars: each chosen wheel is cached first, and
+    its METADATA (now the mirror's own sidecar) names the dependencies."""
+    fake_upstream.html_only = True
+    top = make_wheel("top", "1.0", requires_dist=["leaf>=1"])
+    leaf = make_wheel("leaf", "1.0")
+    fake_upstream.add_file("top", *top)
+    fake_upstream.add_file("leaf", *leaf)
+    app = make_app(mirrored(settings, fake_upstream))
+
+    summary = Prefetcher(app, "root/pypi", with_deps=True, progress=False).run([Requirement("top")])
+
+    assert set(summary.chosen) == {"top", "leaf"}
+    assert (summary.files, summary.already_cached, summary.errors) == (2, 0, [])
+    assert summary.bytes == len(top[1]) + len(leaf[1])
+    assert app.extensions["pyshelf.storage"].exists(sha256(leaf[1]))
+    assert fake_upstream.count("/files/") == 2  # each wheel once

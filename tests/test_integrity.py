@@ -31,6 +31,7 @@ from tests.operations import (
     sha256,
     upload,
     upload_docs,
+    wheel_metadata,
 )
 
 AUTH = {"Authorization": basic_auth("admin", "admin-secret-pw")}
@@ -87,7 +88,8 @@ def test_a_healthy_store_has_no_problems(server):
 
     assert report.problems == []
     assert not report.is_damaged
-    assert report.blobs == 5  # wheel, its sidecar, sdist, docs zip, the cached mirror wheel
+    # wheel, its sidecar, sdist, docs zip, the cached mirror wheel and the METADATA read from it
+    assert report.blobs == 6
     assert format_report(report).endswith("result: ok")
 
 
@@ -235,9 +237,12 @@ def test_repair_counts_cached_files_that_nobody_recorded(server):
 
     report = verify(server, repair=True)
 
-    assert report.adopted == 1
+    assert report.adopted == 2  # the wheel, and its METADATA (the sidecar the page lists)
     with database.session() as session:
-        assert session.scalars(select(MirrorBlob.sha256)).all() == [sha256(server["mirror"])]
+        assert set(session.scalars(select(MirrorBlob.sha256))) == {
+            sha256(server["mirror"]),
+            sha256(wheel_metadata(server["mirror"])),
+        }
 
 
 def test_the_verify_command_exits_1_on_damage_and_0_when_clean(server, monkeypatch, capsys):

@@ -36,6 +36,7 @@ TABLES = {
     "mirror_holdings",
     "web_sessions",
     "promotions",
+    "mirror_files",
 }
 
 

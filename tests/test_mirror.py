@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app import create_app
 from app.config import Settings
 from app.db import Database
+from app.integrity import Verifier
 from app.locks import Lock, Locks
 from app.metrics import REGISTRY
 from app.mirror import STALE_HEADER, Mirror, _flush_at_exit
-from app.models import Index, MirrorPage, MirrorSidecar, MirrorStats, User
+from app.models import CachedPage, Index, MirrorFile, MirrorPage, MirrorSidecar, MirrorStats, User
 from app.prepare import bootstrap, migrate
 from app.storage import LocalStorage
 from app.upstream import UpstreamError
@@ -766,3 +767,142 @@ def test_a_full_disk_sends_a_verified_sidecar_uncached(mirror_app, mc, demo, mon
     assert not stored(mirror_app, wheel_metadata(demo[1]))
     assert sidecars(mirror_app) == []
     assert write_failures("metadata") == before + 1
+
+
+# --- core metadata of cached files (a plain PEP 503 upstream: no sizes, no sidecars) -----------
+
+
+@pytest.fixture
+def plain(fake_upstream: FakeUpstream) -> dict[str, Any]:
+    """plain-pkg 1.0 on an HTML-only upstream (PEP 503: no size), without a PEP 658 sidecar."""
+    fake_upstream.html_only = True
+    filename, data = make_wheel(
+        "plain-pkg", "1.0", requires_dist=["dep>=2"], files={"p/x.bin": os.urandom(3000)}
+    )
+    fake_upstream.add_file("plain-pkg", filename, data)
+    return {"filename": filename, "data": data, "metadata": wheel_metadata(data)}
+
+
+def plain_entry(client: Any, index: str = "root/pypi") -> tuple[str, dict[str, Any]]:
+    """(api-version, the wheel's entry) of plain-pkg's PEP 691 page on `index`."""
+    response = client.get(f"/{index}/+simple/plain-pkg/", headers=JSON)
+    assert response.status_code == 200, response.status
+    document = response.get_json()
+    return document["meta"]["api-version"], document["files"][0]
+
+
+def test_a_wheel_cached_from_a_plain_upstream_offers_its_own_metadata_and_size(
+    mirror_app, mc, plain, clock, fake_upstream
+):
+    """PEP 658/700/714: once cached, the wheel's METADATA is its sidecar, byte for byte, and its
+    size is known; the page the page cache kept from before says so at once."""
+    clock.now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # pages may be kept (page cache)
+    plain_entry(mc)  # fetches the upstream page: this build is not kept (the data changed)
+    version, entry = plain_entry(mc)
+    assert (version, "size" in entry, entry["core-metadata"]) == ("1.0", False, False)
+    assert mc.get(entry["url"] + ".metadata").status_code == 404
+    with mirror_app.extensions["pyshelf.db"].session() as session:
+        kept = session.scalars(select(CachedPage.normalized_name)).all()
+    assert "plain-pkg" in kept  # the page cache holds the page without them
+
+    assert mc.get(entry["url"]).get_data() == plain["data"]
+
+    version, entry = plain_entry(mc)
+    assert version == "1.4"
+    assert entry["size"] == len(plain["data"])
+    assert entry["core-metadata"] == {"sha256": sha256(plain["metadata"])}
+    sidecar = mc.get(entry["url"] + ".metadata")
+    assert (sidecar.status_code, sidecar.get_data()) == (200, plain["metadata"])
+    html = mc.get("/root/pypi/+simple/plain-pkg/").get_data(as_text=True)
+    assert f'data-core-metadata="sha256={sha256(plain["metadata"])}"' in html
+    assert fake_upstream.count("/files/") == 1  # the sidecar never went upstream
+
+
+def test_another_mirror_offers_no_metadata_it_did_not_read_itself(
+    mirror_app, mc, plain, fake_upstream
+):
+    """A mirror serves only bytes it fetched (issue #15): root/pypi caching the wheel gives a
+    second mirror of the same upstream neither the size nor the sidecar, until it fetches too."""
+    created = mc.put(
+        "/admin/m2", json={"type": "mirror", "mirror_url": fake_upstream.url}, headers=ADMIN
+    )
+    assert created.status_code == 201, created.get_data(as_text=True)
+    _version, entry = plain_entry(mc)
+    assert mc.get(entry["url"]).get_data() == plain["data"]
+
+    version, other = plain_entry(mc, "admin/m2")
+    assert (version, "size" in other, other["core-metadata"]) == ("1.0", False, False)
+    assert mc.get(other["url"] + ".metadata").status_code == 404
+
+    assert mc.get(other["url"]).get_data() == plain["data"]
+    _version, other = plain_entry(mc, "admin/m2")
+    assert other["core-metadata"] == {"sha256": sha256(plain["metadata"])}
+    assert mc.get(other["url"] + ".metadata").get_data() == plain["metadata"]
+
+
+def test_a_wheel_whose_metadata_fails_the_upload_checks_is_served_without_a_sidecar(
+    mirror_app, mc, fake_upstream, caplog
+):
+    """The upstream's file is served and cached as it is; METADATA naming another project
+    (an upload would get a 400) is never offered as its sidecar."""
+    fake_upstream.html_only = True
+    filename, data = make_wheel("plain-pkg", "1.0", dist_name="someone-else")
+    fake_upstream.add_file("plain-pkg", filename, data)
+    _version, entry = plain_entry(mc)
+
+    with caplog.at_level(logging.WARNING, logger="app.mirror_metadata"):
+        assert mc.get(entry["url"]).get_data() == data
+
+    _version, entry = plain_entry(mc)
+    assert entry["size"] == len(data)
+    assert entry["core-metadata"] is False
+    assert mc.get(entry["url"] + ".metadata").status_code == 404
+    assert "no core metadata from mirrored" in caplog.text
+
+
+def test_an_evicted_metadata_blob_is_no_longer_offered(mirror_app, mc, plain, clock):
+    """Eviction of the METADATA blob takes the offer off the page (and the page cache)."""
+    clock.now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    _version, entry = plain_entry(mc)
+    mc.get(entry["url"]).get_data()
+    _version, entry = plain_entry(mc)
+    assert entry["core-metadata"] == {"sha256": sha256(plain["metadata"])}
+
+    the_mirror(mirror_app).cache._remove([(sha256(plain["metadata"]), len(plain["metadata"]))])
+
+    _version, entry = plain_entry(mc)
+    assert entry["core-metadata"] is False
+    assert entry["size"] == len(plain["data"])  # the wheel is still cached
+    assert mc.get(entry["url"] + ".metadata").status_code == 404
+
+
+def test_a_lost_metadata_blob_is_taken_off_the_page_by_verify_repair(mirror_app, mc, plain, clock):
+    """verify --repair drops a METADATA blob the store lost (nothing upstream to fetch it from):
+    the page, kept by the page cache, no longer offers a sidecar that would be a 404."""
+    clock.now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    _version, entry = plain_entry(mc)
+    mc.get(entry["url"]).get_data()
+    _version, entry = plain_entry(mc)
+    assert entry["core-metadata"] == {"sha256": sha256(plain["metadata"])}
+    mirror_app.extensions["pyshelf.storage"].delete(sha256(plain["metadata"]))
+
+    extensions, settings = mirror_app.extensions, mirror_app.config["PYSHELF_SETTINGS"]
+    verifier = Verifier(settings, extensions["pyshelf.db"], extensions["pyshelf.storage"])
+    report = verifier.run(repair=True, progress=False)
+
+    assert [p.repaired for p in report.of("missing")] == ["removed; the next request fetches it"]
+    _version, entry = plain_entry(mc)
+    assert entry["core-metadata"] is False
+
+
+def test_a_file_cached_before_metadata_was_read_still_shows_its_size(mirror_app, mc, plain):
+    """A file cached by an older pyshelf (held, no mirror_files row): its size from the cache's
+    accounting, and no sidecar (nothing was read from it)."""
+    _version, entry = plain_entry(mc)
+    mc.get(entry["url"]).get_data()
+    with mirror_app.extensions["pyshelf.db"].session() as session:
+        session.execute(delete(MirrorFile))
+        session.commit()
+
+    version, entry = plain_entry(mc)
+    assert (version, entry["size"], entry["core-metadata"]) == ("1.4", len(plain["data"]), False)

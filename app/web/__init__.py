@@ -413,8 +413,8 @@ def project_page(user: str, index: str, project: str) -> Response | str:
     # devpi-client asks with `?ignore_bases` for the versions it may delete.
     view = _project_view(found, normalized, reader, ignore_bases="ignore_bases" in request.args)
     storage = current_app.extensions["pyshelf.storage"]
-    mirror_paths = {i.path for i in resolution_order(session, found) if i.is_mirror}
-    versions = pages.group_versions(pages.file_rows(view, mirror_paths))
+    mirror_ids = {i.path: i.id for i in resolution_order(session, found) if i.is_mirror}
+    versions = pages.group_versions(pages.file_rows(view, set(mirror_ids)))
     docsets = docs.doc_sets(session, found, normalized, reader)
     if wants_json():
         metadata = pages.hosted_metadata(session, found, normalized, reader=reader)
@@ -439,8 +439,15 @@ def project_page(user: str, index: str, project: str) -> Response | str:
         if latest
         else None
     )
-    if meta is None and latest_row is not None:
-        meta = pages.mirror_metadata(latest_row.files, storage)
+    described = latest if meta is not None else None
+    if meta is None:
+        # The newest version a mirror has cached a file of describes the project until the
+        # latest one is cached (a plain PEP 503 upstream gives nothing else to read it from).
+        found_meta = pages.newest_described(versions, latest, storage, mirror_ids)
+        if found_meta is not None:
+            described, meta = found_meta
+    # Only when nothing of the latest version is cached does the page say it will come.
+    is_latest_cached = latest_row is not None and any(f.is_cached for f in latest_row.files)
     page = page_number()
     shown = versions[(page - 1) * VERSIONS_PER_PAGE : page * VERSIONS_PER_PAGE]
     return render_template(
@@ -452,6 +459,8 @@ def project_page(user: str, index: str, project: str) -> Response | str:
         page=page,
         has_next=page * VERSIONS_PER_PAGE < len(versions),
         latest=latest,
+        described=described,
+        is_latest_cached=is_latest_cached,
         meta=meta,
         description=render_description(
             meta.description if meta else None, meta.description_content_type if meta else None
@@ -481,8 +490,8 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
     reader = require_read_page(found)
     view = _project_view(found, normalized, reader)
     storage = current_app.extensions["pyshelf.storage"]
-    mirror_paths = {i.path for i in resolution_order(session, found) if i.is_mirror}
-    versions = pages.group_versions(pages.file_rows(view, mirror_paths))
+    mirror_ids = {i.path: i.id for i in resolution_order(session, found) if i.is_mirror}
+    versions = pages.group_versions(pages.file_rows(view, set(mirror_ids)))
     if version == "latest":
         latest = pages.latest_of(versions)
         if latest is None:
@@ -497,7 +506,7 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
         row.version
     )
     if meta is None:
-        meta = pages.mirror_metadata(row.files, storage)
+        meta = pages.mirror_metadata(row.files, storage, mirror_ids)
     has_docs = docset is not None
     if wants_json():
         root = _root_url()

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.db import get_session
 from app.dists import InvalidDistribution, parse_filename
 from app.indexes import ProjectView, Reader, readable_order
+from app.mirror_metadata import metadata_of
 from app.models import File, Index, MirrorHolding, MirrorPage, Project, User
 
 PAGE_SIZE = 50  # projects per page of an index
@@ -334,8 +335,19 @@ def hosted_metadata(
     return found
 
 
-def mirror_metadata(files: list[FileRow], storage: Any) -> Metadata | None:
-    """Metadata of mirrored files, when the PEP 658 sidecar of one of them is cached."""
+def mirror_metadata(
+    files: list[FileRow], storage: Any, mirror_ids: dict[str, int]
+) -> Metadata | None:
+    """Metadata of mirrored files of one version: read from a cached file (a wheel's before an
+    sdist's), else from a cached upstream PEP 658 sidecar of one of them."""
+    session = get_session()
+    cached = [row for row in files if row.is_cached and row.sha256]
+    for row in sorted(cached, key=lambda row: not row.filename.endswith(".whl")):
+        meta = metadata_of(session, storage, mirror_ids[row.index_path], row.sha256 or "")
+        if meta is not None:
+            data = dataclasses.asdict(meta)
+            data.pop("raw")
+            return _from_core_metadata(data)
     held = _held({row.metadata_sha256 for row in files if row.is_mirrored})
     for row in files:
         if (row.index_path, row.metadata_sha256) in held:
@@ -345,6 +357,21 @@ def mirror_metadata(files: list[FileRow], storage: Any) -> Metadata | None:
             except OSError:
                 continue
             return _from_raw_metadata(raw)
+    return None
+
+
+def newest_described(
+    versions: list[VersionRow], latest: str | None, storage: Any, mirror_ids: dict[str, int]
+) -> tuple[str, Metadata] | None:
+    """The newest version from `latest` down with metadata in a mirror's cache (read from a
+    cached file of it; for `latest` also a cached upstream sidecar), and that metadata; versions
+    newest first. Pre-releases above `latest` never describe the project, as on PyPI."""
+    start = next((n for n, version in enumerate(versions) if version.version == latest), 0)
+    for version in versions[start:]:
+        if version.version == latest or any(row.is_cached for row in version.files):
+            meta = mirror_metadata(version.files, storage, mirror_ids)
+            if meta is not None:
+                return version.version, meta
     return None
 
 

@@ -840,6 +840,8 @@ def test_cache_counters_count_misses_hits_and_bytes(server_factory, fake_upstrea
 
     server.stop()  # workers flush what they counted when they exit
     hits, misses, fetched = stats(server)
-    assert hits == 3
-    assert misses == 2  # the file and its sidecar
-    assert fetched == len(data) + len(metadata)
+    # The sidecar is a hit too: the METADATA read from the cached wheel, never fetched upstream.
+    assert hits == 4
+    assert misses == 1
+    assert fetched == len(data)
+    assert fake_upstream.count(f"/files/{sha256(data)[:12]}/{wheel}.metadata") == 0
