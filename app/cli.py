@@ -49,7 +49,7 @@ from app.storage import make_storage
 
 log = logging.getLogger("pyshelf")
 
-NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi", "verify", "cache"}
+NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi", "verify", "cache", "reindex"}
 
 
 class CommandError(OperationError):
@@ -391,6 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> None:
+    """reindex: rebuild the full-text search index from the database and the docs zips."""
+    from app.fulltext import rebuild  # when it runs: see above
+
+    counts = rebuild(settings)
+    print("reindex: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+
+
 def add_operations(sub: Any) -> None:
     """backup, restore, verify, cache, prefetch."""
 
@@ -435,6 +443,10 @@ def add_operations(sub: Any) -> None:
         "--deps", action="store_true", help="also follow Requires-Dist (approximate)"
     )
     prefetch.set_defaults(func=cmd_prefetch)
+
+    sub.add_parser("reindex", help="rebuild the full-text search index").set_defaults(
+        func=cmd_reindex
+    )
 
 
 def _size(text: str) -> int:

@@ -41,7 +41,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from app.config import Settings
+from app.db import Database
 from app.models import DocSet, File, MirrorPage, Project, SearchDocument, utcnow
+from app.progress import Progress
+from app.storage import make_storage
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +369,27 @@ def reindex_total(session: Session) -> int:
         session.scalar(select(func.count()).select_from(table)) or 0
         for table in (Project, DocSet, MirrorPage)
     )
+
+
+def rebuild(
+    settings: Settings, *, progress: bool = True, only_if_empty: bool = False
+) -> dict[str, int]:
+    """Rebuild the index of the database and blobs `settings` name, with a progress bar (the
+    `reindex` command; a restore of a backup made before the index existed); with
+    `only_if_empty`, only when the index holds nothing. Return counts by kind."""
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            if only_if_empty and session.scalar(select(SearchDocument.id).limit(1)) is not None:
+                return {}
+            total = reindex_total(session)
+            bar = Progress("reindex", total, unit="items", is_tty=None if progress else False)
+            counts = reindex(session, make_storage(settings), bar.advance)
+            bar.finish()
+    finally:
+        database.engine.dispose()
+    log.info("search index rebuilt: %s", ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    return counts
 
 
 # --- keeping in step: releases and mirror pages are indexed when their session commits ------
