@@ -561,13 +561,18 @@ _COMMON_COLUMNS = """
 _JOINS = """
     JOIN indexes i ON i.id = d.index_id JOIN users u ON u.id = i.owner_id"""
 
+# snippet() tokenizes a row's whole text: only for the rows of the page (SQLITE_SNIPPETS), not
+# for every match the ranking has to look at.
 SQLITE_SEARCH = f"""
-SELECT {_COMMON_COLUMNS},
-    snippet(search_fts, -1, :mark_start, :mark_end, '…', {SNIPPET_TOKENS}) AS snippet
+SELECT {_COMMON_COLUMNS}, '' AS snippet
 FROM search_fts JOIN search_documents d ON d.id = search_fts.rowid {_JOINS}
 WHERE search_fts MATCH :match AND FILTERS
 ORDER BY name_rank, bm25(search_fts, {", ".join(map(str, FTS_WEIGHTS))}), d.updated_at DESC, d.id
 LIMIT :limit OFFSET :offset"""  # noqa: S608 - constants; input goes in bound parameters
+
+SQLITE_SNIPPETS = f"""
+SELECT rowid, snippet(search_fts, -1, :mark_start, :mark_end, '…', {SNIPPET_TOKENS})
+FROM search_fts WHERE search_fts MATCH :match AND rowid IN :ids"""  # noqa: S608 - as above
 
 POSTGRESQL_SEARCH = f"""
 WITH q AS (SELECT to_tsquery('{PG_CONFIG}', :match) AS q),
@@ -630,6 +635,12 @@ def search(
     statement = text(sql.replace("FILTERS", " AND ".join(filters))).bindparams(*expanding)
     try:
         rows = session.execute(statement, params).all()
+        snippets = {row.id: row.snippet for row in rows}
+        if dialect == "sqlite" and rows:
+            found = text(SQLITE_SNIPPETS).bindparams(bindparam("ids", expanding=True))
+            ids = list(snippets)
+            for row_id, snippet in session.execute(found, {**params, "ids": ids}):
+                snippets[row_id] = snippet
     except DBAPIError as exc:  # a query the parser let through but the engine refused
         session.rollback()
         log.warning("search %r failed: %s", query, exc.orig)
@@ -644,7 +655,7 @@ def search(
             path=row.path,
             title=row.title,
             summary=row.summary,
-            snippet=row.snippet or "",
+            snippet=snippets[row.id] or "",
         )
         for row in rows
     ]
