@@ -40,6 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter, ColumnClause
 
 from app.config import Settings
 from app.db import Database
@@ -172,10 +173,10 @@ def _write(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def _tsvector(row: dict[str, Any]) -> Any:
-    config = literal_column(f"'{PG_CONFIG}'::regconfig")
+    config: ColumnClause[str] = literal_column(f"'{PG_CONFIG}'::regconfig")
 
     def weighted(value: str, weight: str) -> Any:
-        label = literal_column(f"'{weight}'")  # a "char" constant, not a parameter
+        label: ColumnClause[str] = literal_column(f"'{weight}'")  # a "char", not a parameter
         # Words as FTS5's unicode61 and parse_query see them: PostgreSQL's parser would keep
         # "zope.interface" as one host name and drop "<script>" as a tag.
         words = " ".join(_WORD.findall(fold(value)))
@@ -617,7 +618,7 @@ def search(
         "mark_start": MARK_START,
         "mark_end": MARK_END,
     }
-    expanding = []
+    expanding: list[BindParameter[Any]] = []
     if index_ids is not None:
         filters.append("d.index_id IN :index_ids")
         params["index_ids"] = list(index_ids) or [-1]
