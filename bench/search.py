@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import ColumnElement, case, func, insert, or_, select, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from app import fulltext, schema  # noqa: E402
+from app import fulltext, schema, search  # noqa: E402
 from app.db import make_engine  # noqa: E402
 from app.models import DocSet, Index, MirrorPage, Project, SearchDocument, User  # noqa: E402
 
@@ -239,17 +239,17 @@ def main() -> None:
             vocabulary[40][:3] + "*",
             f"docs:{vocabulary[300]}",
         ]
-        parsed = [fulltext.parse_query(q) for q in queries]
+        parsed = [search.parse_query(q) for q in queries]
         like_queries = [q.strip('"*').removeprefix("docs:") for q in queries]
         timed(lambda q: like_search(session, q), like_queries, 1)  # warm the caches
         old = timed(lambda q: like_search(session, q), like_queries, args.rounds)
         by_text = dict(zip(queries, parsed, strict=True))
-        timed(lambda q: fulltext.search(session, by_text[q], limit=51), queries, 1)
-        new = timed(lambda q: fulltext.search(session, by_text[q], limit=51), queries, args.rounds)
+        timed(lambda q: search.search(session, by_text[q], limit=51), queries, 1)
+        new = timed(lambda q: search.search(session, by_text[q], limit=51), queries, args.rounds)
         slowest = max(
             queries,
             key=lambda q: statistics.mean(
-                timed(lambda x: fulltext.search(session, by_text[x], limit=51), [q], 2)
+                timed(lambda x: search.search(session, by_text[x], limit=51), [q], 2)
             ),
         )
         data = docs_zip(random.Random(SEED + 1), vocabulary, args.pages)  # noqa: S311

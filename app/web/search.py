@@ -1,4 +1,4 @@
-"""GET /+search: full-text search over every index the caller may read (app/fulltext.py), as
+"""GET /+search: full-text search over every index the caller may read (app/search.py), as
 HTML with highlighted snippets or as JSON; `?query=` (devpi-web's name) works as `?q=`."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from flask import Response, jsonify, render_template, request
 from app.auth import current_reader
 from app.db import get_session
 from app.errors import HTTPError
-from app.fulltext import Hit, InvalidQuery, parse_query, search
 from app.indexes import readable_index_ids
+from app.search import Hit, InvalidQuery, parse_query, search
 from app.web.base import bp, doc_url, page_number, project_url
 
 SEARCH_PAGE_SIZE = 50
