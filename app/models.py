@@ -346,7 +346,7 @@ class SearchDocument(Base):
         ForeignKey("mirror_pages.id", ondelete="CASCADE"), index=True
     )
     kind: Mapped[str] = mapped_column(String(16))  # release, docs or mirror
-    normalized_name: Mapped[str] = mapped_column(String(255))
+    normalized_name: Mapped[str] = mapped_column(String(255), index=True)
     version: Mapped[str] = mapped_column(String(128), default="")
     path: Mapped[str] = mapped_column(String(1024), default="")  # of a docs page in its zip
     # The searched fields; `name` is empty on docs pages (a project's name would match every

@@ -42,6 +42,9 @@ FTS_SCOPE = {"name": "{name}", "summary": "{summary}", "docs": "{body title}"}
 PG_WEIGHTS = "{0.1, 0.2, 0.4, 1.0}"
 PG_SCOPE = {"name": "A", "summary": "B", "docs": ""}
 DOCS_RANK_FACTOR = 0.5
+# Past this many matches (a word in most documents), weighing each one would take seconds:
+# such a search lists the named releases, then the most recently indexed matches.
+BROAD_MATCHES = 5_000
 
 
 class InvalidQuery(ValueError):
@@ -160,46 +163,93 @@ def _like(value: str) -> str:
     )
 
 
-_COMMON_COLUMNS = """
+_COLUMNS = """
     d.id, d.kind, d.name, d.normalized_name, d.version, d.path, d.title, d.summary,
     u.username || '/' || i.name AS index_path,
     CASE WHEN d.kind = 'docs' THEN 2 WHEN d.normalized_name = :name THEN 0
          WHEN d.normalized_name LIKE :prefix ESCAPE '!' THEN 1 ELSE 2 END AS name_rank"""
 _JOINS = """
     JOIN indexes i ON i.id = d.index_id JOIN users u ON u.id = i.owner_id"""
+# The releases named as the query, or with it as a prefix (`flask` -> `flask-login`): an index
+# range, not LIKE ('-' sorts just before '.'), then checked against the match.
+_NAMED = """
+    d.kind <> 'docs' AND (d.normalized_name = :name
+        OR (d.normalized_name > :name_dash AND d.normalized_name < :name_dot))"""
 
-# snippet() tokenizes a row's whole text: only for the rows of the page (SQLITE_SNIPPETS), not
-# for every match the ranking has to look at.
-SQLITE_SEARCH = f"""
-SELECT {_COMMON_COLUMNS}, '' AS snippet
+# Whether the query matches more than BROAD_MATCHES documents (stops counting there).
+SQLITE_COUNT = (
+    "SELECT count(*) FROM (SELECT rowid FROM search_fts WHERE search_fts MATCH :match LIMIT :cap)"
+)
+POSTGRESQL_COUNT = f"""
+SELECT count(*) FROM (SELECT 1 FROM search_documents d
+    WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) LIMIT :cap) AS m"""  # noqa: S608
+
+# Ranked: exact name, name prefix, field weights (bm25 / ts_rank), most recent.
+SQLITE_RANKED = f"""
+SELECT {_COLUMNS}
 FROM search_fts JOIN search_documents d ON d.id = search_fts.rowid {_JOINS}
 WHERE search_fts MATCH :match AND FILTERS
 ORDER BY name_rank, bm25(search_fts, {", ".join(map(str, FTS_WEIGHTS))}), d.updated_at DESC, d.id
 LIMIT :limit OFFSET :offset"""  # noqa: S608 - constants; input goes in bound parameters
+POSTGRESQL_RANKED = f"""
+SELECT {_COLUMNS}
+FROM search_documents d CROSS JOIN to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AS q {_JOINS}
+WHERE d.tsv @@ q AND FILTERS
+ORDER BY name_rank,
+    ts_rank('{PG_WEIGHTS}', d.tsv, q)
+        * CASE WHEN d.kind = 'docs' THEN {DOCS_RANK_FACTOR} ELSE 1 END DESC,
+    d.updated_at DESC, d.id
+LIMIT :limit OFFSET :offset"""  # noqa: S608 - as above
 
+# Broad (a very common word): weighing every match would take seconds, so the named releases
+# come first, then the most recently indexed matches, which both engines read newest first
+# from their index and stop at the page.
+SQLITE_NAMED = f"""
+SELECT {_COLUMNS} FROM search_documents d {_JOINS}
+WHERE {_NAMED} AND FILTERS AND EXISTS (
+    SELECT 1 FROM search_fts WHERE search_fts MATCH :match AND search_fts.rowid = d.id)
+ORDER BY name_rank, d.updated_at DESC, d.id LIMIT :window"""  # noqa: S608 - as above
+POSTGRESQL_NAMED = f"""
+SELECT {_COLUMNS} FROM search_documents d {_JOINS}
+WHERE {_NAMED} AND FILTERS AND d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match)
+ORDER BY name_rank, d.updated_at DESC, d.id LIMIT :window"""  # noqa: S608 - as above
+SQLITE_RECENT = f"""
+SELECT {_COLUMNS}
+FROM search_fts JOIN search_documents d ON d.id = search_fts.rowid {_JOINS}
+WHERE search_fts MATCH :match AND FILTERS
+ORDER BY search_fts.rowid DESC LIMIT :window"""  # noqa: S608 - as above
+POSTGRESQL_RECENT = f"""
+SELECT {_COLUMNS} FROM search_documents d {_JOINS}
+WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AND FILTERS
+ORDER BY d.id DESC LIMIT :window"""  # noqa: S608 - as above
+
+# Snippets for the rows of the page only: both tokenize a row's whole text.
 SQLITE_SNIPPETS = f"""
 SELECT rowid, snippet(search_fts, -1, :mark_start, :mark_end, '…', {SNIPPET_TOKENS})
 FROM search_fts WHERE search_fts MATCH :match AND rowid IN :ids"""  # noqa: S608 - as above
-
-POSTGRESQL_SEARCH = f"""
-WITH q AS (SELECT to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AS q),
-hits AS (
-    SELECT {_COMMON_COLUMNS}, d.description, d.body,
-        ts_rank('{PG_WEIGHTS}', d.tsv, q.q)
-            * CASE WHEN d.kind = 'docs' THEN {DOCS_RANK_FACTOR} ELSE 1 END AS score,
-        d.updated_at
-    FROM search_documents d CROSS JOIN q {_JOINS}
-    WHERE d.tsv @@ q.q AND FILTERS
-    ORDER BY name_rank, score DESC, d.updated_at DESC, d.id
-    LIMIT :limit OFFSET :offset
-)
-SELECT hits.id, kind, name, normalized_name, version, path, title, summary, index_path, name_rank,
-    ts_headline('{TEXT_SEARCH_CONFIG}', concat_ws(' ', summary, description, title, body), q.q,
-        'StartSel=' || :mark_start || ', StopSel=' || :mark_end
-        || ', MaxWords={SNIPPET_TOKENS}, MinWords=8, MaxFragments=2, FragmentDelimiter=" … "')
-        AS snippet
-FROM hits CROSS JOIN q
-ORDER BY name_rank, score DESC, updated_at DESC, hits.id"""  # noqa: S608 - as above
+POSTGRESQL_SNIPPETS = f"""
+SELECT d.id, ts_headline('{TEXT_SEARCH_CONFIG}',
+    concat_ws(' ', d.summary, d.description, d.title, d.body),
+    to_tsquery('{TEXT_SEARCH_CONFIG}', :match),
+    'StartSel=' || :mark_start || ', StopSel=' || :mark_end
+    || ', MaxWords={SNIPPET_TOKENS}, MinWords=8, MaxFragments=2, FragmentDelimiter=" … "')
+FROM search_documents d WHERE d.id IN :ids"""  # noqa: S608 - as above
+SQL = {
+    "sqlite": {
+        "count": SQLITE_COUNT,
+        "ranked": SQLITE_RANKED,
+        "named": SQLITE_NAMED,
+        "recent": SQLITE_RECENT,
+        "snippets": SQLITE_SNIPPETS,
+    },
+    "postgresql": {
+        "count": POSTGRESQL_COUNT,
+        "ranked": POSTGRESQL_RANKED,
+        "named": POSTGRESQL_NAMED,
+        "recent": POSTGRESQL_RECENT,
+        "snippets": POSTGRESQL_SNIPPETS,
+    },
+}
 
 
 def search(
@@ -211,16 +261,23 @@ def search(
     index_ids: Collection[int] | None = None,
 ) -> list[Hit]:
     """The hits of a parsed query, best first (exact name, name prefix, field weights, most
-    recent), at most `limit` from `offset`, only on the indexes `index_ids` (None: every one)."""
+    recent; past BROAD_MATCHES matches: named releases, then most recent), at most `limit`
+    from `offset`, only on the indexes `index_ids` (None: every one)."""
     if not query.terms:
         return []
     dialect = session.get_bind().dialect.name
+    sql = SQL[dialect]
     filters = ["1 = 1"]
     params: dict[str, Any] = {
+        "match": fts_match(query) if dialect == "sqlite" else pg_tsquery(query),
         "name": query.name,
         "prefix": _like(query.name) + "-%",
+        "name_dash": query.name + "-",
+        "name_dot": query.name + ".",
         "limit": limit,
         "offset": offset,
+        "window": offset + limit,
+        "cap": BROAD_MATCHES + 1,
         "mark_start": MARK_START,
         "mark_end": MARK_END,
     }
@@ -235,19 +292,26 @@ def search(
         expanding.append(bindparam("index_paths", expanding=True))
     if any(t.scope == "docs" for t in query.terms):
         filters.append("d.kind = 'docs'")
-    if dialect == "sqlite":
-        sql, params["match"] = SQLITE_SEARCH, fts_match(query)
-    else:
-        sql, params["match"] = POSTGRESQL_SEARCH, pg_tsquery(query)
-    statement = text(sql.replace("FILTERS", " AND ".join(filters))).bindparams(*expanding)
+
+    def run(name: str) -> list[Any]:
+        if name == "snippets":
+            statement = text(sql[name]).bindparams(bindparam("ids", expanding=True))
+        else:
+            statement = text(sql[name].replace("FILTERS", " AND ".join(filters)))
+            statement = statement.bindparams(*expanding)
+        return list(session.execute(statement, params))
+
     try:
-        rows = session.execute(statement, params).all()
-        snippets = {row.id: row.snippet for row in rows}
-        if dialect == "sqlite" and rows:
-            found = text(SQLITE_SNIPPETS).bindparams(bindparam("ids", expanding=True))
-            ids = list(snippets)
-            for row_id, snippet in session.execute(found, {**params, "ids": ids}):
-                snippets[row_id] = snippet
+        if (session.execute(text(sql["count"]), params).scalar() or 0) > BROAD_MATCHES:
+            named = run("named")
+            seen = {row.id for row in named}
+            rows = (named + [r for r in run("recent") if r.id not in seen])[offset : offset + limit]
+        else:
+            rows = run("ranked")
+        snippets: dict[int, str] = {}
+        if rows:
+            params["ids"] = [row.id for row in rows]
+            snippets = dict(run("snippets"))
     except DBAPIError as exc:  # a query the parser let through but the engine refused
         session.rollback()
         log.warning("search %r failed: %s", query, exc.orig)
@@ -262,7 +326,7 @@ def search(
             path=row.path,
             title=row.title,
             summary=row.summary,
-            snippet=snippets[row.id] or "",
+            snippet=snippets.get(row.id) or "",
         )
         for row in rows
     ]

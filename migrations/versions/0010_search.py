@@ -51,6 +51,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_search_documents_docset_id'), ['docset_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_search_documents_index_id'), ['index_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_search_documents_mirror_page_id'), ['mirror_page_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_search_documents_normalized_name'), ['normalized_name'], unique=False)
         batch_op.create_index(batch_op.f('ix_search_documents_project_id'), ['project_id'], unique=False)
         batch_op.create_index('ix_search_documents_tsv', ['tsv'], unique=False, postgresql_using='gin')
     for statement in fts_objects(op.get_bind().dialect.name):
@@ -63,6 +64,7 @@ def downgrade() -> None:
     with op.batch_alter_table('search_documents', schema=None) as batch_op:
         batch_op.drop_index('ix_search_documents_tsv', postgresql_using='gin')
         batch_op.drop_index(batch_op.f('ix_search_documents_project_id'))
+        batch_op.drop_index(batch_op.f('ix_search_documents_normalized_name'))
         batch_op.drop_index(batch_op.f('ix_search_documents_mirror_page_id'))
         batch_op.drop_index(batch_op.f('ix_search_documents_index_id'))
         batch_op.drop_index(batch_op.f('ix_search_documents_docset_id'))

@@ -159,3 +159,26 @@ def test_the_migration_fills_summaries_of_projects_uploaded_before_it(tmp_path: 
     with engine.connect() as connection:
         assert connection.scalar(text("SELECT summary FROM projects")) == "New words"
     engine.dispose()
+
+
+def test_a_broad_search_lists_named_projects_then_the_most_recent(
+    client: Any, monkeypatch: Any
+) -> None:
+    """Past BROAD_MATCHES matches nothing is weighed: named projects first, then the most
+    recently indexed, pages included."""
+    from app import search
+    from app.web import search as page
+
+    upload(client, "flask", "1.0")
+    upload(client, "older", "1.0", summary="Helpers for Flask apps")
+    upload(client, "flask-login", "1.0")
+    upload(client, "newer", "1.0", summary="More flask")
+    monkeypatch.setattr(search, "BROAD_MATCHES", 2)
+    monkeypatch.setattr(page, "SEARCH_PAGE_SIZE", 3)
+
+    assert results(client, "flask") == [
+        "/admin/dev/flask/",
+        "/admin/dev/flask-login/",
+        "/admin/dev/newer/",
+    ]
+    assert results(client, "flask", page=2) == ["/admin/dev/older/"]
