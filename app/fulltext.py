@@ -27,6 +27,8 @@ from typing import IO, Any, Protocol
 
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import (
+    Text,
+    bindparam,
     delete,
     event,
     func,
@@ -116,6 +118,8 @@ def html_text(page: str) -> tuple[str, str]:
 
 def description_text(description: str | None, content_type: str | None) -> str:
     """A description as words: rendered as the project page renders it, tags stripped."""
+    if not description:
+        return ""
     # The renderer lives with the web pages that show it; it imports no Flask itself.
     from app.web.render import render_description
 
@@ -142,31 +146,37 @@ def _write(session: Session, rows: list[dict[str, Any]]) -> None:
         for field in ("name", "summary", "keywords", "description", "body", "title"):
             row[field] = _clean(row.get(field))
         row.setdefault("updated_at", utcnow())
-        if is_postgresql:
-            row["tsv"] = _tsvector(row)
-    if is_postgresql:  # each row's tsvector is an SQL expression: one INSERT per row
-        for row in rows:
-            session.execute(insert(SearchDocument).values(**row))
-    else:
+    if not is_postgresql:
         session.execute(insert(SearchDocument), rows)
+        return
+    # PostgreSQL: the tsvector is computed by the server from each weight's words, given as
+    # parameters (`weight_a` ... `weight_d`), in one executemany.
+    for row in rows:
+        row |= {
+            "weight_a": _words(row["name"]),
+            "weight_b": _words(row["summary"]),
+            "weight_c": _words(f"{row['keywords']} {row['title']}"),
+            "weight_d": _words(f"{row['description']} {row['body']}"),
+        }
+    session.execute(insert(SearchDocument).values(tsv=_TSVECTOR), rows)
 
 
-def _tsvector(row: dict[str, Any]) -> Any:
+def _words(value: str) -> str:
+    # Words as FTS5's unicode61 and parse_query see them: PostgreSQL's parser would keep
+    # "zope.interface" as one host name and drop "<script>" as a tag.
+    return " ".join(WORD.findall(fold(value)))
+
+
+def _weighted(weight: str) -> Any:
     config: ColumnClause[str] = literal_column(f"'{TEXT_SEARCH_CONFIG}'::regconfig")
+    label: ColumnClause[str] = literal_column(f"'{weight}'")  # a "char", not a parameter
+    words = bindparam(f"weight_{weight.lower()}", type_=Text())
+    return func.setweight(func.to_tsvector(config, words), label)
 
-    def weighted(value: str, weight: str) -> Any:
-        label: ColumnClause[str] = literal_column(f"'{weight}'")  # a "char", not a parameter
-        # Words as FTS5's unicode61 and parse_query see them: PostgreSQL's parser would keep
-        # "zope.interface" as one host name and drop "<script>" as a tag.
-        words = " ".join(WORD.findall(fold(value)))
-        return func.setweight(func.to_tsvector(config, words), label)
 
-    return (
-        weighted(row["name"], "A")
-        .op("||")(weighted(row["summary"], "B"))
-        .op("||")(weighted(f"{row['keywords']} {row['title']}", "C"))
-        .op("||")(weighted(f"{row['description']} {row['body']}", "D"))
-    )
+_TSVECTOR = (
+    _weighted("A").op("||")(_weighted("B")).op("||")(_weighted("C")).op("||")(_weighted("D"))
+)
 
 
 def _newest(files: Iterable[File]) -> File | None:
@@ -225,8 +235,16 @@ def index_project(session: Session, project_id: int) -> None:
     _write(session, [row])
 
 
-def index_mirror_page(session: Session, page: MirrorPage) -> None:
-    """(Re)index a project a mirror cached, by its name (an upstream 404 is not indexed)."""
+def index_mirror_page(
+    session: Session,
+    page: MirrorPage,
+    *,
+    summary: str = "",
+    description: str | None = None,
+    description_content_type: str | None = None,
+) -> None:
+    """(Re)index a project a mirror cached: its name, and the summary and description when
+    the caller has them from a cached file (an upstream 404 is not indexed)."""
     session.execute(delete(SearchDocument).where(SearchDocument.mirror_page_id == page.id))
     if not page.is_found:
         return
@@ -239,6 +257,8 @@ def index_mirror_page(session: Session, page: MirrorPage) -> None:
                 "kind": "mirror",
                 "normalized_name": page.normalized_name,
                 "name": page.name,
+                "summary": summary,
+                "description": description_text(description, description_content_type),
                 "updated_at": page.fetched_at or utcnow(),
             }
         ],
