@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import __version__, pagecache
+from app import __version__, fulltext, pagecache
 from app.auth import hash_password, new_token_secret, token_hash
 from app.config import ConfigError, Settings, env_file, parse_size, sources
 from app.db import Database, begin_write
@@ -52,7 +52,7 @@ from app.upstream import mask_url
 
 log = logging.getLogger("pyshelf")
 
-NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi", "verify", "cache"}
+NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi", "verify", "cache", "reindex"}
 # Exit codes (docs/operations.md): 0 done, 1 the operation failed (one line says why), 2 bad
 # usage, invalid configuration or a destructive command not confirmed; 130 interrupted (Ctrl-C).
 EXIT_FAILED = 1
@@ -137,6 +137,8 @@ def cmd_prepare(settings: Settings, args: argparse.Namespace) -> None:
         pagecache.clear(session)  # pages are rebuilt with this start's MIRROR_CACHE_EXPIRY
         session.commit()
     database.engine.dispose()
+    # A database from before full-text search gets its index at its first start after the upgrade.
+    fulltext.rebuild(settings, progress=False, only_if_empty=True)
 
 
 def cmd_user(settings: Settings, args: argparse.Namespace) -> None:
@@ -508,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> None:
+    """reindex: rebuild the full-text search index from the database and the docs zips."""
+    counts = fulltext.rebuild(settings)
+    print("reindex: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+
+
 def add_accounts(sub: Any) -> None:
     """user, token, index, refresh, import-devpi."""
     user = _command(sub, "user", "manage users")
@@ -610,6 +618,10 @@ def add_operations(sub: Any) -> None:
         "--deps", action="store_true", help="also follow Requires-Dist (approximate)"
     )
     prefetch.set_defaults(func=cmd_prefetch)
+
+    sub.add_parser("reindex", help="rebuild the full-text search index").set_defaults(
+        func=cmd_reindex
+    )
 
 
 def _size(text: str) -> int:

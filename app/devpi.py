@@ -22,7 +22,7 @@ import hmac
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from packaging.version import Version
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -373,6 +373,7 @@ def promote_for_caller(
             token_index=token_index,
             with_files=with_files,
             with_docs=with_docs,
+            blobs=current_app.extensions["pyshelf.storage"],
         )
     except PromoteError as exc:
         session.rollback()

@@ -45,6 +45,7 @@ from app.cache import BlobLock
 from app.config import Settings
 from app.db import Database, begin_write
 from app.dists import InvalidDistribution, normalize_name, parse_filename, read_metadata
+from app.fulltext import index_docset, read_docs
 from app.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
 from app.models import DocSet, File, Index, Project, User, utcnow
 from app.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError, bootstrap, is_first_start
@@ -515,20 +516,20 @@ class Importer:
         with path.open("rb") as source:
             self._save_blob(digests.sha256, source)
         who, when = self._upload_log(entry)
-        self.session.add(
-            DocSet(
-                index_id=index.id,
-                normalized_name=project.normalized_name,
-                version=version,
-                sha256=digests.sha256,
-                size=digests.size,
-                uncompressed_bytes=info.uncompressed_bytes,
-                entry_count=info.entry_count,
-                path_prefix=info.path_prefix,
-                uploader=who,
-                uploaded_at=when or utcnow(),
-            )
+        docset = DocSet(
+            index_id=index.id,
+            normalized_name=project.normalized_name,
+            version=version,
+            sha256=digests.sha256,
+            size=digests.size,
+            uncompressed_bytes=info.uncompressed_bytes,
+            entry_count=info.entry_count,
+            path_prefix=info.path_prefix,
+            uploader=who,
+            uploaded_at=when or utcnow(),
         )
+        self.session.add(docset)
+        index_docset(self.session, docset, read_docs(str(path), info.path_prefix))
         self.report.doc_count += 1  # devpi-export writes one zip per version (the newest)
 
     def import_files(self, path: str, index: Index, meta: dict[str, Any]) -> None:

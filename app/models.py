@@ -1,5 +1,5 @@
 """The data model: users, tokens, indexes, projects, files, doc sets, promotions, mirror cache,
-logins."""
+logins, search documents."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import (
+    Index as SQLIndex,
+)
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base
@@ -363,3 +367,40 @@ class PageCacheState(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class SearchDocument(Base):
+    """What full-text search finds (app/fulltext.py): a project's newest release, one page of
+    its uploaded docs, or a project a mirror cached. Rows go with their project, doc set,
+    mirror page or index (ON DELETE CASCADE); on SQLite the FTS5 table `search_fts` indexes
+    them (kept in step by triggers, app/schema.py), on PostgreSQL the GIN index on `tsv`."""
+
+    __tablename__ = "search_documents"
+    __table_args__ = (SQLIndex("ix_search_documents_tsv", "tsv", postgresql_using="gin"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    index_id: Mapped[int] = mapped_column(ForeignKey("indexes.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[int | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    docset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("doc_sets.id", ondelete="CASCADE"), index=True
+    )
+    mirror_page_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mirror_pages.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # release, docs or mirror
+    normalized_name: Mapped[str] = mapped_column(String(255), index=True)
+    version: Mapped[str] = mapped_column(String(128), default="")
+    path: Mapped[str] = mapped_column(String(1024), default="")  # of a docs page in its zip
+    # The searched fields; `name` is empty on docs pages (a project's name would match every
+    # page of its docs), `keywords` holds keywords, classifiers, author and project URLs.
+    name: Mapped[str] = mapped_column(String(255), default="")
+    summary: Mapped[str] = mapped_column(Text, default="")
+    keywords: Mapped[str] = mapped_column(Text, default="")
+    description: Mapped[str] = mapped_column(Text, default="")  # rendered, as text
+    body: Mapped[str] = mapped_column(Text, default="")  # a docs page's visible text
+    title: Mapped[str] = mapped_column(Text, default="")  # a docs page's <title>
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)  # the recency tie-break
+    # PostgreSQL's weighted tsvector of the fields (always NULL on SQLite, which uses FTS5)
+    tsv: Mapped[Any] = mapped_column(TSVECTOR().with_variant(Text(), "sqlite"), nullable=True)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.db import begin_write
 from app.dists import normalize_name
+from app.fulltext import Blobs, index_stored_docset
 from app.indexes import Reader, file_path, get_index_by_path, may_read, may_upload
 from app.models import DocSet, File, Index, Project, Promotion, User, utcnow
 
@@ -179,6 +180,7 @@ def promote(
     token_index: str | None = None,
     with_files: bool = True,
     with_docs: bool = True,
+    blobs: Blobs | None = None,
 ) -> Promoted:
     """Copy release `name` `version` (its files and docs) from `source` into `target_path` as
     `user` (who reads as `reader`); the caller commits.
@@ -227,7 +229,7 @@ def promote(
             f"The user '{user.username}' isn't allowed to upload to index '{target.path}': "
             "ask its owner to add you to its acl_upload."
         )
-    return _copy(session, source, target, normalized, project, files, docset, user, wanted)
+    return _copy(session, source, target, normalized, project, files, docset, user, wanted, blobs)
 
 
 def _copy(
@@ -240,8 +242,10 @@ def _copy(
     docset: DocSet | None,
     user: User,
     version: Version,
+    blobs: Blobs | None,
 ) -> Promoted:
-    """Check every file against the target, then add the rows: all or nothing."""
+    """Check every file against the target, then add the rows: all or nothing (`blobs`, when
+    given, is where the docs' pages are read from to index them for search)."""
     existing_project = session.scalar(
         select(Project).where(Project.index_id == target.id, Project.normalized_name == normalized)
     )
@@ -288,6 +292,7 @@ def _copy(
             replaced=[existing[f.filename] for f in copied if f.filename in existing],
             docset=docset if docs == "copied" else None,
             target_docs=target_docs,
+            blobs=blobs,
         )
         session.add(
             Promotion(
@@ -327,6 +332,7 @@ def copy_release(
     replaced: list[File],
     docset: DocSet | None,
     target_docs: DocSet | None,
+    blobs: Blobs | None = None,
 ) -> None:
     """Add copies of `files` (and `docset`) to `target`, replacing `replaced` and `target_docs`
     (a volatile target's older bytes); the one place where a release enters an index by copy.
@@ -359,6 +365,9 @@ def copy_release(
             session.add(target_docs)
         for field in COPIED_DOC_FIELDS:
             setattr(target_docs, field, getattr(docset, field))
+        session.flush()
+        if blobs is not None:  # the copy's pages become searchable, as an upload's are
+            index_stored_docset(session, blobs, target_docs)
     session.flush()
 
 

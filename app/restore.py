@@ -88,6 +88,7 @@ def restore(
         _check(manifest, hashes, kind, work, summary)
         _commit(settings, work, manifest, kind, force)
         summary.counts = _counts(settings)
+        _index(settings, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary.seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
@@ -347,6 +348,17 @@ def _forget_left_out_pg(url: str, left_out: dict[str, str]) -> None:
                 )
     finally:
         engine.dispose()
+
+
+def _index(settings: Settings, progress: bool) -> None:
+    """Migrate the restored database and, when its backup predates the search index, build
+    the index (a newer backup holds a consistent one: the database is copied as a whole)."""
+    # Imported here: alembic and the search index are needed only once the files are in place.
+    from app.fulltext import rebuild
+    from app.prepare import migrate
+
+    migrate(settings)
+    rebuild(settings, progress=progress, only_if_empty=True)
 
 
 def _counts(settings: Settings) -> dict[str, int]:

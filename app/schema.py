@@ -107,6 +107,52 @@ def drop_page_cache_triggers(dialect: str, tables: dict[str, str] = FORGET) -> l
     return statements
 
 
+# --- full-text search (migration 0010) --------------------------------------------------------
+# SQLite: an FTS5 table over search_documents (external content: the text is stored once there)
+# and the triggers that keep it in step, cascaded deletes included (app/fulltext.py searches
+# it). PostgreSQL needs nothing beyond the models: a tsvector column with a GIN index.
+# Migration 0010 and a new database both use this text; changing it needs a new migration.
+
+FTS_COLUMNS = ("name", "summary", "keywords", "description", "body", "title")  # bm25's order
+
+
+def fts_objects(dialect: str) -> list[str]:
+    """The statements that create the full-text index's objects beyond the models."""
+    if dialect != "sqlite":
+        return []
+    columns = ", ".join(FTS_COLUMNS)
+    new = ", ".join(f"new.{c}" for c in FTS_COLUMNS)
+    old = ", ".join(f"old.{c}" for c in FTS_COLUMNS)
+    forget_old = (
+        f"INSERT INTO search_fts(search_fts, rowid, {columns}) VALUES ('delete', old.id, {old});"  # noqa: S608 - constants
+    )
+    add_new = f"INSERT INTO search_fts(rowid, {columns}) VALUES (new.id, {new});"  # noqa: S608
+    return [
+        f"CREATE VIRTUAL TABLE search_fts USING fts5({columns}, content='search_documents', "
+        "content_rowid='id', tokenize='porter unicode61 remove_diacritics 2')",
+        f"CREATE TRIGGER search_fts_insert AFTER INSERT ON search_documents BEGIN {add_new} END",
+        f"CREATE TRIGGER search_fts_delete AFTER DELETE ON search_documents BEGIN {forget_old} END",
+        "CREATE TRIGGER search_fts_update AFTER UPDATE ON search_documents "
+        f"BEGIN {forget_old} {add_new} END",
+    ]
+
+
+def drop_fts_objects(dialect: str) -> list[str]:
+    """The statements that drop what fts_objects creates."""
+    if dialect != "sqlite":
+        return []
+    events = ("insert", "delete", "update")
+    return [f"DROP TRIGGER IF EXISTS search_fts_{e}" for e in events] + [
+        "DROP TABLE IF EXISTS search_fts"
+    ]
+
+
+def is_fts_table(name: str) -> bool:
+    """Whether a table is the FTS5 table or one of its shadow tables (no model describes
+    them: alembic's comparison leaves them out)."""
+    return name == "search_fts" or name.startswith("search_fts_")
+
+
 # --- revisions --------------------------------------------------------------------------------
 
 # `revision = '0007'`, `down_revision: str | None = '0006'` as alembic writes them (plain text:
@@ -147,11 +193,12 @@ def is_empty(connection: Connection) -> bool:
 
 def create_schema(connection: Connection, revision: str) -> None:
     """Build the head schema in an empty database, in the caller's transaction: the models'
-    tables, the page-cache triggers and state row, and `revision` recorded as alembic would."""
+    tables, the page-cache triggers and state row, the full-text index, and `revision` recorded
+    as alembic would."""
     Base.metadata.create_all(connection)
     dialect = connection.dialect.name
     triggers = page_cache_triggers(dialect) + page_cache_triggers(dialect, MIRROR_FILES_FORGET)
-    for statement in [*triggers, PAGE_CACHE_STATE_ROW]:
+    for statement in [*triggers, PAGE_CACHE_STATE_ROW, *fts_objects(dialect)]:
         connection.exec_driver_sql(statement)
     VERSION_TABLE.create(connection, checkfirst=True)
     connection.execute(VERSION_TABLE.insert().values(version_num=revision))

@@ -8,6 +8,7 @@ from alembic import context
 from app import models  # noqa: F401  (registers the tables on Base.metadata)
 from app.config import Settings
 from app.db import Base, make_engine
+from app.schema import is_fts_table
 
 config = context.config
 
@@ -21,6 +22,12 @@ def compare_type(migration: Any, _found_column: Any, _column: Any, found: Any, w
     return None
 
 
+def include_name(name: str | None, kind: str, _parents: Any) -> bool:
+    """Leave SQLite's FTS5 table and its shadow tables out of comparisons: no model describes
+    them (app/schema.py fts_objects creates them)."""
+    return not (kind == "table" and name is not None and is_fts_table(name))
+
+
 def run() -> None:
     """Run migrations online, on the engine pyshelf itself would use."""
     url = config.attributes.get("database_url") or Settings.from_env().database_url
@@ -31,6 +38,7 @@ def run() -> None:
             target_metadata=Base.metadata,
             render_as_batch=connection.dialect.name == "sqlite",  # ALTER TABLE on SQLite
             compare_type=compare_type,
+            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()

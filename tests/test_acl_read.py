@@ -53,13 +53,14 @@ PIP = {
     "q=0.1, text/html; q=0.01"
 }
 REALM = 'Basic realm="pyshelf"'
-SECRET = make_wheel("secretpkg", "1.0")
+SECRET = make_wheel("secretpkg", "1.0", description="Parses the zanzibar invoice format.")
 OPEN = make_wheel("openpkg", "1.0")
 TEAM = make_wheel("teampkg", "1.0")
 ATTACKER = make_wheel("secretpkg", "9.9", summary="attacker's")
 DOCS = zip_bytes(
     {
-        "html/index.html": b'<link rel="stylesheet" href="_static/style.css"><h1>Secret</h1>',
+        "html/index.html": b'<link rel="stylesheet" href="_static/style.css"><h1>Secret</h1>'
+        b"<p>The quokka ledger of every supplier.</p>",
         "html/_static/style.css": b"h1 { color: red; }",
     }
 )
@@ -550,6 +551,41 @@ def test_search_finds_projects_only_on_readable_indexes(
 
     assert page.status_code == 200
     assert ('href="/alice/private/secretpkg/"' in page.get_data(as_text=True)) == found
+
+
+@pytest.mark.parametrize(
+    ("credentials", "status", "found"),
+    [
+        pytest.param(None, 200, False, id="anonymous"),
+        pytest.param("carol", 200, False, id="stranger"),
+        pytest.param("carol-private", 403, False, id="stranger-token-for-the-index"),
+        pytest.param("bob-open", 403, False, id="reader-token-for-another-index"),
+        pytest.param("bob", 200, True, id="reader"),
+        pytest.param("bob-token", 200, True, id="reader-token"),
+    ],
+)
+@pytest.mark.parametrize("query", ["zanzibar", '"quokka ledger"', "docs:supplier"])
+def test_search_shows_descriptions_and_docs_text_only_to_readers(
+    world: World, credentials: str | None, status: int, found: bool, query: str
+) -> None:
+    """A private index's description words and docs pages are left out in SQL for whoever
+    may not read it: anonymous or another account; a token limited to an index searches
+    nothing (403), whichever index."""
+    headers: dict[str, str] = {}
+    if credentials in ("carol", "bob"):
+        headers = {"carol": CAROL, "bob": BOB}[credentials]
+    elif credentials is not None:
+        headers = token_header(world.tokens[credentials.removesuffix("-token")])
+
+    answer = world.client().get("/+search", query_string={"q": query}, headers={**JSON, **headers})
+    page = world.client().get("/+search", query_string={"q": query}, headers={**HTML, **headers})
+
+    assert (answer.status_code, page.status_code) == (status, status)
+    assert ("secretpkg" in answer.get_data(as_text=True)) == found
+    assert ("/alice/private/secretpkg/" in page.get_data(as_text=True)) == found
+    if status == 200:
+        hits = [(h["index"], h["name"]) for h in answer.get_json()["hits"]]
+        assert hits == ([("alice/private", "secretpkg")] if found else [])
 
 
 # --- web UI: sessions, settings, docs in a browser --------------------------------------------

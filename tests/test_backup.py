@@ -394,3 +394,32 @@ def test_a_forced_postgresql_restore_also_drops_tables_the_archive_does_not_know
     engine.dispose()
     client = make_app(target).test_client()
     assert client.get("/admin/dev/+simple/private-pkg/").status_code == 200
+
+
+def _search(client: Any, query: str) -> list[tuple[str, str]]:
+    answer = client.get(
+        "/+search", query_string={"q": query}, headers={"Accept": "application/json"}
+    )
+    assert answer.status_code == 200
+    return [(hit["kind"], hit["name"]) for hit in answer.get_json()["hits"]]
+
+
+def test_restore_keeps_the_search_index_or_builds_one_for_an_older_backup(source, tmp_path):
+    """A backup holds its search index; one whose database had none (made before search
+    existed) gets the index built from its releases and docs zips on restore."""
+    settings = source["settings"]
+    archive = tmp_path / "backup.tar"
+    backup(settings, archive, progress=False)
+    engine = create_engine(settings.database_url)
+    with engine.begin() as connection:  # as a backup from before migration 0010 restores
+        connection.execute(text("DELETE FROM search_documents"))
+    engine.dispose()
+    older = tmp_path / "older.tar"
+    backup(settings, older, progress=False)
+
+    for name, path in (("same", archive), ("older", older)):
+        target = restored_settings(settings, tmp_path, name)
+        restore(target, path, progress=False)
+        client = make_app(target).test_client()
+
+        assert _search(client, "private") == [("release", "private-pkg"), ("docs", "private-pkg")]

@@ -5,7 +5,7 @@ Server-rendered Jinja templates, one stylesheet, no JavaScript. `GET /USER` and
 `index_page` here (one view per URL: werkzeug cannot route by Accept). The blueprint `bp`
 and the helpers every page module shares are in app/web/base.py; account and admin pages in
 app/web/admin.py, yank and delete forms in app/web/actions.py, documentation zips in
-app/web/docs.py.
+app/web/docs.py, search in app/web/search.py.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from app.indexes import (
     may_read,
     may_upload,
     project_view,
-    readable_index_ids,
     readable_order,
     resolution_order,
     shown_bases,
@@ -56,7 +55,7 @@ from app.indexes import (
 from app.models import Index, MirrorPage, Project, Promotion, User
 from app.promote import promotable_targets, promotions_of
 from app.upstream import UpstreamError, mask_url, url_origin
-from app.web import actions, admin, docs, pages  # noqa: F401 - actions, admin add views to bp
+from app.web import actions, admin, docs, pages, search  # noqa: F401 - they add views to bp
 from app.web.base import (
     bp,
     current_location,
@@ -71,7 +70,6 @@ from app.web.base import (
     wants_json,
 )
 from app.web.render import render_description
-from app.web.search import search as run_search
 
 csrf = CSRFProtect()
 
@@ -91,7 +89,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",  # private index URLs do not leak through links
 }
 HSTS = "max-age=15552000"  # 180 days; only on responses to HTTPS requests
-SEARCH_PAGE_SIZE = 50
 VERSIONS_PER_PAGE = 20  # a mirrored project may have hundreds of versions
 
 
@@ -307,30 +304,6 @@ def home() -> Response | str:
     # Indexes the caller may not read are left out; anonymous visitors are told why.
     hidden = len(shown) < len(rows) and authenticated_user() is None
     return render_template("home.html", rows=shown, has_hidden=hidden)
-
-
-@bp.get("/+search", endpoint="search")
-def search_page() -> str:
-    """Projects of every index whose name or summary matches `q`, best matches first."""
-    query = request.args.get("q", "").strip()
-    page = page_number()
-    hits = []
-    if query:
-        session = get_session()
-        hits = run_search(
-            session,
-            query,
-            limit=SEARCH_PAGE_SIZE + 1,
-            offset=(page - 1) * SEARCH_PAGE_SIZE,
-            index_ids=readable_index_ids(session, current_reader()),
-        )
-    return render_template(
-        "search.html",
-        query=query,
-        hits=hits[:SEARCH_PAGE_SIZE],
-        page=page,
-        has_next=len(hits) > SEARCH_PAGE_SIZE,
-    )
 
 
 def user_page(username: str) -> str:

@@ -49,6 +49,7 @@ from app.cache import BlobLock
 from app.db import begin_write, get_session
 from app.dists import normalize_name
 from app.errors import HTTPError
+from app.fulltext import DocsPage, index_docset, read_docs
 from app.indexes import Reader, may_read, readable_order
 from app.models import DocSet, Index, Project, User, utcnow
 from app.spool import Spool
@@ -212,6 +213,7 @@ def store_docs(index: Index, project: str, version: str, user: User, part: FileS
         )
     except InvalidDocs as exc:
         raise HTTPError(400, str(exc)) from None
+    pages = read_docs(path, info.path_prefix)  # before the write lock: the parsing takes time
     values = {
         "sha256": sha256,
         "size": size,
@@ -226,16 +228,21 @@ def store_docs(index: Index, project: str, version: str, user: User, part: FileS
         if not storage.exists(sha256):
             storage.commit_temp(sha256, path)
         try:
-            docset = _record(session, index, normalized, version, values)
+            docset = _record(session, index, normalized, version, values, pages)
         except IntegrityError:  # another worker created the same doc set first: replace it
             session.rollback()
-            docset = _record(session, index, normalized, version, values)
+            docset = _record(session, index, normalized, version, values, pages)
     log.info("docs %s %s %s by %s (%d bytes)", index.path, normalized, version, user.username, size)
     return docset
 
 
 def _record(
-    session: Session, index: Index, normalized: str, version: str, values: dict[str, Any]
+    session: Session,
+    index: Index,
+    normalized: str,
+    version: str,
+    values: dict[str, Any],
+    pages: list[DocsPage],
 ) -> DocSet:
     begin_write(session)
     docset = session.scalar(
@@ -250,6 +257,7 @@ def _record(
         session.add(docset)
     for key, value in values.items():
         setattr(docset, key, value)
+    index_docset(session, docset, pages)
     session.commit()
     return docset
 

@@ -1,125 +1,83 @@
-"""Search over the project names and summaries of every index, private and cached mirror ones
-(of the indexes the caller may read: a restricted index's projects are filtered out in SQL).
-
-Portable SQL only (SQLite and PostgreSQL): LIKE on the stored normalized name (PEP 503,
-already lowercase) and on lower(summary), ranked exact name, name prefix, name substring,
-summary match. Each table is scanned once per query with a LIMIT (a substring LIKE cannot
-use an index). Measured on SQLite: 40-90 ms for 100,000 projects plus 100,000 cached pages.
-"""
+"""GET /+search: full-text search over every index the caller may read (app/search.py), as
+HTML with highlighted snippets or as JSON; `?query=` (devpi-web's name) works as `?q=`."""
 
 from __future__ import annotations
 
-import dataclasses
-import re
-from collections.abc import Collection
+from flask import Response, jsonify, render_template, request
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, or_, select
-from sqlalchemy.orm import Session
+from app.auth import current_reader
+from app.db import get_session
+from app.errors import HTTPError
+from app.indexes import readable_index_ids
+from app.search import Hit, InvalidQuery, parse_query, search
+from app.web.base import bp, doc_url, page_number, project_url
 
-from app.models import Index, MirrorPage, Project, User
-
-MAX_QUERY_CHARS = 200
-RANK_EXACT, RANK_PREFIX, RANK_NAME, RANK_SUMMARY = range(4)
-_ESCAPE = "!"  # not a backslash: its SQL literal differs between dialects
-
-
-@dataclasses.dataclass(frozen=True)
-class Hit:
-    """A project on an index that matches the query."""
-
-    name: str
-    normalized_name: str
-    index_path: str
-    is_mirror: bool
-    summary: str | None
-    rank: int
+SEARCH_PAGE_SIZE = 50
+MAX_SEARCH_PAGE = 20  # 1,000 hits: past that, a narrower query finds it faster than paging
 
 
-def _like(text: str) -> str:
-    """Escape LIKE wildcards so the query is matched literally."""
-    return (
-        text.replace(_ESCAPE, _ESCAPE * 2).replace("%", _ESCAPE + "%").replace("_", _ESCAPE + "_")
+def hit_url(hit: Hit) -> str:
+    """Where a hit leads: the page inside the docs, or the project's page."""
+    if hit.kind == "docs":
+        return doc_url(hit.index_path, hit.normalized_name, hit.version, hit.path)
+    return project_url(hit.index_path, hit.normalized_name)
+
+
+def hit_json(hit: Hit) -> dict[str, str]:
+    """A hit as the JSON API answers it."""
+    return {
+        "kind": hit.kind,
+        "name": hit.name,
+        "index": hit.index_path,
+        "version": hit.version,
+        "title": hit.title,
+        "summary": hit.summary,
+        "path": hit.path,
+        "url": request.host_url.rstrip("/") + hit_url(hit),
+        "snippet": hit.snippet_text,
+        "snippet_html": str(hit.snippet_html),
+    }
+
+
+@bp.get("/+search", endpoint="search")
+def search_page() -> Response | str:
+    """Releases, docs pages and mirrored projects matching `q`, best first (HTML or JSON)."""
+    query = (request.args.get("q") or request.args.get("query") or "").strip()
+    page = page_number()
+    if page > MAX_SEARCH_PAGE:
+        raise HTTPError(
+            400, f"Search pages stop at {MAX_SEARCH_PAGE}; add words to narrow the search."
+        )
+    hits: list[Hit] = []
+    if query:
+        session = get_session()
+        try:
+            hits = search(
+                session,
+                parse_query(query),
+                limit=SEARCH_PAGE_SIZE + 1,
+                offset=(page - 1) * SEARCH_PAGE_SIZE,
+                index_ids=readable_index_ids(session, current_reader()),
+            )
+        except InvalidQuery as exc:
+            raise HTTPError(400, str(exc)) from None
+    has_next = len(hits) > SEARCH_PAGE_SIZE and page < MAX_SEARCH_PAGE
+    hits = hits[:SEARCH_PAGE_SIZE]
+    accept = request.accept_mimetypes
+    if accept.quality("application/json") > accept.quality("text/html"):  # not for */*
+        return jsonify(
+            {
+                "query": query,
+                "page": page,
+                "has_next": has_next,
+                "hits": [hit_json(h) for h in hits],
+            }
+        )
+    return render_template(
+        "search.html",
+        query=query,
+        hits=hits,
+        hit_url=hit_url,
+        page=page,
+        has_next=has_next,
     )
-
-
-def name_query(query: str) -> str:
-    """The query as a normalized project name: lowercase, runs of -_. and spaces as '-'."""
-    return re.sub(r"[-_.\s]+", "-", query.strip().lower()).strip("-")
-
-
-def _rank(column: SQLColumnExpression[str], name: str) -> ColumnElement[int]:
-    return case(
-        (column == name, RANK_EXACT),
-        (column.like(_like(name) + "%", escape=_ESCAPE), RANK_PREFIX),
-        (column.like("%" + _like(name) + "%", escape=_ESCAPE), RANK_NAME),
-        else_=RANK_SUMMARY,
-    )
-
-
-def search(
-    session: Session,
-    query: str,
-    *,
-    limit: int,
-    offset: int = 0,
-    index_ids: Collection[int] | None = None,
-) -> list[Hit]:
-    """Matches for `query`, best first; at most `limit` from `offset`; only on the indexes
-    `index_ids` (None: every index)."""
-    query = query.strip()[:MAX_QUERY_CHARS]
-    name = name_query(query)
-    if not name:
-        return []
-    wanted = offset + limit
-    name_like = "%" + _like(name) + "%"
-    text_like = "%" + _like(query.lower()) + "%"
-    readable = [] if index_ids is None else [Index.id.in_(list(index_ids))]
-
-    hosted_rank = _rank(Project.normalized_name, name)
-    hosted = session.execute(
-        select(
-            Project.name,
-            Project.normalized_name,
-            User.username,
-            Index.name,
-            Project.summary,
-            hosted_rank,
-        )
-        .join(Index, Project.index_id == Index.id)
-        .join(User, Index.owner_id == User.id)
-        .where(
-            or_(
-                Project.normalized_name.like(name_like, escape=_ESCAPE),
-                func.lower(Project.summary).like(text_like, escape=_ESCAPE),
-            ),
-            *readable,
-        )
-        .order_by(hosted_rank, Project.normalized_name, User.username, Index.name)
-        .limit(wanted)
-    ).all()
-
-    mirrored_rank = _rank(MirrorPage.normalized_name, name)
-    mirrored = session.execute(
-        select(
-            MirrorPage.name, MirrorPage.normalized_name, User.username, Index.name, mirrored_rank
-        )
-        .join(Index, MirrorPage.index_id == Index.id)
-        .join(User, Index.owner_id == User.id)
-        .where(
-            MirrorPage.is_found.is_(True),
-            MirrorPage.normalized_name.like(name_like, escape=_ESCAPE),
-            *readable,
-        )
-        .order_by(mirrored_rank, MirrorPage.normalized_name, User.username, Index.name)
-        .limit(wanted)
-    ).all()
-
-    hits = [
-        Hit(n, norm, f"{owner}/{index}", False, summary, rank)
-        for n, norm, owner, index, summary, rank in hosted
-    ] + [
-        Hit(n, norm, f"{owner}/{index}", True, None, rank)
-        for n, norm, owner, index, rank in mirrored
-    ]
-    hits.sort(key=lambda h: (h.rank, h.normalized_name, h.is_mirror, h.index_path))
-    return hits[offset:wanted]

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 revision = '0011_promotions'
-down_revision = '0009'
+down_revision = '0010_search'
 branch_labels = None
 depends_on = None
 

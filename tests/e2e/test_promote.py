@@ -9,6 +9,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -173,6 +174,12 @@ def test_promote_copies_files_sidecars_and_docs_as_they_are_without_storing_a_by
     status, _h, page, _r = server.get("/alice/prod/staged-pkg/1.0/+doc/index.html")
     assert (status, b"staged-pkg docs" in page) == (200, True)
     assert sha256(docs) in before
+    status, _h, found, _r = server.get(
+        "/+search?q=" + quote('docs:"staged-pkg docs"'), headers={"Accept": "application/json"}
+    )
+    assert status == 200
+    docs_hits = {(h["index"], h["url"].split("/+doc/")[-1]) for h in json.loads(found)["hits"]}
+    assert ("alice/prod", "index.html") in docs_hits  # the copy's pages are searchable too
     status, _h, page, _r = server.get(
         "/alice/prod/staged-pkg/1.0/", headers={"Accept": "text/html"}
     )

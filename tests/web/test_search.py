@@ -9,7 +9,6 @@ import pytest
 
 from app.db import begin_write
 from app.models import Index, MirrorPage
-from app.web.search import name_query
 from tests.web.helpers import HTML, upload
 
 RESULT_RE = re.compile(r'<tr>\s*<td><a href="(/[^"]+/)">')
@@ -80,18 +79,19 @@ def test_search_treats_like_wildcards_literally(client: Any) -> None:
 def test_search_pages_its_results(client: Any, monkeypatch: Any) -> None:
     for number in range(3):
         upload(client, f"pkg{number}", "1.0")
-    from app import web
+    from app.web import search
 
-    monkeypatch.setattr(web, "SEARCH_PAGE_SIZE", 2)
+    monkeypatch.setattr(search, "SEARCH_PAGE_SIZE", 2)
 
-    assert results(client, "pkg") == ["/admin/dev/pkg0/", "/admin/dev/pkg1/"]
-    assert results(client, "pkg", page=2) == ["/admin/dev/pkg2/"]
+    # equal ranks: the most recent upload first
+    assert results(client, "pkg*") == ["/admin/dev/pkg2/", "/admin/dev/pkg1/"]
+    assert results(client, "pkg*", page=2) == ["/admin/dev/pkg0/"]
 
 
 def test_empty_search_explains_itself(client: Any) -> None:
     body = client.get("/+search", headers=HTML).get_data(as_text=True)
 
-    assert "Type a project name" in body
+    assert "quoted phrases" in body
 
 
 def test_search_escapes_what_it_shows(client: Any) -> None:
@@ -101,10 +101,6 @@ def test_search_escapes_what_it_shows(client: Any) -> None:
 
     assert "<script>alert" not in body
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
-
-
-def test_name_query_normalizes_like_pep_503() -> None:
-    assert name_query("  Foo__Bar.baz ") == "foo-bar-baz"
 
 
 @pytest.mark.empty_database
@@ -163,3 +159,26 @@ def test_the_migration_fills_summaries_of_projects_uploaded_before_it(tmp_path: 
     with engine.connect() as connection:
         assert connection.scalar(text("SELECT summary FROM projects")) == "New words"
     engine.dispose()
+
+
+def test_a_broad_search_lists_named_projects_then_the_most_recent(
+    client: Any, monkeypatch: Any
+) -> None:
+    """Past BROAD_MATCHES matches nothing is weighed: named projects first, then the most
+    recently indexed, pages included."""
+    from app import search
+    from app.web import search as page
+
+    upload(client, "flask", "1.0")
+    upload(client, "older", "1.0", summary="Helpers for Flask apps")
+    upload(client, "flask-login", "1.0")
+    upload(client, "newer", "1.0", summary="More flask")
+    monkeypatch.setattr(search, "BROAD_MATCHES", 2)
+    monkeypatch.setattr(page, "SEARCH_PAGE_SIZE", 3)
+
+    assert results(client, "flask") == [
+        "/admin/dev/flask/",
+        "/admin/dev/flask-login/",
+        "/admin/dev/newer/",
+    ]
+    assert results(client, "flask", page=2) == ["/admin/dev/older/"]

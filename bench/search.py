@@ -1,0 +1,314 @@
+"""Search at scale: today's LIKE scan (names and summaries, the search before app/fulltext.py)
+against the full-text index, on one generated database; and how long a 100-page docs zip
+takes to index.
+
+    .venv/bin/python bench/search.py                       # SQLite in a temp dir, the defaults
+    .venv/bin/python bench/search.py --projects 100000 --docsets 2000   # the issue's scale
+    .venv/bin/python bench/search.py --postgres     # a throwaway server, as the tests start it
+
+Rows go straight into the tables (no HTTP, no readme rendering): names, summaries and
+descriptions from a Zipf-distributed vocabulary, and the same number of cached mirror pages as
+projects (today's search scans both). Prints Markdown for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import ColumnElement, case, func, insert, or_, select, text  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from app import fulltext, schema, search  # noqa: E402
+from app.db import make_engine  # noqa: E402
+from app.models import DocSet, Index, MirrorPage, Project, SearchDocument, User  # noqa: E402
+
+SEED = 19
+BATCH = 5_000
+VOCABULARY = 20_000
+
+
+def words(rng: random.Random, vocabulary: list[str], count: int) -> str:
+    """`count` words, Zipf-like: a few very common, most rare."""
+    return " ".join(
+        vocabulary[min(int(rng.paretovariate(1.1)) - 1, VOCABULARY - 1)] for _ in range(count)
+    )
+
+
+def make_vocabulary(rng: random.Random) -> list[str]:
+    """Pronounceable made-up words."""
+    syllables = ["ka", "lo", "mi", "ren", "to", "sa", "vu", "ne", "qui", "dor", "pa", "zel"]
+    found: set[str] = set()
+    while len(found) < VOCABULARY:
+        found.add("".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))))
+    return sorted(found, key=lambda w: (len(w), w))
+
+
+def fill(session: Session, projects: int, docsets: int, pages: int) -> list[str]:
+    """Users, a stage and a mirror, projects, mirror pages and search documents; return the
+    vocabulary."""
+    rng = random.Random(SEED)  # noqa: S311 - reproducible text, not secrets
+    vocabulary = make_vocabulary(rng)
+    user = User(username="bench", password_hash="!")  # noqa: S106 - no login
+    session.add(user)
+    session.flush()
+    stage = Index(owner_id=user.id, name="dev", type="stage")
+    mirror = Index(owner_id=user.id, name="pypi", type="mirror")
+    session.add_all([stage, mirror])
+    session.flush()
+    now = time.time()
+    for start in range(0, projects, BATCH):
+        names = [
+            f"{vocabulary[(n * 7) % VOCABULARY]}-{n}"
+            for n in range(start, min(start + BATCH, projects))
+        ]
+        summaries = [words(rng, vocabulary, 8) for _ in names]
+        rows = (
+            session.execute(
+                insert(Project).returning(Project.id),
+                [
+                    {"index_id": stage.id, "name": n, "normalized_name": n, "summary": s}
+                    for n, s in zip(names, summaries, strict=True)
+                ],
+            )
+            .scalars()
+            .all()
+        )
+        session.execute(
+            insert(MirrorPage),
+            [
+                {
+                    "index_id": mirror.id,
+                    "name": f"up-{n}",
+                    "normalized_name": f"up-{n}",
+                    "files": [],
+                }
+                for n in names
+            ],
+        )
+        fulltext._write(
+            session,
+            [
+                {
+                    "index_id": stage.id,
+                    "project_id": pid,
+                    "kind": "release",
+                    "normalized_name": n,
+                    "name": n,
+                    "summary": s,
+                    "version": "1.0",
+                    "keywords": words(rng, vocabulary, 5),
+                    "description": words(rng, vocabulary, 200),
+                }
+                for pid, n, s in zip(rows, names, summaries, strict=True)
+            ],
+        )
+        session.commit()
+        print(
+            f"  {min(start + BATCH, projects)} projects ({time.time() - now:.0f} s)",
+            file=sys.stderr,
+        )
+    for number in range(docsets):
+        docset = DocSet(
+            index_id=stage.id,
+            normalized_name=f"{vocabulary[(number * 7) % VOCABULARY]}-{number}",
+            version="1.0",
+            sha256="0" * 64,
+            size=0,
+            uncompressed_bytes=0,
+            entry_count=pages,
+        )
+        session.add(docset)
+        session.flush()
+        fulltext.index_docset(
+            session,
+            docset,
+            [
+                fulltext.DocsPage(
+                    f"page{p}.html", words(rng, vocabulary, 6), words(rng, vocabulary, 400)
+                )
+                for p in range(pages)
+            ],
+        )
+        if number % 50 == 49:
+            session.commit()
+            print(f"  {number + 1} doc sets ({time.time() - now:.0f} s)", file=sys.stderr)
+    session.commit()
+    return vocabulary
+
+
+def like_search(session: Session, query: str, limit: int = 51) -> int:
+    """Today's search (app/web/search.py before full-text): LIKE over names and summaries."""
+    name = query.strip().lower().replace(" ", "-")
+    name_like, text_like = f"%{name}%", f"%{query.lower()}%"
+
+    def rank(column: ColumnElement[str]) -> ColumnElement[int]:
+        return case(
+            (column == name, 0), (column.like(name + "%"), 1), (column.like(name_like), 2), else_=3
+        )
+
+    hosted = session.execute(
+        select(Project.name, rank(Project.normalized_name))
+        .where(
+            or_(
+                Project.normalized_name.like(name_like), func.lower(Project.summary).like(text_like)
+            )
+        )
+        .order_by(rank(Project.normalized_name), Project.normalized_name)
+        .limit(limit)
+    ).all()
+    mirrored = session.execute(
+        select(MirrorPage.name, rank(MirrorPage.normalized_name))
+        .where(MirrorPage.is_found.is_(True), MirrorPage.normalized_name.like(name_like))
+        .order_by(rank(MirrorPage.normalized_name), MirrorPage.normalized_name)
+        .limit(limit)
+    ).all()
+    return len(hosted) + len(mirrored)
+
+
+def timed(run, queries: list[str], rounds: int) -> list[float]:
+    """Milliseconds of each run of each query."""
+    times = []
+    for _ in range(rounds):
+        for query in queries:
+            started = time.perf_counter()
+            run(query)
+            times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def docs_zip(rng: random.Random, vocabulary: list[str], pages: int) -> bytes:
+    """A Sphinx-like zip of `pages` pages of about 400 words."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for number in range(pages):
+            body = words(rng, vocabulary, 400)
+            archive.writestr(
+                f"html/page{number}.html",
+                f"<html><head><title>Page {number}</title><script>x()</script></head><body>"
+                f"<nav>Home Next</nav><div role='main'><h1>Page {number}</h1><p>{body}</p>"
+                "</div></body></html>",
+            )
+        archive.writestr("html/index.html", "<h1>index</h1>")
+    return buffer.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--projects", type=int, default=100_000)
+    parser.add_argument("--docsets", type=int, default=200)
+    parser.add_argument("--pages", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL, not SQLite")
+    args = parser.parse_args()
+    folder = tempfile.mkdtemp(prefix="pyshelf-bench-search-")
+    url = f"sqlite:///{folder}/bench.sqlite3"
+    server = None
+    if args.postgres:
+        from tests.pgserver import PostgresServer, wait_until_ready  # only for this option
+
+        server = PostgresServer().start()
+        wait_until_ready(server)
+        url = server.create_database("bench_search")
+    try:
+        run(args, url)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run(args: argparse.Namespace, url: str) -> None:
+    """Fill the database at `url`, then measure and print."""
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        schema.create_schema(connection, schema.head_revision())
+    started = time.time()
+    with Session(engine) as session:
+        vocabulary = fill(session, args.projects, args.docsets, args.pages)
+        if engine.dialect.name == "postgresql":
+            session.execute(text("ANALYZE"))
+            session.commit()
+        built = time.time() - started
+        documents = session.scalar(select(func.count()).select_from(SearchDocument))
+        # Queries people type: a name, the commonest word, a rare word, two words, a phrase, a
+        # prefix, a docs-only word.
+        queries = [
+            f"{vocabulary[7]}-1",
+            vocabulary[0],
+            vocabulary[5000],
+            f"{vocabulary[3]} {vocabulary[900]}",
+            f'"{vocabulary[1]} {vocabulary[2]}"',
+            vocabulary[40][:3] + "*",
+            f"docs:{vocabulary[300]}",
+        ]
+        parsed = [search.parse_query(q) for q in queries]
+        like_queries = [q.strip('"*').removeprefix("docs:") for q in queries]
+        timed(lambda q: like_search(session, q), like_queries, 1)  # warm the caches
+        old = timed(lambda q: like_search(session, q), like_queries, args.rounds)
+        by_text = dict(zip(queries, parsed, strict=True))
+        timed(lambda q: search.search(session, by_text[q], limit=51), queries, 1)
+        new = timed(lambda q: search.search(session, by_text[q], limit=51), queries, args.rounds)
+        each = {
+            q: statistics.median(
+                timed(lambda x: search.search(session, by_text[x], limit=51), [q], args.rounds)
+            )
+            for q in queries
+        }
+        data = docs_zip(random.Random(SEED + 1), vocabulary, args.pages)  # noqa: S311
+        docset = DocSet(
+            index_id=1,
+            normalized_name="zipbench",
+            version="1.0",
+            sha256="1" * 64,
+            size=len(data),
+            uncompressed_bytes=0,
+            entry_count=args.pages + 1,
+        )
+        session.add(docset)
+        session.flush()
+        started = time.perf_counter()
+        pages = fulltext.read_docs(io.BytesIO(data), "html/")
+        fulltext.index_docset(session, docset, pages)
+        session.commit()
+        zip_seconds = time.perf_counter() - started
+    engine.dispose()
+    print(f"\n### Search ({engine.dialect.name}, {time.strftime('%Y-%m-%d')})\n")
+    print(
+        f"{args.projects:,} projects (and as many cached mirror pages), {args.docsets:,} doc sets"
+        f" x {args.pages} pages: {documents:,} search documents, built in {built:.0f} s.\n"
+    )
+    print("| search | p50 ms | p99 ms | max ms |\n|---|---|---|---|")
+    for label, values in (
+        ("today: LIKE over names and summaries", old),
+        ("full text: names, summaries, descriptions, docs", new),
+    ):
+        print(
+            f"| {label} | {percentile(values, 0.5):.1f} | {percentile(values, 0.99):.1f} |"
+            f" {max(values):.1f} |"
+        )
+    print("\n| full-text query | median ms |\n|---|---|")
+    for query, median in each.items():
+        print(f"| `{query}` | {median:.1f} |")
+    print(
+        f"\nIndexing a {args.pages}-page docs zip (read, parse, write, commit):"
+        f" {zip_seconds * 1000:.0f} ms."
+    )
+
+
+if __name__ == "__main__":
+    main()
