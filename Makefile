@@ -70,8 +70,8 @@ lint: $(VENV)/.installed ## ruff check and format check, mypy over app/ (setting
 	$(VENV)/bin/ruff format --check app tests bench
 	$(VENV)/bin/mypy
 
-docs: $(VENV)/.installed ## write docs/configuration.md and .env.example from the settings table in app/config.py
-	$(PY) -m app.config markdown > docs/configuration.md && $(PY) -m app.config env-example > .env.example
+docs: $(VENV)/.installed ## write docs/configuration.md and .env.example from the settings table in app/core/config.py
+	$(PY) -m app.core.config markdown > docs/configuration.md && $(PY) -m app.core.config env-example > .env.example
 
 format: $(VENV)/.installed ## apply ruff format and fixes
 	$(VENV)/bin/ruff format app tests bench

@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED=1
 
 # In the image, DATA_DIR is a volume that the host prepares: when it is mounted read-only or
 # belongs to another uid, say so with the fix in one line before SQLite fails obscurely.
-# (On a bare machine, app/prepare.py's own check names the chown to run on the real path.)
+# (On a bare machine, app/ops/prepare.py's own check names the chown to run on the real path.)
 check_volume() {
     [ -n "${PYSHELF_IN_CONTAINER:-}" ] || return 0
     dir=${DATA_DIR:-/data}

@@ -13,10 +13,10 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 if TYPE_CHECKING:
     from flask import Flask
 
-    from app.config import Settings
+    from app.core.config import Settings
 
 # Flask, SQLAlchemy and the rest are imported in the functions below, not here: gunicorn's
-# master imports app.config (and so this package) for its settings, and never serves a request.
+# master imports app.core.config (and so this package) for its settings, and never serves a request.
 __version__ = "0.1.0"
 log = logging.getLogger(__name__)
 
@@ -70,27 +70,27 @@ def create_app(
     # Imported here, not at the top: gunicorn's master imports this package (see above).
     from flask import Flask
 
-    from app import (
+    from app.core import logs
+    from app.core.config import Settings
+    from app.core.storage import make_storage
+    from app.core.upstream import UpstreamClient
+    from app.data import db
+    from app.data.db import Database
+    from app.http import (
         api,
         auth,
-        db,
         devpi,
         errors,
         files,
         health,
-        logs,
         metrics,
         serving,
         simple,
         upload,
         web,
     )
-    from app.config import Settings
-    from app.db import Database
-    from app.mirror import Mirror, stale_header
-    from app.pagecache import PageCache
-    from app.storage import make_storage
-    from app.upstream import UpstreamClient
+    from app.services.mirror import Mirror, stale_header
+    from app.services.pagecache import PageCache
 
     settings = settings or Settings.from_env()
     logs.configure(settings)
@@ -99,7 +99,7 @@ def create_app(
     app.config["SECRET_KEY"] = load_secret_key(settings)
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-    # The cookie's Expires and signature age; the server-side row (app/auth.py) ends it too,
+    # The cookie's Expires and signature age; the server-side row (app/http/auth.py) ends it too,
     # counted from login: so the cookie is not re-sent on every response (docs set none).
     app.config["PERMANENT_SESSION_LIFETIME"] = settings.session_lifetime_seconds
     app.config["SESSION_REFRESH_EACH_REQUEST"] = False

@@ -9,7 +9,7 @@ import sys
 def run() -> None:
     """Run `pyshelf ARGS` and exit with its code."""
     if sys.argv[1:] == ["healthcheck"]:
-        from app.server import run_healthcheck  # only this: no SQLAlchemy, Flask or models
+        from app.ops.server import run_healthcheck  # only this: no SQLAlchemy, Flask or models
 
         sys.exit(run_healthcheck())
     from app.cli import run as run_command  # every other command, --help included

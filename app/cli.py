@@ -18,24 +18,17 @@ from typing import Any, NoReturn
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import __version__, fulltext, pagecache
-from app.auth import hash_password, new_token_secret, token_hash
-from app.config import ConfigError, Settings, env_file, parse_size, sources
-from app.db import Database, begin_write
-from app.dists import normalize_name
-from app.indexes import (
-    IndexConfigError,
-    apply_config,
-    create_index,
-    dependents,
-    get_index_by_path,
-    index_config,
-    resolution_order,
-)
-from app.logs import configure
-from app.models import Index, MirrorPage, Token, User
-from app.preflight import settings_for_start
-from app.prepare import (
+from app import __version__
+from app.core.config import ConfigError, Settings, env_file, parse_size, sources
+from app.core.dists import normalize_name
+from app.core.logs import configure
+from app.core.storage import make_storage
+from app.core.upstream import mask_url
+from app.data.db import Database, begin_write
+from app.data.models import Index, MirrorPage, Token, User
+from app.http.auth import hash_password, new_token_secret, token_hash
+from app.ops.preflight import settings_for_start
+from app.ops.prepare import (
     MIRROR_INDEX,
     PRIVATE_UMASK,
     OperationError,
@@ -46,9 +39,17 @@ from app.prepare import (
     make_data_dir_private,
     migrate,
 )
-from app.server import exec_gunicorn, healthcheck
-from app.storage import make_storage
-from app.upstream import mask_url
+from app.ops.server import exec_gunicorn, healthcheck
+from app.services import fulltext, pagecache
+from app.services.indexes import (
+    IndexConfigError,
+    apply_config,
+    create_index,
+    dependents,
+    get_index_by_path,
+    index_config,
+    resolution_order,
+)
 
 log = logging.getLogger("pyshelf")
 
@@ -271,7 +272,7 @@ def cmd_refresh(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_import_devpi(settings: Settings, args: argparse.Namespace) -> None:
     """import-devpi DIR: import a devpi-server export (devpi-export DIR) into an empty pyshelf."""
-    from app.devpi_import import import_export  # when it runs: see above
+    from app.ops.devpi_import import import_export  # when it runs: see above
 
     directory = Path(args.directory)
     report = import_export(settings, directory)
@@ -282,8 +283,8 @@ def cmd_import_devpi(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
     """backup PATH: write an archive while the server keeps serving."""
-    from app.backup import backup  # when it runs: see above
-    from app.cache import human_bytes
+    from app.ops.backup import backup  # when it runs: see above
+    from app.services.cache import human_bytes
 
     summary = backup(
         settings,
@@ -306,8 +307,8 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
     """restore PATH: into an empty DATA_DIR (or over one with --force, server stopped)."""
-    from app.cache import human_bytes  # when it runs: see above
-    from app.restore import restore
+    from app.ops.restore import restore
+    from app.services.cache import human_bytes  # when it runs: see above
 
     if args.force and Path(args.path).is_file():  # (a missing archive: restore says so)
         where = Path(settings.data_dir).resolve()
@@ -328,7 +329,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> None:
     """verify [--repair]: check every blob and row; exit 1 when damage is left; warn about
     data that other users may read."""
     # when it runs: see above
-    from app.integrity import format_open_paths, format_report, open_to_others, verify
+    from app.ops.integrity import format_open_paths, format_report, open_to_others, verify
 
     report = verify(settings, repair=args.repair)
     print(format_report(report))
@@ -341,7 +342,11 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_cache(settings: Settings, args: argparse.Namespace) -> None:
     """cache stats|prune: the mirror cache's size and hit ratio; evict down to the cap now."""
-    from app.cache import MirrorCache, human_bytes, stats_as_dict  # when it runs: see above
+    from app.services.cache import (  # when it runs: see above
+        MirrorCache,
+        human_bytes,
+        stats_as_dict,
+    )
 
     database = Database(settings.database_url)
     cache = MirrorCache(settings, database, make_storage(settings))
@@ -383,7 +388,7 @@ def cmd_cache(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_prefetch(settings: Settings, args: argparse.Namespace) -> None:
     """prefetch -r FILE [REQ ...] [--index USER/NAME] [--deps]: fill the cache in advance."""
-    from app.prefetch import format_summary, parse_requirements, prefetch  # see above
+    from app.ops.prefetch import format_summary, parse_requirements, prefetch  # see above
 
     requirements = parse_requirements(args.requirement or [], args.requirements)
     if not requirements:
@@ -666,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """`pyshelf` (app/__main__.py) and `python -m app.cli`: main() under umask 077, then exit."""
-    os.umask(PRIVATE_UMASK)  # as entrypoint.sh did: DATA_DIR holds secrets (app/prepare.py)
+    os.umask(PRIVATE_UMASK)  # as entrypoint.sh did: DATA_DIR holds secrets (app/ops/prepare.py)
     try:
         code = main()
     except KeyboardInterrupt:

@@ -27,14 +27,14 @@ from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.backup import backup
 from app.cli import bootstrap, migrate
-from app.config import Settings
-from app.db import Database
-from app.integrity import Verifier
-from app.models import File, Index, Project
-from app.restore import restore
-from app.storage import LocalStorage
+from app.core.config import Settings
+from app.core.storage import LocalStorage
+from app.data.db import Database
+from app.data.models import File, Index, Project
+from app.ops.backup import backup
+from app.ops.integrity import Verifier
+from app.ops.restore import restore
 
 LARGE_BYTES = 4 << 20  # 4 MiB
 SMALL_BYTES = 20 << 10  # 20 KiB

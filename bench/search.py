@@ -1,6 +1,6 @@
-"""Search at scale: today's LIKE scan (names and summaries, the search before app/fulltext.py)
-against the full-text index, on one generated database; and how long a 100-page docs zip
-takes to index.
+"""Search at scale: today's LIKE scan (names and summaries, the search before
+app/services/fulltext.py) against the full-text index, on one generated database; and how long a
+100-page docs zip takes to index.
 
     .venv/bin/python bench/search.py                       # SQLite in a temp dir, the defaults
     .venv/bin/python bench/search.py --projects 100000 --docsets 2000   # the issue's scale
@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import ColumnElement, case, func, insert, or_, select, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from app import fulltext, schema, search  # noqa: E402
-from app.db import make_engine  # noqa: E402
-from app.models import DocSet, Index, MirrorPage, Project, SearchDocument, User  # noqa: E402
+from app.data import schema  # noqa: E402
+from app.data.db import make_engine  # noqa: E402
+from app.data.models import DocSet, Index, MirrorPage, Project, SearchDocument, User  # noqa: E402
+from app.services import fulltext, search
 
 SEED = 19
 BATCH = 5_000
@@ -148,7 +149,7 @@ def fill(session: Session, projects: int, docsets: int, pages: int) -> list[str]
 
 
 def like_search(session: Session, query: str, limit: int = 51) -> int:
-    """Today's search (app/web/search.py before full-text): LIKE over names and summaries."""
+    """Today's search (app/http/web/search.py before full-text): LIKE over names and summaries."""
     name = query.strip().lower().replace(" ", "-")
     name_like, text_like = f"%{name}%", f"%{query.lower()}%"
 

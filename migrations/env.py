@@ -5,10 +5,10 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
-from app import models  # noqa: F401  (registers the tables on Base.metadata)
-from app.config import Settings
-from app.db import Base, make_engine
-from app.schema import is_fts_table
+from app.core.config import Settings
+from app.data import models  # noqa: F401  (registers the tables on Base.metadata)
+from app.data.db import Base, make_engine
+from app.data.schema import is_fts_table
 
 config = context.config
 
@@ -24,7 +24,7 @@ def compare_type(migration: Any, _found_column: Any, _column: Any, found: Any, w
 
 def include_name(name: str | None, kind: str, _parents: Any) -> bool:
     """Leave SQLite's FTS5 table and its shadow tables out of comparisons: no model describes
-    them (app/schema.py fts_objects creates them)."""
+    them (app/data/schema.py fts_objects creates them)."""
     return not (kind == "table" and name is not None and is_fts_table(name))
 
 

@@ -8,7 +8,7 @@ from flask import Flask
 
 _Loader = TypeVar("_Loader", bound=Callable[..., Any])
 
-# The logged-in user (app.models.User) or Flask-Login's anonymous user, behind a LocalProxy.
+# The logged-in user (app.data.models.User) or Flask-Login's anonymous user, behind a LocalProxy.
 current_user: Any
 
 class UserMixin:

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from app.config import Settings
-from app.db import Database
-from app.prepare import bootstrap, migrate
+from app.core.config import Settings
+from app.data.db import Database
+from app.ops.prepare import bootstrap, migrate
 from tests import pgserver, s3server, settings_defaults
 from tests.fake_upstream import FakeUpstream
 
@@ -30,7 +30,7 @@ TEST_DATABASE = os.environ.get("PYSHELF_TEST_DATABASE", "").strip().lower() or "
 # PYSHELF_TEST_STORAGE=s3 keeps the blobs in a bucket of a local S3 server (moto) instead.
 TEST_STORAGE = os.environ.get("PYSHELF_TEST_STORAGE", "").strip().lower() or "local"
 ADMIN_PASSWORD = "admin-secret-pw"
-# Fake upstreams listen on loopback, which pyshelf refuses by default (app/egress.py): tests
+# Fake upstreams listen on loopback, which pyshelf refuses by default (app/core/egress.py): tests
 # allow it unless they set UPSTREAM_ALLOW_PRIVATE themselves (to "" to see the refusal).
 TEST_ALLOW_PRIVATE = ("127.0.0.0/8", "::1/128")
 START_TIMEOUT_SECONDS = 60

@@ -10,9 +10,9 @@ import zipfile
 from typing import Any
 
 from app import create_app
-from app.config import Settings
-from app.db import Database
-from app.prepare import bootstrap, migrate
+from app.core.config import Settings
+from app.data.db import Database
+from app.ops.prepare import bootstrap, migrate
 from tests.builders import make_wheel
 from tests.fake_upstream import FakeUpstream
 

@@ -162,9 +162,9 @@ class PostgresServer:
 
     def make_migrated_template(self) -> None:
         """A database migrated to head: tests' databases are copies (no migration per test)."""
-        from app import locks
-        from app.config import Settings
-        from app.prepare import migrate
+        from app.core import locks
+        from app.core.config import Settings
+        from app.ops.prepare import migrate
 
         url = self.create_database(MIGRATED_TEMPLATE)
         migrate(Settings(data_dir=self.root, database_url=url))
@@ -246,7 +246,7 @@ def database_env(data_dir: str | os.PathLike[str] | None) -> dict[str, str]:
 
 def drop_databases(names: set[str]) -> None:
     """Drop the databases a test made, and the lock engines of this process that used them."""
-    from app import locks
+    from app.core import locks
 
     if SERVER is None:
         return

@@ -25,7 +25,7 @@ def is_test_data_dir(data_dir: str | os.PathLike[str]) -> bool:
 def register(filler: Filler) -> None:
     """Run `filler` on every Settings built for a test data directory, before its own checks."""
     global _original_post_init
-    from app.config import Settings
+    from app.core.config import Settings
 
     if _original_post_init is None:
         original = _original_post_init = Settings.__post_init__
@@ -43,7 +43,7 @@ def register(filler: Filler) -> None:
 def unregister(filler: Filler) -> None:
     """Stop running `filler`; Settings gets its own __post_init__ back with the last one."""
     global _original_post_init
-    from app.config import Settings
+    from app.core.config import Settings
 
     if filler in _fillers:
         _fillers.remove(filler)

@@ -26,14 +26,15 @@ from alembic import command
 from sqlalchemy import create_engine, text
 from werkzeug.security import generate_password_hash
 
-from app import api, auth, cli, create_app
-from app.config import Settings
-from app.db import Database
-from app.devpi_import import Importer
-from app.indexes import Reader, apply_operations, may_read, normalize_config
-from app.models import Index, User
-from app.prepare import bootstrap, migrate
-from app.web import admin
+from app import cli, create_app
+from app.core.config import Settings
+from app.data.db import Database
+from app.data.models import Index, User
+from app.http import api, auth
+from app.http.web import admin
+from app.ops.devpi_import import Importer
+from app.ops.prepare import bootstrap, migrate
+from app.services.indexes import Reader, apply_operations, may_read, normalize_config
 from tests.builders import make_wheel, zip_bytes
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.fake_upstream import FakeUpstream
@@ -610,7 +611,7 @@ def test_a_logged_in_browser_reads_what_its_user_may(world: World) -> None:
 
 
 def test_docs_in_a_browser_go_through_a_grant_so_their_assets_load(world: World) -> None:
-    """The sandboxed docs' own requests carry no cookie (app/web/docs.py): a logged-in browser
+    """The sandboxed docs' own requests carry no cookie (app/http/web/docs.py): a logged-in browser
     gets a grant URL under which the relative links (the stylesheet) load without one."""
     browser = world.client()
     login(browser, "bob")

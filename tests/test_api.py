@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.models import Token
+from app.data.models import Token
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.test_upload import fast_password_hashes, upload  # noqa: F401 - autouse fixture

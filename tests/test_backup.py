@@ -1,4 +1,5 @@
-"""Backup and restore (app/backup.py, app/restore.py): round trip, manifest, refusals, damage."""
+"""Backup and restore (app/ops/backup.py, app/ops/restore.py): round trip, manifest, refusals,
+damage."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
-from app.backup import MANIFEST, BackupError, backup, database_kind, pg_env
-from app.config import Settings
-from app.db import Database
-from app.models import MirrorBlob
-from app.restore import restore
+from app.core.config import Settings
+from app.data.db import Database
+from app.data.models import MirrorBlob
+from app.ops.backup import MANIFEST, BackupError, backup, database_kind, pg_env
+from app.ops.restore import restore
 from tests.blobs import StoredBlob
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import basic_auth
@@ -48,7 +49,7 @@ def head_revision() -> str:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from app.schema import MIGRATIONS_DIR
+    from app.data.schema import MIGRATIONS_DIR
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -1,4 +1,5 @@
-"""The mirror cache (app/cache.py): accounting, LRU eviction under a cap, stats, prefetch."""
+"""The mirror cache (app/services/cache.py): accounting, LRU eviction under a cap, stats,
+prefetch."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from packaging.specifiers import SpecifierSet
 from sqlalchemy import select
 
 from app import cli
-from app.cache import BlobLock, MirrorCache
-from app.config import ConfigError, Settings
-from app.models import Index, MirrorBlob, MirrorHolding
-from app.prefetch import Prefetcher, choose_version, read_requirements
+from app.core.config import ConfigError, Settings
+from app.data.models import Index, MirrorBlob, MirrorHolding
+from app.ops.prefetch import Prefetcher, choose_version, read_requirements
+from app.services.cache import BlobLock, MirrorCache
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import basic_auth
 from tests.fake_upstream import FakeUpstream
@@ -245,7 +246,7 @@ def test_make_room_evicts_least_recently_used_files_whatever_the_cap(capped, whe
         fetch(capped, f"pkg-{project}", name)
     cache_of(capped).flush()
     full = shutil.disk_usage("/")._replace(free=0)
-    monkeypatch.setattr("app.cache.shutil.disk_usage", lambda _path: full)
+    monkeypatch.setattr("app.services.cache.shutil.disk_usage", lambda _path: full)
 
     # Each wheel was cached with the METADATA read from it, a blob of its own.
     (a, a_meta), (b, b_meta), (c, c_meta) = [(d, wheel_metadata(d)) for _n, d in wheels[:3]]

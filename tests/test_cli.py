@@ -19,10 +19,10 @@ from werkzeug.security import check_password_hash
 
 from app import create_app
 from app.cli import main
-from app.config import Settings
-from app.db import Database
-from app.indexes import get_index_by_path
-from app.models import Index, MirrorPage, User, utcnow
+from app.core.config import Settings
+from app.data.db import Database
+from app.data.models import Index, MirrorPage, User, utcnow
+from app.services.indexes import get_index_by_path
 from tests.conftest import (
     ADMIN_PASSWORD,
     ROOT,

@@ -1,4 +1,4 @@
-"""app.config: Settings.from_env, sizes and the .env file."""
+"""app.core.config: Settings.from_env, sizes and the .env file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import (
+from app.core.config import (
     ALL_INTERFACES,
     DEFAULT_MIRROR_URL,
     SETTINGS,
@@ -468,16 +468,16 @@ def test_every_default_reads_back_as_itself() -> None:
         assert field.default == row.parse(row.default), name
 
 
-# Reads of the environment outside app/config.py, each with the reason it is not a setting.
+# Reads of the environment outside app/core/config.py, each with the reason it is not a setting.
 ENVIRONMENT_READS = {
     ("app/cli.py", 'if os.environ.get("PYSHELF_PASSWORD"):'): "a command's input, not a setting",
     ("app/cli.py", 'return os.environ["PYSHELF_PASSWORD"]'): "a command's input, not a setting",
-    ("app/backup.py", "return {**os.environ, **{k: v for k, v in values.items() if v}}"): (
+    ("app/ops/backup.py", "return {**os.environ, **{k: v for k, v in values.items() if v}}"): (
         "passes the whole environment on to pg_dump/psql, reads no variable of its own"
     ),
 }
 _ENVIRONMENT_RE = re.compile(r"\bos\.environ\b|\bgetenv\b|\bfrom os import\b")
-# app/gunicorn_conf.py hands values to gunicorn and prometheus_client through the environment.
+# app/http/gunicorn_conf.py hands values to gunicorn and prometheus_client through the environment.
 _ENVIRONMENT_WRITE_RE = re.compile(r"os\.environ\[[^]]+\] = |os\.environ\.pop\(")
 
 
@@ -487,7 +487,7 @@ def test_only_app_config_reads_the_environment() -> None:
     reads = set()
     for path in sources:
         relative = path.relative_to(ROOT).as_posix()
-        if relative == "app/config.py":
+        if relative == "app/core/config.py":
             continue
         for line in path.read_text(encoding="utf-8").splitlines():
             code = line.split("#", 1)[0].strip()

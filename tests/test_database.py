@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from app.db import Database, begin_write
-from app.mirror import Counters
-from app.models import File, LoginFailure, MirrorStats
-from app.upstream import UpstreamClient
+from app.core.upstream import UpstreamClient
+from app.data.db import Database, begin_write
+from app.data.models import File, LoginFailure, MirrorStats
+from app.services.mirror import Counters
 from tests import test_mirror
 from tests.builders import make_wheel
 from tests.conftest import TEST_ALLOW_PRIVATE

@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
-from app import api, auth, cli
-from app.indexes import IndexConfigError, apply_operations
-from app.models import DocSet, File, Project
+from app import cli
+from app.data.models import DocSet, File, Project
+from app.http import api, auth
+from app.services.indexes import IndexConfigError, apply_operations
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 
@@ -348,7 +349,7 @@ def test_a_masked_mirror_url_sent_back_unchanged_keeps_the_real_one(
     client.patch("/root/pypi", json=shown, headers=admin_auth)
 
     with client.application.extensions["pyshelf.db"].session() as session:
-        from app.indexes import get_index_by_path
+        from app.services.indexes import get_index_by_path
 
         assert get_index_by_path(session, "root/pypi").mirror_url == (
             "http://user:secret@127.0.0.1:9/simple/"
@@ -565,7 +566,7 @@ def test_delete_needs_a_login(client: Any, released: Any) -> None:
 def test_imported_hashes_are_checked_and_replaced_by_scrypt_at_login(client: Any) -> None:
     from argon2 import PasswordHasher
 
-    from app.models import User
+    from app.data.models import User
 
     legacy = hashlib.sha256(b"c2FsdA==" + b"old-password").hexdigest()
     with client.application.extensions["pyshelf.db"].session() as session:

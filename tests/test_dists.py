@@ -1,4 +1,5 @@
-"""Unit tests for app.dists: filenames, archives, core metadata and digests (PEP 427, 527, 625)."""
+"""Unit tests for app.core.dists: filenames, archives, core metadata and digests (PEP 427, 527,
+625)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from typing import IO
 
 import pytest
 
-from app import dists
-from app.dists import (
+from app.core import dists
+from app.core.dists import (
     FilenameInfo,
     Hashes,
     InvalidDistribution,
@@ -52,7 +53,7 @@ MIB = 1024 * 1024
 
 
 def hash_stream(fileobj: IO[bytes], chunk_bytes: int = 1 << 20) -> Hashes:
-    """Hash `fileobj` from its current position to EOF (as app/spool.py hashes uploads)."""
+    """Hash `fileobj` from its current position to EOF (as app/http/spool.py hashes uploads)."""
     hashes = Hashes()
     while chunk := fileobj.read(chunk_bytes):
         hashes.update(chunk)

@@ -1,4 +1,4 @@
-"""Which addresses upstream requests may reach (app/egress.py), through UpstreamClient."""
+"""Which addresses upstream requests may reach (app/core/egress.py), through UpstreamClient."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from app.egress import AddressGuard, parse_networks, refused_kind
-from app.upstream import MAX_REDIRECTS, UpstreamClient, UpstreamError, UpstreamRefused
+from app.core.egress import AddressGuard, parse_networks, refused_kind
+from app.core.upstream import MAX_REDIRECTS, UpstreamClient, UpstreamError, UpstreamRefused
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 PAGE = json.dumps({"meta": {"api-version": "1.1"}, "name": "demo", "files": []}).encode()

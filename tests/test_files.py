@@ -1,4 +1,4 @@
-"""Release files and sidecars at /USER/INDEX/+f/SHA256/FILENAME: the view (app/files.py
+"""Release files and sidecars at /USER/INDEX/+f/SHA256/FILENAME: the view (app/http/files.py
 release_file) and the WSGI fast path in front of it (CachedFiles), which must answer exactly as
 the view does for what it serves and leave everything else to it.
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from app.files import CachedFiles
+from app.http.files import CachedFiles
 from tests.blobs import stored_blob
 from tests.builders import make_wheel, wheel_metadata
 from tests.test_upload import fast_password_hashes, upload  # noqa: F401 - autouse fixture

@@ -25,8 +25,8 @@ MODULES = app_modules()
 
 
 def imported(node: ast.Import | ast.ImportFrom, module: str) -> set[str]:
-    """The app modules an import statement in `module` names (`from app.web import docs`
-    names app.web.docs; `from app.web import bp` names app.web)."""
+    """The app modules an import statement in `module` names (`from app.http.web import docs`
+    names app.http.web.docs; `from app.http.web import bp` names app.http.web)."""
     found: set[str] = set()
     if isinstance(node, ast.Import):
         return {alias.name for alias in node.names if alias.name in MODULES}
@@ -71,8 +71,8 @@ def walk(body: list[ast.stmt], in_function: bool) -> list[tuple[ast.stmt, bool]]
 
 
 def module_graph() -> dict[str, set[str]]:
-    """module -> the app modules its top-level imports run. Importing app.web.docs runs
-    app/web/__init__.py first: each package on the way counts too, except the importer's own
+    """module -> the app modules its top-level imports run. Importing app.http.web.docs runs
+    app/http/web/__init__.py first: each package on the way counts too, except the importer's own
     packages (Python initializes those before it), unless it takes names from them."""
     graph: dict[str, set[str]] = {}
     for module, path in MODULES.items():

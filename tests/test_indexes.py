@@ -1,4 +1,5 @@
-"""app.indexes: resolution order, merged project views and the dependency-confusion rule."""
+"""app.services.indexes: resolution order, merged project views and the dependency-confusion
+rule."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.dists import normalize_name, parse_filename
-from app.indexes import (
+from app.core.dists import normalize_name, parse_filename
+from app.data.models import File, Index, Project, User
+from app.services.indexes import (
     Dist,
     create_index,
     get_index_by_path,
@@ -18,7 +20,6 @@ from app.indexes import (
     project_view,
     resolution_order,
 )
-from app.models import File, Index, Project, User
 from tests.test_upload import fast_password_hashes  # noqa: F401 - autouse fixture
 
 SHA_A = "a" * 64

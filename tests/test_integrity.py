@@ -1,4 +1,4 @@
-"""verify and verify --repair (app/integrity.py): what is damage, what may be repaired."""
+"""verify and verify --repair (app/ops/integrity.py): what is damage, what may be repaired."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import create_engine, delete, select, text
 
 from app import cli
-from app.config import Settings
-from app.integrity import ORPHAN_GRACE_SECONDS, Verifier, format_report
-from app.models import MirrorBlob
-from app.upstream import UpstreamClient
+from app.core.config import Settings
+from app.core.upstream import UpstreamClient
+from app.data.models import MirrorBlob
+from app.ops.integrity import ORPHAN_GRACE_SECONDS, Verifier, format_report
 from tests.blobs import StoredBlob, stored_blob
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import basic_auth

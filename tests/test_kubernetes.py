@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 import yaml  # PyYAML: in the test venv by way of moto[server] (requirements-dev.txt)
 
-from app.config import SETTINGS
+from app.core.config import SETTINGS
 from tests.conftest import ROOT
 
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
 ROWS = {row.env: row for row in SETTINGS.values()}
 PORT = int(ROWS["PORT"].default)
 IMAGE_DATA_DIR = ROWS["DATA_DIR"].docker
-STATUS_PATH = "/+status"  # app/health.py, the image's HEALTHCHECK
+STATUS_PATH = "/+status"  # app/http/health.py, the image's HEALTHCHECK
 WORKLOADS = {"Deployment", "StatefulSet"}
 
 
@@ -61,7 +61,7 @@ def test_every_variable_is_a_setting_with_a_valid_value(path: Path) -> None:
     """No misspelt name pyshelf would ignore; literal values read as the settings table says."""
     for variable in container_of(path)["env"]:
         row = ROWS.get(variable["name"])
-        assert row is not None, f"{variable['name']} is not a row of app/config.py"
+        assert row is not None, f"{variable['name']} is not a row of app/core/config.py"
         if "value" in variable:
             row.parse(str(variable["value"]))  # raises ValueError with the reason
 

@@ -1,4 +1,4 @@
-"""Named locks (app/locks.py) and what relies on them: writers, migrations, mirror downloads.
+"""Named locks (app/core/locks.py) and what relies on them: writers, migrations, mirror downloads.
 
 Every test runs on the backend under test: flock() with SQLite, advisory locks with
 PYSHELF_TEST_DATABASE=postgres. "Another replica" is played by a lock taken in this process
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from app.config import Settings
-from app.locks import Locks, advisory_key
-from app.prepare import migrate
+from app.core.config import Settings
+from app.core.locks import Locks, advisory_key
+from app.ops.prepare import migrate
 from tests import test_mirror
 from tests.operations import sha256
 from tests.test_migrations import TABLES, tables
@@ -93,7 +93,7 @@ def test_a_lock_is_released_when_the_process_holding_it_dies(settings: Settings)
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from app.locks import Locks\n"
+        "from app.core.locks import Locks\n"
         "lock = Locks(Path(sys.argv[1]), sys.argv[2]).exclusive('file-killed')\n"
         "assert lock.try_acquire()\n"
         "print('held', flush=True)\n"
@@ -190,7 +190,7 @@ def test_a_download_another_replica_holds_too_long_is_streamed_uncached(
     mirror_app, mc, fake_upstream, demo, remote, monkeypatch
 ):
     """The client does not wait out a long download elsewhere: its bytes come from upstream."""
-    monkeypatch.setattr("app.mirror.REMOTE_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr("app.services.mirror.REMOTE_WAIT_SECONDS", 0.3)
     filename, data = demo
     url = file_url(mc, filename)
     leader = remote.exclusive(
@@ -211,9 +211,9 @@ def test_bytes_streamed_uncached_are_still_checked_against_the_sha256(
     mirror_app, mc, fake_upstream, demo, remote, monkeypatch
 ):
     """A wrong file is cut off before its last chunk, cached or not."""
-    from app.upstream import UpstreamError
+    from app.core.upstream import UpstreamError
 
-    monkeypatch.setattr("app.mirror.REMOTE_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr("app.services.mirror.REMOTE_WAIT_SECONDS", 0.1)
     filename, data = demo
     url = file_url(mc, filename)
     fake_upstream.corrupt.add(filename)

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from app.logs import TextFormatter, short_user_agent
+from app.core.logs import TextFormatter, short_user_agent
 from tests.e2e.test_logs import PIP_AGENT
 
 

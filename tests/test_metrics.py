@@ -1,4 +1,5 @@
-"""/+metrics, /+status and the request log (app/metrics.py, app/health.py, app/logs.py)."""
+"""/+metrics, /+status and the request log (app/http/metrics.py, app/http/health.py,
+app/core/logs.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from app import health
-from app.config import Settings
-from app.logs import JsonFormatter, TextFormatter, request_id_var
-from app.metrics import REGISTRY, route_kind
+from app.core.config import Settings
+from app.core.logs import JsonFormatter, TextFormatter, request_id_var
+from app.http import health
+from app.http.metrics import REGISTRY, route_kind
 from tests.builders import make_wheel
 from tests.conftest import basic_auth
 from tests.fake_upstream import FakeUpstream

@@ -1,4 +1,5 @@
-"""Tests of app/mirror.py (the caching policy) through the Flask test client and a fake upstream.
+"""Tests of app/services/mirror.py (the caching policy) through the Flask test client and a fake
+upstream.
 
 Stale-if-error (RFC 5861), revalidation (RFC 9110 §13.1.2), negative caching and single-flight
 downloads. The live-server side (gunicorn workers, pip, SIGKILL) is in tests/e2e/test_mirror.py.
@@ -22,16 +23,24 @@ import pytest
 from sqlalchemy import delete, select
 
 from app import create_app
-from app.config import Settings
-from app.db import Database
-from app.integrity import Verifier
-from app.locks import Lock, Locks
-from app.metrics import REGISTRY
-from app.mirror import STALE_HEADER, Mirror, _flush_at_exit
-from app.models import CachedPage, Index, MirrorFile, MirrorPage, MirrorSidecar, MirrorStats, User
-from app.prepare import bootstrap, migrate
-from app.storage import LocalStorage
-from app.upstream import UpstreamError
+from app.core.config import Settings
+from app.core.locks import Lock, Locks
+from app.core.storage import LocalStorage
+from app.core.upstream import UpstreamError
+from app.data.db import Database
+from app.data.models import (
+    CachedPage,
+    Index,
+    MirrorFile,
+    MirrorPage,
+    MirrorSidecar,
+    MirrorStats,
+    User,
+)
+from app.http.metrics import REGISTRY
+from app.ops.integrity import Verifier
+from app.ops.prepare import bootstrap, migrate
+from app.services.mirror import STALE_HEADER, Mirror, _flush_at_exit
 from tests.blobs import stored_blob
 from tests.builders import make_wheel, wheel_metadata
 from tests.conftest import ADMIN_PASSWORD, basic_auth
@@ -49,7 +58,7 @@ def sha256(data: bytes) -> str:
 
 
 class Clock:
-    """A settable `utcnow` for app.mirror: freshness without sleeping."""
+    """A settable `utcnow` for app.services.mirror: freshness without sleeping."""
 
     def __init__(self) -> None:
         self.now = dt.datetime(2026, 1, 1, 12, 0, 0)
@@ -65,7 +74,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """Mirror freshness decisions read this clock."""
     fake_clock = Clock()
-    monkeypatch.setattr("app.mirror.utcnow", fake_clock)
+    monkeypatch.setattr("app.services.mirror.utcnow", fake_clock)
     return fake_clock
 
 
@@ -276,7 +285,7 @@ def test_upstream_failure_serves_the_stale_page_with_a_header_and_a_log_line(
         fake_upstream.stop()
     else:
         fake_upstream.fail(fault)
-    with caplog.at_level(logging.WARNING, logger="app.mirror"):
+    with caplog.at_level(logging.WARNING, logger="app.services.mirror"):
         response = mc.get("/root/pypi/+simple/mirror-demo/")
         assert response.status == "200 OK"
         assert response.headers[STALE_HEADER] == "root/pypi"
@@ -632,7 +641,7 @@ def test_counters_flush_on_a_miss_and_at_exit(mirror_app, mc, demo):
     assert row() == (2, 1, len(demo[1]))
 
 
-# --- cached files and sidecars in front of Flask (app/files.py CachedFiles) -----------------------
+# --- cached files and sidecars in front of Flask (app/http/files.py CachedFiles) ------------------
 
 
 @pytest.fixture
@@ -737,7 +746,7 @@ def test_an_io_error_writing_the_part_file_sends_the_whole_file_uncached(
     def broken(*_args: object) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr("app.mirror.write_at", broken)
+    monkeypatch.setattr("app.services.mirror.write_at", broken)
     before = write_failures("mirror")
 
     response = mc.get(file_url(mc, demo[0]))
@@ -850,7 +859,7 @@ def test_a_wheel_whose_metadata_fails_the_upload_checks_is_served_without_a_side
     fake_upstream.add_file("plain-pkg", filename, data)
     _version, entry = plain_entry(mc)
 
-    with caplog.at_level(logging.WARNING, logger="app.mirror_metadata"):
+    with caplog.at_level(logging.WARNING, logger="app.services.mirror_metadata"):
         assert mc.get(entry["url"]).get_data() == data
 
     _version, entry = plain_entry(mc)

@@ -1,5 +1,5 @@
-"""The page cache (app/pagecache.py): stored pages, the triggers that forget them, and the WSGI
-fast path (app/simple.py CachedPages) that must answer exactly as the Flask view does."""
+"""The page cache (app/services/pagecache.py): stored pages, the triggers that forget them, and the
+WSGI fast path (app/http/simple.py CachedPages) that must answer exactly as the Flask view does."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from app.models import CachedPage
-from app.pagecache import PageKey
+from app.data.models import CachedPage
+from app.services.pagecache import PageKey
 from tests.builders import make_wheel
 from tests.test_upload import fast_password_hashes, upload  # noqa: F401 - autouse fixture
 
@@ -152,7 +152,7 @@ def test_a_busy_database_does_not_hold_up_a_page_it_only_skips_storing_it(
 ) -> None:
     """Storing a page is optional: it waits PUT_WAIT_MS (0.2 s) for the write lock, not the
     busy timeout (30 s), so a read is neither held up nor failed (503) by another writer."""
-    from app import db
+    from app.data import db
 
     filename, data = make_wheel("fastpkg", "1.1")
     assert upload(client, filename, data, headers=admin_auth).status_code == 200

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.preflight import data_dir_problems
+from app.ops.preflight import data_dir_problems
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""app.promote without Flask: a database session, users and indexes are all a copy needs."""
+"""app.services.promote without Flask: a database session, users and indexes are all a copy
+needs."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.indexes import Reader, create_index, get_index_by_path
-from app.models import DocSet, File, Project, Promotion, User
-from app.promote import (
+from app.data.models import DocSet, File, Project, Promotion, User
+from app.services.indexes import Reader, create_index, get_index_by_path
+from app.services.promote import (
     FileConflict,
     InvalidPromotion,
     PromoteRefused,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from app import create_app
-from app.config import ConfigError, Settings
+from app.core.config import ConfigError, Settings
 from tests.builders import make_wheel
 from tests.test_upload import fast_password_hashes, upload  # noqa: F401 - autouse fixture
 

@@ -1,5 +1,5 @@
-"""A new database gets its schema in one step (app/schema.py): the same schema as the migrations
-build, on SQLite and on PostgreSQL; older databases are still migrated by alembic."""
+"""A new database gets its schema in one step (app/data/schema.py): the same schema as the
+migrations build, on SQLite and on PostgreSQL; older databases are still migrated by alembic."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, inspect, text
 
-from app import schema
-from app.config import Settings
-from app.prepare import migrate
+from app.core.config import Settings
+from app.data import schema
+from app.ops.prepare import migrate
 from tests.conftest import ADMIN_PASSWORD, ROOT, clean_env
 from tests.test_migrations import alembic_config, current_revision
 

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from app.search import InvalidQuery, Term, parse_query
+from app.services.search import InvalidQuery, Term, parse_query
 from tests.builders import make_wheel, zip_bytes
 from tests.conftest import LiveServer, basic_auth
 from tests.e2e.helpers import ADMIN, api, cli, multipart, publish

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from app.simple import MIME_HTML, MIME_JSON, MIME_TEXT_HTML, negotiate
+from app.http.simple import MIME_HTML, MIME_JSON, MIME_TEXT_HTML, negotiate
 from tests.builders import make_sdist, make_wheel
 from tests.test_upload import fast_password_hashes, upload  # noqa: F401 - autouse fixture
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from app.config import ConfigError, Settings
-from app.storage import (
+from app.core.config import ConfigError, Settings
+from app.core.storage import (
     LocalStorage,
     S3Storage,
     StorageUnavailable,
@@ -299,8 +299,8 @@ def s3_app(moto: s3server.S3Server, tmp_path: Path) -> Iterator[Any]:
     from dataclasses import replace
 
     from app import create_app
-    from app.db import Database
-    from app.prepare import bootstrap, migrate
+    from app.data.db import Database
+    from app.ops.prepare import bootstrap, migrate
 
     bucket = moto.create_bucket(s3server.bucket_name(tmp_path / "app"))
     settings = Settings(
@@ -426,7 +426,7 @@ def test_an_upload_while_the_s3_endpoint_is_down_is_503_and_leaves_no_temp_file(
     result = upload(app.test_client(), filename, data, headers=headers)
     assert result.status_code == 503
     assert [p for p in storage.tmp_dir.rglob("*") if p.is_file()] == []
-    from app.models import File
+    from app.data.models import File
     from tests.test_upload import count_rows
 
     assert count_rows(app, File) == 0

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
-from app import api, auth, cli
-from app.models import File, Project
+from app import cli
+from app.data.models import File, Project
+from app.http import api, auth
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import basic_auth
 

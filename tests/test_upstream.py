@@ -1,4 +1,5 @@
-"""Tests of app/upstream.py (the upstream HTTP client and its parsers) and of the fake upstream."""
+"""Tests of app/core/upstream.py (the upstream HTTP client and its parsers) and of the fake
+upstream."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from app.upstream import (
+from app.core.upstream import (
     ACCEPT_PAGE,
     UpstreamClient,
     UpstreamError,

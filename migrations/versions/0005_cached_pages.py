@@ -5,7 +5,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-28 01:00:00.000000
 
-The triggers and the state row are app/schema.py's (page_cache_triggers): a new database
+The triggers and the state row are app/data/schema.py's (page_cache_triggers): a new database
 gets the same text without running this migration. On SQLite, a later migration that
 rebuilds files, projects, mirror_pages or indexes (batch_alter_table's copy-and-rename)
 drops their triggers: it must create them again.
@@ -14,7 +14,7 @@ drops their triggers: it must create them again.
 from alembic import op
 import sqlalchemy as sa
 
-from app.schema import PAGE_CACHE_STATE_ROW, drop_page_cache_triggers, page_cache_triggers
+from app.data.schema import PAGE_CACHE_STATE_ROW, drop_page_cache_triggers, page_cache_triggers
 
 
 revision = '0005'

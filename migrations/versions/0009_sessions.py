@@ -20,7 +20,7 @@ depends_on = None
 
 
 def _resolution_paths(start: str, bases: dict[str, list[str]]) -> list[str]:
-    """`start` and every index its bases reach (app/indexes.py resolution_order's set)."""
+    """`start` and every index its bases reach (app/services/indexes.py resolution_order's set)."""
     seen: list[str] = []
     todo = [start]
     while todo:

@@ -5,7 +5,7 @@ Revision ID: 0010_search
 Revises: 0009
 Create Date: 2026-12-07 13:40:00.000000
 
-The FTS5 table and triggers are app/schema.py's (fts_objects): a new database gets the same
+The FTS5 table and triggers are app/data/schema.py's (fts_objects): a new database gets the same
 text. The index starts empty: `pyshelf reindex` fills it from what the database holds.
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from app.schema import drop_fts_objects, fts_objects
+from app.data.schema import drop_fts_objects, fts_objects
 
 
 revision = '0010_search'

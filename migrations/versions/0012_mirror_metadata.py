@@ -12,7 +12,7 @@ Files cached before this revision show their size and metadata once they are cac
 from alembic import op
 import sqlalchemy as sa
 
-from app.schema import MIRROR_FILES_FORGET, drop_page_cache_triggers, page_cache_triggers
+from app.data.schema import MIRROR_FILES_FORGET, drop_page_cache_triggers, page_cache_triggers
 
 
 revision = '0012_mirror_metadata'

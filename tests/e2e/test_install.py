@@ -107,7 +107,7 @@ def test_the_installed_package_migrates_and_bootstraps_from_its_own_files(
     )  # fmt: skip
     located = run(
         installed / "bin" / "python", "-c",
-        "import app, app.schema; print(app.__file__); print(app.schema.MIGRATIONS_DIR)",
+        "import app, app.data.schema; print(app.__file__); print(app.data.schema.MIGRATIONS_DIR)",
         cwd=tmp_path,
     )  # fmt: skip
 

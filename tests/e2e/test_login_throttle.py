@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from app import throttle
+from app.services import throttle
 from tests.conftest import ADMIN_PASSWORD, LiveServer
 from tests.e2e.helpers import api
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from app import throttle
+from app.services import throttle
 from tests import pgserver
 from tests.blobs import StoredBlob, server_blob
 from tests.builders import make_sdist, make_wheel

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from app.config import Settings
-from app.db import Database
+from app.core.config import Settings
+from app.data.db import Database
 from tests.builders import make_wheel
 from tests.conftest import ADMIN_PASSWORD, LiveServer, basic_auth, clean_env
 from tests.e2e.helpers import api, raw_upload

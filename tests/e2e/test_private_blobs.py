@@ -121,7 +121,7 @@ def test_a_mirror_listing_a_private_wheels_sha256_answers_as_for_an_unknown_hash
                 base = f"/mallory/{index}/+f/{sha}/{FILENAME}"
                 for path, method in ((base, "HEAD"), (base, "GET"), (base + ".metadata", "GET")):
                     answers[case].append(answer(victim, path, auth, method))
-                # Twice: the second time the files fast path (app/files.py) may answer.
+                # Twice: the second time the files fast path (app/http/files.py) may answer.
                 answers[case].append(answer(victim, base, auth))
                 answers[case].append(answer(victim, base + ".metadata", auth))
 

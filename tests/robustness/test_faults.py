@@ -300,7 +300,8 @@ def test_a_database_locked_past_the_busy_timeout_answers_503_with_retry_after(
     """In-process with a 0.5 s busy timeout (the server's is 30 s): a 503, never a 500."""
     import io
 
-    from app import create_app, db
+    from app import create_app
+    from app.data import db
 
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 500)
     settings = app.config["PYSHELF_SETTINGS"]
@@ -332,7 +333,7 @@ def test_a_database_locked_past_the_busy_timeout_answers_503_with_retry_after(
 
 @pytest.mark.skipif(FAULT_ROUNDS < 2, reason="holds the lock 35 s: make test-robustness only")
 def test_a_live_server_answers_503_when_the_database_stays_locked(server_factory: Any) -> None:
-    """The real 30 s busy timeout (app/db.py), passed by a holder of 35 s; reads go on."""
+    """The real 30 s busy timeout (app/data/db.py), passed by a holder of 35 s; reads go on."""
     server: LiveServer = server_factory()
     seeded = seed(server, STAGE, "busy-live")
     ready = threading.Event()

@@ -6,7 +6,7 @@ import io
 import zipfile
 from typing import Any
 
-from app.models import DocSet, File
+from app.data.models import DocSet, File
 from tests.builders import make_wheel
 from tests.test_upload import count_rows, upload_form
 

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.config import Settings
-from app.models import DocSet, File
+from app.core.config import Settings
+from app.data.models import DocSet, File
 from tests.builders import make_sdist, make_wheel, tar_gz_bytes, zip_bytes
 from tests.conftest import basic_auth
 from tests.test_upload import (  # noqa: F401 - autouse fixture

@@ -211,7 +211,7 @@ def test_concurrent_clients_get_no_errors_and_every_upload_is_stored(
 ) -> None:
     fake_upstream.add_file("mirror-alpha", *make_wheel("mirror-alpha", "1.0"))
     fake_upstream.add_file("mirror-beta", *make_wheel("mirror-beta", "1.0"))
-    # app/gunicorn_conf.py's defaults (server_factory would set 2 workers of 4 threads): empty
+    # app/http/gunicorn_conf.py's defaults (server_factory would set 2 workers of 4 threads): empty
     # values fall back to them
     server: LiveServer = server_factory(
         MIRROR_URL=fake_upstream.url, WEB_CONCURRENCY="", THREADS=""

@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 from werkzeug.security import generate_password_hash
 
-from app import api, auth, cli
-from app.web import admin
+from app import cli
+from app.http import api, auth
+from app.http.web import admin
 from tests.builders import make_wheel
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.web.helpers import ADMIN, HTML, JSON, csrf_token, docs_zip, upload_form
@@ -89,7 +90,7 @@ def test_every_state_changing_route_refuses_a_cookie_request_without_csrf_token(
         response = client.open(url, method=method, data={"x": "1"}, headers=HTML)
         if response.status_code != 400 or "CSRF" not in response.status:
             allowed.append((endpoint, method, url, response.status))
-    # devpi-client's JSON login carries no cookie and is not a form (app/web/__init__.py)
+    # devpi-client's JSON login carries no cookie and is not a form (app/http/web/__init__.py)
     assert allowed == []
 
 
@@ -345,7 +346,7 @@ def test_an_untrusted_peer_cannot_make_the_cookie_secure(app: Any) -> None:
 def test_the_login_form_locks_after_repeated_failures_even_for_the_right_password(
     app: Any,
 ) -> None:
-    from app import throttle
+    from app.services import throttle
 
     client = app.test_client()
     app.config["WTF_CSRF_ENABLED"] = True
@@ -503,7 +504,7 @@ def test_login_next_never_leaves_the_site(app: Any) -> None:
 
 def test_form_next_fields_never_leave_the_site(app: Any) -> None:
     """`back()`, which forms use to return to their `next` field, behind a proxy prefix too."""
-    from app.web.base import back
+    from app.http.web.base import back
 
     for target in HOSTILE_NEXT:
         for script_root in ("", "/pypi"):

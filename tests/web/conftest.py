@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from werkzeug.security import generate_password_hash
 
-from app import api, auth, cli
-from app.web import admin
+from app import cli
+from app.http import api, auth
+from app.http.web import admin
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import select
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app import auth
-from app.auth import token_hash
-from app.models import Token
+from app.data.models import Token
+from app.http import auth
+from app.http.auth import token_hash
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.web.helpers import ADMIN, HTML, login, upload
 

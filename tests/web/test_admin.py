@@ -156,10 +156,10 @@ def test_editing_a_mirror_keeps_credentials_that_are_shown_masked(app: Any, clie
         data={"title": "PyPI", "mirror_url": "https://***:***@127.0.0.1:9/simple/"},
     )
 
-    from app.indexes import get_index
+    from app.services.indexes import get_index
 
     with app.app_context():
-        from app.db import get_session
+        from app.data.db import get_session
 
         assert get_index(get_session(), "root", "pypi").mirror_url == (
             "https://u:secret@127.0.0.1:9/simple/"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.web.docs import DOC_CSP, InvalidDocs, inspect_zip
+from app.http.web.docs import DOC_CSP, InvalidDocs, inspect_zip
 from tests.builders import zip_bytes
 from tests.conftest import basic_auth
 from tests.web.helpers import ADMIN, HTML, doc_upload_form, docs_zip, login, upload
@@ -247,7 +247,7 @@ def test_inspect_zip_refuses_encrypted_members() -> None:
 
 
 def test_docs_limits_come_from_the_environment() -> None:
-    from app.config import ConfigError, Settings
+    from app.core.config import ConfigError, Settings
 
     settings = Settings.from_env(
         {"ENV_FILE": "/dev/null", "DOCS_MAX_SIZE": "10M", "DOCS_MAX_FILES": "50"}

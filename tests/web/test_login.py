@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app import create_app, throttle
-from app.auth import SESSION_ID_KEY
-from app.models import LoginFailure, utcnow
+from app import create_app
+from app.data.models import LoginFailure, utcnow
+from app.http.auth import SESSION_ID_KEY
+from app.services import throttle
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.web.helpers import ADMIN, HTML, csrf_token, login
 
@@ -125,7 +126,7 @@ def test_lock_grows_with_more_failures_and_ends_in_time(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [utcnow()]
-    monkeypatch.setattr("app.models.utcnow", lambda: now[0])
+    monkeypatch.setattr("app.data.models.utcnow", lambda: now[0])
     for _ in range(throttle.MAX_FAILURES["user"]):
         login(client, password="wrong-password")
     now[0] += dt.timedelta(seconds=61)  # the first lock (60 s) is over
@@ -263,7 +264,7 @@ def test_the_server_ends_a_session_after_session_lifetime_whatever_the_cookie_sa
     login(client)
     assert client.get("/+account", headers=HTML).status_code == 200
     later = utcnow() + dt.timedelta(hours=12, seconds=1)
-    monkeypatch.setattr("app.auth.utcnow", lambda: later)
+    monkeypatch.setattr("app.http.auth.utcnow", lambda: later)
 
     assert client.get("/+account", headers=HTML).status_code == 302
 

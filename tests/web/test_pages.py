@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import select
 
 from app import create_app
-from app.config import Settings
-from app.db import Database
-from app.models import MirrorPage
-from app.prepare import bootstrap, migrate
-from app.web import pages
+from app.core.config import Settings
+from app.data.db import Database
+from app.data.models import MirrorPage
+from app.http.web import pages
+from app.ops.prepare import bootstrap, migrate
 from tests.builders import make_wheel, wheel_metadata
 from tests.fake_upstream import FakeUpstream
 from tests.web.helpers import ADMIN, HTML, JSON, login, upload

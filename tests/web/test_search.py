@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from app.db import begin_write
-from app.models import Index, MirrorPage
+from app.data.db import begin_write
+from app.data.models import Index, MirrorPage
 from tests.web.helpers import HTML, upload
 
 RESULT_RE = re.compile(r'<tr>\s*<td><a href="(/[^"]+/)">')
@@ -79,7 +79,7 @@ def test_search_treats_like_wildcards_literally(client: Any) -> None:
 def test_search_pages_its_results(client: Any, monkeypatch: Any) -> None:
     for number in range(3):
         upload(client, f"pkg{number}", "1.0")
-    from app.web import search
+    from app.http.web import search
 
     monkeypatch.setattr(search, "SEARCH_PAGE_SIZE", 2)
 
@@ -110,8 +110,8 @@ def test_the_migration_fills_summaries_of_projects_uploaded_before_it(tmp_path: 
     from alembic.config import Config
     from sqlalchemy import create_engine, text
 
-    from app.config import Settings
-    from app.schema import MIGRATIONS_DIR
+    from app.core.config import Settings
+    from app.data.schema import MIGRATIONS_DIR
 
     settings = Settings(data_dir=tmp_path)
     config = Config()
@@ -166,8 +166,8 @@ def test_a_broad_search_lists_named_projects_then_the_most_recent(
 ) -> None:
     """Past BROAD_MATCHES matches nothing is weighed: named projects first, then the most
     recently indexed, pages included."""
-    from app import search
-    from app.web import search as page
+    from app.http.web import search as page
+    from app.services import search
 
     upload(client, "flask", "1.0")
     upload(client, "older", "1.0", summary="Helpers for Flask apps")

@@ -1,0 +1,1 @@
+"""Building blocks without Flask or a database: settings, dists, upstream, storage, locks."""

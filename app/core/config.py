@@ -1,0 +1,726 @@
+"""Settings from environment variables: one table of them, and the only place that reads them."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from app.core.storage import parse_storage_url
+
+DEFAULT_MIRROR_URL = "https://pypi.tuna.tsinghua.edu.cn/simple/"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - an appliance serves the LAN
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+class ConfigError(ValueError):
+    """One or more environment variables are invalid; the message lists all of them.
+
+    `settings` holds the others (each bad one at its default) and `bad` names the bad ones, so
+    that a start can check what else is wrong and still report everything at once.
+    """
+
+    def __init__(
+        self,
+        problems: list[str],
+        settings: Settings | None = None,
+        bad: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+        self.settings = settings
+        self.bad = bad
+
+
+def parse_size(text: str) -> int:
+    """Parse '100M', '1G', '5242880' or '512KiB' into bytes."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size (examples: 104857600, 100M, 1G)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def parse_duration(text: str) -> int:
+    """Parse '12h', '30m', '2d', '90s' or '3600' (seconds) into seconds."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (examples: 12h, 30m, 2d, 3600)")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Read KEY=VALUE lines from a .env file (comments, blank lines and quotes allowed)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+# --- kinds: how a variable's text becomes a value ---------------------------------------------
+# Each parser takes the variable's name and its (non-empty) text and raises ValueError with one
+# line per problem, naming the variable; an empty variable means the row's default instead.
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the text of a variable reads: its parser, its name in the docs, what empty means."""
+
+    label: str  # the "type" column of docs/configuration.md
+    parse: Callable[[str, str], Any]
+    empty: Any = ""  # the value of a row whose default is empty
+    strip: bool = True  # False: the text counts as given, spaces and all (a password)
+    secret: bool = False  # kept out of repr(Settings), so out of logs and tracebacks
+
+
+def _text(name: str, text: str) -> str:
+    return text
+
+
+def _integer(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a number") from None
+    if value < 0:
+        raise ValueError(f"{name}={text!r} must not be negative")
+    return value
+
+
+def _decimal(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a number") from None
+    if value < 0:
+        raise ValueError(f"{name}={text!r} must not be negative")
+    return value
+
+
+def _at_least_one(name: str, text: str) -> int:
+    value = _integer(name, text)
+    if value < 1:
+        raise ValueError(f"{name}={text!r}: at least 1")
+    return value
+
+
+def _port(name: str, text: str) -> int:
+    value = _integer(name, text)
+    if not 1 <= value <= 65_535:
+        raise ValueError(f"{name}={text!r}: a port is 1 to 65535")
+    return value
+
+
+def _request_timeout(name: str, text: str) -> float:
+    value = _decimal(name, text)
+    if value < 1:
+        raise ValueError(f"{name}={value!r}: at least 1 second")
+    return value
+
+
+def _size(name: str, text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _request_body_size(name: str, text: str) -> int:
+    size = _size(name, text)
+    if size < 1024:
+        raise ValueError(f"{name}={text!r}: at least 1K, or logins and API calls are refused")
+    return size
+
+
+def _cache_cap(name: str, text: str) -> int:
+    size = _size(name, text)
+    if size == 0:
+        raise ValueError(f"{name}=0 would evict every file; leave it empty")
+    return size
+
+
+def _lifetime(name: str, text: str) -> int:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if seconds == 0:
+        raise ValueError(f"{name}=0 would end every session at once")
+    return seconds
+
+
+def _boolean(name: str, text: str) -> bool:
+    word = text.lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError(f"{name}={word!r}: use true or false")
+    return word in _TRUE
+
+
+def _choice(words: tuple[str, ...], case: Callable[[str], str], hint: str) -> Kind:
+    def parse(name: str, text: str) -> str:
+        word = case(text)
+        if word not in words:
+            raise ValueError(f"{name}={word!r}: {hint}")
+        return word
+
+    return Kind(f"{', '.join(words[:-1])} or {words[-1]}", parse)
+
+
+def _http_url(what: str) -> Callable[[str, str], str]:
+    def parse(name: str, text: str) -> str:
+        if not re.match(r"^https?://[^/]+", text):
+            raise ValueError(f"{name} must be an http(s) URL{what}, not {text!r}")
+        return text
+
+    return parse
+
+
+def _user_name(name: str, text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text):
+        raise ValueError(f"{name}={text!r}: use letters, digits, '.', '_' or '-'")
+    return text
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _networks(name: str, text: str) -> tuple[str, ...]:
+    items, problems = _items(text), []
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            problems.append(
+                f"{name}: {item!r} is not an IP address or network "
+                "(use CIDR, e.g. 10.0.0.0/8,fd00::/8)"
+            )
+    if problems:
+        raise ValueError("\n".join(problems))
+    return tuple(items)
+
+
+def _proxies(name: str, text: str) -> tuple[str, ...]:
+    items, problems = _items(text), []
+    for item in items:
+        try:
+            if item != "*":
+                ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            problems.append(f"{name}: {item!r} is not an IP address, network or *")
+    if problems:
+        raise ValueError("\n".join(problems))
+    return tuple(items)
+
+
+def _hosts(name: str, text: str) -> tuple[str, ...]:
+    hosts = [host.lower() for host in _items(text)]
+    problems = [
+        f"{name}: {host!r} is not a host name (no scheme or port)"
+        for host in hosts
+        if not re.fullmatch(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]", host)
+    ]
+    if problems:
+        raise ValueError("\n".join(problems))
+    return tuple(hosts)
+
+
+def _path_prefix(name: str, text: str) -> str:
+    prefix = text.strip("/")  # "" and "/" both mean the root
+    return f"/{prefix}" if prefix else ""
+
+
+def _storage_url(name: str, text: str) -> str:
+    try:
+        parse_storage_url(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return text
+
+
+TEXT = Kind("text", _text)
+SECRET = Kind("secret", _text, secret=True)
+PASSWORD = Kind("secret", _text, strip=False, secret=True)
+SQL_URL = Kind("URL", _text)  # checked with SECRET_KEY, in _problems_between
+OPTIONAL_TEXT = Kind("text", _text, empty=None)
+FILE = Kind("file", _text, empty=None)
+FOLDER = Kind("folder", lambda name, text: Path(text))
+URL = Kind("URL", _http_url(" of a simple index"))
+OPTIONAL_URL = Kind("URL", _http_url(""), empty=None)
+STORAGE = Kind("URL", _storage_url)
+PREFIX = Kind("path", _path_prefix)
+USER_NAME = Kind("name", _user_name)
+NUMBER = Kind("number", _integer)
+WORKERS = Kind("number", _at_least_one, empty=None)
+THREADS = Kind("number", _at_least_one)
+PORT = Kind("number", _port)
+SECONDS = Kind("seconds", _integer)
+DECIMAL_SECONDS = Kind("seconds", _decimal)
+REQUEST_SECONDS = Kind("seconds", _request_timeout)
+DURATION = Kind("duration", _lifetime)
+SIZE = Kind("size", _size)
+BODY_SIZE = Kind("size", _request_body_size)
+CACHE_SIZE = Kind("size", _cache_cap, empty=None)
+BOOLEAN = Kind("true or false", _boolean)
+NETWORKS = Kind("networks", _networks, empty=())
+PROXIES = Kind("networks or *", _proxies, empty=())
+HOSTS = Kind("host names", _hosts, empty=())
+LOG_LEVELS = _choice(
+    ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    str.upper,
+    "use DEBUG, INFO, WARNING or ERROR",
+)
+LOG_FORMATS = _choice(("text", "json"), str.lower, "use text or json")
+MIRROR_CREATORS = _choice(("superuser", "users"), str.lower, "use superuser or users")
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, kind, default (as it would be written) and meaning."""
+
+    env: str
+    kind: Kind
+    default: str
+    meaning: str
+    section: str
+    docker: str = ""  # the value the Docker image sets instead (.env.example comments it out)
+
+    def parse(self, text: str) -> Any:
+        """The value of this variable's text (empty: the default); ValueError when bad."""
+        if self.kind.strip:
+            text = text.strip()
+        if not text:
+            return self.kind.parse(self.env, self.default) if self.default else self.kind.empty
+        return self.kind.parse(self.env, text)
+
+
+def setting(
+    section: str,
+    env: str,
+    kind: Kind,
+    default: str,
+    *,
+    meaning: str,
+    docker: str = "",
+) -> Any:
+    """A field of Settings read from the variable `env`, as the row of the table says."""
+    row = Setting(env, kind, default, " ".join(meaning.split()), section, docker)
+    return field(default=row.parse(""), repr=not kind.secret, metadata={"setting": row})
+
+
+SERVER = "Server"
+ACCOUNTS = "First start"
+MIRROR = "Mirror and upstream"
+LIMITS = "Requests and uploads"
+DATABASE = "Database and sessions"
+STORAGE_SECTION = "File storage"
+PROCESSES = "Workers and logs"
+MONITORING = "Metrics and status"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything pyshelf can be told; built by `from_env`, or directly by tests."""
+
+    # A table, one row per variable with its meaning below it: kept as written.
+    # fmt: off
+    data_dir: Path = setting(  # noqa: RUF009 - setting() returns a field()
+        SERVER, "DATA_DIR", FOLDER, "./data", docker="/data", meaning="""
+        Where all state lives: the SQLite database, the blobs, the secret key.""")
+    host: str = setting(SERVER, "HOST", TEXT, ALL_INTERFACES, meaning="""
+        The address gunicorn listens on.""")
+    port: int = setting(SERVER, "PORT", PORT, "3141", meaning="""
+        The port gunicorn listens on.""")
+    tls_cert: str | None = setting(SERVER, "TLS_CERT", FILE, "", meaning="""
+        HTTPS without a proxy: the PEM certificate (chain), readable by the user pyshelf runs
+        as (uid 10001 in the image). Set TLS_CERT and TLS_KEY both, or neither (plain HTTP).""")
+    tls_key: str | None = setting(SERVER, "TLS_KEY", FILE, "", meaning="""
+        The private key of TLS_CERT (PEM), readable by pyshelf.""")
+    forwarded_allow_ips: tuple[str, ...] = setting(
+        SERVER, "FORWARDED_ALLOW_IPS", PROXIES, "127.0.0.1,::1", meaning="""
+        Reverse proxies whose X-Forwarded-For/-Proto/-Host/-Prefix headers are believed:
+        addresses or networks, comma-separated, or * (only when nothing but the proxy can
+        reach pyshelf).""")
+    script_name: str = setting(SERVER, "SCRIPT_NAME", PREFIX, "", meaning="""
+        The path pyshelf is served under (/pypi) when a proxy passes the full path instead of
+        sending X-Forwarded-Prefix. Empty: the root.""")
+
+    admin_user: str = setting(ACCOUNTS, "ADMIN_USER", USER_NAME, "admin", meaning="""
+        The superuser created on the first start (also owner of the stage index
+        ADMIN_USER/dev).""")
+    admin_password: str = setting(ACCOUNTS, "ADMIN_PASSWORD", PASSWORD, "", meaning="""
+        Empty on the first start: a strong password is generated, kept in
+        DATA_DIR/initial-admin-password (mode 0600) and printed at every start until the admin
+        logs in or changes it. Set later, the new password is applied at the next start.""")
+
+    mirror_url: str = setting(MIRROR, "MIRROR_URL", URL, DEFAULT_MIRROR_URL, meaning="""
+        The upstream simple index that the first start gives root/pypi; later the database wins
+        (a changed value is logged at start with the command that applies it). Credentials
+        may be given as https://user:password@host/simple/: they are sent as a header, never
+        shown.""")
+    mirror_cache_expiry_seconds: int = setting(
+        MIRROR, "MIRROR_CACHE_EXPIRY", SECONDS, "1800", meaning="""
+        Seconds a mirrored project page is used before it is revalidated (304 when unchanged);
+        per index: mirror_cache_expiry.""")
+    mirror_not_found_seconds: int = setting(
+        MIRROR, "MIRROR_NOT_FOUND_EXPIRY", SECONDS, "300", meaning="""
+        Seconds an upstream "404 no such project" is believed.""")
+    upstream_connect_timeout_seconds: float = setting(
+        MIRROR, "UPSTREAM_CONNECT_TIMEOUT", DECIMAL_SECONDS, "10", meaning="""
+        Seconds to connect to the upstream.""")
+    upstream_read_timeout_seconds: float = setting(
+        MIRROR, "UPSTREAM_READ_TIMEOUT", DECIMAL_SECONDS, "30", meaning="""
+        Seconds the upstream may stay silent while it answers.""")
+    upstream_retries: int = setting(MIRROR, "UPSTREAM_RETRIES", NUMBER, "2", meaning="""
+        Retries (with backoff) of failed idempotent upstream requests.""")
+    upstream_ca_bundle: str | None = setting(MIRROR, "UPSTREAM_CA_BUNDLE", FILE, "", meaning="""
+        A CA bundle (PEM file) for an upstream behind a private CA. HTTPS_PROXY, HTTP_PROXY
+        and NO_PROXY are honoured as usual.""")
+    upstream_allow_private: tuple[str, ...] = setting(
+        MIRROR, "UPSTREAM_ALLOW_PRIVATE", NETWORKS, "", meaning="""
+        Upstream requests (pages, files, redirects) connect only to public addresses:
+        loopback, link-local (169.254.169.254), private (10/8, 172.16/12, 192.168/16,
+        fc00::/7) and other non-public ones are refused. Networks listed here (CIDR,
+        comma-separated) are allowed anyway, e.g. 10.20.0.0/16 for an internal mirror.
+        MIRROR_URL's own host:port is always allowed for root/pypi. Through HTTPS_PROXY only
+        the target's local DNS answer is checked.""")
+    mirror_file_hosts: tuple[str, ...] = setting(MIRROR, "MIRROR_FILE_HOSTS", HOSTS, "", meaning="""
+        Host names that file links on mirrored pages may point at, besides the mirror's own
+        upstream host (comma-separated). Empty: any host with a public address.""")
+    mirror_create: str = setting(MIRROR, "MIRROR_CREATE", MIRROR_CREATORS, "superuser", meaning="""
+        Who may create mirror indexes and set mirror_url (which makes this server fetch URLs):
+        superuser, or users (every logged-in user). The command line is never restricted.""")
+    mirror_cache_max_bytes: int | None = setting(
+        MIRROR, "MIRROR_CACHE_MAX_SIZE", CACHE_SIZE, "", meaning="""
+        The most bytes of files the mirror cached (e.g. 50G). Beyond it the least recently
+        downloaded are removed; a later request fetches them again. Uploads never count and
+        are never removed. Empty: no cap.""")
+
+    max_upload_bytes: int = setting(LIMITS, "MAX_UPLOAD_SIZE", SIZE, "1G", meaning="""
+        The largest file an upload may send.""")
+    max_request_body_bytes: int = setting(LIMITS, "MAX_REQUEST_BODY", BODY_SIZE, "1M", meaning="""
+        The largest request body on any other URL (logins, the JSON API, web forms): larger
+        ones are refused with 413 before they are read.""")
+    request_timeout_seconds: float = setting(
+        LIMITS, "REQUEST_TIMEOUT", REQUEST_SECONDS, "30", meaning="""
+        Seconds a client has to send a whole request (head and body), plus one second per
+        50 kB of body received (a large upload over a slow link still completes); then 408.""")
+    docs_max_bytes: int = setting(LIMITS, "DOCS_MAX_SIZE", SIZE, "200M", meaning="""
+        The most bytes a documentation zip may unpack to (stops zip bombs).""")
+    docs_max_files: int = setting(LIMITS, "DOCS_MAX_FILES", NUMBER, "5000", meaning="""
+        The most members a documentation zip may hold.""")
+
+    database_url: str = setting(DATABASE, "DATABASE_URL", SQL_URL, "", meaning="""
+        Empty: SQLite in DATA_DIR/pyshelf.sqlite3. Several replicas share one PostgreSQL
+        database: postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE (then set SECRET_KEY).""")
+    secret_key: str = setting(DATABASE, "SECRET_KEY", SECRET, "", meaning="""
+        Signs web sessions and form tokens. Empty: generated once into DATA_DIR/secret_key.
+        Required with PostgreSQL, the same on every replica: python3 -c 'import secrets;
+        print(secrets.token_hex(32))'""")
+    session_lifetime_seconds: int = setting(
+        DATABASE, "SESSION_LIFETIME", DURATION, "12h", meaning="""
+        How long a web login lasts from the moment of login: 30m, 8h, 2d, or seconds. Logging
+        out ends it sooner (on the server: a copied cookie stops working too).""")
+
+    storage_url: str = setting(STORAGE_SECTION, "STORAGE_URL", STORAGE, "", meaning="""
+        Where file contents (blobs) live: empty or file:///FOLDER for local disk (default
+        DATA_DIR/blobs), or s3://BUCKET/PREFIX for an S3-compatible bucket.""")
+    s3_endpoint_url: str | None = setting(
+        STORAGE_SECTION, "S3_ENDPOINT_URL", OPTIONAL_URL, "", meaning="""
+        The S3 API's address for MinIO, Ceph and other stores (e.g. http://minio:9000). Empty:
+        AWS.""")
+    s3_region: str | None = setting(STORAGE_SECTION, "S3_REGION", OPTIONAL_TEXT, "", meaning="""
+        The bucket's region (AWS; most other stores ignore it). Empty: boto3's
+        AWS_DEFAULT_REGION.""")
+    s3_access_key_id: str = setting(STORAGE_SECTION, "AWS_ACCESS_KEY_ID", TEXT, "", meaning="""
+        The bucket's access key. Empty: boto3's own chain (its environment variables, ~/.aws,
+        an instance or task role).""")
+    s3_secret_access_key: str = setting(
+        STORAGE_SECTION, "AWS_SECRET_ACCESS_KEY", SECRET, "", meaning="""
+        The secret of AWS_ACCESS_KEY_ID.""")
+    s3_redirect: bool = setting(STORAGE_SECTION, "S3_REDIRECT", BOOLEAN, "false", meaning="""
+        true: a file download answers 302 to a presigned S3 URL (5 minutes) instead of
+        streaming the bytes through pyshelf; clients must reach the S3 endpoint themselves.""")
+
+    web_concurrency: int | None = setting(PROCESSES, "WEB_CONCURRENCY", WORKERS, "", meaning="""
+        gunicorn worker processes. Empty: one per CPU, 2 to 8.""")
+    threads: int = setting(PROCESSES, "THREADS", THREADS, "8", meaning="""
+        Threads per gunicorn worker.""")
+    worker_timeout_seconds: int = setting(PROCESSES, "WORKER_TIMEOUT", SECONDS, "120", meaning="""
+        Seconds a silent worker may take before it is restarted.""")
+    graceful_timeout_seconds: int = setting(
+        PROCESSES, "GRACEFUL_TIMEOUT", SECONDS, "30", meaning="""
+        Seconds requests in flight have to finish on SIGTERM (give docker stop --time or
+        compose's stop_grace_period a little more).""")
+    log_level: str = setting(PROCESSES, "LOG_LEVEL", LOG_LEVELS, "INFO", meaning="""
+        DEBUG, INFO, WARNING or ERROR (stderr).""")
+    access_log: bool = setting(PROCESSES, "ACCESS_LOG", BOOLEAN, "true", meaning="""
+        One line per request with its status, bytes, duration, client and request id (it
+        replaces gunicorn's access log); false silences it.""")
+    log_format: str = setting(PROCESSES, "LOG_FORMAT", LOG_FORMATS, "text", meaning="""
+        text (each line starts with its time in ISO 8601 UTC), or json: one JSON object per
+        line (time, level, logger, message, request_id, ...), gunicorn's lines too.""")
+
+    metrics_token: str = setting(MONITORING, "METRICS_TOKEN", SECRET, "", meaning="""
+        GET /+metrics (Prometheus) answers superusers, and "Authorization: Bearer TOKEN" when
+        this is TOKEN. The token also shows the error texts in GET /+status (as a superuser's
+        login does).""")
+    metrics_public: bool = setting(MONITORING, "METRICS_PUBLIC", BOOLEAN, "false", meaning="""
+        true: GET /+metrics answers anyone, leaving out the samples of indexes that are not
+        public.""")
+    status_min_free_bytes: int = setting(
+        MONITORING, "STATUS_MIN_FREE_SPACE", SIZE, "100M", meaning="""
+        GET /+status (and the Docker HEALTHCHECK) turns 503 when the data directory's disk has
+        less free.""")
+    # fmt: on
+
+    # Not a setting: prometheus_client's own variable, which app/http/gunicorn_conf.py sets for its
+    # workers (DATA_DIR/tmp/metrics) so that every worker's counters add up.
+    prometheus_multiproc_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            url = f"sqlite:///{Path(self.data_dir).resolve() / 'pyshelf.sqlite3'}"
+            object.__setattr__(self, "database_url", url)
+        # postgresql:// alone would ask SQLAlchemy for psycopg2; pyshelf ships psycopg 3.
+        scheme, sep, rest = self.database_url.partition("://")
+        if sep and scheme in ("postgres", "postgresql"):
+            object.__setattr__(self, "database_url", f"postgresql+psycopg://{rest}")
+
+    @property
+    def blob_dir(self) -> Path:
+        """Where the local blob store keeps file contents (a file:// STORAGE_URL moves it)."""
+        if self.storage_url.startswith("file:"):
+            return Path(self.storage_url.removeprefix("file://").removeprefix("localhost"))
+        return Path(self.data_dir) / "blobs"
+
+    @property
+    def users_may_mirror(self) -> bool:
+        """Whether any user, not only superusers, may create mirrors and set mirror_url."""
+        return self.mirror_create == "users"
+
+    @property
+    def uses_s3(self) -> bool:
+        """Whether blobs live in an S3 bucket (STORAGE_URL=s3://...)."""
+        return self.storage_url.startswith("s3:")
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space on the same filesystem as the blobs, so renames are atomic."""
+        return Path(self.data_dir) / "tmp"
+
+    @property
+    def lock_dir(self) -> Path:
+        """flock() files that serialize work across gunicorn workers and admin commands."""
+        return Path(self.data_dir) / "locks"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where gunicorn's workers keep their Prometheus counters (emptied at every start)."""
+        return self.tmp_dir / "metrics"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment and a .env file (ENV_FILE); report every bad one."""
+        env, _sources, errors = _environment(environ)
+        values: dict[str, Any] = {}
+        bad: set[str] = set()
+        for name, row in SETTINGS.items():
+            try:
+                values[name] = row.parse(env.get(row.env, ""))
+            except ValueError as exc:
+                errors += str(exc).splitlines()
+                bad.add(row.env)
+        multiproc_dir = env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None
+        settings = cls(**values, prometheus_multiproc_dir=multiproc_dir)
+        errors += _problems_between(settings, bad, env.get("DATABASE_URL", "").strip())
+        if errors:
+            raise ConfigError(errors, settings, frozenset(bad))
+        return settings
+
+
+# Field name -> its row, in the order of the docs.
+SETTINGS: dict[str, Setting] = {
+    f.name: f.metadata["setting"] for f in fields(Settings) if "setting" in f.metadata
+}
+
+
+def env_file(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The .env file pyshelf reads: ENV_FILE (relative to the current directory), else ./.env
+    of the current directory when there is one, else none."""
+    env = os.environ if environ is None else environ
+    named = env.get("ENV_FILE", "").strip()
+    if named:
+        return Path(named).absolute()
+    default = Path(".env").absolute()
+    return default if default.is_file() else None
+
+
+def _environment(
+    environ: Mapping[str, str] | None,
+) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """The variables (the environment over the .env file), the source of each (`environment`
+    or the file's path), and the problem with ENV_FILE if it names no file."""
+    env = dict(os.environ if environ is None else environ)
+    path = env_file(env)
+    if path is not None and not path.exists():
+        # A named file that is missing would run with the defaults: a new database in ./data.
+        named = env["ENV_FILE"].strip()
+        where = "" if Path(named).is_absolute() else f" in {Path.cwd()}"
+        problem = f"ENV_FILE={named!r}: no such file{where}; name an existing .env file"
+        return env, dict.fromkeys(env, "environment"), [problem]
+    from_file = read_dotenv(path) if path is not None else {}
+    sources = {**dict.fromkeys(from_file, str(path)), **dict.fromkeys(env, "environment")}
+    return {**from_file, **env}, sources, []
+
+
+def sources(environ: Mapping[str, str] | None = None) -> list[tuple[Setting, str, str]]:
+    """Each row with the text it is read from and where that came from: `environment`, the
+    .env file's path, or `default` (for `pyshelf config show`)."""
+    env, source_of, _errors = _environment(environ)
+    shown = []
+    for row in SETTINGS.values():
+        text = env.get(row.env, "")
+        if (text.strip() if row.kind.strip else text) and row.env in source_of:
+            shown.append((row, text, source_of[row.env]))
+        else:
+            shown.append((row, row.default, "default"))
+    return shown
+
+
+def server_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment `pyshelf serve` hands to gunicorn: ENV_FILE made absolute (the same file
+    whatever gunicorn's directory), and no empty WEB_CONCURRENCY (gunicorn reads it itself and
+    fails on an empty one, as compose passes .env.example's `WEB_CONCURRENCY=`)."""
+    env = dict(os.environ if environ is None else environ)
+    path = env_file(env)
+    if path is not None:
+        env["ENV_FILE"] = str(path)
+    if not env.get("WEB_CONCURRENCY", "").strip():
+        env.pop("WEB_CONCURRENCY", None)
+    return env
+
+
+def _problems_between(settings: Settings, bad: set[str], url: str) -> list[str]:
+    """What is wrong between variables that each read well (`bad` names those that did not;
+    `url` is DATABASE_URL as the operator wrote it, empty for the SQLite default)."""
+    problems = []
+    if url and not url.startswith("sqlite"):
+        if not re.match(r"^postgres(ql)?(\+psycopg)?://", url):
+            problems.append(
+                "DATABASE_URL: use postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE, "
+                "or leave it empty for SQLite in DATA_DIR"
+            )
+        elif not settings.secret_key:
+            # Replicas that share the database would each generate their own key into
+            # their DATA_DIR: a session or CSRF token signed by one fails on the others.
+            problems.append(
+                "SECRET_KEY must be set with a PostgreSQL DATABASE_URL, the same on every "
+                "replica (make one: python3 -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+    # TLS_CERT alone would serve plain HTTP to clients that expect HTTPS.
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        problems.append("TLS_CERT and TLS_KEY go together: set both, or neither")
+    if settings.s3_redirect and not settings.uses_s3 and "STORAGE_URL" not in bad:
+        problems.append("S3_REDIRECT=true needs STORAGE_URL=s3://BUCKET/PREFIX")
+    return problems
+
+
+# --- the reference: docs/configuration.md and .env.example (`make docs`) ----------------------
+
+_GENERATED = "Generated by `make docs` from the table in app/core/config.py: edit it there."
+
+
+def markdown() -> str:
+    """docs/configuration.md: every variable with its kind, default and meaning, by section."""
+    lines = [
+        "# Configuration",
+        "",
+        f"<!-- {_GENERATED} -->",
+        "",
+        "pyshelf reads environment variables, and a `.env` file: the one `ENV_FILE` names",
+        "(absolute or relative to the current directory; one that does not exist is an error),",
+        "else `./.env` when the current directory has one. The environment wins over the file;",
+        "`pyshelf config show` prints each value and where it came from.",
+        "[`.env.example`](../.env.example) lists every variable with its default. Every",
+        "variable is optional, and an empty one means its default. Before a start creates or",
+        "changes anything it checks every variable, and also that `DATA_DIR` can be made and",
+        "written, the TLS files load, `HOST:PORT` is free and a PostgreSQL `DATABASE_URL` or an",
+        "S3 `STORAGE_URL` answers within 5 s: all problems are reported at once, one line each",
+        "with the variable and the fix, and the server does not start (exit code 2).",
+        "",
+        "The first start (an empty database) creates `ADMIN_USER`, `root/pypi` and",
+        "`ADMIN_USER/dev`; later starts create nothing again and the database wins: only a",
+        "changed `ADMIN_PASSWORD` is applied, and a `MIRROR_URL` or `ADMIN_USER` that disagrees",
+        "with the database is logged at start with the command that applies it.",
+        "",
+        "Kinds of values: a *size* is bytes or a number with K, M, G or T (powers of 1024, an",
+        "optional `B` or `iB`: `100M`, `1GiB`); a *duration* is seconds or a number with `s`,",
+        "`m`, `h` or `d` (`30m`, `12h`); *true or false* also takes `1`/`0` and `yes`/`no`;",
+        "lists are comma-separated.",
+    ]
+    section = ""
+    for row in SETTINGS.values():
+        if row.section != section:
+            section = row.section
+            lines += ["", f"## {section}", ""]
+            lines += ["| variable | kind | default | meaning |", "|---|---|---|---|"]
+        default = f"`{row.default}`" if row.default else ""
+        if row.docker:
+            default += f" (`{row.docker}` in Docker)"
+        meaning = row.meaning.replace("|", "\\|")
+        lines.append(f"| `{row.env}` | {row.kind.label} | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def env_example() -> str:
+    """.env.example: every variable at its default, each under its meaning, by section."""
+    lines = [
+        "# pyshelf configuration. Copy to .env (read at start when present) or pass with",
+        "# `docker run -e`. Every variable is optional; the value shown is the default, and an",
+        "# empty one means the default too. docs/configuration.md explains the kinds of values.",
+        f"# {_GENERATED}",
+    ]
+    section = ""
+    for row in SETTINGS.values():
+        if row.section != section:
+            section = row.section
+            lines += ["", f"# --- {section} ---"]
+        lines += textwrap.wrap(
+            row.meaning, 99, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
+        )
+        if row.docker:  # the image sets its own value: a copied .env must not override it
+            lines.append(f"# The Docker image sets {row.docker}: leave this commented out there.")
+            lines.append(f"# {row.env}={row.default}")
+        else:
+            lines.append(f"{row.env}={row.default}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m app.core.config markdown|env-example
+    outputs = {"markdown": markdown, "env-example": env_example}
+    if len(sys.argv) != 2 or sys.argv[1] not in outputs:
+        sys.exit("usage: python -m app.core.config markdown|env-example")
+    sys.stdout.write(outputs[sys.argv[1]]())

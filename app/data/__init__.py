@@ -1,0 +1,1 @@
+"""The data model: SQLAlchemy models, the engine and its sessions, the schema."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: blueprints, authentication, errors, metrics, the gunicorn worker."""

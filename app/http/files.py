@@ -1,0 +1,307 @@
+"""bp: release files and their PEP 658 metadata at /USER/INDEX/+f/SHA256/FILENAME."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
+from sqlalchemy import BindParameter, Select, bindparam, exists, func, select
+from werkzeug.http import http_date
+from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
+
+from app.core.dists import InvalidDistribution, parse_filename
+from app.data.db import FastRead, get_session
+from app.data.models import (
+    ANONYMOUS,
+    File,
+    Index,
+    MirrorFile,
+    MirrorHolding,
+    MirrorSidecar,
+    Project,
+    User,
+)
+from app.http.auth import require_read
+from app.http.errors import HTTPError
+from app.http.web import hook_headers
+from app.services.indexes import get_index
+
+bp = Blueprint("files", __name__)
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+IMMUTABLE_SECONDS = 365_000_000  # RFC 8246 immutable: about 11.5 years, as PyPI
+CACHE_IMMUTABLE = f"public, max-age={IMMUTABLE_SECONDS}, immutable"
+METADATA_SUFFIX = ".metadata"
+METADATA_MIMETYPE = "text/plain"  # werkzeug adds "; charset=utf-8" to text types
+FILE_PATH_RE = re.compile(r"^/([^/]+)/([^/]+)/\+f/([0-9a-f]{64})/([^/]+)$")
+# Requests CachedFiles leaves to the view: ranges and revalidations (werkzeug's rules).
+CONDITIONAL_HEADERS = (
+    "HTTP_RANGE",
+    "HTTP_IF_RANGE",
+    "HTTP_IF_MATCH",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE",
+)
+
+
+def send_blob(
+    sha256: str, filename: str, *, mimetype: str = "application/octet-stream"
+) -> BaseResponse:
+    """Send a stored blob with Range, ETag and immutable caching; never Content-Encoding."""
+    storage = current_app.extensions["pyshelf.storage"]
+    local_path = getattr(storage, "local_path", None)
+    if local_path is None and hasattr(storage, "read_range"):
+        return _send_remote(storage, sha256, filename, mimetype)
+    try:
+        source: Any = local_path(sha256) if local_path else storage.open(sha256)
+        response = send_file(
+            source,
+            mimetype=mimetype,
+            download_name=filename,
+            conditional=True,  # Range, If-Range, If-None-Match (RFC 9110 §13, §14)
+            etag=sha256,
+            max_age=IMMUTABLE_SECONDS,
+            last_modified=None,
+        )
+    except FileNotFoundError:
+        raise HTTPError(404, f"File {filename} is missing from the blob store.") from None
+    response.headers["Cache-Control"] = CACHE_IMMUTABLE
+    # max-age says it to every HTTP/1.1 cache; no Content-Disposition: the URL names the file.
+    response.headers.pop("Expires", None)
+    response.headers.pop("Content-Disposition", None)
+    return response
+
+
+def _send_remote(storage: Any, sha256: str, filename: str, mimetype: str) -> BaseResponse:
+    """A blob from S3: a 302 to a presigned URL (S3_REDIRECT), or streamed with Range passed on.
+
+    Called only once the reader's access is checked: the presigned URL is the permission.
+    """
+    settings = current_app.config["PYSHELF_SETTINGS"]
+    # Only GET: a URL presigned for GET refuses HEAD, and a HEAD carries no bytes anyway.
+    if settings.s3_redirect and request.method == "GET":
+        response = redirect(storage.presigned_url(sha256, filename, mimetype), 302)
+        response.headers["Cache-Control"] = "private, no-store"  # the URL expires
+        return response
+    try:
+        size = storage.size(sha256)
+    except FileNotFoundError:
+        raise HTTPError(404, f"File {filename} is missing from the blob store.") from None
+    response = Response(b"", mimetype=mimetype, direct_passthrough=True)
+    response.content_length = size
+    response.set_etag(sha256)
+    # 304 and 412 from the ETag, 206 with Content-Range, or 416 (raised) (RFC 9110 §14, §15.5.17).
+    response = response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
+    response.headers["Cache-Control"] = CACHE_IMMUTABLE
+    if response.status_code not in (200, 206) or request.method == "HEAD":
+        response.response = []
+        return response
+    start, stop = 0, size
+    if response.status_code == 206 and response.content_range is not None:
+        start, stop = response.content_range.start or 0, response.content_range.stop or size
+    try:
+        body = storage.read_range(sha256, start, stop)
+    except FileNotFoundError:
+        raise HTTPError(404, f"File {filename} is missing from the blob store.") from None
+    response.response = body
+    response.call_on_close(getattr(body, "close", lambda: None))
+    return response
+
+
+def _hosted_file(index: Index, sha256: str, filename: str) -> File | None:
+    return get_session().scalar(
+        select(File)
+        .join(Project)
+        .where(Project.index_id == index.id, File.sha256 == sha256, File.filename == filename)
+    )
+
+
+@bp.route("/<user>/<index>/+f/<sha256>/<path:filename>", methods=["GET", "HEAD"])
+def release_file(user: str, index: str, sha256: str, filename: str) -> BaseResponse:
+    """A release file, or its `.metadata` sidecar (PEP 658/714), to those who may read the
+    index; only the index's own files (never another index's blob with the same hash)."""
+    found = get_index(get_session(), user, index)
+    if found is None or not SHA256_RE.match(sha256) or "/" in filename:
+        raise HTTPError(404, f"No such file: {filename}")
+    # A file's bytes are the same for every reader: only this index's own acl_read counts.
+    require_read(found, with_bases=False)
+    is_metadata = filename.endswith(METADATA_SUFFIX)
+    dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
+    if found.is_mirror:
+        mirror = current_app.extensions["pyshelf.mirror"]
+        return mirror.serve_file(
+            found,
+            sha256,
+            dist_filename,
+            is_metadata=is_metadata,
+            is_head=request.method == "HEAD",
+        )
+    record = _hosted_file(found, sha256, dist_filename)
+    if record is None:
+        raise HTTPError(404, f"No such file on {found.path}: {filename}")
+    if not is_metadata:
+        return send_blob(record.sha256, record.filename)
+    if not record.metadata_sha256:
+        raise HTTPError(404, f"No core metadata for {dist_filename} (only wheels have it).")
+    return send_blob(record.metadata_sha256, filename, mimetype=METADATA_MIMETYPE)
+
+
+def _blob_lookup() -> Select[*tuple[Any, ...]]:
+    """One query for CachedFiles: the index (type, acl_read) and what it holds under the key.
+
+    `hosted`: the upload's metadata sha256 ("" without one; NULL: not uploaded here);
+    `mirrored`: whether this mirror holds the key (fetched it itself: the store is shared, and
+    another index's blob under the same key is never this mirror's); `sidecar`: its PEP 658
+    sidecar (the METADATA extracted when the mirror cached the wheel, else the upstream's one
+    recorded), when this mirror holds that too.
+    """
+    index, user = Index.__table__.c, User.__table__.c
+    file, project = File.__table__.c, Project.__table__.c
+    held, sidecar = MirrorHolding.__table__.c, MirrorSidecar.__table__.c
+    extracted = MirrorFile.__table__.c
+    key: BindParameter[str] = bindparam("key")
+    filename: BindParameter[str] = bindparam("filename")
+    hosted = (
+        select(func.coalesce(file.metadata_sha256, ""))
+        .select_from(File.__table__.join(Project.__table__))
+        .where(project.index_id == index.id, file.sha256 == key, file.filename == filename)
+        .limit(1)
+        .scalar_subquery()
+    )
+    mirrored = exists().where(held.sha256 == key, held.index_id == index.id)
+    own = (
+        select(extracted.metadata_sha256)
+        .where(
+            extracted.index_id == index.id,
+            extracted.sha256 == key,
+            extracted.filename == filename,
+            extracted.is_sidecar.is_(True),
+            exists().where(held.index_id == index.id, held.sha256 == extracted.metadata_sha256),
+        )
+        .scalar_subquery()
+    )
+    upstream = (
+        select(sidecar.metadata_sha256)
+        .where(
+            sidecar.index_id == index.id,
+            sidecar.dist_sha256 == key,
+            sidecar.filename == filename,
+            exists().where(held.index_id == index.id, held.sha256 == sidecar.metadata_sha256),
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(index.id, index.type, index.acl_read, hosted, mirrored, func.coalesce(own, upstream))
+        .select_from(Index.__table__.join(User.__table__))
+        .where(user.username == bindparam("user"), index.name == bindparam("index"))
+    )
+
+
+def _is_public(acl_read: Any) -> bool:
+    """acl_read as the database driver returns JSON (text or decoded); unset means everyone."""
+    if acl_read is None:
+        return True
+    acl = json.loads(acl_read) if isinstance(acl_read, str | bytes) else acl_read
+    return ANONYMOUS in acl
+
+
+class CachedFiles:
+    """WSGI middleware in front of the Flask app: GET and HEAD of a stored file or sidecar of a
+    public index on local disk are sent without a request context, hooks or ORM (sendfile
+    through gunicorn's file wrapper); everything else (S3, a range, a revalidation, a file not
+    cached yet, a restricted index) goes to release_file.
+
+    The answer carries the view's headers and the hooks' (tests/test_files.py compares both),
+    and a mirror hit is counted as the view counts it.
+    """
+
+    def __init__(self, app: Flask, wsgi_app: WSGIApplication) -> None:
+        self.wsgi_app = wsgi_app
+        self.local_path = getattr(app.extensions["pyshelf.storage"], "local_path", None)
+        self.mirror = app.extensions["pyshelf.mirror"]
+        self.lookup = FastRead(app.extensions["pyshelf.db"], _blob_lookup())
+        self.fixed, self.hsts = hook_headers(app)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        path = environ.get("PATH_INFO", "")
+        match = (
+            FILE_PATH_RE.match(path)
+            if method in ("GET", "HEAD") and self.local_path is not None and path.isascii()
+            else None
+        )
+        if match is None or any(name in environ for name in CONDITIONAL_HEADERS):
+            return self.wsgi_app(environ, start_response)
+        found = self._find(*match.groups())
+        if found is None or self.local_path is None:
+            return self.wsgi_app(environ, start_response)
+        index_id, blob_key, is_mirror_hit = found
+        try:
+            source = open(self.local_path(blob_key), "rb")  # noqa: SIM115 - closed by the server
+        except FileNotFoundError:  # evicted, or lost: the view says what happened
+            return self.wsgi_app(environ, start_response)
+        is_metadata = match[4].endswith(METADATA_SUFFIX)
+        stat = os.fstat(source.fileno())
+        environ["pyshelf.route_kind"] = "metadata" if is_metadata else "file"
+        if is_mirror_hit:
+            environ["pyshelf.cache_hit"] = True
+            self.mirror.counters.add(index_id, hits=1)
+            self.mirror.cache.touch(blob_key)
+        headers = [
+            (
+                "Content-Type",
+                f"{METADATA_MIMETYPE}; charset=utf-8"
+                if is_metadata
+                else "application/octet-stream",
+            ),
+            ("Content-Length", str(stat.st_size)),
+            ("ETag", f'"{blob_key}"'),
+            ("Cache-Control", CACHE_IMMUTABLE),
+            ("Last-Modified", http_date(stat.st_mtime)),
+            ("Accept-Ranges", "bytes"),
+            *self.fixed,
+        ]
+        if environ.get("wsgi.url_scheme") == "https":
+            headers.append(self.hsts)
+        start_response("200 OK", headers)
+        if method == "HEAD":
+            source.close()
+            return []
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is None:
+            return _chunks(source)
+        return wrapper(source, 1 << 20)
+
+    def _find(self, user: str, index: str, key: str, filename: str) -> tuple[int, str, bool] | None:
+        """(index id, blob key, whether a mirror cached it) of a public index's stored file."""
+        is_metadata = filename.endswith(METADATA_SUFFIX)
+        dist_filename = filename.removesuffix(METADATA_SUFFIX)
+        row = self.lookup.one(user=user, index=index, key=key, filename=dist_filename)
+        if row is None or not _is_public(row[2]):
+            return None
+        index_id, index_type, _, hosted, mirrored, sidecar = row
+        if index_type != "mirror":
+            if hosted is None:
+                return None
+            blob_key = hosted if is_metadata else key
+            return (index_id, blob_key, False) if blob_key else None
+        if is_metadata:
+            return (index_id, sidecar, True) if sidecar else None
+        try:
+            parse_filename(dist_filename)  # the view answers 404 for a name that is no dist
+        except InvalidDistribution:
+            return None
+        return (index_id, key, True) if mirrored else None
+
+
+def _chunks(source: Any) -> Iterable[bytes]:
+    """A file in 1 MiB pieces, for servers without wsgi.file_wrapper."""
+    with source:
+        while chunk := source.read(1 << 20):
+            yield chunk

@@ -1,0 +1,1 @@
+"""Admin operations: prepare, backup, restore, verify, prefetch, the devpi import."""

@@ -1,0 +1,1 @@
+"""The domain: indexes and their rules, the mirror and its cache, stored pages."""

@@ -1,0 +1,437 @@
+"""The full-text search index: what is indexed (releases, docs pages, mirrored names) and how
+it stays in step, on SQLite FTS5 or PostgreSQL tsvector (queries: app/services/search.py).
+
+One row of `search_documents` per project on an index (its newest release that is not
+yanked), per HTML page of an uploaded doc set, and per project a mirror cached. SQLite indexes
+the rows in the FTS5 table `search_fts` (porter stemming, unicode61 without diacritics), kept
+in step by triggers; PostgreSQL keeps a weighted `tsvector` (the 'english' configuration, of
+text whose accents were removed here: `unaccent` would need a superuser) under a GIN index.
+
+Releases and mirror pages are indexed when the session that changed them commits (the
+listeners at the bottom: every writer, present and future, goes through them); docs when they
+are stored (`index_docset`, with the pages `read_docs` took out of the zip). Deleting a project, doc
+set, mirror page or index deletes its rows by ON DELETE CASCADE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import html.parser
+import logging
+import os
+import re
+import unicodedata
+import zipfile
+from collections.abc import Callable, Iterable
+from typing import IO, Any, Protocol
+
+from packaging.version import InvalidVersion, Version
+from sqlalchemy import (
+    Text,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    literal_column,
+    select,
+)
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnClause
+
+from app.core.config import Settings
+from app.core.progress import Progress
+from app.core.storage import make_storage
+from app.data.db import Database
+from app.data.models import DocSet, File, MirrorPage, Project, SearchDocument, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_FIELD_CHARS = 200_000  # of one field's text: a long page is still found by its start
+HTML_SUFFIXES = (".html", ".htm")
+SKIPPED_PAGES = {"genindex.html", "search.html", "py-modindex.html"}  # Sphinx's generated lists
+SKIPPED_FOLDERS = ("_static/", "_sources/", "_images/")
+# Control characters are dropped from indexed text: snippets mark matches with two of them
+# (app/services/search.py), so user content cannot forge the marks.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+WORD = re.compile(r"[^\W_]+")  # what both engines index as a word: letters and digits
+KINDS = ("release", "docs", "mirror")
+TEXT_SEARCH_CONFIG = "english"  # PostgreSQL's: English stemming and stop words
+
+
+# --- text -----------------------------------------------------------------------------------
+
+
+def fold(value: str) -> str:
+    """Text without accents (NFKD, combining marks dropped), for PostgreSQL's tsvector."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _clean(value: str | None) -> str:
+    return _CONTROL.sub(" ", value or "")[:MAX_FIELD_CHARS]
+
+
+class _TextParser(html.parser.HTMLParser):
+    """The visible text of an HTML page and its <title>: no scripts, styles or navigation."""
+
+    HIDDEN = frozenset({"script", "style", "noscript", "template", "nav", "head", "svg"})
+    BLOCKS = frozenset({"p", "div", "li", "br", "tr", "td", "th", "pre", "dt", "dd", "section"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title: list[str] = []
+        self.hidden = 0
+        self.in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "title":
+            self.in_title = True
+        elif tag in self.HIDDEN:
+            self.hidden += 1
+        elif tag in self.BLOCKS or re.fullmatch(r"h[1-6]", tag):
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self.in_title = False
+        elif tag in self.HIDDEN and self.hidden:
+            self.hidden -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.in_title:
+            self.title.append(data)
+        elif not self.hidden:
+            self.parts.append(data)
+
+
+def html_text(page: str) -> tuple[str, str]:
+    """An HTML page's title and visible text, whitespace collapsed."""
+    parser = _TextParser()
+    parser.feed(page)
+    parser.close()
+    collapse = " ".join
+    return collapse("".join(parser.title).split()), collapse("".join(parser.parts).split())
+
+
+def description_text(description: str | None, content_type: str | None) -> str:
+    """A description as words: rendered as the project page renders it, tags stripped."""
+    if not description:
+        return ""
+    # The renderer lives with the web pages that show it; it imports no Flask itself.
+    from app.http.web.render import render_description
+
+    rendered = render_description(_clean(description), content_type)
+    return html_text(str(rendered))[1] if rendered else ""
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+class Blobs(Protocol):
+    """The part of app/core/storage.py's Storage that indexing reads with."""
+
+    def open(self, key: str) -> IO[bytes]:
+        """The blob's bytes; FileNotFoundError when it is missing."""
+        ...
+
+
+def _write(session: Session, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    is_postgresql = session.get_bind().dialect.name == "postgresql"
+    for row in rows:
+        for field in ("name", "summary", "keywords", "description", "body", "title"):
+            row[field] = _clean(row.get(field))
+        row.setdefault("updated_at", utcnow())
+    if not is_postgresql:
+        session.execute(insert(SearchDocument), rows)
+        return
+    # PostgreSQL: the tsvector is computed by the server from each weight's words, given as
+    # parameters (`weight_a` ... `weight_d`), in one executemany.
+    for row in rows:
+        row |= {
+            "weight_a": _words(row["name"]),
+            "weight_b": _words(row["summary"]),
+            "weight_c": _words(f"{row['keywords']} {row['title']}"),
+            "weight_d": _words(f"{row['description']} {row['body']}"),
+        }
+    session.execute(insert(SearchDocument).values(tsv=_TSVECTOR), rows)
+
+
+def _words(value: str) -> str:
+    # Words as FTS5's unicode61 and parse_query see them: PostgreSQL's parser would keep
+    # "zope.interface" as one host name and drop "<script>" as a tag.
+    return " ".join(WORD.findall(fold(value)))
+
+
+def _weighted(weight: str) -> Any:
+    config: ColumnClause[str] = literal_column(f"'{TEXT_SEARCH_CONFIG}'::regconfig")
+    label: ColumnClause[str] = literal_column(f"'{weight}'")  # a "char", not a parameter
+    words = bindparam(f"weight_{weight.lower()}", type_=Text())
+    return func.setweight(func.to_tsvector(config, words), label)
+
+
+_TSVECTOR = (
+    _weighted("A").op("||")(_weighted("B")).op("||")(_weighted("C")).op("||")(_weighted("D"))
+)
+
+
+def _newest(files: Iterable[File]) -> File | None:
+    def key(record: File) -> tuple[int, Version, dt.datetime]:
+        try:
+            return (1, Version(record.version), record.uploaded_at)
+        except InvalidVersion:
+            return (0, Version("0"), record.uploaded_at)
+
+    return max(files, key=key, default=None)
+
+
+def index_project(session: Session, project_id: int) -> None:
+    """(Re)index a hosted project from its newest release that is not yanked (a project whose
+    every file is yanked is found by its name only); the caller commits."""
+    session.execute(
+        delete(SearchDocument).where(
+            SearchDocument.project_id == project_id, SearchDocument.kind == "release"
+        )
+    )
+    project = session.get(Project, project_id)
+    if project is None:
+        return
+    files = session.scalars(select(File).where(File.project_id == project_id)).all()
+    newest = _newest(f for f in files if not f.yanked)
+    row: dict[str, Any] = {
+        "index_id": project.index_id,
+        "project_id": project.id,
+        "kind": "release",
+        "normalized_name": project.normalized_name,
+        "name": project.name,
+        "updated_at": max((f.uploaded_at for f in files), default=project.created_at),
+    }
+    if newest is not None:
+        meta = newest.core_metadata or {}
+        urls = meta.get("project_urls") or {}
+        row |= {
+            "version": newest.version,
+            "summary": meta.get("summary") or "",
+            "keywords": " ".join(
+                str(part)
+                for part in (
+                    meta.get("keywords") or "",
+                    *(meta.get("classifiers") or ()),
+                    meta.get("author") or "",
+                    meta.get("author_email") or "",
+                    meta.get("maintainer") or "",
+                    *(f"{label} {url}" for label, url in urls.items()),
+                )
+                if part
+            ),
+            "description": description_text(
+                meta.get("description"), meta.get("description_content_type")
+            ),
+        }
+    _write(session, [row])
+
+
+def index_mirror_page(
+    session: Session,
+    page: MirrorPage,
+    *,
+    summary: str = "",
+    description: str | None = None,
+    description_content_type: str | None = None,
+) -> None:
+    """(Re)index a project a mirror cached: its name, and the summary and description when
+    the caller has them from a cached file (an upstream 404 is not indexed)."""
+    session.execute(delete(SearchDocument).where(SearchDocument.mirror_page_id == page.id))
+    if not page.is_found:
+        return
+    _write(
+        session,
+        [
+            {
+                "index_id": page.index_id,
+                "mirror_page_id": page.id,
+                "kind": "mirror",
+                "normalized_name": page.normalized_name,
+                "name": page.name,
+                "summary": summary,
+                "description": description_text(description, description_content_type),
+                "updated_at": page.fetched_at or utcnow(),
+            }
+        ],
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DocsPage:
+    """One HTML page of a doc set, as text."""
+
+    path: str  # below the doc set's top folder, as in +doc/PATH
+    title: str
+    body: str
+
+
+def read_docs(source: str | os.PathLike[str] | IO[bytes], prefix: str) -> list[DocsPage]:
+    """The HTML pages of a documentation zip below `prefix` (checked at upload:
+    app/http/web/docs.py), as text; Sphinx's generated index, search page and static files are left
+    out."""
+    pages = []
+    with zipfile.ZipFile(source) as archive:
+        for info in archive.infolist():
+            name = info.filename.replace("\\", "/")
+            if info.is_dir() or not name.startswith(prefix):
+                continue
+            path = name[len(prefix) :]
+            if (
+                not path.lower().endswith(HTML_SUFFIXES)
+                or path in SKIPPED_PAGES
+                or path.startswith(SKIPPED_FOLDERS)
+                or ".." in path.split("/")
+            ):
+                continue
+            with archive.open(info) as member:
+                page = member.read(MAX_FIELD_CHARS * 4).decode("utf-8", "replace")
+            title, body = html_text(page)
+            pages.append(DocsPage(path, title, body))
+    return pages
+
+
+def index_docset(session: Session, docset: DocSet, pages: Iterable[DocsPage]) -> int:
+    """(Re)index a doc set from its pages (read_docs); return how many; the caller commits."""
+    session.flush()  # a new doc set gets its id
+    session.execute(delete(SearchDocument).where(SearchDocument.docset_id == docset.id))
+    rows = [
+        {
+            "index_id": docset.index_id,
+            "docset_id": docset.id,
+            "kind": "docs",
+            "normalized_name": docset.normalized_name,
+            "version": docset.version,
+            "path": page.path,
+            "title": page.title,
+            "body": page.body,
+            "updated_at": docset.uploaded_at,
+        }
+        for page in pages
+    ]
+    _write(session, rows)
+    return len(rows)
+
+
+def index_stored_docset(session: Session, blobs: Blobs, docset: DocSet) -> int:
+    """(Re)index a doc set from its zip in the blob store; return how many pages."""
+    try:
+        with blobs.open(docset.sha256) as blob:
+            pages = read_docs(blob, docset.path_prefix)
+    except (FileNotFoundError, zipfile.BadZipFile, OSError) as exc:  # checked at upload
+        log.error(
+            "cannot index the docs of %s %s (%s): %s",
+            docset.normalized_name,
+            docset.version,
+            docset.sha256,
+            exc,
+        )
+        return 0
+    return index_docset(session, docset, pages)
+
+
+def reindex(
+    session: Session, blobs: Blobs, advance: Callable[[int], None] = lambda _n: None
+) -> dict[str, int]:
+    """Rebuild the whole index from projects, doc sets and mirror pages, committing as it
+    goes; `advance` is called with the number of items done; return counts by kind."""
+    session.execute(delete(SearchDocument))
+    session.commit()
+    counts = dict.fromkeys(KINDS, 0)
+    for project_id in session.scalars(select(Project.id).order_by(Project.id)).all():
+        index_project(session, project_id)
+        session.commit()
+        counts["release"] += 1
+        advance(1)
+    for docset in session.scalars(select(DocSet).order_by(DocSet.id)).all():
+        counts["docs"] += index_stored_docset(session, blobs, docset)
+        session.commit()
+        advance(1)
+    pages = select(MirrorPage).where(MirrorPage.is_found.is_(True)).order_by(MirrorPage.id)
+    for page in session.scalars(pages).all():
+        index_mirror_page(session, page)
+        counts["mirror"] += 1
+        advance(1)
+    session.commit()
+    return counts
+
+
+def reindex_total(session: Session) -> int:
+    """How many items reindex() goes through (for its progress bar)."""
+    return sum(
+        session.scalar(select(func.count()).select_from(table)) or 0
+        for table in (Project, DocSet, MirrorPage)
+    )
+
+
+def rebuild(
+    settings: Settings, *, progress: bool = True, only_if_empty: bool = False
+) -> dict[str, int]:
+    """Rebuild the index of the database and blobs `settings` name, with a progress bar (the
+    `reindex` command; a restore of a backup made before the index existed); with
+    `only_if_empty`, only when the index holds nothing. Return counts by kind."""
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            if only_if_empty and session.scalar(select(SearchDocument.id).limit(1)) is not None:
+                return {}
+            total = reindex_total(session)
+            bar = Progress("reindex", total, unit="items", is_tty=None if progress else False)
+            counts = reindex(session, make_storage(settings), bar.advance)
+            bar.finish()
+    finally:
+        database.engine.dispose()
+    if any(counts.values()):
+        log.info("search index rebuilt: %s", ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    return counts
+
+
+# --- keeping in step: releases and mirror pages are indexed when their session commits ------
+
+_TOUCHED = "pyshelf.search_touched"
+
+
+@event.listens_for(Session, "after_flush")
+def _note_changes(session: Session, _context: Any) -> None:
+    touched = session.info.setdefault(_TOUCHED, (set(), set()))
+    projects, pages = touched
+    for record in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(record, File) and record.project_id is not None:
+            projects.add(record.project_id)
+        elif isinstance(record, Project) and record.id is not None:
+            projects.add(record.id)
+        elif isinstance(record, MirrorPage) and record not in session.deleted:
+            # A refresh rewrites checked_at: only a new page or a changed name/404 counts.
+            attrs = inspect(record).attrs
+            if record in session.new or any(
+                attrs[name].history.has_changes() for name in ("name", "is_found")
+            ):
+                pages.add(record.id)
+
+
+@event.listens_for(Session, "before_commit")
+def _index_changes(session: Session) -> None:
+    if not session.info.get(_TOUCHED) and not (session.new or session.dirty or session.deleted):
+        return
+    session.flush()  # runs _note_changes for what is still pending
+    projects, pages = session.info.pop(_TOUCHED, (set(), set()))
+    for project_id in sorted(projects):
+        index_project(session, project_id)
+    for page_id in sorted(pages):
+        page = session.get(MirrorPage, page_id)
+        if page is not None:
+            index_mirror_page(session, page)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_changes(session: Session, _previous: Any) -> None:
+    session.info.pop(_TOUCHED, None)

@@ -1,0 +1,644 @@
+"""Indexes: lookup, configuration rules, who may read them, and merging an index with its bases
+into one view."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from packaging.version import Version
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app.core.dists import normalize_name
+from app.core.upstream import mask_url
+from app.data.models import (
+    ANONYMOUS,
+    AUTHENTICATED,
+    INDEX_TYPES,
+    DocSet,
+    File,
+    Index,
+    MirrorPage,
+    Project,
+    User,
+)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+LIST_KEYS = ("bases", "acl_upload", "acl_read", "mirror_whitelist")
+SETTABLE_KEYS = (
+    "type",
+    "bases",
+    "volatile",
+    "acl_upload",
+    "acl_read",
+    "mirror_whitelist",
+    "mirror_url",
+    "mirror_cache_expiry",
+    "title",
+    "description",
+)
+
+
+DEFAULT_ACL_READ = (ANONYMOUS,)  # everyone may read, as devpi
+ACL_READ_SPECIALS = (ANONYMOUS, AUTHENTICATED)
+
+
+class IndexConfigError(ValueError):
+    """An index setting is invalid; the message says which and why."""
+
+
+class IndexPermissionError(IndexConfigError):
+    """The caller may not make this change at all (a 403, where a bad value is a 400)."""
+
+
+MIRROR_RIGHT = (
+    "only superusers may create mirror indexes or set mirror_url (the server's MIRROR_CREATE)"
+)
+
+
+def may_set_mirror_url(user: User, *, users_may_mirror: bool) -> bool:
+    """Whether `user` may create mirrors and point them anywhere: an upstream URL makes this
+    server send requests on the caller's behalf (MIRROR_CREATE; superusers only by default)."""
+    return user.is_superuser or users_may_mirror
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who reads: a user (None: anonymous) and, for a token limited to one index, the paths
+    of the indexes it may read (that index and its resolution order; None: no limit)."""
+
+    user: User | None = None
+    scope: frozenset[str] | None = None
+
+
+def acl_read_of(index: Index) -> tuple[str, ...]:
+    """The index's acl_read (the default, everyone, when unset)."""
+    return DEFAULT_ACL_READ if index.acl_read is None else tuple(index.acl_read)
+
+
+def is_public(index: Index) -> bool:
+    """Whether everyone, logged in or not, may read the index (acl_read has :ANONYMOUS:)."""
+    return ANONYMOUS in acl_read_of(index)
+
+
+def may_read(index: Index, reader: Reader) -> bool:
+    """The one rule for reading an index: its pages, files, docs, search hits and inherited
+    projects. The owner and superusers always may; then acl_read decides: :ANONYMOUS:
+    everyone, :AUTHENTICATED: any logged-in user, else the users it names. A token limited to
+    one index reads only that index and its bases (never more than its user)."""
+    if reader.scope is not None and index.path not in reader.scope:
+        return False
+    acl = acl_read_of(index)
+    if ANONYMOUS in acl:
+        return True
+    user = reader.user
+    if user is None:
+        return False
+    return (
+        user.is_superuser
+        or user.id == index.owner_id
+        or AUTHENTICATED in acl
+        or user.username in acl
+    )
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One file as an index page shows it, wherever it comes from."""
+
+    filename: str
+    path: str  # URL path below the site root, without a leading slash: USER/INDEX/+f/...
+    version: str
+    sha256: str | None
+    size: int | None
+    requires_python: str | None
+    yanked: bool | str  # False, True, or the reason
+    upload_time: dt.datetime | None  # UTC, naive
+    metadata_sha256: str | None  # PEP 658 sidecar, when one can be served
+    index_path: str
+
+
+@dataclass(frozen=True)
+class ProjectView:
+    """A project as one index shows it: its own files first, then its bases' files."""
+
+    name: str
+    normalized_name: str
+    dists: list[Dist]
+    is_mirrored: bool  # whether any file came from a mirror (pages may then be cached longer)
+
+
+class MirrorSource(Protocol):
+    """What indexes.py needs from mirror indexes (implemented in mirror.py)."""
+
+    def project(self, index: Index, normalized_name: str) -> tuple[str, list[Dist]] | None:
+        """The upstream project's name and files (fetching if needed), or None if unknown."""
+        ...
+
+    def project_names(self, index: Index) -> list[str]:
+        """Names of the projects this mirror has cached."""
+        ...
+
+
+def file_path(index_path: str, sha256: str, filename: str) -> str:
+    """The `+f` path of a file: its sha256 fixes its bytes; no query (PEP 658 appends to it)."""
+    return f"{index_path}/+f/{sha256}/{quote(filename)}"
+
+
+def get_index(session: Session, username: str, name: str) -> Index | None:
+    """Find `username/name`."""
+    return session.scalar(
+        select(Index).join(Index.owner).where(User.username == username, Index.name == name)
+    )
+
+
+def get_index_by_path(session: Session, path: str) -> Index | None:
+    """Find an index by `user/name`."""
+    username, sep, name = path.partition("/")
+    return get_index(session, username, name) if sep else None
+
+
+def resolution_order(session: Session, index: Index) -> list[Index]:
+    """The index, then its bases depth-first in order, each once; missing bases are skipped.
+
+    A base shared by several branches comes after every index that lists it (reverse
+    postorder), so in a diamond a stage is never shadowed by the mirror it builds on.
+    """
+    postorder: list[Index] = []
+    seen: set[str] = set()
+
+    def visit(current: Index) -> None:
+        seen.add(current.path)
+        for base_path in reversed(current.bases or ()):
+            base = get_index_by_path(session, base_path) if base_path not in seen else None
+            if base is not None:
+                visit(base)
+        postorder.append(current)
+
+    visit(index)
+    return postorder[::-1]
+
+
+def readable_order(session: Session, index: Index, reader: Reader | None) -> list[Index]:
+    """The resolution order without the indexes `reader` may not read (None: everything)."""
+    order = resolution_order(session, index)
+    return order if reader is None else [i for i in order if may_read(i, reader)]
+
+
+def readable_index_ids(session: Session, reader: Reader) -> list[int] | None:
+    """Ids of the indexes `reader` may read, for SQL filters; None when that is every one."""
+    indexes = session.scalars(select(Index)).all()
+    readable = [i.id for i in indexes if may_read(i, reader)]
+    return None if len(readable) == len(indexes) else readable
+
+
+def _hosted_dists(
+    session: Session, index: Index, normalized_name: str
+) -> tuple[str, list[Dist]] | None:
+    project = session.scalar(
+        select(Project).where(
+            Project.index_id == index.id, Project.normalized_name == normalized_name
+        )
+    )
+    if project is None:
+        return None
+    files = session.scalars(select(File).where(File.project_id == project.id)).all()
+    dists = [
+        Dist(
+            filename=f.filename,
+            path=file_path(index.path, f.sha256, f.filename),
+            version=f.version,
+            sha256=f.sha256,
+            size=f.size,
+            requires_python=f.requires_python,
+            yanked=(f.yanked_reason or True) if f.yanked else False,
+            upload_time=f.uploaded_at,
+            metadata_sha256=f.metadata_sha256,
+            index_path=index.path,
+        )
+        for f in files
+    ]
+    return project.name, dists
+
+
+def is_whitelisted(stages: Iterable[Index], normalized_name: str) -> bool:
+    """Whether a stage's own project may be merged with the mirror's (`mirror_whitelist`)."""
+    for stage in stages:
+        for entry in stage.mirror_whitelist or ():
+            if entry == "*" or normalize_name(entry) == normalized_name:
+                return True
+    return False
+
+
+def project_view(
+    session: Session,
+    index: Index,
+    normalized_name: str,
+    mirror: MirrorSource,
+    *,
+    ignore_bases: bool = False,
+    reader: Reader | None = None,
+    order: list[Index] | None = None,
+) -> ProjectView | None:
+    """Merge a project across the index and its bases, or None if no index has it.
+
+    A name that any stage in the chain holds hides the mirrors' project of that name (and the
+    upstream is not asked) unless a stage whitelists it: protection against dependency
+    confusion. `ignore_bases` looks at the index alone (devpi's `?ignore_bases`).
+    With a `reader`, indexes it may not read contribute no files; they still count for the
+    dependency-confusion rule, or a stranger would get upstream's project of a private name.
+    `order` is the index's resolution_order when the caller has it already.
+    """
+    if ignore_bases:
+        order = [index]
+    elif order is None:
+        order = resolution_order(session, index)
+    stages = [i for i in order if not i.is_mirror]
+    hosted = {i.path: _hosted_dists(session, i, normalized_name) for i in stages}
+    is_private = any(found is not None for found in hosted.values())
+    ask_mirrors = not is_private or is_whitelisted(stages, normalized_name)
+    if reader is not None:
+        order = [i for i in order if may_read(i, reader)]
+
+    name: str | None = None
+    dists: list[Dist] = []
+    seen: set[str] = set()
+    is_mirrored = False
+    for current in order:
+        if current.is_mirror:
+            found = mirror.project(current, normalized_name) if ask_mirrors else None
+            is_mirrored = is_mirrored or found is not None
+        else:
+            found = hosted[current.path]
+        if found is None:
+            continue
+        name = name or found[0]
+        for dist in found[1]:
+            if dist.filename not in seen:  # the first index that has a filename wins
+                seen.add(dist.filename)
+                dists.append(dist)
+    if name is None:
+        return None
+    return ProjectView(name, normalized_name, dists, is_mirrored)
+
+
+def project_names(
+    session: Session, index: Index, mirror: MirrorSource, *, reader: Reader | None = None
+) -> list[str]:
+    """Every project name the index shows: its own, its stage bases', cached mirror ones
+    (with a `reader`: only from the indexes it may read)."""
+    names: dict[str, str] = {}
+    for current in readable_order(session, index, reader):
+        if current.is_mirror:
+            found = mirror.project_names(current)
+        else:
+            found = list(
+                session.scalars(select(Project.name).where(Project.index_id == current.id))
+            )
+        for name in found:
+            names.setdefault(normalize_name(name), name)
+    return sorted(names.values(), key=str.lower)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def _as_list(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value if v.strip()]
+    raise IndexConfigError(f"{key} must be a list of names or a comma-separated string")
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.lower()]
+    raise IndexConfigError(f"{key} must be true or false, not {value!r}")
+
+
+def _as_acl_read(value: Any) -> list[str]:
+    """acl_read entries: user names and the special values (in capitals, each once)."""
+    clean: list[str] = []
+    for entry in _as_list("acl_read", value):
+        if entry.upper() in ACL_READ_SPECIALS:
+            entry = entry.upper()
+        elif not NAME_RE.match(entry):
+            raise IndexConfigError(
+                f"acl_read entry {entry[:100]!r} is neither a user name nor one of "
+                f"{', '.join(ACL_READ_SPECIALS)}"
+            )
+        if entry not in clean:
+            clean.append(entry)
+    return clean
+
+
+def normalize_config(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the types of index settings given as JSON or as key=value strings."""
+    clean: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key not in SETTABLE_KEYS:
+            raise IndexConfigError(
+                f"unknown index setting {key!r}; known: {', '.join(SETTABLE_KEYS)}"
+            )
+        if key == "acl_read":
+            clean[key] = _as_acl_read(value)
+        elif key in LIST_KEYS:
+            clean[key] = _as_list(key, value)
+        elif key == "volatile":
+            clean[key] = _as_bool(key, value)
+        elif key == "mirror_cache_expiry":
+            if value in (None, ""):
+                clean[key] = None
+            else:
+                try:
+                    clean[key] = int(value)
+                except (TypeError, ValueError):
+                    raise IndexConfigError(
+                        "mirror_cache_expiry must be a number of seconds"
+                    ) from None
+                if clean[key] < 0:
+                    raise IndexConfigError("mirror_cache_expiry must not be negative")
+        elif key == "type":
+            if value not in INDEX_TYPES:
+                raise IndexConfigError(f"type must be 'stage' or 'mirror', not {value!r}")
+            clean[key] = value
+        else:
+            if value is not None and not isinstance(value, str):
+                raise IndexConfigError(f"{key} must be a string")
+            clean[key] = value
+    return clean
+
+
+def apply_operations(config: Mapping[str, Any], operations: list[Any]) -> dict[str, Any]:
+    """Apply devpi's index-setting operations to a copy of `config` and return it.
+
+    `key=value` sets a setting (lists as comma-separated values), `key+=value` adds a value to
+    a list setting, `key-=value` removes one (an error if it is not there), and `key-=` resets
+    the setting to its default. devpi-client sends these when the server announces the
+    `server-keyvalue-parsing` feature (`devpi index USER/INDEX key+=value`).
+    """
+    result = {
+        key: list(value) if isinstance(value, list) else value for key, value in config.items()
+    }
+    defaults: dict[str, Any] = {
+        "volatile": False,
+        "mirror_cache_expiry": None,
+        "acl_read": list(DEFAULT_ACL_READ),
+    }
+    for operation in operations:
+        if not isinstance(operation, str) or "=" not in operation:
+            raise IndexConfigError(
+                f"expected key=value, key+=value or key-=value, not {str(operation)[:100]!r}"
+            )
+        key, _, value = operation.partition("=")
+        kind = "set"
+        if key.endswith(("+", "-")):
+            kind = "add" if key.endswith("+") else ("remove" if value else "reset")
+            key = key[:-1]
+        key, value = key.strip(), value.strip()
+        if key == "acl_read" and value.upper() in ACL_READ_SPECIALS:
+            value = value.upper()
+        if key not in SETTABLE_KEYS:
+            raise IndexConfigError(
+                f"unknown index setting {key!r}; known: {', '.join(SETTABLE_KEYS)}"
+            )
+        if kind == "set":
+            result[key] = value
+        elif kind == "reset":
+            result[key] = defaults.get(key, [] if key in LIST_KEYS else "")
+        elif key not in LIST_KEYS:
+            raise IndexConfigError(f"{key} is not a list setting: use {key}=value")
+        else:
+            values = _as_list(key, result.get(key) or [])
+            if kind == "add" and value not in values:
+                values.append(value)
+            elif kind == "remove":
+                if value not in values:
+                    raise IndexConfigError(f"the {key!r} setting doesn't have value {value!r}")
+                values.remove(value)
+            result[key] = values
+    return result
+
+
+def _check_bases(session: Session, index_path: str, bases: list[str]) -> None:
+    for base in bases:
+        if get_index_by_path(session, base) is None:
+            raise IndexConfigError(f"base index {base!r} does not exist")
+    # A cycle exists if index_path is reachable from one of its new bases.
+    stack = list(bases)
+    seen: set[str] = set()
+    while stack:
+        path = stack.pop()
+        if path == index_path:
+            raise IndexConfigError(f"bases would make a cycle: {index_path} reaches itself")
+        if path in seen:
+            continue
+        seen.add(path)
+        found = get_index_by_path(session, path)
+        if found is not None:
+            stack.extend(found.bases or ())
+
+
+def _check_readable_bases(
+    session: Session, old: Iterable[str], new: Iterable[str], user: User
+) -> None:
+    """A user may add only bases they may read: inheriting is reading."""
+    for path in set(new) - set(old):
+        base = get_index_by_path(session, path)
+        if base is not None and not may_read(base, Reader(user)):
+            raise IndexConfigError(f"you may not read {path}, so you cannot inherit from it")
+
+
+def apply_config(
+    session: Session,
+    index: Index,
+    changes: Mapping[str, Any],
+    *,
+    user: User | None = None,
+    users_may_mirror: bool = False,
+) -> None:
+    """Validate and apply settings to a new or existing index (the caller commits).
+
+    With `user` (who asks for the change), new bases must be indexes that user may read, and
+    a new mirror_url needs may_set_mirror_url. Without one it is the operator (CLI, bootstrap).
+    """
+    clean = normalize_config(changes)
+    new_url = clean.get("mirror_url")
+    if (
+        user is not None
+        and new_url
+        and new_url != index.mirror_url
+        and not may_set_mirror_url(user, users_may_mirror=users_may_mirror)
+    ):
+        raise IndexPermissionError(MIRROR_RIGHT)
+    if "type" in clean and index.type and clean["type"] != index.type and index.id is not None:
+        raise IndexConfigError("the type of an existing index cannot be changed")
+    if user is not None and "bases" in clean:
+        _check_readable_bases(session, index.bases or (), clean["bases"], user)
+    old_url = index.mirror_url
+    for key, value in clean.items():
+        setattr(index, key, value)
+    if index.id is not None and new_url and new_url != old_url:
+        # A new upstream: the pages cached from the old one are revalidated on their next request.
+        session.execute(
+            update(MirrorPage).where(MirrorPage.index_id == index.id).values(checked_at=None)
+        )
+    if index.is_mirror:
+        if not index.mirror_url or not re.match(r"^https?://[^/]+", index.mirror_url):
+            raise IndexConfigError("a mirror index needs mirror_url, an http(s) simple index URL")
+        if index.bases:
+            raise IndexConfigError("a mirror index cannot have bases")
+    elif "bases" in clean:
+        _check_bases(session, index.path, index.bases)
+
+
+def create_index(
+    session: Session,
+    owner: User,
+    name: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    user: User | None = None,
+    users_may_mirror: bool = False,
+) -> Index:
+    """Create `owner/name` (stage by default, uploads allowed to the owner, readable by
+    everyone); the caller commits. `user` is who asks, as for apply_config."""
+    is_mirror = (config or {}).get("type") == "mirror"
+    if (
+        is_mirror
+        and user is not None
+        and not may_set_mirror_url(user, users_may_mirror=users_may_mirror)
+    ):
+        raise IndexPermissionError(MIRROR_RIGHT)
+    if not NAME_RE.match(name):
+        raise IndexConfigError(
+            f"invalid index name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
+        )
+    if get_index(session, owner.username, name) is not None:
+        raise IndexConfigError(f"index {owner.username}/{name} already exists")
+    config = dict(config or {})
+    index = Index(
+        owner=owner,
+        name=name,
+        type=config.pop("type", "stage"),
+        bases=[],
+        acl_upload=[owner.username],
+        acl_read=list(DEFAULT_ACL_READ),
+        mirror_whitelist=[],
+        volatile=False,
+        title="",
+        description="",
+    )
+    if index.type not in INDEX_TYPES:
+        raise IndexConfigError(f"type must be 'stage' or 'mirror', not {index.type!r}")
+    session.add(index)
+    apply_config(session, index, config, user=user, users_may_mirror=users_may_mirror)
+    return index
+
+
+def shown_bases(session: Session, index: Index, reader: Reader) -> list[str]:
+    """The bases a reader is told of: every one to those who may configure the index, else
+    those they may read (a stage shows nothing of a base a stranger may not read)."""
+    bases = list(index.bases or [])
+    if reader.user is not None and may_configure(index, reader.user):
+        return bases
+    shown = []
+    for path in bases:
+        base = get_index_by_path(session, path)
+        if base is None or may_read(base, reader):
+            shown.append(path)
+    return shown
+
+
+def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, Any]:
+    """An index's settings as the JSON API shows them (never credentials in mirror_url);
+    `bases` replaces the stored ones (shown_bases)."""
+    config: dict[str, Any] = {
+        "type": index.type,
+        "bases": list(index.bases or []) if bases is None else bases,
+        "volatile": index.volatile,
+        "acl_upload": list(index.acl_upload or []),
+        "acl_read": list(acl_read_of(index)),
+        "mirror_whitelist": list(index.mirror_whitelist or []),
+        "title": index.title,
+        "description": index.description,
+    }
+    if index.is_mirror:
+        config["mirror_url"] = mask_url(index.mirror_url or "")
+        config["mirror_cache_expiry"] = index.mirror_cache_expiry
+    return config
+
+
+def may_upload(index: Index, user: User) -> bool:
+    """Superusers, and users named in acl_upload (`:ANONYMOUS:` is not honoured for uploads)."""
+    return user.is_superuser or user.username in (index.acl_upload or ())
+
+
+def may_configure(index: Index, user: User) -> bool:
+    """Superusers and the index's owner."""
+    return user.is_superuser or user.id == index.owner_id
+
+
+def dependents(session: Session, paths: Iterable[str]) -> dict[str, list[str]]:
+    """For each of `paths` that another index lists in its bases: those indexes' paths."""
+    targets = set(paths)
+    found: dict[str, list[str]] = {}
+    for index in session.scalars(select(Index)):
+        if index.path not in targets:
+            for base in index.bases or ():
+                if base in targets:
+                    found.setdefault(base, []).append(index.path)
+    return found
+
+
+# --- deleting release files -------------------------------------------------------------
+
+
+def delete_files(session: Session, index: Index, files: list[File]) -> bool:
+    """Delete release files of one project on `index` (the caller commits); say whether the
+    project is still there.
+
+    A version's docs go with its last file, and the project with its last file and doc set
+    (the web UI's delete, and devpi-client's DELETEs in app/http/devpi.py).
+    """
+    project_id = files[0].project_id
+    normalized = files[0].project.normalized_name
+    versions = {f.version for f in files}
+    for record in files:
+        session.delete(record)
+    session.flush()
+    for version in versions:
+        if not has_version(session, project_id, version):
+            session.execute(
+                delete(DocSet).where(
+                    DocSet.index_id == index.id,
+                    DocSet.normalized_name == normalized,
+                    DocSet.version == str(Version(version)),
+                )
+            )
+    remaining = session.scalar(select(func.count()).where(File.project_id == project_id))
+    has_docs = session.scalar(
+        select(func.count()).where(
+            DocSet.index_id == index.id, DocSet.normalized_name == normalized
+        )
+    )
+    if remaining or has_docs:
+        return True
+    session.execute(delete(Project).where(Project.id == project_id))
+    return False
+
+
+def has_version(session: Session, project_id: int, version: str) -> bool:
+    """Whether the project still has a file of `version` (compared as PEP 440 versions)."""
+    wanted = Version(version)
+    versions = session.scalars(select(File.version).where(File.project_id == project_id))
+    return any(Version(v) == wanted for v in versions)

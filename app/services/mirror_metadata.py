@@ -1,0 +1,189 @@
+"""Core metadata of mirrored files: read once when a mirror caches a file, kept beside it.
+
+A plain PEP 503 upstream gives neither sizes nor PEP 658 sidecars. When a mirror caches a file
+(app/services/mirror.py's download, which prefetch goes through too; app/ops/integrity.py's repair),
+this module reads its METADATA or PKG-INFO with the checks an upload gets (app/core/dists.py),
+stores it under its sha256 and records it in `mirror_files` with the file's size. The mirror holds
+the metadata blob as it holds the file (app/services/cache.py: it made those bytes from bytes it
+fetched and verified itself). A wheel's METADATA is then its PEP 658/714 sidecar, byte for byte; an
+sdist's PKG-INFO only describes the project on the web pages (its dependencies are not reliable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from app.core.dists import (
+    MAX_METADATA_BYTES,
+    CoreMetadata,
+    InvalidDistribution,
+    parse_filename,
+    parse_metadata,
+    read_metadata,
+)
+from app.core.storage import Storage
+from app.data.db import Database, begin_write
+from app.data.models import MirrorBlob, MirrorFile, MirrorHolding, utcnow
+from app.services.cache import MirrorCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """What a mirror knows of a file it cached: its size and its stored core metadata."""
+
+    size: int
+    metadata_sha256: str | None  # held by the mirror; None: none read, or evicted since
+    is_sidecar: bool  # a wheel's METADATA: served as PEP 658 metadata
+
+
+def extract(path: str | os.PathLike[str], filename: str) -> CoreMetadata | None:
+    """The core metadata of the mirrored file at `path`, read and checked as an upload's
+    (app/core/dists.py: size, zip-bomb and path limits, name and version); None when it has none
+    valid (logged: it is the upstream's file, served all the same)."""
+    try:
+        return read_metadata(path, parse_filename(filename))
+    except InvalidDistribution as exc:
+        log.warning("no core metadata from mirrored %s: %s", filename, exc)
+    except Exception:  # reading must never break the download that called it
+        log.exception("could not read the core metadata of mirrored %s", filename)
+    return None
+
+
+def record_cached_file(
+    database: Database,
+    storage: Storage,
+    cache: MirrorCache,
+    index_id: int,
+    key: str,
+    filename: str,
+    size: int,
+    metadata: CoreMetadata | None,
+) -> None:
+    """Record that mirror `index_id` cached and holds `filename` (sha256 `key`, `size` bytes)
+    with its `metadata` (from extract), storing that as a blob this mirror holds too; never
+    raises: the file is served all the same."""
+    try:
+        info = parse_filename(filename)
+    except InvalidDistribution:  # never cached: the mirror serves only files it can name
+        return
+    metadata_sha256 = None
+    if metadata is not None:
+        metadata_sha256 = _store_metadata(storage, cache, index_id, metadata.raw)
+    try:
+        with database.session() as session:
+            begin_write(session)
+            session.merge(
+                MirrorFile(
+                    index_id=index_id,
+                    sha256=key,
+                    normalized_name=info.normalized_name,
+                    filename=filename,
+                    size=size,
+                    metadata_sha256=metadata_sha256,
+                    is_sidecar=metadata_sha256 is not None and info.filetype == "bdist_wheel",
+                    cached_at=utcnow(),
+                )
+            )
+            session.commit()
+    except Exception:  # the file is cached and served; its pages show less until it is again
+        log.exception("could not record mirrored %s", filename)
+
+
+def _store_metadata(storage: Storage, cache: MirrorCache, index_id: int, raw: bytes) -> str | None:
+    """Store metadata bytes (unless stored already) and record that the mirror holds them;
+    their sha256, or None when the store refused them (or the database the record)."""
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        if not storage.exists(digest):  # an upload's identical bytes stay as they are
+            storage.save(digest, io.BytesIO(raw))
+    except OSError as exc:  # a full disk: the file itself is cached, its metadata is not
+        log.error("could not store core metadata %s: %s", digest, exc)
+        return None
+    return digest if cache.record(index_id, digest, len(raw)) else None
+
+
+def cached_files(
+    session: Session, index_id: int, normalized_name: str, keys: Iterable[str] = ()
+) -> dict[str, CachedFile]:
+    """The files of a project that mirror `index_id` cached, by sha256; metadata counts only
+    while the mirror holds its blob. Those of `keys` that it holds without a record (cached
+    before it read metadata) come with their size alone."""
+    rows = session.execute(
+        select(
+            MirrorFile.sha256,
+            MirrorFile.size,
+            MirrorFile.metadata_sha256,
+            MirrorFile.is_sidecar,
+            MirrorHolding.sha256,
+        )
+        .outerjoin(
+            MirrorHolding,
+            and_(
+                MirrorHolding.index_id == MirrorFile.index_id,
+                MirrorHolding.sha256 == MirrorFile.metadata_sha256,
+            ),
+        )
+        .where(MirrorFile.index_id == index_id, MirrorFile.normalized_name == normalized_name)
+    )
+    found = {
+        key: CachedFile(size, metadata if held else None, bool(is_sidecar) and bool(held))
+        for key, size, metadata, is_sidecar, held in rows
+    }
+    missing = [key for key in keys if key not in found]
+    for start in range(0, len(missing), 500):  # bounded IN lists
+        for key, size in session.execute(
+            select(MirrorHolding.sha256, MirrorBlob.size)
+            .join(MirrorBlob, MirrorBlob.sha256 == MirrorHolding.sha256)
+            .where(
+                MirrorHolding.index_id == index_id,
+                MirrorHolding.sha256.in_(missing[start : start + 500]),
+            )
+        ):
+            found[key] = CachedFile(size, None, False)
+    return found
+
+
+def sidecar_of(session: Session, index_id: int, key: str, filename: str) -> str | None:
+    """The sha256 of the PEP 658 sidecar extracted from wheel `key` (`filename`) that mirror
+    `index_id` cached and holds, or None."""
+    return session.scalar(
+        select(MirrorFile.metadata_sha256)
+        .join(
+            MirrorHolding,
+            and_(
+                MirrorHolding.index_id == MirrorFile.index_id,
+                MirrorHolding.sha256 == MirrorFile.metadata_sha256,
+            ),
+        )
+        .where(
+            MirrorFile.index_id == index_id,
+            MirrorFile.sha256 == key,
+            MirrorFile.filename == filename,
+            MirrorFile.is_sidecar.is_(True),
+        )
+    )
+
+
+def metadata_of(session: Session, storage: Storage, index_id: int, key: str) -> CoreMetadata | None:
+    """The core metadata of file `key` that mirror `index_id` cached (a wheel's METADATA, an
+    sdist's PKG-INFO), parsed as an upload's; None when it has none or the blob is gone."""
+    row = session.get(MirrorFile, (index_id, key))
+    if row is None or row.metadata_sha256 is None:
+        return None
+    try:
+        with storage.open(row.metadata_sha256) as source:
+            raw = source.read(MAX_METADATA_BYTES + 1)
+        return parse_metadata(raw[:MAX_METADATA_BYTES], parse_filename(row.filename))
+    except (OSError, InvalidDistribution) as exc:  # evicted meanwhile, or lost
+        log.warning("core metadata of mirrored %s unreadable: %s", row.filename, exc)
+        return None

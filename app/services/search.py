@@ -1,0 +1,332 @@
+"""Full-text search queries: the query language people type, and the SQL that answers it on
+SQLite FTS5 or PostgreSQL tsvector (the index itself: app/services/fulltext.py).
+
+Whatever is typed is read as words: every term reaches the engine quoted (FTS5) or as letters
+and digits only (tsquery), so no input is engine syntax. Readable indexes are filtered in SQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Collection
+from typing import Any
+
+from markupsafe import Markup, escape
+from sqlalchemy import bindparam, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
+
+from app.services.fulltext import TEXT_SEARCH_CONFIG, WORD, fold
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 200
+MAX_TERMS = 16  # words and phrases in one query
+SNIPPET_TOKENS = 24  # words around a match in a snippet
+# Markers around highlighted words in snippets: control characters that are dropped from
+# indexed text, so user content cannot forge them.
+MARK_START, MARK_END = "\x02", "\x03"
+_TERM = re.compile(r'(?:(?P<field>[A-Za-z]+):)?(?:"(?P<phrase>[^"]*)"?|(?P<word>[^\s"]+))')
+_INDEX_PATH = re.compile(r"^[^/\s]+/[^/\s]+$")
+_ESCAPE = "!"  # LIKE escape; not a backslash: its SQL literal differs between dialects
+SCOPES = ("name", "summary", "docs")
+
+# SQLite: bm25() weights in FTS_COLUMNS' order (app/data/schema.py creates the FTS5 table).
+FTS_WEIGHTS = (10.0, 5.0, 3.0, 2.0, 1.0, 3.0)
+FTS_SCOPE = {"name": "{name}", "summary": "{summary}", "docs": "{body title}"}
+# PostgreSQL: name A, summary B, keywords and page titles C, description and page text D;
+# ts_rank's weights for D, C, B, A. Docs pages rank at half (description > docs).
+PG_WEIGHTS = "{0.1, 0.2, 0.4, 1.0}"
+PG_SCOPE = {"name": "A", "summary": "B", "docs": ""}
+DOCS_RANK_FACTOR = 0.5
+# Past this many matches (a word in most documents), weighing each one would take seconds:
+# such a search lists the named releases, then the most recently indexed matches.
+BROAD_MATCHES = 5_000
+
+
+class InvalidQuery(ValueError):
+    """A search the server cannot run; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """A word, a quoted phrase or a prefix (`word*`), maybe scoped to a field."""
+
+    words: tuple[str, ...]
+    is_prefix: bool = False
+    scope: str | None = None  # one of SCOPES
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """A parsed search: terms that must all match, and the indexes it is limited to."""
+
+    terms: tuple[Term, ...]
+    index_paths: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The unscoped and `name:` words as a normalized project name (for the exact-name and
+        name-prefix ranks)."""
+        words = [w for t in self.terms if t.scope in (None, "name") for w in t.words]
+        return "-".join(words)
+
+
+def parse_query(value: str) -> Query:
+    """Parse what someone typed: words, "quoted phrases", prefix*, name:/summary:/docs:
+    scopes, index:USER/INDEX; anything else is read as words (never a syntax error)."""
+    terms: list[Term] = []
+    paths: list[str] = []
+    for match in _TERM.finditer(value.strip()[:MAX_QUERY_CHARS]):
+        field = (match["field"] or "").lower()
+        raw = match["phrase"] if match["phrase"] is not None else match["word"]
+        if field == "index":
+            path = raw.strip().strip("/")
+            if not _INDEX_PATH.match(path):
+                raise InvalidQuery(
+                    f"index: takes an index as USER/INDEX (index:alice/dev), not {raw[:60]!r}."
+                )
+            paths.append(path)
+            continue
+        scope = field if field in SCOPES else None
+        if match["field"] and scope is None:
+            raw = f"{match['field']} {raw}"  # "http://x" or "foo:bar": words, not a field
+        words = tuple(w.lower() for w in WORD.findall(raw))
+        if words:
+            terms.append(Term(words, raw.rstrip().endswith("*"), scope))
+    if len(terms) > MAX_TERMS:
+        raise InvalidQuery(f"The search has {len(terms)} words and phrases; at most {MAX_TERMS}.")
+    return Query(tuple(terms), tuple(paths))
+
+
+def fts_match(query: Query) -> str:
+    """The FTS5 MATCH expression of a query: every term quoted, so none is FTS5 syntax."""
+    parts = []
+    for term in query.terms:
+        phrase = '"' + " ".join(term.words) + '"' + (" *" if term.is_prefix else "")
+        parts.append(f"{FTS_SCOPE[term.scope]} : {phrase}" if term.scope else phrase)
+    return " AND ".join(parts)
+
+
+def pg_tsquery(query: Query) -> str:
+    """The to_tsquery text of a query: folded letters and digits only, weights for scopes."""
+    parts = []
+    for term in query.terms:
+        weight = PG_SCOPE[term.scope] if term.scope else ""
+        words = [fold(w) for w in term.words]
+        lexemes = [
+            f"{w}:{'*' if term.is_prefix and n == len(words) - 1 else ''}{weight}".rstrip(":")
+            for n, w in enumerate(words)
+        ]
+        parts.append("(" + " <-> ".join(lexemes) + ")")
+    return " & ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    """A release, docs page or mirrored project that matches a query."""
+
+    kind: str  # release, docs or mirror
+    name: str  # as uploaded; a docs page's project by its normalized name
+    normalized_name: str
+    index_path: str
+    version: str
+    path: str  # a docs page's path in the doc set
+    title: str
+    summary: str
+    snippet: str  # text around the matches, MARK_START/MARK_END around each
+
+    @property
+    def is_mirror(self) -> bool:
+        """Whether a mirror cached this project (nothing uploaded here)."""
+        return self.kind == "mirror"
+
+    @property
+    def snippet_html(self) -> Markup:
+        """The snippet escaped, with <mark> around the matches (it is user content)."""
+        return Markup(  # noqa: S704 - every character of the snippet is escaped first
+            str(escape(self.snippet)).replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
+        )
+
+    @property
+    def snippet_text(self) -> str:
+        """The snippet without markers."""
+        return self.snippet.replace(MARK_START, "").replace(MARK_END, "")
+
+
+def _like(value: str) -> str:
+    return (
+        value.replace(_ESCAPE, _ESCAPE * 2).replace("%", _ESCAPE + "%").replace("_", _ESCAPE + "_")
+    )
+
+
+_COLUMNS = """
+    d.id, d.kind, d.name, d.normalized_name, d.version, d.path, d.title, d.summary,
+    u.username || '/' || i.name AS index_path,
+    CASE WHEN d.kind = 'docs' THEN 2 WHEN d.normalized_name = :name THEN 0
+         WHEN d.normalized_name LIKE :prefix ESCAPE '!' THEN 1 ELSE 2 END AS name_rank"""
+_JOINS = """
+    JOIN indexes i ON i.id = d.index_id JOIN users u ON u.id = i.owner_id"""
+# The releases named as the query, or with it as a prefix (`flask` -> `flask-login`): an index
+# range, not LIKE ('-' sorts just before '.'), then checked against the match.
+_NAMED = """
+    d.kind <> 'docs' AND (d.normalized_name = :name
+        OR (d.normalized_name > :name_dash AND d.normalized_name < :name_dot))"""
+
+# Whether the query matches more than BROAD_MATCHES documents (stops counting there).
+SQLITE_COUNT = (
+    "SELECT count(*) FROM (SELECT rowid FROM search_fts WHERE search_fts MATCH :match LIMIT :cap)"
+)
+POSTGRESQL_COUNT = f"""
+SELECT count(*) FROM (SELECT 1 FROM search_documents d
+    WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) LIMIT :cap) AS m"""  # noqa: S608
+
+# Ranked: exact name, name prefix, field weights (bm25 / ts_rank), most recent.
+SQLITE_RANKED = f"""
+SELECT {_COLUMNS}
+FROM search_fts JOIN search_documents d ON d.id = search_fts.rowid {_JOINS}
+WHERE search_fts MATCH :match AND FILTERS
+ORDER BY name_rank, bm25(search_fts, {", ".join(map(str, FTS_WEIGHTS))}), d.updated_at DESC, d.id
+LIMIT :limit OFFSET :offset"""  # noqa: S608 - constants; input goes in bound parameters
+POSTGRESQL_RANKED = f"""
+SELECT {_COLUMNS}
+FROM search_documents d CROSS JOIN to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AS q {_JOINS}
+WHERE d.tsv @@ q AND FILTERS
+ORDER BY name_rank,
+    ts_rank('{PG_WEIGHTS}', d.tsv, q)
+        * CASE WHEN d.kind = 'docs' THEN {DOCS_RANK_FACTOR} ELSE 1 END DESC,
+    d.updated_at DESC, d.id
+LIMIT :limit OFFSET :offset"""  # noqa: S608 - as above
+
+# Broad (a very common word): weighing every match would take seconds, so the named releases
+# come first, then the most recently indexed matches, which both engines read newest first
+# from their index and stop at the page.
+SQLITE_NAMED = f"""
+SELECT {_COLUMNS} FROM search_documents d {_JOINS}
+WHERE {_NAMED} AND FILTERS AND EXISTS (
+    SELECT 1 FROM search_fts WHERE search_fts MATCH :match AND search_fts.rowid = d.id)
+ORDER BY name_rank, d.updated_at DESC, d.id LIMIT :window"""  # noqa: S608 - as above
+POSTGRESQL_NAMED = f"""
+SELECT {_COLUMNS} FROM search_documents d {_JOINS}
+WHERE {_NAMED} AND FILTERS AND d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match)
+ORDER BY name_rank, d.updated_at DESC, d.id LIMIT :window"""  # noqa: S608 - as above
+SQLITE_RECENT = f"""
+SELECT {_COLUMNS}
+FROM search_fts JOIN search_documents d ON d.id = search_fts.rowid {_JOINS}
+WHERE search_fts MATCH :match AND FILTERS
+ORDER BY search_fts.rowid DESC LIMIT :window"""  # noqa: S608 - as above
+POSTGRESQL_RECENT = f"""
+SELECT {_COLUMNS} FROM search_documents d {_JOINS}
+WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AND FILTERS
+ORDER BY d.id DESC LIMIT :window"""  # noqa: S608 - as above
+
+# Snippets for the rows of the page only: both tokenize a row's whole text.
+SQLITE_SNIPPETS = f"""
+SELECT rowid, snippet(search_fts, -1, :mark_start, :mark_end, '…', {SNIPPET_TOKENS})
+FROM search_fts WHERE search_fts MATCH :match AND rowid IN :ids"""  # noqa: S608 - as above
+POSTGRESQL_SNIPPETS = f"""
+SELECT d.id, ts_headline('{TEXT_SEARCH_CONFIG}',
+    concat_ws(' ', d.summary, d.description, d.title, d.body),
+    to_tsquery('{TEXT_SEARCH_CONFIG}', :match),
+    'StartSel=' || :mark_start || ', StopSel=' || :mark_end
+    || ', MaxWords={SNIPPET_TOKENS}, MinWords=8, MaxFragments=2, FragmentDelimiter=" … "')
+FROM search_documents d WHERE d.id IN :ids"""  # noqa: S608 - as above
+SQL = {
+    "sqlite": {
+        "count": SQLITE_COUNT,
+        "ranked": SQLITE_RANKED,
+        "named": SQLITE_NAMED,
+        "recent": SQLITE_RECENT,
+        "snippets": SQLITE_SNIPPETS,
+    },
+    "postgresql": {
+        "count": POSTGRESQL_COUNT,
+        "ranked": POSTGRESQL_RANKED,
+        "named": POSTGRESQL_NAMED,
+        "recent": POSTGRESQL_RECENT,
+        "snippets": POSTGRESQL_SNIPPETS,
+    },
+}
+
+
+def search(
+    session: Session,
+    query: Query,
+    *,
+    limit: int,
+    offset: int = 0,
+    index_ids: Collection[int] | None = None,
+) -> list[Hit]:
+    """The hits of a parsed query, best first (exact name, name prefix, field weights, most
+    recent; past BROAD_MATCHES matches: named releases, then most recent), at most `limit`
+    from `offset`, only on the indexes `index_ids` (None: every one)."""
+    if not query.terms:
+        return []
+    dialect = session.get_bind().dialect.name
+    sql = SQL[dialect]
+    filters = ["1 = 1"]
+    params: dict[str, Any] = {
+        "match": fts_match(query) if dialect == "sqlite" else pg_tsquery(query),
+        "name": query.name,
+        "prefix": _like(query.name) + "-%",
+        "name_dash": query.name + "-",
+        "name_dot": query.name + ".",
+        "limit": limit,
+        "offset": offset,
+        "window": offset + limit,
+        "cap": BROAD_MATCHES + 1,
+        "mark_start": MARK_START,
+        "mark_end": MARK_END,
+    }
+    expanding: list[BindParameter[Any]] = []
+    if index_ids is not None:
+        filters.append("d.index_id IN :index_ids")
+        params["index_ids"] = list(index_ids) or [-1]
+        expanding.append(bindparam("index_ids", expanding=True))
+    if query.index_paths:
+        filters.append("u.username || '/' || i.name IN :index_paths")
+        params["index_paths"] = list(query.index_paths)
+        expanding.append(bindparam("index_paths", expanding=True))
+    if any(t.scope == "docs" for t in query.terms):
+        filters.append("d.kind = 'docs'")
+
+    def run(name: str) -> list[Any]:
+        if name == "snippets":
+            statement = text(sql[name]).bindparams(bindparam("ids", expanding=True))
+        else:
+            statement = text(sql[name].replace("FILTERS", " AND ".join(filters)))
+            statement = statement.bindparams(*expanding)
+        return list(session.execute(statement, params))
+
+    try:
+        if (session.execute(text(sql["count"]), params).scalar() or 0) > BROAD_MATCHES:
+            named = run("named")
+            seen = {row.id for row in named}
+            rows = (named + [r for r in run("recent") if r.id not in seen])[offset : offset + limit]
+        else:
+            rows = run("ranked")
+        snippets: dict[int, str] = {}
+        if rows:
+            params["ids"] = [row.id for row in rows]
+            snippets = dict(run("snippets"))
+    except DBAPIError as exc:  # a query the parser let through but the engine refused
+        session.rollback()
+        log.warning("search %r failed: %s", query, exc.orig)
+        raise InvalidQuery("The search could not be run; use words, quotes and *.") from None
+    return [
+        Hit(
+            kind=row.kind,
+            name=row.name or row.normalized_name,
+            normalized_name=row.normalized_name,
+            index_path=row.index_path,
+            version=row.version,
+            path=row.path,
+            title=row.title,
+            summary=row.summary,
+            snippet=snippets.get(row.id) or "",
+        )
+        for row in rows
+    ]
