@@ -41,8 +41,9 @@ SCALE_TESTS := tests/test_upload.py tests/test_backup.py tests/test_integrity.py
 	tests/e2e/test_page_cache.py tests/e2e/test_bootstrap.py tests/e2e/test_private_blobs.py \
 	tests/e2e/test_sessions.py
 
-test: $(VENV)/.installed $(DEVPI_VENV)/.installed chromium postgres ## install what the tests need, type-check app/, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
+test: $(VENV)/.installed $(DEVPI_VENV)/.installed chromium postgres ## install what the tests need, type-check app/ and its import contracts, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider
 	PYSHELF_TEST_DATABASE=postgres PYSHELF_TEST_STORAGE=s3 $(PY) -m pytest -q -p no:cacheprovider $(SCALE_TESTS)
 
@@ -65,10 +66,11 @@ test-container: export CONTAINERS_CONF := $(CURDIR)/tests/container/containers.c
 test-container: $(VENV)/.installed ## build the image with podman (installed if missing) and test it as a container
 	bash tests/container/prepare.sh && $(PY) -m pytest -q -p no:cacheprovider tests/container
 
-lint: $(VENV)/.installed ## ruff check and format check, mypy over app/ (settings in pyproject.toml)
+lint: $(VENV)/.installed ## ruff check and format check, mypy over app/, the import contracts (settings in pyproject.toml)
 	$(VENV)/bin/ruff check app tests bench migrations/env.py
 	$(VENV)/bin/ruff format --check app tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 docs: $(VENV)/.installed ## write docs/configuration.md and .env.example from the settings table in app/core/config.py
 	$(PY) -m app.core.config markdown > docs/configuration.md && $(PY) -m app.core.config env-example > .env.example
@@ -96,4 +98,4 @@ bench-mirror: $(VENV)/.installed ## pip through pyshelf's mirror, cold and warm,
 	$(PY) bench/mirror_install.py
 
 clean: ## remove the venv and caches (not ./data)
-	rm -rf $(VENV) $(DEVPI_VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(DEVPI_VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

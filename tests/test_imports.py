@@ -196,3 +196,18 @@ def test_an_import_inside_a_function_says_why() -> None:
                 silent.append(f"{path.relative_to(ROOT)}:{first} imports {sorted(names)}")
 
     assert silent == []
+
+
+LAYERS = ("core", "data", "services", "http", "ops")  # pyproject.toml's [tool.importlinter]
+
+
+def test_every_module_is_in_a_layer_package() -> None:
+    """The import contracts see only the layer packages: a module added beside app/cli.py
+    would be in no layer, and nothing would check its imports."""
+    outside = sorted(
+        module
+        for module in MODULES
+        if module not in ("app", "app.cli") and module.split(".")[1] not in LAYERS
+    )
+
+    assert outside == []
