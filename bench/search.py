@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 from app.data import schema  # noqa: E402
 from app.data.db import make_engine  # noqa: E402
 from app.data.models import DocSet, Index, MirrorPage, Project, SearchDocument, User  # noqa: E402
-from app.services import fulltext, search
+from app.services import fulltext, search  # noqa: E402
 
 SEED = 19
 BATCH = 5_000

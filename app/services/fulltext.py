@@ -43,6 +43,7 @@ from sqlalchemy.sql.elements import ColumnClause
 
 from app.core.config import Settings
 from app.core.progress import Progress
+from app.core.render import render_description
 from app.core.storage import make_storage
 from app.data.db import Database
 from app.data.models import DocSet, File, MirrorPage, Project, SearchDocument, utcnow
@@ -121,9 +122,6 @@ def description_text(description: str | None, content_type: str | None) -> str:
     """A description as words: rendered as the project page renders it, tags stripped."""
     if not description:
         return ""
-    # The renderer lives with the web pages that show it; it imports no Flask itself.
-    from app.http.web.render import render_description
-
     rendered = render_description(_clean(description), content_type)
     return html_text(str(rendered))[1] if rendered else ""
 

@@ -34,6 +34,7 @@ from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a 
 
 from app import __version__
 from app.core.dists import normalize_name
+from app.core.render import render_description
 from app.core.upstream import UpstreamError, mask_url, url_origin
 from app.data.db import get_session
 from app.data.models import Index, MirrorPage, Project, Promotion, User
@@ -54,7 +55,6 @@ from app.http.web.base import (
     version_url,
     wants_json,
 )
-from app.http.web.render import render_description
 from app.services.indexes import (
     ProjectView,
     Reader,
