@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,3 +213,13 @@ def test_every_module_is_in_a_layer_package() -> None:
     )
 
     assert outside == []
+
+
+def test_pip_install_ships_every_package_of_app() -> None:
+    """pyproject.toml lists the packages a wheel carries: a new layer package left out of it
+    would install a `pyshelf` command that cannot import itself."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    inits = (ROOT / "app").rglob("__init__.py")
+    packages = {".".join(init.parent.relative_to(ROOT).parts) for init in inits}
+
+    assert packages <= set(config["packages"])

@@ -115,8 +115,8 @@ def test_the_installed_package_migrates_and_bootstraps_from_its_own_files(
     assert ROOT not in package.parents
     assert Path(located.stdout.splitlines()[1]) == package / "migrations"
     assert (package / "migrations" / "alembic.ini").is_file()
-    assert (package / "web" / "templates" / "base.html").is_file()
-    assert (package / "web" / "static" / "style.css").is_file()
+    assert (package / "http" / "web" / "templates" / "base.html").is_file()
+    assert (package / "http" / "web" / "static" / "style.css").is_file()
     assert (data / "pyshelf.sqlite3").is_file()
     listed = run(installed / "bin" / "pyshelf", "user", "list", cwd=tmp_path, DATA_DIR=str(data))
     assert listed.stdout == "admin (superuser)\nroot (superuser)\n"
