@@ -385,7 +385,9 @@ def test_metrics_count_a_cold_and_a_warm_download_across_workers_and_logs_are_js
         assert metric(text, "pyshelf_mirror_cache_served_bytes_total") == len(data)
         assert metric(text, "pyshelf_http_requests_total", kind="file", status="200") == 2
         assert metric(text, "pyshelf_http_request_duration_seconds_count", kind="file") == 2
-        assert metric(text, "pyshelf_blob_store_bytes", kind="mirror") == len(data)
+        # the wheel and the METADATA the mirror extracted from it (its PEP 658 sidecar)
+        mirrored = len(data) + len(wheel_metadata(data))
+        assert metric(text, "pyshelf_blob_store_bytes", kind="mirror") == mirrored
     assert len(server.worker_pids()) == 2
 
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
