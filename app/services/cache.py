@@ -6,7 +6,8 @@ once per blob, in `mirror_blobs` (what the cap counts). Downloads from the cache
 `last_access_at` in batches (at most every few seconds per worker, never a write per request).
 When the recorded total passes MIRROR_CACHE_MAX_SIZE, the least recently downloaded files are
 removed until the total is below LOW_WATER of the cap, and with them every mirror's holding.
-Their project pages stay: the next request fetches a removed file again. A write that fails
+Their project pages stay: the next request fetches a removed file again; search describes
+those projects from what is left (app/services/fulltext.py). A write that fails
 for a full disk first asks `make_room` to evict, whatever the cap.
 
 Blobs that an upload references (File, its wheel's METADATA sidecar, DocSet) are never removed,
@@ -49,6 +50,7 @@ from app.data.models import (
     utcnow,
 )
 from app.http import metrics
+from app.services.fulltext import index_cached_project
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,20 @@ def forget_metadata(session: Session, keys: list[str]) -> None:
             .where(MirrorFile.metadata_sha256.in_(chunk))
             .values(metadata_sha256=None, is_sidecar=False)
         )
+
+
+def _projects_of(session: Session, keys: list[str]) -> set[tuple[int, str]]:
+    """(mirror, project) of the mirrored files whose bytes or core metadata are `keys`."""
+    found: set[tuple[int, str]] = set()
+    for start in range(0, len(keys), 500):  # bounded IN lists
+        chunk = keys[start : start + 500]
+        rows = session.execute(
+            select(MirrorFile.index_id, MirrorFile.normalized_name).where(
+                MirrorFile.sha256.in_(chunk) | MirrorFile.metadata_sha256.in_(chunk)
+            )
+        )
+        found.update((index_id, name) for index_id, name in rows)
+    return found
 
 
 @dataclass
@@ -376,10 +392,20 @@ class MirrorCache:
         with self.database.session() as session:
             begin_write(session)
             protected = uploaded_blobs(session, keys)
+            described = _projects_of(session, keys)
             session.execute(delete(MirrorBlob).where(MirrorBlob.sha256.in_(keys)))
             session.execute(delete(MirrorHolding).where(MirrorHolding.sha256.in_(keys)))
             forget_metadata(session, keys)
             session.commit()
+            # Search describes a mirrored project only from what its mirror holds.
+            for index_id, normalized_name in sorted(described):
+                try:
+                    begin_write(session)
+                    index_cached_project(session, self.storage, index_id, normalized_name)
+                    session.commit()
+                except Exception:  # found by name (or the old text) until `reindex`
+                    session.rollback()
+                    log.exception("could not reindex mirrored %s", normalized_name)
         removed = [(key, size) for key, size in chosen if key not in protected]
         for key, _size in removed:
             self.storage.delete(key)
