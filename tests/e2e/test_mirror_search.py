@@ -112,3 +112,14 @@ def test_a_cached_wheels_description_is_found_on_the_mirror_that_holds_it_only(
     }
     assert found(server, WORD) == ["mirror:root/pypi/plain-app"]
     assert found(server, "summary:hyperborean", AUTH) != []
+
+    # The upstream now lists other bytes under the wheel's name: the cached file is no longer
+    # on the pages stored anew, and describes nothing there.
+    add_wheel(fake_upstream, "plain-app", "2.0.0", with_metadata=False, summary="Replaced")
+    refetch(server, "root/pypi")
+    refetch(server, "admin/m2", AUTH)
+    assert found(server, WORD, AUTH) == []
+    assert set(found(server, "plain-app", AUTH)) == {
+        "mirror:root/pypi/plain-app",
+        "mirror:admin/m2/plain-app",
+    }
