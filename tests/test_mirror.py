@@ -940,10 +940,8 @@ def test_an_evicted_wheel_no_longer_describes_its_mirrored_project_in_search(
     assert mc.get(entry["url"]).get_data() == data
     assert hits("quetzalmarmot") == ["root/pypi/plain-pkg"]
 
-    metadata = wheel_metadata(data)
-    the_mirror(mirror_app).cache._remove(
-        [(sha256(data), len(data)), (sha256(metadata), len(metadata))]
-    )
+    eviction = the_mirror(mirror_app).cache.evict(max_bytes=0)  # the wheel and its METADATA
 
+    assert eviction.removed_files == 2
     assert hits("quetzalmarmot") == []
     assert hits("plain-pkg") == ["root/pypi/plain-pkg"]

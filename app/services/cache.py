@@ -368,7 +368,8 @@ class MirrorCache:
                 if not is_locked:
                     result.skipped = "uploads kept the blob lock busy; try again later"
                     break
-                removed, kept = self._remove(chosen)
+                removed, kept, described = self._remove(chosen)
+            self._describe_again(described)
             result.removed_files += len(removed)
             result.removed_bytes += sum(size for _key, size in removed)
             result.kept_uploads += kept
@@ -386,8 +387,11 @@ class MirrorCache:
             )
         return result
 
-    def _remove(self, chosen: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], int]:
-        """Drop the rows of `chosen`, then delete the blobs no upload references (lock held)."""
+    def _remove(
+        self, chosen: list[tuple[str, int]]
+    ) -> tuple[list[tuple[str, int]], int, set[tuple[int, str]]]:
+        """Drop the rows of `chosen`, then delete the blobs no upload references (lock held);
+        return those removed, how many uploads kept, and the projects they described."""
         keys = [key for key, _size in chosen]
         with self.database.session() as session:
             begin_write(session)
@@ -397,19 +401,20 @@ class MirrorCache:
             session.execute(delete(MirrorHolding).where(MirrorHolding.sha256.in_(keys)))
             forget_metadata(session, keys)
             session.commit()
-            # Search describes a mirrored project only from what its mirror holds.
-            for index_id, normalized_name in sorted(described):
-                try:
-                    begin_write(session)
-                    index_cached_project(session, self.storage, index_id, normalized_name)
-                    session.commit()
-                except Exception:  # found by name (or the old text) until `reindex`
-                    session.rollback()
-                    log.exception("could not reindex mirrored %s", normalized_name)
         removed = [(key, size) for key, size in chosen if key not in protected]
         for key, _size in removed:
             self.storage.delete(key)
-        return removed, len(keys) - len(removed)
+        return removed, len(keys) - len(removed), described
+
+    def _describe_again(self, described: set[tuple[int, str]]) -> None:
+        """Reindex for search the mirrored projects (mirror, name) whose files or metadata were
+        evicted: a mirror's project is described only from what it holds (outside the blob
+        lock: rendering a description takes a while)."""
+        for index_id, normalized_name in sorted(described):
+            try:
+                index_cached_project(self.database, self.storage, index_id, normalized_name)
+            except Exception:  # found by name (or the old text) until `reindex`
+                log.exception("could not reindex mirrored %s", normalized_name)
 
     def discard_unrecorded(self, keys: Iterable[str]) -> None:
         """Delete blobs that a failed upload stored and no row references, so it leaves nothing

@@ -33,6 +33,7 @@ from typing import IO, Any
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import (
     Text,
+    and_,
     bindparam,
     delete,
     event,
@@ -49,8 +50,17 @@ from app.core.config import Settings
 from app.core.progress import Progress
 from app.core.render import render_description
 from app.core.storage import make_storage
-from app.data.db import Database
-from app.data.models import DocSet, File, MirrorPage, Project, SearchDocument, utcnow
+from app.data.db import Database, begin_write
+from app.data.models import (
+    DocSet,
+    File,
+    MirrorFile,
+    MirrorHolding,
+    MirrorPage,
+    Project,
+    SearchDocument,
+    utcnow,
+)
 from app.services.mirror_description import Blobs as Blobs  # re-exported: promote.py uses it
 from app.services.mirror_description import describe_page
 
@@ -242,42 +252,41 @@ def index_mirror_page(
 ) -> None:
     """(Re)index a project a mirror cached: its name, and the summary and description when
     the caller has them from a cached file (an upstream 404 is not indexed)."""
+    _write_mirror(session, page, summary, description_text(description, description_content_type))
+
+
+def _write_mirror(session: Session, page: MirrorPage, summary: str, words: str) -> None:
     session.execute(delete(SearchDocument).where(SearchDocument.mirror_page_id == page.id))
     if not page.is_found:
         return
-    _write(
-        session,
-        [
-            {
-                "index_id": page.index_id,
-                "mirror_page_id": page.id,
-                "kind": "mirror",
-                "normalized_name": page.normalized_name,
-                "name": page.name,
-                "summary": summary,
-                "description": description_text(description, description_content_type),
-                "updated_at": page.fetched_at or utcnow(),
-            }
-        ],
-    )
+    row = {
+        "index_id": page.index_id,
+        "mirror_page_id": page.id,
+        "kind": "mirror",
+        "normalized_name": page.normalized_name,
+        "name": page.name,
+        "summary": summary,
+        "description": words,
+        "updated_at": page.fetched_at or utcnow(),
+    }
+    _write(session, [row])
+
+
+def _mirror_text(session: Session, blobs: Blobs, page: MirrorPage) -> tuple[str, str]:
+    """The summary and description words of the cached metadata that describes a mirrored
+    project on its web page (app/services/mirror_description.py: only what this mirror
+    holds); reads and renders, writes nothing."""
+    meta = describe_page(session, blobs, page)
+    if meta is None:
+        return "", ""
+    return meta.summary or "", description_text(meta.description, meta.description_content_type)
 
 
 def index_mirror(session: Session, blobs: Blobs, page: MirrorPage) -> None:
     """(Re)index a project a mirror cached, with the summary and description of the cached
-    metadata that describes it on the web project page (app/services/mirror_description.py:
-    only what this mirror holds); the caller commits."""
+    metadata that describes it (`_mirror_text`); the caller commits."""
     session.flush()  # a new page gets its id
-    meta = describe_page(session, blobs, page)
-    if meta is None:
-        index_mirror_page(session, page)
-        return
-    index_mirror_page(
-        session,
-        page,
-        summary=meta.summary or "",
-        description=meta.description,
-        description_content_type=meta.description_content_type,
-    )
+    _write_mirror(session, page, *_mirror_text(session, blobs, page))
 
 
 def index_stored_page(session: Session, blobs: Blobs, page: MirrorPage) -> None:
@@ -291,17 +300,55 @@ def index_stored_page(session: Session, blobs: Blobs, page: MirrorPage) -> None:
 
 
 def index_cached_project(
-    session: Session, blobs: Blobs, index_id: int, normalized_name: str
+    database: Database, blobs: Blobs, index_id: int, normalized_name: str
 ) -> None:
-    """(Re)index the project of a file mirror `index_id` just cached (its description may come
-    from that file now); the caller commits."""
-    page = session.scalar(
+    """(Re)index the project of a file mirror `index_id` cached or evicted (another file may
+    describe it now), in a transaction of its own; the description is rendered before the
+    write lock is taken (a long README takes a tenth of a second), and again under it only if
+    what it was read from changed meanwhile."""
+    with database.session() as session:
+        page = _mirror_page(session, index_id, normalized_name)
+        if page is None:
+            return
+        inputs = _description_inputs(session, page)
+        text = _mirror_text(session, blobs, page)
+        begin_write(session)
+        session.expire_all()  # read what the write lock now protects
+        page = _mirror_page(session, index_id, normalized_name)
+        if page is None:
+            return
+        if _description_inputs(session, page) != inputs:
+            text = _mirror_text(session, blobs, page)
+        _write_mirror(session, page, *text)
+        session.commit()
+
+
+def _mirror_page(session: Session, index_id: int, normalized_name: str) -> MirrorPage | None:
+    return session.scalar(
         select(MirrorPage).where(
             MirrorPage.index_id == index_id, MirrorPage.normalized_name == normalized_name
         )
     )
-    if page is not None:
-        index_mirror(session, blobs, page)
+
+
+def _description_inputs(session: Session, page: MirrorPage) -> tuple[Any, ...]:
+    """What describe_page reads besides blobs: the page, and the project's cached files with
+    their metadata and whether the mirror still holds them."""
+    rows = session.execute(
+        select(MirrorFile.sha256, MirrorFile.metadata_sha256, MirrorHolding.sha256)
+        .outerjoin(
+            MirrorHolding,
+            and_(
+                MirrorHolding.index_id == MirrorFile.index_id,
+                MirrorHolding.sha256 == MirrorFile.sha256,
+            ),
+        )
+        .where(
+            MirrorFile.index_id == page.index_id,
+            MirrorFile.normalized_name == page.normalized_name,
+        )
+    )
+    return (page.id, page.fetched_at, page.is_found, sorted(tuple(row) for row in rows))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -100,10 +100,7 @@ def record_cached_file(
         log.exception("could not record mirrored %s", filename)
         return
     try:
-        with database.session() as session:
-            begin_write(session)
-            index_cached_project(session, storage, index_id, info.normalized_name)
-            session.commit()
+        index_cached_project(database, storage, index_id, info.normalized_name)
     except Exception:  # search finds the project by name until `reindex` or its next change
         log.exception("could not index the description of mirrored %s", filename)
 
