@@ -1,4 +1,4 @@
-"""The full-text search index: what is indexed (releases, docs pages, mirrored names) and how
+"""The full-text search index: what is indexed (releases, docs pages, mirrored projects) and how
 it stays in step, on SQLite FTS5 or PostgreSQL tsvector (queries: app/services/search.py).
 
 One row of `search_documents` per project on an index (its newest release that is not
@@ -10,11 +10,11 @@ text whose accents were removed here: `unaccent` would need a superuser) under a
 Releases are indexed when the session that changed them commits (the listeners at the bottom:
 every writer, present and future, goes through them); docs when they are stored (`index_docset`,
 with the pages `read_docs` took out of the zip); a mirrored project when the mirror stores its
-page (`index_stored_page`) or caches one of its files (`index_cached_project`, from
-app/services/mirror_metadata.py), with the summary and description of the cached metadata that
-describes it (app/services/mirror_description.py: the web project page's rule, and only what
-that mirror holds). Deleting a project, doc set, mirror page or index deletes its rows by ON
-DELETE CASCADE.
+page (`index_stored_page`), caches one of its files or evicts one (`index_cached_project`,
+from app/services/mirror_metadata.py and app/services/cache.py), with the summary and
+description of the cached metadata that describes it (app/services/mirror_description.py: the
+web project page's rule, and only what that mirror holds). Deleting a project, doc set, mirror
+page or index deletes its rows by ON DELETE CASCADE.
 """
 
 from __future__ import annotations
