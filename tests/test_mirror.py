@@ -915,3 +915,33 @@ def test_a_file_cached_before_metadata_was_read_still_shows_its_size(mirror_app,
 
     version, entry = plain_entry(mc)
     assert (version, entry["size"], entry["core-metadata"]) == ("1.4", len(plain["data"]), False)
+
+
+def test_an_evicted_wheel_no_longer_describes_its_mirrored_project_in_search(
+    mirror_app, mc, clock, fake_upstream
+):
+    """Issue #19 with #15: the cache evicts the only cached file of plain-pkg and its METADATA;
+    its README's words are no longer found (the mirror holds nothing that says them), its
+    name still is."""
+    clock.now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    fake_upstream.html_only = True  # PEP 503: no sidecar, the wheel is the only source
+    filename, data = make_wheel("plain-pkg", "1.0", description="Counts quetzalmarmot herds.")
+    fake_upstream.add_file("plain-pkg", filename, data)
+
+    search_json = {"Accept": "application/json"}
+
+    def hits(query: str) -> list[str]:
+        response = mc.get("/+search", query_string={"q": query}, headers=search_json)
+        assert response.status_code == 200, response.status
+        return [f"{hit['index']}/{hit['name']}" for hit in response.get_json()["hits"]]
+
+    _version, entry = plain_entry(mc)
+    assert hits("quetzalmarmot") == []
+    assert mc.get(entry["url"]).get_data() == data
+    assert hits("quetzalmarmot") == ["root/pypi/plain-pkg"]
+
+    eviction = the_mirror(mirror_app).cache.evict(max_bytes=0)  # the wheel and its METADATA
+
+    assert eviction.removed_files == 2
+    assert hits("quetzalmarmot") == []
+    assert hits("plain-pkg") == ["root/pypi/plain-pkg"]

@@ -6,7 +6,8 @@ once per blob, in `mirror_blobs` (what the cap counts). Downloads from the cache
 `last_access_at` in batches (at most every few seconds per worker, never a write per request).
 When the recorded total passes MIRROR_CACHE_MAX_SIZE, the least recently downloaded files are
 removed until the total is below LOW_WATER of the cap, and with them every mirror's holding.
-Their project pages stay: the next request fetches a removed file again. A write that fails
+Their project pages stay: the next request fetches a removed file again; search describes
+those projects from what is left (app/services/fulltext.py). A write that fails
 for a full disk first asks `make_room` to evict, whatever the cap.
 
 Blobs that an upload references (File, its wheel's METADATA sidecar, DocSet) are never removed,
@@ -49,6 +50,7 @@ from app.data.models import (
     utcnow,
 )
 from app.http import metrics
+from app.services.fulltext import index_cached_project
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,20 @@ def forget_metadata(session: Session, keys: list[str]) -> None:
             .where(MirrorFile.metadata_sha256.in_(chunk))
             .values(metadata_sha256=None, is_sidecar=False)
         )
+
+
+def _projects_of(session: Session, keys: list[str]) -> set[tuple[int, str]]:
+    """(mirror, project) of the mirrored files whose bytes or core metadata are `keys`."""
+    found: set[tuple[int, str]] = set()
+    for start in range(0, len(keys), 500):  # bounded IN lists
+        chunk = keys[start : start + 500]
+        rows = session.execute(
+            select(MirrorFile.index_id, MirrorFile.normalized_name).where(
+                MirrorFile.sha256.in_(chunk) | MirrorFile.metadata_sha256.in_(chunk)
+            )
+        )
+        found.update((index_id, name) for index_id, name in rows)
+    return found
 
 
 @dataclass
@@ -352,7 +368,8 @@ class MirrorCache:
                 if not is_locked:
                     result.skipped = "uploads kept the blob lock busy; try again later"
                     break
-                removed, kept = self._remove(chosen)
+                removed, kept, described = self._remove(chosen)
+            self._describe_again(described)
             result.removed_files += len(removed)
             result.removed_bytes += sum(size for _key, size in removed)
             result.kept_uploads += kept
@@ -370,12 +387,16 @@ class MirrorCache:
             )
         return result
 
-    def _remove(self, chosen: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], int]:
-        """Drop the rows of `chosen`, then delete the blobs no upload references (lock held)."""
+    def _remove(
+        self, chosen: list[tuple[str, int]]
+    ) -> tuple[list[tuple[str, int]], int, set[tuple[int, str]]]:
+        """Drop the rows of `chosen`, then delete the blobs no upload references (lock held);
+        return those removed, how many uploads kept, and the projects they described."""
         keys = [key for key, _size in chosen]
         with self.database.session() as session:
             begin_write(session)
             protected = uploaded_blobs(session, keys)
+            described = _projects_of(session, keys)
             session.execute(delete(MirrorBlob).where(MirrorBlob.sha256.in_(keys)))
             session.execute(delete(MirrorHolding).where(MirrorHolding.sha256.in_(keys)))
             forget_metadata(session, keys)
@@ -383,7 +404,17 @@ class MirrorCache:
         removed = [(key, size) for key, size in chosen if key not in protected]
         for key, _size in removed:
             self.storage.delete(key)
-        return removed, len(keys) - len(removed)
+        return removed, len(keys) - len(removed), described
+
+    def _describe_again(self, described: set[tuple[int, str]]) -> None:
+        """Reindex for search the mirrored projects (mirror, name) whose files or metadata were
+        evicted: a mirror's project is described only from what it holds (outside the blob
+        lock: rendering a description takes a while)."""
+        for index_id, normalized_name in sorted(described):
+            try:
+                index_cached_project(self.database, self.storage, index_id, normalized_name)
+            except Exception:  # found by name (or the old text) until `reindex`
+                log.exception("could not reindex mirrored %s", normalized_name)
 
     def discard_unrecorded(self, keys: Iterable[str]) -> None:
         """Delete blobs that a failed upload stored and no row references, so it leaves nothing

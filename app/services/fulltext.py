@@ -1,4 +1,4 @@
-"""The full-text search index: what is indexed (releases, docs pages, mirrored names) and how
+"""The full-text search index: what is indexed (releases, docs pages, mirrored projects) and how
 it stays in step, on SQLite FTS5 or PostgreSQL tsvector (queries: app/services/search.py).
 
 One row of `search_documents` per project on an index (its newest release that is not
@@ -7,10 +7,14 @@ the rows in the FTS5 table `search_fts` (porter stemming, unicode61 without diac
 in step by triggers; PostgreSQL keeps a weighted `tsvector` (the 'english' configuration, of
 text whose accents were removed here: `unaccent` would need a superuser) under a GIN index.
 
-Releases and mirror pages are indexed when the session that changed them commits (the
-listeners at the bottom: every writer, present and future, goes through them); docs when they
-are stored (`index_docset`, with the pages `read_docs` took out of the zip). Deleting a project, doc
-set, mirror page or index deletes its rows by ON DELETE CASCADE.
+Releases are indexed when the session that changed them commits (the listeners at the bottom:
+every writer, present and future, goes through them); docs when they are stored (`index_docset`,
+with the pages `read_docs` took out of the zip); a mirrored project when the mirror stores its
+page (`index_stored_page`), caches one of its files or evicts one (`index_cached_project`,
+from app/services/mirror_metadata.py and app/services/cache.py), with the summary and
+description of the cached metadata that describes it (app/services/mirror_description.py: the
+web project page's rule, and only what that mirror holds). Deleting a project, doc set, mirror
+page or index deletes its rows by ON DELETE CASCADE.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import re
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterable
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import (
     Text,
+    and_,
     bindparam,
     delete,
     event,
@@ -45,8 +50,19 @@ from app.core.config import Settings
 from app.core.progress import Progress
 from app.core.render import render_description
 from app.core.storage import make_storage
-from app.data.db import Database
-from app.data.models import DocSet, File, MirrorPage, Project, SearchDocument, utcnow
+from app.data.db import Database, begin_write
+from app.data.models import (
+    DocSet,
+    File,
+    MirrorFile,
+    MirrorHolding,
+    MirrorPage,
+    Project,
+    SearchDocument,
+    utcnow,
+)
+from app.services.mirror_description import Blobs as Blobs  # re-exported: promote.py uses it
+from app.services.mirror_description import describe_page
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +143,6 @@ def description_text(description: str | None, content_type: str | None) -> str:
 
 
 # --- writing --------------------------------------------------------------------------------
-
-
-class Blobs(Protocol):
-    """The part of app/core/storage.py's Storage that indexing reads with."""
-
-    def open(self, key: str) -> IO[bytes]:
-        """The blob's bytes; FileNotFoundError when it is missing."""
-        ...
 
 
 def _write(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -244,24 +252,103 @@ def index_mirror_page(
 ) -> None:
     """(Re)index a project a mirror cached: its name, and the summary and description when
     the caller has them from a cached file (an upstream 404 is not indexed)."""
+    _write_mirror(session, page, summary, description_text(description, description_content_type))
+
+
+def _write_mirror(session: Session, page: MirrorPage, summary: str, words: str) -> None:
     session.execute(delete(SearchDocument).where(SearchDocument.mirror_page_id == page.id))
     if not page.is_found:
         return
-    _write(
-        session,
-        [
-            {
-                "index_id": page.index_id,
-                "mirror_page_id": page.id,
-                "kind": "mirror",
-                "normalized_name": page.normalized_name,
-                "name": page.name,
-                "summary": summary,
-                "description": description_text(description, description_content_type),
-                "updated_at": page.fetched_at or utcnow(),
-            }
-        ],
+    row = {
+        "index_id": page.index_id,
+        "mirror_page_id": page.id,
+        "kind": "mirror",
+        "normalized_name": page.normalized_name,
+        "name": page.name,
+        "summary": summary,
+        "description": words,
+        "updated_at": page.fetched_at or utcnow(),
+    }
+    _write(session, [row])
+
+
+def _mirror_text(session: Session, blobs: Blobs, page: MirrorPage) -> tuple[str, str]:
+    """The summary and description words of the cached metadata that describes a mirrored
+    project on its web page (app/services/mirror_description.py: only what this mirror
+    holds); reads and renders, writes nothing."""
+    meta = describe_page(session, blobs, page)
+    if meta is None:
+        return "", ""
+    return meta.summary or "", description_text(meta.description, meta.description_content_type)
+
+
+def index_mirror(session: Session, blobs: Blobs, page: MirrorPage) -> None:
+    """(Re)index a project a mirror cached, with the summary and description of the cached
+    metadata that describes it (`_mirror_text`); the caller commits."""
+    session.flush()  # a new page gets its id
+    _write_mirror(session, page, *_mirror_text(session, blobs, page))
+
+
+def index_stored_page(session: Session, blobs: Blobs, page: MirrorPage) -> None:
+    """(Re)index a mirror page the mirror is storing, unless only its check time changed (a
+    refresh with the same content); the caller commits."""
+    attrs = inspect(page).attrs
+    if page in session.new or any(
+        attrs[name].history.has_changes() for name in ("name", "is_found", "files")
+    ):
+        index_mirror(session, blobs, page)
+
+
+def index_cached_project(
+    database: Database, blobs: Blobs, index_id: int, normalized_name: str
+) -> None:
+    """(Re)index the project of a file mirror `index_id` cached or evicted (another file may
+    describe it now), in a transaction of its own; the description is rendered before the
+    write lock is taken (a long README takes a tenth of a second), and again under it only if
+    what it was read from changed meanwhile."""
+    with database.session() as session:
+        page = _mirror_page(session, index_id, normalized_name)
+        if page is None:
+            return
+        inputs = _description_inputs(session, page)
+        text = _mirror_text(session, blobs, page)
+        begin_write(session)
+        session.expire_all()  # read what the write lock now protects
+        page = _mirror_page(session, index_id, normalized_name)
+        if page is None:
+            return
+        if _description_inputs(session, page) != inputs:
+            text = _mirror_text(session, blobs, page)
+        _write_mirror(session, page, *text)
+        session.commit()
+
+
+def _mirror_page(session: Session, index_id: int, normalized_name: str) -> MirrorPage | None:
+    return session.scalar(
+        select(MirrorPage).where(
+            MirrorPage.index_id == index_id, MirrorPage.normalized_name == normalized_name
+        )
     )
+
+
+def _description_inputs(session: Session, page: MirrorPage) -> tuple[Any, ...]:
+    """What describe_page reads besides blobs: the page, and the project's cached files with
+    their metadata and whether the mirror still holds them."""
+    rows = session.execute(
+        select(MirrorFile.sha256, MirrorFile.metadata_sha256, MirrorHolding.sha256)
+        .outerjoin(
+            MirrorHolding,
+            and_(
+                MirrorHolding.index_id == MirrorFile.index_id,
+                MirrorHolding.sha256 == MirrorFile.sha256,
+            ),
+        )
+        .where(
+            MirrorFile.index_id == page.index_id,
+            MirrorFile.normalized_name == page.normalized_name,
+        )
+    )
+    return (page.id, page.fetched_at, page.is_found, sorted(tuple(row) for row in rows))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,10 +443,10 @@ def reindex(
         advance(1)
     pages = select(MirrorPage).where(MirrorPage.is_found.is_(True)).order_by(MirrorPage.id)
     for page in session.scalars(pages).all():
-        index_mirror_page(session, page)
+        index_mirror(session, blobs, page)
+        session.commit()
         counts["mirror"] += 1
         advance(1)
-    session.commit()
     return counts
 
 
@@ -393,27 +480,19 @@ def rebuild(
     return counts
 
 
-# --- keeping in step: releases and mirror pages are indexed when their session commits ------
+# --- keeping in step: releases are indexed when their session commits ------------------------
 
 _TOUCHED = "pyshelf.search_touched"
 
 
 @event.listens_for(Session, "after_flush")
 def _note_changes(session: Session, _context: Any) -> None:
-    touched = session.info.setdefault(_TOUCHED, (set(), set()))
-    projects, pages = touched
+    projects = session.info.setdefault(_TOUCHED, set())
     for record in (*session.new, *session.dirty, *session.deleted):
         if isinstance(record, File) and record.project_id is not None:
             projects.add(record.project_id)
         elif isinstance(record, Project) and record.id is not None:
             projects.add(record.id)
-        elif isinstance(record, MirrorPage) and record not in session.deleted:
-            # A refresh rewrites checked_at: only a new page or a changed name/404 counts.
-            attrs = inspect(record).attrs
-            if record in session.new or any(
-                attrs[name].history.has_changes() for name in ("name", "is_found")
-            ):
-                pages.add(record.id)
 
 
 @event.listens_for(Session, "before_commit")
@@ -421,13 +500,8 @@ def _index_changes(session: Session) -> None:
     if not session.info.get(_TOUCHED) and not (session.new or session.dirty or session.deleted):
         return
     session.flush()  # runs _note_changes for what is still pending
-    projects, pages = session.info.pop(_TOUCHED, (set(), set()))
-    for project_id in sorted(projects):
+    for project_id in sorted(session.info.pop(_TOUCHED, set())):
         index_project(session, project_id)
-    for page_id in sorted(pages):
-        page = session.get(MirrorPage, page_id)
-        if page is not None:
-            index_mirror_page(session, page)
 
 
 @event.listens_for(Session, "after_soft_rollback")

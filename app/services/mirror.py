@@ -58,6 +58,7 @@ from app.http import metrics
 from app.http.errors import DISK_FULL_ERRNOS, HTTPError
 from app.http.files import METADATA_MIMETYPE, send_blob
 from app.services.cache import MirrorCache, holds
+from app.services.fulltext import index_stored_page
 from app.services.indexes import Dist, file_path
 from app.services.mirror_metadata import cached_files, extract, record_cached_file, sidecar_of
 
@@ -331,6 +332,7 @@ class Mirror:
                 page.last_modified = fetched.last_modified
                 page.fetched_at = now
             if fetched != "not-modified":
+                index_stored_page(session, self.storage, page)
                 _forget_unlisted_sidecars(session, index.id, name, page.files)
             session.commit()
         return page if page.is_found else None

@@ -6,7 +6,8 @@ this module reads its METADATA or PKG-INFO with the checks an upload gets (app/c
 stores it under its sha256 and records it in `mirror_files` with the file's size. The mirror holds
 the metadata blob as it holds the file (app/services/cache.py: it made those bytes from bytes it
 fetched and verified itself). A wheel's METADATA is then its PEP 658/714 sidecar, byte for byte; an
-sdist's PKG-INFO only describes the project on the web pages (its dependencies are not reliable).
+sdist's PKG-INFO only describes the project on the web pages and in search (its dependencies are
+not reliable); which file's metadata describes a project: app/services/mirror_description.py.
 """
 
 from __future__ import annotations
@@ -22,17 +23,16 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from app.core.dists import (
-    MAX_METADATA_BYTES,
     CoreMetadata,
     InvalidDistribution,
     parse_filename,
-    parse_metadata,
     read_metadata,
 )
 from app.core.storage import Storage
 from app.data.db import Database, begin_write
 from app.data.models import MirrorBlob, MirrorFile, MirrorHolding, utcnow
 from app.services.cache import MirrorCache
+from app.services.fulltext import index_cached_project
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def record_cached_file(
     metadata: CoreMetadata | None,
 ) -> None:
     """Record that mirror `index_id` cached and holds `filename` (sha256 `key`, `size` bytes)
-    with its `metadata` (from extract), storing that as a blob this mirror holds too; never
+    with its `metadata` (from extract), storing that as a blob this mirror holds too, and
+    reindex the project for search (its description may come from this file now); never
     raises: the file is served all the same."""
     try:
         info = parse_filename(filename)
@@ -97,6 +98,11 @@ def record_cached_file(
             session.commit()
     except Exception:  # the file is cached and served; its pages show less until it is again
         log.exception("could not record mirrored %s", filename)
+        return
+    try:
+        index_cached_project(database, storage, index_id, info.normalized_name)
+    except Exception:  # search finds the project by name until `reindex` or its next change
+        log.exception("could not index the description of mirrored %s", filename)
 
 
 def _store_metadata(storage: Storage, cache: MirrorCache, index_id: int, raw: bytes) -> str | None:
@@ -172,18 +178,3 @@ def sidecar_of(session: Session, index_id: int, key: str, filename: str) -> str 
             MirrorFile.is_sidecar.is_(True),
         )
     )
-
-
-def metadata_of(session: Session, storage: Storage, index_id: int, key: str) -> CoreMetadata | None:
-    """The core metadata of file `key` that mirror `index_id` cached (a wheel's METADATA, an
-    sdist's PKG-INFO), parsed as an upload's; None when it has none or the blob is gone."""
-    row = session.get(MirrorFile, (index_id, key))
-    if row is None or row.metadata_sha256 is None:
-        return None
-    try:
-        with storage.open(row.metadata_sha256) as source:
-            raw = source.read(MAX_METADATA_BYTES + 1)
-        return parse_metadata(raw[:MAX_METADATA_BYTES], parse_filename(row.filename))
-    except (OSError, InvalidDistribution) as exc:  # evicted meanwhile, or lost
-        log.warning("core metadata of mirrored %s unreadable: %s", row.filename, exc)
-        return None

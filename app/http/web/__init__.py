@@ -69,6 +69,7 @@ from app.services.indexes import (
     resolution_order,
     shown_bases,
 )
+from app.services.mirror_description import mirror_metadata, newest_described
 from app.services.promote import promotable_targets, promotions_of
 
 csrf = CSRFProtect()
@@ -416,7 +417,7 @@ def project_page(user: str, index: str, project: str) -> Response | str:
     if meta is None:
         # The newest version a mirror has cached a file of describes the project until the
         # latest one is cached (a plain PEP 503 upstream gives nothing else to read it from).
-        found_meta = pages.newest_described(versions, latest, storage, mirror_ids)
+        found_meta = newest_described(session, storage, versions, latest, mirror_ids)
         if found_meta is not None:
             described, meta = found_meta
     # Only when nothing of the latest version is cached does the page say it will come.
@@ -479,7 +480,7 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
         row.version
     )
     if meta is None:
-        meta = pages.mirror_metadata(row.files, storage, mirror_ids)
+        meta = mirror_metadata(session, storage, row.files, mirror_ids)
     has_docs = docset is not None
     if wants_json():
         root = _root_url()

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import email.parser
-import email.policy
-from collections.abc import Iterable
 from typing import Any
 
-from packaging.version import Version
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.dists import InvalidDistribution, parse_filename
 from app.data.db import get_session
-from app.data.models import File, Index, MirrorHolding, MirrorPage, Project, User
+from app.data.models import File, Index, MirrorPage, Project, User
 from app.services.indexes import ProjectView, Reader, readable_order
-from app.services.mirror_metadata import metadata_of
+from app.services.mirror_description import (
+    Metadata,
+    from_core_metadata,
+    held,
+    latest_version,
+    newest_first,
+)
 
 PAGE_SIZE = 50  # projects per page of an index
-MAX_METADATA_BYTES = 4 << 20  # 4 MiB: a cached upstream METADATA file read for a page
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,23 +62,6 @@ class VersionRow:
 
 
 @dataclasses.dataclass(frozen=True)
-class Metadata:
-    """The core metadata fields the pages show (PEP 566 names, lowercased)."""
-
-    summary: str | None = None
-    description: str | None = None
-    description_content_type: str | None = None
-    requires_python: str | None = None
-    requires_dist: list[str] = dataclasses.field(default_factory=list)
-    classifiers: list[str] = dataclasses.field(default_factory=list)
-    project_urls: dict[str, str] = dataclasses.field(default_factory=dict)
-    author: str | None = None
-    author_email: str | None = None
-    license: str | None = None
-    keywords: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
 class IndexRow:
     """An index on the home page."""
 
@@ -95,34 +79,6 @@ class ProjectRow:
     latest: str | None
     last_upload: dt.datetime | None  # mirrors: when the page was last fetched
     summary: str | None = None
-
-
-def version_key(version: str) -> tuple[int, Any]:
-    """Sort key: valid versions by PEP 440, invalid ones below them by text."""
-    try:
-        return (1, Version(version))
-    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
-        return (0, version)
-
-
-def newest_first(versions: Iterable[str]) -> list[str]:
-    """Versions from the highest down."""
-    return sorted(set(versions), key=version_key, reverse=True)
-
-
-def latest_version(versions: dict[str, bool]) -> str | None:
-    """The version to show first, as PyPI does: the highest final, not yanked, release.
-
-    `versions` maps each version to whether it is yanked; pre-releases and yanked versions
-    count only when nothing else exists.
-    """
-    ordered = newest_first(versions)
-    candidates = [v for v in ordered if not versions[v]] or ordered
-    for version in candidates:
-        key = version_key(version)
-        if key[0] and not (key[1].is_prerelease or key[1].is_devrelease):
-            return version
-    return candidates[0] if candidates else None
 
 
 # --- the home page and index listings --------------------------------------------------------
@@ -216,7 +172,7 @@ def mirror_projects(session: Session, index: Index, page: int) -> tuple[list[Pro
 def file_rows(view: ProjectView, mirror_paths: set[str]) -> list[FileRow]:
     """The view's files with their origin, and for mirrored files whether they are cached."""
     keys = {d.sha256 for d in view.dists if d.sha256 and d.index_path in mirror_paths}
-    cached = _held(keys)
+    cached = held(get_session(), keys)
     rows = []
     for dist in view.dists:
         is_mirrored = dist.index_path in mirror_paths
@@ -240,21 +196,6 @@ def file_rows(view: ProjectView, mirror_paths: set[str]) -> list[FileRow]:
     return rows
 
 
-def _held(keys: Iterable[str | None]) -> set[tuple[str, str | None]]:
-    """(mirror path, key) of the keys a mirror holds (fetched itself; one query): the blob store
-    is shared, and another index's blob under the same key is not this mirror's to show."""
-    wanted = [key for key in keys if key]
-    if not wanted:
-        return set()
-    rows = get_session().execute(
-        select(User.username, Index.name, MirrorHolding.sha256)
-        .join(Index, Index.id == MirrorHolding.index_id)
-        .join(User, User.id == Index.owner_id)
-        .where(MirrorHolding.sha256.in_(wanted))
-    )
-    return {(f"{user}/{name}", key) for user, name, key in rows}
-
-
 def group_versions(rows: list[FileRow]) -> list[VersionRow]:
     """Files grouped by version, newest version first, files by name."""
     by_version: dict[str, list[FileRow]] = {}
@@ -269,43 +210,6 @@ def group_versions(rows: list[FileRow]) -> list[VersionRow]:
 def latest_of(versions: list[VersionRow]) -> str | None:
     """The version a project page leads with."""
     return latest_version({v.version: v.is_yanked for v in versions})
-
-
-def _from_core_metadata(data: dict[str, Any]) -> Metadata:
-    fields = {f.name for f in dataclasses.fields(Metadata)}
-    return Metadata(**{k: v for k, v in data.items() if k in fields and v is not None})
-
-
-def _from_raw_metadata(raw: bytes) -> Metadata:
-    """Parse a METADATA file (an upstream PEP 658 sidecar) for display; never raises."""
-    message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
-
-    def one(key: str) -> str | None:
-        value = message.get(key)
-        return str(value).strip() if value is not None and str(value).strip() else None
-
-    urls = {}
-    for item in message.get_all("Project-URL") or ():
-        label, _, url = str(item).partition(",")
-        if url.strip():
-            urls[label.strip()] = url.strip()
-    if one("Home-page"):
-        urls.setdefault("Homepage", one("Home-page") or "")
-    payload = message.get_payload()
-    description = payload if isinstance(payload, str) and payload.strip() else one("Description")
-    return Metadata(
-        summary=one("Summary"),
-        description=description,
-        description_content_type=one("Description-Content-Type"),
-        requires_python=one("Requires-Python"),
-        requires_dist=[str(v) for v in message.get_all("Requires-Dist") or ()],
-        classifiers=[str(v) for v in message.get_all("Classifier") or ()],
-        project_urls=urls,
-        author=one("Author"),
-        author_email=one("Author-email"),
-        license=one("License"),
-        keywords=one("Keywords"),
-    )
 
 
 def hosted_metadata(
@@ -331,48 +235,8 @@ def hosted_metadata(
     found: dict[str, Metadata] = {}
     for version, core_metadata in records:
         if core_metadata and version not in found:
-            found[version] = _from_core_metadata(core_metadata)
+            found[version] = from_core_metadata(core_metadata)
     return found
-
-
-def mirror_metadata(
-    files: list[FileRow], storage: Any, mirror_ids: dict[str, int]
-) -> Metadata | None:
-    """Metadata of mirrored files of one version: read from a cached file (a wheel's before an
-    sdist's), else from a cached upstream PEP 658 sidecar of one of them."""
-    session = get_session()
-    cached = [row for row in files if row.is_cached and row.sha256]
-    for row in sorted(cached, key=lambda row: not row.filename.endswith(".whl")):
-        meta = metadata_of(session, storage, mirror_ids[row.index_path], row.sha256 or "")
-        if meta is not None:
-            data = dataclasses.asdict(meta)
-            data.pop("raw")
-            return _from_core_metadata(data)
-    held = _held({row.metadata_sha256 for row in files if row.is_mirrored})
-    for row in files:
-        if (row.index_path, row.metadata_sha256) in held:
-            try:
-                with storage.open(row.metadata_sha256) as source:
-                    raw = source.read(MAX_METADATA_BYTES)
-            except OSError:
-                continue
-            return _from_raw_metadata(raw)
-    return None
-
-
-def newest_described(
-    versions: list[VersionRow], latest: str | None, storage: Any, mirror_ids: dict[str, int]
-) -> tuple[str, Metadata] | None:
-    """The newest version from `latest` down with metadata in a mirror's cache (read from a
-    cached file of it; for `latest` also a cached upstream sidecar), and that metadata; versions
-    newest first. Pre-releases above `latest` never describe the project, as on PyPI."""
-    start = next((n for n, version in enumerate(versions) if version.version == latest), 0)
-    for version in versions[start:]:
-        if version.version == latest or any(row.is_cached for row in version.files):
-            meta = mirror_metadata(version.files, storage, mirror_ids)
-            if meta is not None:
-                return version.version, meta
-    return None
 
 
 def version_data(
