@@ -368,7 +368,8 @@ def read_docs(source: str | os.PathLike[str] | IO[bytes], prefix: str) -> list[D
     with zipfile.ZipFile(source) as archive:
         for info in archive.infolist():
             name = info.filename.replace("\\", "/")
-            if info.is_dir() or not name.startswith(prefix):
+            # zipfile cuts a name at a NUL, which can leave it empty: ZipInfo.is_dir() fails then.
+            if not name or name.endswith("/") or not name.startswith(prefix):
                 continue
             path = name[len(prefix) :]
             if (
