@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEVPI_VENV := .venv-devpi
+CLIENTS_VENV := .venv-clients
 export DATA_DIR ?= ./data
 
 .PHONY: help run bench-make-run test test-robustness test-scale test-fast test-container chromium postgres lint format docs bench bench-quick bench-backends bench-backends-quick bench-mirror clean
@@ -28,6 +29,11 @@ $(DEVPI_VENV)/.installed: requirements-devpi.txt
 	$(DEVPI_VENV)/bin/python -m pip install -q -r requirements-devpi.txt
 	@touch $@
 
+$(CLIENTS_VENV)/.installed: requirements-clients.txt
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install -q -r requirements-clients.txt
+	@touch $@
+
 run: $(VENV)/.runtime ## venv with requirements.txt only, then the server on port 3141 (data in ./data)
 	./entrypoint.sh serve
 
@@ -41,7 +47,7 @@ SCALE_TESTS := tests/test_upload.py tests/test_backup.py tests/test_integrity.py
 	tests/e2e/test_page_cache.py tests/e2e/test_bootstrap.py tests/e2e/test_private_blobs.py \
 	tests/e2e/test_sessions.py
 
-test: $(VENV)/.installed $(DEVPI_VENV)/.installed chromium postgres ## install what the tests need, type-check app/ and its import contracts, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
+test: $(VENV)/.installed $(DEVPI_VENV)/.installed $(CLIENTS_VENV)/.installed chromium postgres ## install what the tests need, type-check app/ and its import contracts, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -98,4 +104,4 @@ bench-mirror: $(VENV)/.installed ## pip through pyshelf's mirror, cold and warm,
 	$(PY) bench/mirror_install.py
 
 clean: ## remove the venv and caches (not ./data)
-	rm -rf $(VENV) $(DEVPI_VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
+	rm -rf $(VENV) $(DEVPI_VENV) $(CLIENTS_VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import make_sdist
-from tests.conftest import LiveServer, clean_env, run_pip
+from tests.conftest import ROOT, LiveServer, clean_env, run_pip
 from tests.e2e.test_mirror import add_wheel, file_entry, page, pip_install, start_mirror
 from tests.e2e.test_mirror import wheel_metadata as metadata_in
 from tests.fake_upstream import FakeUpstream
@@ -26,6 +26,9 @@ HTML = {"Accept": "text/html"}
 DESCRIPTION = "Plain *upstream*, rich page.\n\nThe **description** comes from the wheel.\n"
 # uv comes with the test venv (requirements-dev.txt); PYSHELF_TEST_UV may name another one.
 UV = os.environ.get("PYSHELF_TEST_UV") or shutil.which("uv", path=str(Path(sys.executable).parent))
+# poetry and pdm live in their own venv (their pins would fight the test venv's): make test
+# makes it from requirements-clients.txt.
+CLIENTS_BIN = Path(os.environ.get("PYSHELF_TEST_CLIENTS_BIN") or ROOT / ".venv-clients" / "bin")
 FILE_GET_RE = r'"GET /root/pypi/(?:\+|%2B)f/[0-9a-f]{{64}}/{name} '  # pip quotes the +
 
 
@@ -155,6 +158,67 @@ def test_a_second_client_resolves_from_the_sidecar_without_the_wheel(
     assert file_gets(server, app_wheel) == 1  # still only the first install's download
     assert file_gets(server, lib_wheel) == 1
     assert fake_upstream.count("/files/") == 0
+
+
+LOCKERS = {
+    "poetry": (
+        '[tool.poetry]\npackage-mode = false\n\n[[tool.poetry.source]]\nname = "shelf"\n'
+        'url = "{index_url}"\npriority = "primary"\n',
+        ["lock"],
+    ),
+    "pdm": (
+        '[tool.pdm]\ndistribution = false\n\n[[tool.pdm.source]]\nname = "pypi"\n'
+        'url = "{index_url}"\n',
+        ["lock"],
+    ),
+}
+
+
+@pytest.mark.parametrize("client", sorted(LOCKERS))
+def test_poetry_and_pdm_lock_from_a_page_with_files_of_unknown_size(
+    server_factory, fake_upstream, tmp_path, client
+):
+    """A JSON page with a never-fetched file announces api-version 1.0 (PEP 700 makes `size`
+    mandatory from 1.1): poetry and pdm accept that page and lock from it, as pip and uv do."""
+    program = CLIENTS_BIN / client
+    assert program.exists(), f"{program} is missing: make test installs requirements-clients.txt"
+    files = plain_upstream(fake_upstream)
+    server = start_mirror(server_factory, fake_upstream)
+    pip_install(server, "root/pypi", tmp_path / "first", "plain-app")  # the sdist stays unfetched
+    status, _headers, document = page(server, "root/pypi", "plain-app")
+    assert status == 200
+    assert document["meta"]["api-version"] == "1.0"
+    assert "size" not in file_entry(document, files["sdist"][0])
+    project = tmp_path / "consumer"
+    project.mkdir()
+    source, command = LOCKERS[client]
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "consumer"\nversion = "0"\nrequires-python = ">=3.11"\n'
+        'dependencies = ["plain-app"]\n\n'
+        + source.format(index_url=f"{server.url}/root/pypi/+simple/")
+    )
+    home = tmp_path / "home"
+    result = subprocess.run(
+        [str(program), *command],
+        cwd=project,
+        env=clean_env(
+            HOME=str(home),
+            XDG_CACHE_HOME=str(home / "cache"),
+            XDG_CONFIG_HOME=str(home / "config"),
+            XDG_DATA_HOME=str(home / "data"),
+            POETRY_CACHE_DIR=str(home / "poetry-cache"),
+            PDM_CACHE_DIR=str(home / "pdm-cache"),
+            PDM_CHECK_UPDATE="false",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lock = next(project.glob("*.lock")).read_text()
+    assert {"plain-app", "plain-lib"} <= set(re.findall(r'name = "(plain-[a-z]+)"', lock))
+    assert fake_upstream.count("/files/") <= 2  # whatever they fetch, it is through pyshelf
 
 
 def test_the_web_page_describes_the_newest_version_with_a_cached_file(
