@@ -19,7 +19,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import __version__
-from app.core.config import ConfigError, Settings, env_file, parse_size, sources
+from app.core.config import (
+    ConfigError,
+    Settings,
+    env_file,
+    mask_database_url,
+    parse_size,
+    sources,
+)
 from app.core.dists import normalize_name
 from app.core.logs import configure
 from app.core.storage import make_storage
@@ -430,6 +437,8 @@ def show_config() -> int:
     for row, text, source in sources():
         if row.kind.secret and text:
             text = MASK
+        elif row.env == "DATABASE_URL":
+            text = mask_database_url(text)
         elif "://" in text:
             text = mask_url(text)  # credentials in DATABASE_URL, MIRROR_URL, ...
         print(f"{row.env}={text}  # {source}")

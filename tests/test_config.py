@@ -17,6 +17,7 @@ from app.core.config import (
     Settings,
     env_example,
     markdown,
+    mask_database_url,
     parse_duration,
     parse_size,
     read_dotenv,
@@ -495,3 +496,21 @@ def test_only_app_config_reads_the_environment() -> None:
                 reads.add((relative, code))
 
     assert reads == set(ENVIRONMENT_READS)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # SQLAlchemy takes `ab/cd+ef` as the password: an HTTP parser would stop at the `/`
+        (
+            "postgresql+psycopg://pyshelf:ab/cd+ef@db:5432/p",
+            "postgresql+psycopg://***:***@db:5432/p",
+        ),
+        ("postgresql://u:s3c@ret@db/p", "postgresql://***:***@db/p"),
+        ("postgresql://u:p?x#y@db/p", "postgresql://***:***@db/p"),
+        ("postgresql://db/p", "postgresql://db/p"),
+        ("sqlite:////data/pyshelf.sqlite3", "sqlite:////data/pyshelf.sqlite3"),
+    ],
+)
+def test_a_database_url_is_shown_without_any_part_of_its_password(url: str, shown: str) -> None:
+    assert mask_database_url(url) == shown

@@ -42,6 +42,17 @@ class ConfigError(ValueError):
         self.bad = bad
 
 
+def mask_database_url(url: str) -> str:
+    """`url` with everything between `://` and its last `@` shown as `***`: SQLAlchemy takes a
+    password up to the first `@` and lets it hold `/`, `?` and `#`, so an HTTP URL's rules for
+    where the userinfo ends would show part of it (this masks too much rather than too little)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    return f"{scheme}://***:***@{after}" if userinfo else url
+
+
 def parse_size(text: str) -> int:
     """Parse '100M', '1G', '5242880' or '512KiB' into bytes."""
     match = _SIZE_RE.match(text)

@@ -23,10 +23,16 @@ def write(settings: Settings, password: str) -> None:
     """Keep the generated password in a file only this user may read, replaced atomically."""
     path = path_of(settings)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(password + "\n")
-    os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)  # a leftover of a killed start (the pid repeats in containers)
+    # O_EXCL: a fresh file, never one planted there (a symlink is not followed), born 0600.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), FILE_MODE)  # whatever the umask
+            file.write(password + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read(settings: Settings) -> str | None:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from app.core.config import ConfigError, Settings
+from app.core.config import ConfigError, Settings, mask_database_url
 from app.core.locks import is_postgresql
 from app.core.storage import S3Storage, make_storage
 
@@ -172,12 +172,11 @@ def _tls_problems(cert: str, key: str) -> list[str]:
 
 
 def _database_problem(url: str) -> str | None:
-    from sqlalchemy import create_engine, make_url  # only with PostgreSQL
+    from sqlalchemy import create_engine  # only with PostgreSQL
     from sqlalchemy.pool import NullPool
 
-    shown = url
+    shown = mask_database_url(url)
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
         engine = create_engine(
             url, poolclass=NullPool, connect_args={"connect_timeout": REACH_TIMEOUT_SECONDS}
         )

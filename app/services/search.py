@@ -176,13 +176,15 @@ _NAMED = """
     d.kind <> 'docs' AND (d.normalized_name = :name
         OR (d.normalized_name > :name_dash AND d.normalized_name < :name_dot))"""
 
-# Whether the query matches more than BROAD_MATCHES documents (stops counting there).
-SQLITE_COUNT = (
-    "SELECT count(*) FROM (SELECT rowid FROM search_fts WHERE search_fts MATCH :match LIMIT :cap)"
-)
+# Whether the query matches more than BROAD_MATCHES documents (stops counting there), among
+# those the caller may read and asked for: documents of other indexes must not change the answer.
+SQLITE_COUNT = f"""
+SELECT count(*) FROM (SELECT d.id
+    FROM search_fts JOIN search_documents d ON d.id = search_fts.rowid {_JOINS}
+    WHERE search_fts MATCH :match AND FILTERS LIMIT :cap) AS m"""  # noqa: S608
 POSTGRESQL_COUNT = f"""
-SELECT count(*) FROM (SELECT 1 FROM search_documents d
-    WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) LIMIT :cap) AS m"""  # noqa: S608
+SELECT count(*) FROM (SELECT d.id FROM search_documents d {_JOINS}
+    WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AND FILTERS LIMIT :cap) AS m"""  # noqa: S608
 
 # Ranked: exact name, name prefix, field weights (bm25 / ts_rank), most recent.
 SQLITE_RANKED = f"""
@@ -302,7 +304,7 @@ def search(
         return list(session.execute(statement, params))
 
     try:
-        if (session.execute(text(sql["count"]), params).scalar() or 0) > BROAD_MATCHES:
+        if (run("count")[0][0] or 0) > BROAD_MATCHES:
             named = run("named")
             seen = {row.id for row in named}
             rows = (named + [r for r in run("recent") if r.id not in seen])[offset : offset + limit]

@@ -9,7 +9,8 @@ import pytest
 
 from app.data.db import begin_write
 from app.data.models import Index, MirrorPage
-from tests.web.helpers import HTML, upload
+from app.services import fulltext
+from tests.web.helpers import ADMIN, HTML, upload
 
 RESULT_RE = re.compile(r'<tr>\s*<td><a href="(/[^"]+/)">')
 
@@ -24,14 +25,17 @@ def results(client: Any, query: str, page: int = 1) -> list[str]:
 
 
 def cache_mirror_pages(app: Any, *names: str, is_found: bool = True) -> None:
-    """Record cached upstream pages on root/pypi, as the mirror does."""
+    """Record cached upstream pages on root/pypi and index them, as the mirror does."""
     with app.extensions["pyshelf.db"].session() as session:
         begin_write(session)
         mirror = session.query(Index).filter_by(name="pypi").one()
         for name in names:
-            session.add(
-                MirrorPage(index_id=mirror.id, normalized_name=name, name=name, is_found=is_found)
+            page = MirrorPage(
+                index_id=mirror.id, normalized_name=name, name=name, is_found=is_found
             )
+            session.add(page)
+            session.flush()
+            fulltext.index_mirror_page(session, page)
         session.commit()
 
 
@@ -182,3 +186,24 @@ def test_a_broad_search_lists_named_projects_then_the_most_recent(
         "/admin/dev/newer/",
     ]
     assert results(client, "flask", page=2) == ["/admin/dev/older/"]
+
+
+def test_documents_of_an_index_the_caller_may_not_read_do_not_change_the_answer(
+    client: Any, monkeypatch: Any
+) -> None:
+    """Whether a search is broad (past BROAD_MATCHES nothing is weighed) is counted among the
+    documents the caller may read: a private index full of matches must not change, and so
+    reveal itself in, what an anonymous search lists."""
+    from app.services import search
+
+    upload(client, "older", "1.0", summary="flask flask flask helpers")
+    upload(client, "newer", "1.0", summary="About flask")
+    monkeypatch.setattr(search, "BROAD_MATCHES", 2)
+    before = results(client, "flask")
+    created = client.put("/admin/secret", json={"acl_read": ["admin"]}, headers=ADMIN)
+    assert created.status_code == 201, created.get_data(as_text=True)
+    for number in range(3):
+        response = upload(client, f"secret-{number}", "1.0", index="admin/secret", summary="flask")
+        assert response.status_code == 200
+
+    assert results(client, "flask") == before == ["/admin/dev/older/", "/admin/dev/newer/"]
