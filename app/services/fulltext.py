@@ -27,6 +27,7 @@ import os
 import re
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
@@ -379,8 +380,14 @@ def read_docs(source: str | os.PathLike[str] | IO[bytes], prefix: str) -> list[D
                 or ".." in path.split("/")
             ):
                 continue
-            with archive.open(info) as member:
-                page = member.read(MAX_FIELD_CHARS * 4).decode("utf-8", "replace")
+            try:
+                with archive.open(info) as member:
+                    page = member.read(MAX_FIELD_CHARS * 4).decode("utf-8", "replace")
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError):
+                # A damaged, encrypted or oddly compressed member: the upload checks read only
+                # the directory, and this page is as unreadable to the docs server; not indexed.
+                log.warning("docs page %s is unreadable; not indexed", name)
+                continue
             title, body = html_text(page)
             pages.append(DocsPage(path, title, body))
     return pages
