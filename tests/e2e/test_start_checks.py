@@ -119,7 +119,7 @@ def test_serve_names_a_database_server_that_is_down_in_one_line(tmp_path: Path) 
     assert "Traceback" not in output
     assert "db-secret-pw" not in output
     assert len(result.stderr.splitlines()) == 2, output
-    assert "DATABASE_URL=postgresql+psycopg://pyshelf:***@127.0.0.1:" in output
+    assert "DATABASE_URL=postgresql+psycopg://***:***@127.0.0.1:" in output
     assert "cannot connect" in output
     assert not data_dir.exists()
 
