@@ -111,7 +111,7 @@ def test_published_package_installs_and_survives_a_restart(
 
     upload = run_twine(
         "upload", "--repository-url", f"{server.url}/admin/dev/",
-        "-u", "admin", "-p", password, str(shelf_app),
+        "-u", "admin", f"--password={password}", str(shelf_app),
     )  # fmt: skip
     assert upload.returncode == 0, upload.stdout + upload.stderr
     install = run_pip(
@@ -169,7 +169,8 @@ def test_published_package_installs_and_survives_a_restart(
     assert installed_version(tmp_path / "again", "shelf_app") == "1.1"  # the in-flight upload
     assert installed_version(tmp_path / "again", "upstream_dep") == "2.0"  # from the cache
     upload = run_twine(
-        "upload", "--repository-url", f"{server.url}/admin/dev/", "-u", "admin", "-p", password,
+        "upload", "--repository-url", f"{server.url}/admin/dev/",
+        "-u", "admin", f"--password={password}",  # a generated password may start with '-'
         str(write_dist(tmp_path, *make_wheel("shelf-app", "1.2"))),
     )  # fmt: skip
     assert upload.returncode == 0, upload.stdout + upload.stderr  # the password survived
@@ -268,7 +269,9 @@ def test_a_certificate_without_its_key_is_refused_in_one_line(image: str, volume
     )
 
     assert result.returncode == 2, result.stdout + result.stderr  # `prepare` refused it
-    assert result.stderr.strip().splitlines()[-2:] == [
+    lines = result.stderr.strip().splitlines()
+    assert lines[-3:-1] == [  # every problem at once: the pair, then the missing file
         "pyshelf: invalid configuration:",
         "  TLS_CERT and TLS_KEY go together: set both, or neither",
     ]
+    assert lines[-1].startswith("  TLS_CERT=/etc/ssl/certs/none.pem is not a file readable by")
