@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from flask_login import UserMixin
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -34,8 +33,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-class User(UserMixin, Base):
-    """A person (or robot) who may log in, upload and own indexes."""
+class User(Base):
+    """A person (or robot) who may log in, upload and own indexes.
+
+    flask-login reads the four members below (what its UserMixin would give; written out so
+    that the data layer stays free of Flask). Two User objects are equal when their ids are:
+    the same row loaded by two sessions is one person.
+    """
 
     __tablename__ = "users"
 
@@ -48,6 +52,19 @@ class User(UserMixin, Base):
 
     indexes: Mapped[list[Index]] = relationship(back_populates="owner", cascade="all, delete")
     tokens: Mapped[list[Token]] = relationship(back_populates="user", cascade="all, delete")
+
+    is_active = True  # no disabled accounts: a user is removed, not switched off
+    is_authenticated = True
+    is_anonymous = False
+
+    def get_id(self) -> str:
+        """The id flask-login keeps in the session cookie."""
+        return str(self.id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, User) and self.id == other.id
+
+    __hash__ = object.__hash__
 
 
 class Token(Base):

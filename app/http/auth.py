@@ -150,7 +150,7 @@ def start_session(user: User) -> None:
     )
     session.commit()
     cookie_session.clear()  # a fresh session (and CSRF token) for the new identity
-    login_user(user)
+    login_user(user)  # type: ignore[arg-type]  # User has the members flask-login reads
     bind_session(user)
     cookie_session[SESSION_ID_KEY] = secret
     cookie_session.permanent = True  # the cookie expires with the session, not the browser
