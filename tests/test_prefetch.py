@@ -284,9 +284,28 @@ def test_a_conflict_is_reported_not_raised(settings, fake_upstream):
 
     summary = prefetch_with(app, requirements_of("a", "b"), "3.11", NATIVE)
 
-    assert summary.misses
     assert {m.project for m in summary.misses} == {"c"}
+    reasons = " | ".join(m.reason for m in summary.misses)
+    assert f"c<2 (required by a 1.0.0): no version of c fits cp311-{NATIVE}" in reasons
+    assert "c>=2 (required by b 1.0.0)" in reasons
     assert summary.plan.files == []
+
+
+def test_an_extra_the_project_does_not_declare_is_ignored_as_pip_ignores_it(
+    settings, fake_upstream
+):
+    """`p[web]` where p has no `Provides-Extra: web`: pip drops the extra, so does prefetch."""
+    publish_upstream(fake_upstream, "p", requires_dist=["fancy; extra == 'web'"])
+    publish_upstream(fake_upstream, "q", requires_dist=["fancy; extra == 'web'"],
+                     extra_metadata="Provides-Extra: web")  # fmt: skip
+    publish_upstream(fake_upstream, "fancy")
+    app = make_app(mirrored(settings, fake_upstream))
+
+    undeclared = prefetch_with(app, requirements_of("p[web]"), "3.11", NATIVE)
+    declared = prefetch_with(app, requirements_of("q[web]"), "3.11", NATIVE)
+
+    assert set(undeclared.plan.projects) == {"p"}
+    assert set(declared.plan.projects) == {"q", "fancy"}
 
 
 def test_prefetch_fetches_bytes_another_index_stored_for_the_mirror_itself(settings, fake_upstream):

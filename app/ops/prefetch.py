@@ -229,6 +229,11 @@ def prefetch(
 ) -> PrefetchSummary:
     """Resolve `requirements` for `targets` on `index_path` and fetch every file they need
     through an app of these settings."""
-    app = create_app(dataclasses.replace(settings, access_log=False))  # no access log lines
-    source = MirrorSource(app, index_path)
+    source = open_source(settings, index_path)
     return fetch(source, plan(requirements, targets, source), progress=progress)
+
+
+def open_source(settings: Settings, index_path: str) -> MirrorSource:
+    """Index `index_path` of an app of these settings, for plan() and fetch()."""
+    app = create_app(dataclasses.replace(settings, access_log=False))  # no access log lines
+    return MirrorSource(app, index_path)

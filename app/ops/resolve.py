@@ -256,11 +256,11 @@ def _impossible(cause: Any, target: Target, pages: _Pages) -> str:
     page_error = pages.errors.get(want.name)
     if page_error is not None:
         return f"{want.name} (required by {asked_by}): {page_error}"
-    spec = str(want.specifier) or "any version"
-    hashes = " with the given --hash" if want.hashes else ""
+    hashes = ", --hash" if want.hashes else ""
     return (
-        f"{want.name}{spec if want.specifier else ''} (required by {asked_by}): no {spec}{hashes}"
-        f" fits {target.name} (Python, platform tags, yanked files, pre-releases)"
+        f"{want.name}{want.specifier} (required by {asked_by}): no version of {want.name} fits "
+        f"{target.name} and every requirement on it (Requires-Python, wheel tags, yanked files, "
+        f"pre-releases{hashes})"
     )
 
 
