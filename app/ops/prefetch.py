@@ -25,7 +25,7 @@ from app.core.progress import Progress
 from app.ops.requirements import Requirements
 from app.ops.resolve import Miss, Plan, PlannedFile, SourceError, plan
 from app.ops.targets import Target
-from app.services.cache import holds
+from app.services.cache import holds, human_bytes
 from app.services.indexes import get_index_by_path
 from app.services.mirror_metadata import cached_files
 
@@ -208,11 +208,12 @@ def format_summary(summary: PrefetchSummary) -> str:
     for target, chosen in planned.chosen.items():
         versions = ", ".join(f"{name} {version}" for name, version in sorted(chosen.items()))
         lines.append(f"  {target}: {versions or 'nothing'}")
+    downloaded = f"{summary.files} downloaded ({human_bytes(summary.bytes)})"
     lines.insert(
         0,
         f"prefetch: {len(planned.projects)} projects, {len(planned.files)} files for "
-        f"{len(planned.targets)} targets: {summary.files} downloaded ({summary.bytes} bytes), "
-        f"{summary.already_cached} already cached, {summary.sidecars} metadata sidecars",
+        f"{len(planned.targets)} targets: {downloaded}, {summary.already_cached} already "
+        f"cached, {summary.sidecars} metadata sidecars",
     )
     for miss in summary.misses:
         lines.append(f"  missing: {miss.project}: {miss.reason}")
