@@ -257,6 +257,22 @@ def test_yanked_files_are_skipped_unless_pinned_with_equals(settings, fake_upstr
     assert pinned.misses == []
 
 
+def test_pre_releases_count_as_pip_counts_them(settings, fake_upstream):
+    """Only when asked for by --pre or by a specifier that names one."""
+    publish_upstream(fake_upstream, "pr", "1.0")
+    publish_upstream(fake_upstream, "pr", "2.0b1")
+    app = make_app(mirrored(settings, fake_upstream))
+
+    final = prefetch_with(app, requirements_of("pr"), "3.11", NATIVE)
+    named = prefetch_with(app, requirements_of("pr>=2.0b1"), "3.11", NATIVE)
+    pre = requirements_of("pr")
+    pre.pre = True
+    flagged = prefetch_with(app, pre, "3.11", NATIVE)
+
+    assert final.plan.projects == {"pr": ["1.0"]}
+    assert named.plan.projects == flagged.plan.projects == {"pr": ["2.0b1"]}
+
+
 def test_requires_python_and_hashes_choose_among_versions(settings, fake_upstream):
     """A release for newer Pythons only is skipped on 3.11; --hash picks the file it names."""
     publish_upstream(fake_upstream, "rp", "1.0")
