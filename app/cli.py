@@ -13,7 +13,7 @@ import secrets
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -57,6 +57,9 @@ from app.services.indexes import (
     index_config,
     resolution_order,
 )
+
+if TYPE_CHECKING:
+    from app.ops.targets import Target
 
 log = logging.getLogger("pyshelf")
 
@@ -394,18 +397,29 @@ def cmd_cache(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_prefetch(settings: Settings, args: argparse.Namespace) -> None:
-    """prefetch -r FILE [REQ ...] [--index USER/NAME] [--deps]: fill the cache in advance."""
-    from app.ops.prefetch import format_summary, parse_requirements, prefetch  # see above
+    """prefetch -r FILE [REQ ...] [--index USER/NAME] [target options]: resolve what the
+    requirements need for the targets and fill the cache with it; exit 1 on any miss."""
+    from app.ops.prefetch import format_summary, prefetch  # see above
+    from app.ops.requirements import Requirements, parse_line, read_requirements
 
-    requirements = parse_requirements(args.requirement or [], args.requirements)
-    if not requirements:
+    requirements = Requirements([], pre=args.pre)
+    for path in args.requirement or []:
+        found = read_requirements(Path(path))
+        requirements.lines += found.lines
+        requirements.pre = requirements.pre or found.pre
+    requirements.lines += [parse_line(text) for text in args.requirements]
+    if not requirements.lines:
         raise CommandError("nothing to prefetch: give -r requirements.txt or requirements")
+    targets = targets_of(args)
     check_data_dir(settings)
     migrate(settings)
-    summary = prefetch(settings, requirements, args.index, with_deps=args.deps)
+    summary = prefetch(settings, requirements, targets, args.index)
     print(format_summary(summary))
-    if summary.errors:
-        raise CommandError(f"{len(summary.errors)} requirements or files could not be fetched")
+    if summary.misses:
+        raise CommandError(
+            f"{len(summary.misses)} things a complete install needs could not be fetched "
+            "(listed above)"
+        )
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -628,14 +642,39 @@ def add_operations(sub: Any) -> None:
     prefetch.add_argument("requirements", nargs="*", help="requirements such as NAME==1.0")
     prefetch.add_argument("-r", "--requirement", action="append", help="a requirements file")
     prefetch.add_argument("--index", default="/".join(MIRROR_INDEX), help="default root/pypi")
-    prefetch.add_argument(
-        "--deps", action="store_true", help="also follow Requires-Dist (approximate)"
-    )
+    add_target_options(prefetch)
+    prefetch.add_argument("--pre", action="store_true", help="pre-releases count too")
+    # Dependencies are always resolved now; --deps stays accepted so old scripts keep working.
+    prefetch.add_argument("--deps", action="store_true", help=argparse.SUPPRESS)
     prefetch.set_defaults(func=cmd_prefetch)
 
     sub.add_parser("reindex", help="rebuild the full-text search index").set_defaults(
         func=cmd_reindex
     )
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """The target environment options of prefetch (as pip download takes them)."""
+    parser.add_argument(
+        "--python-version",
+        default="",
+        metavar="X.Y[,X.Y...]",
+        help="target Pythons (default: this interpreter's)",
+    )
+    parser.add_argument(
+        "--platform",
+        default="",
+        metavar="TAG[,TAG...]",
+        help="target platform tags, e.g. manylinux_2_28_x86_64,win_amd64,macosx_11_0_arm64",
+    )
+    parser.add_argument("--implementation", default="cp", help="cp (CPython), the default")
+
+
+def targets_of(args: argparse.Namespace) -> list[Target]:
+    """The target environments the options of add_target_options() name."""
+    from app.ops.targets import parse_targets  # when it runs: see above
+
+    return parse_targets(args.python_version, args.platform, args.implementation)
 
 
 def _size(text: str) -> int:

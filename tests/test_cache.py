@@ -1,26 +1,21 @@
-"""The mirror cache (app/services/cache.py): accounting, LRU eviction under a cap, stats,
-prefetch."""
+"""The mirror cache (app/services/cache.py): accounting, LRU eviction under a cap, stats
+(prefetch: tests/test_prefetch.py)."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.specifiers import SpecifierSet
 from sqlalchemy import select
 
 from app import cli
 from app.core.config import ConfigError, Settings
 from app.data.models import Index, MirrorBlob, MirrorHolding
-from app.ops.prefetch import Prefetcher, choose_version, read_requirements
 from app.services.cache import BlobLock, MirrorCache
-from tests.builders import make_sdist, make_wheel
+from tests.builders import make_wheel
 from tests.conftest import basic_auth
 from tests.fake_upstream import FakeUpstream
 from tests.operations import (
@@ -320,143 +315,3 @@ def test_prune_counts_files_cached_before_the_accounting_existed(capped, wheels)
     data, meta = wheels[0][1], wheel_metadata(wheels[0][1])  # the page lists both
     assert cache_of(capped).adopt() == (2, len(data) + len(meta))
     assert rows(capped) == {sha256(data): len(data), sha256(meta): len(meta)}
-
-
-# --- prefetch ----------------------------------------------------------------------------------
-
-
-def test_requirements_files_are_read_as_pip_reads_them(tmp_path: Path):
-    """Comments, continuations, nested -r, per-line options and markers; URLs are skipped."""
-    (tmp_path / "base.txt").write_text("six==1.16.0\n")
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text(
-        "# a comment\n"
-        "-r base.txt\n"
-        "--index-url https://example.invalid/simple/\n"
-        "requests>=2.0 \\\n    --hash=sha256:abc\n"
-        "attrs; python_version < '3.8'  # every platform counts\n"
-        "pkg @ https://example.invalid/pkg.whl\n"
-        "-e .\n"
-    )
-
-    names = [str(r) for r in read_requirements(requirements)]
-
-    assert names == ["six==1.16.0", "requests>=2.0", 'attrs; python_version < "3.8"']
-
-
-@pytest.mark.parametrize(
-    ("specifier", "expected"),
-    [
-        ("==1.0", "1.0"),
-        ("", "2.0"),
-        ("<2", "1.5"),
-        (">=3.0a1", "3.0a1"),
-        ("==1.5", "1.5"),  # pinned: a yanked release is still chosen (PEP 592)
-        (">5", None),
-    ],
-)
-def test_the_version_is_the_pinned_one_or_the_latest_release(specifier, expected):
-    """Pre-releases only when asked for; a release whose files are all yanked is skipped."""
-    files = [
-        {"filename": "p-1.0-py3-none-any.whl"},
-        {"filename": "p-1.5-py3-none-any.whl", "yanked": "broken"},
-        {"filename": "p-1.5.tar.gz", "yanked": True},
-        {"filename": "p-2.0-py3-none-any.whl"},
-        {"filename": "p-3.0a1-py3-none-any.whl"},
-    ]
-    chosen = choose_version(files, SpecifierSet(specifier))
-    if specifier == "<2":  # 1.5 is yanked: the highest usable one below 2 is 1.0
-        expected = "1.0"
-
-    assert (str(chosen) if chosen else None) == expected
-
-
-def test_prefetch_downloads_every_platform_of_the_chosen_version(settings, fake_upstream):
-    """All wheels of the pinned version, its sdist and sidecars; other versions untouched."""
-    platforms = ("manylinux_2_17_x86_64", "macosx_11_0_arm64", "win_amd64")
-    wanted = []
-    for platform in platforms:
-        filename, data = make_wheel("native", "1.0", python_tag="cp312", abi_tag="cp312",
-                                    platform_tag=platform)  # fmt: skip
-        fake_upstream.add_file("native", filename, data, metadata=wheel_metadata(data))
-        wanted += [data, wheel_metadata(data)]
-    sdist_name, sdist = make_sdist("native", "1.0")
-    fake_upstream.add_file("native", sdist_name, sdist)
-    wanted.append(sdist)
-    other_name, other = make_wheel("native", "2.0")
-    fake_upstream.add_file("native", other_name, other)
-    latest = [publish_upstream(fake_upstream, "plain", v) for v in ("1.0", "1.1")]
-    app = make_app(mirrored(settings, fake_upstream))
-    storage = app.extensions["pyshelf.storage"]
-
-    summary = Prefetcher(app, "root/pypi", progress=False).run(
-        [Requirement("native==1.0"), Requirement("plain"), Requirement("nowhere")]
-    )
-
-    assert all(storage.exists(sha256(data)) for data in wanted)
-    assert not storage.exists(sha256(other))
-    assert storage.exists(sha256(latest[1][1]))
-    assert not storage.exists(sha256(latest[0][1]))
-    assert summary.chosen == {"native": "1.0", "plain": "1.1"}
-    # 3 wheels, 3 identical METADATA sidecars (one blob), the sdist; plain's wheel and sidecar
-    assert summary.files + summary.already_cached == len(wanted) + 2
-    assert len(summary.errors) == 1
-    assert summary.errors[0].startswith("nowhere: 404")
-    again = Prefetcher(app, "root/pypi", progress=False).run([Requirement("native==1.0")])
-    assert again.files == 0
-    assert again.already_cached == len(wanted)
-
-
-def test_prefetch_with_deps_follows_requires_dist(settings, fake_upstream):
-    """--deps: each chosen wheel's Requires-Dist, extras only when asked for."""
-    publish_upstream(fake_upstream, "top", requires_dist=["mid>=1", "opt; extra == 'fancy'"])
-    mid = publish_upstream(fake_upstream, "mid", requires_dist=["leaf; sys_platform == 'win32'"])
-    leaf = publish_upstream(fake_upstream, "leaf")
-    opt = publish_upstream(fake_upstream, "opt")
-    app = make_app(mirrored(settings, fake_upstream))
-    storage = app.extensions["pyshelf.storage"]
-
-    summary = Prefetcher(app, "root/pypi", with_deps=True, progress=False).run([Requirement("top")])
-
-    assert set(summary.chosen) == {"top", "mid", "leaf"}  # markers: every platform counts
-    assert storage.exists(sha256(mid[1]))
-    assert storage.exists(sha256(leaf[1]))
-    assert not storage.exists(sha256(opt[1]))
-
-
-def test_prefetch_fetches_bytes_another_index_stored_for_the_mirror_itself(settings, fake_upstream):
-    """The same bytes stored for someone else (a private upload, say) are not this mirror's
-    cache: prefetch downloads them through the mirror, which then holds them."""
-    filename, data = make_wheel("shared", "1.0")
-    fake_upstream.add_file("shared", filename, data)
-    app = make_app(mirrored(settings, fake_upstream))
-    storage = app.extensions["pyshelf.storage"]
-    storage.save(sha256(data), io.BytesIO(data))  # stored, but not fetched by root/pypi
-
-    summary = Prefetcher(app, "root/pypi", progress=False).run([Requirement("shared==1.0")])
-
-    assert (summary.files, summary.already_cached, summary.errors) == (1, 0, [])
-    with app.extensions["pyshelf.db"].session() as session:
-        held = session.scalars(select(MirrorHolding.sha256)).all()
-    assert sha256(data) in held
-    again = Prefetcher(app, "root/pypi", progress=False).run([Requirement("shared==1.0")])
-    assert (again.files, again.already_cached) == (0, 2)  # the wheel and its METADATA
-
-
-def test_prefetch_with_deps_follows_requires_dist_of_a_plain_upstream(settings, fake_upstream):
-    """--deps from a PEP 503 upstream without sidecars: each chosen wheel is cached first, and
-    its METADATA (now the mirror's own sidecar) names the dependencies."""
-    fake_upstream.html_only = True
-    top = make_wheel("top", "1.0", requires_dist=["leaf>=1"])
-    leaf = make_wheel("leaf", "1.0")
-    fake_upstream.add_file("top", *top)
-    fake_upstream.add_file("leaf", *leaf)
-    app = make_app(mirrored(settings, fake_upstream))
-
-    summary = Prefetcher(app, "root/pypi", with_deps=True, progress=False).run([Requirement("top")])
-
-    assert set(summary.chosen) == {"top", "leaf"}
-    assert (summary.files, summary.already_cached, summary.errors) == (2, 0, [])
-    assert summary.bytes == len(top[1]) + len(leaf[1])
-    assert app.extensions["pyshelf.storage"].exists(sha256(leaf[1]))
-    assert fake_upstream.count("/files/") == 2  # each wheel once

@@ -23,13 +23,15 @@ def _human(size: float) -> str:
 
 
 class Progress:
-    """Counts work done out of `total` (bytes, or items when `unit` is not "bytes")."""
+    """Counts work done out of `total` (bytes, or items when `unit` is not "bytes"), and files
+    out of `files` when given."""
 
     def __init__(
         self,
         label: str,
         total: int,
         *,
+        files: int | None = None,
         unit: str = "bytes",
         stream: TextIO | None = None,
         is_tty: bool | None = None,
@@ -40,6 +42,8 @@ class Progress:
         self.stream = stream or sys.stderr
         self.is_tty = self.stream.isatty() if is_tty is None else is_tty
         self.done = 0
+        self.files = files
+        self.files_done = 0
         self.started = time.monotonic()
         self.drawn_at = 0.0
         self.logged_percent = 0
@@ -52,10 +56,20 @@ class Progress:
         rate = self.done / elapsed
         return f"{_human(rate)}/s" if self.unit == "bytes" else f"{rate:.1f} {self.unit}/s"
 
-    def advance(self, amount: int) -> None:
-        """Add `amount` to the work done; redraw or log when it is time."""
+    def grow(self, amount: int) -> None:
+        """Add `amount` to the total: work found to be larger than known at the start."""
+        self.total += max(amount, 0)
+
+    def _files(self) -> str:
+        return "" if self.files is None else f"{self.files_done}/{self.files} files, "
+
+    def advance(self, amount: int, *, files: int = 0) -> None:
+        """Add `amount` (and `files`) to the work done; redraw or log when it is time."""
         self.done += amount
+        self.files_done += files
         percent = 100 if not self.total else min(100, self.done * 100 // self.total)
+        if not self.total and self.files:  # sizes unknown so far: count files instead
+            percent = min(100, self.files_done * 100 // self.files)
         if self.is_tty:
             now = time.monotonic()
             if now - self.drawn_at >= REDRAW_SECONDS or percent == 100:
@@ -63,16 +77,17 @@ class Progress:
                 filled = BAR_WIDTH * percent // 100
                 bar = "#" * filled + "." * (BAR_WIDTH - filled)
                 self.stream.write(
-                    f"\r{self.label} [{bar}] {percent:3d}% "
+                    f"\r{self.label} [{bar}] {percent:3d}% {self._files()}"
                     f"{self._amount(self.done)}/{self._amount(self.total)} {self._rate()}  "
                 )
                 self.stream.flush()
         elif percent >= self.logged_percent + LOG_EVERY_PERCENT:
             self.logged_percent = percent - percent % LOG_EVERY_PERCENT
             log.info(
-                "%s: %d%% (%s of %s)",
+                "%s: %d%% (%s%s of %s)",
                 self.label,
                 self.logged_percent,
+                self._files(),
                 self._amount(self.done),
                 self._amount(self.total),
             )

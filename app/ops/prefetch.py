@@ -1,18 +1,10 @@
-"""Warming the mirror cache from a requirements file, so a team can fill it before going offline.
+"""Filling the mirror cache with what a requirements file needs, so a site can go offline.
 
-For each requirement it takes the version pip would pick on some platform: the pinned one
-(`==`), else the highest release the specifier allows (pre-releases only when asked for or when
-nothing else matches, yanked files only when pinned). It downloads every file of that version
-(all platforms' wheels and the sdist) and each wheel's PEP 658 metadata. Environment markers
-are ignored: every platform counts. Dependencies are not resolved: give a complete, pinned
-file (`pip freeze`, `pip-compile`, `uv pip compile`), or `--deps` to follow each chosen
-version's Requires-Dist the same way (highest match per name; an approximation of pip's
-resolver, enough to warm a cache), read from a wheel's sidecar: the upstream's, or where a
-plain upstream has none, the METADATA the mirror reads when it caches the wheel.
-
-Downloads go through the app itself (in-process, Flask's test client), so they take exactly
-the path a pip request takes: single-flight with the server's workers, hash check, accounting,
-cache cap.
+app/ops/resolve.py decides which versions and files each target environment needs; this module
+reads the index's pages and metadata for it and fetches the files. Both go through the app
+itself (in-process, Flask's test client), so they take exactly the path a pip request takes:
+single-flight with the server's workers, hash check against the upstream's sha256, accounting,
+cache cap, and the METADATA the mirror reads from a wheel it caches (served as its sidecar).
 """
 
 from __future__ import annotations
@@ -20,303 +12,229 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.parser import HeaderParser
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion, Version
 
 from app import create_app
 from app.core.config import Settings
-from app.core.dists import InvalidDistribution, normalize_name, parse_filename
+from app.core.dists import parse_filename
 from app.core.progress import Progress
-from app.ops.prepare import OperationError
-from app.services.cache import holds
+from app.ops.requirements import Requirements
+from app.ops.resolve import Miss, Plan, PlannedFile, SourceError, plan
+from app.ops.targets import Target
+from app.services.cache import holds, human_bytes
 from app.services.indexes import get_index_by_path
+from app.services.mirror_metadata import cached_files
 
-log = logging.getLogger("pyshelf")
+log = logging.getLogger(__name__)
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
-_OPTION_RE = re.compile(r"(^|\s)--?[a-zA-Z]")  # trailing per-requirement options (--hash=...)
 INDEX_OF_FILE_RE = re.compile(r"/([^/]+/[^/]+)/\+f/")  # the index in a `+f` path
-
-
-class PrefetchError(OperationError):
-    """A requirements file cannot be read, or a requirement given is not one."""
 
 
 @dataclass
 class PrefetchSummary:
-    """What a prefetch did."""
+    """What a prefetch did: the plan, what it downloaded, and what it could not."""
 
-    projects: int = 0
-    files: int = 0
+    plan: Plan
+    files: int = 0  # distribution files downloaded now
     bytes: int = 0
     already_cached: int = 0
-    not_cacheable: int = 0  # listed upstream without a sha256: pip gets them streamed, uncached
-    errors: list[str] = field(default_factory=list)
-    chosen: dict[str, str] = field(default_factory=dict)  # project -> version
+    sidecars: int = 0  # PEP 658 metadata files fetched or found cached
+    misses: list[Miss] = field(default_factory=list)
 
 
-def read_requirements(path: Path, _seen: set[Path] | None = None) -> list[Requirement]:
-    """The requirements of a pip requirements file (nested -r files too); options are skipped."""
-    seen = _seen if _seen is not None else set()
-    path = Path(path)
-    if path.resolve() in seen:
-        return []
-    seen.add(path.resolve())
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PrefetchError(f"cannot read {path}: {exc.strerror}") from None
-    requirements: list[Requirement] = []
-    for number, line in enumerate(text.replace("\\\n", " ").splitlines(), start=1):
-        line = re.sub(r"(^|\s)#.*$", "", line).strip()
-        if not line:
-            continue
-        if line.startswith(("-r ", "--requirement ", "-r", "--requirement=")):
-            nested = re.sub(r"^(-r|--requirement)[=\s]*", "", line)
-            requirements += read_requirements(path.parent / nested, seen)
-            continue
-        if line.startswith("-"):
-            log.info("%s:%d: option ignored: %s", path, number, line.split()[0])
-            continue
-        match = _OPTION_RE.search(line)
-        if match:
-            line = line[: match.start()].strip()
-        try:
-            requirement = Requirement(line)
-        except InvalidRequirement as exc:
-            log.warning("%s:%d: skipped, not a requirement: %s", path, number, exc)
-            continue
-        if requirement.url:
-            log.warning("%s:%d: skipped, a URL is not on an index: %s", path, number, line)
-            continue
-        requirements.append(requirement)
-    return requirements
+class MirrorSource:
+    """An index's pages and core metadata read through an app, as pip would read them."""
 
-
-def choose_version(files: list[dict[str, Any]], specifier: SpecifierSet) -> Version | None:
-    """The version pip would pick for `specifier` on some platform, from a project page's files."""
-    by_version: dict[Version, list[dict[str, Any]]] = {}
-    for entry in files:
-        try:
-            version = Version(str(parse_filename(entry["filename"]).version))
-        except (InvalidDistribution, InvalidVersion):
-            continue
-        by_version.setdefault(version, []).append(entry)
-    pins = [s for s in specifier if s.operator in ("==", "===") and "*" not in s.version]
-    if pins:
-        wanted = [v for v in by_version if specifier.contains(v, prereleases=True)]
-        return max(wanted) if wanted else None
-    # PEP 592: a version whose files are all yanked is not chosen unless pinned.
-    usable = [v for v, entries in by_version.items() if not all(e.get("yanked") for e in entries)]
-    candidates = list(specifier.filter(usable))
-    return max(candidates) if candidates else None
-
-
-class Prefetcher:
-    """Fetches requirements' files through an app's mirror, reporting progress."""
-
-    def __init__(
-        self, app: Flask, index_path: str, *, with_deps: bool = False, progress: bool = True
-    ) -> None:
+    def __init__(self, app: Flask, index_path: str) -> None:
         self.app = app
         self.client = app.test_client()
         self.index_path = index_path.strip("/")
-        self.with_deps = with_deps
-        self.progress = progress
         self.storage = app.extensions["pyshelf.storage"]
-        self.fetched_early: dict[str, int] = {}  # wheels fetched to read their Requires-Dist
+        self.fetched: dict[str, int] = {}  # url -> bytes: files downloaded to read metadata
 
-    def run(self, requirements: list[Requirement]) -> PrefetchSummary:
-        """Download what the requirements need; errors are collected, not raised."""
-        summary = PrefetchSummary()
-        queue = deque(requirements)
-        done: set[str] = set()
-        plans: list[tuple[str, list[tuple[str, int | None, str]]]] = []
-        while queue:
-            requirement = queue.popleft()
-            name = normalize_name(requirement.name)
-            if name in done:
-                continue
-            done.add(name)
-            planned = self._plan(requirement, summary)
-            if planned is None:
-                continue
-            plans.append((name, planned))
-            if self.with_deps:
-                queue.extend(self._dependencies(requirement, planned))
-        total = sum(size or 0 for _name, files in plans for _path, size, _key in files)
-        bar = Progress("prefetch", total) if self.progress else None
-        for _name, files in plans:
-            for path, size, key in files:
-                if path in self.fetched_early:
-                    summary.files += 1
-                    summary.bytes += self.fetched_early[path]
-                    if bar:
-                        bar.advance(size or 0)
-                    continue
-                if key and self._is_cached(path, key):
-                    summary.already_cached += 1
-                    if bar:
-                        bar.advance(size or 0)
-                    continue
-                self._fetch(path, summary, bar)
-        if bar:
-            bar.finish()
-        summary.projects = len(plans)
-        return summary
+    def files(self, project: str) -> list[dict[str, Any]]:
+        """The PEP 691 file entries of `project` on the index."""
+        response = self.client.get(
+            f"/{self.index_path}/+simple/{project}/", headers={"Accept": MIME_JSON}
+        )
+        if response.status_code != 200:
+            raise SourceError(f"{self.index_path} answers {response.status}")
+        files: list[dict[str, Any]] = response.get_json()["files"]
+        return files
 
-    def _is_cached(self, path: str, key: str) -> bool:
-        """Whether the index the `+f` path names serves `key` from its store: an upload, or a
+    def metadata(self, entry: dict[str, Any]) -> bytes:
+        """Core metadata of a file: its sidecar, else read from the file once cached."""
+        url = entry["url"]
+        listed = entry.get("core-metadata") or entry.get("data-dist-info-metadata")
+        key = str((entry.get("hashes") or {}).get("sha256") or "")
+        if not listed and not self.is_cached(url, key):
+            # A plain upstream offers no sidecar: caching the file (needed anyway) makes the
+            # mirror read its METADATA or PKG-INFO (app/services/mirror_metadata.py).
+            self.download(url)
+        if entry["filename"].endswith(".whl"):
+            return self._get(url + ".metadata")
+        return self._pkg_info(entry, key)
+
+    def download(self, url: str, bar: Progress | None = None, *, grow: bool = False) -> int:
+        """GET a file to its end through the mirror (which hashes and caches it); its size.
+        `grow`: the plan did not know the size, so the bar's total grows by it."""
+        if url in self.fetched:
+            return self.fetched[url]
+        response = self.client.get(url)
+        size = 0
+        try:
+            if response.status_code != 200:
+                raise SourceError(f"{self.index_path} answers {response.status}")
+            length = response.headers.get("Content-Length", "")
+            if bar is not None and grow and length.isdigit():
+                bar.grow(int(length))
+            for chunk in response.response:  # streams through the mirror into the cache
+                size += len(chunk)
+                if bar is not None:
+                    bar.advance(len(chunk))
+        except SourceError:
+            raise
+        except Exception as exc:  # the mirror's hash check or the upstream failed mid-file
+            raise SourceError(f"download failed: {exc}") from None
+        finally:
+            response.close()
+        self.fetched[url] = size
+        return size
+
+    def _get(self, url: str) -> bytes:
+        response = self.client.get(url)
+        try:
+            if response.status_code != 200:
+                raise SourceError(f"{url.rsplit('/', 1)[-1]}: {response.status}")
+            return response.get_data()
+        finally:
+            response.close()
+
+    def _pkg_info(self, entry: dict[str, Any], key: str) -> bytes:
+        """The PKG-INFO the mirror read from sdist `key` when it cached it."""
+        index_path = self._index_of(entry["url"])
+        with self.app.extensions["pyshelf.db"].session() as session:
+            index = get_index_by_path(session, index_path)
+            cached = cached_files(session, index.id, _project_of(entry), [key]) if index else {}
+        found = cached.get(key)
+        if found is None or found.metadata_sha256 is None:
+            raise SourceError("no PKG-INFO could be read from it")
+        with self.storage.open(found.metadata_sha256) as stream:
+            data: bytes = stream.read()
+        return data
+
+    def _index_of(self, url: str) -> str:
+        match = INDEX_OF_FILE_RE.search(url)
+        return match.group(1) if match else self.index_path
+
+    def is_cached(self, url: str, key: str) -> bool:
+        """Whether the index the `+f` url names serves `key` from its store: an upload, or a
         file that mirror fetched itself (the same bytes cached for another index do not count:
         the mirror would download them on first use)."""
-        match = INDEX_OF_FILE_RE.search(path)
-        if match is None or not self.storage.exists(key):
+        if not key or not self.storage.exists(key):
             return False
         with self.app.extensions["pyshelf.db"].session() as session:
-            index = get_index_by_path(session, match.group(1))
+            index = get_index_by_path(session, self._index_of(url))
             if index is None:
                 return False
             return not index.is_mirror or holds(session, index.id, key)
 
-    def _plan(
-        self, requirement: Requirement, summary: PrefetchSummary
-    ) -> list[tuple[str, int | None, str]] | None:
-        """The chosen version's files as (path, size, sha256 or "") plus their sidecars."""
-        name = normalize_name(requirement.name)
-        response = self.client.get(
-            f"/{self.index_path}/+simple/{name}/", headers={"Accept": MIME_JSON}
-        )
-        if response.status_code != 200:
-            summary.errors.append(f"{name}: {response.status}")
-            return None
-        files = response.get_json()["files"]
-        version = choose_version(files, requirement.specifier)
-        if version is None:
-            summary.errors.append(f"{requirement}: no version on {self.index_path} matches")
-            return None
-        summary.chosen[name] = str(version)
-        planned: list[tuple[str, int | None, str]] = []
-        for entry in files:
-            try:
-                file_version = Version(str(parse_filename(entry["filename"]).version))
-            except (InvalidDistribution, InvalidVersion):
-                continue
-            if file_version != version:
-                continue
-            sha256 = (entry.get("hashes") or {}).get("sha256") or ""
-            if not sha256:
-                summary.not_cacheable += 1
-                continue
-            planned.append((entry["url"], entry.get("size"), sha256))
-            metadata = entry.get("core-metadata")
-            if isinstance(metadata, dict) and metadata.get("sha256"):
-                planned.append((entry["url"] + ".metadata", None, metadata["sha256"]))
-        return planned
 
-    def _fetch(self, path: str, summary: PrefetchSummary, bar: Progress | None) -> None:
-        response = self.client.get(path)
-        try:
-            if response.status_code != 200:
-                summary.errors.append(f"{path.rsplit('/', 1)[-1]}: {response.status}")
-                return
-            for chunk in response.response:  # streams through the mirror into the cache
-                summary.bytes += len(chunk)
-                if bar:
-                    bar.advance(len(chunk))
+def _project_of(entry: dict[str, Any]) -> str:
+    return parse_filename(entry["filename"]).normalized_name
+
+
+def fetch(source: MirrorSource, planned: Plan, *, progress: bool = True) -> PrefetchSummary:
+    """Download every file of `planned` (and its sidecar) that the mirror does not hold yet."""
+    summary = PrefetchSummary(planned, misses=list(planned.misses))
+    total = sum(f.size or 0 for f in planned.files)
+    bar = Progress("prefetch", total, files=len(planned.files)) if progress else None
+    for file in planned.files:
+        if not file.sha256:
+            summary.misses.append(Miss(file.project, f"{file.filename}: {_NO_SHA256}"))
+            _skip(bar, file)
+            continue
+        if file.url in source.fetched:  # downloaded while planning, to read its metadata
             summary.files += 1
-        except Exception as exc:  # a failed download: say so, go on with the next file
-            summary.errors.append(f"{path.rsplit('/', 1)[-1]}: {exc}")
-        finally:
-            response.close()
-
-    def _dependencies(
-        self, requirement: Requirement, planned: list[tuple[str, int | None, str]]
-    ) -> list[Requirement]:
-        """Requires-Dist of the chosen version (from a wheel's metadata), for the asked extras."""
-        sidecar = next((path for path, _size, _key in planned if path.endswith(".metadata")), None)
-        if sidecar is None:
-            wheel = next((path for path, _size, _key in planned if path.endswith(".whl")), None)
-            if wheel is None:
-                return []  # sdists only: their dependencies are known after a build, not here
-            # A plain upstream offers no sidecar: caching the wheel (run() would anyway) makes
-            # the mirror read its METADATA, which it then serves as the sidecar.
-            response = self.client.get(wheel)
+            summary.bytes += source.fetched[file.url]
+            _skip(bar, file)
+        elif source.is_cached(file.url, file.sha256):
+            summary.already_cached += 1
+            _skip(bar, file)
+        else:
             try:
-                if response.status_code != 200:
-                    return []
-                self.fetched_early[wheel] = sum(len(chunk) for chunk in response.response)
-            finally:
-                response.close()
-            sidecar = wheel + ".metadata"
-        response = self.client.get(sidecar)
+                summary.bytes += source.download(file.url, bar, grow=file.size is None)
+                summary.files += 1
+            except SourceError as exc:
+                summary.misses.append(Miss(file.project, f"{file.filename}: {exc}"))
+            if bar is not None:
+                bar.advance(0, files=1)
+        if file.metadata_sha256:
+            _fetch_sidecar(source, file, summary)
+    if bar is not None:
+        bar.finish()
+    return summary
+
+
+_NO_SHA256 = "the index lists no sha256 for it, so the mirror streams it uncached"
+
+
+def _skip(bar: Progress | None, file: PlannedFile) -> None:
+    if bar is not None:
+        bar.advance(file.size or 0, files=1)
+
+
+def _fetch_sidecar(source: MirrorSource, file: PlannedFile, summary: PrefetchSummary) -> None:
+    """Fetch the PEP 658 sidecar pip asks for before the file (a miss when it fails)."""
+    url = file.url + ".metadata"
+    if file.metadata_sha256 and not source.is_cached(url, file.metadata_sha256):
         try:
-            if response.status_code != 200:
-                return []
-            headers = HeaderParser().parsestr(response.get_data(as_text=True))
-        finally:
-            response.close()
-        found = []
-        for line in headers.get_all("Requires-Dist") or []:
-            try:
-                dependency = Requirement(line)
-            except InvalidRequirement:
-                continue
-            marker = dependency.marker
-            if marker is not None and "extra" in str(marker):
-                extras = requirement.extras or set()
-                if not any(_extra_matches(marker, extra) for extra in extras):
-                    continue
-            dependency.marker = None  # every platform counts
-            found.append(dependency)
-        return found
-
-
-def _extra_matches(marker: Any, extra: str) -> bool:
-    try:
-        return bool(marker.evaluate({"extra": extra}))
-    except Exception:
-        return True
+            source.download(url)
+        except SourceError as exc:
+            summary.misses.append(Miss(file.project, f"{file.filename}.metadata: {exc}"))
+            return
+    summary.sidecars += 1
 
 
 def format_summary(summary: PrefetchSummary) -> str:
-    """Lines for people."""
-    lines = [
-        f"prefetch: {summary.projects} projects, {summary.files} files downloaded "
-        f"({summary.bytes} bytes), {summary.already_cached} already cached"
-    ]
-    if summary.not_cacheable:
-        lines.append(f"  {summary.not_cacheable} files without a sha256 upstream (never cached)")
-    for name, version in sorted(summary.chosen.items()):
-        lines.append(f"  {name} {version}")
-    for error in summary.errors:
-        lines.append(f"  error: {error}")
+    """Lines for people: per target the versions chosen, then totals and every miss."""
+    planned = summary.plan
+    lines = []
+    for target, chosen in planned.chosen.items():
+        versions = ", ".join(f"{name} {version}" for name, version in sorted(chosen.items()))
+        lines.append(f"  {target}: {versions or 'nothing'}")
+    downloaded = f"{summary.files} downloaded ({human_bytes(summary.bytes)})"
+    lines.insert(
+        0,
+        f"prefetch: {len(planned.projects)} projects, {len(planned.files)} files for "
+        f"{len(planned.targets)} targets: {downloaded}, {summary.already_cached} already "
+        f"cached, {summary.sidecars} metadata sidecars",
+    )
+    for miss in summary.misses:
+        lines.append(f"  missing: {miss.project}: {miss.reason}")
     return "\n".join(lines)
 
 
-def parse_requirements(paths: list[str], lines: list[str]) -> list[Requirement]:
-    """The requirements of these requirements files, then of these command-line arguments."""
-    requirements: list[Requirement] = []
-    for path in paths:
-        requirements += read_requirements(Path(path))
-    for line in lines:
-        try:
-            requirements.append(Requirement(line))
-        except InvalidRequirement as exc:
-            raise PrefetchError(str(exc)) from None
-    return requirements
-
-
 def prefetch(
-    settings: Settings, requirements: list[Requirement], index_path: str, *, with_deps: bool = False
+    settings: Settings,
+    requirements: Requirements,
+    targets: Sequence[Target],
+    index_path: str,
+    *,
+    progress: bool = True,
 ) -> PrefetchSummary:
-    """Fetch what `requirements` need into the mirror cache through an app of these settings."""
+    """Resolve `requirements` for `targets` on `index_path` and fetch every file they need
+    through an app of these settings."""
+    source = open_source(settings, index_path)
+    return fetch(source, plan(requirements, targets, source), progress=progress)
+
+
+def open_source(settings: Settings, index_path: str) -> MirrorSource:
+    """Index `index_path` of an app of these settings, for plan() and fetch()."""
     app = create_app(dataclasses.replace(settings, access_log=False))  # no access log lines
-    return Prefetcher(app, index_path, with_deps=with_deps).run(requirements)
+    return MirrorSource(app, index_path)
