@@ -262,3 +262,25 @@ def test_a_mirror_passes_the_upstream_status_through(
     as_json = json.loads(server.get("/root/pypi/+simple/up-pkg/", headers={"Accept": MIME_JSON})[2])
     assert as_json["files"] == []
     assert as_json["project-status"]["status"] == "quarantined"
+
+
+def test_a_quarantined_release_cannot_be_promoted_elsewhere(
+    live_server: LiveServer, world: dict[str, Any]
+) -> None:
+    """Promoting the quarantined release to another stage (where it would be served) is
+    refused with the reason; the target gets nothing."""
+    server = live_server
+    assert api(server, "PUT", "/alice/other", {"bases": []}, auth=ALICE)[0] == 201
+    assert _set(server, "quarantined")[0] == 200
+    try:
+        body = {"name": PROJECT, "version": "1.0", "target": "alice/other"}
+        status, _body, reason = api(server, "POST", "/alice/dev/+promote", body, auth=ALICE)
+    finally:
+        assert _set(server, "active")[0] == 200
+
+    assert status == 400
+    assert reason == (
+        f"{PROJECT} is quarantined on alice/dev (PEP 792): set it back to active there before "
+        "promoting it."
+    )
+    assert server.get(f"/alice/other/+simple/{PROJECT}/")[0] == 404
