@@ -413,6 +413,9 @@ class FakeUpstream:
         if project.status is not None:
             status = html.escape(project.status)
             head.append(f'    <meta name="pypi:project-status" content="{status}">')
+            if project.status_reason:
+                reason = html.escape(project.status_reason)
+                head.append(f'    <meta name="pypi:project-status-reason" content="{reason}">')
         lines = [
             "<!DOCTYPE html>",
             "<html>",

@@ -45,6 +45,9 @@ class FakeMirror:
         self.calls.append((index.path, "+names"))
         return list(self.projects)
 
+    def project_status(self, index: Index, normalized_name: str) -> None:
+        return None  # canned projects carry no PEP 792 status
+
 
 def mirror_dist(index_path: str, filename: str) -> Dist:
     """A file as a mirror would list it."""

@@ -347,6 +347,7 @@ def test_the_project_status_is_read_from_json_and_html(fake, client):
     assert from_json is not None
     assert from_html is not None
     assert from_json.status == from_html.status == "archived"
+    assert from_json.status_reason == from_html.status_reason == "moved elsewhere"
 
 
 # --- credentials --------------------------------------------------------------------------

@@ -272,9 +272,10 @@ def _log_request(finished: Finished) -> None:
     # The request id of a streamed response's line comes from the environ: by the time the
     # last byte is out, the id may no longer be the thread's current one.
     previous = request_id_var.set(request_id)
+    guard = environ.get("pyshelf.guard")  # the supply-chain rule that decided it, if any
     try:
         log.info(
-            '%s "%s" %s %s %sms "%s"',
+            '%s "%s" %s %s %sms "%s"' + (f" guard={guard}" if guard else ""),
             remote,
             line,
             finished.status,
@@ -290,6 +291,7 @@ def _log_request(finished: Finished) -> None:
                 "duration_ms": milliseconds,
                 "user_agent": agent,
                 "route": environ.get("pyshelf.route_kind", "other"),
+                **({"guard": guard} if guard else {}),
             },
         )
     finally:

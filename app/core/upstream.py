@@ -100,6 +100,7 @@ class UpstreamPage:
     etag: str | None
     last_modified: str | None
     status: str | None
+    status_reason: str | None = None
 
 
 class ParsedPage(NamedTuple):
@@ -108,6 +109,7 @@ class ParsedPage(NamedTuple):
     name: str
     files: list[UpstreamFile]
     status: str | None
+    status_reason: str | None = None
 
 
 def mask_url(url: str) -> str:
@@ -238,6 +240,7 @@ class UpstreamClient:
                 etag=page_etag,
                 last_modified=page_last_modified,
                 status=parsed.status,
+                status_reason=parsed.status_reason,
             )
 
         return self._with_retries(attempt, display)
@@ -579,7 +582,8 @@ def parse_json_page(data: bytes | str, base_url: str, requested_name: str) -> Pa
         )
     name = document.get("name")
     name = name.strip() if isinstance(name, str) and name.strip() else requested_name
-    return ParsedPage(name, _unique(files), _json_status(document.get("project-status")))
+    status, reason = _json_status(document.get("project-status"))
+    return ParsedPage(name, _unique(files), status, reason)
 
 
 def parse_html_page(text: str, base_url: str, requested_name: str) -> ParsedPage:
@@ -616,17 +620,18 @@ def parse_html_page(text: str, base_url: str, requested_name: str) -> ParsedPage
                 core_metadata=_html_core_metadata(attributes),
             )
         )
-    return ParsedPage(requested_name, _unique(files), parser.status)
+    return ParsedPage(requested_name, _unique(files), parser.status, parser.status_reason)
 
 
 class _AnchorCollector(HTMLParser):
-    """Collects `<a>` attributes, the first `<base href>` and the PEP 792 status meta tag."""
+    """Collects `<a>` attributes, the first `<base href>` and the PEP 792 status meta tags."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)  # attribute values arrive unescaped (PEP 503)
         self.anchors: list[dict[str, str | None]] = []
         self.base_href: str | None = None
         self.status: str | None = None
+        self.status_reason: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag not in ("a", "base", "meta"):
@@ -640,10 +645,13 @@ class _AnchorCollector(HTMLParser):
             href = (attributes.get("href") or "").strip()
             if href and self.base_href is None:
                 self.base_href = href
-        elif (attributes.get("name") or "").strip().lower() == "pypi:project-status":
+        else:
+            meta = (attributes.get("name") or "").strip().lower()
             content = (attributes.get("content") or "").strip()
-            if content and self.status is None:
+            if meta == "pypi:project-status" and content and self.status is None:
                 self.status = content
+            elif meta == "pypi:project-status-reason" and content and self.status_reason is None:
+                self.status_reason = content
 
 
 def normalize_upload_time(value: object) -> str | None:
@@ -777,8 +785,8 @@ def _html_core_metadata(attributes: dict[str, str | None]) -> str | bool:
     return False
 
 
-def _json_status(value: object) -> str | None:
-    """PEP 792 `project-status.status` (`state` in the PEP's prose), or None."""
-    if isinstance(value, dict):
-        value = value.get("status", value.get("state"))
-    return _text(value)
+def _json_status(value: object) -> tuple[str | None, str | None]:
+    """PEP 792 `project-status`: its `status` (`state` in the PEP's prose) and `reason`."""
+    if not isinstance(value, dict):
+        return _text(value), None
+    return _text(value.get("status", value.get("state"))), _text(value.get("reason"))

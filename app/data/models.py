@@ -154,6 +154,11 @@ class Project(Base):
     normalized_name: Mapped[str] = mapped_column(String(255), index=True)
     summary: Mapped[str | None] = mapped_column(Text)  # of the latest upload; for search
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # PEP 792 project status (None: never set, which means active) and why; who set it, when
+    status: Mapped[str | None] = mapped_column(String(16))
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    status_by: Mapped[str | None] = mapped_column(String(64))
+    status_at: Mapped[dt.datetime | None] = mapped_column()
 
     index: Mapped[Index] = relationship(back_populates="projects")
     files: Mapped[list[File]] = relationship(back_populates="project", cascade="all, delete")
@@ -198,6 +203,8 @@ class MirrorPage(Base):
     name: Mapped[str] = mapped_column(String(255))
     is_found: Mapped[bool] = mapped_column(default=True)  # False: upstream said 404
     files: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    status: Mapped[str | None] = mapped_column(String(16))  # the upstream's PEP 792 status
+    status_reason: Mapped[str | None] = mapped_column(Text)
     etag: Mapped[str | None] = mapped_column(String(255))
     last_modified: Mapped[str | None] = mapped_column(String(64))
     checked_at: Mapped[dt.datetime | None] = (

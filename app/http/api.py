@@ -1,4 +1,5 @@
-"""bp: JSON management of users, tokens, indexes and yanks under /USER and /USER/INDEX."""
+"""bp: JSON management of users, tokens, indexes, yanks and project status under /USER and
+/USER/INDEX."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from app.services.indexes import (
     shown_bases,
 )
 from app.services.promote import Promoted
+from app.services.status import ACTIVE, StatusError, check_status, may_set_status, set_status
 
 bp = Blueprint("api", __name__)
 
@@ -348,6 +350,65 @@ def yank_version(user: str, index: str, project: str, version: str) -> Response:
     return envelope(
         "versionconfig", {"files": [f.filename for f in files], "yanked": body["yanked"]}
     )
+
+
+# --- project status (PEP 792) ------------------------------------------------------------------
+
+
+def _stage_project_or_404(session: Session, index: Index, project: str) -> Project:
+    record = session.scalar(
+        select(Project).where(
+            Project.index_id == index.id, Project.normalized_name == normalize_name(project)
+        )
+    )
+    if record is None:
+        raise HTTPError(404, f"Project {normalize_name(project)} is not on index {index.path}.")
+    return record
+
+
+def _status_json(record: Project) -> dict[str, Any]:
+    return {
+        "status": record.status or ACTIVE,
+        "reason": record.status_reason,
+        "set_by": record.status_by,
+        "set_at": record.status_at.isoformat() + "Z" if record.status_at else None,
+    }
+
+
+@bp.get("/<user>/<index>/<project>/+status")
+def get_project_status(user: str, index: str, project: str) -> Response:
+    """A stage project's PEP 792 status, reason, and who set it when (active if never set)."""
+    session = get_session()
+    found = _index_or_404(session, user, index)
+    require_read(found, with_bases=False)
+    return envelope("projectstatus", _status_json(_stage_project_or_404(session, found, project)))
+
+
+@bp.put("/<user>/<index>/<project>/+status")
+def set_project_status(user: str, index: str, project: str) -> Response:
+    """Set a stage project's PEP 792 status: {"status": "quarantined", "reason": "..."}; owner,
+    superusers and uploaders only (a token limited to an index may not)."""
+    caller = require_user()
+    session = get_session()
+    begin_write(session)
+    found = _index_or_404(session, user, index)
+    if not may_set_status(found, caller):
+        raise HTTPError(
+            403, f"The user '{caller.username}' may not set project status on {found.path}."
+        )
+    if found.is_mirror:
+        raise HTTPError(
+            400, f"Index {found.path} is a mirror: its project status comes from upstream."
+        )
+    record = _stage_project_or_404(session, found, project)
+    body = _json_body()
+    try:
+        status, reason = check_status(body.get("status"), body.get("reason"))
+    except StatusError as exc:
+        raise HTTPError(400, f"Invalid project status: {exc}.") from None
+    set_status(record, status, reason, caller)
+    session.commit()
+    return envelope("projectstatus", _status_json(record))
 
 
 # --- promoting releases ------------------------------------------------------------------------

@@ -22,14 +22,17 @@ from app.data.models import (
     Index,
     MirrorFile,
     MirrorHolding,
+    MirrorPage,
     MirrorSidecar,
     Project,
     User,
 )
 from app.http.auth import require_read
 from app.http.errors import HTTPError
+from app.http.metrics import mark_guard
 from app.http.web import hook_headers
 from app.services.indexes import get_index
+from app.services.status import QUARANTINED, Marker, is_quarantined, quarantine_reason
 
 bp = Blueprint("files", __name__)
 
@@ -135,6 +138,12 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
     if found.is_mirror:
         mirror = current_app.extensions["pyshelf.mirror"]
+        try:
+            name = parse_filename(dist_filename).normalized_name
+        except InvalidDistribution:
+            name = None  # serve_file answers 404 for a name that is no distribution
+        if name is not None:
+            _refuse_quarantined(name, mirror.project_status(found, name))
         return mirror.serve_file(
             found,
             sha256,
@@ -145,11 +154,22 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     record = _hosted_file(found, sha256, dist_filename)
     if record is None:
         raise HTTPError(404, f"No such file on {found.path}: {filename}")
+    project = record.project
+    if project.status is not None:
+        marker = Marker(project.status, project.status_reason, found.path)
+        _refuse_quarantined(project.normalized_name, marker)
     if not is_metadata:
         return send_blob(record.sha256, record.filename)
     if not record.metadata_sha256:
         raise HTTPError(404, f"No core metadata for {dist_filename} (only wheels have it).")
     return send_blob(record.metadata_sha256, filename, mimetype=METADATA_MIMETYPE)
+
+
+def _refuse_quarantined(normalized_name: str, marker: Marker | None) -> None:
+    """404 with the reason for a file of a quarantined project (PEP 792: none is offered)."""
+    if is_quarantined(marker) and marker is not None:
+        mark_guard(QUARANTINED)
+        raise HTTPError(404, quarantine_reason(normalized_name, marker))
 
 
 def _blob_lookup() -> Select[*tuple[Any, ...]]:
@@ -159,7 +179,8 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
     `mirrored`: whether this mirror holds the key (fetched it itself: the store is shared, and
     another index's blob under the same key is never this mirror's); `sidecar`: its PEP 658
     sidecar (the METADATA extracted when the mirror cached the wheel, else the upstream's one
-    recorded), when this mirror holds that too.
+    recorded), when this mirror holds that too; `quarantined`: whether the project (`name`) is
+    quarantined there (PEP 792): the view then answers 404 with the reason.
     """
     index, user = Index.__table__.c, User.__table__.c
     file, project = File.__table__.c, Project.__table__.c
@@ -170,7 +191,12 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
     hosted = (
         select(func.coalesce(file.metadata_sha256, ""))
         .select_from(File.__table__.join(Project.__table__))
-        .where(project.index_id == index.id, file.sha256 == key, file.filename == filename)
+        .where(
+            project.index_id == index.id,
+            file.sha256 == key,
+            file.filename == filename,
+            func.coalesce(project.status, "") != QUARANTINED,
+        )
         .limit(1)
         .scalar_subquery()
     )
@@ -196,8 +222,22 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
         )
         .scalar_subquery()
     )
+    page = MirrorPage.__table__.c
+    quarantined = exists().where(
+        page.index_id == index.id,
+        page.normalized_name == bindparam("name"),
+        page.status == QUARANTINED,
+    )
     return (
-        select(index.id, index.type, index.acl_read, hosted, mirrored, func.coalesce(own, upstream))
+        select(
+            index.id,
+            index.type,
+            index.acl_read,
+            hosted,
+            mirrored,
+            func.coalesce(own, upstream),
+            quarantined,
+        )
         .select_from(Index.__table__.join(User.__table__))
         .where(user.username == bindparam("user"), index.name == bindparam("index"))
     )
@@ -282,10 +322,14 @@ class CachedFiles:
         """(index id, blob key, whether a mirror cached it) of a public index's stored file."""
         is_metadata = filename.endswith(METADATA_SUFFIX)
         dist_filename = filename.removesuffix(METADATA_SUFFIX)
-        row = self.lookup.one(user=user, index=index, key=key, filename=dist_filename)
-        if row is None or not _is_public(row[2]):
+        try:
+            name = parse_filename(dist_filename).normalized_name
+        except InvalidDistribution:
+            name = ""
+        row = self.lookup.one(user=user, index=index, key=key, filename=dist_filename, name=name)
+        if row is None or not _is_public(row[2]) or row[6]:
             return None
-        index_id, index_type, _, hosted, mirrored, sidecar = row
+        index_id, index_type, _, hosted, mirrored, sidecar, _ = row
         if index_type != "mirror":
             if hosted is None:
                 return None

@@ -103,6 +103,13 @@ CACHE_WRITE_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+GUARD_DECISIONS = Counter(
+    "pyshelf_guard_decisions",
+    "Requests whose answer a supply-chain rule changed (files left out or refused), by rule kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+
 _KINDS = {"simple": "simple", "files": "file", "upload": "upload", "api": "api", "web": "web"}
 
 
@@ -129,6 +136,11 @@ def count_write_failure(what: str) -> None:
 def mark_cache_hit() -> None:
     """Note that this request is answered from the mirror cache (bytes counted at the end)."""
     g.pyshelf_cache_hit = True
+
+
+def mark_guard(kind: str) -> None:
+    """Note that a rule (e.g. PEP 792 `quarantined`) decided this request: counted, and logged."""
+    request.environ["pyshelf.guard"] = kind
 
 
 def route_kind(endpoint: str | None, view_args: dict[str, Any] | None) -> str:
@@ -158,6 +170,8 @@ def observe(finished: Finished) -> None:
         CACHE_SERVED_BYTES.inc(finished.bytes_sent)
     if kind == "upload" and environ.get("REQUEST_METHOD") == "POST":
         UPLOADS.labels(status=str(finished.status)).inc()
+    if environ.get("pyshelf.guard"):
+        GUARD_DECISIONS.labels(kind=environ["pyshelf.guard"]).inc()
 
 
 class DatabaseCollector(Collector):

@@ -21,6 +21,7 @@ from app.data.db import get_session
 from app.data.models import Index, utcnow
 from app.http.auth import authenticated_user, require_read
 from app.http.errors import HTTPError, upstream_failed
+from app.http.metrics import mark_guard
 from app.http.web import hook_headers
 from app.services import throttle
 from app.services.indexes import (
@@ -35,6 +36,7 @@ from app.services.indexes import (
     resolution_order,
 )
 from app.services.pagecache import GZIP_MIN_BYTES, GZIP_SUFFIX, Hit, PageCache, PageKey
+from app.services.status import QUARANTINED
 
 bp = Blueprint("simple", __name__)
 
@@ -139,12 +141,31 @@ def detail_json(view: ProjectView) -> dict[str, Any]:
         if upload_time:
             entry["upload-time"] = upload_time
         files.append(entry)
-    return {
+    document: dict[str, Any] = {
         "meta": {"api-version": API_VERSION if has_all_sizes else API_VERSION_WITHOUT_SIZES},
         "name": view.normalized_name,
         "versions": list(versions),
         "files": files,
     }
+    if view.marker is not None:
+        # PEP 792 (api-version 1.4): `status`, and `reason` only when there is one. A page at
+        # 1.0 (sizes unknown) keeps it too: clients ignore keys they do not know.
+        status: dict[str, str] = {"status": view.marker.status}
+        if view.marker.reason:
+            status["reason"] = view.marker.reason
+        document["project-status"] = status
+    return document
+
+
+def _status_meta(view: ProjectView) -> list[str]:
+    """PEP 792's HTML markers: `pypi:project-status` and, with a reason, its `-reason` tag."""
+    if view.marker is None:
+        return []
+    tags = [f'    <meta name="pypi:project-status" content="{html.escape(view.marker.status)}">']
+    if view.marker.reason:
+        reason = html.escape(view.marker.reason)
+        tags.append(f'    <meta name="pypi:project-status-reason" content="{reason}">')
+    return tags
 
 
 def detail_html(view: ProjectView) -> str:
@@ -154,6 +175,7 @@ def detail_html(view: ProjectView) -> str:
         "<html>",
         "  <head>",
         f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
+        *_status_meta(view),
         f"    <title>Links for {html.escape(view.name)}</title>",
         "  </head>",
         "  <body>",
@@ -330,7 +352,9 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
     cache_control = CACHE_MIRROR if found.is_mirror else CACHE_LOCAL
     data = body.encode("utf-8")
     etag = _etag(mime, data)
-    if sees_all and not g.get("pyshelf_stale"):
+    if view.held_back:
+        mark_guard(QUARANTINED)  # not cached: every such page is counted and logged
+    elif sees_all and not g.get("pyshelf_stale"):
         expires_at = mirror.expires_at(order, normalized)
         if expires_at is None or expires_at > utcnow():
             cache.put(

@@ -33,6 +33,7 @@ from app.http.spool import Spool
 from app.http.web.docs import doc_upload
 from app.services.cache import BlobLock
 from app.services.indexes import get_index, may_upload
+from app.services.status import CLOSED_TO_UPLOADS
 
 log = logging.getLogger(__name__)
 bp = Blueprint("upload", __name__)
@@ -100,6 +101,22 @@ def _check_form(info: FilenameInfo) -> None:
     if not same_version:
         raise HTTPError(
             400, f"Version '{version}' in the form does not match the filename {info.filename}."
+        )
+
+
+def _check_open(index: Index, info: FilenameInfo) -> None:
+    """PEP 792: an archived or quarantined project takes no new files (as warehouse, a 400)."""
+    status, reason = get_session().execute(
+        select(Project.status, Project.status_reason).where(
+            Project.index_id == index.id, Project.normalized_name == info.normalized_name
+        )
+    ).first() or (None, None)
+    if status in CLOSED_TO_UPLOADS:
+        why = f" ({reason})" if reason else ""
+        raise HTTPError(
+            400,
+            f"Project {info.normalized_name} is {status} on {index.path}{why}; it takes no "
+            "uploads until its status is set back to active (PEP 792).",
         )
 
 
@@ -220,6 +237,7 @@ def _file_upload(index: Index, user: User) -> Response:
         info = parse_filename(part.filename)
         check_filetype(info, _field("filetype"), _field("pyversion"))
         _check_form(info)
+        _check_open(index, info)
         check_digests(
             spool.hashes,
             sha256=_field("sha256_digest"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -27,6 +27,7 @@ from app.data.models import (
     Project,
     User,
 )
+from app.services.status import Marker, hosted_marker, served, view_marker
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -132,6 +133,8 @@ class ProjectView:
     normalized_name: str
     dists: list[Dist]
     is_mirrored: bool  # whether any file came from a mirror (pages may then be cached longer)
+    marker: Marker | None = None  # PEP 792 status (app/services/status.py); None: active
+    held_back: list[Dist] = field(default_factory=list)  # quarantined: hidden from installers
 
 
 class MirrorSource(Protocol):
@@ -143,6 +146,10 @@ class MirrorSource(Protocol):
 
     def project_names(self, index: Index) -> list[str]:
         """Names of the projects this mirror has cached."""
+        ...
+
+    def project_status(self, index: Index, normalized_name: str) -> Marker | None:
+        """The upstream's PEP 792 status of a project this mirror has a page of, or None."""
         ...
 
 
@@ -270,12 +277,17 @@ def project_view(
     dists: list[Dist] = []
     seen: set[str] = set()
     is_mirrored = False
+    markers: list[Marker | None] = []
     for current in order:
         if current.is_mirror:
             found = mirror.project(current, normalized_name) if ask_mirrors else None
             is_mirrored = is_mirrored or found is not None
+            if found is not None:
+                markers.append(mirror.project_status(current, normalized_name))
         else:
             found = hosted[current.path]
+            if found is not None:
+                markers.append(hosted_marker(session, current, normalized_name))
         if found is None:
             continue
         name = name or found[0]
@@ -285,7 +297,11 @@ def project_view(
                 dists.append(dist)
     if name is None:
         return None
-    return ProjectView(name, normalized_name, dists, is_mirrored)
+    # PEP 792: a quarantined project offers no files for download; the filter is one call.
+    marker = view_marker(markers)
+    shown = served(dists, marker)
+    held_back = [] if shown else dists
+    return ProjectView(name, normalized_name, shown, is_mirrored, marker, held_back)
 
 
 def project_names(

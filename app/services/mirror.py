@@ -61,6 +61,7 @@ from app.services.cache import MirrorCache, holds
 from app.services.fulltext import index_stored_page
 from app.services.indexes import Dist, file_path
 from app.services.mirror_metadata import cached_files, extract, record_cached_file, sidecar_of
+from app.services.status import Marker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -322,12 +323,15 @@ class Mirror:
             if fetched is None:
                 page.is_found = False
                 page.files = []
+                page.status = page.status_reason = None
                 page.etag = page.last_modified = None
                 page.fetched_at = now
             elif fetched != "not-modified":
                 page.is_found = True
                 page.name = fetched.name or name
                 page.files = [_entry(f) for f in fetched.files]
+                page.status = fetched.status  # PEP 792, passed through to this mirror's pages
+                page.status_reason = fetched.status_reason if fetched.status else None
                 page.etag = fetched.etag
                 page.last_modified = fetched.last_modified
                 page.fetched_at = now
@@ -400,6 +404,20 @@ class Mirror:
                 )
             )
         return page.name, dists
+
+    def project_status(self, index: Index, normalized_name: str) -> Marker | None:
+        """The upstream's PEP 792 status as last fetched (a fresh session, as _read), or None."""
+        with self.database.session() as session:
+            row = session.execute(
+                select(MirrorPage.status, MirrorPage.status_reason).where(
+                    MirrorPage.index_id == index.id,
+                    MirrorPage.normalized_name == normalized_name,
+                    MirrorPage.is_found.is_(True),
+                )
+            ).first()
+        if row is None or row[0] is None:
+            return None
+        return Marker(row[0], row[1], index.path)
 
     def expires_at(self, indexes: list[Index], normalized_name: str) -> dt.datetime | None:
         """When the first of these mirrors' cached pages of the name is due for a check (None:

@@ -29,6 +29,7 @@ from app.data.db import begin_write
 from app.data.models import DocSet, File, Index, Project, Promotion, User, utcnow
 from app.services.fulltext import Blobs, index_stored_docset
 from app.services.indexes import Reader, file_path, get_index_by_path, may_read, may_upload
+from app.services.status import CLOSED_TO_UPLOADS, QUARANTINED
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,12 @@ def promote(
             f"There is no release {normalized} {wanted} on index {source.path} that you may "
             "read: check the name, the version and the source index."
         )
+    if project is not None and project.status == QUARANTINED:
+        # PEP 792: a quarantined project offers no file; a copy elsewhere would serve them.
+        raise InvalidPromotion(
+            f"{normalized} is quarantined on {source.path} (PEP 792): set it back to active "
+            "there before promoting it."
+        )
     target = get_index_by_path(session, target_path)
     if target is None:
         raise InvalidPromotion(
@@ -250,6 +257,11 @@ def _copy(
         select(Project).where(Project.index_id == target.id, Project.normalized_name == normalized)
     )
     existing: dict[str, File] = {}
+    if existing_project is not None and existing_project.status in CLOSED_TO_UPLOADS:
+        raise InvalidPromotion(
+            f"{normalized} is {existing_project.status} on {target.path} and takes no new "
+            "files (PEP 792): set it back to active there first."
+        )
     if existing_project is not None:
         existing = {
             f.filename: f

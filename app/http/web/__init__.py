@@ -71,6 +71,7 @@ from app.services.indexes import (
 )
 from app.services.mirror_description import mirror_metadata, newest_described
 from app.services.promote import promotable_targets, promotions_of
+from app.services.status import STATUSES, may_set_status
 
 csrf = CSRFProtect()
 
@@ -278,7 +279,33 @@ def _project_view(
         raise upstream_failed(exc, normalized) from None
     if view is None:
         raise HTTPError(404, f"Project {normalized} is not on index {index.path}.")
+    if view.held_back and _sees_held_back(view, reader):
+        view = dataclasses.replace(view, dists=view.held_back)
     return view
+
+
+def _may_set_status_here(index: Index, normalized: str, reader: Reader | None) -> bool:
+    """Whether the project page offers the status form: the index's own project, to those who
+    may set it (the JSON API's PUT .../+status rule)."""
+    caller = authenticated_user()
+    if caller is None or index.is_mirror or (reader is not None and reader.scope is not None):
+        return False
+    has_project = get_session().scalar(
+        select(Project.id).where(
+            Project.index_id == index.id, Project.normalized_name == normalized
+        )
+    )
+    return has_project is not None and may_set_status(index, caller)
+
+
+def _sees_held_back(view: ProjectView, reader: Reader | None) -> bool:
+    """Whether the caller may see a quarantined project's files (never download them): those
+    who may set the status where it was set, logged in without a token limited to an index."""
+    caller = authenticated_user()
+    if caller is None or view.marker is None or (reader is not None and reader.scope is not None):
+        return False
+    where = get_index_by_path(get_session(), view.marker.index_path)
+    return where is not None and may_set_status(where, caller)
 
 
 def _root_url() -> str:
@@ -442,6 +469,8 @@ def project_page(user: str, index: str, project: str) -> Response | str:
         docs_versions=docsets,
         latest_docs=docs.latest_version(list(docsets)),
         mirror_pages=_mirror_pages(found, normalized, reader) if view.is_mirrored else [],
+        statuses=STATUSES,
+        may_set_status=_may_set_status_here(found, normalized, reader),
     )
 
 

@@ -1,5 +1,5 @@
 """Web forms that change releases: yank and un-yank (PEP 592), delete on volatile indexes,
-promote to another stage (app/services/promote.py, as devpi push).
+promote to another stage (app/services/promote.py, as devpi push), project status (PEP 792).
 
 The rules are the JSON API's (PATCH /USER/INDEX/PROJECT/VERSION): the index owner,
 superusers and the users in `acl_upload` may yank any stage's releases; deleting is allowed
@@ -23,6 +23,7 @@ from app.http.devpi import promote_for_caller
 from app.http.errors import HTTPError
 from app.http.web.base import bp, index_or_404, index_url, login_redirect, project_url, version_url
 from app.services.indexes import delete_files, has_version
+from app.services.status import StatusError, check_status, set_status
 
 MAX_REASON_CHARS = 1000
 
@@ -90,6 +91,32 @@ def yank(user: str, index: str, project: str, version: str) -> Response:
     what = filename or f"{normalize_name(project)} {version}"
     flash(f"{what}: {'yanked' if action == 'yank' else 'no longer yanked'}.", "info")
     return redirect(version_url(found.path, project, version), 303)
+
+
+@bp.post("/<user>/<index>/<project>/+status")
+def project_status(user: str, index: str, project: str) -> Response:
+    """Set a project's PEP 792 status (`status`, with a `reason`), as PUT .../+status does."""
+    checked = _checked(user, index)
+    if isinstance(checked, Response):
+        return checked
+    found, caller = checked
+    try:
+        status, reason = check_status(request.form.get("status"), request.form.get("reason"))
+    except StatusError as exc:
+        raise HTTPError(400, f"Invalid project status: {exc}.") from None
+    session = get_session()
+    begin_write(session)
+    record = session.scalar(
+        select(Project).where(
+            Project.index_id == found.id, Project.normalized_name == normalize_name(project)
+        )
+    )
+    if record is None:
+        raise HTTPError(404, f"Project {normalize_name(project)} is not on index {found.path}.")
+    set_status(record, status, reason, caller)
+    session.commit()
+    flash(f"{record.normalized_name}: status set to {status}.", "info")
+    return redirect(project_url(found.path, record.normalized_name), 303)
 
 
 @bp.post("/<user>/<index>/<project>/<version>/+delete")
