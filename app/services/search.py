@@ -42,9 +42,10 @@ FTS_SCOPE = {"name": "{name}", "summary": "{summary}", "docs": "{body title}"}
 PG_WEIGHTS = "{0.1, 0.2, 0.4, 1.0}"
 PG_SCOPE = {"name": "A", "summary": "B", "docs": ""}
 DOCS_RANK_FACTOR = 0.5
-# Past this many matches (a word in most documents), weighing each one would take seconds:
-# such a search lists the named releases, then the most recently indexed matches.
-BROAD_MATCHES = 5_000
+# Past this many matches (a word in many documents) weighing them costs more than the 50 ms a
+# search may take at 300,000 documents (bench/RESULTS.md): such a search lists the named
+# releases, then the most recently indexed matches. Counting up to it is bounded work too.
+BROAD_MATCHES = 1_000
 
 
 class InvalidQuery(ValueError):
@@ -170,17 +171,22 @@ _COLUMNS = """
          WHEN d.normalized_name LIKE :prefix ESCAPE '!' THEN 1 ELSE 2 END AS name_rank"""
 _JOINS = """
     JOIN indexes i ON i.id = d.index_id JOIN users u ON u.id = i.owner_id"""
+# SQLite: the full-text match drives every join (CROSS JOIN fixes SQLite's join order). Left to
+# itself the planner may read the documents of the readable indexes by `index_id` and run the
+# MATCH once per document: tens of seconds at 300,000 documents.
+_FTS_JOINS = """
+    CROSS JOIN search_documents d ON d.id = search_fts.rowid
+    CROSS JOIN indexes i ON i.id = d.index_id CROSS JOIN users u ON u.id = i.owner_id"""
 # The releases named as the query, or with it as a prefix (`flask` -> `flask-login`): an index
 # range, not LIKE ('-' sorts just before '.'), then checked against the match.
 _NAMED = """
-    d.kind <> 'docs' AND (d.normalized_name = :name
-        OR (d.normalized_name > :name_dash AND d.normalized_name < :name_dot))"""
+    d.kind <> 'docs' AND d.normalized_name >= :name AND d.normalized_name < :name_dot
+    AND (d.normalized_name = :name OR d.normalized_name > :name_dash)"""
 
 # Whether the query matches more than BROAD_MATCHES documents (stops counting there), among
 # those the caller may read and asked for: documents of other indexes must not change the answer.
 SQLITE_COUNT = f"""
-SELECT count(*) FROM (SELECT d.id
-    FROM search_fts JOIN search_documents d ON d.id = search_fts.rowid {_JOINS}
+SELECT count(*) FROM (SELECT d.id FROM search_fts {_FTS_JOINS}
     WHERE search_fts MATCH :match AND FILTERS LIMIT :cap) AS m"""  # noqa: S608
 POSTGRESQL_COUNT = f"""
 SELECT count(*) FROM (SELECT d.id FROM search_documents d {_JOINS}
@@ -189,7 +195,7 @@ SELECT count(*) FROM (SELECT d.id FROM search_documents d {_JOINS}
 # Ranked: exact name, name prefix, field weights (bm25 / ts_rank), most recent.
 SQLITE_RANKED = f"""
 SELECT {_COLUMNS}
-FROM search_fts JOIN search_documents d ON d.id = search_fts.rowid {_JOINS}
+FROM search_fts {_FTS_JOINS}
 WHERE search_fts MATCH :match AND FILTERS
 ORDER BY name_rank, bm25(search_fts, {", ".join(map(str, FTS_WEIGHTS))}), d.updated_at DESC, d.id
 LIMIT :limit OFFSET :offset"""  # noqa: S608 - constants; input goes in bound parameters
@@ -206,8 +212,12 @@ LIMIT :limit OFFSET :offset"""  # noqa: S608 - as above
 # Broad (a very common word): weighing every match would take seconds, so the named releases
 # come first, then the most recently indexed matches, which both engines read newest first
 # from their index and stop at the page.
+# SQLite: the name's range of the name index, not every document of the readable indexes (each
+# then matched); INDEXED BY, and CROSS JOIN for the join order, make the planner keep to it.
 SQLITE_NAMED = f"""
-SELECT {_COLUMNS} FROM search_documents d {_JOINS}
+SELECT {_COLUMNS}
+FROM search_documents d INDEXED BY ix_search_documents_normalized_name
+    CROSS JOIN indexes i ON i.id = d.index_id CROSS JOIN users u ON u.id = i.owner_id
 WHERE {_NAMED} AND FILTERS AND EXISTS (
     SELECT 1 FROM search_fts WHERE search_fts MATCH :match AND search_fts.rowid = d.id)
 ORDER BY name_rank, d.updated_at DESC, d.id LIMIT :window"""  # noqa: S608 - as above
@@ -217,7 +227,7 @@ WHERE {_NAMED} AND FILTERS AND d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :matc
 ORDER BY name_rank, d.updated_at DESC, d.id LIMIT :window"""  # noqa: S608 - as above
 SQLITE_RECENT = f"""
 SELECT {_COLUMNS}
-FROM search_fts JOIN search_documents d ON d.id = search_fts.rowid {_JOINS}
+FROM search_fts {_FTS_JOINS}
 WHERE search_fts MATCH :match AND FILTERS
 ORDER BY search_fts.rowid DESC LIMIT :window"""  # noqa: S608 - as above
 POSTGRESQL_RECENT = f"""
@@ -225,10 +235,17 @@ SELECT {_COLUMNS} FROM search_documents d {_JOINS}
 WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AND FILTERS
 ORDER BY d.id DESC LIMIT :window"""  # noqa: S608 - as above
 
-# Snippets for the rows of the page only: both tokenize a row's whole text.
+# Snippets for the rows of the page only: both tokenize a row's whole text. FTS5 runs the match
+# once per value of a `rowid IN` constraint (a prefix merges its words' lists each time: 1.4 s
+# for a page of `sak*` at 300,000 documents), so SQLite reads the page's rowids by ranges: one
+# pass over each run of nearby rowids (SNIPPET_RANGE), every match in it read but only the
+# page's rows tokenized.
+SNIPPET_RANGE = 5_000  # rowids
 SQLITE_SNIPPETS = f"""
-SELECT rowid, snippet(search_fts, -1, :mark_start, :mark_end, '…', {SNIPPET_TOKENS})
-FROM search_fts WHERE search_fts MATCH :match AND rowid IN :ids"""  # noqa: S608 - as above
+SELECT rowid, CASE WHEN rowid IN :ids
+    THEN snippet(search_fts, -1, :mark_start, :mark_end, '…', {SNIPPET_TOKENS}) END
+FROM search_fts WHERE search_fts MATCH :match
+    AND rowid BETWEEN :first_id AND :last_id"""  # noqa: S608 - as above
 POSTGRESQL_SNIPPETS = f"""
 SELECT d.id, ts_headline('{TEXT_SEARCH_CONFIG}',
     concat_ws(' ', d.summary, d.description, d.title, d.body),
@@ -252,6 +269,20 @@ SQL = {
         "snippets": POSTGRESQL_SNIPPETS,
     },
 }
+
+
+def _id_runs(ids: list[int], dialect: str) -> list[list[int]]:
+    """The page's document ids in runs for the snippets statement: on SQLite sorted, split where
+    the next id is more than SNIPPET_RANGE away; elsewhere one run."""
+    if dialect != "sqlite":
+        return [ids] if ids else []
+    runs: list[list[int]] = []
+    for row_id in sorted(ids):
+        if runs and row_id - runs[-1][-1] <= SNIPPET_RANGE:
+            runs[-1].append(row_id)
+        else:
+            runs.append([row_id])
+    return runs
 
 
 def search(
@@ -311,9 +342,9 @@ def search(
         else:
             rows = run("ranked")
         snippets: dict[int, str] = {}
-        if rows:
-            params["ids"] = [row.id for row in rows]
-            snippets = dict(run("snippets"))
+        for ids in _id_runs([row.id for row in rows], dialect):
+            params |= {"ids": ids, "first_id": ids[0], "last_id": ids[-1]}
+            snippets |= {row_id: text for row_id, text in run("snippets") if text is not None}
     except DBAPIError as exc:  # a query the parser let through but the engine refused
         session.rollback()
         log.warning("search %r failed: %s", query, exc.orig)

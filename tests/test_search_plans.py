@@ -1,0 +1,78 @@
+"""How the database runs the search's statements: the full-text match drives every read, so a
+search costs what its matches cost, not what the readable indexes hold (issue #19's p99)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from app.data.db import Database
+from app.data.models import Index
+from app.services import fulltext, search
+from tests.conftest import TEST_DATABASE
+
+pytestmark = pytest.mark.skipif(
+    TEST_DATABASE != "sqlite", reason="SQLite's planner; PostgreSQL's GIN scan is checked by bench"
+)
+
+
+def statements_of(database: Database, query: str, index_ids: list[int]) -> list[tuple[str, Any]]:
+    """The SELECT statements one search runs, with their parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        if statement.lstrip().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    event.listen(database.engine, "before_cursor_execute", note)
+    try:
+        with database.session() as session:
+            search.search(session, search.parse_query(query), limit=10, index_ids=index_ids)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", note)
+    return seen
+
+
+@pytest.mark.parametrize("query", ["flask", '"flask helpers"', "fla*", "docs:flask"])
+def test_a_search_limited_to_readable_indexes_reads_its_matches_not_the_indexes(
+    app: Any, monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    """With a private index on the server, a search by someone who may not read it names
+    the readable indexes: SQLite then read every document of those indexes and ran the MATCH
+    once per document (41 s for `docs:` at 300,000 documents), and listed the named releases
+    by scanning the indexes too (3 s). Each statement must start from the match or the name."""
+    monkeypatch.setattr(search, "BROAD_MATCHES", 2)  # the named and recent statements run too
+    database: Database = app.extensions["pyshelf.db"]
+    with database.session() as session:
+        index_ids = list(session.scalars(select(Index.id)))
+        rows = [
+            {
+                "index_id": index_ids[0],
+                "kind": kind,
+                "normalized_name": f"flask-{n}",
+                "name": f"flask-{n}",
+                "version": "1.0",
+                "summary": "flask helpers",
+                "body": "flask helpers" if kind == "docs" else "",
+            }
+            for n in range(5)
+            for kind in ("release", "docs")
+        ]
+        fulltext._write(session, rows)
+        session.commit()
+
+    statements = statements_of(database, query, index_ids)
+    assert len(statements) >= 3, statements  # count, then named and recent, or ranked; snippets
+
+    with database.engine.connect() as connection:
+        for statement, parameters in statements:
+            plan = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+            # The outermost loop: the first table read (a count's subquery is a co-routine).
+            first = next(row[3] for row in plan if row[3].startswith(("SCAN", "SEARCH")))
+            if "search_fts MATCH" in statement and "EXISTS" not in statement:
+                assert first.startswith("SCAN search_fts VIRTUAL TABLE"), (statement, plan)
+            else:  # the named releases: the name's range of the name index
+                assert "ix_search_documents_normalized_name" in first, (statement, plan)
+                assert "normalized_name>?" in first, (statement, plan)
