@@ -272,16 +272,20 @@ def _log_request(finished: Finished) -> None:
     # The request id of a streamed response's line comes from the environ: by the time the
     # last byte is out, the id may no longer be the thread's current one.
     previous = request_id_var.set(request_id)
+    # A supply-chain decision (a refused file, releases hidden from a page) ends the line.
+    refused = environ.get("pyshelf.refused")
     try:
         log.info(
-            '%s "%s" %s %s %sms "%s"',
+            '%s "%s" %s %s %sms "%s"%s',
             remote,
             line,
             finished.status,
             finished.bytes_sent,
             milliseconds,
             short_user_agent(agent),
+            f' refused="{refused}"' if refused else "",
             extra={
+                **({"refused": refused} if refused else {}),
                 "remote_addr": remote,
                 "method": environ.get("REQUEST_METHOD"),
                 "path": environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),

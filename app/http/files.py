@@ -28,7 +28,9 @@ from app.data.models import (
 )
 from app.http.auth import require_read
 from app.http.errors import HTTPError
+from app.http.metrics import count_refused
 from app.http.web import hook_headers
+from app.services import advisories
 from app.services.indexes import get_index
 
 bp = Blueprint("files", __name__)
@@ -133,6 +135,8 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     require_read(found, with_bases=False)
     is_metadata = filename.endswith(METADATA_SUFFIX)
     dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
+    if found.block_vulnerable:
+        _refuse_vulnerable(found, dist_filename)
     if found.is_mirror:
         mirror = current_app.extensions["pyshelf.mirror"]
         return mirror.serve_file(
@@ -150,6 +154,22 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     if not record.metadata_sha256:
         raise HTTPError(404, f"No core metadata for {dist_filename} (only wheels have it).")
     return send_blob(record.metadata_sha256, filename, mimetype=METADATA_MIMETYPE)
+
+
+def _refuse_vulnerable(index: Index, filename: str) -> None:
+    """403 naming the advisory when the index's block_vulnerable refuses the file's release
+    (pip prints the reason); its pages do not list it either (app/http/simple.py)."""
+    try:
+        info = parse_filename(filename)
+    except InvalidDistribution:
+        return  # no release: the lookup answers 404
+    refused = advisories.refusal(
+        get_session(), index.block_vulnerable, info.normalized_name, info.version
+    )
+    if refused is not None:
+        count_refused("vulnerable")
+        request.environ["pyshelf.refused"] = f"vulnerable {refused.advisories[0].id}"
+        raise HTTPError(403, refused.reason)
 
 
 def _blob_lookup() -> Select[*tuple[Any, ...]]:
@@ -197,7 +217,15 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
         .scalar_subquery()
     )
     return (
-        select(index.id, index.type, index.acl_read, hosted, mirrored, func.coalesce(own, upstream))
+        select(
+            index.id,
+            index.type,
+            index.acl_read,
+            hosted,
+            mirrored,
+            func.coalesce(own, upstream),
+            index.block_vulnerable,
+        )
         .select_from(Index.__table__.join(User.__table__))
         .where(user.username == bindparam("user"), index.name == bindparam("index"))
     )
@@ -285,7 +313,9 @@ class CachedFiles:
         row = self.lookup.one(user=user, index=index, key=key, filename=dist_filename)
         if row is None or not _is_public(row[2]):
             return None
-        index_id, index_type, _, hosted, mirrored, sidecar = row
+        index_id, index_type, _, hosted, mirrored, sidecar, block_vulnerable = row
+        if block_vulnerable:  # the view checks advisories (block_vulnerable)
+            return None
         if index_type != "mirror":
             if hosted is None:
                 return None

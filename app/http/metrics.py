@@ -103,6 +103,14 @@ CACHE_WRITE_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+REFUSED = Counter(
+    "pyshelf_refused_files",
+    "Release files and their metadata refused with 403 at their URL, by rule (vulnerable: "
+    "the index's block_vulnerable and an imported advisory).",
+    ["rule"],
+    registry=REGISTRY,
+)
+
 _KINDS = {"simple": "simple", "files": "file", "upload": "upload", "api": "api", "web": "web"}
 
 
@@ -114,6 +122,11 @@ def count_cache(*, hits: int = 0, misses: int = 0, fetched_bytes: int = 0) -> No
         CACHE_MISSES.inc(misses)
     if fetched_bytes:
         UPSTREAM_FETCHED_BYTES.inc(fetched_bytes)
+
+
+def count_refused(rule: str) -> None:
+    """Count one file request refused by a supply-chain rule."""
+    REFUSED.labels(rule=rule).inc()
 
 
 def count_upstream_error(index_path: str) -> None:
