@@ -349,8 +349,8 @@ def _flush(
     session: Session, advisories: list[dict[str, Any]], affected: list[dict[str, Any]]
 ) -> None:
     if advisories:
-        session.execute(insert(Advisory.__table__), advisories)
+        session.execute(insert(Advisory), advisories)
     if affected:
-        session.execute(insert(AdvisoryAffected.__table__), affected)
+        session.execute(insert(AdvisoryAffected), affected)
     advisories.clear()
     affected.clear()
