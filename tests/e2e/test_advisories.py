@@ -348,6 +348,14 @@ def test_version_and_project_pages_mark_affected_versions(server: LiveServer) ->
     assert [a["id"] for a in project["1.0.0"]["advisories"]] == ["GHSA-vuln-0001"]
     page = server.get("/root/pypi/vuln-pkg/", headers=HTML)[2].decode()
     assert page.count('class="badge vulnerable"') == 3  # 1.0.0 once, 1.1.0 twice
+    assert 'id="refused"' not in html  # block_vulnerable is off
+    configure(server, "alice/open", "high", ALICE)
+    try:
+        through = server.get("/alice/open/vuln-pkg/1.1.0/", headers=HTML)[2].decode()
+        assert "block_vulnerable=high refuses it" in through
+        assert "GHSA-vuln-0001" in through
+    finally:
+        configure(server, "alice/open", "off", ALICE)
 
 
 def test_the_advisories_listing_shows_what_the_index_serves_that_is_affected(

@@ -42,7 +42,7 @@ from app.http.auth import authenticated_user, current_reader, require_read, requ
 from app.http.devpi import users_json
 from app.http.errors import HTTPError, upstream_failed
 from app.http.web import actions, admin, docs, pages, search  # noqa: F401 - they add views to bp
-from app.http.web import advisories as advisory_views  # noqa: F401 - adds its view to bp
+from app.http.web import advisories as advisory_views  # its view is on bp too
 from app.http.web.base import (
     bp,
     current_location,
@@ -525,17 +525,8 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
         ),
         promotions=_promotions(session, found, normalized, row.version),
         advisories=affecting,
-        refused_by=_refused_by(session, found, row, affecting),
+        refused_by=advisory_views.refused_by(session, found, row, affecting),
     )
-
-
-def _refused_by(
-    session: Session, index: Index, row: pages.VersionRow, affecting: list[advisories.Found]
-) -> str | None:
-    """The block_vulnerable setting that hides this version's files from installers here."""
-    thresholds = advisories.thresholds_by_holder(resolution_order(session, index))
-    threshold = advisories.strictest(thresholds.get(f.index_path) for f in row.files)
-    return threshold if any(advisories.refuses(threshold, a.severity) for a in affecting) else None
 
 
 def _promotions(

@@ -4,11 +4,20 @@ or JSON for API clients), to those who may read it; only from the bases they may
 from __future__ import annotations
 
 from flask import Response, jsonify, render_template
+from sqlalchemy.orm import Session
 
 from app.data.db import get_session
+from app.data.models import Index
 from app.http.auth import require_read
 from app.http.web.base import bp, index_or_404, wants_json
-from app.services.advisories import served_affected
+from app.http.web.pages import VersionRow
+from app.services.advisories import (
+    Found,
+    refuses,
+    served_affected,
+    strictest,
+    thresholds_by_holder,
+)
 from app.services.indexes import readable_order, resolution_order
 
 
@@ -33,3 +42,13 @@ def index_advisories(user: str, index: str) -> Response | str:
             }
         )
     return render_template("advisories.html", index=found, served=served)
+
+
+def refused_by(
+    session: Session, index: Index, row: VersionRow, affecting: list[Found]
+) -> str | None:
+    """The block_vulnerable setting that keeps this version's files from installers on `index`
+    (for the version page), or None."""
+    thresholds = thresholds_by_holder(resolution_order(session, index))
+    threshold = strictest(thresholds.get(f.index_path) for f in row.files)
+    return threshold if any(refuses(threshold, a.severity) for a in affecting) else None
