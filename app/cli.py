@@ -34,6 +34,7 @@ from app.core.upstream import mask_url
 from app.data.db import Database, begin_write
 from app.data.models import Index, MirrorPage, Token, User
 from app.http.auth import hash_password, new_token_secret, token_hash
+from app.ops.osv_import import import_osv
 from app.ops.preflight import settings_for_start
 from app.ops.prepare import (
     MIRROR_INDEX,
@@ -63,7 +64,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyshelf")
 
-NEEDS_SCHEMA = {"user", "token", "index", "refresh", "import-devpi", "verify", "cache", "reindex"}
+NEEDS_SCHEMA = {
+    "user",
+    "token",
+    "index",
+    "refresh",
+    "import-devpi",
+    "verify",
+    "cache",
+    "reindex",
+    "advisories",
+}
 # Exit codes (docs/operations.md): 0 done, 1 the operation failed (one line says why), 2 bad
 # usage, invalid configuration or a destructive command not confirmed; 130 interrupted (Ctrl-C).
 EXIT_FAILED = 1
@@ -544,6 +555,15 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> None:
     print("reindex: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
 
 
+def cmd_advisories(settings: Settings, args: argparse.Namespace) -> None:
+    """advisories import FILE: replace the stored advisories with an OSV export's."""
+    database = Database(settings.database_url)
+    with database.session() as session:
+        summary = import_osv(session, Path(args.file), progress=not args.quiet)
+    database.engine.dispose()
+    print(summary.line(Path(args.file)))
+
+
 def add_accounts(sub: Any) -> None:
     """user, token, index, refresh, import-devpi."""
     user = _command(sub, "user", "manage users")
@@ -651,6 +671,17 @@ def add_operations(sub: Any) -> None:
     sub.add_parser("reindex", help="rebuild the full-text search index").set_defaults(
         func=cmd_reindex
     )
+
+    advisories = _command(sub, "advisories", "security advisories (block_vulnerable)")
+    advisories.set_defaults(func=cmd_advisories)
+    actions = advisories.add_subparsers(dest="action", required=True, metavar="ACTION")
+    load = _command(
+        actions,
+        "import",
+        "replace the advisories with an OSV export of PyPI (a zip of OSV JSON records)",
+    )
+    load.add_argument("file", metavar="FILE", help="the zip, e.g. carried in from a connected host")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,7 @@ COMMANDS = {
     "prefetch",
     "refresh",
     "import-devpi",
+    "advisories",
     "migrate",
     "config",
 }

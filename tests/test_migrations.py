@@ -32,6 +32,8 @@ TABLES = {
     "mirror_blobs",
     "cached_pages",
     "page_cache_state",
+    "advisories",
+    "advisory_affected",
     "mirror_sidecars",
     "mirror_holdings",
     "web_sessions",

@@ -272,16 +272,21 @@ def _log_request(finished: Finished) -> None:
     # The request id of a streamed response's line comes from the environ: by the time the
     # last byte is out, the id may no longer be the thread's current one.
     previous = request_id_var.set(request_id)
-    guard = environ.get("pyshelf.guard")  # the supply-chain rule that decided it, if any
+    # The supply-chain rule that changed the answer (a refused file, files left off a page)
+    # ends the line, with what decided it (app/http/metrics.py mark_guard).
+    guard = environ.get("pyshelf.guard")
+    detail = environ.get("pyshelf.guard_detail")
     try:
         log.info(
-            '%s "%s" %s %s %sms "%s"' + (f" guard={guard}" if guard else ""),
+            '%s "%s" %s %s %sms "%s"%s%s',
             remote,
             line,
             finished.status,
             finished.bytes_sent,
             milliseconds,
             short_user_agent(agent),
+            f" guard={guard}" if guard else "",
+            f' guard_detail="{detail}"' if detail else "",
             extra={
                 "remote_addr": remote,
                 "method": environ.get("REQUEST_METHOD"),
@@ -292,6 +297,7 @@ def _log_request(finished: Finished) -> None:
                 "user_agent": agent,
                 "route": environ.get("pyshelf.route_kind", "other"),
                 **({"guard": guard} if guard else {}),
+                **({"guard_detail": detail} if detail else {}),
             },
         )
     finally:

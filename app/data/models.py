@@ -1,5 +1,5 @@
 """The data model: users, tokens, indexes, projects, files, doc sets, promotions, mirror cache,
-logins, search documents."""
+logins, search documents, advisories."""
 
 from __future__ import annotations
 
@@ -124,6 +124,9 @@ class Index(Base):
     mirror_whitelist: Mapped[list[str]] = mapped_column(JSON, default=list)
     mirror_url: Mapped[str | None] = mapped_column(String(2048))
     mirror_cache_expiry: Mapped[int | None] = mapped_column()
+    # None: off; "all", or the lowest severity whose advisories hide a release from installers
+    # (app/services/advisories.py)
+    block_vulnerable: Mapped[str | None] = mapped_column(String(16))
     title: Mapped[str] = mapped_column(String(255), default="")
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -428,3 +431,32 @@ class SearchDocument(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)  # the recency tie-break
     # PostgreSQL's weighted tsvector of the fields (always NULL on SQLite, which uses FTS5)
     tsv: Mapped[Any] = mapped_column(TSVECTOR().with_variant(Text(), "sqlite"), nullable=True)
+
+
+class Advisory(Base):
+    """A security advisory from an imported OSV export (app/ops/osv_import.py): one OSV record."""
+
+    __tablename__ = "advisories"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # OSV id: GHSA-..., PYSEC-...
+    summary: Mapped[str] = mapped_column(Text, default="")
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
+    severity: Mapped[str | None] = mapped_column(String(16))  # low, moderate, high, critical
+    url: Mapped[str] = mapped_column(String(2048), default="")
+    modified: Mapped[str] = mapped_column(String(64), default="")  # as the record says (RFC 3339)
+
+
+class AdvisoryAffected(Base):
+    """One affected package of an advisory: the PyPI project and the versions it covers."""
+
+    __tablename__ = "advisory_affected"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(
+        ForeignKey("advisories.id", ondelete="CASCADE"), index=True
+    )
+    normalized_name: Mapped[str] = mapped_column(String(255), index=True)
+    # [introduced, fixed, last_affected] per ECOSYSTEM range (None where an event is absent)
+    ranges: Mapped[list[list[str | None]]] = mapped_column(JSON, default=list)
+    versions: Mapped[list[str]] = mapped_column(JSON, default=list)  # listed one by one
+    fixed: Mapped[list[str]] = mapped_column(JSON, default=list)  # the versions that fix it

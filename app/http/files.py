@@ -31,6 +31,7 @@ from app.http.auth import require_read
 from app.http.errors import HTTPError
 from app.http.metrics import mark_guard
 from app.http.web import hook_headers
+from app.services import advisories
 from app.services.indexes import get_index
 from app.services.status import QUARANTINED, Marker, is_quarantined, quarantine_reason
 
@@ -136,6 +137,8 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     require_read(found, with_bases=False)
     is_metadata = filename.endswith(METADATA_SUFFIX)
     dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
+    if found.block_vulnerable:
+        _refuse_vulnerable(found, dist_filename)
     if found.is_mirror:
         mirror = current_app.extensions["pyshelf.mirror"]
         try:
@@ -170,6 +173,21 @@ def _refuse_quarantined(normalized_name: str, marker: Marker | None) -> None:
     if is_quarantined(marker) and marker is not None:
         mark_guard(QUARANTINED)
         raise HTTPError(404, quarantine_reason(normalized_name, marker))
+
+
+def _refuse_vulnerable(index: Index, filename: str) -> None:
+    """403 naming the advisory when the index's block_vulnerable refuses the file's release
+    (pip prints the reason); its pages do not list it either (app/http/simple.py)."""
+    try:
+        info = parse_filename(filename)
+    except InvalidDistribution:
+        return  # no release: the lookup answers 404
+    refused = advisories.refusal(
+        get_session(), index.block_vulnerable, info.normalized_name, info.version
+    )
+    if refused is not None:
+        mark_guard("vulnerable", refused.advisories[0].id)
+        raise HTTPError(403, refused.reason)
 
 
 def _blob_lookup() -> Select[*tuple[Any, ...]]:
@@ -237,6 +255,7 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
             mirrored,
             func.coalesce(own, upstream),
             quarantined,
+            index.block_vulnerable,
         )
         .select_from(Index.__table__.join(User.__table__))
         .where(user.username == bindparam("user"), index.name == bindparam("index"))
@@ -329,7 +348,9 @@ class CachedFiles:
         row = self.lookup.one(user=user, index=index, key=key, filename=dist_filename, name=name)
         if row is None or not _is_public(row[2]) or row[6]:
             return None
-        index_id, index_type, _, hosted, mirrored, sidecar, _ = row
+        index_id, index_type, _, hosted, mirrored, sidecar, _, block_vulnerable = row
+        if block_vulnerable:  # the view checks advisories (block_vulnerable)
+            return None
         if index_type != "mirror":
             if hosted is None:
                 return None

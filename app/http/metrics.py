@@ -138,9 +138,12 @@ def mark_cache_hit() -> None:
     g.pyshelf_cache_hit = True
 
 
-def mark_guard(kind: str) -> None:
-    """Note that a rule (e.g. PEP 792 `quarantined`) decided this request: counted, and logged."""
+def mark_guard(kind: str, detail: str | None = None) -> None:
+    """Note that a supply-chain rule (`quarantined`, `vulnerable`, ...) changed this request's
+    answer: counted by kind, and logged with the detail (e.g. the advisory id)."""
     request.environ["pyshelf.guard"] = kind
+    if detail:
+        request.environ["pyshelf.guard_detail"] = detail
 
 
 def route_kind(endpoint: str | None, view_args: dict[str, Any] | None) -> str:

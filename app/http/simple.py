@@ -23,7 +23,7 @@ from app.http.auth import authenticated_user, require_read
 from app.http.errors import HTTPError, upstream_failed
 from app.http.metrics import mark_guard
 from app.http.web import hook_headers
-from app.services import throttle
+from app.services import advisories, throttle
 from app.services.indexes import (
     Dist,
     ProjectView,
@@ -348,6 +348,9 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
     if view is None:
         # A 404, never a 403 or 500: uv tries its next index only after a 404.
         raise HTTPError(404, f"Project {normalized} is not on index {user}/{index}.")
+    view, hidden = advisories.hide_refused(session, order, view)
+    if hidden:
+        mark_guard("vulnerable", f"{hidden} files not listed")
     body = json.dumps(detail_json(view)) if mime == MIME_JSON else detail_html(view)
     cache_control = CACHE_MIRROR if found.is_mirror else CACHE_LOCAL
     data = body.encode("utf-8")

@@ -27,6 +27,7 @@ from app.data.models import (
     Project,
     User,
 )
+from app.services.advisories import ThresholdError, parse_threshold
 from app.services.status import Marker, hosted_marker, served, view_marker
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -41,6 +42,7 @@ SETTABLE_KEYS = (
     "mirror_whitelist",
     "mirror_url",
     "mirror_cache_expiry",
+    "block_vulnerable",
     "title",
     "description",
 )
@@ -383,6 +385,11 @@ def normalize_config(changes: Mapping[str, Any]) -> dict[str, Any]:
                     ) from None
                 if clean[key] < 0:
                     raise IndexConfigError("mirror_cache_expiry must not be negative")
+        elif key == "block_vulnerable":
+            try:
+                clean[key] = parse_threshold(value)
+            except ThresholdError as exc:
+                raise IndexConfigError(str(exc)) from None
         elif key == "type":
             if value not in INDEX_TYPES:
                 raise IndexConfigError(f"type must be 'stage' or 'mirror', not {value!r}")
@@ -408,6 +415,7 @@ def apply_operations(config: Mapping[str, Any], operations: list[Any]) -> dict[s
     defaults: dict[str, Any] = {
         "volatile": False,
         "mirror_cache_expiry": None,
+        "block_vulnerable": None,
         "acl_read": list(DEFAULT_ACL_READ),
     }
     for operation in operations:
@@ -585,6 +593,7 @@ def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, A
         "acl_upload": list(index.acl_upload or []),
         "acl_read": list(acl_read_of(index)),
         "mirror_whitelist": list(index.mirror_whitelist or []),
+        "block_vulnerable": index.block_vulnerable,
         "title": index.title,
         "description": index.description,
     }

@@ -42,6 +42,7 @@ from app.http.auth import authenticated_user, current_reader, require_read, requ
 from app.http.devpi import users_json
 from app.http.errors import HTTPError, upstream_failed
 from app.http.web import actions, admin, docs, pages, search  # noqa: F401 - they add views to bp
+from app.http.web import advisories as advisory_views  # its view is on bp too
 from app.http.web.base import (
     bp,
     current_location,
@@ -55,6 +56,7 @@ from app.http.web.base import (
     version_url,
     wants_json,
 )
+from app.services import advisories
 from app.services.indexes import (
     ProjectView,
     Reader,
@@ -417,6 +419,7 @@ def project_page(user: str, index: str, project: str) -> Response | str:
     mirror_ids = {i.path: i.id for i in resolution_order(session, found) if i.is_mirror}
     versions = pages.group_versions(pages.file_rows(view, set(mirror_ids)))
     docsets = docs.doc_sets(session, found, normalized, reader)
+    known = advisories.for_project(session, normalized)
     if wants_json():
         metadata = pages.hosted_metadata(session, found, normalized, reader=reader)
         root = _root_url()
@@ -429,6 +432,7 @@ def project_page(user: str, index: str, project: str) -> Response | str:
                 _absolute(doc_url(found.path, normalized, v.version))
                 if v.version in docsets
                 else None,
+                known.affecting(v.version),
             )
             for v in versions
         }
@@ -471,6 +475,7 @@ def project_page(user: str, index: str, project: str) -> Response | str:
         mirror_pages=_mirror_pages(found, normalized, reader) if view.is_mirrored else [],
         statuses=STATUSES,
         may_set_status=_may_set_status_here(found, normalized, reader),
+        advisories_of=known.affecting,
     )
 
 
@@ -511,10 +516,11 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
     if meta is None:
         meta = mirror_metadata(session, storage, row.files, mirror_ids)
     has_docs = docset is not None
+    affecting = advisories.for_project(session, normalized).affecting(row.version)
     if wants_json():
         root = _root_url()
         link = _absolute(doc_url(found.path, normalized, row.version)) if has_docs else None
-        data = pages.version_data(view.name, row, meta, root, link)
+        data = pages.version_data(view.name, row, meta, root, link, affecting)
         return jsonify({"type": "versiondata", "result": data})
     hosted = session.scalar(
         select(Project).where(Project.index_id == found.id, Project.normalized_name == normalized)
@@ -547,6 +553,8 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
             else []
         ),
         promotions=_promotions(session, found, normalized, row.version),
+        advisories=affecting,
+        refused_by=advisory_views.refused_by(session, found, row, affecting),
     )
 
 

@@ -353,6 +353,8 @@ def _form_config(index: Index | None, kind: str) -> dict[str, Any]:
     # superusers alone, which a form without the field must never set by accident.
     if "acl_read" in form and (index is not None or form["acl_read"].strip()):
         config["acl_read"] = form["acl_read"]
+    if "block_vulnerable" in form:
+        config["block_vulnerable"] = form["block_vulnerable"]
     if kind == "mirror":
         url = form.get("mirror_url", "").strip()
         # The form shows the URL masked; an unchanged mask keeps the stored credentials.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.core.dists import InvalidDistribution, parse_filename
 from app.data.db import get_session
 from app.data.models import File, Index, MirrorPage, Project, User
+from app.services.advisories import Found
 from app.services.indexes import ProjectView, Reader, readable_order
 from app.services.mirror_description import (
     Metadata,
@@ -245,8 +247,10 @@ def version_data(
     meta: Metadata | None,
     root_url: str,
     doc_url: str | None,
+    affecting: Sequence[Found] = (),
 ) -> dict[str, Any]:
-    """A version as JSON: devpi-like `versiondata` with `+links` to its files."""
+    """A version as JSON: devpi-like `versiondata` with `+links` to its files, and the
+    advisories that affect it (`advisories`, when any do)."""
     data: dict[str, Any] = {"name": name, "version": version.version}
     if meta is not None:
         data.update(
@@ -276,4 +280,6 @@ def version_data(
     ]
     if doc_url:
         data["doc_url"] = doc_url
+    if affecting:
+        data["advisories"] = [found.as_json() for found in affecting]
     return data
