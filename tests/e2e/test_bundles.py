@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from app.core.config import Settings
 from app.ops import bundle_import
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import ADMIN_PASSWORD, LiveServer, basic_auth, clean_env, run_pip
-from tests.e2e.helpers import cli
+from tests.e2e.helpers import cli, publish, simple_json
 from tests.e2e.test_mirror import file_entry, page, pip_install, start_mirror, wheel_metadata
 from tests.e2e.test_mirror_metadata import UV
 from tests.fake_upstream import FakeUpstream
@@ -330,3 +331,61 @@ def _patch(server: LiveServer, changes: dict[str, object]) -> tuple[int, object,
         data=json.dumps(changes).encode(),
     )
     return status, None, body
+
+
+def upload_docs(server: LiveServer, index: str, name: str, version: str) -> bytes:
+    """devpi-client's doc_upload of a one-page zip as the admin; returns the zip."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("index.html", f"<!DOCTYPE html><title>{name}</title><p>{name} docs")
+    data = buffer.getvalue()
+    boundary = "bundle-docs"
+    fields = ((":action", "doc_upload"), ("name", name), ("version", version))
+    body = (
+        "".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+            for k, v in fields
+        ).encode()
+        + f'--{boundary}\r\nContent-Disposition: form-data; name="content"; '
+        f'filename="{name}.zip"\r\n\r\n'.encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, _headers, answer, reason = server.get(
+        f"/{index}/",
+        headers={**ADMIN, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        method="POST",
+        data=body,
+    )
+    assert status == 200, (reason, answer)
+    return data
+
+
+def test_a_stage_bundle_carries_its_releases_and_docs(server_factory, tmp_path):
+    """`bundle export --index admin/dev` on one server, import on another: the release is
+    listed with the same hashes and sidecar, pip installs it, its docs are served; a second
+    import changes nothing."""
+    source = server_factory()
+    wheel = make_wheel("stage-pkg", "1.0")
+    publish(source, "admin/dev", tmp_path / "dist", wheel)
+    upload_docs(source, "admin/dev", "stage-pkg", "1.0")
+    bundle = tmp_path / "stage.tar"
+    result = cli(source.data_dir, "bundle", "export", "-o", str(bundle), "--index", "admin/dev")
+    assert result.returncode == 0, result.stdout + result.stderr
+    expected = simple_json(source, "admin/dev", "stage-pkg")
+
+    target = server_factory()
+    assert page(target, "admin/dev", "stage-pkg")[0] != 200  # 502: its base root/pypi fails
+    result = cli(target.data_dir, "bundle", "import", str(bundle))
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = simple_json(target, "admin/dev", "stage-pkg")
+    for key in ("hashes", "size", "upload-time", "core-metadata", "filename"):
+        assert file_entry(document, wheel[0])[key] == file_entry(expected, wheel[0])[key]
+    pip_install(target, "admin/dev", tmp_path / "installed", "--no-deps", "stage-pkg==1.0")
+    status, _headers, body, _reason = target.get("/admin/dev/stage-pkg/1.0/+doc/index.html")
+    assert status == 200
+    assert b"stage-pkg docs" in body
+
+    result = cli(target.data_dir, "bundle", "import", str(bundle))
+    assert "0 projects imported (0 files), 1 already imported" in result.stdout
+    assert simple_json(target, "admin/dev", "stage-pkg") == document
