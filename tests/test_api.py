@@ -393,7 +393,7 @@ def test_owner_creates_own_index_but_not_for_others(client: Any, bob: dict[str, 
             {"colour": "blue"},
             "400 Cannot create admin/new: unknown index setting 'colour'; known: type, bases, "
             "volatile, acl_upload, acl_read, mirror_whitelist, mirror_url, mirror_cache_expiry, "
-            "title, description.",
+            "offline, title, description.",
             id="unknown-setting",
         ),
         pytest.param(

@@ -314,7 +314,7 @@ def import_project(
         index = get_index_by_path(session, work.index_path)
         assert index is not None  # created before
         if work.kind == "mirror":
-            _merge_mirror(session, storage, index, work)
+            _merge_mirror(session, storage, index, work, manifest.blobs)
         else:
             _merge_stage(session, storage, index, work)
         row = session.get(BundleImport, (index.id, work.name))
@@ -347,7 +347,9 @@ def _hold(session: Session, index_id: int, key: str, size: int) -> None:
         session.add(MirrorHolding(index_id=index_id, sha256=key, fetched_at=now))
 
 
-def _merge_mirror(session: Session, storage: Storage, index: Index, work: _Work) -> None:
+def _merge_mirror(
+    session: Session, storage: Storage, index: Index, work: _Work, sizes: dict[str, int]
+) -> None:
     """Add the bundle's files to the mirror's page of the project; the files it listed stay."""
     name = work.name
     page = _page(session, index.id, name)
@@ -360,7 +362,7 @@ def _merge_mirror(session: Session, storage: Storage, index: Index, work: _Work)
         _hold(session, index.id, file["sha256"], file["size"])
         metadata = file.get("metadata_blob")
         if metadata:
-            _hold(session, index.id, metadata, storage.size(metadata))
+            _hold(session, index.id, metadata, sizes[metadata])
         session.merge(
             MirrorFile(
                 index_id=index.id,

@@ -315,6 +315,23 @@ def test_an_offline_mirror_answers_404_and_never_asks_its_upstream(
     assert (status, reason) == (404, f"{sdist[0]} is not in this offline mirror root/pypi.")
     assert fake_upstream.count() == 0
 
+    # A new mirror needs an upstream URL unless it is offline (JSON API, as devpi-client).
+    for path, config, expected in (
+        ("/root/airgap", {"type": "mirror", "offline": True}, 201),
+        ("/root/nowhere", {"type": "mirror"}, 400),
+    ):
+        status, _headers, body, reason = server.get(
+            path,
+            headers={**ADMIN, "Content-Type": "application/json"},
+            method="PUT",
+            data=json.dumps(config).encode(),
+        )
+        assert status == expected, body
+    assert "or offline=true" in reason
+    status, _headers, _body, reason = server.get("/root/airgap/+simple/air-app/")
+    assert (status, reason) == (404, "Project air-app is not in this offline mirror root/airgap.")
+    assert fake_upstream.count() == 0
+
     status, _json, _body = _patch(server, {"offline": False})
     assert status == 200
     assert page(server, "root/pypi", "air-extra")[0] == 200
