@@ -369,7 +369,7 @@ def test_owner_creates_own_index_but_not_for_others(client: Any, bob: dict[str, 
             "/admin/mirror",
             {"type": "mirror"},
             "400 Cannot create admin/mirror: a mirror index needs mirror_url, "
-            "an http(s) simple index URL.",
+            "an http(s) simple index URL, or offline=true.",
             id="mirror-needs-url",
         ),
         pytest.param(
@@ -377,7 +377,7 @@ def test_owner_creates_own_index_but_not_for_others(client: Any, bob: dict[str, 
             "/admin/mirror",
             {"type": "mirror", "mirror_url": "ftp://example.org/simple/"},
             "400 Cannot create admin/mirror: a mirror index needs mirror_url, "
-            "an http(s) simple index URL.",
+            "an http(s) simple index URL, or offline=true.",
             id="mirror-needs-http-url",
         ),
         pytest.param(
