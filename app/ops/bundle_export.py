@@ -362,6 +362,8 @@ def _write(
             open(part, "wb") as sink,
             tarfile.open(fileobj=sink, mode="w:", format=tarfile.PAX_FORMAT) as archive,
         ):
+            # tarfile reads 16 KiB at a time by default; typeshed lacks the attribute
+            archive.copybufsize = CHUNK_BYTES  # type: ignore[attr-defined]
             for key, size in manifest.blobs.items():
                 with storage.open(key) as source:
                     reader = _HashingReader(source, bar)
