@@ -9,6 +9,7 @@ import io
 import json
 import re
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -149,7 +150,7 @@ def test_a_bundle_carries_a_tree_to_a_server_without_upstream_that_pip_and_uv_in
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "pip" / "air_base").is_dir()
-    uv = [UV, "pip", "install", "--no-config", "--no-cache", "--python", "python3"]
+    uv = [UV, "pip", "install", "--no-config", "--no-cache", "--python", sys.executable]
     uv += ["--target", str(tmp_path / "uv"), "--index-url", index_url]
     result = subprocess.run(
         [*uv, "--require-hashes", "-r", str(requirements)],
