@@ -433,6 +433,80 @@ def cmd_prefetch(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
+def cmd_bundle_export(settings: Settings, args: argparse.Namespace) -> None:
+    """bundle export -o PATH [-r FILE] [REQ ...] [target options] [--all-cached] [--index
+    USER/NAME]: resolve what the requirements need for the targets (as prefetch), fetch what
+    the mirror lacks, and write those files with their pages; exit 1 on any miss."""
+    from app.ops.bundle_export import export_bundle, files_for  # see above
+    from app.ops.prefetch import format_summary, prefetch
+    from app.ops.requirements import Requirements, parse_line, read_requirements
+    from app.services.cache import human_bytes
+
+    requirements = Requirements([], pre=args.pre)
+    for path in args.requirement or []:
+        found = read_requirements(Path(path))
+        requirements.lines += found.lines
+        requirements.pre = requirements.pre or found.pre
+    requirements.lines += [parse_line(text) for text in args.project or []]
+    if not requirements.lines and not args.all_cached and not args.index:
+        raise CommandError("nothing to export: give -r, --project, --all-cached or --index")
+    targets = targets_of(args)
+    check_data_dir(settings)
+    migrate(settings)
+    files: list[tuple[str, str]] = []
+    if requirements.lines:
+        fetched = prefetch(settings, requirements, targets, args.mirror)
+        print(format_summary(fetched))
+        if fetched.misses:
+            raise CommandError(
+                f"{len(fetched.misses)} things a complete install needs could not be fetched "
+                "(listed above): no bundle written"
+            )
+        files = sorted({(f.project, f.filename) for f in fetched.plan.files})
+    if args.all_cached:
+        database = Database(settings.database_url)
+        try:
+            with database.session() as session:
+                mirror = get_index_by_path(session, args.mirror)
+                if mirror is None or not mirror.is_mirror:
+                    raise CommandError(f"{args.mirror} is not a mirror index here")
+                files = sorted(set(files) | set(files_for(session, mirror)))
+        finally:
+            database.engine.dispose()
+    summary = export_bundle(
+        settings,
+        Path(args.output),
+        mirror_path=args.mirror,
+        files=files,
+        stage_paths=args.index or [],
+        force=args.force,
+    )
+    print(
+        f"bundle export: {summary.path}: bundle {summary.bundle_id}, {summary.projects} projects, "
+        f"{summary.files} files, {summary.blobs} blobs ({human_bytes(summary.bytes)}) "
+        f"in {summary.seconds:.1f} s"
+    )
+
+
+def cmd_bundle_import(settings: Settings, args: argparse.Namespace) -> None:
+    """bundle import PATH [--into USER/NAME]: merge a bundle into this (running) server."""
+    from app.ops.bundle_import import import_bundle  # see above
+    from app.services.cache import human_bytes
+
+    check_data_dir(settings)
+    migrate(settings)
+    summary = import_bundle(settings, Path(args.path), into=args.into)
+    for path in summary.indexes_created:
+        print(f"created offline mirror {path}" if args.into == path else f"created index {path}")
+    print(
+        f"bundle import: bundle {summary.bundle_id} (made {summary.created_at}): "
+        f"{summary.projects} projects imported ({summary.files} files), "
+        f"{summary.already} already imported from it; {summary.blobs_stored} blobs stored "
+        f"({human_bytes(summary.bytes)}), {summary.blobs_reused} already here, "
+        f"in {summary.seconds:.1f} s"
+    )
+
+
 # --- the server -----------------------------------------------------------------------------
 
 
@@ -618,7 +692,7 @@ def add_accounts(sub: Any) -> None:
 
 
 def add_operations(sub: Any) -> None:
-    """backup, restore, verify, cache, prefetch."""
+    """backup, restore, verify, cache, prefetch, bundle."""
     backup = _command(sub, "backup", "write a hot backup archive (the server keeps serving)")
     backup.add_argument(
         "path", metavar="PATH", help="archive to write, or a folder to write pyshelf-DATE.tar into"
@@ -667,6 +741,32 @@ def add_operations(sub: Any) -> None:
     # Dependencies are always resolved now; --deps stays accepted so old scripts keep working.
     prefetch.add_argument("--deps", action="store_true", help=argparse.SUPPRESS)
     prefetch.set_defaults(func=cmd_prefetch)
+
+    bundle = _command(sub, "bundle", "carry mirror files and releases across an air gap")
+    actions = bundle.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = _command(actions, "export", "write a bundle (on the connected server)")
+    export.add_argument("-o", "--output", required=True, metavar="PATH", help="the tar to write")
+    export.add_argument(
+        "-r", "--requirement", action="append", metavar="FILE", help="requirements file"
+    )
+    export.add_argument(
+        "--project", action="append", metavar="REQ", help="a requirement, e.g. NAME==1.0"
+    )
+    export.add_argument("--pre", action="store_true", help="allow pre-releases (as pip --pre)")
+    add_target_options(export)
+    export.add_argument("--all-cached", action="store_true", help="every file the mirror holds")
+    export.add_argument("--mirror", default="/".join(MIRROR_INDEX), help="default root/pypi")
+    export.add_argument(
+        "--index", action="append", metavar="USER/NAME", help="a stage's releases and docs"
+    )
+    export.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    export.set_defaults(func=cmd_bundle_export)
+    load = _command(actions, "import", "merge a bundle into this server (it keeps serving)")
+    load.add_argument("path", metavar="PATH", help="the tar `bundle export` wrote")
+    load.add_argument(
+        "--into", metavar="USER/NAME", help="the mirror index (default: the exported one's path)"
+    )
+    load.set_defaults(func=cmd_bundle_import)
 
     sub.add_parser("reindex", help="rebuild the full-text search index").set_defaults(
         func=cmd_reindex

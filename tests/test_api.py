@@ -370,7 +370,7 @@ def test_owner_creates_own_index_but_not_for_others(client: Any, bob: dict[str, 
             "/admin/mirror",
             {"type": "mirror"},
             "400 Cannot create admin/mirror: a mirror index needs mirror_url, "
-            "an http(s) simple index URL.",
+            "an http(s) simple index URL, or offline=true.",
             id="mirror-needs-url",
         ),
         pytest.param(
@@ -378,7 +378,7 @@ def test_owner_creates_own_index_but_not_for_others(client: Any, bob: dict[str, 
             "/admin/mirror",
             {"type": "mirror", "mirror_url": "ftp://example.org/simple/"},
             "400 Cannot create admin/mirror: a mirror index needs mirror_url, "
-            "an http(s) simple index URL.",
+            "an http(s) simple index URL, or offline=true.",
             id="mirror-needs-http-url",
         ),
         pytest.param(
@@ -394,7 +394,7 @@ def test_owner_creates_own_index_but_not_for_others(client: Any, bob: dict[str, 
             {"colour": "blue"},
             "400 Cannot create admin/new: unknown index setting 'colour'; known: type, bases, "
             "volatile, acl_upload, acl_read, mirror_whitelist, mirror_url, mirror_cache_expiry, "
-            "block_vulnerable, title, description.",
+            "block_vulnerable, offline, title, description.",
             id="unknown-setting",
         ),
         pytest.param(

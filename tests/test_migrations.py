@@ -26,6 +26,7 @@ TABLES = {
     "projects",
     "files",
     "mirror_pages",
+    "bundle_imports",
     "mirror_stats",
     "doc_sets",
     "login_failures",

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy import (
     Index as SQLIndex,
@@ -127,6 +128,8 @@ class Index(Base):
     # None: off; "all", or the lowest severity whose advisories hide a release from installers
     # (app/services/advisories.py)
     block_vulnerable: Mapped[str | None] = mapped_column(String(16))
+    # A mirror that never asks a network: it serves what bundles brought (app/ops/bundle_import.py)
+    offline: Mapped[bool] = mapped_column(default=False, server_default=false())
     title: Mapped[str] = mapped_column(String(255), default="")
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -143,6 +146,11 @@ class Index(Base):
     def is_mirror(self) -> bool:
         """Whether this index proxies an upstream instead of holding uploads."""
         return self.type == "mirror"
+
+    @property
+    def is_offline(self) -> bool:
+        """Whether this is a mirror that never asks an upstream (offline, or no mirror_url)."""
+        return self.is_mirror and (bool(self.offline) or not self.mirror_url)
 
 
 class Project(Base):
@@ -306,6 +314,22 @@ class MirrorFile(Base):
     metadata_sha256: Mapped[str | None] = mapped_column(String(64))  # None: none could be read
     is_sidecar: Mapped[bool] = mapped_column(default=False)
     cached_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class BundleImport(Base):
+    """The last bundle imported into one project of an index (app/ops/bundle_import.py): an
+    import of the same bundle changes nothing, one made before it is refused as a replay."""
+
+    __tablename__ = "bundle_imports"
+
+    index_id: Mapped[int] = mapped_column(
+        ForeignKey("indexes.id", ondelete="CASCADE"), primary_key=True
+    )
+    normalized_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    bundle_id: Mapped[str] = mapped_column(String(64))
+    bundle_created_at: Mapped[dt.datetime] = mapped_column()  # when `bundle export` wrote it
+    imported_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    files: Mapped[int] = mapped_column(default=0)  # how many files that bundle brought
 
 
 class DocSet(Base):

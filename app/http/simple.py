@@ -347,7 +347,8 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
         raise upstream_failed(exc, normalized) from None
     if view is None:
         # A 404, never a 403 or 500: uv tries its next index only after a 404.
-        raise HTTPError(404, f"Project {normalized} is not on index {user}/{index}.")
+        where = "in this offline mirror" if found.is_offline else "on index"
+        raise HTTPError(404, f"Project {normalized} is not {where} {user}/{index}.")
     view, hidden = advisories.hide_refused(session, order, view)
     if hidden:
         mark_guard("vulnerable", f"{hidden} files not listed")

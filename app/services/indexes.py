@@ -43,6 +43,7 @@ SETTABLE_KEYS = (
     "mirror_url",
     "mirror_cache_expiry",
     "block_vulnerable",
+    "offline",
     "title",
     "description",
 )
@@ -371,7 +372,7 @@ def normalize_config(changes: Mapping[str, Any]) -> dict[str, Any]:
             clean[key] = _as_acl_read(value)
         elif key in LIST_KEYS:
             clean[key] = _as_list(key, value)
-        elif key == "volatile":
+        elif key in ("volatile", "offline"):
             clean[key] = _as_bool(key, value)
         elif key == "mirror_cache_expiry":
             if value in (None, ""):
@@ -517,8 +518,13 @@ def apply_config(
             update(MirrorPage).where(MirrorPage.index_id == index.id).values(checked_at=None)
         )
     if index.is_mirror:
-        if not index.mirror_url or not re.match(r"^https?://[^/]+", index.mirror_url):
-            raise IndexConfigError("a mirror index needs mirror_url, an http(s) simple index URL")
+        # An offline mirror serves what bundles brought: its mirror_url may stay empty.
+        if (index.mirror_url or not index.offline) and not re.match(
+            r"^https?://[^/]+", index.mirror_url or ""
+        ):
+            raise IndexConfigError(
+                "a mirror index needs mirror_url, an http(s) simple index URL, or offline=true"
+            )
         if index.bases:
             raise IndexConfigError("a mirror index cannot have bases")
     elif "bases" in clean:
@@ -600,6 +606,7 @@ def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, A
     if index.is_mirror:
         config["mirror_url"] = mask_url(index.mirror_url or "")
         config["mirror_cache_expiry"] = index.mirror_cache_expiry
+        config["offline"] = index.is_offline
     return config
 
 

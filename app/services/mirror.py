@@ -257,6 +257,8 @@ class Mirror:
         if len(name) > MAX_NAME_CHARS:  # no row could hold it (PostgreSQL enforces the limit)
             return None
         page = self._read(index, name)
+        if index.is_offline:  # never a network: what bundles brought, fresh until the next one
+            return page if page is not None and page.is_found else None
         now = utcnow()
         if page is not None and self._is_fresh(index, page, now):
             return page if page.is_found else None
@@ -422,7 +424,7 @@ class Mirror:
     def expires_at(self, indexes: list[Index], normalized_name: str) -> dt.datetime | None:
         """When the first of these mirrors' cached pages of the name is due for a check (None:
         no mirror among them has one); what a page built from them is good for."""
-        mirrors = {i.id: i for i in indexes if i.is_mirror}
+        mirrors = {i.id: i for i in indexes if i.is_mirror and not i.is_offline}
         if not mirrors:
             return None
         with self.database.session() as session:
@@ -475,6 +477,8 @@ class Mirror:
             return self._send_cached(
                 index, sidecar, f"{filename}.metadata", mimetype=METADATA_MIMETYPE
             )
+        if index.is_offline:  # what it holds was served above; it fetches nothing
+            raise HTTPError(404, f"{filename} is not in this offline mirror {index.path}.")
         try:
             page = self.page(index, name)
         except UpstreamTimeout as exc:

@@ -272,3 +272,24 @@ def test_files_of_a_non_volatile_index_are_never_deleted(client: Any) -> None:
     assert response.status == (
         "403 Index admin/dev is not volatile: released files stay; yank them instead."
     )
+
+
+def test_the_edit_page_makes_a_mirror_offline_and_online_again(client: Any) -> None:
+    """The Offline box: an unknown project is then a 404 that says so (no upstream asked: the
+    test upstream refuses connections, a 502), the index page says it; unticked, it fetches."""
+    login(client)
+    url = "http://127.0.0.1:9/simple/"
+    assert 'name="offline"' in client.get("/root/pypi/+edit", headers=HTML).get_data(as_text=True)
+
+    response = client.post("/root/pypi/+edit", data={"mirror_url": url, "offline": "1"})
+
+    assert response.status_code == 303
+    assert config(client, "root/pypi")["offline"] is True
+    answer = client.get("/root/pypi/+simple/nothing-here/")
+    assert answer.status == "404 Project nothing-here is not in this offline mirror root/pypi."
+    assert 'id="offline"' in client.get("/root/pypi/", headers=HTML).get_data(as_text=True)
+
+    assert client.post("/root/pypi/+edit", data={"mirror_url": ""}).status_code == 400
+    assert client.post("/root/pypi/+edit", data={"mirror_url": url}).status_code == 303
+    assert config(client, "root/pypi")["offline"] is False
+    assert client.get("/root/pypi/+simple/nothing-here/").status_code == 502

@@ -358,12 +358,14 @@ def index_page(username: str, name: str) -> Response | str:
         projects, total = pages.mirror_projects(session, index, page)
     else:
         projects, total = pages.stage_projects(session, index, page)
+    imports = pages.bundle_imports(session, index, [p.normalized_name for p in projects])
     base = _root_url()
     host = request.host
     return render_template(
         "index.html",
         index=index,
         projects=projects,
+        imports=imports,
         total=total,
         page=page,
         page_size=pages.PAGE_SIZE,

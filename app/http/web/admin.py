@@ -361,6 +361,8 @@ def _form_config(index: Index | None, kind: str) -> dict[str, Any]:
         if index is None or url != mask_url(index.mirror_url or ""):
             config["mirror_url"] = url
         config["mirror_cache_expiry"] = form.get("mirror_cache_expiry", "").strip() or None
+        if index is not None:  # the edit form has the box; the create form makes online mirrors
+            config["offline"] = bool(form.get("offline"))
     else:
         config["bases"] = form.get("bases", "")
         config["mirror_whitelist"] = form.get("mirror_whitelist", "")

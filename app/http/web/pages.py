@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.core.dists import InvalidDistribution, parse_filename
 from app.data.db import get_session
-from app.data.models import File, Index, MirrorPage, Project, User
+from app.data.models import BundleImport, File, Index, MirrorPage, Project, User
 from app.services.advisories import Found
 from app.services.indexes import ProjectView, Reader, readable_order
 from app.services.mirror_description import (
@@ -166,6 +166,18 @@ def mirror_projects(session: Session, index: Index, page: int) -> tuple[list[Pro
             yanked[version] = yanked.get(version, True) and bool(entry.get("yanked"))
         result.append(ProjectRow(name, normalized, latest_version(yanked), fetched_at))
     return result, total or 0
+
+
+def bundle_imports(session: Session, index: Index, names: list[str]) -> dict[str, BundleImport]:
+    """The last bundle imported into each of these projects of the index, by normalized name."""
+    return {
+        row.normalized_name: row
+        for row in session.scalars(
+            select(BundleImport).where(
+                BundleImport.index_id == index.id, BundleImport.normalized_name.in_(names)
+            )
+        )
+    }
 
 
 # --- project and version pages ---------------------------------------------------------------
