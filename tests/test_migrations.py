@@ -32,6 +32,7 @@ TABLES = {
     "mirror_blobs",
     "cached_pages",
     "page_cache_state",
+    "server_blocks",
     "mirror_sidecars",
     "mirror_holdings",
     "web_sessions",

@@ -107,6 +107,14 @@ class Index(Base):
     mirror_whitelist: Mapped[list[str]] = mapped_column(JSON, default=list)
     mirror_url: Mapped[str | None] = mapped_column(String(2048))
     mirror_cache_expiry: Mapped[int | None] = mapped_column()
+    # The supply-chain guard (app/services/guard.py): upstream files younger than this many
+    # seconds are held back (0: off); exemptions and block rules are lists of records
+    # {"spec", "reason" (block rules), "by", "at"}, so each says who added it and when.
+    mirror_min_age: Mapped[int] = mapped_column(default=0, server_default="0")
+    mirror_min_age_exempt: Mapped[list[dict[str, str]]] = mapped_column(
+        JSON, default=list, server_default="[]"
+    )
+    blocked: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list, server_default="[]")
     title: Mapped[str] = mapped_column(String(255), default="")
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -167,6 +175,19 @@ class File(Base):
     uploaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     project: Mapped[Project] = relationship(back_populates="files")
+
+
+class ServerBlock(Base):
+    """A block rule of the whole server (app/services/guard.py): set by superusers, it applies to
+    every index and no index owner can lift it."""
+
+    __tablename__ = "server_blocks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    spec: Mapped[str] = mapped_column(String(1024))  # PEP 508 name and specifiers, or *
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class MirrorPage(Base):

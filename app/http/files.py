@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -10,7 +11,7 @@ from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
-from sqlalchemy import BindParameter, Select, bindparam, exists, func, select
+from sqlalchemy import BindParameter, Select, Text, bindparam, cast, exists, func, select
 from werkzeug.http import http_date
 from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
@@ -24,14 +25,18 @@ from app.data.models import (
     MirrorHolding,
     MirrorSidecar,
     Project,
+    ServerBlock,
     User,
 )
+from app.http import metrics
 from app.http.auth import require_read
 from app.http.errors import HTTPError
 from app.http.web import hook_headers
+from app.services import guard
 from app.services.indexes import get_index
 
 bp = Blueprint("files", __name__)
+log = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 IMMUTABLE_SECONDS = 365_000_000  # RFC 8246 immutable: about 11.5 years, as PyPI
@@ -133,6 +138,7 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     require_read(found, with_bases=False)
     is_metadata = filename.endswith(METADATA_SUFFIX)
     dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
+    _check_guard(found, sha256, dist_filename)
     if found.is_mirror:
         mirror = current_app.extensions["pyshelf.mirror"]
         return mirror.serve_file(
@@ -150,6 +156,29 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     if not record.metadata_sha256:
         raise HTTPError(404, f"No core metadata for {dist_filename} (only wheels have it).")
     return send_blob(record.metadata_sha256, filename, mimetype=METADATA_MIMETYPE)
+
+
+def _check_guard(index: Index, sha256: str, filename: str) -> None:
+    """Refuse a file (or its .metadata) that the supply-chain guard keeps from this index's
+    pages: 404 while a cooldown holds it back (it does not exist here yet), 403 when blocked."""
+    server = guard.server_rules(get_session())
+    if not server and not guard.is_active(index):
+        return
+    try:
+        parsed = parse_filename(filename)
+    except InvalidDistribution:
+        return  # no project, no rule: the view answers 404
+    age_from = None
+    if index.is_mirror and index.mirror_min_age:
+        mirror = current_app.extensions["pyshelf.mirror"]
+        age_from = mirror.file_age_from(index, parsed.normalized_name, sha256, filename)
+    facts = guard.FileFacts(filename, parsed.version, index.path, age_from)
+    verdict = guard.guard_for([index], server).verdict(parsed.normalized_name, facts)
+    if verdict is None:
+        return
+    metrics.count_guard(verdict.kind, "file")
+    log.info("guard: %s %s/%s: %s", verdict.kind, index.path, filename, verdict.reason)
+    raise HTTPError(404 if verdict.kind == guard.COOLDOWN else 403, verdict.reason)
 
 
 def _blob_lookup() -> Select[*tuple[Any, ...]]:
@@ -196,8 +225,22 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
         )
         .scalar_subquery()
     )
+    # Whether the supply-chain guard may refuse this index's files: then the view decides.
+    guarded = (
+        (index.mirror_min_age > 0)
+        | (func.coalesce(cast(index.blocked, Text), "[]") != "[]")
+        | exists().where(ServerBlock.__table__.c.id.is_not(None))
+    )
     return (
-        select(index.id, index.type, index.acl_read, hosted, mirrored, func.coalesce(own, upstream))
+        select(
+            index.id,
+            index.type,
+            index.acl_read,
+            hosted,
+            mirrored,
+            func.coalesce(own, upstream),
+            guarded,
+        )
         .select_from(Index.__table__.join(User.__table__))
         .where(user.username == bindparam("user"), index.name == bindparam("index"))
     )
@@ -283,9 +326,9 @@ class CachedFiles:
         is_metadata = filename.endswith(METADATA_SUFFIX)
         dist_filename = filename.removesuffix(METADATA_SUFFIX)
         row = self.lookup.one(user=user, index=index, key=key, filename=dist_filename)
-        if row is None or not _is_public(row[2]):
+        if row is None or not _is_public(row[2]) or row[6]:
             return None
-        index_id, index_type, _, hosted, mirrored, sidecar = row
+        index_id, index_type, _, hosted, mirrored, sidecar, _ = row
         if index_type != "mirror":
             if hosted is None:
                 return None

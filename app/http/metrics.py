@@ -103,6 +103,14 @@ CACHE_WRITE_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+GUARD_DECISIONS = Counter(
+    "pyshelf_guard_decisions",
+    "Files the supply-chain guard kept from installers, by rule kind (cooldown, blocked) and "
+    "where: a file or .metadata URL refused, or a file left out of a project page built.",
+    ["kind", "where"],
+    registry=REGISTRY,
+)
+
 _KINDS = {"simple": "simple", "files": "file", "upload": "upload", "api": "api", "web": "web"}
 
 
@@ -124,6 +132,11 @@ def count_upstream_error(index_path: str) -> None:
 def count_write_failure(what: str) -> None:
     """Count one failed blob store write: `what` is "mirror", "metadata" or "upload"."""
     CACHE_WRITE_FAILURES.labels(what=what).inc()
+
+
+def count_guard(kind: str, where: str, count: int = 1) -> None:
+    """Count files the guard kept back: `where` is "file" (a refused URL) or "page"."""
+    GUARD_DECISIONS.labels(kind=kind, where=where).inc(count)
 
 
 def mark_cache_hit() -> None:

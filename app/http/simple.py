@@ -19,10 +19,11 @@ from app.core.dists import normalize_name
 from app.core.upstream import UpstreamError
 from app.data.db import get_session
 from app.data.models import Index, utcnow
+from app.http import metrics
 from app.http.auth import authenticated_user, require_read
 from app.http.errors import HTTPError, upstream_failed
 from app.http.web import hook_headers
-from app.services import throttle
+from app.services import guard, throttle
 from app.services.indexes import (
     Dist,
     ProjectView,
@@ -330,8 +331,14 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
     cache_control = CACHE_MIRROR if found.is_mirror else CACHE_LOCAL
     data = body.encode("utf-8")
     etag = _etag(mime, data)
+    for _, verdict in view.withheld:
+        metrics.count_guard(verdict.kind, "page")
     if sees_all and not g.get("pyshelf_stale"):
         expires_at = mirror.expires_at(order, normalized)
+        # A page that holds files back is good until the first of them is old enough.
+        released_at = guard.next_change_at(view.withheld)
+        if released_at is not None and (expires_at is None or released_at < expires_at):
+            expires_at = released_at
         if expires_at is None or expires_at > utcnow():
             cache.put(
                 key,

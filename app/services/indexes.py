@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -27,10 +27,18 @@ from app.data.models import (
     Project,
     User,
 )
+from app.services import guard
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-LIST_KEYS = ("bases", "acl_upload", "acl_read", "mirror_whitelist")
+LIST_KEYS = (
+    "bases",
+    "acl_upload",
+    "acl_read",
+    "mirror_whitelist",
+    "mirror_min_age_exempt",
+    "blocked",
+)
 SETTABLE_KEYS = (
     "type",
     "bases",
@@ -40,6 +48,9 @@ SETTABLE_KEYS = (
     "mirror_whitelist",
     "mirror_url",
     "mirror_cache_expiry",
+    "mirror_min_age",
+    "mirror_min_age_exempt",
+    "blocked",
     "title",
     "description",
 )
@@ -122,6 +133,9 @@ class Dist:
     upload_time: dt.datetime | None  # UTC, naive
     metadata_sha256: str | None  # PEP 658 sidecar, when one can be served
     index_path: str
+    # When a mirror's cooldown counts from (app/services/guard.py): the upstream's upload-time,
+    # else when the mirror first saw the file on a refresh; None: old (uploads, first fetch)
+    age_from: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,8 @@ class ProjectView:
     normalized_name: str
     dists: list[Dist]
     is_mirrored: bool  # whether any file came from a mirror (pages may then be cached longer)
+    # Files the guard keeps from installers, with why (the web UI shows them greyed)
+    withheld: list[tuple[Dist, guard.Verdict]] = field(default_factory=list)
 
 
 class MirrorSource(Protocol):
@@ -259,6 +275,7 @@ def project_view(
         order = [index]
     elif order is None:
         order = resolution_order(session, index)
+    full_order = order
     stages = [i for i in order if not i.is_mirror]
     hosted = {i.path: _hosted_dists(session, i, normalized_name) for i in stages}
     is_private = any(found is not None for found in hosted.values())
@@ -285,7 +302,11 @@ def project_view(
                 dists.append(dist)
     if name is None:
         return None
-    return ProjectView(name, normalized_name, dists, is_mirrored)
+    # Every index of the chain counts for the guard, also those the reader may not read: a
+    # base's block rule must not be lifted by whom it hides from.
+    checks = guard.guard_for(full_order, guard.server_rules(session))
+    served, withheld = checks.split(normalized_name, dists)
+    return ProjectView(name, normalized_name, served, is_mirrored, withheld)
 
 
 def project_names(
@@ -341,6 +362,24 @@ def _as_acl_read(value: Any) -> list[str]:
     return clean
 
 
+def _as_block_rules(value: Any) -> list[tuple[str, str]]:
+    """Block rules, `SPEC: reason` each (a spec may hold commas: one rule per line in text),
+    or {"spec", "reason"} objects from the JSON API."""
+    if isinstance(value, str):
+        value = value.splitlines()
+    if not isinstance(value, list | tuple):
+        raise IndexConfigError("blocked must be a list of rules: 'SPEC: reason', one per line")
+    rules = []
+    for entry in value:
+        if isinstance(entry, Mapping):
+            entry = f"{entry.get('spec', '')}: {entry.get('reason', '')}"
+        if not isinstance(entry, str):
+            raise IndexConfigError("each blocked rule is a string 'SPEC: reason'")
+        if entry.strip():
+            rules.append(guard.parse_block_rule(entry))
+    return rules
+
+
 def normalize_config(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Check the types of index settings given as JSON or as key=value strings."""
     clean: dict[str, Any] = {}
@@ -349,7 +388,13 @@ def normalize_config(changes: Mapping[str, Any]) -> dict[str, Any]:
             raise IndexConfigError(
                 f"unknown index setting {key!r}; known: {', '.join(SETTABLE_KEYS)}"
             )
-        if key == "acl_read":
+        if key == "blocked":
+            clean[key] = _as_block_rules(value)
+        elif key == "mirror_min_age_exempt":
+            clean[key] = [guard.parse_spec(s).text for s in _as_list(key, value)]
+        elif key == "mirror_min_age":
+            clean[key] = guard.parse_min_age(value)
+        elif key == "acl_read":
             clean[key] = _as_acl_read(value)
         elif key in LIST_KEYS:
             clean[key] = _as_list(key, value)
@@ -392,6 +437,7 @@ def apply_operations(config: Mapping[str, Any], operations: list[Any]) -> dict[s
     defaults: dict[str, Any] = {
         "volatile": False,
         "mirror_cache_expiry": None,
+        "mirror_min_age": "0",
         "acl_read": list(DEFAULT_ACL_READ),
     }
     for operation in operations:
@@ -471,7 +517,21 @@ def apply_config(
     With `user` (who asks for the change), new bases must be indexes that user may read, and
     a new mirror_url needs may_set_mirror_url. Without one it is the operator (CLI, bootstrap).
     """
-    clean = normalize_config(changes)
+    try:
+        clean = normalize_config(changes)
+    except guard.GuardError as exc:
+        raise IndexConfigError(str(exc)) from None
+    by = user.username if user is not None else "the operator"
+    if "blocked" in clean:
+        clean["blocked"] = guard.merge_records(index.blocked or (), clean["blocked"], by)
+    if "mirror_min_age_exempt" in clean:
+        exempt = [(spec, "") for spec in clean["mirror_min_age_exempt"]]
+        clean["mirror_min_age_exempt"] = [
+            {k: v for k, v in r.items() if k != "reason"}
+            for r in guard.merge_records(
+                ({**r, "reason": ""} for r in index.mirror_min_age_exempt or ()), exempt, by
+            )
+        ]
     new_url = clean.get("mirror_url")
     if (
         user is not None
@@ -497,6 +557,10 @@ def apply_config(
             raise IndexConfigError("a mirror index needs mirror_url, an http(s) simple index URL")
         if index.bases:
             raise IndexConfigError("a mirror index cannot have bases")
+    elif index.mirror_min_age or index.mirror_min_age_exempt:
+        raise IndexConfigError(
+            "mirror_min_age and its exemptions are mirror settings: a stage inherits its mirror's"
+        )
     elif "bases" in clean:
         _check_bases(session, index.path, index.bases)
 
@@ -569,12 +633,23 @@ def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, A
         "acl_upload": list(index.acl_upload or []),
         "acl_read": list(acl_read_of(index)),
         "mirror_whitelist": list(index.mirror_whitelist or []),
+        "blocked": [guard.block_rule_text(r) for r in index.blocked or ()],
         "title": index.title,
         "description": index.description,
     }
     if index.is_mirror:
         config["mirror_url"] = mask_url(index.mirror_url or "")
         config["mirror_cache_expiry"] = index.mirror_cache_expiry
+        config["mirror_min_age"] = guard.format_duration(index.mirror_min_age or 0)
+        config["mirror_min_age_exempt"] = [r["spec"] for r in index.mirror_min_age_exempt or ()]
+    # Who added each rule and when (read-only: sent back unchanged, it is no change)
+    log = [
+        {"setting": key, **record}
+        for key in ("blocked", "mirror_min_age_exempt")
+        for record in getattr(index, key) or ()
+    ]
+    if log:
+        config["guard_log"] = log
     return config
 
 
