@@ -359,12 +359,17 @@ def _form_config(index: Index | None, kind: str) -> dict[str, Any]:
         if index is None or url != mask_url(index.mirror_url or ""):
             config["mirror_url"] = url
         config["mirror_cache_expiry"] = form.get("mirror_cache_expiry", "").strip() or None
+        if index is not None:  # the guard (docs/supply-chain.md): on the edit form only
+            config["mirror_min_age"] = form.get("mirror_min_age", "").strip() or "0"
+            config["mirror_min_age_exempt"] = form.get("mirror_min_age_exempt", "")
     else:
         config["bases"] = form.get("bases", "")
         config["mirror_whitelist"] = form.get("mirror_whitelist", "")
         config["volatile"] = bool(form.get("volatile"))
         if index is not None or "acl_upload" in form:
             config["acl_upload"] = form.get("acl_upload", "")
+    if index is not None and "blocked" in form:
+        config["blocked"] = form["blocked"]  # one `SPEC: reason` per line
     return config
 
 
