@@ -642,9 +642,10 @@ def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, A
         config["mirror_cache_expiry"] = index.mirror_cache_expiry
         config["mirror_min_age"] = guard.format_duration(index.mirror_min_age or 0)
         config["mirror_min_age_exempt"] = [r["spec"] for r in index.mirror_min_age_exempt or ()]
-    # Who added each rule and when (read-only: sent back unchanged, it is no change)
+    # Who added each rule and when, as lines (devpi-client shows a list of strings); read-only:
+    # sent back unchanged, it is no change
     log = [
-        {"setting": key, **record}
+        f"{key} {record['spec']} by {record['by']} at {record['at']}"
         for key in ("blocked", "mirror_min_age_exempt")
         for record in getattr(index, key) or ()
     ]
