@@ -359,9 +359,12 @@ def _form_config(index: Index | None, kind: str) -> dict[str, Any]:
         if index is None or url != mask_url(index.mirror_url or ""):
             config["mirror_url"] = url
         config["mirror_cache_expiry"] = form.get("mirror_cache_expiry", "").strip() or None
-        if index is not None:  # the guard (docs/supply-chain.md): on the edit form only
-            config["mirror_min_age"] = form.get("mirror_min_age", "").strip() or "0"
-            config["mirror_min_age_exempt"] = form.get("mirror_min_age_exempt", "")
+        # The guard (docs/supply-chain.md), on the edit form only: a form without the field
+        # must never lift a cooldown by accident.
+        if index is not None and "mirror_min_age" in form:
+            config["mirror_min_age"] = form["mirror_min_age"].strip() or "0"
+        if index is not None and "mirror_min_age_exempt" in form:
+            config["mirror_min_age_exempt"] = form["mirror_min_age_exempt"]
     else:
         config["bases"] = form.get("bases", "")
         config["mirror_whitelist"] = form.get("mirror_whitelist", "")
