@@ -21,6 +21,7 @@ def index(path: str, *, is_mirror: bool = True, min_age: int = 0, exempt=(), blo
         mirror_min_age=min_age,
         mirror_min_age_exempt=[{"spec": s} for s in exempt],
         blocked=[{"spec": s, "reason": r} for s, r in blocked],
+        blocked_digest=guard.rules_digest({"spec": s, "reason": r} for s, r in blocked),
     )
 
 
@@ -49,7 +50,7 @@ def facts(version: str, *, age: dt.timedelta | None = None, where: str = "root/p
 )
 def test_block_rules_match_by_name_and_versions(spec, version, matches):
     """A rule blocks the versions its PEP 508 specifiers name, of its project (or every one)."""
-    checks = guard.guard_for([index("root/pypi", blocked=[(spec, "why")])], [])
+    checks = guard.guard_for([index("root/pypi", blocked=[(spec, "why")])], ())
     verdict = checks.verdict("demo", facts(version), NOW)
     assert (verdict is not None) == matches
     if matches:
@@ -79,7 +80,7 @@ def test_the_cooldown_holds_back_young_mirror_files_until_they_are_old_enough():
     """A file an hour old under a 3d cooldown is held back until upload + 3d; older ones and
     files of unknown age (first fetch) are served; an exemption lets one version through."""
     mirror = index("root/pypi", min_age=3 * 86_400, exempt=["demo==2.0"])
-    checks = guard.guard_for([mirror], [])
+    checks = guard.guard_for([mirror], ())
     young = facts("1.1", age=dt.timedelta(hours=1))
     verdict = checks.verdict("demo", young, NOW)
     assert verdict is not None
@@ -100,7 +101,7 @@ def test_the_cooldown_holds_back_young_mirror_files_until_they_are_old_enough():
 def test_uploads_to_a_stage_are_never_held_back():
     """The cooldown is the mirror's, for the mirror's files: a stage's own file is served."""
     stage = index("admin/dev", is_mirror=False)
-    checks = guard.guard_for([stage, index("root/pypi", min_age=86_400)], [])
+    checks = guard.guard_for([stage, index("root/pypi", min_age=86_400)], ())
     assert checks.verdict("demo", facts("1.0", age=dt.timedelta(0), where="admin/dev"), NOW) is None
     assert checks.verdict("demo", facts("1.0", age=dt.timedelta(0)), NOW) is not None
 
@@ -109,7 +110,7 @@ def test_a_base_and_the_server_rules_apply_through_a_stage():
     """A stage's view is guarded by its bases' rules and the server's, which it cannot lift."""
     stage = index("admin/dev", is_mirror=False)
     mirror = index("root/pypi", blocked=[("demo==1.0", "bad")])
-    checks = guard.guard_for([stage, mirror], [("demo==2.0", "worse", "this server")])
+    checks = guard.guard_for([stage, mirror], (("this server", (("demo==2.0", "worse"),)),))
     assert checks.verdict("demo", facts("1.0"), NOW).reason.endswith(
         "by root/pypi (demo==1.0): bad"
     )
@@ -122,7 +123,7 @@ def test_a_base_and_the_server_rules_apply_through_a_stage():
 def test_no_rules_means_no_checks():
     """Defaults keep today's behaviour: an index without rules has an empty guard."""
     assert (
-        guard.guard_for([index("root/pypi"), index("a/b", is_mirror=False)], []) is guard.NO_GUARD
+        guard.guard_for([index("root/pypi"), index("a/b", is_mirror=False)], ()) is guard.NO_GUARD
     )
 
 
@@ -141,3 +142,29 @@ def test_unchanged_records_keep_who_and_when():
     records = guard.merge_records(old, [("a", "x"), ("b", "y")], "admin")
     assert records[0] == old[0]
     assert (records[1]["spec"], records[1]["by"]) == ("b", "admin")
+
+
+def test_mirror_min_age_seeds_root_pypi_and_zero_never_lifts_it(settings):
+    """MIRROR_MIN_AGE sets root/pypi's cooldown at the first start and at later ones; its
+    default, 0, leaves a cooldown set on the index alone."""
+    import os
+
+    from app.data.db import Database
+    from app.ops.prepare import bootstrap, migrate
+    from app.services.indexes import get_index
+
+    def start(seconds: int) -> int:
+        object.__setattr__(settings, "mirror_min_age_seconds", seconds)
+        database = Database(settings.database_url)
+        try:
+            with database.session() as session, open(os.devnull, "w") as out:
+                bootstrap(session, settings, out=out)
+                return get_index(session, "root", "pypi").mirror_min_age
+        finally:
+            database.engine.dispose()
+
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings)
+    assert start(3600) == 3600
+    assert start(3 * 86_400) == 3 * 86_400
+    assert start(0) == 3 * 86_400

@@ -114,7 +114,12 @@ class Index(Base):
     mirror_min_age_exempt: Mapped[list[dict[str, str]]] = mapped_column(
         JSON, default=list, server_default="[]"
     )
-    blocked: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list, server_default="[]")
+    # Loaded only when asked for (a thousand rules are 100 kB of JSON): pages find the compiled
+    # rules by `blocked_digest`, the sha256 of the rules ("" for none), without reading them.
+    blocked: Mapped[list[dict[str, str]]] = mapped_column(
+        JSON, default=list, server_default="[]", deferred=True
+    )
+    blocked_digest: Mapped[str] = mapped_column(String(64), default="", server_default="")
     title: Mapped[str] = mapped_column(String(255), default="")
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

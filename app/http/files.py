@@ -11,7 +11,7 @@ from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
-from sqlalchemy import BindParameter, Select, Text, bindparam, cast, exists, func, select
+from sqlalchemy import BindParameter, Select, bindparam, exists, func, select
 from werkzeug.http import http_date
 from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
@@ -228,7 +228,7 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
     # Whether the supply-chain guard may refuse this index's files: then the view decides.
     guarded = (
         (index.mirror_min_age > 0)
-        | (func.coalesce(cast(index.blocked, Text), "[]") != "[]")
+        | (index.blocked_digest != "")
         | exists().where(ServerBlock.__table__.c.id.is_not(None))
     )
     return (

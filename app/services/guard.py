@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import json
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -221,25 +224,51 @@ class SpecTable:
         return None
 
 
+SPEC_AND_REASON = operator.itemgetter("spec", "reason")
+# Rules by where they are set: ("this server" or an index path, ((spec, reason), ...))
+RuleGroups = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+
+
 @functools.lru_cache(maxsize=1024)
-def _compiled(rules: tuple[tuple[str, str, str], ...]) -> SpecTable:
-    """(spec, reason, where) triples compiled once per distinct rule set, not per request."""
-    return SpecTable((parse_spec(spec), f"{where}\0{reason}") for spec, reason, where in rules)
+def _compiled(groups: RuleGroups) -> SpecTable:
+    """Rule groups, (where, ((spec, reason), ...)), compiled once per distinct set of rules,
+    not per request (the key is built at C speed: SPEC_AND_REASON over the stored records)."""
+    return SpecTable(
+        (parse_spec(spec), f"{where}\0{reason}")
+        for where, pairs in groups
+        for spec, reason in pairs
+    )
 
 
-def _table(rules: Iterable[tuple[str, str, str]]) -> SpecTable:
-    return _compiled(tuple(rules))
+def rules_digest(records: Iterable[Mapping[str, str]]) -> str:
+    """The sha256 of block rules (spec and reason; "" for none): Index.blocked_digest."""
+    pairs = [SPEC_AND_REASON(r) for r in records]
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest() if pairs else ""
 
 
-def _index_rules(index: Index) -> Iterable[tuple[str, str, str]]:
-    for record in index.blocked or ():
-        yield record["spec"], record.get("reason", ""), index.path
+def _index_rules(index: Index) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """An index's rules, read from the database once per digest (their JSON is large)."""
+    key = (index.path, index.blocked_digest)
+    found = _RULES_BY_DIGEST.get(key)
+    if found is None:
+        found = (index.path, tuple(map(SPEC_AND_REASON, index.blocked or ())))
+        if len(_RULES_BY_DIGEST) >= MAX_CACHED_RULE_SETS:
+            _RULES_BY_DIGEST.clear()
+        _RULES_BY_DIGEST[key] = found
+    return found
 
 
-def server_rules(session: Session) -> list[tuple[str, str, str]]:
+# (index path, blocked_digest) -> its rules: a digest names its content, so every worker's
+# copy is right whatever the others do (no per-process state that could disagree).
+_RULES_BY_DIGEST: dict[tuple[str, str], tuple[str, tuple[tuple[str, str], ...]]] = {}
+MAX_CACHED_RULE_SETS = 1024
+
+
+def server_rules(session: Session) -> RuleGroups:
     """The server-wide block rules (superusers set them; no index owner can lift one)."""
     rows = session.execute(select(ServerBlock.spec, ServerBlock.reason).order_by(ServerBlock.id))
-    return [(spec, reason, "this server") for spec, reason in rows]
+    pairs = tuple((spec, reason) for spec, reason in rows)
+    return (("this server", pairs),) if pairs else ()
 
 
 def block_check(table: SpecTable) -> Check:
@@ -264,7 +293,7 @@ def cooldown_check(mirrors: Sequence[Index]) -> Check:
     policies = {
         m.path: (
             m.mirror_min_age,
-            _table((r["spec"], "", "") for r in m.mirror_min_age_exempt or ()),
+            _compiled(((m.path, tuple((r["spec"], "") for r in m.mirror_min_age_exempt or ())),)),
         )
         for m in mirrors
     }
@@ -340,13 +369,13 @@ def _version(text: str) -> Version | None:
         return None
 
 
-def guard_for(order: Sequence[Index], server: Sequence[tuple[str, str, str]]) -> Guard:
+def guard_for(order: Sequence[Index], server: RuleGroups) -> Guard:
     """The guard of a view made of `order` (an index and its bases): the server's block rules,
     every index's in the order, and each mirror's cooldown for that mirror's files."""
     checks: list[Check] = []
-    rules = [*server, *(r for index in order for r in _index_rules(index))]
-    if rules:
-        checks.append(block_check(_table(rules)))
+    groups = server + tuple(_index_rules(i) for i in order if i.blocked_digest)
+    if groups:
+        checks.append(block_check(_compiled(groups)))
     mirrors = [i for i in order if i.is_mirror and (i.mirror_min_age or 0) > 0]
     if mirrors:
         checks.append(cooldown_check(mirrors))
@@ -355,7 +384,7 @@ def guard_for(order: Sequence[Index], server: Sequence[tuple[str, str, str]]) ->
 
 def is_active(index: Index) -> bool:
     """Whether the index itself has rules (block rules, or a cooldown on a mirror)."""
-    return bool(index.blocked) or (index.is_mirror and (index.mirror_min_age or 0) > 0)
+    return bool(index.blocked_digest) or (index.is_mirror and (index.mirror_min_age or 0) > 0)
 
 
 def next_change_at(withheld: Iterable[tuple[Any, Verdict]]) -> dt.datetime | None:

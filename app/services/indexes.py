@@ -524,6 +524,7 @@ def apply_config(
     by = user.username if user is not None else "the operator"
     if "blocked" in clean:
         clean["blocked"] = guard.merge_records(index.blocked or (), clean["blocked"], by)
+        clean["blocked_digest"] = guard.rules_digest(clean["blocked"])
     if "mirror_min_age_exempt" in clean:
         exempt = [(spec, "") for spec in clean["mirror_min_age_exempt"]]
         clean["mirror_min_age_exempt"] = [

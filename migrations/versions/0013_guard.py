@@ -21,6 +21,7 @@ def upgrade() -> None:
     op.add_column('indexes', sa.Column('mirror_min_age', sa.Integer(), server_default='0', nullable=False))
     op.add_column('indexes', sa.Column('mirror_min_age_exempt', sa.JSON(), server_default='[]', nullable=False))
     op.add_column('indexes', sa.Column('blocked', sa.JSON(), server_default='[]', nullable=False))
+    op.add_column('indexes', sa.Column('blocked_digest', sa.String(length=64), server_default='', nullable=False))
     op.create_table('server_blocks',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('spec', sa.String(length=1024), nullable=False),
@@ -34,6 +35,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('server_blocks')
     with op.batch_alter_table('indexes', schema=None) as batch_op:
+        batch_op.drop_column('blocked_digest')
         batch_op.drop_column('blocked')
         batch_op.drop_column('mirror_min_age_exempt')
         batch_op.drop_column('mirror_min_age')
