@@ -13,7 +13,6 @@ import functools
 import hashlib
 import json
 import operator
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -30,11 +29,11 @@ from app.data.models import Index, ServerBlock, utcnow
 
 COOLDOWN = "cooldown"  # a mirrored file younger than the mirror's mirror_min_age
 BLOCKED = "blocked"  # a file an index's or the server's block rule matches
-KINDS = (COOLDOWN, BLOCKED)
 ANY_PROJECT = "*"
 MAX_SPEC_CHARS = 1000
 MAX_REASON_CHARS = 200  # the reason goes into an HTTP status line
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # UTC, as PEP 700 writes times
+MAX_CACHED_RULE_SETS = 1024  # distinct (index, rules) pairs kept compiled per process
 
 
 class GuardError(ValueError):
@@ -261,7 +260,6 @@ def _index_rules(index: Index) -> tuple[str, tuple[tuple[str, str], ...]]:
 # (index path, blocked_digest) -> its rules: a digest names its content, so every worker's
 # copy is right whatever the others do (no per-process state that could disagree).
 _RULES_BY_DIGEST: dict[tuple[str, str], tuple[str, tuple[tuple[str, str], ...]]] = {}
-MAX_CACHED_RULE_SETS = 1024
 
 
 def server_rules(session: Session) -> RuleGroups:
@@ -391,8 +389,3 @@ def next_change_at(withheld: Iterable[tuple[Any, Verdict]]) -> dt.datetime | Non
     """When the first held-back file becomes available: what a page made now is good for."""
     times = [v.available_at for _, v in withheld if v.available_at is not None]
     return min(times) if times else None
-
-
-def specs_in(text: str) -> list[str]:
-    """Split a list of exemption specs written one per line or comma-separated."""
-    return [s.strip() for s in re.split(r"[\n,]", text) if s.strip()]
