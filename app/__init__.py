@@ -82,6 +82,7 @@ def create_app(
         devpi,
         errors,
         files,
+        guard,
         health,
         metrics,
         serving,
@@ -125,7 +126,7 @@ def create_app(
     web.init_app(app)
     app.after_request(stale_header)
 
-    for module in (health, metrics, simple, files, upload, api, devpi, web):
+    for module in (health, metrics, simple, files, guard, upload, api, devpi, web):
         app.register_blueprint(module.bp)
     # The request log is outermost, so it sees the client address that ProxyFix worked out.
     # Stored public pages and files skip Flask.

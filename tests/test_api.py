@@ -312,6 +312,7 @@ def test_create_index_with_bases_and_read_its_config(
         "acl_upload": ["admin"],
         "acl_read": [":ANONYMOUS:"],
         "mirror_whitelist": [],
+        "blocked": [],
         "block_vulnerable": None,
         "title": "Team",
         "description": "",
@@ -394,7 +395,8 @@ def test_owner_creates_own_index_but_not_for_others(client: Any, bob: dict[str, 
             {"colour": "blue"},
             "400 Cannot create admin/new: unknown index setting 'colour'; known: type, bases, "
             "volatile, acl_upload, acl_read, mirror_whitelist, mirror_url, mirror_cache_expiry, "
-            "block_vulnerable, offline, title, description.",
+            "mirror_min_age, mirror_min_age_exempt, blocked, block_vulnerable, offline, title, "
+            "description.",
             id="unknown-setting",
         ),
         pytest.param(

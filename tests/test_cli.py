@@ -341,6 +341,7 @@ def test_index_create_modify_show_list_and_delete(
         "acl_upload": ["admin"],
         "acl_read": [":ANONYMOUS:"],
         "mirror_whitelist": [],
+        "blocked": [],
         "block_vulnerable": None,
         "title": "Team",
         "description": "",

@@ -301,7 +301,8 @@ def test_index_patch_applies_devpi_operations(
             ["colour=red"],
             "400 Cannot change admin/dev: unknown index setting 'colour'; known: "
             "type, bases, volatile, acl_upload, acl_read, mirror_whitelist, mirror_url, "
-            "mirror_cache_expiry, block_vulnerable, offline, title, description.",
+            "mirror_cache_expiry, mirror_min_age, mirror_min_age_exempt, blocked, "
+            "block_vulnerable, offline, title, description.",
         ),
         (
             ["volatile"],

@@ -35,6 +35,7 @@ TABLES = {
     "page_cache_state",
     "advisories",
     "advisory_affected",
+    "server_blocks",
     "mirror_sidecars",
     "mirror_holdings",
     "web_sessions",

@@ -179,6 +179,13 @@ def _lifetime(name: str, text: str) -> int:
     return seconds
 
 
+def _duration(name: str, text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 def _boolean(name: str, text: str) -> bool:
     word = text.lower()
     if word not in _TRUE + _FALSE:
@@ -288,6 +295,7 @@ SECONDS = Kind("seconds", _integer)
 DECIMAL_SECONDS = Kind("seconds", _decimal)
 REQUEST_SECONDS = Kind("seconds", _request_timeout)
 DURATION = Kind("duration", _lifetime)
+OPTIONAL_DURATION = Kind("duration", _duration)
 SIZE = Kind("size", _size)
 BODY_SIZE = Kind("size", _request_body_size)
 CACHE_SIZE = Kind("size", _cache_cap, empty=None)
@@ -395,6 +403,11 @@ class Settings:
         MIRROR, "MIRROR_CACHE_EXPIRY", SECONDS, "1800", meaning="""
         Seconds a mirrored project page is used before it is revalidated (304 when unchanged);
         per index: mirror_cache_expiry.""")
+    mirror_min_age_seconds: int = setting(
+        MIRROR, "MIRROR_MIN_AGE", OPTIONAL_DURATION, "0", meaning="""
+        Release cooldown of root/pypi, applied at start: upstream files younger than this
+        (3d, 12h; 0: off) are held back (docs/supply-chain.md). 0 lifts no cooldown set on the
+        index; per index: mirror_min_age.""")
     mirror_not_found_seconds: int = setting(
         MIRROR, "MIRROR_NOT_FOUND_EXPIRY", SECONDS, "300", meaning="""
         Seconds an upstream "404 no such project" is believed.""")

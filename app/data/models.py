@@ -130,6 +130,19 @@ class Index(Base):
     block_vulnerable: Mapped[str | None] = mapped_column(String(16))
     # A mirror that never asks a network: it serves what bundles brought (app/ops/bundle_import.py)
     offline: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The supply-chain guard (app/services/guard.py): upstream files younger than this many
+    # seconds are held back (0: off); exemptions and block rules are lists of records
+    # {"spec", "reason" (block rules), "by", "at"}, so each says who added it and when.
+    mirror_min_age: Mapped[int] = mapped_column(default=0, server_default="0")
+    mirror_min_age_exempt: Mapped[list[dict[str, str]]] = mapped_column(
+        JSON, default=list, server_default="[]"
+    )
+    # Loaded only when asked for (a thousand rules are 100 kB of JSON): pages find the compiled
+    # rules by `blocked_digest`, the sha256 of the rules ("" for none), without reading them.
+    blocked: Mapped[list[dict[str, str]]] = mapped_column(
+        JSON, default=list, server_default="[]", deferred=True
+    )
+    blocked_digest: Mapped[str] = mapped_column(String(64), default="", server_default="")
     title: Mapped[str] = mapped_column(String(255), default="")
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -200,6 +213,19 @@ class File(Base):
     uploaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     project: Mapped[Project] = relationship(back_populates="files")
+
+
+class ServerBlock(Base):
+    """A block rule of the whole server (app/services/guard.py): set by superusers, it applies to
+    every index and no index owner can lift it."""
+
+    __tablename__ = "server_blocks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    spec: Mapped[str] = mapped_column(String(1024))  # PEP 508 name and specifiers, or *
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class MirrorPage(Base):

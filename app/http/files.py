@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -25,17 +26,20 @@ from app.data.models import (
     MirrorPage,
     MirrorSidecar,
     Project,
+    ServerBlock,
     User,
 )
+from app.http import metrics
 from app.http.auth import require_read
 from app.http.errors import HTTPError
 from app.http.metrics import mark_guard
 from app.http.web import hook_headers
-from app.services import advisories
+from app.services import advisories, guard
 from app.services.indexes import get_index
 from app.services.status import QUARANTINED, Marker, is_quarantined, quarantine_reason
 
 bp = Blueprint("files", __name__)
+log = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 IMMUTABLE_SECONDS = 365_000_000  # RFC 8246 immutable: about 11.5 years, as PyPI
@@ -139,6 +143,7 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
     if found.block_vulnerable:
         _refuse_vulnerable(found, dist_filename)
+    _check_guard(found, sha256, dist_filename)
     if found.is_mirror:
         mirror = current_app.extensions["pyshelf.mirror"]
         try:
@@ -172,6 +177,7 @@ def _refuse_quarantined(normalized_name: str, marker: Marker | None) -> None:
     """404 with the reason for a file of a quarantined project (PEP 792: none is offered)."""
     if is_quarantined(marker) and marker is not None:
         mark_guard(QUARANTINED)
+        metrics.count_guard(QUARANTINED, "file")
         raise HTTPError(404, quarantine_reason(normalized_name, marker))
 
 
@@ -187,7 +193,32 @@ def _refuse_vulnerable(index: Index, filename: str) -> None:
     )
     if refused is not None:
         mark_guard("vulnerable", refused.advisories[0].id)
+        metrics.count_guard("vulnerable", "file")
         raise HTTPError(403, refused.reason)
+
+
+def _check_guard(index: Index, sha256: str, filename: str) -> None:
+    """Refuse a file (or its .metadata) that the supply-chain guard keeps from this index's
+    pages: 404 while a cooldown holds it back (it does not exist here yet), 403 when blocked."""
+    server = guard.server_rules(get_session())
+    if not server and not guard.is_active(index):
+        return
+    try:
+        parsed = parse_filename(filename)
+    except InvalidDistribution:
+        return  # no project, no rule: the view answers 404
+    age_from = None
+    if index.is_mirror and index.mirror_min_age:
+        mirror = current_app.extensions["pyshelf.mirror"]
+        age_from = mirror.file_age_from(index, parsed.normalized_name, sha256, filename)
+    facts = guard.FileFacts(filename, parsed.version, index.path, age_from)
+    verdict = guard.guard_for([index], server).verdict(parsed.normalized_name, facts)
+    if verdict is None:
+        return
+    metrics.count_guard(verdict.kind, "file")
+    mark_guard(verdict.kind)
+    log.info("guard: %s %s/%s: %s", verdict.kind, index.path, filename, verdict.reason)
+    raise HTTPError(404 if verdict.kind == guard.COOLDOWN else 403, verdict.reason)
 
 
 def _blob_lookup() -> Select[*tuple[Any, ...]]:
@@ -198,7 +229,8 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
     another index's blob under the same key is never this mirror's); `sidecar`: its PEP 658
     sidecar (the METADATA extracted when the mirror cached the wheel, else the upstream's one
     recorded), when this mirror holds that too; `quarantined`: whether the project (`name`) is
-    quarantined there (PEP 792): the view then answers 404 with the reason.
+    quarantined there (PEP 792): the view then answers 404 with the reason; `block_vulnerable`
+    and `guarded` (a cooldown or block rules may apply): the view decides.
     """
     index, user = Index.__table__.c, User.__table__.c
     file, project = File.__table__.c, Project.__table__.c
@@ -246,6 +278,12 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
         page.normalized_name == bindparam("name"),
         page.status == QUARANTINED,
     )
+    # Whether the supply-chain guard may refuse this index's files: then the view decides.
+    guarded = (
+        (index.mirror_min_age > 0)
+        | (index.blocked_digest != "")
+        | exists().where(ServerBlock.__table__.c.id.is_not(None))
+    )
     return (
         select(
             index.id,
@@ -256,6 +294,7 @@ def _blob_lookup() -> Select[*tuple[Any, ...]]:
             func.coalesce(own, upstream),
             quarantined,
             index.block_vulnerable,
+            guarded,
         )
         .select_from(Index.__table__.join(User.__table__))
         .where(user.username == bindparam("user"), index.name == bindparam("index"))
@@ -348,8 +387,8 @@ class CachedFiles:
         row = self.lookup.one(user=user, index=index, key=key, filename=dist_filename, name=name)
         if row is None or not _is_public(row[2]) or row[6]:
             return None
-        index_id, index_type, _, hosted, mirrored, sidecar, _, block_vulnerable = row
-        if block_vulnerable:  # the view checks advisories (block_vulnerable)
+        index_id, index_type, _, hosted, mirrored, sidecar, _, block_vulnerable, guarded = row
+        if block_vulnerable or guarded:  # the view decides (advisories, the guard)
             return None
         if index_type != "mirror":
             if hosted is None:

@@ -105,8 +105,10 @@ CACHE_WRITE_FAILURES = Counter(
 
 GUARD_DECISIONS = Counter(
     "pyshelf_guard_decisions",
-    "Requests whose answer a supply-chain rule changed (files left out or refused), by rule kind.",
-    ["kind"],
+    "Files the supply-chain guard kept from installers, by rule kind (cooldown, blocked, "
+    "quarantined, vulnerable) and where: a file or .metadata URL refused, or a file left out "
+    "of a project page built.",
+    ["kind", "where"],
     registry=REGISTRY,
 )
 
@@ -133,6 +135,11 @@ def count_write_failure(what: str) -> None:
     CACHE_WRITE_FAILURES.labels(what=what).inc()
 
 
+def count_guard(kind: str, where: str, count: int = 1) -> None:
+    """Count files the guard kept back: `where` is "file" (a refused URL) or "page"."""
+    GUARD_DECISIONS.labels(kind=kind, where=where).inc(count)
+
+
 def mark_cache_hit() -> None:
     """Note that this request is answered from the mirror cache (bytes counted at the end)."""
     g.pyshelf_cache_hit = True
@@ -140,7 +147,7 @@ def mark_cache_hit() -> None:
 
 def mark_guard(kind: str, detail: str | None = None) -> None:
     """Note that a supply-chain rule (`quarantined`, `vulnerable`, ...) changed this request's
-    answer: counted by kind, and logged with the detail (e.g. the advisory id)."""
+    answer: its request log line names the rule and the detail (e.g. the advisory id)."""
     request.environ["pyshelf.guard"] = kind
     if detail:
         request.environ["pyshelf.guard_detail"] = detail
@@ -173,8 +180,6 @@ def observe(finished: Finished) -> None:
         CACHE_SERVED_BYTES.inc(finished.bytes_sent)
     if kind == "upload" and environ.get("REQUEST_METHOD") == "POST":
         UPLOADS.labels(status=str(finished.status)).inc()
-    if environ.get("pyshelf.guard"):
-        GUARD_DECISIONS.labels(kind=environ["pyshelf.guard"]).inc()
 
 
 class DatabaseCollector(Collector):

@@ -19,11 +19,12 @@ from app.core.dists import normalize_name
 from app.core.upstream import UpstreamError
 from app.data.db import get_session
 from app.data.models import Index, utcnow
+from app.http import metrics
 from app.http.auth import authenticated_user, require_read
 from app.http.errors import HTTPError, upstream_failed
 from app.http.metrics import mark_guard
 from app.http.web import hook_headers
-from app.services import advisories, throttle
+from app.services import advisories, guard, throttle
 from app.services.indexes import (
     Dist,
     ProjectView,
@@ -352,14 +353,22 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
     view, hidden = advisories.hide_refused(session, order, view)
     if hidden:
         mark_guard("vulnerable", f"{hidden} files not listed")
+        metrics.count_guard("vulnerable", "page", hidden)
     body = json.dumps(detail_json(view)) if mime == MIME_JSON else detail_html(view)
     cache_control = CACHE_MIRROR if found.is_mirror else CACHE_LOCAL
     data = body.encode("utf-8")
     etag = _etag(mime, data)
+    for _, verdict in view.withheld:
+        metrics.count_guard(verdict.kind, "page")
     if view.held_back:
         mark_guard(QUARANTINED)  # not cached: every such page is counted and logged
+        metrics.count_guard(QUARANTINED, "page", len(view.held_back))
     elif sees_all and not g.get("pyshelf_stale"):
         expires_at = mirror.expires_at(order, normalized)
+        # A page that holds files back is good until the first of them is old enough.
+        released_at = guard.next_change_at(view.withheld)
+        if released_at is not None and (expires_at is None or released_at < expires_at):
+            expires_at = released_at
         if expires_at is None or expires_at > utcnow():
             cache.put(
                 key,

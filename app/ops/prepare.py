@@ -185,6 +185,13 @@ def _later_start(session: Session, settings: Settings) -> list[str]:
         admin.password_hash = hash_password(settings.admin_password)
         changes.append(f"changed the password of {settings.admin_user} (ADMIN_PASSWORD)")
     mirror = get_index_by_path(session, "/".join(MIRROR_INDEX))
+    if (
+        mirror is not None
+        and settings.mirror_min_age_seconds
+        and mirror.mirror_min_age != settings.mirror_min_age_seconds
+    ):
+        mirror.mirror_min_age = settings.mirror_min_age_seconds
+        changes.append(f"set the release cooldown of root/pypi to {mirror.mirror_min_age} s")
     if mirror is not None and mirror.mirror_url != settings.mirror_url:
         log.warning(
             "MIRROR_URL=%s differs from the mirror_url of root/pypi, %s: the database wins"
@@ -220,7 +227,12 @@ def _first_start(session: Session, settings: Settings) -> list[str]:
         session,
         root,
         MIRROR_INDEX[1],
-        {"type": "mirror", "mirror_url": settings.mirror_url, "title": "PyPI mirror"},
+        {
+            "type": "mirror",
+            "mirror_url": settings.mirror_url,
+            "title": "PyPI mirror",
+            "mirror_min_age": settings.mirror_min_age_seconds,
+        },
     )
     create_index(session, admin, STAGE_INDEX, {"bases": ["/".join(MIRROR_INDEX)]})
     session.commit()

@@ -27,12 +27,20 @@ from app.data.models import (
     Project,
     User,
 )
+from app.services import guard
 from app.services.advisories import ThresholdError, parse_threshold
 from app.services.status import Marker, hosted_marker, served, view_marker
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-LIST_KEYS = ("bases", "acl_upload", "acl_read", "mirror_whitelist")
+LIST_KEYS = (
+    "bases",
+    "acl_upload",
+    "acl_read",
+    "mirror_whitelist",
+    "mirror_min_age_exempt",
+    "blocked",
+)
 SETTABLE_KEYS = (
     "type",
     "bases",
@@ -42,6 +50,9 @@ SETTABLE_KEYS = (
     "mirror_whitelist",
     "mirror_url",
     "mirror_cache_expiry",
+    "mirror_min_age",
+    "mirror_min_age_exempt",
+    "blocked",
     "block_vulnerable",
     "offline",
     "title",
@@ -126,6 +137,9 @@ class Dist:
     upload_time: dt.datetime | None  # UTC, naive
     metadata_sha256: str | None  # PEP 658 sidecar, when one can be served
     index_path: str
+    # When a mirror's cooldown counts from (app/services/guard.py): the upstream's upload-time,
+    # else when the mirror first saw the file on a refresh; None: old (uploads, first fetch)
+    age_from: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,8 @@ class ProjectView:
     is_mirrored: bool  # whether any file came from a mirror (pages may then be cached longer)
     marker: Marker | None = None  # PEP 792 status (app/services/status.py); None: active
     held_back: list[Dist] = field(default_factory=list)  # quarantined: hidden from installers
+    # Files the guard keeps from installers, with why (the web UI shows them greyed)
+    withheld: list[tuple[Dist, guard.Verdict]] = field(default_factory=list)
 
 
 class MirrorSource(Protocol):
@@ -269,6 +285,7 @@ def project_view(
         order = [index]
     elif order is None:
         order = resolution_order(session, index)
+    full_order = order
     stages = [i for i in order if not i.is_mirror]
     hosted = {i.path: _hosted_dists(session, i, normalized_name) for i in stages}
     is_private = any(found is not None for found in hosted.values())
@@ -304,7 +321,11 @@ def project_view(
     marker = view_marker(markers)
     shown = served(dists, marker)
     held_back = [] if shown else dists
-    return ProjectView(name, normalized_name, shown, is_mirrored, marker, held_back)
+    # Every index of the chain counts for the guard, also those the reader may not read: a
+    # base's block rule must not be lifted by whom it hides from.
+    checks = guard.guard_for(full_order, guard.server_rules(session))
+    shown, withheld = checks.split(normalized_name, shown)
+    return ProjectView(name, normalized_name, shown, is_mirrored, marker, held_back, withheld)
 
 
 def project_names(
@@ -360,6 +381,24 @@ def _as_acl_read(value: Any) -> list[str]:
     return clean
 
 
+def _as_block_rules(value: Any) -> list[tuple[str, str]]:
+    """Block rules, `SPEC: reason` each (a spec may hold commas: one rule per line in text),
+    or {"spec", "reason"} objects from the JSON API."""
+    if isinstance(value, str):
+        value = value.splitlines()
+    if not isinstance(value, list | tuple):
+        raise IndexConfigError("blocked must be a list of rules: 'SPEC: reason', one per line")
+    rules = []
+    for entry in value:
+        if isinstance(entry, Mapping):
+            entry = f"{entry.get('spec', '')}: {entry.get('reason', '')}"
+        if not isinstance(entry, str):
+            raise IndexConfigError("each blocked rule is a string 'SPEC: reason'")
+        if entry.strip():
+            rules.append(guard.parse_block_rule(entry))
+    return rules
+
+
 def normalize_config(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Check the types of index settings given as JSON or as key=value strings."""
     clean: dict[str, Any] = {}
@@ -368,7 +407,13 @@ def normalize_config(changes: Mapping[str, Any]) -> dict[str, Any]:
             raise IndexConfigError(
                 f"unknown index setting {key!r}; known: {', '.join(SETTABLE_KEYS)}"
             )
-        if key == "acl_read":
+        if key == "blocked":
+            clean[key] = _as_block_rules(value)
+        elif key == "mirror_min_age_exempt":
+            clean[key] = [guard.parse_spec(s).text for s in _as_list(key, value)]
+        elif key == "mirror_min_age":
+            clean[key] = guard.parse_min_age(value)
+        elif key == "acl_read":
             clean[key] = _as_acl_read(value)
         elif key in LIST_KEYS:
             clean[key] = _as_list(key, value)
@@ -417,6 +462,7 @@ def apply_operations(config: Mapping[str, Any], operations: list[Any]) -> dict[s
         "volatile": False,
         "mirror_cache_expiry": None,
         "block_vulnerable": None,
+        "mirror_min_age": "0",
         "acl_read": list(DEFAULT_ACL_READ),
     }
     for operation in operations:
@@ -496,7 +542,22 @@ def apply_config(
     With `user` (who asks for the change), new bases must be indexes that user may read, and
     a new mirror_url needs may_set_mirror_url. Without one it is the operator (CLI, bootstrap).
     """
-    clean = normalize_config(changes)
+    try:
+        clean = normalize_config(changes)
+    except guard.GuardError as exc:
+        raise IndexConfigError(str(exc)) from None
+    by = user.username if user is not None else "the operator"
+    if "blocked" in clean:
+        clean["blocked"] = guard.merge_records(index.blocked or (), clean["blocked"], by)
+        clean["blocked_digest"] = guard.rules_digest(clean["blocked"])
+    if "mirror_min_age_exempt" in clean:
+        exempt = [(spec, "") for spec in clean["mirror_min_age_exempt"]]
+        clean["mirror_min_age_exempt"] = [
+            {k: v for k, v in r.items() if k != "reason"}
+            for r in guard.merge_records(
+                ({**r, "reason": ""} for r in index.mirror_min_age_exempt or ()), exempt, by
+            )
+        ]
     new_url = clean.get("mirror_url")
     if (
         user is not None
@@ -527,6 +588,10 @@ def apply_config(
             )
         if index.bases:
             raise IndexConfigError("a mirror index cannot have bases")
+    elif index.mirror_min_age or index.mirror_min_age_exempt:
+        raise IndexConfigError(
+            "mirror_min_age and its exemptions are mirror settings: a stage inherits its mirror's"
+        )
     elif "bases" in clean:
         _check_bases(session, index.path, index.bases)
 
@@ -599,6 +664,7 @@ def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, A
         "acl_upload": list(index.acl_upload or []),
         "acl_read": list(acl_read_of(index)),
         "mirror_whitelist": list(index.mirror_whitelist or []),
+        "blocked": [guard.block_rule_text(r) for r in index.blocked or ()],
         "block_vulnerable": index.block_vulnerable,
         "title": index.title,
         "description": index.description,
@@ -606,7 +672,18 @@ def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, A
     if index.is_mirror:
         config["mirror_url"] = mask_url(index.mirror_url or "")
         config["mirror_cache_expiry"] = index.mirror_cache_expiry
+        config["mirror_min_age"] = guard.format_duration(index.mirror_min_age or 0)
+        config["mirror_min_age_exempt"] = [r["spec"] for r in index.mirror_min_age_exempt or ()]
         config["offline"] = index.is_offline
+    # Who added each rule and when, as lines (devpi-client shows a list of strings); read-only:
+    # sent back unchanged, it is no change
+    log = [
+        f"{key} {record['spec']} by {record['by']} at {record['at']}"
+        for key in ("blocked", "mirror_min_age_exempt")
+        for record in getattr(index, key) or ()
+    ]
+    if log:
+        config["guard_log"] = log
     return config
 
 

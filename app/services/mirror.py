@@ -118,6 +118,26 @@ def _forget_unlisted_sidecars(
         )
 
 
+def _note_first_seen(
+    old: list[dict[str, Any]], new: list[dict[str, Any]], now: dt.datetime
+) -> None:
+    """Give each file of a refreshed page when the mirror first saw it: kept from the old page,
+    or now for a file new since then. The release cooldown (app/services/guard.py) counts from
+    it where the upstream gives no upload-time; files of a project's first fetch have none."""
+    seen = {file_key(e): e.get("first_seen_at") for e in old}
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for entry in new:
+        key = file_key(entry)
+        first = seen.get(key, stamp)
+        if first:
+            entry["first_seen_at"] = first
+
+
+def age_from(entry: dict[str, Any]) -> dt.datetime | None:
+    """When a page entry's cooldown counts from: its upload-time, else its first sighting."""
+    return _parse_time(entry.get("upload_time")) or _parse_time(entry.get("first_seen_at"))
+
+
 def _version(filename: str) -> str | None:
     try:
         return parse_filename(filename).version
@@ -329,9 +349,12 @@ class Mirror:
                 page.etag = page.last_modified = None
                 page.fetched_at = now
             elif fetched != "not-modified":
+                files = [_entry(f) for f in fetched.files]
+                if page.is_found and page.files:
+                    _note_first_seen(page.files, files, now)
                 page.is_found = True
                 page.name = fetched.name or name
-                page.files = [_entry(f) for f in fetched.files]
+                page.files = files
                 page.status = fetched.status  # PEP 792, passed through to this mirror's pages
                 page.status_reason = fetched.status_reason if fetched.status else None
                 page.etag = fetched.etag
@@ -403,6 +426,7 @@ class Mirror:
                         else entry.get("metadata_sha256")
                     ),
                     index_path=index_path,
+                    age_from=age_from(entry),
                 )
             )
         return page.name, dists
@@ -420,6 +444,15 @@ class Mirror:
         if row is None or row[0] is None:
             return None
         return Marker(row[0], row[1], index.path)
+
+    def file_age_from(self, index: Index, name: str, key: str, filename: str) -> dt.datetime | None:
+        """When the cooldown of a mirrored file counts from, by the stored page (never fetched
+        here: the page that listed the file is the one its URL came from); None: old."""
+        page = self._read(index, name)
+        for entry in page.files if page is not None else ():
+            if entry["filename"] == filename and file_key(entry) == key:
+                return age_from(entry)
+        return None
 
     def expires_at(self, indexes: list[Index], normalized_name: str) -> dt.datetime | None:
         """When the first of these mirrors' cached pages of the name is due for a check (None:

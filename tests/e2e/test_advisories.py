@@ -204,7 +204,7 @@ def test_pages_leave_out_refused_releases_and_their_urls_answer_403_naming_the_a
 
     metrics = server.get("/+metrics", headers=ADMIN)[2].decode()
     refused = re.search(
-        r'^pyshelf_guard_decisions_total\{kind="vulnerable"\} (\S+)$', metrics, re.M
+        r'^pyshelf_guard_decisions_total\{kind="vulnerable",where="file"\} (\S+)$', metrics, re.M
     )
     assert refused is not None
     assert float(refused[1]) >= 4

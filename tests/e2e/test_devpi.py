@@ -180,6 +180,25 @@ def test_devpi_client_workflow_against_pyshelf(
     assert "401" in anonymous.stdout + anonymous.stderr
 
 
+def test_devpi_client_sets_the_supply_chain_guard(
+    server_factory: StartServer, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """`devpi index NAME key=value` sets the cooldown, an exemption and a block rule."""
+    server = server_factory(MIRROR_URL=fake_upstream.url)
+    devpi = Devpi(tmp_path / "home")
+    devpi("use", server.url)
+    devpi("login", "admin", "--password", ADMIN_PASSWORD)
+
+    shown = devpi("index", "root/pypi", "mirror_min_age=3d", "mirror_min_age_exempt+=urgent==1.2")
+    assert "mirror_min_age=3d" in shown
+    assert "mirror_min_age_exempt=urgent==1.2" in shown
+    shown = devpi("index", "admin/dev", "blocked+=evil>=2,<2.1: compromised")
+    assert "blocked=evil>=2,<2.1: compromised" in shown
+    config = json.loads(devpi("getjson", "/admin/dev"))["result"]
+    assert config["blocked"] == ["evil>=2,<2.1: compromised"]
+    assert config["guard_log"][0].startswith("blocked evil>=2,<2.1 by admin at ")
+
+
 # --- a devpi-server export imported ---------------------------------------------------------
 
 

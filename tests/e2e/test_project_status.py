@@ -203,7 +203,7 @@ def test_quarantine_hides_every_file_from_every_surface(
 
         admin = {"Authorization": basic_auth("admin", ADMIN_PASSWORD)}
         metrics = server.get("/+metrics", headers=admin)[2].decode()
-        assert 'pyshelf_guard_decisions_total{kind="quarantined"}' in metrics
+        assert 'pyshelf_guard_decisions_total{kind="quarantined",where="file"}' in metrics
         assert "guard=quarantined" in server.log()
     finally:
         assert _set(server, "active")[0] == 200

@@ -293,3 +293,42 @@ def test_the_edit_page_makes_a_mirror_offline_and_online_again(client: Any) -> N
     assert client.post("/root/pypi/+edit", data={"mirror_url": url}).status_code == 303
     assert config(client, "root/pypi")["offline"] is False
     assert client.get("/root/pypi/+simple/nothing-here/").status_code == 502
+
+
+def test_the_edit_page_sets_the_guard_and_shows_who_added_each_rule(client: Any, bob: dict) -> None:
+    """The owner sets a cooldown, an exemption and a block rule on the edit form; the page
+    lists who added each rule; another account's form post is refused and changes nothing."""
+    login(client)
+    saved = client.post(
+        "/root/pypi/+edit",
+        data={
+            "title": "PyPI",
+            "mirror_url": config(client, "root/pypi")["mirror_url"],
+            "mirror_min_age": "3d",
+            "mirror_min_age_exempt": "urgent==1.2, other",
+            "blocked": "evil>=2,<2.1: compromised\nworse: typosquat\n",
+        },
+    )
+    settings = config(client, "root/pypi")
+    form = client.get("/root/pypi/+edit", headers=HTML).get_data(as_text=True)
+    login(client, "bob", "bob-password")
+    refused = client.post("/root/pypi/+edit", data={"mirror_min_age": "0", "blocked": ""})
+
+    assert saved.status_code == 303
+    assert settings["mirror_min_age"] == "3d"
+    assert settings["mirror_min_age_exempt"] == ["urgent==1.2", "other"]
+    assert settings["blocked"] == ["evil>=2,<2.1: compromised", "worse: typosquat"]
+    assert "blocked evil&gt;=2,&lt;2.1: added by admin at " in form
+    assert 'name="mirror_min_age" value="3d"' in form
+    assert refused.status == "403 Only root or a superuser may configure root/pypi."
+    assert config(client, "root/pypi")["mirror_min_age"] == "3d"
+
+
+def test_a_form_without_the_cooldown_field_keeps_the_cooldown(client: Any) -> None:
+    """Posting an edit form that lacks mirror_min_age (an older page) never lifts it."""
+    client.patch("/root/pypi", json={"mirror_min_age": "12h"}, headers=ADMIN)
+    login(client)
+    client.post(
+        "/root/pypi/+edit", data={"title": "PyPI", "mirror_url": "http://127.0.0.1:9/simple/"}
+    )
+    assert config(client, "root/pypi")["mirror_min_age"] == "12h"

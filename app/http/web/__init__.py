@@ -56,7 +56,7 @@ from app.http.web.base import (
     version_url,
     wants_json,
 )
-from app.services import advisories
+from app.services import advisories, guard
 from app.services.indexes import (
     ProjectView,
     Reader,
@@ -212,6 +212,8 @@ def init_app(app: Flask) -> None:
         doc_url=doc_url,
         file_url=file_url,
         mask_url=mask_url,
+        format_duration=guard.format_duration,
+        block_rule_text=guard.block_rule_text,
         here=current_location,
         may_configure=may_configure,
         may_upload=may_upload,

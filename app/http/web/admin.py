@@ -363,12 +363,20 @@ def _form_config(index: Index | None, kind: str) -> dict[str, Any]:
         config["mirror_cache_expiry"] = form.get("mirror_cache_expiry", "").strip() or None
         if index is not None:  # the edit form has the box; the create form makes online mirrors
             config["offline"] = bool(form.get("offline"))
+        # The guard (docs/supply-chain.md), on the edit form only: a form without the field
+        # must never lift a cooldown by accident.
+        if index is not None and "mirror_min_age" in form:
+            config["mirror_min_age"] = form["mirror_min_age"].strip() or "0"
+        if index is not None and "mirror_min_age_exempt" in form:
+            config["mirror_min_age_exempt"] = form["mirror_min_age_exempt"]
     else:
         config["bases"] = form.get("bases", "")
         config["mirror_whitelist"] = form.get("mirror_whitelist", "")
         config["volatile"] = bool(form.get("volatile"))
         if index is not None or "acl_upload" in form:
             config["acl_upload"] = form.get("acl_upload", "")
+    if index is not None and "blocked" in form:
+        config["blocked"] = form["blocked"]  # one `SPEC: reason` per line
     return config
 
 
