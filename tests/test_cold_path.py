@@ -4,15 +4,18 @@ database write transactions a first download and a first sidecar cost."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select
 
+from app.core.upstream import UpstreamClient
 from app.data.models import MirrorFile, MirrorHolding, MirrorSidecar, MirrorStats
 from tests import test_mirror
 from tests.builders import make_wheel, wheel_metadata
+from tests.conftest import TEST_ALLOW_PRIVATE
 from tests.fake_upstream import FakeUpstream
 from tests.test_mirror import JSON, file_url, sha256
 
@@ -112,3 +115,29 @@ def test_a_first_sidecar_is_recorded_in_one_write_transaction(
         assert digest in set(session.scalars(select(MirrorHolding.sha256)))
         stats = session.scalar(select(MirrorStats))
     assert (stats.misses, stats.bytes_fetched) == (1, len(wheel_metadata(data)))
+
+
+def test_threads_of_a_worker_reuse_one_upstream_connection(fake_upstream: FakeUpstream) -> None:
+    """gthread hands requests to whichever thread is free: a page fetched by one thread after
+    another's goes over the connection the first one left open (one TLS handshake per host and
+    worker, not per thread)."""
+    for number in range(4):
+        filename, data = make_wheel(f"pool-{number}", "1.0")
+        fake_upstream.add_file(f"pool-{number}", filename, data)
+    client = UpstreamClient(retries=0, allow_private=TEST_ALLOW_PRIVATE)
+    pages: list[Any] = []
+    try:
+        for number in range(4):  # one after the other, each in a thread of its own
+            thread = threading.Thread(
+                target=lambda n=number: pages.append(
+                    client.fetch_project(fake_upstream.url, f"pool-{n}")
+                )
+            )
+            thread.start()
+            thread.join(30)
+    finally:
+        client.close()
+
+    assert [page.name for page in pages] == [f"pool-{n}" for n in range(4)]
+    assert fake_upstream.count("/simple/pool-") == 4
+    assert fake_upstream.connections == 1
