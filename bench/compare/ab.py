@@ -10,7 +10,9 @@ checkout as it is, uncommitted changes included) with optional environment setti
 `proxpi`. Phases (the same measurements as bench/compare/__main__.py, see bench/README.md):
 
 - `cold`: on a new server with an empty data directory each time, pip's requests replayed once
-  (time per kind: pages, sidecars, files), then `pip install` and `uv pip install` of bench-meta.
+  (time per kind: pages, sidecars, files; and the server's CPU seconds, which other load
+  moves far less than wall time), then `pip install` and `uv pip install` of bench-meta.
+  `replay`: the replay alone.
 - `idle`: startup to the first mirrored page, then RSS and PSS of all processes once idle.
 - `pages`: requests/s of the stage index's 3-file page (HTML, JSON, 304) with wrk, 8
   connections, on a server primed by one pip install.
@@ -35,10 +37,11 @@ from . import clients, packages
 from .__main__ import PAGE_FORMATS, log, orders, page_headers
 from .clients import median, record_pip
 from .packages import CACHE_DIR
-from .servers import ROOT, Proxpi, Pyshelf, Server, ensure_venv, memory_kib
+from .servers import ROOT, Proxpi, Pyshelf, Server, cpu_ticks, ensure_venv, memory_kib
 from .upstream import ensure_tools, prepared_upstream
 
 SMALL_PAGE = "bench-pkg-02"
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
 @dataclasses.dataclass
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             recorded = record_pip(upstream, packages.META_PROJECT, scratch, len(wanted))
             plans: dict[str, list[clients.Request]] = {}
-            if "cold" in phases:
+            if phases & {"cold", "replay"}:
                 # Each target's file URLs come from its own pages, once warm.
                 for target in targets:
                     server = start(target)
@@ -197,20 +200,27 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     target = by_name[name]
                     row = results.setdefault(name, {})
-                    if "cold" in phases:
+                    if phases & {"cold", "replay"}:
                         server = start(target)
                         try:
                             plan = [
                                 dataclasses.replace(r, url=r.url.replace("{base}", server.url))
                                 for r in plans[name]
                             ]
+                            ticks = cpu_ticks(server.pids())
                             sample = clients.run_plan(plan, 1)
+                            server.wait_until_idle(5)  # proxpi finishes downloads afterwards
+                            ticks = cpu_ticks(server.pids()) - ticks
                         finally:
                             stop(server)
+                        # CPU seconds the server spent: far steadier than wall time when
+                        # other work shares the CPUs
+                        row.setdefault("replay server CPU s", []).append(ticks / TICKS_PER_SECOND)
                         row.setdefault("replay", []).append(sample["seconds"])
                         for kind, seconds in sample["seconds_by_kind"].items():
                             row.setdefault(f"replay {kind}", []).append(seconds)
                         row["replay errors"] = row.get("replay errors", 0) + sample["errors"]
+                    if "cold" in phases:
                         for tool in ("pip", "uv"):
                             server = start(target)
                             try:
