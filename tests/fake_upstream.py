@@ -313,6 +313,11 @@ class FakeUpstream:
         with self._lock:
             self.mode, self.mode_times = mode, times
 
+    @property
+    def connections(self) -> int:
+        """How many TCP connections clients opened to this upstream so far."""
+        return self._server.accepted if self._server is not None else 0
+
     def count(self, prefix: str = "/") -> int:
         """How many requests had a path starting with `prefix`."""
         with self._lock:
@@ -460,10 +465,12 @@ class _Server(ThreadingHTTPServer):
         super().__init__(*args, **kwargs)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self.accepted = 0  # connections accepted so far
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)
+            self.accepted += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:

@@ -41,6 +41,9 @@ NOT_FOUND_STATUSES = (404, 410)
 MAX_ETAG_CHARS = 255  # MirrorPage.etag
 MAX_WHAT_CHARS = 160  # keeps str(UpstreamError) fit for a status line (errors.clean_reason)
 MAX_REDIRECTS = 10  # requests' default of 30 is far more than a file host or CDN chain needs
+# Idle connections kept per upstream host and worker: above gunicorn's threads, so that no
+# thread's connection is dropped for want of room (urllib3 warns when it must)
+POOL_CONNECTIONS = 64
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _NAME_SEPARATORS = re.compile(r"[-_.]+")  # PEP 503 normalization
@@ -162,9 +165,12 @@ class UpstreamClient:
             trusted=frozenset({origin[1:]} if origin else ()),
         )
         self.file_hosts = frozenset(host.strip().lower() for host in file_hosts if host.strip())
-        # One session per thread: gthread workers must not share a connection pool's state.
+        # One session per thread (a Session's cookies and settings are not thread-safe), all of
+        # them on one transport per kind, whose urllib3 pools are: a thread reuses a connection
+        # another thread of this worker opened (one TLS handshake per host, not per thread).
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
+        self._adapters: dict[bool, GuardedAdapter] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -275,9 +281,12 @@ class UpstreamClient:
         """Close every session this client opened (in any thread); later calls open new ones."""
         with self._lock:
             sessions, self._sessions = self._sessions, []
+            adapters, self._adapters = self._adapters, {}
             self._local = threading.local()
         for session in sessions:
             session.close()
+        for adapter in adapters.values():
+            adapter.close()
 
     def _check_file_host(self, url: str, simple_url: str | None) -> None:
         """With MIRROR_FILE_HOSTS set, a file link must point at one of them or at the index's
@@ -302,12 +311,16 @@ class UpstreamClient:
             session = self._session_factory()
             if self.ca_bundle:
                 session.verify = self.ca_bundle
-            # Every connection, redirect hops included, is made through the guard.
-            adapter = GuardedAdapter(self._trusted_guard if is_trusted else self._guard)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
             session.max_redirects = MAX_REDIRECTS
             with self._lock:
+                # Every connection, redirect hops included, is made through the guard.
+                adapter = self._adapters.get(is_trusted)
+                if adapter is None:
+                    guard = self._trusted_guard if is_trusted else self._guard
+                    adapter = GuardedAdapter(guard, pool_maxsize=POOL_CONNECTIONS)
+                    self._adapters[is_trusted] = adapter
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
                 self._sessions.append(session)
                 setattr(self._local, attribute, session)
         return session

@@ -36,7 +36,14 @@ from app.services.indexes import (
     readable_order,
     resolution_order,
 )
-from app.services.pagecache import GZIP_MIN_BYTES, GZIP_SUFFIX, Hit, PageCache, PageKey
+from app.services.pagecache import (
+    GZIP_MIN_BYTES,
+    GZIP_SUFFIX,
+    REQUEST_GENERATION,
+    Hit,
+    PageCache,
+    PageKey,
+)
 from app.services.status import QUARANTINED
 
 bp = Blueprint("simple", __name__)
@@ -335,6 +342,7 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
 
     session = get_session()
     generation = cache.generation(session)  # first: nothing read before it may be older
+    setattr(g, REQUEST_GENERATION, generation)  # a mirror that stores its page moves it on
     found = _index_or_404(user, index)
     order = resolution_order(session, found)
     reader = require_read(found, order=order)
@@ -372,7 +380,7 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
         if expires_at is None or expires_at > utcnow():
             cache.put(
                 key,
-                generation,
+                g.get(REQUEST_GENERATION, generation),
                 body=data,
                 etag=etag,
                 cache_control=cache_control,

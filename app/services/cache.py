@@ -126,6 +126,37 @@ def holds(session: Session, index_id: int, key: str) -> bool:
     )
 
 
+def hold(session: Session, index_id: int, key: str, size: int) -> None:
+    """Record in the caller's write transaction that mirror `index_id` fetched, verified and
+    stored `key`: it holds the blob, and the cap counts it once."""
+    now = utcnow()
+    row = session.get(MirrorBlob, key)
+    if row is None:
+        session.add(
+            MirrorBlob(sha256=key, index_id=index_id, size=size, cached_at=now, last_access_at=now)
+        )
+    else:  # another mirror's too: still one blob, counted once
+        row.size, row.last_access_at = size, now
+    if session.get(MirrorHolding, (index_id, key)) is None:
+        session.add(MirrorHolding(index_id=index_id, sha256=key, fetched_at=now))
+
+
+def count_fetch(session: Session, index_id: int, fetched_bytes: int) -> None:
+    """Add one miss and its bytes to mirror `index_id`'s counters in the caller's write
+    transaction (app/services/mirror.py's Counters adds up the rest between flushes)."""
+    if session.get(MirrorStats, index_id) is None:
+        session.add(MirrorStats(index_id=index_id, hits=0, misses=0, bytes_fetched=0))
+        session.flush()
+    session.execute(
+        update(MirrorStats)
+        .where(MirrorStats.index_id == index_id)
+        .values(
+            misses=MirrorStats.misses + 1,
+            bytes_fetched=MirrorStats.bytes_fetched + fetched_bytes,
+        )
+    )
+
+
 def forget_metadata(session: Session, keys: list[str]) -> None:
     """Blobs `keys` leave the cache: no mirrored file offers them as its core metadata any more
     (app/services/mirror_metadata.py; the caller commits, the page-cache triggers forget the
@@ -203,25 +234,10 @@ class MirrorCache:
     def record(self, index_id: int, key: str, size: int) -> bool:
         """Mirror `index_id` fetched and verified `key`, now stored: it holds the blob, and the
         cap counts it once (one short transaction). False if that could not be written."""
-        now = utcnow()
         try:
             with self.database.session() as session:
                 begin_write(session)
-                row = session.get(MirrorBlob, key)
-                if row is None:
-                    session.add(
-                        MirrorBlob(
-                            sha256=key,
-                            index_id=index_id,
-                            size=size,
-                            cached_at=now,
-                            last_access_at=now,
-                        )
-                    )
-                else:  # another mirror's too: still one blob, counted once
-                    row.size, row.last_access_at = size, now
-                if session.get(MirrorHolding, (index_id, key)) is None:
-                    session.add(MirrorHolding(index_id=index_id, sha256=key, fetched_at=now))
+                hold(session, index_id, key, size)
                 session.commit()
         except Exception:  # accounting must never break a download: it is fetched again
             log.exception("could not record cached blob %s", key)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import requests
-from flask import Response, g
+from flask import Response, g, has_request_context
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -57,10 +57,11 @@ from app.data.models import Index, MirrorHolding, MirrorPage, MirrorSidecar, Mir
 from app.http import metrics
 from app.http.errors import DISK_FULL_ERRNOS, HTTPError
 from app.http.files import METADATA_MIMETYPE, send_blob
-from app.services.cache import MirrorCache, holds
+from app.services.cache import MirrorCache, count_fetch, hold, holds
 from app.services.fulltext import index_stored_page
 from app.services.indexes import Dist, file_path
 from app.services.mirror_metadata import cached_files, extract, record_cached_file, sidecar_of
+from app.services.pagecache import REQUEST_GENERATION, current_generation
 from app.services.status import Marker
 
 log = logging.getLogger(__name__)
@@ -335,6 +336,7 @@ class Mirror:
         """Store what the upstream answered, and that it answered, in one transaction."""
         with self.database.session() as session:
             begin_write(session)
+            before = current_generation(session, for_update=True)
             page = self._load(session, index, name)
             now = utcnow()
             _stats_row(session, index.id).last_ok_at = now
@@ -363,7 +365,12 @@ class Mirror:
             if fetched != "not-modified":
                 index_stored_page(session, self.storage, page)
                 _forget_unlisted_sidecars(session, index.id, name, page.files)
+            after = current_generation(session)  # flushed first: with this save's bumps
             session.commit()
+        # Nothing but this save changed since the request read `before`: the page it builds
+        # from what it just stored may be stored at `after` (else it is built again next time).
+        if has_request_context() and g.get(REQUEST_GENERATION) == before:
+            setattr(g, REQUEST_GENERATION, after)
         return page if page.is_found else None
 
     def _note_upstream(self, index: Index, error: str) -> None:
@@ -589,6 +596,31 @@ class Mirror:
         except (IntegrityError, OperationalError):  # recorded by another worker, or busy
             pass
 
+    def _record_sidecar(self, index: Index, entry: dict[str, Any], digest: str, size: int) -> None:
+        """Record a fetched and stored sidecar: held by this mirror, its miss counted, and which
+        file it belongs to, in one transaction (else one step at a time, as each allows)."""
+        try:
+            with self.database.session() as session:
+                begin_write(session)
+                hold(session, index.id, digest, size)
+                count_fetch(session, index.id, size)
+                session.merge(
+                    MirrorSidecar(
+                        index_id=index.id,
+                        dist_sha256=file_key(entry),
+                        filename=entry["filename"],
+                        normalized_name=parse_filename(entry["filename"]).normalized_name,
+                        metadata_sha256=digest,
+                    )
+                )
+                session.commit()
+        except (IntegrityError, OperationalError):  # another worker noted the sidecar first
+            self.counters.add(index.id, misses=1, fetched_bytes=size)
+            self.cache.record(index.id, digest, size)
+            self._remember_sidecar(index, entry, digest)
+            return
+        metrics.count_cache(misses=1, fetched_bytes=size)
+
     def _serve_metadata(self, index: Index, entry: dict[str, Any]) -> BaseResponse:
         """The PEP 658 sidecar: fetched once per mirror, verified against the advertised sha256,
         cached (bytes stored already for another index are kept, never served unfetched)."""
@@ -611,13 +643,12 @@ class Mirror:
                 log.error("hash mismatch for %s from %s: not cached", name, mask_url(entry["url"]))
                 metrics.count_upstream_error(index.path)
                 raise HTTPError(502, f"Upstream sent {name} with the wrong sha256; not served.")
-            self.counters.add(index.id, misses=1, fetched_bytes=len(data))
             if not self._save_sidecar(index, digest, data, name):
+                self.counters.add(index.id, misses=1, fetched_bytes=len(data))
                 response = Response(data, mimetype=mimetype)
                 response.headers["Cache-Control"] = "no-store"
                 return response
-            self.cache.record(index.id, digest, len(data))
-            self._remember_sidecar(index, entry, digest)
+            self._record_sidecar(index, entry, digest, len(data))
         finally:
             lock.close()
         self.cache.evict_if_over()
@@ -915,15 +946,17 @@ class Mirror:
                         commit()
                     except OSError as exc:
                         stop_caching(exc)
-                if is_caching:
-                    # Recorded before the lock is freed: a follower then finds it held, and
-                    # the pages show its size and sidecar from the client's next request on.
-                    cache.record(index_id, key, size)
-                    record_cached_file(
-                        database, storage, cache, index_id, key, filename, size, metadata
-                    )
+                # Recorded before the lock is freed (one transaction with the miss counted):
+                # a follower then finds it held, and the pages show its size and sidecar from
+                # the client's next request on.
+                is_counted = is_caching and record_cached_file(
+                    database, storage, cache, index_id, key, filename, size, metadata, is_fetch=True
+                )
                 release()  # before the last byte goes out: the client then sees a finished cache
-                counters.add(index.id, misses=1, fetched_bytes=size)
+                if is_counted:
+                    metrics.count_cache(misses=1, fetched_bytes=size)
+                else:
+                    counters.add(index.id, misses=1, fetched_bytes=size)
                 if not is_client_gone:
                     yield held
             except Exception as exc:

@@ -31,7 +31,7 @@ from app.core.dists import (
 from app.core.storage import Storage
 from app.data.db import Database, begin_write
 from app.data.models import MirrorBlob, MirrorFile, MirrorHolding, utcnow
-from app.services.cache import MirrorCache
+from app.services.cache import MirrorCache, count_fetch, hold
 from app.services.fulltext import index_cached_project
 
 log = logging.getLogger(__name__)
@@ -68,21 +68,27 @@ def record_cached_file(
     filename: str,
     size: int,
     metadata: CoreMetadata | None,
-) -> None:
+    *,
+    is_fetch: bool = False,
+) -> bool:
     """Record that mirror `index_id` cached and holds `filename` (sha256 `key`, `size` bytes)
     with its `metadata` (from extract), storing that as a blob this mirror holds too, and
-    reindex the project for search (its description may come from this file now); never
-    raises: the file is served all the same."""
+    reindex the project for search (its description may come from this file now); with
+    `is_fetch`, count the miss and its bytes in the mirror's stats. One transaction for all of
+    it: False (logged) when it could not be written, and the file is served all the same."""
     try:
         info = parse_filename(filename)
     except InvalidDistribution:  # never cached: the mirror serves only files it can name
-        return
+        return False
     metadata_sha256 = None
     if metadata is not None:
-        metadata_sha256 = _store_metadata(storage, cache, index_id, metadata.raw)
+        metadata_sha256 = _store_metadata(storage, metadata.raw)
     try:
         with database.session() as session:
             begin_write(session)
+            hold(session, index_id, key, size)
+            if metadata is not None and metadata_sha256 is not None:
+                hold(session, index_id, metadata_sha256, len(metadata.raw))
             session.merge(
                 MirrorFile(
                     index_id=index_id,
@@ -95,19 +101,22 @@ def record_cached_file(
                     cached_at=utcnow(),
                 )
             )
+            if is_fetch:
+                count_fetch(session, index_id, size)
             session.commit()
-    except Exception:  # the file is cached and served; its pages show less until it is again
+    except Exception:  # accounting must never break a download: it is fetched again
         log.exception("could not record mirrored %s", filename)
-        return
+        return False
     try:
         index_cached_project(database, storage, index_id, info.normalized_name)
     except Exception:  # search finds the project by name until `reindex` or its next change
         log.exception("could not index the description of mirrored %s", filename)
+    return True
 
 
-def _store_metadata(storage: Storage, cache: MirrorCache, index_id: int, raw: bytes) -> str | None:
-    """Store metadata bytes (unless stored already) and record that the mirror holds them;
-    their sha256, or None when the store refused them (or the database the record)."""
+def _store_metadata(storage: Storage, raw: bytes) -> str | None:
+    """Store metadata bytes (unless stored already); their sha256, or None when the store
+    refused them."""
     digest = hashlib.sha256(raw).hexdigest()
     try:
         if not storage.exists(digest):  # an upload's identical bytes stay as they are
@@ -115,7 +124,7 @@ def _store_metadata(storage: Storage, cache: MirrorCache, index_id: int, raw: by
     except OSError as exc:  # a full disk: the file itself is cached, its metadata is not
         log.error("could not store core metadata %s: %s", digest, exc)
         return None
-    return digest if cache.record(index_id, digest, len(raw)) else None
+    return digest
 
 
 def cached_files(

@@ -27,6 +27,9 @@ from app.data.models import CachedPage, PageCacheState
 GZIP_MIN_BYTES = 8192  # smaller pages fit in a few packets as they are
 GZIP_LEVEL = 1  # hashes (incompressible) are most of a large page: 6 is 8% smaller, 2x slower
 PUT_WAIT_MS = 200  # storing a page is optional: a read never waits long for another writer
+# flask.g key: the generation a page built in this request may be stored at (app/http/simple.py
+# sets it; the mirror moves it past its own page fetch, app/services/mirror.py `_save`)
+REQUEST_GENERATION = "pyshelf_page_generation"
 GZIP_SUFFIX = "-gz"  # the gzipped twin is another representation, with its own strong ETag
 
 
@@ -110,7 +113,7 @@ class PageCache:
 
     def generation(self, session: Session) -> int:
         """The current generation, read in the snapshot that a page is about to be built from."""
-        return session.scalar(select(PageCacheState.generation).where(PageCacheState.id == 1)) or 0
+        return current_generation(session)
 
     def put(
         self,
@@ -168,6 +171,14 @@ class PageCache:
         except OperationalError:  # another writer holds the database: serve without storing
             return False
         return True
+
+
+def current_generation(session: Session, *, for_update: bool = False) -> int:
+    """page_cache_state's generation in `session`; `for_update` in a write transaction: no
+    other writer bumps it until this one ends (PostgreSQL's row lock; SQLite's BEGIN IMMEDIATE
+    already)."""
+    query = select(PageCacheState.generation).where(PageCacheState.id == 1)
+    return session.scalar(query.with_for_update() if for_update else query) or 0
 
 
 def clear(session: Session) -> None:
