@@ -64,7 +64,7 @@ def test_a_search_limited_to_readable_indexes_reads_its_matches_not_the_indexes(
         session.commit()
 
     statements = statements_of(database, query, index_ids)
-    assert len(statements) >= 3, statements  # count, then named and recent, or ranked; snippets
+    assert len(statements) >= 3, statements  # count, then named and recent, or ranked; snippets' text
 
     with database.engine.connect() as connection:
         for statement, parameters in statements:
@@ -73,6 +73,8 @@ def test_a_search_limited_to_readable_indexes_reads_its_matches_not_the_indexes(
             first = next(row[3] for row in plan if row[3].startswith(("SCAN", "SEARCH")))
             if "search_fts MATCH" in statement and "EXISTS" not in statement:
                 assert first.startswith("SCAN search_fts VIRTUAL TABLE"), (statement, plan)
+            elif "normalized_name" not in statement:  # the snippets' text: the page's rows
+                assert "USING INTEGER PRIMARY KEY" in first, (statement, plan)
             else:  # the named releases: the name's range of the name index
                 assert "ix_search_documents_normalized_name" in first, (statement, plan)
                 assert "normalized_name>?" in first, (statement, plan)

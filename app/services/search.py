@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 200
 MAX_TERMS = 16  # words and phrases in one query
-SNIPPET_TOKENS = 24  # words around a match in a snippet
+SNIPPET_CHARS = 200  # of text in a snippet, cut at a space
+SNIPPET_CONTEXT_CHARS = 60  # of text before the first match
+SNIPPET_SCAN_CHARS = 50_000  # of a hit's text searched for a match to show
+# Word endings dropped from a query word to highlight its other forms ("parsing": "parses"),
+# roughly as the engines stem English; only the highlighting uses it, never the match.
+_SUFFIXES = ("ing", "es", "ed", "s")
 # Markers around highlighted words in snippets: control characters that are dropped from
 # indexed text, so user content cannot forge them.
 MARK_START, MARK_END = "\x02", "\x03"
@@ -124,6 +129,42 @@ def pg_tsquery(query: Query) -> str:
         ]
         parts.append("(" + " <-> ".join(lexemes) + ")")
     return " & ".join(parts)
+
+
+def _root(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def snippet_pattern(query: Query) -> re.Pattern[str]:
+    """The words a snippet highlights: each word of the query (a phrase's too) with any ending,
+    case- and accent-insensitively (matched against folded text when the text has accents)."""
+    roots = {
+        fold(word) if term.is_prefix and n == len(term.words) - 1 else _root(fold(word))
+        for term in query.terms
+        for n, word in enumerate(term.words)
+    }
+    alternatives = "|".join(re.escape(r) for r in sorted(roots, key=len, reverse=True))
+    return re.compile(rf"(?<![^\W_])(?:{alternatives})[^\W_]*", re.IGNORECASE)
+
+
+def make_snippet(pattern: re.Pattern[str], value: str) -> str:
+    """About SNIPPET_CHARS of `value` from just before its first match, every match marked;
+    empty when nothing in it matches (the engine matched a word form the pattern misses)."""
+    match = pattern.search(value)
+    if match is None:
+        value = fold(value)
+        match = pattern.search(value)
+        if match is None:
+            return ""
+    start = match.start() - SNIPPET_CONTEXT_CHARS
+    start = value.rfind(" ", 0, start) + 1 if start > 0 else 0
+    end = value.find(" ", start + SNIPPET_CHARS)
+    end = len(value) if end < 0 else end
+    marked = pattern.sub(lambda m: MARK_START + m.group() + MARK_END, value[start:end])
+    return ("…" if start else "") + marked.strip() + ("…" if end < len(value) else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,54 +276,26 @@ SELECT {_COLUMNS} FROM search_documents d {_JOINS}
 WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AND FILTERS
 ORDER BY d.id DESC LIMIT :window"""  # noqa: S608 - as above
 
-# Snippets for the rows of the page only: both tokenize a row's whole text. FTS5 runs the match
-# once per value of a `rowid IN` constraint (a prefix merges its words' lists each time: 1.4 s
-# for a page of `sak*` at 300,000 documents), so SQLite reads the page's rowids by ranges: one
-# pass over each run of nearby rowids (SNIPPET_RANGE), every match in it read but only the
-# page's rows tokenized.
-SNIPPET_RANGE = 5_000  # rowids
-SQLITE_SNIPPETS = f"""
-SELECT rowid, CASE WHEN rowid IN :ids
-    THEN snippet(search_fts, -1, :mark_start, :mark_end, '…', {SNIPPET_TOKENS}) END
-FROM search_fts WHERE search_fts MATCH :match
-    AND rowid BETWEEN :first_id AND :last_id"""  # noqa: S608 - as above
-POSTGRESQL_SNIPPETS = f"""
-SELECT d.id, ts_headline('{TEXT_SEARCH_CONFIG}',
-    concat_ws(' ', d.summary, d.description, d.title, d.body),
-    to_tsquery('{TEXT_SEARCH_CONFIG}', :match),
-    'StartSel=' || :mark_start || ', StopSel=' || :mark_end
-    || ', MaxWords={SNIPPET_TOKENS}, MinWords=8, MaxFragments=2, FragmentDelimiter=" … "')
-FROM search_documents d WHERE d.id IN :ids"""  # noqa: S608 - as above
+# Snippets are cut in Python from the stored text of the page's rows (a primary-key read): FTS5's
+# snippet() and ts_headline tokenize each hit's whole text (3 ms a hit for a word that occurs
+# dozens of times in a page; 45-180 ms for a page of PostgreSQL hits, bench/RESULTS.md).
+SNIPPET_TEXT = """
+SELECT id, substr(summary || ' ' || description || ' ' || title || ' ' || body || ' ' || keywords,
+    1, :scan) FROM search_documents WHERE id IN :ids"""
 SQL = {
     "sqlite": {
         "count": SQLITE_COUNT,
         "ranked": SQLITE_RANKED,
         "named": SQLITE_NAMED,
         "recent": SQLITE_RECENT,
-        "snippets": SQLITE_SNIPPETS,
     },
     "postgresql": {
         "count": POSTGRESQL_COUNT,
         "ranked": POSTGRESQL_RANKED,
         "named": POSTGRESQL_NAMED,
         "recent": POSTGRESQL_RECENT,
-        "snippets": POSTGRESQL_SNIPPETS,
     },
 }
-
-
-def _id_runs(ids: list[int], dialect: str) -> list[list[int]]:
-    """The page's document ids in runs for the snippets statement: on SQLite sorted, split where
-    the next id is more than SNIPPET_RANGE away; elsewhere one run."""
-    if dialect != "sqlite":
-        return [ids] if ids else []
-    runs: list[list[int]] = []
-    for row_id in sorted(ids):
-        if runs and row_id - runs[-1][-1] <= SNIPPET_RANGE:
-            runs[-1].append(row_id)
-        else:
-            runs.append([row_id])
-    return runs
 
 
 def search(
@@ -311,8 +324,6 @@ def search(
         "offset": offset,
         "window": offset + limit,
         "cap": BROAD_MATCHES + 1,
-        "mark_start": MARK_START,
-        "mark_end": MARK_END,
     }
     expanding: list[BindParameter[Any]] = []
     if index_ids is not None:
@@ -327,12 +338,8 @@ def search(
         filters.append("d.kind = 'docs'")
 
     def run(name: str) -> list[Any]:
-        if name == "snippets":
-            statement = text(sql[name]).bindparams(bindparam("ids", expanding=True))
-        else:
-            statement = text(sql[name].replace("FILTERS", " AND ".join(filters)))
-            statement = statement.bindparams(*expanding)
-        return list(session.execute(statement, params))
+        statement = text(sql[name].replace("FILTERS", " AND ".join(filters)))
+        return list(session.execute(statement.bindparams(*expanding), params))
 
     try:
         if (run("count")[0][0] or 0) > BROAD_MATCHES:
@@ -341,10 +348,12 @@ def search(
             rows = (named + [r for r in run("recent") if r.id not in seen])[offset : offset + limit]
         else:
             rows = run("ranked")
-        snippets: dict[int, str] = {}
-        for ids in _id_runs([row.id for row in rows], dialect):
-            params |= {"ids": ids, "first_id": ids[0], "last_id": ids[-1]}
-            snippets |= {row_id: text for row_id, text in run("snippets") if text is not None}
+        texts = session.execute(
+            text(SNIPPET_TEXT).bindparams(bindparam("ids", expanding=True)),
+            {"ids": [row.id for row in rows] or [-1], "scan": SNIPPET_SCAN_CHARS},
+        )
+        pattern = snippet_pattern(query)
+        snippets = {row_id: make_snippet(pattern, value or "") for row_id, value in texts}
     except DBAPIError as exc:  # a query the parser let through but the engine refused
         session.rollback()
         log.warning("search %r failed: %s", query, exc.orig)
