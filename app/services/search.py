@@ -39,8 +39,10 @@ _INDEX_PATH = re.compile(r"^[^/\s]+/[^/\s]+$")
 _ESCAPE = "!"  # LIKE escape; not a backslash: its SQL literal differs between dialects
 SCOPES = ("name", "summary", "docs")
 
-# SQLite: bm25() weights in FTS_COLUMNS' order (app/data/schema.py creates the FTS5 table).
-FTS_WEIGHTS = (10.0, 5.0, 3.0, 2.0, 1.0, 3.0)
+# SQLite: the weight of each FTS5 column (app/data/schema.py's FTS_COLUMNS) in which the whole
+# query matches. Not bm25(): it first counts every document holding each word (FTS5's IDF), so
+# a common word and a rare one cost 60-150 ms however few documents hold both.
+FTS_WEIGHTS = {"name": 10, "summary": 5, "keywords": 3, "title": 3, "description": 2, "body": 1}
 FTS_SCOPE = {"name": "{name}", "summary": "{summary}", "docs": "{body title}"}
 # PostgreSQL: name A, summary B, keywords and page titles C, description and page text D;
 # ts_rank's weights for D, C, B, A. Docs pages rank at half (description > docs).
@@ -106,6 +108,26 @@ def parse_query(value: str) -> Query:
     if len(terms) > MAX_TERMS:
         raise InvalidQuery(f"The search has {len(terms)} words and phrases; at most {MAX_TERMS}.")
     return Query(tuple(terms), tuple(paths))
+
+
+def fts_column_matches(query: Query) -> dict[str, str]:
+    """For each FTS5 column every term may match in (its scope allows it), the MATCH expression
+    of the whole query within that column."""
+    phrases = fts_match(Query(tuple(dataclasses.replace(t, scope=None) for t in query.terms)))
+    return {
+        column: f"{{{column}}} : ({phrases})"
+        for column in FTS_WEIGHTS
+        if all(t.scope is None or column in FTS_SCOPE[t.scope] for t in query.terms)
+    }
+
+
+def _fts_weight(columns: Collection[str]) -> str:
+    cases = [
+        f"CASE WHEN d.id IN (SELECT rowid FROM search_fts WHERE search_fts MATCH :in_{column})"  # noqa: S608 - column names are constants
+        f" THEN {FTS_WEIGHTS[column]} ELSE 0 END"
+        for column in columns
+    ]
+    return " + ".join(cases) or "0"
 
 
 def fts_match(query: Query) -> str:
@@ -233,12 +255,13 @@ POSTGRESQL_COUNT = f"""
 SELECT count(*) FROM (SELECT d.id FROM search_documents d {_JOINS}
     WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AND FILTERS LIMIT :cap) AS m"""  # noqa: S608
 
-# Ranked: exact name, name prefix, field weights (bm25 / ts_rank), most recent.
+# Ranked: exact name, name prefix, field weights (the columns the whole query matches in on
+# SQLite, each read once as a list of rowids; ts_rank on PostgreSQL), most recent.
 SQLITE_RANKED = f"""
 SELECT {_COLUMNS}
 FROM search_fts {_FTS_JOINS}
 WHERE search_fts MATCH :match AND FILTERS
-ORDER BY name_rank, bm25(search_fts, {", ".join(map(str, FTS_WEIGHTS))}), d.updated_at DESC, d.id
+ORDER BY name_rank, WEIGHT DESC, d.updated_at DESC, d.id
 LIMIT :limit OFFSET :offset"""  # noqa: S608 - constants; input goes in bound parameters
 POSTGRESQL_RANKED = f"""
 SELECT {_COLUMNS}
@@ -337,8 +360,15 @@ def search(
     if any(t.scope == "docs" for t in query.terms):
         filters.append("d.kind = 'docs'")
 
+    if dialect == "sqlite":
+        columns = fts_column_matches(query)
+        params |= {f"in_{column}": match for column, match in columns.items()}
+
     def run(name: str) -> list[Any]:
-        statement = text(sql[name].replace("FILTERS", " AND ".join(filters)))
+        sql_text = sql[name].replace("FILTERS", " AND ".join(filters))
+        if dialect == "sqlite":
+            sql_text = sql_text.replace("WEIGHT", _fts_weight(columns))
+        statement = text(sql_text)
         return list(session.execute(statement.bindparams(*expanding), params))
 
     try:
