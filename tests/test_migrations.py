@@ -232,3 +232,63 @@ def test_scoped_tokens_keep_reading_what_their_index_inherits_after_0009(
     finally:
         engine.dispose()
     assert found == {1: ["alice/base", "alice/dev", "root/pypi"], 2: None}
+
+
+def test_upgrade_to_search_prefix_keeps_the_index_and_finds_prefixes_from_it(
+    empty_settings: Settings,
+) -> None:
+    """0019: SQLite's FTS5 table is created again with prefix indexes and rebuilt from the stored
+    text: what was indexed before is found, by a word and by a 2-letter prefix, and what is
+    written after goes through the new triggers."""
+    empty_settings.data_dir.mkdir(parents=True)
+    config = alembic_config(empty_settings)
+    command.upgrade(config, "0015_advisories")
+    engine = create_engine(empty_settings.database_url)
+    document = (
+        "INSERT INTO search_documents (id, index_id, kind, normalized_name, version, path, name,"
+        " summary, keywords, description, body, title, updated_at)"
+        " VALUES (:id, 1, 'release', :name, '1.0', '', :name, :summary, '', '', '', '',"
+        " '2026-01-02')"
+    )
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, username, password_hash, is_superuser, created_at)"
+                    " VALUES (1, 'root', 'x', true, '2026-01-01')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO indexes (id, owner_id, name, type, bases, volatile,"
+                    " acl_upload, mirror_whitelist, title, description, created_at)"
+                    " VALUES (1, 1, 'dev', 'stage', '[]', false, '[]', '[]', '', '',"
+                    " '2026-01-01')"
+                )
+            )
+            connection.execute(
+                text(document), {"id": 1, "name": "before", "summary": "quokka ledgers"}
+            )
+
+        command.upgrade(config, "head")
+
+        with engine.begin() as connection:
+            connection.execute(text(document), {"id": 2, "name": "after", "summary": "quolls"})
+        if engine.dialect.name != "sqlite":
+            return
+        with engine.connect() as connection:
+            table = connection.scalar(
+                text("SELECT sql FROM sqlite_master WHERE name = 'search_fts'")
+            )
+
+            def matches(match: str) -> list[int]:
+                statement = text("SELECT rowid FROM search_fts WHERE search_fts MATCH :m")
+                return sorted(connection.scalars(statement, {"m": match}))
+
+            assert "prefix='2 3 4'" in table
+            assert matches("ledger") == [1]
+            assert matches('"qu" *') == [1, 2]
+            assert matches('"quo" *') == [1, 2]
+            assert matches('"quok" *') == [1]
+    finally:
+        engine.dispose()

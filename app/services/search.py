@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 200
 MAX_TERMS = 16  # words and phrases in one query
-SNIPPET_TOKENS = 24  # words around a match in a snippet
+SNIPPET_CHARS = 200  # of text in a snippet, cut at a space
+SNIPPET_CONTEXT_CHARS = 60  # of text before the first match
+SNIPPET_SCAN_CHARS = 50_000  # of a hit's text searched for a match to show
+# Word endings dropped from a query word to highlight its other forms ("parsing": "parses"),
+# roughly as the engines stem English; only the highlighting uses it, never the match.
+_SUFFIXES = ("ing", "es", "ed", "s")
 # Markers around highlighted words in snippets: control characters that are dropped from
 # indexed text, so user content cannot forge them.
 MARK_START, MARK_END = "\x02", "\x03"
@@ -34,8 +39,10 @@ _INDEX_PATH = re.compile(r"^[^/\s]+/[^/\s]+$")
 _ESCAPE = "!"  # LIKE escape; not a backslash: its SQL literal differs between dialects
 SCOPES = ("name", "summary", "docs")
 
-# SQLite: bm25() weights in FTS_COLUMNS' order (app/data/schema.py creates the FTS5 table).
-FTS_WEIGHTS = (10.0, 5.0, 3.0, 2.0, 1.0, 3.0)
+# SQLite: the weight of each FTS5 column (app/data/schema.py's FTS_COLUMNS) in which the whole
+# query matches. Not bm25(): it first counts every document holding each word (FTS5's IDF), so
+# a common word and a rare one cost 60-150 ms however few documents hold both.
+FTS_WEIGHTS = {"name": 10, "summary": 5, "keywords": 3, "title": 3, "description": 2, "body": 1}
 FTS_SCOPE = {"name": "{name}", "summary": "{summary}", "docs": "{body title}"}
 # PostgreSQL: name A, summary B, keywords and page titles C, description and page text D;
 # ts_rank's weights for D, C, B, A. Docs pages rank at half (description > docs).
@@ -103,6 +110,26 @@ def parse_query(value: str) -> Query:
     return Query(tuple(terms), tuple(paths))
 
 
+def fts_column_matches(query: Query) -> dict[str, str]:
+    """For each FTS5 column every term may match in (its scope allows it), the MATCH expression
+    of the whole query within that column."""
+    phrases = fts_match(Query(tuple(dataclasses.replace(t, scope=None) for t in query.terms)))
+    return {
+        column: f"{{{column}}} : ({phrases})"
+        for column in FTS_WEIGHTS
+        if all(t.scope is None or column in FTS_SCOPE[t.scope] for t in query.terms)
+    }
+
+
+def _fts_weight(columns: Collection[str]) -> str:
+    cases = [
+        f"CASE WHEN d.id IN (SELECT rowid FROM search_fts WHERE search_fts MATCH :in_{column})"  # noqa: S608 - column names are constants
+        f" THEN {FTS_WEIGHTS[column]} ELSE 0 END"
+        for column in columns
+    ]
+    return " + ".join(cases) or "0"
+
+
 def fts_match(query: Query) -> str:
     """The FTS5 MATCH expression of a query: every term quoted, so none is FTS5 syntax."""
     parts = []
@@ -124,6 +151,42 @@ def pg_tsquery(query: Query) -> str:
         ]
         parts.append("(" + " <-> ".join(lexemes) + ")")
     return " & ".join(parts)
+
+
+def _root(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def snippet_pattern(query: Query) -> re.Pattern[str]:
+    """The words a snippet highlights: each word of the query (a phrase's too) with any ending,
+    case- and accent-insensitively (matched against folded text when the text has accents)."""
+    roots = {
+        fold(word) if term.is_prefix and n == len(term.words) - 1 else _root(fold(word))
+        for term in query.terms
+        for n, word in enumerate(term.words)
+    }
+    alternatives = "|".join(re.escape(r) for r in sorted(roots, key=len, reverse=True))
+    return re.compile(rf"(?<![^\W_])(?:{alternatives})[^\W_]*", re.IGNORECASE)
+
+
+def make_snippet(pattern: re.Pattern[str], value: str) -> str:
+    """About SNIPPET_CHARS of `value` from just before its first match, every match marked;
+    empty when nothing in it matches (the engine matched a word form the pattern misses)."""
+    match = pattern.search(value)
+    if match is None:
+        value = fold(value)
+        match = pattern.search(value)
+        if match is None:
+            return ""
+    start = match.start() - SNIPPET_CONTEXT_CHARS
+    start = value.rfind(" ", 0, start) + 1 if start > 0 else 0
+    end = value.find(" ", start + SNIPPET_CHARS)
+    end = len(value) if end < 0 else end
+    marked = pattern.sub(lambda m: MARK_START + m.group() + MARK_END, value[start:end])
+    return ("…" if start else "") + marked.strip() + ("…" if end < len(value) else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,12 +255,13 @@ POSTGRESQL_COUNT = f"""
 SELECT count(*) FROM (SELECT d.id FROM search_documents d {_JOINS}
     WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AND FILTERS LIMIT :cap) AS m"""  # noqa: S608
 
-# Ranked: exact name, name prefix, field weights (bm25 / ts_rank), most recent.
+# Ranked: exact name, name prefix, field weights (the columns the whole query matches in on
+# SQLite, each read once as a list of rowids; ts_rank on PostgreSQL), most recent.
 SQLITE_RANKED = f"""
 SELECT {_COLUMNS}
 FROM search_fts {_FTS_JOINS}
 WHERE search_fts MATCH :match AND FILTERS
-ORDER BY name_rank, bm25(search_fts, {", ".join(map(str, FTS_WEIGHTS))}), d.updated_at DESC, d.id
+ORDER BY name_rank, WEIGHT DESC, d.updated_at DESC, d.id
 LIMIT :limit OFFSET :offset"""  # noqa: S608 - constants; input goes in bound parameters
 POSTGRESQL_RANKED = f"""
 SELECT {_COLUMNS}
@@ -235,54 +299,26 @@ SELECT {_COLUMNS} FROM search_documents d {_JOINS}
 WHERE d.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', :match) AND FILTERS
 ORDER BY d.id DESC LIMIT :window"""  # noqa: S608 - as above
 
-# Snippets for the rows of the page only: both tokenize a row's whole text. FTS5 runs the match
-# once per value of a `rowid IN` constraint (a prefix merges its words' lists each time: 1.4 s
-# for a page of `sak*` at 300,000 documents), so SQLite reads the page's rowids by ranges: one
-# pass over each run of nearby rowids (SNIPPET_RANGE), every match in it read but only the
-# page's rows tokenized.
-SNIPPET_RANGE = 5_000  # rowids
-SQLITE_SNIPPETS = f"""
-SELECT rowid, CASE WHEN rowid IN :ids
-    THEN snippet(search_fts, -1, :mark_start, :mark_end, '…', {SNIPPET_TOKENS}) END
-FROM search_fts WHERE search_fts MATCH :match
-    AND rowid BETWEEN :first_id AND :last_id"""  # noqa: S608 - as above
-POSTGRESQL_SNIPPETS = f"""
-SELECT d.id, ts_headline('{TEXT_SEARCH_CONFIG}',
-    concat_ws(' ', d.summary, d.description, d.title, d.body),
-    to_tsquery('{TEXT_SEARCH_CONFIG}', :match),
-    'StartSel=' || :mark_start || ', StopSel=' || :mark_end
-    || ', MaxWords={SNIPPET_TOKENS}, MinWords=8, MaxFragments=2, FragmentDelimiter=" … "')
-FROM search_documents d WHERE d.id IN :ids"""  # noqa: S608 - as above
+# Snippets are cut in Python from the stored text of the page's rows (a primary-key read): FTS5's
+# snippet() and ts_headline tokenize each hit's whole text (3 ms a hit for a word that occurs
+# dozens of times in a page; 45-180 ms for a page of PostgreSQL hits, bench/RESULTS.md).
+SNIPPET_TEXT = """
+SELECT id, substr(summary || ' ' || description || ' ' || title || ' ' || body || ' ' || keywords,
+    1, :scan) FROM search_documents WHERE id IN :ids"""
 SQL = {
     "sqlite": {
         "count": SQLITE_COUNT,
         "ranked": SQLITE_RANKED,
         "named": SQLITE_NAMED,
         "recent": SQLITE_RECENT,
-        "snippets": SQLITE_SNIPPETS,
     },
     "postgresql": {
         "count": POSTGRESQL_COUNT,
         "ranked": POSTGRESQL_RANKED,
         "named": POSTGRESQL_NAMED,
         "recent": POSTGRESQL_RECENT,
-        "snippets": POSTGRESQL_SNIPPETS,
     },
 }
-
-
-def _id_runs(ids: list[int], dialect: str) -> list[list[int]]:
-    """The page's document ids in runs for the snippets statement: on SQLite sorted, split where
-    the next id is more than SNIPPET_RANGE away; elsewhere one run."""
-    if dialect != "sqlite":
-        return [ids] if ids else []
-    runs: list[list[int]] = []
-    for row_id in sorted(ids):
-        if runs and row_id - runs[-1][-1] <= SNIPPET_RANGE:
-            runs[-1].append(row_id)
-        else:
-            runs.append([row_id])
-    return runs
 
 
 def search(
@@ -311,8 +347,6 @@ def search(
         "offset": offset,
         "window": offset + limit,
         "cap": BROAD_MATCHES + 1,
-        "mark_start": MARK_START,
-        "mark_end": MARK_END,
     }
     expanding: list[BindParameter[Any]] = []
     if index_ids is not None:
@@ -326,13 +360,16 @@ def search(
     if any(t.scope == "docs" for t in query.terms):
         filters.append("d.kind = 'docs'")
 
+    if dialect == "sqlite":
+        columns = fts_column_matches(query)
+        params |= {f"in_{column}": match for column, match in columns.items()}
+
     def run(name: str) -> list[Any]:
-        if name == "snippets":
-            statement = text(sql[name]).bindparams(bindparam("ids", expanding=True))
-        else:
-            statement = text(sql[name].replace("FILTERS", " AND ".join(filters)))
-            statement = statement.bindparams(*expanding)
-        return list(session.execute(statement, params))
+        sql_text = sql[name].replace("FILTERS", " AND ".join(filters))
+        if dialect == "sqlite":
+            sql_text = sql_text.replace("WEIGHT", _fts_weight(columns))
+        statement = text(sql_text)
+        return list(session.execute(statement.bindparams(*expanding), params))
 
     try:
         if (run("count")[0][0] or 0) > BROAD_MATCHES:
@@ -341,10 +378,12 @@ def search(
             rows = (named + [r for r in run("recent") if r.id not in seen])[offset : offset + limit]
         else:
             rows = run("ranked")
-        snippets: dict[int, str] = {}
-        for ids in _id_runs([row.id for row in rows], dialect):
-            params |= {"ids": ids, "first_id": ids[0], "last_id": ids[-1]}
-            snippets |= {row_id: text for row_id, text in run("snippets") if text is not None}
+        texts = session.execute(
+            text(SNIPPET_TEXT).bindparams(bindparam("ids", expanding=True)),
+            {"ids": [row.id for row in rows] or [-1], "scan": SNIPPET_SCAN_CHARS},
+        )
+        pattern = snippet_pattern(query)
+        snippets = {row_id: make_snippet(pattern, value or "") for row_id, value in texts}
     except DBAPIError as exc:  # a query the parser let through but the engine refused
         session.rollback()
         log.warning("search %r failed: %s", query, exc.orig)

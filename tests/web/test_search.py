@@ -196,8 +196,9 @@ def test_documents_of_an_index_the_caller_may_not_read_do_not_change_the_answer(
     reveal itself in, what an anonymous search lists."""
     from app.services import search
 
-    upload(client, "older", "1.0", summary="flask flask flask helpers")
-    upload(client, "newer", "1.0", summary="About flask")
+    # Weighed, the summary's match ranks first; listed as broad, the newest would.
+    upload(client, "older", "1.0", summary="Helpers for flask")
+    upload(client, "newer", "1.0", summary="Other helpers", description="About flask")
     monkeypatch.setattr(search, "BROAD_MATCHES", 2)
     before = results(client, "flask")
     created = client.put("/admin/secret", json={"acl_read": ["admin"]}, headers=ADMIN)
