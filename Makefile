@@ -47,17 +47,22 @@ SCALE_TESTS := tests/test_upload.py tests/test_backup.py tests/test_integrity.py
 	tests/e2e/test_page_cache.py tests/e2e/test_bootstrap.py tests/e2e/test_private_blobs.py \
 	tests/e2e/test_sessions.py
 
+# Two pytest-xdist workers, each taking whole test files (module-scoped servers stay shared):
+# the end-to-end tests mostly wait on subprocesses, so two cores run them about twice as fast.
+# PARALLEL= runs them in one process.
+PARALLEL ?= -n 2 --dist loadfile
+
 test: $(VENV)/.installed $(DEVPI_VENV)/.installed $(CLIENTS_VENV)/.installed chromium postgres ## install what the tests need, type-check app/ and its import contracts, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -p no:cacheprovider
-	PYSHELF_TEST_DATABASE=postgres PYSHELF_TEST_STORAGE=s3 $(PY) -m pytest -q -p no:cacheprovider $(SCALE_TESTS)
+	$(PY) -m pytest -q -p no:cacheprovider $(PARALLEL)
+	PYSHELF_TEST_DATABASE=postgres PYSHELF_TEST_STORAGE=s3 $(PY) -m pytest -q -p no:cacheprovider $(PARALLEL) $(SCALE_TESTS)
 
 test-robustness: $(VENV)/.installed ## tests/robustness at full size: 1000 fuzz cases per property, 2 min of load, 3 rounds of faults (about 10 min)
 	FUZZ_EXAMPLES=1000 LOAD_SECONDS=120 FAULT_ROUNDS=3 $(PY) -m pytest -q -p no:cacheprovider -s tests/robustness
 
 test-scale: $(VENV)/.installed postgres ## every unit and end-to-end test again on PostgreSQL + S3 (moto): about 20 minutes
-	PYSHELF_TEST_DATABASE=postgres PYSHELF_TEST_STORAGE=s3 $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/browser --ignore=tests/container --ignore=tests/robustness
+	PYSHELF_TEST_DATABASE=postgres PYSHELF_TEST_STORAGE=s3 $(PY) -m pytest -q -p no:cacheprovider $(PARALLEL) tests --ignore=tests/browser --ignore=tests/container --ignore=tests/robustness
 
 test-fast: $(VENV)/.installed ## the tests without the end-to-end ones
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"

@@ -1,8 +1,8 @@
 """search: SQLite's FTS5 table gets prefix indexes (2 to 4 characters), rebuilt from
 search_documents
 
-Revision ID: 0019_search_prefix
-Revises: 0015_advisories
+Revision ID: 0018_search_prefix
+Revises: 0017_guard
 Create Date: 2026-12-07 17:20:00.000000
 
 FTS5 sets its options when the table is created: the table and its triggers are created again
@@ -15,8 +15,8 @@ from alembic import op
 from app.data.schema import drop_fts_objects, fts_objects
 
 
-revision = "0019_search_prefix"
-down_revision = "0015_advisories"
+revision = "0018_search_prefix"
+down_revision = "0017_guard"
 branch_labels = None
 depends_on = None
 
