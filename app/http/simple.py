@@ -18,16 +18,15 @@ from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's 
 from app.core.dists import normalize_name
 from app.core.upstream import UpstreamError
 from app.data.db import get_session
-from app.data.models import Index, utcnow
+from app.data.models import utcnow
 from app.http.auth import authenticated_user, require_read
-from app.http.errors import HTTPError, upstream_failed
+from app.http.errors import HTTPError, index_or_404, upstream_failed
 from app.http.metrics import mark_guard
 from app.http.web import hook_headers
 from app.services import advisories, throttle
 from app.services.indexes import (
     Dist,
     ProjectView,
-    get_index,
     is_public,
     may_read,
     project_names,
@@ -276,13 +275,6 @@ def _mirror_source() -> Any:
     return current_app.extensions["pyshelf.mirror"]
 
 
-def _index_or_404(user: str, index: str) -> Index:
-    found = get_index(get_session(), user, index)
-    if found is None:
-        raise HTTPError(404, f"Index {user}/{index} does not exist.")
-    return found
-
-
 @bp.get("/<user>/<index>/+simple")
 def project_list_no_slash(user: str, index: str) -> BaseResponse:
     """Redirect to the canonical URL with a trailing slash (PEP 503)."""
@@ -292,7 +284,7 @@ def project_list_no_slash(user: str, index: str) -> BaseResponse:
 @bp.route("/<user>/<index>/+simple/", methods=["GET", "HEAD"])
 def project_list(user: str, index: str) -> Response:
     """The index's project list: its own projects, its bases', and cached mirror ones."""
-    found = _index_or_404(user, index)
+    found = index_or_404(user, index)
     reader = require_read(found)
     names = project_names(get_session(), found, _mirror_source(), reader=reader)
     mime = negotiate(request.headers.get("Accept"), request.args.get("format"))
@@ -334,7 +326,7 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
 
     session = get_session()
     generation = cache.generation(session)  # first: nothing read before it may be older
-    found = _index_or_404(user, index)
+    found = index_or_404(user, index)
     order = resolution_order(session, found)
     reader = require_read(found, order=order)
     sees_all = reader is None or all(may_read(i, reader) for i in order)
@@ -393,7 +385,7 @@ def refresh(user: str, index: str, project: str) -> BaseResponse:
     credentials) MAX_ANONYMOUS_REFRESHES times per address, then 429: strangers must not make
     the server hammer the upstream.
     """
-    found = _index_or_404(user, index)
+    found = index_or_404(user, index)
     reader = require_read(found)
     if authenticated_user() is None:
         database = current_app.extensions["pyshelf.db"]

@@ -51,13 +51,6 @@ def check_status(status: object, reason: object) -> tuple[str, str | None]:
     return status.strip().lower(), text or None
 
 
-def may_set_status(index: Index, user: User) -> bool:
-    """Superusers, the index owner and its uploaders (acl_upload), as for yanking."""
-    return (
-        user.is_superuser or user.id == index.owner_id or user.username in (index.acl_upload or ())
-    )
-
-
 def set_status(project: Project, status: str, reason: str | None, user: User) -> None:
     """Record a checked status on a stage project, with who set it and when (the caller commits)."""
     project.status, project.status_reason = status, reason
