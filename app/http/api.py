@@ -63,6 +63,11 @@ def _user_or_404(session: Session, username: str) -> User:
     return user
 
 
+def _superuser_or_403(caller: User, action: str) -> None:
+    if not caller.is_superuser:
+        raise HTTPError(403, f"Only superusers may {action}.")
+
+
 def _check_password(password: Any) -> str:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_CHARS:
         raise HTTPError(400, f"A password of at least {MIN_PASSWORD_CHARS} characters is required.")
@@ -95,8 +100,7 @@ def get_user(user: str) -> Response | str:
 def create_user(user: str) -> Response:
     """Create a user (superusers only): {"password": ..., "email": ..., "superuser": false}."""
     caller = require_user()
-    if not caller.is_superuser:
-        raise HTTPError(403, "Only superusers may create users.")
+    _superuser_or_403(caller, "create users")
     if not USERNAME_RE.match(user):
         raise HTTPError(400, f"Invalid username {user!r}: use letters, digits, '.', '_' or '-'.")
     body = _json_body()
@@ -138,8 +142,7 @@ def modify_user(user: str) -> Response:
     if "email" in body:
         target.email = _check_email(body["email"])
     if "superuser" in body:
-        if not caller.is_superuser:
-            raise HTTPError(403, "Only superusers may grant or revoke superuser rights.")
+        _superuser_or_403(caller, "grant or revoke superuser rights")
         target.is_superuser = bool(body["superuser"])
     session.commit()
     return envelope("userconfig", user_info(session, target))
@@ -150,8 +153,7 @@ def modify_user(user: str) -> Response:
 def delete_user(user: str) -> Response:
     """Delete a user with their indexes and tokens (superusers only, never yourself)."""
     caller = require_user()
-    if not caller.is_superuser:
-        raise HTTPError(403, "Only superusers may delete users.")
+    _superuser_or_403(caller, "delete users")
     session = get_session()
     begin_write(session)
     target = _user_or_404(session, user)

@@ -16,7 +16,7 @@ from werkzeug.http import parse_accept_header, parse_etags
 from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
 from app.core.dists import normalize_name
-from app.core.upstream import UpstreamError
+from app.core.upstream import MIME_HTML, MIME_JSON, MIME_TEXT_HTML, UpstreamError
 from app.data.db import get_session
 from app.data.models import utcnow
 from app.http.auth import authenticated_user, require_read
@@ -45,9 +45,6 @@ API_VERSION = "1.4"  # PEP 629, PEP 691: HTML stays at 1.4 (PEP 833)
 # project: a JSON page with a file of unknown size (one the mirror has not cached yet) says
 # 1.0 instead, where `size` is not defined; the other keys stay (clients ignore unknown keys).
 API_VERSION_WITHOUT_SIZES = "1.0"
-MIME_JSON = "application/vnd.pypi.simple.v1+json"
-MIME_HTML = "application/vnd.pypi.simple.v1+html"
-MIME_TEXT_HTML = "text/html"
 # PEP 691: on equal quality the server prefers text/html, then v1+html, then v1+json (as PyPI).
 OFFERS = (MIME_TEXT_HTML, MIME_HTML, MIME_JSON)
 ALIASES = {

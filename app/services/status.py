@@ -1,4 +1,4 @@
-"""Project status markers (PEP 792): the values, who may set them, and what quarantine hides."""
+"""Project status markers (PEP 792): the values and what quarantine hides."""
 
 from __future__ import annotations
 
