@@ -57,7 +57,12 @@ from app.services.indexes import (
     index_config,
     resolution_order,
 )
-from app.services.releases import InUse, check_deletable, delete_index
+from app.services.releases import (
+    InUse,
+    check_deletable,
+    delete_index,
+    delete_owned_indexes,
+)
 
 if TYPE_CHECKING:
     from app.ops.targets import Target
@@ -197,7 +202,10 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> None:
         elif args.action == "passwd":
             user.password_hash = hash_password(_read_password(args.password, args.name))
         elif args.action == "delete":
-            _refuse_if_based_on(session, [i.path for i in user.indexes])
+            try:
+                delete_owned_indexes(session, user)
+            except InUse as exc:
+                raise CommandError(str(exc).rstrip(".")) from None
             session.delete(user)
         session.commit()
         print(f"user {args.name}: {args.action} done")

@@ -38,8 +38,8 @@ from app.services.indexes import (
     shown_bases,
 )
 from app.services.promote import Promoted
-from app.services.releases import check_deletable, may_change, set_yanked, version_files
 from app.services.releases import delete_index as delete_index_and_contents
+from app.services.releases import delete_owned_indexes, may_change, set_yanked, version_files
 from app.services.status import ACTIVE, StatusError, check_status, set_status
 
 bp = Blueprint("api", __name__)
@@ -161,7 +161,7 @@ def delete_user(user: str) -> Response:
         raise HTTPError(403, "You cannot delete yourself.")
     # Deleting the user deletes their indexes: refuse, as for DELETE /USER/INDEX, when others
     # build on one (a dangling base would silently reattach to whoever recreates that path).
-    check_deletable(session, [i.path for i in target.indexes])  # InUse: 409
+    delete_owned_indexes(session, target)  # InUse: 409
     session.delete(target)
     session.commit()
     return envelope("userconfig", {"deleted": user})
@@ -313,7 +313,8 @@ def yank_version(user: str, index: str, project: str, version: str) -> Response:
     body = _json_body()
     if not isinstance(body.get("yanked"), bool):
         raise HTTPError(400, 'Send {"yanked": true|false, "reason": "..."}.')
-    files = version_files(session, found, project, version)
+    # The JSON API has always echoed the whole bad version (errors.py cuts the reason).
+    files = version_files(session, found, project, version, shown_chars=None)
     reason = str(body.get("reason") or "").strip() or None
     set_yanked(files, body["yanked"], reason)
     session.commit()

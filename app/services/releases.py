@@ -60,20 +60,26 @@ def may_remove(index: Index, user: User, *, force: bool = False) -> bool:
 # --- the files of a version -------------------------------------------------------------------
 
 
-def parse_version(version: str) -> Version:
-    """`version` as a PEP 440 version, or InvalidRequest."""
+def parse_version(version: str, *, shown_chars: int | None = MAX_VERSION_SHOWN_CHARS) -> Version:
+    """`version` as a PEP 440 version, or InvalidRequest naming its first `shown_chars`."""
     try:
         return Version(version)
     except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
-        shown = version[:MAX_VERSION_SHOWN_CHARS]
+        shown = version[:shown_chars]
         raise InvalidRequest(f"'{shown}' is not a valid version (PEP 440).") from None
 
 
 def version_files(
-    session: Session, index: Index, project: str, version: str, *, filename: str | None = None
+    session: Session,
+    index: Index,
+    project: str,
+    version: str,
+    *,
+    filename: str | None = None,
+    shown_chars: int | None = MAX_VERSION_SHOWN_CHARS,
 ) -> list[File]:
     """The files of `project` `version` on `index` (only `filename` when given), or NotFound."""
-    wanted = parse_version(version)
+    wanted = parse_version(version, shown_chars=shown_chars)
     files = [
         f
         for f in session.scalars(
@@ -162,6 +168,19 @@ def delete_index(session: Session, index: Index) -> None:
     counted for the cache cap, under that mirror (`_hand_over_blobs`).
     """
     check_deletable(session, [index.path])
+    _delete(session, index)
+
+
+def delete_owned_indexes(session: Session, owner: User) -> None:
+    """Delete every index of `owner` as `delete_index` does, before the user goes (or InUse)."""
+    owned = list(owner.indexes)
+    check_deletable(session, [i.path for i in owned])
+    for index in owned:
+        _delete(session, index)
+    session.expire(owner, ["indexes"])
+
+
+def _delete(session: Session, index: Index) -> None:
     if index.is_mirror:
         _hand_over_blobs(session, index)
     session.delete(index)

@@ -23,6 +23,7 @@ from app.data.models import (
     Project,
     SearchDocument,
     Token,
+    User,
     utcnow,
 )
 from tests.builders import make_wheel
@@ -195,6 +196,41 @@ def test_deleting_a_mirror_keeps_a_blob_another_mirror_holds_counted(
     )
     assert _count(server, select(func.count()).where(MirrorBlob.sha256 == alone)) == 0
     assert _count(server, select(func.count()).where(MirrorHolding.index_id == ids[doomed])) == 0
+
+
+def test_deleting_a_user_hands_over_the_blobs_of_their_mirrors(live_server: LiveServer) -> None:
+    """Deleting a user deletes their indexes as deleting each index does: a blob their mirror
+    recorded and another user's mirror also holds stays counted, under that mirror."""
+    server = live_server
+    owner = f"u{secrets.token_hex(3)}"
+    assert api(server, "PUT", f"/{owner}", {"password": "owner-password"})[0] == 201
+    config = {"type": "mirror", "mirror_url": "http://127.0.0.1:9/simple/"}
+    heir = f"admin/m{secrets.token_hex(3)}"
+    for path in (f"{owner}/mirror", heir):
+        status, body, _ = api(server, "PUT", f"/{path}", config)
+        assert status == 201, body
+    shared = secrets.token_hex(32)
+    database = _database(server)
+    try:
+        with database.session() as session:
+            doomed_id = session.scalar(select(Index.id).join(User).where(User.username == owner))
+            heir_id = session.scalar(select(Index.id).where(Index.name == heir.split("/")[1]))
+            now = utcnow()
+            session.execute(
+                insert(MirrorBlob).values(
+                    sha256=shared, index_id=doomed_id, size=1000, cached_at=now, last_access_at=now
+                )
+            )
+            for index_id in (doomed_id, heir_id):
+                session.execute(insert(MirrorHolding).values(index_id=index_id, sha256=shared))
+            session.commit()
+    finally:
+        database.engine.dispose()
+
+    status, body, _ = api(server, "DELETE", f"/{owner}")
+
+    assert status == 200, body
+    assert _count(server, select(MirrorBlob.index_id).where(MirrorBlob.sha256 == shared)) == heir_id
 
 
 # --- who may yank and delete -----------------------------------------------------------------

@@ -47,7 +47,7 @@ from app.services.indexes import (
     may_set_mirror_url,
     may_upload,
 )
-from app.services.releases import InUse, check_deletable
+from app.services.releases import InUse, delete_owned_indexes
 from app.services.releases import delete_index as delete_index_and_contents
 from app.services.throttle import LoginThrottled
 
@@ -317,7 +317,7 @@ def admin_delete_user(username: str) -> Response:
         flash("You cannot delete yourself.", "error")
     else:
         try:
-            check_deletable(db, [i.path for i in target.indexes])
+            delete_owned_indexes(db, target)
         except InUse as exc:
             flash(f"Cannot delete {username}: {exc}", "error")
         else:
