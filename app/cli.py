@@ -53,10 +53,15 @@ from app.services.indexes import (
     IndexConfigError,
     apply_config,
     create_index,
-    dependents,
     get_index_by_path,
     index_config,
     resolution_order,
+)
+from app.services.releases import (
+    InUse,
+    check_deletable,
+    delete_index,
+    delete_owned_indexes,
 )
 
 if TYPE_CHECKING:
@@ -125,10 +130,10 @@ def _read_password(given: str | None, username: str) -> str:
 
 def _refuse_if_based_on(session: Session, paths: list[str]) -> None:
     """Refuse to delete indexes that others list as bases (as the API's 409 does)."""
-    used = dependents(session, paths)
-    if used:
-        what = "; ".join(f"{base} is a base of {', '.join(of)}" for base, of in used.items())
-        raise CommandError(f"{what}; change those first")
+    try:
+        check_deletable(session, paths)
+    except InUse as exc:
+        raise CommandError(str(exc).rstrip(".")) from None
 
 
 def _parse_pairs(pairs: list[str]) -> dict[str, str]:
@@ -197,7 +202,10 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> None:
         elif args.action == "passwd":
             user.password_hash = hash_password(_read_password(args.password, args.name))
         elif args.action == "delete":
-            _refuse_if_based_on(session, [i.path for i in user.indexes])
+            try:
+                delete_owned_indexes(session, user)
+            except InUse as exc:
+                raise CommandError(str(exc).rstrip(".")) from None
             session.delete(user)
         session.commit()
         print(f"user {args.name}: {args.action} done")
@@ -254,8 +262,10 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> None:
             elif args.action == "modify":
                 apply_config(session, index, config)
             elif args.action == "delete":
-                _refuse_if_based_on(session, [index.path])
-                session.delete(index)
+                try:
+                    delete_index(session, index)
+                except InUse as exc:
+                    raise CommandError(str(exc).rstrip(".")) from None
                 session.commit()
                 print(f"deleted {args.path}")
                 return

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, current_app, request
-from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a subclass
@@ -14,7 +13,7 @@ from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a 
 from app.core.config import Settings
 from app.core.dists import normalize_name
 from app.data.db import begin_write, get_session
-from app.data.models import File, Index, Project, User
+from app.data.models import Index, Project, User
 from app.http.auth import (
     MIN_PASSWORD_CHARS,
     USERNAME_RE,
@@ -24,7 +23,7 @@ from app.http.auth import (
     require_user,
 )
 from app.http.devpi import envelope, is_own, listing_reader, promote_for_caller, user_info
-from app.http.errors import HTTPError
+from app.http.errors import HTTPError, index_or_404
 from app.http.web import index_page, user_page
 from app.http.web.base import wants_json
 from app.services.indexes import (
@@ -33,15 +32,15 @@ from app.services.indexes import (
     apply_config,
     apply_operations,
     create_index,
-    dependents,
-    get_index,
     get_index_by_path,
     index_config,
     may_configure,
     shown_bases,
 )
 from app.services.promote import Promoted
-from app.services.status import ACTIVE, StatusError, check_status, may_set_status, set_status
+from app.services.releases import delete_index as delete_index_and_contents
+from app.services.releases import delete_owned_indexes, may_change, set_yanked, version_files
+from app.services.status import ACTIVE, StatusError, check_status, set_status
 
 bp = Blueprint("api", __name__)
 
@@ -64,11 +63,9 @@ def _user_or_404(session: Session, username: str) -> User:
     return user
 
 
-def _index_or_404(session: Session, username: str, name: str) -> Index:
-    index = get_index(session, username, name)
-    if index is None:
-        raise HTTPError(404, f"Index {username}/{name} does not exist.")
-    return index
+def _superuser_or_403(caller: User, action: str) -> None:
+    if not caller.is_superuser:
+        raise HTTPError(403, f"Only superusers may {action}.")
 
 
 def _check_password(password: Any) -> str:
@@ -103,8 +100,7 @@ def get_user(user: str) -> Response | str:
 def create_user(user: str) -> Response:
     """Create a user (superusers only): {"password": ..., "email": ..., "superuser": false}."""
     caller = require_user()
-    if not caller.is_superuser:
-        raise HTTPError(403, "Only superusers may create users.")
+    _superuser_or_403(caller, "create users")
     if not USERNAME_RE.match(user):
         raise HTTPError(400, f"Invalid username {user!r}: use letters, digits, '.', '_' or '-'.")
     body = _json_body()
@@ -146,8 +142,7 @@ def modify_user(user: str) -> Response:
     if "email" in body:
         target.email = _check_email(body["email"])
     if "superuser" in body:
-        if not caller.is_superuser:
-            raise HTTPError(403, "Only superusers may grant or revoke superuser rights.")
+        _superuser_or_403(caller, "grant or revoke superuser rights")
         target.is_superuser = bool(body["superuser"])
     session.commit()
     return envelope("userconfig", user_info(session, target))
@@ -158,8 +153,7 @@ def modify_user(user: str) -> Response:
 def delete_user(user: str) -> Response:
     """Delete a user with their indexes and tokens (superusers only, never yourself)."""
     caller = require_user()
-    if not caller.is_superuser:
-        raise HTTPError(403, "Only superusers may delete users.")
+    _superuser_or_403(caller, "delete users")
     session = get_session()
     begin_write(session)
     target = _user_or_404(session, user)
@@ -167,10 +161,7 @@ def delete_user(user: str) -> Response:
         raise HTTPError(403, "You cannot delete yourself.")
     # Deleting the user deletes their indexes: refuse, as for DELETE /USER/INDEX, when others
     # build on one (a dangling base would silently reattach to whoever recreates that path).
-    used = dependents(session, [i.path for i in target.indexes])
-    if used:
-        what = "; ".join(f"{base} is a base of {', '.join(of)}" for base, of in used.items())
-        raise HTTPError(409, f"{what}; change those first.")
+    delete_owned_indexes(session, target)  # InUse: 409
     session.delete(target)
     session.commit()
     return envelope("userconfig", {"deleted": user})
@@ -213,7 +204,7 @@ def get_index_config(user: str, index: str) -> Response | str:
     if not wants_json():
         return index_page(user, index)
     session = get_session()
-    found = _index_or_404(session, user, index)
+    found = index_or_404(user, index)
     reader = require_read(found)
     bases = None if reader is None else shown_bases(session, found, reader)
     result = index_config(found, bases=bases)
@@ -269,7 +260,7 @@ def modify_index(user: str, index: str) -> Response:
     caller = require_user()
     session = get_session()
     begin_write(session)
-    found = _index_or_404(session, user, index)
+    found = index_or_404(user, index)
     if not may_configure(found, caller):
         raise HTTPError(403, f"Only {user} or a superuser may configure {found.path}.")
     body = _json_body(allow_list=True)
@@ -301,15 +292,10 @@ def delete_index(user: str, index: str) -> Response:
     caller = require_user()
     session = get_session()
     begin_write(session)
-    found = _index_or_404(session, user, index)
+    found = index_or_404(user, index)
     if not may_configure(found, caller):
         raise HTTPError(403, f"Only {user} or a superuser may delete {found.path}.")
-    users_of = [i.path for i in session.scalars(select(Index)) if found.path in (i.bases or ())]
-    if users_of:
-        raise HTTPError(
-            409, f"{found.path} is a base of {', '.join(users_of)}; change those first."
-        )
-    session.delete(found)
+    delete_index_and_contents(session, found)  # InUse: 409
     session.commit()
     return envelope("indexconfig", {"deleted": found.path})
 
@@ -321,31 +307,16 @@ def yank_version(user: str, index: str, project: str, version: str) -> Response:
     caller = require_user()
     session = get_session()
     begin_write(session)
-    found = _index_or_404(session, user, index)
-    if not (may_configure(found, caller) or caller.username in (found.acl_upload or ())):
+    found = index_or_404(user, index)
+    if not may_change(found, caller):
         raise HTTPError(403, f"The user '{caller.username}' may not yank on {found.path}.")
     body = _json_body()
     if not isinstance(body.get("yanked"), bool):
         raise HTTPError(400, 'Send {"yanked": true|false, "reason": "..."}.')
-    try:
-        wanted = Version(version)
-    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
-        raise HTTPError(400, f"'{version}' is not a valid version (PEP 440).") from None
-    files = [
-        f
-        for f in session.scalars(
-            select(File)
-            .join(Project)
-            .where(Project.index_id == found.id, Project.normalized_name == normalize_name(project))
-        )
-        if Version(f.version) == wanted
-    ]
-    if not files:
-        raise HTTPError(404, f"{project} {version} has no files on {found.path}.")
+    # The JSON API has always echoed the whole bad version (errors.py cuts the reason).
+    files = version_files(session, found, project, version, shown_chars=None)
     reason = str(body.get("reason") or "").strip() or None
-    for record in files:
-        record.yanked = body["yanked"]
-        record.yanked_reason = reason if body["yanked"] else None
+    set_yanked(files, body["yanked"], reason)
     session.commit()
     return envelope(
         "versionconfig", {"files": [f.filename for f in files], "yanked": body["yanked"]}
@@ -379,7 +350,7 @@ def _status_json(record: Project) -> dict[str, Any]:
 def get_project_status(user: str, index: str, project: str) -> Response:
     """A stage project's PEP 792 status, reason, and who set it when (active if never set)."""
     session = get_session()
-    found = _index_or_404(session, user, index)
+    found = index_or_404(user, index)
     require_read(found, with_bases=False)
     return envelope("projectstatus", _status_json(_stage_project_or_404(session, found, project)))
 
@@ -391,8 +362,8 @@ def set_project_status(user: str, index: str, project: str) -> Response:
     caller = require_user()
     session = get_session()
     begin_write(session)
-    found = _index_or_404(session, user, index)
-    if not may_set_status(found, caller):
+    found = index_or_404(user, index)
+    if not may_change(found, caller):
         raise HTTPError(
             403, f"The user '{caller.username}' may not set project status on {found.path}."
         )
@@ -434,7 +405,7 @@ def promote_release(user: str, index: str) -> Response:
     """Copy a release's files and docs to another stage (the JSON twin of devpi push):
     {"name": NAME, "version": VERSION, "target": "USER/INDEX"}."""
     require_user()
-    found = _index_or_404(get_session(), user, index)
+    found = index_or_404(user, index)
     body = _json_body()
     unknown = sorted(set(body) - {"name", "version", "target"})
     if unknown:

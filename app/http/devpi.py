@@ -40,16 +40,13 @@ from app.http.auth import (
     require_user,
     verify_password,
 )
-from app.http.errors import HTTPError, too_many_logins
+from app.http.errors import HTTPError, index_or_404, too_many_logins
 from app.services.indexes import (
     Reader,
-    delete_files,
     get_index,
     index_config,
     is_public,
-    may_configure,
     may_read,
-    may_upload,
     shown_bases,
 )
 from app.services.promote import (
@@ -62,6 +59,7 @@ from app.services.promote import (
     ReleaseNotFound,
     promote,
 )
+from app.services.releases import delete_files, may_change, may_remove, parse_version
 from app.services.throttle import LoginThrottled
 
 log = logging.getLogger(__name__)
@@ -235,25 +233,21 @@ def _removable_index(user: str, index: str) -> tuple[Index, User]:
     caller = require_user()
     session = get_session()
     begin_write(session)
-    found = get_index(session, user, index)
-    if found is None:
-        raise HTTPError(404, f"Index {user}/{index} does not exist.")
+    found = index_or_404(user, index)
     if found.is_mirror:
         raise HTTPError(403, f"Index {found.path} is a mirror: its files come from upstream.")
-    # As yanking: the owner, superusers and the users in acl_upload.
-    if not (may_configure(found, caller) or may_upload(found, caller)):
+    if not may_change(found, caller):
         raise HTTPError(
             403, f"The user '{caller.username}' may not delete releases on {found.path}."
         )
-    if not found.volatile:
+    if not may_remove(found, caller, force="force" in request.args):
         if "force" not in request.args:
             raise HTTPError(
                 403,
                 f"Index {found.path} is not volatile: released files stay (yank them instead; "
                 "a superuser may delete with ?force, devpi remove --force).",
             )
-        if not caller.is_superuser:
-            raise HTTPError(403, f"Only superusers may force deletions on {found.path}.")
+        raise HTTPError(403, f"Only superusers may force deletions on {found.path}.")
     return found, caller
 
 
@@ -294,10 +288,7 @@ def delete_version(user: str, index: str, project: str, version: str) -> Respons
     """Delete every file and the docs of one version (`devpi remove NAME==VERSION`)."""
     found, caller = _removable_index(user, index)
     record = _project_or_404(found, project)
-    try:
-        wanted = Version(version)
-    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
-        raise HTTPError(400, f"'{version[:100]}' is not a valid version (PEP 440).") from None
+    wanted = parse_version(version)
     session = get_session()
     files = [
         f

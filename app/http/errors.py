@@ -15,6 +15,10 @@ from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's 
 
 from app.core.storage import StorageUnavailable
 from app.core.upstream import UpstreamTimeout
+from app.data.db import get_session
+from app.data.models import Index
+from app.services.indexes import get_index
+from app.services.releases import InUse, InvalidRequest, NotAllowed, NotFound, ReleaseError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,13 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL = "Insufficient Storage: the data disk is full; nothing was stored (free DATA_DIR space)."
 DATABASE_BUSY = "Database busy: another writer held the lock too long; nothing was stored, retry."
 RETRY_AFTER_SECONDS = "30"
+# The one mapping of the domain's refusals (app/services/releases.py) to status codes.
+DOMAIN_STATUS: dict[type[ReleaseError], int] = {
+    InvalidRequest: 400,
+    NotAllowed: 403,
+    NotFound: 404,
+    InUse: 409,
+}
 
 
 class HTTPError(Exception):
@@ -34,6 +45,20 @@ class HTTPError(Exception):
         self.status = status
         self.reason = reason
         self.headers = headers or {}
+
+
+def from_domain(exc: ReleaseError) -> HTTPError:
+    """The HTTPError for a domain refusal: its status from DOMAIN_STATUS, its message as reason."""
+    status = next(code for kind, code in DOMAIN_STATUS.items() if isinstance(exc, kind))
+    return HTTPError(status, str(exc))
+
+
+def index_or_404(user: str, index: str) -> Index:
+    """The index `user/index` of this request's session, or 404."""
+    found = get_index(get_session(), user, index)
+    if found is None:
+        raise HTTPError(404, f"Index {user}/{index} does not exist.")
+    return found
 
 
 def upstream_failed(exc: Exception, project: str) -> HTTPError:
@@ -118,11 +143,16 @@ def storage_failure(exc: BaseException) -> HTTPError | None:
 
 
 def init_app(app: Flask) -> None:
-    """Turn HTTPError and werkzeug's exceptions into reasoned responses."""
+    """Turn HTTPError, the domain's refusals and werkzeug's exceptions into reasoned responses."""
 
     @app.errorhandler(HTTPError)
     def _handle_http_error(exc: HTTPError) -> Response:
         return error_response(exc.status, exc.reason, exc.headers)
+
+    @app.errorhandler(ReleaseError)
+    def _handle_domain_error(exc: ReleaseError) -> Response:
+        failure = from_domain(exc)
+        return error_response(failure.status, failure.reason)
 
     @app.errorhandler(StorageUnavailable)
     def _handle_storage(exc: StorageUnavailable) -> Response:

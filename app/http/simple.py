@@ -16,19 +16,18 @@ from werkzeug.http import parse_accept_header, parse_etags
 from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
 from app.core.dists import normalize_name
-from app.core.upstream import UpstreamError
+from app.core.upstream import MIME_HTML, MIME_JSON, MIME_TEXT_HTML, UpstreamError
 from app.data.db import get_session
-from app.data.models import Index, utcnow
+from app.data.models import utcnow
 from app.http import metrics
 from app.http.auth import authenticated_user, require_read
-from app.http.errors import HTTPError, upstream_failed
+from app.http.errors import HTTPError, index_or_404, upstream_failed
 from app.http.metrics import mark_guard
 from app.http.web import hook_headers
 from app.services import advisories, guard, throttle
 from app.services.indexes import (
     Dist,
     ProjectView,
-    get_index,
     is_public,
     may_read,
     project_names,
@@ -54,9 +53,6 @@ API_VERSION = "1.4"  # PEP 629, PEP 691: HTML stays at 1.4 (PEP 833)
 # project: a JSON page with a file of unknown size (one the mirror has not cached yet) says
 # 1.0 instead, where `size` is not defined; the other keys stay (clients ignore unknown keys).
 API_VERSION_WITHOUT_SIZES = "1.0"
-MIME_JSON = "application/vnd.pypi.simple.v1+json"
-MIME_HTML = "application/vnd.pypi.simple.v1+html"
-MIME_TEXT_HTML = "text/html"
 # PEP 691: on equal quality the server prefers text/html, then v1+html, then v1+json (as PyPI).
 OFFERS = (MIME_TEXT_HTML, MIME_HTML, MIME_JSON)
 ALIASES = {
@@ -284,13 +280,6 @@ def _mirror_source() -> Any:
     return current_app.extensions["pyshelf.mirror"]
 
 
-def _index_or_404(user: str, index: str) -> Index:
-    found = get_index(get_session(), user, index)
-    if found is None:
-        raise HTTPError(404, f"Index {user}/{index} does not exist.")
-    return found
-
-
 @bp.get("/<user>/<index>/+simple")
 def project_list_no_slash(user: str, index: str) -> BaseResponse:
     """Redirect to the canonical URL with a trailing slash (PEP 503)."""
@@ -300,7 +289,7 @@ def project_list_no_slash(user: str, index: str) -> BaseResponse:
 @bp.route("/<user>/<index>/+simple/", methods=["GET", "HEAD"])
 def project_list(user: str, index: str) -> Response:
     """The index's project list: its own projects, its bases', and cached mirror ones."""
-    found = _index_or_404(user, index)
+    found = index_or_404(user, index)
     reader = require_read(found)
     names = project_names(get_session(), found, _mirror_source(), reader=reader)
     mime = negotiate(request.headers.get("Accept"), request.args.get("format"))
@@ -343,7 +332,7 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
     session = get_session()
     generation = cache.generation(session)  # first: nothing read before it may be older
     setattr(g, REQUEST_GENERATION, generation)  # a mirror that stores its page moves it on
-    found = _index_or_404(user, index)
+    found = index_or_404(user, index)
     order = resolution_order(session, found)
     reader = require_read(found, order=order)
     sees_all = reader is None or all(may_read(i, reader) for i in order)
@@ -411,7 +400,7 @@ def refresh(user: str, index: str, project: str) -> BaseResponse:
     credentials) MAX_ANONYMOUS_REFRESHES times per address, then 429: strangers must not make
     the server hammer the upstream.
     """
-    found = _index_or_404(user, index)
+    found = index_or_404(user, index)
     reader = require_read(found)
     if authenticated_user() is None:
         database = current_app.extensions["pyshelf.db"]

@@ -22,6 +22,7 @@ from app import create_app
 from app.core.config import Settings
 from app.core.dists import parse_filename
 from app.core.progress import Progress
+from app.core.upstream import MIME_JSON
 from app.ops.requirements import Requirements
 from app.ops.resolve import Miss, Plan, PlannedFile, SourceError, plan
 from app.ops.targets import Target
@@ -31,7 +32,6 @@ from app.services.mirror_metadata import cached_files
 
 log = logging.getLogger(__name__)
 
-MIME_JSON = "application/vnd.pypi.simple.v1+json"
 INDEX_OF_FILE_RE = re.compile(r"/([^/]+/[^/]+)/\+f/")  # the index in a `+f` path
 
 

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from packaging.version import Version
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.dists import normalize_name
@@ -20,7 +19,6 @@ from app.data.models import (
     ANONYMOUS,
     AUTHENTICATED,
     INDEX_TYPES,
-    DocSet,
     File,
     Index,
     MirrorPage,
@@ -707,47 +705,3 @@ def dependents(session: Session, paths: Iterable[str]) -> dict[str, list[str]]:
                 if base in targets:
                     found.setdefault(base, []).append(index.path)
     return found
-
-
-# --- deleting release files -------------------------------------------------------------
-
-
-def delete_files(session: Session, index: Index, files: list[File]) -> bool:
-    """Delete release files of one project on `index` (the caller commits); say whether the
-    project is still there.
-
-    A version's docs go with its last file, and the project with its last file and doc set
-    (the web UI's delete, and devpi-client's DELETEs in app/http/devpi.py).
-    """
-    project_id = files[0].project_id
-    normalized = files[0].project.normalized_name
-    versions = {f.version for f in files}
-    for record in files:
-        session.delete(record)
-    session.flush()
-    for version in versions:
-        if not has_version(session, project_id, version):
-            session.execute(
-                delete(DocSet).where(
-                    DocSet.index_id == index.id,
-                    DocSet.normalized_name == normalized,
-                    DocSet.version == str(Version(version)),
-                )
-            )
-    remaining = session.scalar(select(func.count()).where(File.project_id == project_id))
-    has_docs = session.scalar(
-        select(func.count()).where(
-            DocSet.index_id == index.id, DocSet.normalized_name == normalized
-        )
-    )
-    if remaining or has_docs:
-        return True
-    session.execute(delete(Project).where(Project.id == project_id))
-    return False
-
-
-def has_version(session: Session, project_id: int, version: str) -> bool:
-    """Whether the project still has a file of `version` (compared as PEP 440 versions)."""
-    wanted = Version(version)
-    versions = session.scalars(select(File.version).where(File.project_id == project_id))
-    return any(Version(v) == wanted for v in versions)

@@ -1,4 +1,4 @@
-"""Project status markers (PEP 792): the values, who may set them, and what quarantine hides."""
+"""Project status markers (PEP 792): the values and what quarantine hides."""
 
 from __future__ import annotations
 
@@ -49,13 +49,6 @@ def check_status(status: object, reason: object) -> tuple[str, str | None]:
     if len(text) > MAX_REASON_CHARS:
         raise StatusError(f"reason is longer than {MAX_REASON_CHARS} characters")
     return status.strip().lower(), text or None
-
-
-def may_set_status(index: Index, user: User) -> bool:
-    """Superusers, the index owner and its uploaders (acl_upload), as for yanking."""
-    return (
-        user.is_superuser or user.id == index.owner_id or user.username in (index.acl_upload or ())
-    )
 
 
 def set_status(project: Project, status: str, reason: str | None, user: User) -> None:

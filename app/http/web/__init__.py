@@ -73,7 +73,8 @@ from app.services.indexes import (
 )
 from app.services.mirror_description import mirror_metadata, newest_described
 from app.services.promote import promotable_targets, promotions_of
-from app.services.status import STATUSES, may_set_status
+from app.services.releases import may_change
+from app.services.status import STATUSES
 
 csrf = CSRFProtect()
 
@@ -299,7 +300,7 @@ def _may_set_status_here(index: Index, normalized: str, reader: Reader | None) -
             Project.index_id == index.id, Project.normalized_name == normalized
         )
     )
-    return has_project is not None and may_set_status(index, caller)
+    return has_project is not None and may_change(index, caller)
 
 
 def _sees_held_back(view: ProjectView, reader: Reader | None) -> bool:
@@ -309,7 +310,7 @@ def _sees_held_back(view: ProjectView, reader: Reader | None) -> bool:
     if caller is None or view.marker is None or (reader is not None and reader.scope is not None):
         return False
     where = get_index_by_path(get_session(), view.marker.index_path)
-    return where is not None and may_set_status(where, caller)
+    return where is not None and may_change(where, caller)
 
 
 def _root_url() -> str:
@@ -531,7 +532,7 @@ def version_page(user: str, index: str, project: str, version: str) -> Response 
     )
     caller = authenticated_user()
     own_files = [f for f in row.files if f.index_path == found.path]
-    may_yank = caller is not None and bool(own_files) and _may_yank(found, caller)
+    may_yank = caller is not None and bool(own_files) and may_change(found, caller)
     return render_template(
         "version.html",
         index=found,
@@ -574,11 +575,6 @@ def _promotions(
         readable = source is None or may_read(source, reader)
         shown.append((record, record.source_path if readable else None))
     return shown
-
-
-def _may_yank(index: Index, user: User) -> bool:
-    """As PATCH /USER/INDEX/PROJECT/VERSION: the owner, superusers, and uploaders."""
-    return may_configure(index, user) or user.username in (index.acl_upload or ())
 
 
 @bp.post("/<user>/<index>/<project>/+refresh")

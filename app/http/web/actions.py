@@ -1,38 +1,35 @@
 """Web forms that change releases: yank and un-yank (PEP 592), delete on volatile indexes,
 promote to another stage (app/services/promote.py, as devpi push), project status (PEP 792).
 
-The rules are the JSON API's (PATCH /USER/INDEX/PROJECT/VERSION): the index owner,
-superusers and the users in `acl_upload` may yank any stage's releases; deleting is allowed
-only on `volatile` indexes. Deleting never removes blobs (another file or index may share
-the bytes); the record goes, so nothing links to them any more.
+The rules are app/services/releases.py's, as for the JSON API and devpi-client: the index
+owner, superusers and the users in `acl_upload` may yank any stage's releases; deleting is
+allowed only on `volatile` indexes.
 """
 
 from __future__ import annotations
 
 from flask import flash, redirect, render_template, request
-from packaging.version import Version
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a subclass
 
 from app.core.dists import normalize_name
 from app.data.db import begin_write, get_session
-from app.data.models import File, Index, Project, User
+from app.data.models import Index, Project, User
 from app.http.auth import authenticated_user
 from app.http.devpi import promote_for_caller
 from app.http.errors import HTTPError
 from app.http.web.base import bp, index_or_404, index_url, login_redirect, project_url, version_url
-from app.services.indexes import delete_files, has_version
+from app.services.releases import (
+    delete_files,
+    has_version,
+    may_change,
+    may_remove,
+    set_yanked,
+    version_files,
+)
 from app.services.status import StatusError, check_status, set_status
 
 MAX_REASON_CHARS = 1000
-
-
-def _may_change(index: Index, user: User) -> bool:
-    """Owner, superusers and uploaders (as the JSON API's yank)."""
-    return (
-        user.is_superuser or user.id == index.owner_id or user.username in (index.acl_upload or ())
-    )
 
 
 def _checked(user: str, index: str) -> tuple[Index, User] | Response:
@@ -42,27 +39,11 @@ def _checked(user: str, index: str) -> tuple[Index, User] | Response:
     found = index_or_404(user, index)
     if found.is_mirror:
         raise HTTPError(400, f"Index {found.path} is a mirror: its files come from upstream.")
-    if not _may_change(found, caller):
+    if not may_change(found, caller):
         raise HTTPError(
             403, f"The user '{caller.username}' may not change releases on {found.path}."
         )
     return found, caller
-
-
-def _version_files(session: Session, index: Index, project: str, version: str) -> list[File]:
-    try:
-        wanted = Version(version)
-    except ValueError:  # InvalidVersion, or past int()'s 4300-digit limit
-        raise HTTPError(400, f"'{version[:100]}' is not a valid version (PEP 440).") from None
-    files = session.scalars(
-        select(File)
-        .join(Project)
-        .where(Project.index_id == index.id, Project.normalized_name == normalize_name(project))
-    )
-    found = [f for f in files if Version(f.version) == wanted]
-    if not found:
-        raise HTTPError(404, f"{project} {version} has no files on {index.path}.")
-    return found
 
 
 @bp.post("/<user>/<index>/<project>/<version>/+yank")
@@ -79,14 +60,8 @@ def yank(user: str, index: str, project: str, version: str) -> Response:
     filename = request.form.get("filename") or None
     session = get_session()
     begin_write(session)
-    files = _version_files(session, found, project, version)
-    if filename:
-        files = [f for f in files if f.filename == filename]
-        if not files:
-            raise HTTPError(404, f"No file {filename} in {project} {version} on {found.path}.")
-    for record in files:
-        record.yanked = action == "yank"
-        record.yanked_reason = reason if action == "yank" else None
+    files = version_files(session, found, project, version, filename=filename)
+    set_yanked(files, action == "yank", reason)
     session.commit()
     what = filename or f"{normalize_name(project)} {version}"
     flash(f"{what}: {'yanked' if action == 'yank' else 'no longer yanked'}.", "info")
@@ -125,19 +100,15 @@ def delete_release(user: str, index: str, project: str, version: str) -> Respons
     checked = _checked(user, index)
     if isinstance(checked, Response):
         return checked
-    found, _caller = checked
-    if not found.volatile:
+    found, caller = checked
+    if not may_remove(found, caller):
         raise HTTPError(
             403, f"Index {found.path} is not volatile: released files stay; yank them instead."
         )
     filename = request.form.get("filename") or None
     session = get_session()
     begin_write(session)
-    files = _version_files(session, found, project, version)
-    if filename:
-        files = [f for f in files if f.filename == filename]
-        if not files:
-            raise HTTPError(404, f"No file {filename} in {project} {version} on {found.path}.")
+    files = version_files(session, found, project, version, filename=filename)
     project_id = files[0].project_id
     is_project_left = delete_files(session, found, files)
     version_left = is_project_left and has_version(session, project_id, version)

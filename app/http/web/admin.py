@@ -40,7 +40,6 @@ from app.services.indexes import (
     Reader,
     apply_config,
     create_index,
-    dependents,
     get_index_by_path,
     is_public,
     may_configure,
@@ -48,6 +47,8 @@ from app.services.indexes import (
     may_set_mirror_url,
     may_upload,
 )
+from app.services.releases import InUse, delete_owned_indexes
+from app.services.releases import delete_index as delete_index_and_contents
 from app.services.throttle import LoginThrottled
 
 MAX_DESCRIPTION_CHARS = 255
@@ -312,15 +313,16 @@ def admin_delete_user(username: str) -> Response:
     db = get_session()
     begin_write(db)
     target = _user_or_404(username)
-    used = dependents(db, [i.path for i in target.indexes])
     if target.id == caller.id:
         flash("You cannot delete yourself.", "error")
-    elif used:
-        what = "; ".join(f"{base} is a base of {', '.join(of)}" for base, of in used.items())
-        flash(f"Cannot delete {username}: {what}; change those first.", "error")
     else:
-        db.delete(target)
-        flash(f"User {username} deleted.", "info")
+        try:
+            delete_owned_indexes(db, target)
+        except InUse as exc:
+            flash(f"Cannot delete {username}: {exc}", "error")
+        else:
+            db.delete(target)
+            flash(f"User {username} deleted.", "info")
     db.commit()
     return redirect(url_for("web.admin_users"), 303)
 
@@ -478,14 +480,12 @@ def delete_index(user: str, index: str) -> Response:
     found, caller = checked
     db = get_session()
     begin_write(db)
-    used = dependents(db, [found.path])
-    if used:
+    try:
+        delete_index_and_contents(db, found)
+    except InUse as exc:
         db.rollback()
-        flash(
-            f"{found.path} is a base of {', '.join(used[found.path])}; change those first.", "error"
-        )
+        flash(str(exc), "error")
         return redirect(url_for("web.edit_index", user=user, index=index), 303)
-    db.delete(found)
     db.commit()
     flash(f"Index {found.path} deleted.", "info")
     return redirect(

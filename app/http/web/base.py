@@ -9,10 +9,7 @@ from flask import Blueprint, redirect, request, url_for
 from werkzeug.wrappers import Response  # what redirect() returns: Flask's is a subclass
 
 from app.core.dists import normalize_name
-from app.data.db import get_session
-from app.data.models import Index
-from app.http.errors import HTTPError
-from app.services.indexes import get_index
+from app.http.errors import index_or_404 as index_or_404  # the web forms import it from here
 
 bp = Blueprint(
     "web",
@@ -92,11 +89,3 @@ def back(default: str) -> Response:
     """Redirect after a form: to the form's `next` field when local, else `default`."""
     target = request.form.get("next")
     return redirect(safe_next(target) if target else default, 303)
-
-
-def index_or_404(user: str, index: str) -> Index:
-    """The index `user/index`, or 404."""
-    found = get_index(get_session(), user, index)
-    if found is None:
-        raise HTTPError(404, f"Index {user}/{index} does not exist.")
-    return found
