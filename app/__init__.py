@@ -84,6 +84,7 @@ def create_app(
         files,
         health,
         metrics,
+        provenance,
         serving,
         simple,
         upload,
@@ -125,7 +126,7 @@ def create_app(
     web.init_app(app)
     app.after_request(stale_header)
 
-    for module in (health, metrics, simple, files, upload, api, devpi, web):
+    for module in (health, metrics, simple, files, provenance, upload, api, devpi, web):
         app.register_blueprint(module.bp)
     # The request log is outermost, so it sees the client address that ProxyFix worked out.
     # Stored public pages and files skip Flask.

@@ -25,6 +25,7 @@ TABLES = {
     "indexes",
     "projects",
     "files",
+    "file_provenance",
     "mirror_pages",
     "mirror_stats",
     "doc_sets",

@@ -27,6 +27,7 @@ from app.data.models import (
     Project,
     User,
 )
+from app.services import provenance
 from app.services.advisories import ThresholdError, parse_threshold
 from app.services.status import Marker, hosted_marker, served, view_marker
 
@@ -125,6 +126,7 @@ class Dist:
     upload_time: dt.datetime | None  # UTC, naive
     metadata_sha256: str | None  # PEP 658 sidecar, when one can be served
     index_path: str
+    provenance: str | None = None  # PEP 740: URL path of its provenance object, when it has one
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,7 @@ def _hosted_dists(
     if project is None:
         return None
     files = session.scalars(select(File).where(File.project_id == project.id)).all()
+    attested = provenance.attested_files(session, project.id)
     dists = [
         Dist(
             filename=f.filename,
@@ -230,6 +233,11 @@ def _hosted_dists(
             upload_time=f.uploaded_at,
             metadata_sha256=f.metadata_sha256,
             index_path=index.path,
+            provenance=(
+                provenance.provenance_path(index.path, f.sha256, f.filename)
+                if f.id in attested
+                else None
+            ),
         )
         for f in files
     ]
