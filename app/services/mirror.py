@@ -61,6 +61,7 @@ from app.services.cache import MirrorCache, holds
 from app.services.fulltext import index_stored_page
 from app.services.indexes import Dist, file_path
 from app.services.mirror_metadata import cached_files, extract, record_cached_file, sidecar_of
+from app.services.provenance import mirrored_provenance_path
 from app.services.status import Marker
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def _entry(file: UpstreamFile) -> dict[str, Any]:
         "size": file.size,
         # Only a sidecar with a hash is advertised: it can be verified before it is served.
         "metadata_sha256": file.core_metadata if isinstance(file.core_metadata, str) else None,
+        "provenance": file.provenance,  # PEP 740: proxied at +provenance (app/http/provenance.py)
     }
 
 
@@ -401,6 +403,7 @@ class Mirror:
                         else entry.get("metadata_sha256")
                     ),
                     index_path=index_path,
+                    provenance=mirrored_provenance_path(index_path, entry),
                 )
             )
         return page.name, dists

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -12,12 +13,14 @@ from pypi_attestations import Attestation, AttestationType
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.upstream import UpstreamClient, iter_raw
 from app.data.models import File, FileProvenance, Project
 
 log = logging.getLogger(__name__)
 
 MIME_PROVENANCE = "application/vnd.pypi.integrity.v1+json"  # PEP 740's provenance object
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"  # in-toto v1 Statement (PEP 740 envelope)
+MAX_PROVENANCE_BYTES = 4 << 20  # 4 MiB: an attestation is a few KiB
 MAX_ATTESTATIONS = 16  # PEP 740 names two kinds; a few of each is plenty
 # Uploads carry no Trusted Publisher login here: the bundle names the pyshelf account that
 # uploaded the file (PEP 740 requires a `publisher` with a `kind`; `claims` is free-form).
@@ -92,19 +95,72 @@ def check_attestations(raw: str, filename: str, sha256: str) -> list[dict[str, A
         raise InvalidAttestation(
             f"Too many attestations: {len(items)}; at most {MAX_ATTESTATIONS} per file."
         )
-    checked = []
     for number, item in enumerate(items, start=1):
-        try:
-            attestation = Attestation.model_validate(item)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "object"
-            raise InvalidAttestation(
-                f"Attestation {number} is malformed: {where}: {first['msg']} (PEP 740)."
-            ) from None
-        _check_statement(_statement(attestation, number), number, filename, sha256)
-        checked.append(item)  # as uploaded: a re-encoding of its base64 fields would differ
-    return checked
+        _check_attestation(item, number, filename, sha256)
+    return items  # as uploaded: a re-encoding of their base64 fields would differ
+
+
+def _check_attestation(item: object, number: int, filename: str, sha256: str) -> None:
+    try:
+        attestation = Attestation.model_validate(item)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "object"
+        raise InvalidAttestation(
+            f"Attestation {number} is malformed: {where}: {first['msg']} (PEP 740)."
+        ) from None
+    _check_statement(_statement(attestation, number), number, filename, sha256)
+
+
+def check_provenance(data: bytes, filename: str, sha256: str) -> dict[str, Any]:
+    """An upstream's provenance object, checked as uploads are: its shape, and every attestation
+    against the file the mirror lists (name and sha256)."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        raise InvalidAttestation("the provenance object is not JSON (PEP 740).") from None
+    if not isinstance(document, dict):
+        raise InvalidAttestation("the provenance object is not a JSON object (PEP 740).")
+    bundles = document.get("attestation_bundles")
+    if document.get("version") != 1 or not isinstance(bundles, list) or not bundles:
+        raise InvalidAttestation("not a version 1 provenance object with bundles (PEP 740).")
+    number = 0
+    for bundle in bundles:
+        publisher = bundle.get("publisher") if isinstance(bundle, dict) else None
+        attestations = bundle.get("attestations") if isinstance(bundle, dict) else None
+        if not isinstance(publisher, dict) or not isinstance(publisher.get("kind"), str):
+            raise InvalidAttestation("a bundle's publisher has no kind (PEP 740).")
+        if not isinstance(attestations, list) or not attestations:
+            raise InvalidAttestation("a bundle has no attestations (PEP 740).")
+        for item in attestations:
+            number += 1
+            _check_attestation(item, number, filename, sha256)
+    return document
+
+
+def fetch_provenance(
+    upstream: UpstreamClient, url: str, simple_url: str | None, filename: str, sha256: str
+) -> dict[str, Any]:
+    """Fetch and check an upstream file's provenance object (raises UpstreamError or
+    InvalidAttestation); it goes through the mirror's upstream client like the file itself."""
+    response = upstream.open_file(url, simple_url=simple_url)
+    with contextlib.closing(response):
+        data = bytearray()
+        for chunk in iter_raw(response):
+            data += chunk
+            if len(data) > MAX_PROVENANCE_BYTES:
+                raise InvalidAttestation(
+                    f"the provenance object is over {MAX_PROVENANCE_BYTES} bytes."
+                )
+    return check_provenance(bytes(data), filename, sha256)
+
+
+def mirrored_provenance_path(index_path: str, entry: dict[str, Any]) -> str | None:
+    """Where a mirror serves an upstream file's provenance: only for a file listed with its
+    sha256, which the attestations are checked against."""
+    if not entry.get("provenance") or not entry.get("sha256"):
+        return None
+    return provenance_path(index_path, entry["sha256"], entry["filename"])
 
 
 def provenance_object(attestations: list[dict[str, Any]], uploader: str) -> dict[str, Any]:

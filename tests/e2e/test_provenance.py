@@ -25,6 +25,7 @@ from tests.e2e.helpers import (
     sha256,
     simple_json,
 )
+from tests.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.e2e
 
@@ -190,3 +191,52 @@ def test_provenance_of_a_private_file_is_refused_to_other_readers(
     status, _headers, answer, _ = server.get(path, headers=headers)
     assert status == 200
     assert json.loads(answer)["attestation_bundles"][0]["attestations"] == [sent]
+
+
+def provenance_bytes(filename: str, digest: str) -> bytes:
+    """An upstream's provenance object for (filename, digest), as a Trusted Publisher made it."""
+    publisher = {"kind": "GitHub", "repository": "owner/repo", "workflow": "release.yml"}
+    bundle = {"publisher": publisher, "attestations": [attestation(filename, digest)]}
+    return json.dumps({"version": 1, "attestation_bundles": [bundle]}).encode()
+
+
+@pytest.mark.parametrize("html_only", [False, True], ids=["json-upstream", "html-upstream"])
+def test_a_mirror_passes_the_upstream_provenance_through(
+    server_factory: Any, fake_upstream: FakeUpstream, html_only: bool
+) -> None:
+    """The mirror's pages name its own +provenance URL, which serves the upstream's object;
+    one that does not describe the file is refused (502), and a file without one has none."""
+    fake_upstream.html_only = html_only
+    good_name, good = make_wheel("upattested", "1.0")
+    fake_upstream.add_file(
+        "upattested", good_name, good, provenance=provenance_bytes(good_name, sha256(good))
+    )
+    bad_name, bad = make_wheel("upattested", "1.1")
+    fake_upstream.add_file(
+        "upattested", bad_name, bad, provenance=provenance_bytes(bad_name, sha256(b"other"))
+    )
+    plain_name, plain = make_wheel("upattested", "1.2")
+    fake_upstream.add_file("upattested", plain_name, plain)
+    server = server_factory(MIRROR_URL=fake_upstream.url)
+
+    entries = {f["filename"]: f for f in simple_json(server, "root/pypi", "upattested")["files"]}
+    url = entries[good_name]["provenance"]
+    assert url == f"/root/pypi/+provenance/{sha256(good)}/{good_name}"
+    assert "provenance" not in entries[plain_name]
+    status, _headers, page, _ = server.get(
+        "/root/pypi/+simple/upattested/", headers={"Accept": MIME_HTML}
+    )
+    assert status == 200
+    assert f'data-provenance="{url}"' in page.decode()
+
+    status, headers, body, reason = server.get(url)
+    assert (status, reason) == (200, "OK"), body
+    assert headers["Content-Type"] == MIME_PROVENANCE
+    assert json.loads(body) == json.loads(provenance_bytes(good_name, sha256(good)))
+
+    status, _headers, body, reason = server.get(entries[bad_name]["provenance"])
+    assert status == 502, body
+    assert reason.startswith(f"Upstream's provenance of {bad_name} refused: ")
+    assert "sha256 does not match" in reason
+    plain_url = f"/root/pypi/+provenance/{sha256(plain)}/{plain_name}"
+    assert server.get(plain_url)[0] == 404
