@@ -188,6 +188,13 @@ def attested_files(session: Session, project_id: int) -> set[int]:
     )
 
 
+def copy_provenance(session: Session, source_id: int, copy_id: int) -> None:
+    """Give a promoted copy of a file the provenance of its original, if it has one."""
+    original = session.get(FileProvenance, source_id)
+    if original is not None:
+        session.add(FileProvenance(file_id=copy_id, provenance=original.provenance))
+
+
 def hosted_provenance(
     session: Session, index_id: int, sha256: str, filename: str
 ) -> dict[str, Any] | None:

@@ -240,3 +240,21 @@ def test_a_mirror_passes_the_upstream_provenance_through(
     assert "sha256 does not match" in reason
     plain_url = f"/root/pypi/+provenance/{sha256(plain)}/{plain_name}"
     assert server.get(plain_url)[0] == 404
+
+
+def test_a_promoted_copy_keeps_its_provenance(server: LiveServer, tmp_path: Path) -> None:
+    """Promotion copies the file's row: its attestations describe the same bytes and go along."""
+    filename, data = make_wheel("promoted-attested", "1.0")
+    sent = attestation(filename, sha256(data))
+    result = twine_with_attestations(server, "alice/dev", tmp_path, (filename, data), sent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    status, body, _ = api(server, "PUT", "/alice/prod", {}, auth=ALICE)
+    assert status == 201, body
+    request = {"name": "promoted-attested", "version": "1.0", "target": "alice/prod"}
+    status, body, reason = api(server, "POST", "/alice/dev/+promote", request, auth=ALICE)
+    assert status == 200, (reason, body)
+    (entry,) = simple_json(server, "alice/prod", "promoted-attested")["files"]
+    assert entry["provenance"] == f"/alice/prod/+provenance/{sha256(data)}/{filename}"
+    status, _headers, answer, _ = server.get(entry["provenance"])
+    assert status == 200, answer
+    assert json.loads(answer)["attestation_bundles"][0]["attestations"] == [sent]
