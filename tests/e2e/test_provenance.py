@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ import pytest
 from pypi_attestations import Attestation
 
 from tests.builders import make_wheel, write_dist
-from tests.conftest import LiveServer, basic_auth
+from tests.conftest import LiveServer, basic_auth, clean_env
 from tests.e2e.helpers import (
     ADMIN,
     MIME_HTML,
@@ -33,6 +37,9 @@ ALICE = ("alice", "alice-password")
 MALLORY = ("mallory", "mallory-password")
 MIME_PROVENANCE = "application/vnd.pypi.integrity.v1+json"
 PUBLISH_V1 = "https://docs.pypi.org/attestations/publish/v1"
+# uv comes with the test venv (requirements-dev.txt); PYSHELF_TEST_UV may name another one.
+UV = os.environ.get("PYSHELF_TEST_UV") or shutil.which("uv", path=str(Path(sys.executable).parent))
+UV_TIMEOUT_SECONDS = 120
 
 
 def b64(data: bytes) -> str:
@@ -255,6 +262,29 @@ def test_a_promoted_copy_keeps_its_provenance(server: LiveServer, tmp_path: Path
     assert status == 200, (reason, body)
     (entry,) = simple_json(server, "alice/prod", "promoted-attested")["files"]
     assert entry["provenance"] == f"/alice/prod/+provenance/{sha256(data)}/{filename}"
+    status, _headers, answer, _ = server.get(entry["provenance"])
+    assert status == 200, answer
+    assert json.loads(answer)["attestation_bundles"][0]["attestations"] == [sent]
+
+
+def test_uv_publish_uploads_attestations(server: LiveServer, tmp_path: Path) -> None:
+    """uv publish sends a `.publish.attestation` that is among the files it is given (its
+    default `dist/*` includes them): served back."""
+    assert UV is not None, "uv is missing from the venv: make test installs it"
+    filename, data = make_wheel("uv-attested", "1.0")
+    sent = attestation(filename, sha256(data))
+    path = write_dist(tmp_path, filename, data)
+    attestation_path = Path(f"{path}.publish.attestation")
+    attestation_path.write_text(json.dumps(sent))
+    result = subprocess.run(
+        [UV, "publish", "--publish-url", f"{server.url}/alice/dev/", "--username", ALICE[0],
+         "--password", ALICE[1], "--trusted-publishing", "never", "--no-progress", str(path),
+         str(attestation_path)],
+        env=clean_env(UV_CACHE_DIR=str(tmp_path / "uv-cache")),
+        capture_output=True, text=True, timeout=UV_TIMEOUT_SECONDS, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (entry,) = simple_json(server, "alice/dev", "uv-attested")["files"]
     status, _headers, answer, _ = server.get(entry["provenance"])
     assert status == 200, answer
     assert json.loads(answer)["attestation_bundles"][0]["attestations"] == [sent]
