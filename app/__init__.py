@@ -85,6 +85,7 @@ def create_app(
         guard,
         health,
         metrics,
+        provenance,
         serving,
         simple,
         upload,
@@ -126,7 +127,7 @@ def create_app(
     web.init_app(app)
     app.after_request(stale_header)
 
-    for module in (health, metrics, simple, files, guard, upload, api, devpi, web):
+    for module in (health, metrics, simple, files, guard, provenance, upload, api, devpi, web):
         app.register_blueprint(module.bp)
     # The request log is outermost, so it sees the client address that ProxyFix worked out.
     # Stored public pages and files skip Flask.

@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
+MIME_PROVENANCE = "application/vnd.pypi.integrity.v1+json"  # PEP 740
+PROVENANCE_SUFFIX = ".provenance"  # where this fake serves a file's provenance object
 MIME_HTML = "application/vnd.pypi.simple.v1+html"
 MIME_TEXT_HTML = "text/html"
 OFFERS = (MIME_TEXT_HTML, MIME_HTML, MIME_JSON)  # ties go to the first, as on PyPI (PEP 691)
@@ -115,6 +117,7 @@ class FakeFile:
     # What the pages claim instead of the real hashes: an attacker's upstream lists any sha256.
     listed_sha256: str | None = None
     listed_metadata_sha256: str | None = None
+    provenance: bytes | None = None  # PEP 740's object, served at the file's URL + .provenance
 
     @property
     def sha256(self) -> str:
@@ -249,6 +252,7 @@ class FakeUpstream:
         metadata: bytes | None = None,
         listed_sha256: str | None = None,
         listed_metadata_sha256: str | None = None,
+        provenance: bytes | None = None,
     ) -> FakeFile:
         """Register a distribution (and its PEP 658 sidecar when `metadata` is given); pages
         list `listed_sha256` / `listed_metadata_sha256` instead of the real hashes if given."""
@@ -264,6 +268,7 @@ class FakeUpstream:
             metadata,
             listed_sha256,
             listed_metadata_sha256,
+            provenance,
         )
         with self._lock:
             project = self._projects.setdefault(normalize(project_name), FakeProject(project_name))
@@ -398,6 +403,8 @@ class FakeUpstream:
             metadata = {"sha256": f.page_metadata_sha256} if f.metadata is not None else False
             entry["core-metadata"] = metadata
             entry["data-dist-info-metadata"] = metadata  # what PyPI also sends
+            if f.provenance is not None:
+                entry["provenance"] = self.base_url + f.url_path + PROVENANCE_SUFFIX
             files.append(entry)
         document: dict[str, Any] = {
             "meta": {"api-version": API_VERSION, "_last-serial": 1},
@@ -441,6 +448,8 @@ class FakeUpstream:
             if f.metadata is not None:
                 attributes.append(f'data-dist-info-metadata="sha256={f.page_metadata_sha256}"')
                 attributes.append(f'data-core-metadata="sha256={f.page_metadata_sha256}"')
+            if f.provenance is not None:
+                attributes.append(f'data-provenance="../..{f.url_path}{PROVENANCE_SUFFIX}"')
             lines.append(f"    <a {' '.join(attributes)}>{html.escape(f.filename)}</a><br />")
         lines += ["  </body>", "</html>", ""]
         return "\n".join(lines).encode()
@@ -548,6 +557,13 @@ class _Handler(BaseHTTPRequestHandler):
             mime = MIME_TEXT_HTML if fake.html_only else negotiate(self.headers.get("Accept"))
             body = fake.render_json(project) if mime == MIME_JSON else fake.render_html(project)
             self._send_page(body, mime, project.modified_at, send_body)
+        elif path.endswith(PROVENANCE_SUFFIX):
+            attested = fake._file(path.removesuffix(PROVENANCE_SUFFIX))
+            if attested is None or attested[1] or attested[0].provenance is None:
+                self._send(404, b"Not Found\n", {}, send_body)
+            else:
+                headers = {"Content-Type": MIME_PROVENANCE}
+                self._send(200, attested[0].provenance, headers, send_body)
         else:
             found = fake._file(path)
             if found is None:

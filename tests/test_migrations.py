@@ -25,6 +25,7 @@ TABLES = {
     "indexes",
     "projects",
     "files",
+    "file_provenance",
     "mirror_pages",
     "bundle_imports",
     "mirror_stats",

@@ -93,6 +93,7 @@ class UpstreamFile:
     upload_time: str | None
     size: int | None
     core_metadata: str | bool
+    provenance: str | None = None  # PEP 740: absolute URL of its provenance object
 
 
 @dataclass(frozen=True)
@@ -592,6 +593,7 @@ def parse_json_page(data: bytes | str, base_url: str, requested_name: str) -> Pa
                 upload_time=normalize_upload_time(entry.get("upload-time")),
                 size=_size(entry.get("size")),
                 core_metadata=_json_core_metadata(entry),
+                provenance=_provenance_url(base_url, entry.get("provenance")),
             )
         )
     name = document.get("name")
@@ -632,6 +634,7 @@ def parse_html_page(text: str, base_url: str, requested_name: str) -> ParsedPage
                 upload_time=normalize_upload_time(attributes.get("data-upload-time")),
                 size=None,  # HTML has no size (PEP 700)
                 core_metadata=_html_core_metadata(attributes),
+                provenance=_provenance_url(document_url, attributes.get("data-provenance")),
             )
         )
     return ParsedPage(requested_name, _unique(files), parser.status, parser.status_reason)
@@ -696,6 +699,13 @@ def _resolve(base_url: str, href: str) -> tuple[str | None, str]:
     except ValueError:
         return None, ""
     return (url if url_origin(url) is not None else None), fragment
+
+
+def _provenance_url(base_url: str, value: object) -> str | None:
+    """PEP 740's `provenance` key or `data-provenance` attribute as an absolute URL, or None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return _resolve(base_url, value.strip())[0]
 
 
 def _last_segment(url: str) -> str | None:

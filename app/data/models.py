@@ -228,6 +228,17 @@ class ServerBlock(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class FileProvenance(Base):
+    """The PEP 740 provenance object of an uploaded file (its attestations, checked at upload)."""
+
+    __tablename__ = "file_provenance"
+
+    file_id: Mapped[int] = mapped_column(
+        ForeignKey("files.id", ondelete="CASCADE"), primary_key=True
+    )
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class MirrorPage(Base):
     """A cached upstream project page of a mirror index (or a remembered upstream 404)."""
 

@@ -144,6 +144,8 @@ def detail_json(view: ProjectView) -> dict[str, Any]:
         upload_time = _upload_time(dist)
         if upload_time:
             entry["upload-time"] = upload_time
+        if dist.provenance:  # PEP 740: the URL of the file's provenance object
+            entry["provenance"] = f"{request.script_root}/{dist.provenance}"
         files.append(entry)
     document: dict[str, Any] = {
         "meta": {"api-version": API_VERSION if has_all_sizes else API_VERSION_WITHOUT_SIZES},
@@ -197,6 +199,9 @@ def detail_html(view: ProjectView) -> str:
         if dist.metadata_sha256:
             value = f"sha256={dist.metadata_sha256}"
             attrs.append(f'data-core-metadata="{value}" data-dist-info-metadata="{value}"')
+        if dist.provenance:  # PEP 740
+            provenance = f"{request.script_root}/{dist.provenance}"
+            attrs.append(f'data-provenance="{html.escape(provenance)}"')
         lines.append(f"    <a {' '.join(attrs)}>{html.escape(dist.filename)}</a><br>")
     lines += ["  </body>", "</html>", ""]
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from app.core.dists import (
     read_metadata,
 )
 from app.data.db import begin_write, get_session
-from app.data.models import File, Index, Project, User, utcnow
+from app.data.models import File, FileProvenance, Index, Project, User, utcnow
 from app.http import metrics
 from app.http.auth import require_user
 from app.http.devpi import push_release
@@ -33,6 +33,7 @@ from app.http.spool import Spool
 from app.http.web.docs import doc_upload
 from app.services.cache import BlobLock
 from app.services.indexes import get_index, may_upload
+from app.services.provenance import InvalidAttestation, check_attestations, provenance_object
 from app.services.status import CLOSED_TO_UPLOADS
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def _record(
     spool: Spool,
     meta: CoreMetadata,
     metadata_sha256: str | None,
+    attestations: list[dict[str, Any]] | None,
 ) -> None:
     session = get_session()
     begin_write(session)
@@ -197,25 +199,39 @@ def _record(
         session.delete(old)
         session.flush()
     details = {k: v for k, v in dataclasses.asdict(meta).items() if k != "raw"}
-    session.add(
-        File(
-            project_id=project.id,
-            filename=info.filename,
-            version=info.version,
-            filetype=info.filetype,
-            pyversion=info.pyversion,
-            sha256=spool.hashes.sha256,
-            blake2_256=spool.hashes.blake2_256,
-            md5=spool.hashes.md5,
-            size=spool.hashes.size,
-            requires_python=meta.requires_python,
-            metadata_sha256=metadata_sha256,
-            core_metadata=details,
-            uploader=user.username,
-            uploaded_at=utcnow(),
-        )
+    record = File(
+        project_id=project.id,
+        filename=info.filename,
+        version=info.version,
+        filetype=info.filetype,
+        pyversion=info.pyversion,
+        sha256=spool.hashes.sha256,
+        blake2_256=spool.hashes.blake2_256,
+        md5=spool.hashes.md5,
+        size=spool.hashes.size,
+        requires_python=meta.requires_python,
+        metadata_sha256=metadata_sha256,
+        core_metadata=details,
+        uploader=user.username,
+        uploaded_at=utcnow(),
     )
+    session.add(record)
+    if attestations:
+        session.flush()  # the file's id
+        provenance = provenance_object(attestations, user.username)
+        session.add(FileProvenance(file_id=record.id, provenance=provenance))
     session.commit()
+
+
+def _attestations(info: FilenameInfo, spool: Spool) -> list[dict[str, Any]] | None:
+    """PEP 740's `attestations` field (twine and uv send it), checked against the file."""
+    raw = request.form.get("attestations")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return check_attestations(raw, info.filename, spool.hashes.sha256)
+    except InvalidAttestation as exc:
+        raise HTTPError(400, f"Invalid attestations for {info.filename}: {exc}") from None
 
 
 def _file_upload(index: Index, user: User) -> Response:
@@ -247,6 +263,7 @@ def _file_upload(index: Index, user: User) -> Response:
             # devpi-server needs none; the hashes computed here are recorded all the same.
             is_required=not request.headers.get("X-Devpi-Auth"),
         )
+        attestations = _attestations(info, spool)
         existing = _existing(index, info)
         if existing is not None:
             early = _duplicate(index, existing, spool.hashes)
@@ -262,7 +279,7 @@ def _file_upload(index: Index, user: User) -> Response:
         with BlobLock(settings).shared():
             metadata_sha256 = _store(spool, meta, info, added)
             try:
-                _record(index, user, info, spool, meta, metadata_sha256)
+                _record(index, user, info, spool, meta, metadata_sha256, attestations)
             except IntegrityError:
                 # Another worker stored the same filename between our check and our commit.
                 get_session().rollback()

@@ -25,7 +25,7 @@ from app.data.models import (
     Project,
     User,
 )
-from app.services import guard
+from app.services import guard, provenance
 from app.services.advisories import ThresholdError, parse_threshold
 from app.services.status import Marker, hosted_marker, served, view_marker
 
@@ -138,6 +138,7 @@ class Dist:
     # When a mirror's cooldown counts from (app/services/guard.py): the upstream's upload-time,
     # else when the mirror first saw the file on a refresh; None: old (uploads, first fetch)
     age_from: dt.datetime | None = None
+    provenance: str | None = None  # PEP 740: URL path of its provenance object, when it has one
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,7 @@ def _hosted_dists(
     if project is None:
         return None
     files = session.scalars(select(File).where(File.project_id == project.id)).all()
+    attested = provenance.attested_files(session, project.id)
     dists = [
         Dist(
             filename=f.filename,
@@ -245,6 +247,11 @@ def _hosted_dists(
             upload_time=f.uploaded_at,
             metadata_sha256=f.metadata_sha256,
             index_path=index.path,
+            provenance=(
+                provenance.provenance_path(index.path, f.sha256, f.filename)
+                if f.id in attested
+                else None
+            ),
         )
         for f in files
     ]

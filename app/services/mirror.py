@@ -62,6 +62,7 @@ from app.services.fulltext import index_stored_page
 from app.services.indexes import Dist, file_path
 from app.services.mirror_metadata import cached_files, extract, record_cached_file, sidecar_of
 from app.services.pagecache import REQUEST_GENERATION, current_generation
+from app.services.provenance import mirrored_provenance_path
 from app.services.status import Marker
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ def _entry(file: UpstreamFile) -> dict[str, Any]:
         "size": file.size,
         # Only a sidecar with a hash is advertised: it can be verified before it is served.
         "metadata_sha256": file.core_metadata if isinstance(file.core_metadata, str) else None,
+        "provenance": file.provenance,  # PEP 740: proxied at +provenance (app/http/provenance.py)
     }
 
 
@@ -434,6 +436,7 @@ class Mirror:
                     ),
                     index_path=index_path,
                     age_from=age_from(entry),
+                    provenance=mirrored_provenance_path(index_path, entry),
                 )
             )
         return page.name, dists

@@ -29,6 +29,7 @@ from app.data.db import begin_write
 from app.data.models import DocSet, File, Index, Project, Promotion, User, utcnow
 from app.services.fulltext import Blobs, index_stored_docset
 from app.services.indexes import Reader, file_path, get_index_by_path, may_read, may_upload
+from app.services.provenance import copy_provenance
 from app.services.status import CLOSED_TO_UPLOADS, QUARANTINED
 
 log = logging.getLogger(__name__)
@@ -368,6 +369,8 @@ def copy_release(
         for field in COPIED_FILE_FIELDS:
             setattr(copy, field, getattr(record, field))
         session.add(copy)
+        session.flush()  # the copy's id: the attestations describe its bytes too (PEP 740)
+        copy_provenance(session, record.id, copy.id)
     summary = next((f.core_metadata.get("summary") for f in files if f.core_metadata), None)
     if summary:
         project.summary = str(summary)[:1000]  # the latest upload's, as app/http/upload.py does
