@@ -247,3 +247,35 @@ def test_devpi_operations_set_and_reset_block_vulnerable() -> None:
     config = apply_operations({"block_vulnerable": None}, ["block_vulnerable=high"])
     assert normalize_config(config)["block_vulnerable"] == "high"
     assert apply_operations(config, ["block_vulnerable-="])["block_vulnerable"] is None
+
+
+def test_block_vulnerable_seeds_root_pypi_at_every_start_and_empty_leaves_it(settings):
+    """BLOCK_VULNERABLE sets root/pypi's block_vulnerable at the first start and at later ones;
+    `off` turns it off; empty (the default) leaves what the index has; a bad value is a start
+    problem that names the choices."""
+    import os
+
+    from app.core.config import ConfigError, Settings
+    from app.data.db import Database
+    from app.ops.prepare import bootstrap, migrate
+    from app.services.indexes import get_index
+
+    def start(value: str | None) -> str | None:
+        object.__setattr__(settings, "block_vulnerable", value)
+        database = Database(settings.database_url)
+        try:
+            with database.session() as session, open(os.devnull, "w") as out:
+                bootstrap(session, settings, out=out)
+                return get_index(session, "root", "pypi").block_vulnerable
+        finally:
+            database.engine.dispose()
+
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings)
+    assert start("high") == "high"
+    assert start(None) == "high"
+    assert start("critical") == "critical"
+    assert start("off") is None
+    assert start(None) is None
+    with pytest.raises(ConfigError, match="use off, all, low, moderate, high or critical"):
+        Settings.from_env({"BLOCK_VULNERABLE": "severe", "DATA_DIR": str(settings.data_dir)})

@@ -8,7 +8,7 @@ import re
 import sys
 import textwrap
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +310,14 @@ LOG_LEVELS = _choice(
 )
 LOG_FORMATS = _choice(("text", "json"), str.lower, "use text or json")
 MIRROR_CREATORS = _choice(("superuser", "users"), str.lower, "use superuser or users")
+VULNERABLE_THRESHOLDS = replace(
+    _choice(
+        ("off", "all", "low", "moderate", "high", "critical"),
+        str.lower,
+        "use off, all, low, moderate, high or critical",
+    ),
+    empty=None,
+)
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -408,6 +416,12 @@ class Settings:
         Release cooldown of root/pypi, applied at start: upstream files younger than this
         (3d, 12h; 0: off) are held back (docs/supply-chain.md). 0 lifts no cooldown set on the
         index; per index: mirror_min_age.""")
+    block_vulnerable: str | None = setting(
+        MIRROR, "BLOCK_VULNERABLE", VULNERABLE_THRESHOLDS, "", meaning="""
+        block_vulnerable of root/pypi, applied at start: releases that an imported advisory
+        (pyshelf advisories import) affects are kept from installers: all, or those of at least
+        a severity; off turns it off; empty: leave the index's setting as it is
+        (docs/advisories.md).""")
     mirror_not_found_seconds: int = setting(
         MIRROR, "MIRROR_NOT_FOUND_EXPIRY", SECONDS, "300", meaning="""
         Seconds an upstream "404 no such project" is believed.""")

@@ -192,6 +192,14 @@ def _later_start(session: Session, settings: Settings) -> list[str]:
     ):
         mirror.mirror_min_age = settings.mirror_min_age_seconds
         changes.append(f"set the release cooldown of root/pypi to {mirror.mirror_min_age} s")
+    wanted = None if settings.block_vulnerable == "off" else settings.block_vulnerable
+    if (
+        mirror is not None
+        and settings.block_vulnerable is not None
+        and mirror.block_vulnerable != wanted
+    ):
+        mirror.block_vulnerable = wanted
+        changes.append(f"set block_vulnerable of root/pypi to {wanted or 'off'}")
     if mirror is not None and mirror.mirror_url != settings.mirror_url:
         log.warning(
             "MIRROR_URL=%s differs from the mirror_url of root/pypi, %s: the database wins"
@@ -232,6 +240,11 @@ def _first_start(session: Session, settings: Settings) -> list[str]:
             "mirror_url": settings.mirror_url,
             "title": "PyPI mirror",
             "mirror_min_age": settings.mirror_min_age_seconds,
+            **(
+                {"block_vulnerable": settings.block_vulnerable}
+                if settings.block_vulnerable is not None
+                else {}
+            ),
         },
     )
     create_index(session, admin, STAGE_INDEX, {"bases": ["/".join(MIRROR_INDEX)]})
