@@ -148,9 +148,12 @@ def mark_cache_hit() -> None:
 def mark_guard(kind: str, detail: str | None = None) -> None:
     """Note that a supply-chain rule (`quarantined`, `vulnerable`, ...) changed this request's
     answer: its request log line names the rule and the detail (e.g. the advisory id)."""
-    request.environ["pyshelf.guard"] = kind
+    environ = request.environ
+    earlier = environ.get("pyshelf.guard")  # several rules may change one page
+    environ["pyshelf.guard"] = f"{earlier},{kind}" if earlier else kind
     if detail:
-        request.environ["pyshelf.guard_detail"] = detail
+        before = environ.get("pyshelf.guard_detail")
+        environ["pyshelf.guard_detail"] = f"{before}; {detail}" if before else detail
 
 
 def route_kind(endpoint: str | None, view_args: dict[str, Any] | None) -> str:

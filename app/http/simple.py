@@ -362,6 +362,9 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
     etag = _etag(mime, data)
     for _, verdict in view.withheld:
         metrics.count_guard(verdict.kind, "page")
+    if view.withheld:
+        kinds = ",".join(sorted({verdict.kind for _, verdict in view.withheld}))
+        mark_guard(kinds, f"{len(view.withheld)} files not listed")
     if view.held_back:
         mark_guard(QUARANTINED)  # not cached: every such page is counted and logged
         metrics.count_guard(QUARANTINED, "page", len(view.held_back))

@@ -131,6 +131,10 @@ def test_installers_resolve_the_newest_release_old_enough(
         assert reason in body.decode()
     status, _headers, _body, _reason = server.get(mirror_file_path(fake_upstream, files["1.1"]))
     assert status == 200
+    # The request lines say what the guard did: a page with a file left out, a refused URL.
+    log = server.log()
+    assert 'guard=cooldown guard_detail="1 files not listed"' in log
+    assert re.search(r'"GET /root/pypi/\+f/\S+ HTTP/1\.1" 404 .* guard=cooldown', log), log[-3000:]
 
 
 def test_an_exemption_lets_a_young_release_through_and_records_who_and_when(
