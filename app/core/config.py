@@ -393,6 +393,10 @@ class Settings:
     script_name: str = setting(SERVER, "SCRIPT_NAME", PREFIX, "", meaning="""
         The path pyshelf is served under (/pypi) when a proxy passes the full path instead of
         sending X-Forwarded-Prefix. Empty: the root.""")
+    public_url: str | None = setting(SERVER, "PUBLIC_URL", OPTIONAL_URL, "", meaning="""
+        The URL clients reach pyshelf at (https://pyshelf.example.com, with the prefix if
+        any), for links a standard wants absolute: PEP 740 provenance URLs in simple pages.
+        Empty: those links are paths on this server.""")
 
     admin_user: str = setting(ACCOUNTS, "ADMIN_USER", USER_NAME, "admin", meaning="""
         The superuser created on the first start (also owner of the stage index

@@ -122,6 +122,14 @@ def _href(dist: Dist) -> str:
     return f"{request.script_root}/{dist.path}"
 
 
+def _provenance_url(path: str) -> str:
+    """PEP 740 asks for an absolute URL: PUBLIC_URL's when the operator set one, else a path on
+    this server (a page naming the Host header it was asked with could not be stored once for
+    every client, and would point at whatever host a request claims)."""
+    public = current_app.config["PYSHELF_SETTINGS"].public_url
+    return f"{public.rstrip('/') if public else request.script_root}/{path}"
+
+
 def detail_json(view: ProjectView) -> dict[str, Any]:
     """The PEP 691/700 JSON document of a project page."""
     files = []
@@ -145,7 +153,7 @@ def detail_json(view: ProjectView) -> dict[str, Any]:
         if upload_time:
             entry["upload-time"] = upload_time
         if dist.provenance:  # PEP 740: the URL of the file's provenance object
-            entry["provenance"] = f"{request.script_root}/{dist.provenance}"
+            entry["provenance"] = _provenance_url(dist.provenance)
         files.append(entry)
     document: dict[str, Any] = {
         "meta": {"api-version": API_VERSION if has_all_sizes else API_VERSION_WITHOUT_SIZES},
@@ -200,7 +208,7 @@ def detail_html(view: ProjectView) -> str:
             value = f"sha256={dist.metadata_sha256}"
             attrs.append(f'data-core-metadata="{value}" data-dist-info-metadata="{value}"')
         if dist.provenance:  # PEP 740
-            provenance = f"{request.script_root}/{dist.provenance}"
+            provenance = _provenance_url(dist.provenance)
             attrs.append(f'data-provenance="{html.escape(provenance)}"')
         lines.append(f"    <a {' '.join(attrs)}>{html.escape(dist.filename)}</a><br>")
     lines += ["  </body>", "</html>", ""]

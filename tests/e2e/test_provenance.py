@@ -224,11 +224,13 @@ def test_a_mirror_passes_the_upstream_provenance_through(
     )
     plain_name, plain = make_wheel("upattested", "1.2")
     fake_upstream.add_file("upattested", plain_name, plain)
-    server = server_factory(MIRROR_URL=fake_upstream.url)
+    # PUBLIC_URL makes the links absolute, as PEP 740 asks (a proxy would serve that origin).
+    public = "https://pyshelf.example/pypi"
+    server = server_factory(MIRROR_URL=fake_upstream.url, PUBLIC_URL=public + "/")
 
     entries = {f["filename"]: f for f in simple_json(server, "root/pypi", "upattested")["files"]}
     url = entries[good_name]["provenance"]
-    assert url == f"/root/pypi/+provenance/{sha256(good)}/{good_name}"
+    assert url == f"{public}/root/pypi/+provenance/{sha256(good)}/{good_name}"
     assert "provenance" not in entries[plain_name]
     status, _headers, page, _ = server.get(
         "/root/pypi/+simple/upattested/", headers={"Accept": MIME_HTML}
@@ -236,12 +238,14 @@ def test_a_mirror_passes_the_upstream_provenance_through(
     assert status == 200
     assert f'data-provenance="{url}"' in page.decode()
 
-    status, headers, body, reason = server.get(url)
+    status, headers, body, reason = server.get(url.removeprefix(public))
     assert (status, reason) == (200, "OK"), body
     assert headers["Content-Type"] == MIME_PROVENANCE
     assert json.loads(body) == json.loads(provenance_bytes(good_name, sha256(good)))
 
-    status, _headers, body, reason = server.get(entries[bad_name]["provenance"])
+    status, _headers, body, reason = server.get(
+        entries[bad_name]["provenance"].removeprefix(public)
+    )
     assert status == 502, body
     assert reason.startswith(f"Upstream's provenance of {bad_name} refused: ")
     assert "sha256 does not match" in reason
