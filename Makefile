@@ -45,7 +45,8 @@ SCALE_TESTS := tests/test_upload.py tests/test_backup.py tests/test_integrity.py
 	tests/test_pagecache.py tests/test_migrations.py tests/test_schema.py tests/test_mirror.py \
 	tests/e2e/test_publish.py tests/e2e/test_mirror.py tests/e2e/test_operations.py \
 	tests/e2e/test_page_cache.py tests/e2e/test_bootstrap.py tests/e2e/test_private_blobs.py \
-	tests/e2e/test_sessions.py
+	tests/e2e/test_sessions.py tests/test_search.py tests/test_search_snippets.py \
+	tests/test_search_plans.py tests/test_advisories.py
 
 # Two pytest-xdist workers, each taking whole test files (module-scoped servers stay shared):
 # the end-to-end tests mostly wait on subprocesses, so two cores run them about twice as fast.
