@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pypi_attestations import Attestation
+from pypi_attestations import Attestation, AttestationType
 
 from tests.builders import make_wheel, write_dist
 from tests.conftest import LiveServer, basic_auth, clean_env
@@ -36,7 +36,8 @@ pytestmark = pytest.mark.e2e
 ALICE = ("alice", "alice-password")
 MALLORY = ("mallory", "mallory-password")
 MIME_PROVENANCE = "application/vnd.pypi.integrity.v1+json"
-PUBLISH_V1 = "https://docs.pypi.org/attestations/publish/v1"
+# The publish/v1 predicate type PEP 740 names, as the library spells it.
+PUBLISH_V1 = AttestationType.PYPI_PUBLISH_V1.value
 # uv comes with the test venv (requirements-dev.txt); PYSHELF_TEST_UV may name another one.
 UV = os.environ.get("PYSHELF_TEST_UV") or shutil.which("uv", path=str(Path(sys.executable).parent))
 UV_TIMEOUT_SECONDS = 120
