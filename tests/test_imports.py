@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -223,3 +226,39 @@ def test_pip_install_ships_every_package_of_app() -> None:
     packages = {".".join(init.parent.relative_to(ROOT).parts) for init in inits}
 
     assert packages <= set(config["packages"])
+
+
+# Libraries only some requests need, each tens of MiB in every worker that imports them: an
+# upload with PEP 740 attestations (pypi_attestations, which brings sigstore and boto3 along),
+# S3 storage (boto3), PostgreSQL (psycopg), rendering a description (readme_renderer).
+LOADED_ON_FIRST_USE = (
+    "pypi_attestations",
+    "sigstore",
+    "boto3",
+    "botocore",
+    "psycopg",
+    "readme_renderer",
+)
+
+
+def test_a_worker_on_sqlite_and_disk_starts_without_the_libraries_only_some_requests_need(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "import sys\n"
+        "from app import create_app\n"
+        "create_app()\n"
+        f"print(sorted(set({LOADED_ON_FIRST_USE!r}) & {{m.split('.')[0] for m in sys.modules}}))\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "DATA_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
