@@ -470,9 +470,10 @@ def test_every_default_reads_back_as_itself() -> None:
 
 
 # Reads of the environment outside app/core/config.py, each with the reason it is not a setting.
+COMMAND_INPUT = "a command's input, not a setting"
 ENVIRONMENT_READS = {
-    ("app/cli.py", 'if os.environ.get("PYSHELF_PASSWORD"):'): "a command's input, not a setting",
-    ("app/cli.py", 'return os.environ["PYSHELF_PASSWORD"]'): "a command's input, not a setting",
+    ("app/cli/accounts.py", 'if os.environ.get("PYSHELF_PASSWORD"):'): COMMAND_INPUT,
+    ("app/cli/accounts.py", 'return os.environ["PYSHELF_PASSWORD"]'): COMMAND_INPUT,
     ("app/ops/backup.py", "return {**os.environ, **{k: v for k, v in values.items() if v}}"): (
         "passes the whole environment on to pg_dump/psql, reads no variable of its own"
     ),
