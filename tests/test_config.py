@@ -1,4 +1,5 @@
-"""app.core.config: Settings.from_env, sizes and the .env file."""
+"""app.core.config (with its kinds and its generated reference): Settings.from_env, sizes and
+the .env file."""
 
 from __future__ import annotations
 
@@ -15,13 +16,11 @@ from app.core.config import (
     SETTINGS,
     ConfigError,
     Settings,
-    env_example,
-    markdown,
     mask_database_url,
-    parse_duration,
-    parse_size,
     read_dotenv,
 )
+from app.core.config_docs import env_example, markdown
+from app.core.config_kinds import parse_duration, parse_size
 
 NO_DOTENV = {"ENV_FILE": os.devnull}
 

@@ -21,7 +21,7 @@ from app.cli.operations import (
     cmd_verify,
 )
 from app.cli.server import cmd_healthcheck, cmd_migrate, cmd_prepare, cmd_serve
-from app.core.config import parse_size
+from app.core.config_kinds import parse_size
 from app.ops.prepare import MIRROR_INDEX
 
 
