@@ -23,7 +23,7 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.config import parse_duration
+from app.core.config_kinds import parse_duration
 from app.core.dists import normalize_name
 from app.data.models import Index, ServerBlock, utcnow
 
