@@ -343,7 +343,8 @@ def run(args: argparse.Namespace, url: str) -> None:
 
 def upload_overhead(count: int, pages: int) -> None:
     """Time `count` wheel uploads (a 2,000-word Markdown README) and `count` docs uploads
-    (`pages` pages) through the app, in rounds that alternate the indexer on and off."""
+    (`pages` pages) through the app, in rounds that rotate three modes: no indexer, indexed
+    after the response (the default; the drain is timed on its own), indexed in the request."""
     import contextlib
 
     from werkzeug.security import generate_password_hash
@@ -352,7 +353,6 @@ def upload_overhead(count: int, pages: int) -> None:
     from app.core.config import Settings
     from app.data.db import Database
     from app.data.models import User as UserModel
-    from app.http.web import docs
     from app.ops.prepare import bootstrap, migrate
     from tests.builders import make_wheel  # only for this option
     from tests.web.helpers import doc_upload_form, upload_form
@@ -379,43 +379,54 @@ def upload_overhead(count: int, pages: int) -> None:
     )
     zipped = docs_zip(rng, vocabulary, pages)
 
+    app_settings = client.application.config["PYSHELF_SETTINGS"]
+    modes = ("off", "after", "in-request")
+
     @contextlib.contextmanager
-    def indexer(on: bool):  # type: ignore[no-untyped-def]
-        saved = fulltext.index_project, docs.index_docset, docs.read_docs
-        if not on:
-            fulltext.index_project = lambda _session, _project_id: None  # type: ignore[assignment]
-            docs.index_docset = lambda _session, _docset, _pages: 0  # type: ignore[assignment]
-            docs.read_docs = lambda _source, _prefix: []  # type: ignore[assignment]
+    def indexer(mode: str):  # type: ignore[no-untyped-def]
+        saved = fulltext.queue
+        if mode == "off":
+            fulltext.queue = lambda _session, _kind, _target_id: None  # type: ignore[assignment]
+        object.__setattr__(app_settings, "search_index_in_request", mode == "in-request")
         try:
             yield
         finally:
-            fulltext.index_project, docs.index_docset, docs.read_docs = saved
+            fulltext.queue = saved
 
-    seconds = {True: {"package": 0.0, "docs": 0.0}, False: {"package": 0.0, "docs": 0.0}}
+    seconds = {mode: {"package": 0.0, "docs": 0.0} for mode in modes}
+    drained = {"package": 0.0, "docs": 0.0}  # indexing after the response: until searchable
     for number in range(count):
-        for on in (number % 2 == 0, number % 2 == 1):  # alternate which goes first
-            name = f"bench-{'on' if on else 'off'}-{number}"
+        for mode in modes[number % 3 :] + modes[: number % 3]:  # rotate which goes first
+            name = f"bench-{mode}-{number}"
             filename, data = make_wheel(
                 name, "1.0", description=readme, description_content_type="text/markdown"
             )
-            with indexer(on):
-                started = time.perf_counter()
-                response = client.post(
-                    "/admin/dev/", data=upload_form(filename, data, name, "1.0"), headers=auth
-                )
-                seconds[on]["package"] += time.perf_counter() - started
-                assert response.status_code == 200, response.get_data(as_text=True)
-                started = time.perf_counter()
-                response = client.post(
-                    "/admin/dev/", data=doc_upload_form(name, "1.0", zipped), headers=auth
-                )
-                seconds[on]["docs"] += time.perf_counter() - started
-                assert response.status_code == 200, response.get_data(as_text=True)
+            forms = {
+                "package": upload_form(filename, data, name, "1.0"),
+                "docs": doc_upload_form(name, "1.0", zipped),
+            }
+            for kind, form in forms.items():
+                with indexer(mode):
+                    started = time.perf_counter()
+                    response = client.post("/admin/dev/", data=form, headers=auth)
+                    seconds[mode][kind] += time.perf_counter() - started
+                    assert response.status_code == 200, response.get_data(as_text=True)
+                    started = time.perf_counter()
+                    response.close()  # what a server does once it has sent it: the drain runs
+                    if mode == "after":
+                        drained[kind] += time.perf_counter() - started
     print(f"\n### Upload overhead of the indexer ({time.strftime('%Y-%m-%d')})\n")
-    print("| upload | without the indexer, ms | with, ms | ratio |\n|---|---|---|---|")
+    print(
+        "| upload | no indexer, ms | indexed after the response, ms (ratio) |"
+        " indexed in the request, ms (ratio) | indexing after the response, ms |"
+    )
+    print("|---|---|---|---|---|")
     for kind in ("package", "docs"):
-        off, on = seconds[False][kind] / count * 1000, seconds[True][kind] / count * 1000
-        print(f"| {kind} | {off:.1f} | {on:.1f} | {on / off:.2f}x |")
+        off, after, inside = (seconds[mode][kind] / count * 1000 for mode in modes)
+        print(
+            f"| {kind} | {off:.1f} | {after:.1f} ({after / off:.2f}x) |"
+            f" {inside:.1f} ({inside / off:.2f}x) | {drained[kind] / count * 1000:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -200,11 +200,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
 def _allow_loopback_upstreams(settings: Settings) -> None:
     if not settings.upstream_allow_private:
         object.__setattr__(settings, "upstream_allow_private", TEST_ALLOW_PRIVATE)
+    # The test client never closes a response, so nothing would run after it: apps built in
+    # this process index for search before their response. Live servers (e2e) use the queue.
+    object.__setattr__(settings, "search_index_in_request", True)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def allow_loopback_upstreams() -> Iterator[None]:
-    """Settings built in this process for a test data dir may reach loopback fake upstreams."""
+    """Settings built in this process for a test data dir may reach loopback fake upstreams,
+    and index for search before their responses."""
     settings_defaults.register(_allow_loopback_upstreams)
     yield
     settings_defaults.unregister(_allow_loopback_upstreams)

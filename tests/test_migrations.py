@@ -43,6 +43,7 @@ TABLES = {
     "promotions",
     "mirror_files",
     "search_documents",
+    "search_jobs",
 }
 
 

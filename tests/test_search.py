@@ -15,7 +15,7 @@ import pytest
 from app.services.search import InvalidQuery, Term, parse_query
 from tests.builders import make_wheel, zip_bytes
 from tests.conftest import LiveServer, basic_auth
-from tests.e2e.helpers import ADMIN, api, cli, multipart, publish
+from tests.e2e.helpers import ADMIN, api, cli, multipart, publish, settles_to
 
 AUTH = {"Authorization": basic_auth(*ADMIN)}
 JSON = {"Accept": "application/json"}
@@ -114,6 +114,10 @@ def site(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> L
         make_wheel("xsspkg", "1.0", summary="Harmless", description=XSS_DESCRIPTION),
     )
     doc_upload(live_server, "admin/dev", "invoicer", "1.0", DOCS)
+    settles_to(lambda: found(live_server, "xsspkg"), ["release:admin/dev/xsspkg"])
+    settles_to(
+        lambda: found(live_server, "docs:supplier"), ["docs:admin/dev/invoicer/api/reading.html"]
+    )
     return live_server
 
 
@@ -260,8 +264,8 @@ def test_yank_delete_and_index_deletion_keep_the_index_in_step(site: Any, tmp_pa
         make_wheel("yankme", "2.0", description="Newer platypus text."),
     )
     doc_upload(site, index, "yankme", "2.0", zip_bytes({"index.html": b"<p>echidna</p>"}))
-    assert found(site, f"platypus index:{index}") == [f"release:{index}/yankme"]
-    assert found(site, f"echidna index:{index}") == [f"docs:{index}/yankme/index.html"]
+    settles_to(lambda: found(site, f"platypus index:{index}"), [f"release:{index}/yankme"])
+    settles_to(lambda: found(site, f"echidna index:{index}"), [f"docs:{index}/yankme/index.html"])
 
     status, _body, _reason = api(site, "PATCH", f"/{index}/yankme/2.0", {"yanked": True})
     assert status == 200

@@ -251,6 +251,11 @@ class Settings:
         The most bytes a documentation zip may unpack to (stops zip bombs).""")
     docs_max_files: int = setting(LIMITS, "DOCS_MAX_FILES", NUMBER, "5000", meaning="""
         The most members a documentation zip may hold.""")
+    search_index_in_request: bool = setting(
+        LIMITS, "SEARCH_INDEX_IN_REQUEST", BOOLEAN, "false", meaning="""
+        false: an upload or a newly mirrored page is indexed for search just after its response
+        is sent (the upload is not slowed; it is searchable once indexed, well under a second
+        for a package). true: before the response, so a search right after it finds it.""")
 
     database_url: str = setting(DATABASE, "DATABASE_URL", SQL_URL, "", meaning="""
         Empty: SQLite in DATA_DIR/pyshelf.sqlite3. Several replicas share one PostgreSQL

@@ -494,6 +494,20 @@ class SearchDocument(Base):
     tsv: Mapped[Any] = mapped_column(TSVECTOR().with_variant(Text(), "sqlite"), nullable=True)
 
 
+class SearchJob(Base):
+    """A change full-text search has yet to index (app/services/fulltext.py): written in the
+    transaction of the change, deleted in the one that indexes it, so a crash between the two
+    leaves it here for the next drain. `kind` is project, docset or mirror; `target_id` the id
+    of that row (gone by then: its documents went with it, ON DELETE CASCADE)."""
+
+    __tablename__ = "search_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    target_id: Mapped[int]
+    queued_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Advisory(Base):
     """A security advisory from an imported OSV export (app/ops/osv_import.py): one OSV record."""
 

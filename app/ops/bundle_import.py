@@ -56,7 +56,7 @@ from app.data.models import (
 )
 from app.ops.bundle_format import CHUNK_BYTES, BundleError, Manifest, format_time, open_bundle
 from app.ops.prepare import find_user
-from app.services.fulltext import index_project, index_stored_docset, index_stored_page
+from app.services.fulltext import drain, index_project, index_stored_docset, index_stored_page
 from app.services.indexes import create_index, get_index_by_path
 
 log = logging.getLogger("pyshelf")
@@ -147,6 +147,7 @@ def import_bundle(
         finally:
             for tmp_path in staged.values():
                 tmp_path.unlink(missing_ok=True)
+        drain(database, storage)  # the releases its files queued for search
     finally:
         archive.close()
         database.engine.dispose()

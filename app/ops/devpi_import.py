@@ -56,7 +56,7 @@ from app.ops.devpi_format import (
 )
 from app.ops.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError, bootstrap, is_first_start
 from app.services.cache import BlobLock
-from app.services.fulltext import index_docset, read_docs
+from app.services.fulltext import drain, index_docset, read_docs
 from app.services.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
 
 log = logging.getLogger(__name__)
@@ -473,7 +473,10 @@ def import_export(settings: Settings, directory: Path) -> Report:
     """Import the devpi-server export in `directory` into this (empty) pyshelf, all or nothing."""
     database = Database(settings.database_url)
     try:
+        storage = make_storage(settings)
         with database.session() as session:
-            return Importer(session, make_storage(settings), settings, directory).run()
+            report = Importer(session, storage, settings, directory).run()
+        drain(database, storage)  # the releases it added, queued for search
+        return report
     finally:
         database.engine.dispose()

@@ -27,6 +27,7 @@ from app.ops.requirements import Requirements
 from app.ops.resolve import Miss, Plan, PlannedFile, SourceError, plan
 from app.ops.targets import Target
 from app.services.cache import holds, human_bytes
+from app.services.fulltext import drain_queue
 from app.services.indexes import get_index_by_path
 from app.services.mirror_metadata import cached_files
 
@@ -231,7 +232,9 @@ def prefetch(
     """Resolve `requirements` for `targets` on `index_path` and fetch every file they need
     through an app of these settings."""
     source = open_source(settings, index_path)
-    return fetch(source, plan(requirements, targets, source), progress=progress)
+    summary = fetch(source, plan(requirements, targets, source), progress=progress)
+    drain_queue(settings)  # the pages it stored, queued for search by the mirror
+    return summary
 
 
 def open_source(settings: Settings, index_path: str) -> MirrorSource:

@@ -7,14 +7,20 @@ the rows in the FTS5 table `search_fts` (porter stemming, unicode61 without diac
 in step by triggers; PostgreSQL keeps a weighted `tsvector` (the 'english' configuration, of
 text whose accents were removed here: `unaccent` would need a superuser) under a GIN index.
 
-Releases are indexed when the session that changed them commits (the listeners at the bottom:
-every writer, present and future, goes through them); docs when they are stored (`index_docset`,
-with the pages `read_docs` took out of the zip); a mirrored project when the mirror stores its
-page (`index_stored_page`), caches one of its files or evicts one (`index_cached_project`,
-from app/services/mirror_metadata.py and app/services/cache.py), with the summary and
-description of the cached metadata that describes it (app/services/mirror_description.py: the
-web project page's rule, and only what that mirror holds). Deleting a project, doc set, mirror
-page or index deletes its rows by ON DELETE CASCADE.
+What uploads add is indexed after the response: the upload's transaction writes a row of
+`search_jobs` (`queue`), and `drain` indexes the queued items, each in a transaction that
+deletes its jobs, so a crash leaves them queued; the web app drains once it has sent the
+response of a request that queued something (app/http/web/search.py), an admin command before
+it exits, a server start what a crash left. Queued are: the releases of a session that adds
+files (the listeners at the bottom: every writer, present and future, goes through them), an
+uploaded doc set (`queue_docset`), a page the mirror stores (`queue_stored_page`). Yanking or
+deleting files re-indexes their project in the same transaction, and deleting a project, doc
+set, mirror page or index deletes its rows by ON DELETE CASCADE: a hit never outlives what it
+names. A file the mirror caches or evicts is indexed in a transaction of its own
+(`index_cached_project`, from app/services/mirror_metadata.py and app/services/cache.py), with
+the summary and description of the cached metadata that describes it
+(app/services/mirror_description.py: the web project page's rule, and only what that mirror
+holds).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import IO, Any
 
 from packaging.version import InvalidVersion, Version
@@ -60,6 +67,7 @@ from app.data.models import (
     MirrorPage,
     Project,
     SearchDocument,
+    SearchJob,
     utcnow,
 )
 from app.services.mirror_description import Blobs as Blobs  # re-exported: promote.py uses it
@@ -77,6 +85,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 WORD = re.compile(r"[^\W_]+")  # what both engines index as a word: letters and digits
 KINDS = ("release", "docs", "mirror")
 TEXT_SEARCH_CONFIG = "english"  # PostgreSQL's: English stemming and stop words
+DRAIN_MAX_JOBS = 1_000  # items one drain indexes; the rest wait for the next
 
 
 # --- text -----------------------------------------------------------------------------------
@@ -290,14 +299,26 @@ def index_mirror(session: Session, blobs: Blobs, page: MirrorPage) -> None:
     _write_mirror(session, page, *_mirror_text(session, blobs, page))
 
 
-def index_stored_page(session: Session, blobs: Blobs, page: MirrorPage) -> None:
-    """(Re)index a mirror page the mirror is storing, unless only its check time changed (a
-    refresh with the same content); the caller commits."""
+def _page_changed(session: Session, page: MirrorPage) -> bool:
+    """Whether a mirror page being stored changed more than its check time (a refresh with the
+    same content changes nothing that is indexed)."""
     attrs = inspect(page).attrs
-    if page in session.new or any(
+    return page in session.new or any(
         attrs[name].history.has_changes() for name in ("name", "is_found", "files")
-    ):
+    )
+
+
+def index_stored_page(session: Session, blobs: Blobs, page: MirrorPage) -> None:
+    """(Re)index a mirror page being stored, if it changed; the caller commits."""
+    if _page_changed(session, page):
         index_mirror(session, blobs, page)
+
+
+def queue_stored_page(session: Session, page: MirrorPage) -> None:
+    """Queue a mirror page being stored for indexing, if it changed; the caller commits."""
+    if _page_changed(session, page):
+        session.flush()  # a new page gets its id
+        queue(session, "mirror", page.id)
 
 
 def index_cached_project(
@@ -432,12 +453,127 @@ def index_stored_docset(session: Session, blobs: Blobs, docset: DocSet) -> int:
     return index_docset(session, docset, pages)
 
 
+# --- the queue: indexing after the response ---------------------------------------------------
+
+# Whether this context (a request's thread) queued something since take_queued() last asked.
+_QUEUED: ContextVar[bool] = ContextVar("pyshelf_search_queued", default=False)
+
+
+def queue(session: Session, kind: str, target_id: int) -> None:
+    """Queue a project, docset or mirror page for indexing, in the caller's transaction."""
+    session.add(SearchJob(kind=kind, target_id=target_id))
+    _QUEUED.set(True)
+
+
+def take_queued() -> bool:
+    """Whether this context queued something since the last call (the web app then drains
+    after its response)."""
+    queued = _QUEUED.get()
+    _QUEUED.set(False)
+    return queued
+
+
+def queue_docset(session: Session, docset: DocSet) -> None:
+    """Queue an uploaded doc set for indexing from its zip; the caller commits."""
+    session.flush()  # a new doc set gets its id
+    queue(session, "docset", docset.id)
+
+
+def drain(database: Database, blobs: Blobs, max_jobs: int = DRAIN_MAX_JOBS) -> int:
+    """Index what is queued, oldest first, each item in a write transaction that deletes its
+    jobs (two processes never index the same item twice); a doc set's zip is read and parsed
+    before the write lock. Return how many items were indexed."""
+    done = 0
+    with database.session() as session:
+        for _ in range(max_jobs):
+            job = session.execute(
+                select(SearchJob.id, SearchJob.kind, SearchJob.target_id)
+                .order_by(SearchJob.id)
+                .limit(1)
+            ).first()
+            if job is None:
+                break
+            job_id, kind, target_id = job
+            pages = _docset_pages(session, blobs, target_id) if kind == "docset" else None
+            begin_write(session)
+            session.expire_all()  # read what the write lock now protects
+            if session.scalar(select(SearchJob.id).where(SearchJob.id == job_id)) is None:
+                session.rollback()  # another process indexed it meanwhile
+                continue
+            session.execute(
+                delete(SearchJob).where(SearchJob.kind == kind, SearchJob.target_id == target_id)
+            )
+            try:
+                _index_job(session, blobs, kind, target_id, pages)
+            except Exception:  # a bad item must not block the queue; `reindex` retries it
+                session.rollback()
+                log.exception("cannot index %s %s; left out until a reindex", kind, target_id)
+                begin_write(session)
+                session.execute(
+                    delete(SearchJob).where(
+                        SearchJob.kind == kind, SearchJob.target_id == target_id
+                    )
+                )
+            session.commit()
+            done += 1
+    return done
+
+
+def _docset_pages(
+    session: Session, blobs: Blobs, docset_id: int
+) -> tuple[str, str, list[DocsPage]] | None:
+    """A doc set's zip and prefix with its pages, read without the write lock (None: gone or
+    unreadable, left to index_stored_docset)."""
+    docset = session.get(DocSet, docset_id)
+    if docset is None:
+        return None
+    try:
+        with blobs.open(docset.sha256) as blob:
+            return docset.sha256, docset.path_prefix, read_docs(blob, docset.path_prefix)
+    except (FileNotFoundError, zipfile.BadZipFile, OSError):
+        return None
+
+
+def _index_job(
+    session: Session,
+    blobs: Blobs,
+    kind: str,
+    target_id: int,
+    pages: tuple[str, str, list[DocsPage]] | None,
+) -> None:
+    if kind == "project":
+        index_project(session, target_id)
+    elif kind == "docset":
+        docset = session.get(DocSet, target_id)
+        if docset is None:
+            return
+        if pages is not None and pages[:2] == (docset.sha256, docset.path_prefix):
+            index_docset(session, docset, pages[2])
+        else:  # replaced since it was read
+            index_stored_docset(session, blobs, docset)
+    elif kind == "mirror":
+        page = session.get(MirrorPage, target_id)
+        if page is not None:
+            index_mirror(session, blobs, page)
+
+
+def drain_queue(settings: Settings) -> int:
+    """Index what is queued in the database `settings` name (an admin command, before it
+    exits); return how many items."""
+    database = Database(settings.database_url)
+    try:
+        return drain(database, make_storage(settings))
+    finally:
+        database.engine.dispose()
+
+
 def reindex(
     session: Session, blobs: Blobs, advance: Callable[[int], None] = lambda _n: None
 ) -> dict[str, int]:
     """Rebuild the whole index from projects, doc sets and mirror pages, committing as it
     goes; `advance` is called with the number of items done; return counts by kind."""
     session.execute(delete(SearchDocument))
+    session.execute(delete(SearchJob))  # everything is indexed below
     session.commit()
     counts = dict.fromkeys(KINDS, 0)
     for project_id in session.scalars(select(Project.id).order_by(Project.id)).all():
@@ -471,12 +607,14 @@ def rebuild(
 ) -> dict[str, int]:
     """Rebuild the index of the database and blobs `settings` name, with a progress bar (the
     `reindex` command; a restore of a backup made before the index existed); with
-    `only_if_empty`, only when the index holds nothing. Return counts by kind."""
+    `only_if_empty`, only when the index holds nothing, else what is queued is indexed (a server
+    start: what a crash left). Return counts by kind."""
     database = Database(settings.database_url)
     try:
         with database.session() as session:
             if only_if_empty and session.scalar(select(SearchDocument.id).limit(1)) is not None:
-                return {}
+                drained = drain(database, make_storage(settings))
+                return {"queued": drained} if drained else {}
             total = reindex_total(session)
             bar = Progress("reindex", total, unit="items", is_tty=None if progress else False)
             counts = reindex(session, make_storage(settings), bar.advance)
@@ -488,30 +626,48 @@ def rebuild(
     return counts
 
 
-# --- keeping in step: releases are indexed when their session commits ------------------------
+# --- keeping in step: releases are queued or indexed when their session commits ------------
 
-_TOUCHED = "pyshelf.search_touched"
+_ADDED = "pyshelf.search_added"  # projects with new files or changes: queued
+_CHANGED = "pyshelf.search_changed"  # projects with yanked or deleted files: indexed now
 
 
 @event.listens_for(Session, "after_flush")
 def _note_changes(session: Session, _context: Any) -> None:
-    projects = session.info.setdefault(_TOUCHED, set())
-    for record in (*session.new, *session.dirty, *session.deleted):
+    added = session.info.setdefault(_ADDED, set())
+    changed = session.info.setdefault(_CHANGED, set())
+    for record in session.new:
         if isinstance(record, File) and record.project_id is not None:
-            projects.add(record.project_id)
+            added.add(record.project_id)
         elif isinstance(record, Project) and record.id is not None:
-            projects.add(record.id)
+            added.add(record.id)
+    for record in session.dirty:
+        if isinstance(record, File) and record.project_id is not None:
+            changed.add(record.project_id)  # a yank: its hit must not wait for the queue
+        elif isinstance(record, Project) and record.id is not None:
+            added.add(record.id)
+    for record in session.deleted:
+        if isinstance(record, File) and record.project_id is not None:
+            changed.add(record.project_id)
+        elif isinstance(record, Project) and record.id is not None:
+            changed.add(record.id)
 
 
 @event.listens_for(Session, "before_commit")
 def _index_changes(session: Session) -> None:
-    if not session.info.get(_TOUCHED) and not (session.new or session.dirty or session.deleted):
+    if not (session.info.get(_ADDED) or session.info.get(_CHANGED)) and not (
+        session.new or session.dirty or session.deleted
+    ):
         return
     session.flush()  # runs _note_changes for what is still pending
-    for project_id in sorted(session.info.pop(_TOUCHED, set())):
+    changed = session.info.pop(_CHANGED, set())
+    for project_id in sorted(changed):
         index_project(session, project_id)
+    for project_id in sorted(session.info.pop(_ADDED, set()) - changed):
+        queue(session, "project", project_id)
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _forget_changes(session: Session, _previous: Any) -> None:
-    session.info.pop(_TOUCHED, None)
+    session.info.pop(_ADDED, None)
+    session.info.pop(_CHANGED, None)

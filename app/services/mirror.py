@@ -58,7 +58,7 @@ from app.http import metrics
 from app.http.errors import DISK_FULL_ERRNOS, HTTPError
 from app.http.files import METADATA_MIMETYPE, send_blob
 from app.services.cache import MirrorCache, count_fetch, hold, holds
-from app.services.fulltext import index_stored_page
+from app.services.fulltext import queue_stored_page
 from app.services.indexes import Dist, file_path
 from app.services.mirror_metadata import cached_files, extract, record_cached_file, sidecar_of
 from app.services.pagecache import REQUEST_GENERATION, current_generation
@@ -365,7 +365,7 @@ class Mirror:
                 page.last_modified = fetched.last_modified
                 page.fetched_at = now
             if fetched != "not-modified":
-                index_stored_page(session, self.storage, page)
+                queue_stored_page(session, page)
                 _forget_unlisted_sidecars(session, index.id, name, page.files)
             after = current_generation(session)  # flushed first: with this save's bumps
             session.commit()

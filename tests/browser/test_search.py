@@ -3,13 +3,16 @@ the search box, and the hit opens that page inside the docs."""
 
 from __future__ import annotations
 
+import json
+from urllib.parse import quote
+
 import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import PROJECT, STAGE, VERSION, Shoot, Site
 from tests.builders import zip_bytes
 from tests.conftest import basic_auth
-from tests.e2e.helpers import ADMIN, multipart
+from tests.e2e.helpers import ADMIN, multipart, settles_to
 
 pytestmark = pytest.mark.e2e
 
@@ -42,6 +45,15 @@ def test_a_phrase_inside_the_docs_is_found_and_its_hit_opens_the_page(
     )
     assert status == 200
 
+    def docs_hits() -> int:  # the server indexes the zip just after its response
+        query = quote('"saffron telemetry window"')
+        _status, _headers, raw, _reason = site.server.get(
+            f"/+search?q={query}",
+            headers={"Accept": "application/json", "Authorization": basic_auth(*ADMIN)},
+        )
+        return len(json.loads(raw)["hits"])
+
+    settles_to(docs_hits, 1)
     page.goto(site.url("/"))
     search = page.locator("#search-form input[name=q]")
     search.fill('"saffron telemetry window"')

@@ -8,7 +8,8 @@ import json
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -38,6 +39,17 @@ ACCEPT_UV = (
 ACCEPT_POETRY = "application/vnd.pypi.simple.v1+json, */*;q=0.1"
 ADMIN = ("admin", ADMIN_PASSWORD)
 CLI_TIMEOUT_SECONDS = 60
+# A server indexes what a response queued for search just after sending it (docs/search.md).
+INDEXING_WAIT_SECONDS = 10
+
+
+def settles_to(probe: Callable[[], Any], expected: Any) -> None:
+    """Assert `probe()` returns `expected` within INDEXING_WAIT_SECONDS (polled every 0.1 s):
+    a search right after an upload or a stored mirror page may run before it is indexed."""
+    deadline = time.monotonic() + INDEXING_WAIT_SECONDS
+    while (value := probe()) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert value == expected
 
 
 def sha256(data: bytes) -> str:

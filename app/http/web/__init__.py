@@ -165,6 +165,7 @@ def init_app(app: Flask) -> None:
     app.session_interface = SessionInterface()
     app.before_request(_protect_unsafe_requests)
     app.after_request(_security_headers)
+    app.after_request(search.index_after_response)  # any request that queued search indexing
     app.jinja_env.filters["filesize"] = filesize
     app.jinja_env.filters["when"] = when
     app.jinja_env.globals.update(

@@ -51,7 +51,7 @@ from app.data.models import DocSet, Index, Project, User, utcnow
 from app.http.errors import HTTPError
 from app.http.spool import Spool
 from app.services.cache import BlobLock
-from app.services.fulltext import DocsPage, index_docset, read_docs
+from app.services.fulltext import queue_docset
 from app.services.indexes import Reader, may_read, readable_order
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,6 @@ def store_docs(index: Index, project: str, version: str, user: User, part: FileS
         )
     except InvalidDocs as exc:
         raise HTTPError(400, str(exc)) from None
-    pages = read_docs(path, info.path_prefix)  # before the write lock: the parsing takes time
     values = {
         "sha256": sha256,
         "size": size,
@@ -228,10 +227,10 @@ def store_docs(index: Index, project: str, version: str, user: User, part: FileS
         if not storage.exists(sha256):
             storage.commit_temp(sha256, path)
         try:
-            docset = _record(session, index, normalized, version, values, pages)
+            docset = _record(session, index, normalized, version, values)
         except IntegrityError:  # another worker created the same doc set first: replace it
             session.rollback()
-            docset = _record(session, index, normalized, version, values, pages)
+            docset = _record(session, index, normalized, version, values)
     log.info("docs %s %s %s by %s (%d bytes)", index.path, normalized, version, user.username, size)
     return docset
 
@@ -242,7 +241,6 @@ def _record(
     normalized: str,
     version: str,
     values: dict[str, Any],
-    pages: list[DocsPage],
 ) -> DocSet:
     begin_write(session)
     docset = session.scalar(
@@ -257,7 +255,7 @@ def _record(
         session.add(docset)
     for key, value in values.items():
         setattr(docset, key, value)
-    index_docset(session, docset, pages)
+    queue_docset(session, docset)  # indexed after the response (app/services/fulltext.py)
     session.commit()
     return docset
 

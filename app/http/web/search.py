@@ -1,16 +1,22 @@
 """GET /+search: full-text search over every index the caller may read (app/services/search.py), as
-HTML with highlighted snippets or as JSON; `?query=` (devpi-web's name) works as `?q=`."""
+HTML with highlighted snippets or as JSON; `?query=` (devpi-web's name) works as `?q=`. And the
+hook that indexes what a request queued (app/services/fulltext.py) once its response is sent."""
 
 from __future__ import annotations
 
-from flask import Response, jsonify, render_template, request
+import logging
+
+from flask import Response, current_app, jsonify, render_template, request
 
 from app.data.db import get_session
 from app.http.auth import current_reader
 from app.http.errors import HTTPError
 from app.http.web.base import bp, doc_url, page_number, project_url
+from app.services import fulltext
 from app.services.indexes import readable_index_ids
 from app.services.search import Hit, InvalidQuery, parse_query, search
+
+log = logging.getLogger(__name__)
 
 SEARCH_PAGE_SIZE = 50
 MAX_SEARCH_PAGE = 20  # 1,000 hits: past that, a narrower query finds it faster than paging
@@ -81,3 +87,25 @@ def search_page() -> Response | str:
         page=page,
         has_next=has_next,
     )
+
+
+def index_after_response(response: Response) -> Response:
+    """After a request that queued something for search (an upload, a stored mirror page),
+    index it once the response is sent (the server closes it then), or before it is sent with
+    SEARCH_INDEX_IN_REQUEST (after_request hook)."""
+    if not fulltext.take_queued():
+        return response
+    database = current_app.extensions["pyshelf.db"]
+    storage = current_app.extensions["pyshelf.storage"]
+
+    def drain() -> None:
+        try:
+            fulltext.drain(database, storage)
+        except Exception:  # the response is gone: log; the queue keeps what was not indexed
+            log.exception("search indexing after the response failed")
+
+    if current_app.config["PYSHELF_SETTINGS"].search_index_in_request:
+        drain()
+    else:
+        response.call_on_close(drain)
+    return response
