@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
@@ -309,6 +310,23 @@ def _is_public(acl_read: Any) -> bool:
     return ANONYMOUS in acl
 
 
+Row = tuple[Any, ...]  # as the database driver returns it
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A stored file or sidecar of a public index, opened: what CachedFiles and the worker's
+    event loop (app/http/serving.py) send, and what they count."""
+
+    source: BinaryIO  # the open blob; whoever sends it closes it
+    size: int
+    headers: list[tuple[str, str]]  # the view's and the hooks' (without HSTS)
+    route_kind: str  # "file" or "metadata"
+    index_id: int
+    blob_key: str
+    is_mirror_hit: bool
+
+
 class CachedFiles:
     """WSGI middleware in front of the Flask app: GET and HEAD of a stored file or sidecar of a
     public index on local disk are sent without a request context, hooks or ORM (sendfile
@@ -325,32 +343,47 @@ class CachedFiles:
         self.mirror = app.extensions["pyshelf.mirror"]
         self.lookup = FastRead(app.extensions["pyshelf.db"], _blob_lookup())
         self.fixed, self.hsts = hook_headers(app)
+        app.extensions["pyshelf.cached_files"] = self
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD")
-        path = environ.get("PATH_INFO", "")
-        match = (
-            FILE_PATH_RE.match(path)
-            if method in ("GET", "HEAD") and self.local_path is not None and path.isascii()
-            else None
-        )
-        if match is None or any(name in environ for name in CONDITIONAL_HEADERS):
+        if method not in ("GET", "HEAD") or any(name in environ for name in CONDITIONAL_HEADERS):
             return self.wsgi_app(environ, start_response)
-        found = self._find(*match.groups())
-        if found is None or self.local_path is None:
+        stored = self.open_stored(environ.get("PATH_INFO", ""), self.lookup.one)
+        if stored is None:
             return self.wsgi_app(environ, start_response)
+        environ["pyshelf.route_kind"] = stored.route_kind
+        if stored.is_mirror_hit:
+            environ["pyshelf.cache_hit"] = True
+        self.note(stored)
+        headers = stored.headers
+        if environ.get("wsgi.url_scheme") == "https":
+            headers = [*headers, self.hsts]
+        start_response("200 OK", headers)
+        if method == "HEAD":
+            stored.source.close()
+            return []
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is None:
+            return _chunks(stored.source)
+        return wrapper(stored.source, 1 << 20)
+
+    def open_stored(self, path: str, lookup: Callable[..., Row | None]) -> Stored | None:
+        """The stored file at `path` (a PATH_INFO) of a public index on local disk, opened, with
+        its headers; None when the view must answer. `lookup` runs _blob_lookup()."""
+        match = FILE_PATH_RE.match(path) if self.local_path is not None and path.isascii() else None
+        if match is None or self.local_path is None:
+            return None
+        found = self._find(lookup, *match.groups())
+        if found is None:
+            return None
         index_id, blob_key, is_mirror_hit = found
         try:
-            source = open(self.local_path(blob_key), "rb")  # noqa: SIM115 - closed by the server
+            source = open(self.local_path(blob_key), "rb")  # noqa: SIM115 - the sender closes it
         except FileNotFoundError:  # evicted, or lost: the view says what happened
-            return self.wsgi_app(environ, start_response)
+            return None
         is_metadata = match[4].endswith(METADATA_SUFFIX)
         stat = os.fstat(source.fileno())
-        environ["pyshelf.route_kind"] = "metadata" if is_metadata else "file"
-        if is_mirror_hit:
-            environ["pyshelf.cache_hit"] = True
-            self.mirror.counters.add(index_id, hits=1)
-            self.mirror.cache.touch(blob_key)
         headers = [
             (
                 "Content-Type",
@@ -365,18 +398,23 @@ class CachedFiles:
             ("Accept-Ranges", "bytes"),
             *self.fixed,
         ]
-        if environ.get("wsgi.url_scheme") == "https":
-            headers.append(self.hsts)
-        start_response("200 OK", headers)
-        if method == "HEAD":
-            source.close()
-            return []
-        wrapper = environ.get("wsgi.file_wrapper")
-        if wrapper is None:
-            return _chunks(source)
-        return wrapper(source, 1 << 20)
+        kind = "metadata" if is_metadata else "file"
+        return Stored(source, stat.st_size, headers, kind, index_id, blob_key, is_mirror_hit)
 
-    def _find(self, user: str, index: str, key: str, filename: str) -> tuple[int, str, bool] | None:
+    def note(self, stored: Stored) -> None:
+        """Count a mirror hit as the view does (it may write the counters to the database)."""
+        if stored.is_mirror_hit:
+            self.mirror.counters.add(stored.index_id, hits=1)
+            self.mirror.cache.touch(stored.blob_key)
+
+    def _find(
+        self,
+        lookup: Callable[..., Row | None],
+        user: str,
+        index: str,
+        key: str,
+        filename: str,
+    ) -> tuple[int, str, bool] | None:
         """(index id, blob key, whether a mirror cached it) of a public index's stored file."""
         is_metadata = filename.endswith(METADATA_SUFFIX)
         dist_filename = filename.removesuffix(METADATA_SUFFIX)
@@ -384,7 +422,7 @@ class CachedFiles:
             name = parse_filename(dist_filename).normalized_name
         except InvalidDistribution:
             name = ""
-        row = self.lookup.one(user=user, index=index, key=key, filename=dist_filename, name=name)
+        row = lookup(user=user, index=index, key=key, filename=dist_filename, name=name)
         if row is None or not _is_public(row[2]) or row[6]:
             return None
         index_id, index_type, _, hosted, mirrored, sidecar, _, block_vulnerable, guarded = row
@@ -397,9 +435,7 @@ class CachedFiles:
             return (index_id, blob_key, False) if blob_key else None
         if is_metadata:
             return (index_id, sidecar, True) if sidecar else None
-        try:
-            parse_filename(dist_filename)  # the view answers 404 for a name that is no dist
-        except InvalidDistribution:
+        if not name:  # the view answers 404 for a name that is no distribution
             return None
         return (index_id, key, True) if mirrored else None
 

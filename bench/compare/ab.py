@@ -16,6 +16,10 @@ checkout as it is, uncommitted changes included) with optional environment setti
 - `idle`: startup to the first mirrored page, then RSS and PSS of all processes once idle.
 - `pages`: requests/s of the stage index's 3-file page (HTML, JSON, 304) with wrk, 8
   connections, on a server primed by one pip install.
+- `warm`: pip's requests replayed on warm servers (primed by one pip install, all running
+  side by side), next to the static upstream (nginx) and the gunicorn floor
+  (bench/compare/floor.py): whole passes for about `--replay-seconds` per sample, `--runs`
+  samples per target, taking turns; ms per pass by kind and the ratio to the upstream.
 
 Prints medians with min-max per target and the ratio of each target to the first one.
 """
@@ -33,12 +37,25 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tests.conftest import free_port
+
 from . import clients, packages
-from .__main__ import PAGE_FORMATS, log, orders, page_headers
+from .__main__ import FLOOR, PAGE_FORMATS, UPSTREAM, log, measure_replay, orders, page_headers
 from .clients import median, record_pip
+from .floor import Floor
 from .packages import CACHE_DIR
-from .servers import ROOT, Proxpi, Pyshelf, Server, cpu_ticks, ensure_venv, memory_kib
-from .upstream import ensure_tools, prepared_upstream
+from .servers import (
+    ROOT,
+    THREADS,
+    WEB_CONCURRENCY,
+    Proxpi,
+    Pyshelf,
+    Server,
+    cpu_ticks,
+    ensure_venv,
+    memory_kib,
+)
+from .upstream import Upstream, ensure_tools, prepared_upstream
 
 SMALL_PAGE = "bench-pkg-02"
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -120,13 +137,68 @@ def spread(values: list[float]) -> str:
     return f"{median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
+def measure_warm(
+    targets: list[Target],
+    upstream: Upstream,
+    recorded: list[dict[str, str]],
+    sizes: dict[str, int],
+    start: Any,
+    stop: Any,
+    scratch: Path,
+    expected: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The warm replay on every target at once, next to the upstream and the gunicorn floor."""
+    plans = {UPSTREAM: clients.replay_plan(upstream.simple_url, recorded, sizes)[0]}
+    floor = Floor(upstream.www, upstream.files, free_port(), WEB_CONCURRENCY, THREADS)
+    servers: list[Server] = []
+    try:
+        floor.start()
+        plans[FLOOR] = [
+            dataclasses.replace(r, url=r.url.replace(upstream.url, floor.url))
+            for r in plans[UPSTREAM]
+        ]
+        for target in targets:
+            server = start(target)
+            servers.append(server)
+            clients.install(
+                "pip", server.stage_simple_url(), packages.META_PROJECT, scratch, expected
+            )
+            server.wait_until_idle()
+            plans[target.name] = clients.replay_plan(server.stage_simple_url(), recorded, sizes)[0]
+        plan = argparse.Namespace(replay_seconds=args.replay_seconds, replay_repeats=args.runs)
+        measured = measure_replay(plans, plan)  # type: ignore[arg-type]
+    finally:
+        for server in servers:
+            stop(server)
+        floor.stop()
+    base = measured[UPSTREAM]["seconds_per_pass"]
+    print(f"\nwarm replay, ms per pass (median of {args.runs}; min-max), x the upstream")
+    for name, row in measured.items():
+        samples = row["samples"]
+        per_pass = [s["seconds"] / s["passes"] for s in samples]
+        kinds = {
+            kind: median([s["seconds_by_kind"].get(kind, 0.0) / s["passes"] for s in samples])
+            for kind in ("page", "metadata", "file")
+        }
+        print(
+            f"{name:16} {row['seconds_per_pass'] * 1000:6.1f} "
+            f"({min(per_pass) * 1000:.1f}-{max(per_pass) * 1000:.1f}) "
+            f"{row['seconds_per_pass'] / base:5.2f}x | "
+            + " ".join(f"{kind} {ms * 1000:.1f}" for kind, ms in kinds.items())
+            + f" | {row['requests']} requests, {row['errors']} errors"
+        )
+    return measured
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="main", help="git ref of the `before` target")
     parser.add_argument("--target", action="append", help="NAME=REF[:VAR=VALUE,...] or proxpi")
-    parser.add_argument("--phases", default="cold", help="of cold,idle,pages")
+    parser.add_argument("--phases", default="cold", help="of cold,replay,idle,pages,warm")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--page-seconds", type=float, default=2.0)
+    parser.add_argument("--replay-seconds", type=float, default=1.0, help="per warm sample")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     targets = [parse_target(t) for t in args.target or [f"before={args.before}", "after=."]]
@@ -174,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             recorded = record_pip(upstream, packages.META_PROJECT, scratch, len(wanted))
+            if "warm" in phases:
+                results["warm"] = measure_warm(
+                    targets, upstream, recorded, sizes, start, stop, scratch, len(wanted), args
+                )
             plans: dict[str, list[clients.Request]] = {}
             if phases & {"cold", "replay"}:
                 # Each target's file URLs come from its own pages, once warm.
