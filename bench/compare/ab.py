@@ -29,18 +29,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
 from tests.conftest import free_port
 
 from . import clients, packages
-from .__main__ import FLOOR, PAGE_FORMATS, UPSTREAM, log, measure_replay, orders, page_headers
+from .__main__ import FLOOR, PAGE_FORMATS, UPSTREAM, log, orders, page_headers
 from .clients import median, record_pip
 from .floor import Floor
 from .packages import CACHE_DIR
@@ -54,6 +56,7 @@ from .servers import (
     cpu_ticks,
     ensure_venv,
     memory_kib,
+    session_pids,
 )
 from .upstream import Upstream, ensure_tools, prepared_upstream
 
@@ -148,12 +151,20 @@ def measure_warm(
     expected: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """The warm replay on every target at once, next to the upstream and the gunicorn floor."""
+    """The warm replay on every target at once, next to the upstream and the gunicorn floor:
+    wall time per pass and the server's CPU time per pass (its processes' user + system time,
+    which other load on the machine moves far less)."""
     plans = {UPSTREAM: clients.replay_plan(upstream.simple_url, recorded, sizes)[0]}
     floor = Floor(upstream.www, upstream.files, free_port(), WEB_CONCURRENCY, THREADS)
     servers: list[Server] = []
     try:
         floor.start()
+        assert upstream.process is not None
+        assert floor.process is not None
+        pids = {
+            UPSTREAM: partial(session_pids, upstream.process.pid),
+            FLOOR: partial(session_pids, floor.process.pid),
+        }
         plans[FLOOR] = [
             dataclasses.replace(r, url=r.url.replace(upstream.url, floor.url))
             for r in plans[UPSTREAM]
@@ -166,28 +177,49 @@ def measure_warm(
             )
             server.wait_until_idle()
             plans[target.name] = clients.replay_plan(server.stage_simple_url(), recorded, sizes)[0]
-        plan = argparse.Namespace(replay_seconds=args.replay_seconds, replay_repeats=args.runs)
-        measured = measure_replay(plans, plan)  # type: ignore[arg-type]
+            pids[target.name] = server.pids
+        measured: dict[str, Any] = {}
+        for name, requests in plans.items():
+            clients.run_plan(requests, 1)  # warms connections and the OS cache
+            calibration = clients.run_plan(requests, 1)["seconds"]
+            passes = max(1, min(50, math.ceil(args.replay_seconds / max(calibration, 1e-6))))
+            measured[name] = {"passes": passes, "requests": len(requests), "samples": []}
+        for order in orders(list(plans), args.runs):
+            for name in order:
+                row = measured[name]
+                ticks = cpu_ticks(pids[name]())
+                sample = clients.run_plan(plans[name], row["passes"])
+                sample["cpu_seconds"] = (cpu_ticks(pids[name]()) - ticks) / TICKS_PER_SECOND
+                row["samples"].append(sample)
     finally:
         for server in servers:
             stop(server)
         floor.stop()
-    base = measured[UPSTREAM]["seconds_per_pass"]
-    print(f"\nwarm replay, ms per pass (median of {args.runs}; min-max), x the upstream")
+    print(f"\nwarm replay: ms per pass, median of {args.runs} (min-max); x the upstream's median")
+    base: dict[str, float] = {}
     for name, row in measured.items():
         samples = row["samples"]
-        per_pass = [s["seconds"] / s["passes"] for s in samples]
-        kinds = {
-            kind: median([s["seconds_by_kind"].get(kind, 0.0) / s["passes"] for s in samples])
-            for kind in ("page", "metadata", "file")
+        row["errors"] = sum(s["errors"] for s in samples)
+        columns = {
+            "wall": [s["seconds"] / s["passes"] for s in samples],
+            "server CPU": [s["cpu_seconds"] / s["passes"] for s in samples],
+            **{
+                kind: [s["seconds_by_kind"].get(kind, 0.0) / s["passes"] for s in samples]
+                for kind in ("page", "metadata", "file")
+            },
         }
-        print(
-            f"{name:16} {row['seconds_per_pass'] * 1000:6.1f} "
-            f"({min(per_pass) * 1000:.1f}-{max(per_pass) * 1000:.1f}) "
-            f"{row['seconds_per_pass'] / base:5.2f}x | "
-            + " ".join(f"{kind} {ms * 1000:.1f}" for kind, ms in kinds.items())
-            + f" | {row['requests']} requests, {row['errors']} errors"
-        )
+        row["ms_per_pass"] = {k: [v * 1000 for v in values] for k, values in columns.items()}
+        cells = []
+        for column, values in columns.items():
+            value = median(values)
+            base.setdefault(column, value)
+            cells.append(
+                f"{column} {value * 1000:.1f} ({min(values) * 1000:.1f}-{max(values) * 1000:.1f})"
+                f" {value / base[column]:.2f}x"
+                if base[column]
+                else f"{column} -"
+            )
+        print(f"{name:15} " + " | ".join(cells) + f" | {row['errors']} errors")
     return measured
 
 
