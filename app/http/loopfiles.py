@@ -69,12 +69,13 @@ class LoopFiles:
 
     @classmethod
     def for_worker(cls, worker: BufferingWorker) -> LoopFiles | None:
-        """The loop's sender when this set-up allows it: disk storage, SQLite, plain HTTP."""
+        """The loop's sender when this set-up allows it: disk storage (that pyshelf sends, not
+        nginx: ACCEL_REDIRECT_PREFIX), SQLite, plain HTTP."""
         from app.core.logs import RequestLog  # not at the top: see serving.init_app
 
         app = worker.wsgi
         files = app.extensions.get("pyshelf.cached_files")
-        if files is None or files.local_path is None or worker.cfg.is_ssl:
+        if files is None or files.local_path is None or files.accel_prefix or worker.cfg.is_ssl:
             return None
         if not isinstance(app.wsgi_app, RequestLog):
             return None

@@ -18,8 +18,11 @@ checkout as it is, uncommitted changes included) with optional environment setti
   connections, on a server primed by one pip install.
 - `warm`: pip's requests replayed on warm servers (primed by one pip install, all running
   side by side), next to the static upstream (nginx) and the gunicorn floor
-  (bench/compare/floor.py): whole passes for about `--replay-seconds` per sample, `--runs`
-  samples per target, taking turns; ms per pass by kind and the ratio to the upstream.
+  (bench/compare/floor.py); a target with `FRONT=nginx` (and `ACCEL_REDIRECT_PREFIX=
+  /_pyshelf_blobs`) is measured through nginx in front of it (bench/compare/front.py):
+  whole passes for about `--replay-seconds` per sample, `--runs`
+  samples per target, taking turns; ms per pass (wall, the server's CPU, by kind) and the
+  ratio to the upstream.
 
 Prints medians with min-max per target and the ratio of each target to the first one.
 """
@@ -45,6 +48,7 @@ from . import clients, packages
 from .__main__ import FLOOR, PAGE_FORMATS, UPSTREAM, log, orders, page_headers
 from .clients import median, record_pip
 from .floor import Floor
+from .front import FrontNginx
 from .packages import CACHE_DIR
 from .servers import (
     ROOT,
@@ -140,6 +144,11 @@ def spread(values: list[float]) -> str:
     return f"{median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
+def both(server_pids: Any, leader: int) -> list[int]:
+    """A server's processes and those of the nginx in front of it."""
+    return [*server_pids(), *session_pids(leader)]
+
+
 def measure_warm(
     targets: list[Target],
     upstream: Upstream,
@@ -157,6 +166,7 @@ def measure_warm(
     plans = {UPSTREAM: clients.replay_plan(upstream.simple_url, recorded, sizes)[0]}
     floor = Floor(upstream.www, upstream.files, free_port(), WEB_CONCURRENCY, THREADS)
     servers: list[Server] = []
+    fronts: list[FrontNginx] = []
     try:
         floor.start()
         assert upstream.process is not None
@@ -172,12 +182,24 @@ def measure_warm(
         for target in targets:
             server = start(target)
             servers.append(server)
-            clients.install(
-                "pip", server.stage_simple_url(), packages.META_PROJECT, scratch, expected
-            )
-            server.wait_until_idle()
-            plans[target.name] = clients.replay_plan(server.stage_simple_url(), recorded, sizes)[0]
+            simple_url = server.stage_simple_url()
             pids[target.name] = server.pids
+            if target.env.get("FRONT") == "nginx":  # nginx in front, sending the blobs
+                front = FrontNginx(
+                    server.work_dir / "front",
+                    server.work_dir,
+                    server.data_dir / "blobs",
+                    free_port(),
+                    backend=server.port,
+                )
+                fronts.append(front)
+                front.start()
+                assert front.process is not None
+                simple_url = simple_url.replace(server.url, front.url)
+                pids[target.name] = partial(both, server.pids, front.process.pid)
+            clients.install("pip", simple_url, packages.META_PROJECT, scratch, expected)
+            server.wait_until_idle()
+            plans[target.name] = clients.replay_plan(simple_url, recorded, sizes)[0]
         measured: dict[str, Any] = {}
         for name, requests in plans.items():
             clients.run_plan(requests, 1)  # warms connections and the OS cache
@@ -192,6 +214,8 @@ def measure_warm(
                 sample["cpu_seconds"] = (cpu_ticks(pids[name]()) - ticks) / TICKS_PER_SECOND
                 row["samples"].append(sample)
     finally:
+        for front in fronts:
+            front.stop()
         for server in servers:
             stop(server)
         floor.stop()
