@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -332,8 +333,29 @@ def _is_public(acl_read: Any) -> bool:
     """acl_read as the database driver returns JSON (text or decoded); unset means everyone."""
     if acl_read is None:
         return True
-    acl = json.loads(acl_read) if isinstance(acl_read, str | bytes) else acl_read
-    return ANONYMOUS in acl
+    if isinstance(acl_read, str | bytes):
+        return _is_public_text(acl_read)
+    return ANONYMOUS in acl_read
+
+
+# The same few values come back on every request: decoded once per process (bounded caches).
+@functools.lru_cache(maxsize=256)
+def _is_public_text(acl_read: str | bytes) -> bool:
+    return ANONYMOUS in json.loads(acl_read)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized_name(filename: str) -> str:
+    """The project a distribution filename names (PEP 503), "" for no distribution."""
+    try:
+        return parse_filename(filename).normalized_name
+    except InvalidDistribution:
+        return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    return http_date(seconds)
 
 
 Row = tuple[Any, ...]  # as the database driver returns it
@@ -365,7 +387,7 @@ class CachedFiles:
 
     def __init__(self, app: Flask, wsgi_app: WSGIApplication) -> None:
         self.wsgi_app = wsgi_app
-        self.local_path = getattr(app.extensions["pyshelf.storage"], "local_path", None)
+        self.local_path = getattr(app.extensions["pyshelf.storage"], "local_file", None)
         self.mirror = app.extensions["pyshelf.mirror"]
         self.lookup = FastRead(app.extensions["pyshelf.db"], _blob_lookup())
         self.fixed, self.hsts = hook_headers(app)
@@ -428,7 +450,7 @@ class CachedFiles:
             ("Content-Length", str(stat.st_size)),
             ("ETag", f'"{blob_key}"'),
             ("Cache-Control", CACHE_IMMUTABLE),
-            ("Last-Modified", http_date(stat.st_mtime)),
+            ("Last-Modified", _http_date(int(stat.st_mtime))),
             ("Accept-Ranges", "bytes"),
             *self.fixed,
         ]
@@ -452,10 +474,7 @@ class CachedFiles:
         """(index id, blob key, whether a mirror cached it) of a public index's stored file."""
         is_metadata = filename.endswith(METADATA_SUFFIX)
         dist_filename = filename.removesuffix(METADATA_SUFFIX)
-        try:
-            name = parse_filename(dist_filename).normalized_name
-        except InvalidDistribution:
-            name = ""
+        name = _normalized_name(dist_filename)
         row = lookup(user=user, index=index, key=key, filename=dist_filename, name=name)
         if row is None or not _is_public(row[2]) or row[6]:
             return None

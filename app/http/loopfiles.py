@@ -66,6 +66,7 @@ class LoopFiles:
         self.request_log: RequestLog = app.wsgi_app
         self.prefix = worker.settings.script_name.rstrip("/")
         self.lookup = self.files.lookup.own_connection_reader(LOOKUP_BUSY_MS)
+        self.date_second, self.date_text = 0, ""
 
     @classmethod
     def for_worker(cls, worker: BufferingWorker) -> LoopFiles | None:
@@ -123,7 +124,7 @@ class LoopFiles:
             [
                 "HTTP/1.1 200 OK\r\n",
                 f"Server: {SERVER}\r\n",
-                f"Date: {http_date()}\r\n",
+                f"Date: {self._date()}\r\n",
                 f"Connection: {'keep-alive' if keep else 'close'}\r\n",
                 *(f"{name}: {value}\r\n" for name, value in stored.headers),
                 f"X-Request-ID: {request_id}\r\n\r\n",
@@ -161,6 +162,13 @@ class LoopFiles:
 
             future.add_done_callback(done)
         return True
+
+    def _date(self) -> str:
+        """The Date header's value (RFC 9110 section 6.6.1), formatted once a second."""
+        now = int(time.time())
+        if now != self.date_second:
+            self.date_second, self.date_text = now, http_date(now)
+        return self.date_text
 
     def _send_now(
         self, conn: Connection, stored: Stored, head: bytes, body_bytes: int
