@@ -18,6 +18,7 @@ import pytest
 from app.http.files import CachedFiles
 from tests.blobs import stored_blob
 from tests.builders import make_wheel, wheel_metadata
+from tests.conftest import basic_auth
 from tests.test_upload import fast_password_hashes, upload  # noqa: F401 - autouse fixture
 
 JSON = {"Accept": "application/vnd.pypi.simple.v1+json"}
@@ -149,3 +150,102 @@ def test_a_blob_missing_from_the_store_is_a_404_that_says_so(
     response = client.get(hosted["url"])
     assert (response.status_code, views.calls) == (404, 1)
     assert "missing from the blob store" in response.get_data(as_text=True)
+
+
+# --- ACCEL_REDIRECT_PREFIX: nginx sends the bytes of what pyshelf allows ----------------------
+
+ACCEL_PREFIX = "/_pyshelf_blobs"
+
+
+@pytest.fixture
+def accel(settings: Any) -> None:
+    """ACCEL_REDIRECT_PREFIX set (before the app is built)."""
+    object.__setattr__(settings, "accel_redirect_prefix", ACCEL_PREFIX)
+
+
+def accel_uri(sha256: str) -> str:
+    """Where the blob lies under the blob directory, below the prefix."""
+    return f"{ACCEL_PREFIX}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+@pytest.mark.parametrize("sidecar", [False, True], ids=["wheel", "sidecar"])
+@pytest.mark.parametrize("path", ["fast", "view"])
+def test_accel_redirect_sends_headers_and_leaves_the_bytes_to_nginx(
+    accel: None,
+    monkeypatch: pytest.MonkeyPatch,
+    client: Any,
+    views: Views,
+    hosted: dict,
+    sidecar: bool,
+    path: str,
+) -> None:
+    """An allowed download is the file's headers, no body, and X-Accel-Redirect to its blob."""
+    if not views.fast_path:
+        pytest.skip("ACCEL_REDIRECT_PREFIX is for disk storage")
+    url = hosted["url"] + (".metadata" if sidecar else "")
+    response = client.get(url) if path == "fast" else from_view(monkeypatch, client, url)
+    assert views.calls == (0 if path == "fast" else 1)
+    blob = hosted["metadata" if sidecar else "data"]
+    sha256 = hashlib.sha256(blob).hexdigest()
+    assert (response.status, response.get_data()) == ("200 OK", b"")
+    assert response.headers["X-Accel-Redirect"] == accel_uri(sha256)
+    assert response.headers["ETag"] == f'"{sha256}"'
+    assert "immutable" in response.headers["Cache-Control"]
+    expected_type = "text/plain; charset=utf-8" if sidecar else "application/octet-stream"
+    assert response.headers["Content-Type"] == expected_type
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "redirected"),
+    [({"Range": "bytes=0-9"}, 200, True), ({"If-None-Match": "ETAG"}, 304, False)],
+    ids=["range-for-nginx", "revalidation"],
+)
+def test_accel_redirect_answers_revalidations_and_passes_ranges_on(
+    accel: None,
+    client: Any,
+    views: Views,
+    hosted: dict,
+    headers: dict[str, str],
+    status: int,
+    redirected: bool,
+) -> None:
+    """RFC 9110 §13.1.2: a matching ETag is a 304 from pyshelf; a range is nginx's to cut."""
+    if not views.fast_path:
+        pytest.skip("ACCEL_REDIRECT_PREFIX is for disk storage")
+    sha256 = hashlib.sha256(hosted["data"]).hexdigest()
+    sent = {k: v.replace("ETAG", f'"{sha256}"') for k, v in headers.items()}
+    response = client.get(hosted["url"], headers=sent)
+    assert (response.status_code, response.get_data()) == (status, b"")
+    assert ("X-Accel-Redirect" in response.headers) is redirected
+
+
+@pytest.mark.parametrize("sidecar", [False, True], ids=["wheel", "sidecar"])
+def test_accel_redirect_is_never_sent_to_a_reader_the_index_refuses(
+    accel: None, client: Any, views: Views, hosted: dict, admin_auth: dict[str, str], sidecar: bool
+) -> None:
+    """A private index's files and sidecars: anonymous, another account and a token scoped to
+    another index get 401/403 and no redirect (nginx's location is internal: the header is the
+    only way in); the admin, who may read, gets the redirect."""
+    if not views.fast_path:
+        pytest.skip("ACCEL_REDIRECT_PREFIX is for disk storage")
+    for request in (
+        client.put("/bob", json={"password": "bob-password"}, headers=admin_auth),
+        client.patch("/admin/dev", json={"acl_read": ["admin"]}, headers=admin_auth),
+    ):
+        assert request.status_code in (200, 201), request.get_data(as_text=True)
+    token = client.post("/admin/+tokens", json={"index": "root/pypi"}, headers=admin_auth)
+    assert token.status_code == 201, token.get_data(as_text=True)
+    url = hosted["url"] + (".metadata" if sidecar else "")
+    for who, headers, status in (
+        ("anonymous", {}, 401),
+        ("bob", {"Authorization": basic_auth("bob", "bob-password")}, 403),
+        (
+            "scoped token",
+            {"Authorization": basic_auth("__token__", token.get_json()["result"]["token"])},
+            403,
+        ),
+        ("admin", admin_auth, 200),
+    ):
+        response = client.get(url, headers=headers)
+        assert response.status_code == status, who
+        assert ("X-Accel-Redirect" in response.headers) is (status == 200), who

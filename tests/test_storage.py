@@ -271,6 +271,16 @@ def test_bad_storage_url_is_reported_with_the_other_bad_variables(tmp_path: Path
         Settings.from_env(
             {"DATA_DIR": str(tmp_path), "STORAGE_URL": "file:///x", "S3_REDIRECT": "1"}
         )
+    with pytest.raises(ConfigError, match="ACCEL_REDIRECT_PREFIX is for disk storage"):
+        Settings.from_env(
+            {
+                "DATA_DIR": str(tmp_path),
+                "STORAGE_URL": "s3://bucket/x",
+                "ACCEL_REDIRECT_PREFIX": "/_blobs",
+            }
+        )
+    disk = Settings.from_env({"DATA_DIR": str(tmp_path), "ACCEL_REDIRECT_PREFIX": "_blobs/"})
+    assert disk.accel_redirect_prefix == "/_blobs"
 
 
 def test_storage_url_picks_the_backend(tmp_path: Path) -> None:

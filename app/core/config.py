@@ -288,6 +288,11 @@ class Settings:
     s3_redirect: bool = setting(STORAGE_SECTION, "S3_REDIRECT", BOOLEAN, "false", meaning="""
         true: a file download answers 302 to a presigned S3 URL (5 minutes) instead of
         streaming the bytes through pyshelf; clients must reach the S3 endpoint themselves.""")
+    accel_redirect_prefix: str = setting(
+        STORAGE_SECTION, "ACCEL_REDIRECT_PREFIX", PREFIX, "", meaning="""
+        Behind nginx, disk storage only: a file download that pyshelf allows answers with no
+        body and X-Accel-Redirect: PREFIX/ab/cd/SHA256, and nginx sends the blob from an
+        internal location over DATA_DIR/blobs (docs/operations.md). Empty: pyshelf sends it.""")
 
     web_concurrency: int | None = setting(PROCESSES, "WEB_CONCURRENCY", WORKERS, "", meaning="""
         gunicorn worker processes. Empty: one per CPU, 2 to 8.""")
@@ -470,4 +475,6 @@ def _problems_between(settings: Settings, bad: set[str], url: str) -> list[str]:
         problems.append("TLS_CERT and TLS_KEY go together: set both, or neither")
     if settings.s3_redirect and not settings.uses_s3 and "STORAGE_URL" not in bad:
         problems.append("S3_REDIRECT=true needs STORAGE_URL=s3://BUCKET/PREFIX")
+    if settings.accel_redirect_prefix and settings.uses_s3:
+        problems.append("ACCEL_REDIRECT_PREFIX is for disk storage: leave it empty with S3")
     return problems

@@ -174,7 +174,7 @@ class RequestLog:
         try:
             result = self.wsgi_app(environ, _start_response)
         except BaseException:
-            self._finish(environ, state["status"], 0, started)
+            self.finish(environ, state["status"], 0, started)
             request_id_var.reset(token)
             raise
         file_wrapper = environ.get("wsgi.file_wrapper")
@@ -190,7 +190,7 @@ class RequestLog:
                 finally:
                     method_head = environ.get("REQUEST_METHOD") == "HEAD"
                     sent = 0 if method_head else (state["length"] or 0)
-                    self._finish(environ, state["status"], sent, started)
+                    self.finish(environ, state["status"], sent, started)
 
             # the server's file wrapper (PEP 3333) has close(); mypy knows its class only as `type`
             result.close = close  # type: ignore[attr-defined]
@@ -200,10 +200,11 @@ class RequestLog:
         return _Body(
             result,
             request_id,
-            lambda sent: self._finish(environ, state["status"], sent, started),
+            lambda sent: self.finish(environ, state["status"], sent, started),
         )
 
-    def _finish(self, environ: WSGIEnvironment, status: int, sent: int, started: float) -> None:
+    def finish(self, environ: WSGIEnvironment, status: int, sent: int, started: float) -> None:
+        """Tell the observers and log the line (also for answers sent without the app)."""
         finished = Finished(environ, status, sent, time.perf_counter() - started)
         for observer in self.observers:
             try:

@@ -128,6 +128,11 @@ class LocalStorage:
         _check_key(key)
         return self.root / key[:2] / key[2:4] / key
 
+    def local_file(self, key: str) -> str:
+        """local_path as a string, built without pathlib: for every cached download."""
+        _check_key(key)
+        return f"{self.root}/{key[:2]}/{key[2:4]}/{key}"
+
     def open(self, key: str) -> io.BufferedReader:
         """Open a blob for reading."""
         return open(self.local_path(key), "rb")

@@ -3,9 +3,9 @@ request, and `begin_write`, which serializes writers on both."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask, g
 from sqlalchemy import MetaData, Select, create_engine, event
@@ -149,6 +149,33 @@ class FastRead:
         finally:
             connection.close()  # back to the pool, which rolls back
         return row
+
+    def own_connection_reader(self, busy_ms: int) -> Callable[..., tuple[Any, ...] | None] | None:
+        """On SQLite, `one` on a connection of its own, outside the pool, that waits at most
+        `busy_ms` for a lock (then raises): for a thread that must never wait long, the worker's
+        event loop (app/http/loopfiles.py). None on a database across the network.
+
+        The connection is opened by the first call, in the thread that makes it.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return None
+        own: list[Any] = []
+
+        def one(**params: Any) -> tuple[Any, ...] | None:
+            if not own:
+                proxied = self.engine.raw_connection()
+                proxied.detach()  # never back to the pool: this thread's alone
+                own.append(proxied.dbapi_connection)
+                own[0].execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+            values = {**self.constants, **params}
+            arguments = [values[p] for p in self.positions] if self.positions else values
+            cursor = own[0].execute(self.sql, arguments)
+            try:
+                return cast("tuple[Any, ...] | None", cursor.fetchone())
+            finally:
+                cursor.close()
+
+        return one
 
 
 def get_session() -> Session:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
@@ -66,6 +68,10 @@ def send_blob(
     local_path = getattr(storage, "local_path", None)
     if local_path is None and hasattr(storage, "read_range"):
         return _send_remote(storage, sha256, filename, mimetype)
+    accel_prefix = current_app.config["PYSHELF_SETTINGS"].accel_redirect_prefix
+    if accel_prefix and local_path is not None:
+        uri = accel_redirect(accel_prefix, storage, sha256, filename)
+        return _send_accel(uri, sha256, mimetype)
     try:
         source: Any = local_path(sha256) if local_path else storage.open(sha256)
         response = send_file(
@@ -83,6 +89,28 @@ def send_blob(
     # max-age says it to every HTTP/1.1 cache; no Content-Disposition: the URL names the file.
     response.headers.pop("Expires", None)
     response.headers.pop("Content-Disposition", None)
+    return response
+
+
+def accel_redirect(prefix: str, storage: Any, sha256: str, filename: str) -> str:
+    """The X-Accel-Redirect URI of a blob on disk: PREFIX/ab/cd/SHA256, as it lies under the
+    blob directory (404 when it is not there)."""
+    path = storage.local_path(sha256)
+    if not os.path.isfile(path):
+        raise HTTPError(404, f"File {filename} is missing from the blob store.")
+    return f"{prefix}/{path.relative_to(storage.root).as_posix()}"
+
+
+def _send_accel(uri: str, sha256: str, mimetype: str) -> BaseResponse:
+    """ACCEL_REDIRECT_PREFIX: the headers, no body, and X-Accel-Redirect for nginx to send the
+    blob (ranges too). Called only once the reader's access is checked; a revalidation that
+    matches the ETag is answered here with 304 (RFC 9110 section 13.1.2)."""
+    response = Response(b"", mimetype=mimetype)
+    response.set_etag(sha256)
+    response.headers["Cache-Control"] = CACHE_IMMUTABLE
+    response.make_conditional(request.environ)  # in place; no complete_length: no ranges
+    if response.status_code == 200:
+        response.headers["X-Accel-Redirect"] = uri
     return response
 
 
@@ -305,8 +333,46 @@ def _is_public(acl_read: Any) -> bool:
     """acl_read as the database driver returns JSON (text or decoded); unset means everyone."""
     if acl_read is None:
         return True
-    acl = json.loads(acl_read) if isinstance(acl_read, str | bytes) else acl_read
-    return ANONYMOUS in acl
+    if isinstance(acl_read, str | bytes):
+        return _is_public_text(acl_read)
+    return ANONYMOUS in acl_read
+
+
+# The same few values come back on every request: decoded once per process (bounded caches).
+@functools.lru_cache(maxsize=256)
+def _is_public_text(acl_read: str | bytes) -> bool:
+    return ANONYMOUS in json.loads(acl_read)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized_name(filename: str) -> str:
+    """The project a distribution filename names (PEP 503), "" for no distribution."""
+    try:
+        return parse_filename(filename).normalized_name
+    except InvalidDistribution:
+        return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    return http_date(seconds)
+
+
+Row = tuple[Any, ...]  # as the database driver returns it
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A stored file or sidecar of a public index, opened: what CachedFiles and the worker's
+    event loop (app/http/serving.py) send, and what they count."""
+
+    source: BinaryIO  # the open blob; whoever sends it closes it
+    size: int
+    headers: list[tuple[str, str]]  # the view's and the hooks' (without HSTS)
+    route_kind: str  # "file" or "metadata"
+    index_id: int
+    blob_key: str
+    is_mirror_hit: bool
 
 
 class CachedFiles:
@@ -321,36 +387,59 @@ class CachedFiles:
 
     def __init__(self, app: Flask, wsgi_app: WSGIApplication) -> None:
         self.wsgi_app = wsgi_app
-        self.local_path = getattr(app.extensions["pyshelf.storage"], "local_path", None)
+        self.local_path = getattr(app.extensions["pyshelf.storage"], "local_file", None)
         self.mirror = app.extensions["pyshelf.mirror"]
         self.lookup = FastRead(app.extensions["pyshelf.db"], _blob_lookup())
         self.fixed, self.hsts = hook_headers(app)
+        self.accel_prefix = app.config["PYSHELF_SETTINGS"].accel_redirect_prefix
+        self.storage = app.extensions["pyshelf.storage"]
+        app.extensions["pyshelf.cached_files"] = self
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD")
-        path = environ.get("PATH_INFO", "")
-        match = (
-            FILE_PATH_RE.match(path)
-            if method in ("GET", "HEAD") and self.local_path is not None and path.isascii()
-            else None
-        )
-        if match is None or any(name in environ for name in CONDITIONAL_HEADERS):
+        if method not in ("GET", "HEAD") or any(name in environ for name in CONDITIONAL_HEADERS):
             return self.wsgi_app(environ, start_response)
-        found = self._find(*match.groups())
-        if found is None or self.local_path is None:
+        stored = self.open_stored(environ.get("PATH_INFO", ""), self.lookup.one)
+        if stored is None:
             return self.wsgi_app(environ, start_response)
+        environ["pyshelf.route_kind"] = stored.route_kind
+        if stored.is_mirror_hit:
+            environ["pyshelf.cache_hit"] = True
+        self.note(stored)
+        headers = stored.headers
+        if environ.get("wsgi.url_scheme") == "https":
+            headers = [*headers, self.hsts]
+        if self.accel_prefix:  # nginx sends the bytes (see _send_accel)
+            stored.source.close()
+            uri = accel_redirect(self.accel_prefix, self.storage, stored.blob_key, "")
+            kept = [h for h in headers if h[0] not in ("Content-Length", "Last-Modified")]
+            start_response("200 OK", [*kept, ("Content-Length", "0"), ("X-Accel-Redirect", uri)])
+            return []
+        start_response("200 OK", headers)
+        if method == "HEAD":
+            stored.source.close()
+            return []
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is None:
+            return _chunks(stored.source)
+        return wrapper(stored.source, 1 << 20)
+
+    def open_stored(self, path: str, lookup: Callable[..., Row | None]) -> Stored | None:
+        """The stored file at `path` (a PATH_INFO) of a public index on local disk, opened, with
+        its headers; None when the view must answer. `lookup` runs _blob_lookup()."""
+        match = FILE_PATH_RE.match(path) if self.local_path is not None and path.isascii() else None
+        if match is None or self.local_path is None:
+            return None
+        found = self._find(lookup, *match.groups())
+        if found is None:
+            return None
         index_id, blob_key, is_mirror_hit = found
         try:
-            source = open(self.local_path(blob_key), "rb")  # noqa: SIM115 - closed by the server
+            source = open(self.local_path(blob_key), "rb")  # noqa: SIM115 - the sender closes it
         except FileNotFoundError:  # evicted, or lost: the view says what happened
-            return self.wsgi_app(environ, start_response)
+            return None
         is_metadata = match[4].endswith(METADATA_SUFFIX)
         stat = os.fstat(source.fileno())
-        environ["pyshelf.route_kind"] = "metadata" if is_metadata else "file"
-        if is_mirror_hit:
-            environ["pyshelf.cache_hit"] = True
-            self.mirror.counters.add(index_id, hits=1)
-            self.mirror.cache.touch(blob_key)
         headers = [
             (
                 "Content-Type",
@@ -361,30 +450,32 @@ class CachedFiles:
             ("Content-Length", str(stat.st_size)),
             ("ETag", f'"{blob_key}"'),
             ("Cache-Control", CACHE_IMMUTABLE),
-            ("Last-Modified", http_date(stat.st_mtime)),
+            ("Last-Modified", _http_date(int(stat.st_mtime))),
             ("Accept-Ranges", "bytes"),
             *self.fixed,
         ]
-        if environ.get("wsgi.url_scheme") == "https":
-            headers.append(self.hsts)
-        start_response("200 OK", headers)
-        if method == "HEAD":
-            source.close()
-            return []
-        wrapper = environ.get("wsgi.file_wrapper")
-        if wrapper is None:
-            return _chunks(source)
-        return wrapper(source, 1 << 20)
+        kind = "metadata" if is_metadata else "file"
+        return Stored(source, stat.st_size, headers, kind, index_id, blob_key, is_mirror_hit)
 
-    def _find(self, user: str, index: str, key: str, filename: str) -> tuple[int, str, bool] | None:
+    def note(self, stored: Stored) -> None:
+        """Count a mirror hit as the view does (it may write the counters to the database)."""
+        if stored.is_mirror_hit:
+            self.mirror.counters.add(stored.index_id, hits=1)
+            self.mirror.cache.touch(stored.blob_key)
+
+    def _find(
+        self,
+        lookup: Callable[..., Row | None],
+        user: str,
+        index: str,
+        key: str,
+        filename: str,
+    ) -> tuple[int, str, bool] | None:
         """(index id, blob key, whether a mirror cached it) of a public index's stored file."""
         is_metadata = filename.endswith(METADATA_SUFFIX)
         dist_filename = filename.removesuffix(METADATA_SUFFIX)
-        try:
-            name = parse_filename(dist_filename).normalized_name
-        except InvalidDistribution:
-            name = ""
-        row = self.lookup.one(user=user, index=index, key=key, filename=dist_filename, name=name)
+        name = _normalized_name(dist_filename)
+        row = lookup(user=user, index=index, key=key, filename=dist_filename, name=name)
         if row is None or not _is_public(row[2]) or row[6]:
             return None
         index_id, index_type, _, hosted, mirrored, sidecar, _, block_vulnerable, guarded = row
@@ -397,9 +488,7 @@ class CachedFiles:
             return (index_id, blob_key, False) if blob_key else None
         if is_metadata:
             return (index_id, sidecar, True) if sidecar else None
-        try:
-            parse_filename(dist_filename)  # the view answers 404 for a name that is no dist
-        except InvalidDistribution:
+        if not name:  # the view answers 404 for a name that is no distribution
             return None
         return (index_id, key, True) if mirrored else None
 

@@ -191,6 +191,8 @@ class RequestReader:
         self.chunk_state = ""  # "", or size/data/crlf/trailer while reading a chunked body
         self.method = ""
         self.target = ""
+        self.version = ""
+        self.fields = ""  # the header fields as sent, after the request line
         self.limit: int | None = None
         self.setting = "MAX_REQUEST_BODY"
         self.wants_continue = False  # Expect: 100-continue, not answered yet
@@ -260,6 +262,7 @@ class RequestReader:
             self.is_framed = False
             return
         self.method, self.target, version = parts
+        self.version, self.fields = version, fields
         lowered = fields.lower()
         if "content-length" not in lowered and "transfer-encoding" not in lowered:
             return  # no body (most requests): the fields are gunicorn's to check
@@ -391,6 +394,9 @@ class BufferingWorker(ThreadWorker):
         self.recv_view = memoryview(bytearray(RECV_BYTES))  # the loop is one thread: one buffer
         # TLS_CERT and TLS_KEY are read once per worker (gunicorn read them per connection).
         self.tls = gunicorn_sock.ssl_context(self.cfg) if self.cfg.is_ssl else None
+        from app.http.loopfiles import LoopFiles  # not at the top: see init_app
+
+        self.loop_files = LoopFiles.for_worker(self)
         super().run()
 
     def limit_for(self, method: str, target: str) -> tuple[int, str]:
@@ -543,6 +549,10 @@ class BufferingWorker(ThreadWorker):
         self.unwatch(conn)
         self.reading.discard(conn)
         conn.reader = None
+        # A stored file of a public index: sent from here, no thread (app/http/loopfiles.py).
+        loop_files = self.loop_files if reader.is_framed and not reader.body_bytes else None
+        if loop_files is not None and loop_files.serve(conn, reader, rest):
+            return
         conn.inbox = reader.inbox
         conn.rest = rest if reader.is_framed else b""
         if conn.parser is None:
@@ -569,6 +579,10 @@ class BufferingWorker(ThreadWorker):
             # request starts is not known: then the connection closes.
             keep = keep and inbox.is_read() and not conn.parser.unreader.buf.getvalue()
             inbox.close()
+        self.resume(conn, keep)
+
+    def resume(self, conn: Connection, keep: bool) -> None:
+        """After a response: read the next request on the loop, keep the connection, or close."""
         if not keep:
             self.linger(conn)
         elif conn.rest:

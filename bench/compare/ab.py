@@ -16,6 +16,13 @@ checkout as it is, uncommitted changes included) with optional environment setti
 - `idle`: startup to the first mirrored page, then RSS and PSS of all processes once idle.
 - `pages`: requests/s of the stage index's 3-file page (HTML, JSON, 304) with wrk, 8
   connections, on a server primed by one pip install.
+- `warm`: pip's requests replayed on warm servers (primed by one pip install, all running
+  side by side), next to the static upstream (nginx) and the gunicorn floor
+  (bench/compare/floor.py); a target with `FRONT=nginx` (and `ACCEL_REDIRECT_PREFIX=
+  /_pyshelf_blobs`) is measured through nginx in front of it (bench/compare/front.py):
+  whole passes for about `--replay-seconds` per sample, `--runs`
+  samples per target, taking turns; ms per pass (wall, the server's CPU, by kind) and the
+  ratio to the upstream.
 
 Prints medians with min-max per target and the ratio of each target to the first one.
 """
@@ -25,20 +32,37 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tests.conftest import free_port
+
 from . import clients, packages
-from .__main__ import PAGE_FORMATS, log, orders, page_headers
+from .__main__ import FLOOR, PAGE_FORMATS, UPSTREAM, log, orders, page_headers
 from .clients import median, record_pip
+from .floor import Floor
+from .front import FrontNginx
 from .packages import CACHE_DIR
-from .servers import ROOT, Proxpi, Pyshelf, Server, cpu_ticks, ensure_venv, memory_kib
-from .upstream import ensure_tools, prepared_upstream
+from .servers import (
+    ROOT,
+    THREADS,
+    WEB_CONCURRENCY,
+    Proxpi,
+    Pyshelf,
+    Server,
+    cpu_ticks,
+    ensure_venv,
+    memory_kib,
+    session_pids,
+)
+from .upstream import Upstream, ensure_tools, prepared_upstream
 
 SMALL_PAGE = "bench-pkg-02"
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -120,13 +144,117 @@ def spread(values: list[float]) -> str:
     return f"{median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
+def both(server_pids: Any, leader: int) -> list[int]:
+    """A server's processes and those of the nginx in front of it."""
+    return [*server_pids(), *session_pids(leader)]
+
+
+def measure_warm(
+    targets: list[Target],
+    upstream: Upstream,
+    recorded: list[dict[str, str]],
+    sizes: dict[str, int],
+    start: Any,
+    stop: Any,
+    scratch: Path,
+    expected: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The warm replay on every target at once, next to the upstream and the gunicorn floor:
+    wall time per pass and the server's CPU time per pass (its processes' user + system time,
+    which other load on the machine moves far less)."""
+    plans = {UPSTREAM: clients.replay_plan(upstream.simple_url, recorded, sizes)[0]}
+    floor = Floor(upstream.www, upstream.files, free_port(), WEB_CONCURRENCY, THREADS)
+    servers: list[Server] = []
+    fronts: list[FrontNginx] = []
+    try:
+        floor.start()
+        assert upstream.process is not None
+        assert floor.process is not None
+        pids = {
+            UPSTREAM: partial(session_pids, upstream.process.pid),
+            FLOOR: partial(session_pids, floor.process.pid),
+        }
+        plans[FLOOR] = [
+            dataclasses.replace(r, url=r.url.replace(upstream.url, floor.url))
+            for r in plans[UPSTREAM]
+        ]
+        for target in targets:
+            server = start(target)
+            servers.append(server)
+            simple_url = server.stage_simple_url()
+            pids[target.name] = server.pids
+            if target.env.get("FRONT") == "nginx":  # nginx in front, sending the blobs
+                front = FrontNginx(
+                    server.work_dir / "front",
+                    server.work_dir,
+                    server.data_dir / "blobs",
+                    free_port(),
+                    backend=server.port,
+                )
+                fronts.append(front)
+                front.start()
+                assert front.process is not None
+                simple_url = simple_url.replace(server.url, front.url)
+                pids[target.name] = partial(both, server.pids, front.process.pid)
+            clients.install("pip", simple_url, packages.META_PROJECT, scratch, expected)
+            server.wait_until_idle()
+            plans[target.name] = clients.replay_plan(simple_url, recorded, sizes)[0]
+        measured: dict[str, Any] = {}
+        for name, requests in plans.items():
+            clients.run_plan(requests, 1)  # warms connections and the OS cache
+            calibration = clients.run_plan(requests, 1)["seconds"]
+            passes = max(1, min(50, math.ceil(args.replay_seconds / max(calibration, 1e-6))))
+            measured[name] = {"passes": passes, "requests": len(requests), "samples": []}
+        for order in orders(list(plans), args.runs):
+            for name in order:
+                row = measured[name]
+                ticks = cpu_ticks(pids[name]())
+                sample = clients.run_plan(plans[name], row["passes"])
+                sample["cpu_seconds"] = (cpu_ticks(pids[name]()) - ticks) / TICKS_PER_SECOND
+                row["samples"].append(sample)
+    finally:
+        for front in fronts:
+            front.stop()
+        for server in servers:
+            stop(server)
+        floor.stop()
+    print(f"\nwarm replay: ms per pass, median of {args.runs} (min-max); x the upstream's median")
+    base: dict[str, float] = {}
+    for name, row in measured.items():
+        samples = row["samples"]
+        row["errors"] = sum(s["errors"] for s in samples)
+        columns = {
+            "wall": [s["seconds"] / s["passes"] for s in samples],
+            "server CPU": [s["cpu_seconds"] / s["passes"] for s in samples],
+            **{
+                kind: [s["seconds_by_kind"].get(kind, 0.0) / s["passes"] for s in samples]
+                for kind in ("page", "metadata", "file")
+            },
+        }
+        row["ms_per_pass"] = {k: [v * 1000 for v in values] for k, values in columns.items()}
+        cells = []
+        for column, values in columns.items():
+            value = median(values)
+            base.setdefault(column, value)
+            cells.append(
+                f"{column} {value * 1000:.1f} ({min(values) * 1000:.1f}-{max(values) * 1000:.1f})"
+                f" {value / base[column]:.2f}x"
+                if base[column]
+                else f"{column} -"
+            )
+        print(f"{name:15} " + " | ".join(cells) + f" | {row['errors']} errors")
+    return measured
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="main", help="git ref of the `before` target")
     parser.add_argument("--target", action="append", help="NAME=REF[:VAR=VALUE,...] or proxpi")
-    parser.add_argument("--phases", default="cold", help="of cold,idle,pages")
+    parser.add_argument("--phases", default="cold", help="of cold,replay,idle,pages,warm")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--page-seconds", type=float, default=2.0)
+    parser.add_argument("--replay-seconds", type=float, default=1.0, help="per warm sample")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     targets = [parse_target(t) for t in args.target or [f"before={args.before}", "after=."]]
@@ -174,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             recorded = record_pip(upstream, packages.META_PROJECT, scratch, len(wanted))
+            if "warm" in phases:
+                results["warm"] = measure_warm(
+                    targets, upstream, recorded, sizes, start, stop, scratch, len(wanted), args
+                )
             plans: dict[str, list[clients.Request]] = {}
             if phases & {"cold", "replay"}:
                 # Each target's file URLs come from its own pages, once warm.

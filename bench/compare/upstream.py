@@ -144,15 +144,9 @@ class Upstream:
 
     def start(self) -> None:
         """Write the configuration, start nginx in the foreground, wait until it answers."""
-        binary = nginx_binary()
-        if binary is None:
-            raise RuntimeError("nginx is missing: apt-get install nginx-light (as root)")
-        for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.run_dir / "tmp" / name).mkdir(parents=True, exist_ok=True)
         # As root, nginx's workers would switch to `nobody`, who cannot read a 0700 temp dir.
         user = "user root root;" if os.getuid() == 0 else ""
-        conf = self.run_dir / "nginx.conf"
-        conf.write_text(
+        self._start_with(
             NGINX_CONF.format(
                 workers=self.workers,
                 run=self.run_dir,
@@ -162,6 +156,15 @@ class Upstream:
                 files=self.files,
             )
         )
+
+    def _start_with(self, configuration: str) -> None:
+        binary = nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx is missing: apt-get install nginx-light (as root)")
+        for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.run_dir / "tmp" / name).mkdir(parents=True, exist_ok=True)
+        conf = self.run_dir / "nginx.conf"
+        conf.write_text(configuration)
         log = open(self.run_dir / "nginx.out", "ab")  # noqa: SIM115 - nginx owns it
         self.process = subprocess.Popen(  # noqa: S603 - Debian's nginx, our own config
             [binary, "-c", str(conf), "-p", str(self.run_dir)],
