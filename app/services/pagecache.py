@@ -265,16 +265,18 @@ class Watch:
         self.confirmed_at = float("-inf")  # time.monotonic() of the last check's start
         self.fileno = -1  # the listening connection's socket, while it is up
         self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pyshelf-page-watch", daemon=True)
 
     def start(self) -> None:
         """Forget copies at this process's commits, and start listening (a daemon thread)."""
         event.listen(self.database.sessionmaker, "after_commit", self._forget_at_commit)
-        threading.Thread(target=self._run, name="pyshelf-page-watch", daemon=True).start()
+        self.thread.start()
 
-    def stop(self) -> None:
-        """End the thread after its current wait (tests)."""
+    def stop(self, wait_seconds: float = 5) -> None:
+        """End the thread after its current wait, closing its connection (tests)."""
         self.stopping.set()
         event.remove(self.database.sessionmaker, "after_commit", self._forget_at_commit)
+        self.thread.join(wait_seconds)
 
     def is_current(self) -> bool:
         """Whether copies may be served: checked within the bound, no notice waiting unread."""
