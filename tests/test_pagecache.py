@@ -4,14 +4,18 @@ WSGI fast path (app/http/simple.py CachedPages) that must answer exactly as the 
 from __future__ import annotations
 
 import threading
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import create_engine, select, text
 
 from app.data.models import CachedPage
+from app.services import pagecache
 from app.services.pagecache import PageKey
 from tests.builders import make_wheel
+from tests.conftest import TEST_DATABASE
 from tests.test_upload import fast_password_hashes, upload  # noqa: F401 - autouse fixture
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
@@ -182,3 +186,160 @@ def test_a_busy_database_does_not_hold_up_a_page_it_only_skips_storing_it(
     assert stored_meanwhile == []  # the view gave up storing instead of waiting for the lock
     assert client.get(PAGE, headers={"Accept": MIME_JSON}).status_code == 200
     assert rows(app) == [f"{MIME_JSON} "]  # with the writer gone, the next request stores it
+
+
+# --- a worker's copies on PostgreSQL (pagecache.Watch) -----------------------------------------
+
+on_postgresql = pytest.mark.skipif(
+    TEST_DATABASE == "sqlite", reason="copies are kept on PostgreSQL only (its notices)"
+)
+WATCH_WAIT_SECONDS = 10  # for the listener to (re)connect on a busy machine
+
+
+def wait_for(condition: Any, seconds: float = WATCH_WAIT_SECONDS) -> bool:
+    """Poll `condition` every 20 ms until it holds or `seconds` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
+
+
+@pytest.fixture
+def watched(app: Any, stored: Any) -> Any:
+    """The app's page cache keeping copies, as in a gunicorn worker; its database reads counted
+    in `pages.reads`."""
+    pages = app.extensions["pyshelf.pages"]
+    pages.reads = 0
+    for want_gzip, lookup in pages.lookups.items():
+        one = lookup.one
+
+        def counted(*, _one: Any = one, **params: Any) -> Any:
+            pages.reads += 1
+            return _one(**params)
+
+        pages.lookups[want_gzip] = SimpleNamespace(one=counted)
+    pages.watch_changes()
+    assert wait_for(pages.watch.is_current)
+    yield pages
+    pages.watch.stop()
+
+
+def yanked(client: Any) -> bool:
+    """Whether fastpkg's JSON page says its file is yanked."""
+    response = client.get(PAGE, headers={"Accept": MIME_JSON})
+    assert response.status_code == 200
+    return response.get_json()["files"][0]["yanked"] is not False
+
+
+def change_elsewhere(app: Any, statement: str) -> None:
+    """Commit `statement` on a connection of its own, as another worker or replica would."""
+    engine = create_engine(app.extensions["pyshelf.db"].url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+@on_postgresql
+def test_a_worker_answers_a_stored_page_from_its_copy_without_a_query(
+    client: Any, watched: Any, stored: Any
+) -> None:
+    first = client.get(PAGE, headers={"Accept": MIME_JSON})
+    reads = watched.reads
+    again = [client.get(PAGE, headers={"Accept": MIME_JSON}) for _ in range(5)]
+    etag = {"Accept": MIME_JSON, "If-None-Match": stored.headers["ETag"]}
+    validated = client.get(PAGE, headers=etag)
+
+    assert first.data == stored.data
+    assert all(a.data == stored.data and a.headers["ETag"] == stored.headers["ETag"] for a in again)
+    assert validated.status == "304 NOT MODIFIED"
+    assert watched.reads == reads  # none since the copy was kept
+
+
+@on_postgresql
+def test_a_change_committed_elsewhere_shows_within_the_bound(
+    app: Any, client: Any, watched: Any
+) -> None:
+    """Every request that starts MAX_STALE_SECONDS after another worker's commit sees it."""
+    assert not yanked(client)
+
+    change_elsewhere(app, "UPDATE files SET yanked = TRUE")
+    committed = time.monotonic()
+    stale_starts = []
+    deadline = committed + pagecache.MAX_STALE_SECONDS + WATCH_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        if yanked(client):
+            break
+        stale_starts.append(started - committed)
+
+    assert yanked(client)
+    assert all(late <= pagecache.MAX_STALE_SECONDS for late in stale_starts), stale_starts
+
+
+@on_postgresql
+def test_the_notice_forgets_copies_without_waiting_for_the_recheck(
+    app: Any, client: Any, watched: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the periodic check made rare, only PostgreSQL's notice can make the change show."""
+    monkeypatch.setattr(pagecache, "MAX_STALE_SECONDS", 60.0)
+    monkeypatch.setattr(pagecache, "RECHECK_SECONDS", 30.0)
+    time.sleep(2 * 0.25)  # the watch's current wait (the old RECHECK_SECONDS) ends
+    assert not yanked(client)
+
+    change_elsewhere(app, "UPDATE files SET yanked = TRUE")
+
+    assert wait_for(lambda: yanked(client), seconds=5)
+
+
+@on_postgresql
+def test_a_commit_in_this_process_shows_on_the_very_next_request(
+    app: Any, client: Any, watched: Any
+) -> None:
+    assert not yanked(client)
+    with app.extensions["pyshelf.db"].session() as session:
+        session.execute(text("UPDATE files SET yanked = TRUE"))
+        session.commit()
+
+    assert yanked(client)
+
+
+@on_postgresql
+def test_without_its_listening_connection_a_worker_reads_every_page_again(
+    app: Any, client: Any, watched: Any, stored: Any
+) -> None:
+    """The listener's backend killed: copies are not served until it listens again."""
+    client.get(PAGE, headers={"Accept": MIME_JSON})
+    change_elsewhere(
+        app,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'pyshelf page watch'",
+    )
+
+    assert wait_for(lambda: not watched.watch.is_current(), seconds=2)
+    reads = watched.reads
+    assert client.get(PAGE, headers={"Accept": MIME_JSON}).data == stored.data
+    assert watched.reads > reads
+    assert wait_for(watched.watch.is_current)  # listening again (after RELISTEN_SECONDS)
+
+
+@pytest.mark.skipif(TEST_DATABASE != "sqlite", reason="SQLite's behaviour")
+def test_on_sqlite_no_copies_are_kept(app: Any, client: Any, stored: Any) -> None:
+    pages = app.extensions["pyshelf.pages"]
+    pages.watch_changes()
+
+    assert pages.watch is None
+
+
+def test_clearing_the_cache_moves_the_generation_on(app: Any, stored: Any) -> None:
+    """Other replicas' workers forget their copies too (their notice, or their next check)."""
+    pages = app.extensions["pyshelf.pages"]
+    with app.extensions["pyshelf.db"].session() as session:
+        before = pages.generation(session)
+        pagecache.clear(session)
+        session.commit()
+        assert pages.generation(session) == before + 1
+    assert rows(app) == []

@@ -107,6 +107,30 @@ def drop_page_cache_triggers(dialect: str, tables: dict[str, str] = FORGET) -> l
     return statements
 
 
+# --- page-cache notices (migration 0020) ------------------------------------------------------
+# PostgreSQL: a bump of the generation (by the triggers above, or by hand) sends a NOTIFY on
+# PAGES_CHANNEL when its transaction commits, so that every worker of every replica forgets its
+# copies of stored pages (app/services/pagecache.py Watch) without a query per request. The
+# payload is empty: PostgreSQL folds a transaction's identical notices into one.
+PAGES_CHANNEL = "pyshelf_pages"
+PAGE_NOTICE_OBJECTS = [
+    "CREATE FUNCTION page_cache_state_notify() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN PERFORM pg_notify('{PAGES_CHANNEL}', ''); RETURN NULL; END $$",
+    "CREATE TRIGGER page_cache_state_notify AFTER UPDATE ON page_cache_state "
+    "FOR EACH STATEMENT EXECUTE FUNCTION page_cache_state_notify()",
+]
+DROP_PAGE_NOTICE_OBJECTS = [
+    "DROP TRIGGER IF EXISTS page_cache_state_notify ON page_cache_state",
+    "DROP FUNCTION IF EXISTS page_cache_state_notify()",
+]
+
+
+def page_notice_objects(dialect: str) -> list[str]:
+    """The statements that make generation bumps notify (PostgreSQL; nothing on SQLite, whose
+    workers read the stored page on every request)."""
+    return PAGE_NOTICE_OBJECTS if dialect == "postgresql" else []
+
+
 # --- full-text search (migration 0010) --------------------------------------------------------
 # SQLite: an FTS5 table over search_documents (external content: the text is stored once there)
 # and the triggers that keep it in step, cascaded deletes included (app/services/fulltext.py
@@ -198,12 +222,13 @@ def is_empty(connection: Connection) -> bool:
 
 def create_schema(connection: Connection, revision: str) -> None:
     """Build the head schema in an empty database, in the caller's transaction: the models'
-    tables, the page-cache triggers and state row, the full-text index, and `revision` recorded
-    as alembic would."""
+    tables, the page-cache triggers, notices and state row, the full-text index, and `revision`
+    recorded as alembic would."""
     Base.metadata.create_all(connection)
     dialect = connection.dialect.name
     triggers = page_cache_triggers(dialect) + page_cache_triggers(dialect, MIRROR_FILES_FORGET)
-    for statement in [*triggers, PAGE_CACHE_STATE_ROW, *fts_objects(dialect)]:
+    notices = page_notice_objects(dialect)
+    for statement in [*triggers, *notices, PAGE_CACHE_STATE_ROW, *fts_objects(dialect)]:
         connection.exec_driver_sql(statement)
     VERSION_TABLE.create(connection, checkfirst=True)
     connection.execute(VERSION_TABLE.insert().values(version_num=revision))

@@ -87,6 +87,12 @@ def on_starting(server: object) -> None:
     _metrics_dir.mkdir(parents=True, exist_ok=True)
 
 
+def post_worker_init(worker: Any) -> None:
+    """In each worker, after the fork: keep copies of stored pages while PostgreSQL tells of
+    changes (app/services/pagecache.py Watch; nothing on SQLite)."""
+    worker.wsgi.extensions["pyshelf.pages"].watch_changes()
+
+
 def child_exit(server: object, worker: Any) -> None:
     """A worker is gone: drop its live gauges (its counters keep counting in the sum)."""
     from prometheus_client import multiprocess  # only here: the master imports no app code

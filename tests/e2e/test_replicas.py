@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from app.services.pagecache import MAX_STALE_SECONDS
 from tests import pgserver
 from tests.builders import make_wheel, write_dist
 from tests.conftest import LiveServer, http_request, run_pip
-from tests.e2e.helpers import simple_json, twine_upload
+from tests.e2e.helpers import raw_upload, simple_json, twine_upload
 from tests.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +29,8 @@ pytestmark = pytest.mark.e2e
 StartServer = Callable[..., LiveServer]
 DOWNLOADS = 8  # concurrent cold downloads of one file, half through each replica
 MIRRORED_BYTES = 2 << 20  # 2 MiB, sent at 2 MiB/s: the downloads overlap
+REQUESTS_PER_CHECK = 6  # new connections each: gunicorn spreads them over both workers
+CHANGE_WAIT_SECONDS = 10  # past the bound: how long to wait for a change that never shows
 FAST_UPSTREAM = {
     "UPSTREAM_CONNECT_TIMEOUT": "2",
     "UPSTREAM_READ_TIMEOUT": "5",
@@ -137,3 +141,36 @@ def test_concurrent_cold_downloads_on_both_replicas_fetch_upstream_once(
         status, _headers, body, _reason = server.get(path)
         assert (status, body) == (200, data)
     assert fake_upstream.count("/files/") == 1
+
+
+def test_a_change_through_one_replica_shows_on_the_other_within_the_bound(replicas) -> None:
+    """Each worker keeps copies of stored pages (app/services/pagecache.py): after an upload
+    through one replica, every request to the other that starts MAX_STALE_SECONDS after the
+    upload's answer lists the new file, and none after it goes back to the old page."""
+    first, second = replicas
+    old, old_data = make_wheel("bounded-app", "1.0")
+    new, new_data = make_wheel("bounded-app", "2.0")
+    assert raw_upload(first, "admin/dev", old, old_data)[0] == 200
+    for _ in range(REQUESTS_PER_CHECK):  # the page stored, and copied by the workers that answer
+        assert listed(second, "bounded-app") == {old}
+
+    assert raw_upload(first, "admin/dev", new, new_data)[0] == 200
+    committed = time.monotonic()
+    stale_starts, fresh = [], 0  # seconds after the commit that stale requests started
+    deadline = committed + MAX_STALE_SECONDS + CHANGE_WAIT_SECONDS
+    while fresh < REQUESTS_PER_CHECK and time.monotonic() < deadline:
+        started = time.monotonic()
+        if listed(second, "bounded-app") == {old, new}:
+            fresh += 1
+        else:
+            assert fresh == 0, "a replica went back to the old page"
+            stale_starts.append(round(started - committed, 3))
+        time.sleep(0.01)
+
+    assert fresh == REQUESTS_PER_CHECK
+    assert all(late <= MAX_STALE_SECONDS for late in stale_starts), stale_starts
+
+
+def listed(server: LiveServer, project: str) -> set[str]:
+    """The filenames on a project's JSON page of admin/dev (a new connection each time)."""
+    return {f["filename"] for f in simple_json(server, "admin/dev", project)["files"]}
