@@ -50,8 +50,9 @@ SCALE_TESTS := tests/test_upload.py tests/test_backup.py tests/test_integrity.py
 
 # Two pytest-xdist workers, each taking whole test files (module-scoped servers stay shared):
 # the end-to-end tests mostly wait on subprocesses, so two cores run them about twice as fast.
+# Files go out slowest first (tests/conftest.py SLOWEST_FILES; no reordering by test count).
 # PARALLEL= runs them in one process.
-PARALLEL ?= -n 2 --dist loadfile
+PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 test: $(VENV)/.installed $(DEVPI_VENV)/.installed $(CLIENTS_VENV)/.installed chromium postgres ## install what the tests need, type-check app/ and its import contracts, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
 	$(VENV)/bin/mypy
