@@ -33,7 +33,7 @@ from app.core.storage import make_storage
 from app.core.upstream import mask_url
 from app.data.db import Database, begin_write
 from app.data.models import Index, MirrorPage, Token, User
-from app.http.auth import hash_password, new_token_secret, token_hash
+from app.http.auth import new_token_secret, token_hash
 from app.ops.osv_import import import_osv
 from app.ops.preflight import settings_for_start
 from app.ops.prepare import (
@@ -57,6 +57,7 @@ from app.services.indexes import (
     index_config,
     resolution_order,
 )
+from app.services.passwords import hash_password
 from app.services.releases import (
     InUse,
     check_deletable,

@@ -45,12 +45,12 @@ from app.core.dists import InvalidDistribution, normalize_name, parse_filename, 
 from app.core.storage import Storage, make_storage
 from app.data.db import Database, begin_write
 from app.data.models import DocSet, File, Index, Project, User, utcnow
-from app.http.auth import ARGON2_PREFIX, DEVPI_SHA256_PREFIX, USERNAME_RE
-from app.http.web.docs import InvalidDocs, inspect_zip
 from app.ops.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError, bootstrap, is_first_start
 from app.services.cache import BlobLock
+from app.services.docs import InvalidDocs, inspect_zip
 from app.services.fulltext import index_docset, read_docs
 from app.services.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
+from app.services.passwords import ARGON2_PREFIX, DEVPI_SHA256_PREFIX, USERNAME_RE
 
 log = logging.getLogger(__name__)
 

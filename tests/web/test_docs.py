@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from app.http.web.docs import DOC_CSP, InvalidDocs, inspect_zip
+from app.http.web.docs import DOC_CSP
+from app.services.docs import InvalidDocs, inspect_zip
 from tests.builders import zip_bytes
 from tests.conftest import basic_auth
 from tests.web.helpers import ADMIN, HTML, doc_upload_form, docs_zip, login, upload
