@@ -32,7 +32,6 @@ from app.services.indexes import (
     may_read,
     project_names,
     project_view,
-    readable_order,
     resolution_order,
 )
 from app.services.pagecache import (
@@ -43,6 +42,7 @@ from app.services.pagecache import (
     PageCache,
     PageKey,
 )
+from app.services.releases import refresh_project
 from app.services.status import QUARANTINED
 
 bp = Blueprint("simple", __name__)
@@ -428,11 +428,7 @@ def refresh(user: str, index: str, project: str) -> BaseResponse:
                 {"Retry-After": str(wait)},
             )
     normalized = normalize_name(project)
-    mirror = _mirror_source()
-    mirrors = [i for i in readable_order(get_session(), found, reader) if i.is_mirror]
-    if not mirrors:
-        raise HTTPError(400, f"{found.path} has no mirror in its bases; nothing to refresh.")
-    refreshed = [i.path for i in mirrors if mirror.refresh(i, normalized)]
+    refreshed = refresh_project(get_session(), found, normalized, _mirror_source(), reader)
     if request.accept_mimetypes.best == "application/json":
         return Response(json.dumps({"refreshed": refreshed}), mimetype="application/json")
     return redirect(f"{request.script_root}/{found.path}/+simple/{normalized}/", 302)

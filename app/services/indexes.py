@@ -170,6 +170,10 @@ class MirrorSource(Protocol):
         """The upstream's PEP 792 status of a project this mirror has a page of, or None."""
         ...
 
+    def refresh(self, index: Index, normalized_name: str) -> bool:
+        """Fetch the project's page again on its next request; False if none was cached."""
+        ...
+
 
 def file_path(index_path: str, sha256: str, filename: str) -> str:
     """The `+f` path of a file: its sha256 fixes its bytes; no query (PEP 658 appends to it)."""

@@ -1,5 +1,6 @@
 """Release rules: who may change what, the files of a version, yanking (PEP 592) and deleting
-files, projects' versions and whole indexes; the HTTP layer maps the errors (app/http/errors.py).
+files, projects' versions and whole indexes, refreshing mirrored pages; the HTTP layer maps
+the errors (app/http/errors.py).
 
 Deleting never removes blobs (another file or index may share the bytes): the records go, so
 nothing links to them any more; orphan removal (`pyshelf cache`) reclaims the space.
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.core.dists import normalize_name
 from app.data.models import DocSet, File, Index, MirrorBlob, MirrorHolding, Project, User
-from app.services.indexes import dependents
+from app.services.indexes import MirrorSource, Reader, dependents, readable_order
 
 MAX_VERSION_SHOWN_CHARS = 100  # a 4300-digit "version" must not fill the status line
 
@@ -110,6 +111,25 @@ def has_version(session: Session, project_id: int, version: str) -> bool:
     wanted = Version(version)
     versions = session.scalars(select(File.version).where(File.project_id == project_id))
     return any(Version(v) == wanted for v in versions)
+
+
+# --- refreshing -------------------------------------------------------------------------------
+
+
+def refresh_project(
+    session: Session,
+    index: Index,
+    normalized_name: str,
+    mirror: MirrorSource,
+    reader: Reader | None,
+) -> list[str]:
+    """Make the mirrors behind `index` that `reader` may read fetch a project's page again on
+    its next request (devpi's refresh, the web's Refresh button); the paths of those that had
+    it cached. InvalidRequest when the index has no mirror in its bases."""
+    mirrors = [i for i in readable_order(session, index, reader) if i.is_mirror]
+    if not mirrors:
+        raise InvalidRequest(f"{index.path} has no mirror in its bases; nothing to refresh.")
+    return [i.path for i in mirrors if mirror.refresh(i, normalized_name)]
 
 
 # --- deleting ---------------------------------------------------------------------------------

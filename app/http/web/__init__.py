@@ -73,7 +73,7 @@ from app.services.indexes import (
 )
 from app.services.mirror_description import mirror_metadata, newest_described
 from app.services.promote import promotable_targets, promotions_of
-from app.services.releases import may_change
+from app.services.releases import may_change, refresh_project
 from app.services.status import STATUSES
 
 csrf = CSRFProtect()
@@ -589,10 +589,7 @@ def refresh(user: str, index: str, project: str) -> Response:
             require_user()
         return redirect(url_for("web.login", next=project_url(found.path, normalized)), 303)
     mirror = current_app.extensions["pyshelf.mirror"]
-    mirrors = [i for i in readable_order(get_session(), found, reader) if i.is_mirror]
-    if not mirrors:
-        raise HTTPError(400, f"{found.path} has no mirror in its bases; nothing to refresh.")
-    refreshed = [i.path for i in mirrors if mirror.refresh(i, normalized)]
+    refreshed = refresh_project(get_session(), found, normalized, mirror, reader)
     if refreshed:
         flash(f"{normalized} will be fetched again from {', '.join(refreshed)}.", "info")
     else:
