@@ -27,7 +27,7 @@ from app.data.models import (
 )
 from app.services import guard, provenance
 from app.services.advisories import ThresholdError, parse_threshold
-from app.services.status import Marker, hosted_marker, served, view_marker
+from app.services.status import QUARANTINED, Marker, hosted_marker, view_marker
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -280,6 +280,7 @@ def project_view(
     ignore_bases: bool = False,
     reader: Reader | None = None,
     order: list[Index] | None = None,
+    for_installers: bool = False,
 ) -> ProjectView | None:
     """Merge a project across the index and its bases, or None if no index has it.
 
@@ -289,6 +290,10 @@ def project_view(
     With a `reader`, indexes it may not read contribute no files; they still count for the
     dependency-confusion rule, or a stranger would get upstream's project of a private name.
     `order` is the index's resolution_order when the caller has it already.
+    The supply-chain guard (app/services/guard.py) decides which files are served; the rest are
+    `held_back` (a quarantine) or `withheld` (with the rule's verdict). `for_installers` (the
+    simple pages) counts block_vulnerable too; the web UI lists those releases with their
+    advisories.
     """
     if ignore_bases:
         order = [index]
@@ -326,14 +331,19 @@ def project_view(
                 dists.append(dist)
     if name is None:
         return None
-    # PEP 792: a quarantined project offers no files for download; the filter is one call.
     marker = view_marker(markers)
-    shown = served(dists, marker)
-    held_back = [] if shown else dists
     # Every index of the chain counts for the guard, also those the reader may not read: a
     # base's block rule must not be lifted by whom it hides from.
-    checks = guard.guard_for(full_order, guard.server_rules(session))
-    shown, withheld = checks.split(normalized_name, shown)
+    checks = guard.guard_for(
+        full_order,
+        guard.server_rules(session),
+        marker=marker,
+        advisories=session if for_installers else None,
+    )
+    shown, withheld = checks.split(normalized_name, dists)
+    # PEP 792: a quarantined project offers no files for download (the web UI may show them)
+    held_back = [d for d, verdict in withheld if verdict.kind == QUARANTINED]
+    withheld = [(d, verdict) for d, verdict in withheld if verdict.kind != QUARANTINED]
     return ProjectView(name, normalized_name, shown, is_mirrored, marker, held_back, withheld)
 
 
