@@ -27,13 +27,18 @@ from app.services.indexes import (
     create_index,
     get_index_by_path,
     index_config,
-    may_configure,
-    shown_bases,
 )
 from app.services.passwords import MIN_PASSWORD_CHARS, USERNAME_RE, hash_password
 from app.services.promote import Promoted
 from app.services.releases import delete_index as delete_index_and_contents
-from app.services.releases import delete_owned_indexes, may_change, set_yanked, version_files
+from app.services.releases import (
+    delete_owned_indexes,
+    may_change,
+    may_configure,
+    set_yanked,
+    shown_bases,
+    version_files,
+)
 from app.services.status import ACTIVE, StatusError, check_status, set_status
 
 bp = Blueprint("api", __name__)

@@ -31,9 +31,9 @@ from app.http.errors import HTTPError, storage_failure
 from app.http.spool import Spool
 from app.http.web.docs import doc_upload
 from app.services.cache import BlobLock
-from app.services.indexes import get_index, may_upload
+from app.services.indexes import get_index
 from app.services.provenance import InvalidAttestation, check_attestations, provenance_object
-from app.services.releases import add_file, release_fields, store_sidecar
+from app.services.releases import add_file, may_upload, release_fields, store_sidecar
 from app.services.status import CLOSED_TO_UPLOADS
 
 log = logging.getLogger(__name__)

@@ -659,23 +659,9 @@ def create_index(
     return index
 
 
-def shown_bases(session: Session, index: Index, reader: Reader) -> list[str]:
-    """The bases a reader is told of: every one to those who may configure the index, else
-    those they may read (a stage shows nothing of a base a stranger may not read)."""
-    bases = list(index.bases or [])
-    if reader.user is not None and may_configure(index, reader.user):
-        return bases
-    shown = []
-    for path in bases:
-        base = get_index_by_path(session, path)
-        if base is None or may_read(base, reader):
-            shown.append(path)
-    return shown
-
-
 def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, Any]:
     """An index's settings as the JSON API shows them (never credentials in mirror_url);
-    `bases` replaces the stored ones (shown_bases)."""
+    `bases` replaces the stored ones (releases.shown_bases)."""
     config: dict[str, Any] = {
         "type": index.type,
         "bases": list(index.bases or []) if bases is None else bases,
@@ -704,16 +690,6 @@ def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, A
     if log:
         config["guard_log"] = log
     return config
-
-
-def may_upload(index: Index, user: User) -> bool:
-    """Superusers, and users named in acl_upload (`:ANONYMOUS:` is not honoured for uploads)."""
-    return user.is_superuser or user.username in (index.acl_upload or ())
-
-
-def may_configure(index: Index, user: User) -> bool:
-    """Superusers and the index's owner."""
-    return user.is_superuser or user.id == index.owner_id
 
 
 def dependents(session: Session, paths: Iterable[str]) -> dict[str, list[str]]:

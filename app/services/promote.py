@@ -28,9 +28,9 @@ from app.core.dists import normalize_name
 from app.data.db import begin_write
 from app.data.models import DocSet, File, Index, Project, Promotion, User, utcnow
 from app.services.fulltext import Blobs, index_stored_docset
-from app.services.indexes import Reader, file_path, get_index_by_path, may_read, may_upload
+from app.services.indexes import Reader, file_path, get_index_by_path, may_read
 from app.services.provenance import copy_provenance
-from app.services.releases import add_file, copied_fields
+from app.services.releases import add_file, copied_fields, may_upload
 from app.services.status import CLOSED_TO_UPLOADS, QUARANTINED
 
 log = logging.getLogger(__name__)

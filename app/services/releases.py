@@ -22,7 +22,14 @@ from sqlalchemy.orm import Session
 from app.core.dists import CoreMetadata, FilenameInfo, normalize_name
 from app.core.storage import Storage
 from app.data.models import DocSet, File, Index, MirrorBlob, MirrorHolding, Project, User, utcnow
-from app.services.indexes import MirrorSource, Reader, dependents, readable_order
+from app.services.indexes import (
+    MirrorSource,
+    Reader,
+    dependents,
+    get_index_by_path,
+    may_read,
+    readable_order,
+)
 
 MAX_VERSION_SHOWN_CHARS = 100  # a 4300-digit "version" must not fill the status line
 # What a File row holds besides its id and project: a copy (promote) takes all of it, and a
@@ -83,6 +90,30 @@ def may_change(index: Index, user: User) -> bool:
 def may_remove(index: Index, user: User, *, force: bool = False) -> bool:
     """Delete released files: as `may_change`, on volatile indexes, or by a superuser's `force`."""
     return may_change(index, user) and (index.volatile or (force and user.is_superuser))
+
+
+def may_upload(index: Index, user: User) -> bool:
+    """Superusers, and users named in acl_upload (`:ANONYMOUS:` is not honoured for uploads)."""
+    return user.is_superuser or user.username in (index.acl_upload or ())
+
+
+def may_configure(index: Index, user: User) -> bool:
+    """Superusers and the index's owner."""
+    return user.is_superuser or user.id == index.owner_id
+
+
+def shown_bases(session: Session, index: Index, reader: Reader) -> list[str]:
+    """The bases a reader is told of: every one to those who may configure the index, else
+    those they may read (a stage shows nothing of a base a stranger may not read)."""
+    bases = list(index.bases or [])
+    if reader.user is not None and may_configure(index, reader.user):
+        return bases
+    shown = []
+    for path in bases:
+        base = get_index_by_path(session, path)
+        if base is None or may_read(base, reader):
+            shown.append(path)
+    return shown
 
 
 # --- a File row and its sidecar -----------------------------------------------------------------

@@ -63,17 +63,20 @@ from app.services.indexes import (
     acl_read_of,
     get_index_by_path,
     is_public,
-    may_configure,
     may_read,
-    may_upload,
     project_view,
     readable_order,
     resolution_order,
-    shown_bases,
 )
 from app.services.mirror_description import mirror_metadata, newest_described
 from app.services.promote import promotable_targets, promotions_of
-from app.services.releases import may_change, refresh_project
+from app.services.releases import (
+    may_change,
+    may_configure,
+    may_upload,
+    refresh_project,
+    shown_bases,
+)
 from app.services.status import STATUSES
 
 csrf = CSRFProtect()
