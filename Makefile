@@ -85,7 +85,7 @@ lint: $(VENV)/.installed ## ruff check and format check, mypy over app/, the imp
 	$(VENV)/bin/lint-imports
 
 docs: $(VENV)/.installed ## write docs/configuration.md and .env.example from the settings table in app/core/config.py
-	$(PY) -m app.core.config markdown > docs/configuration.md && $(PY) -m app.core.config env-example > .env.example
+	$(PY) -m app.core.config_docs markdown > docs/configuration.md && $(PY) -m app.core.config_docs env-example > .env.example
 
 format: $(VENV)/.installed ## apply ruff format and fixes
 	$(VENV)/bin/ruff format app tests bench

@@ -1,4 +1,4 @@
-"""`pyshelf` (the console script) and `python -m app`: app/cli.py's command line, except that the
+"""`pyshelf` (the console script) and `python -m app`: app/cli/'s command line, except that the
 bare `healthcheck` the image runs every 30 s loads only what it needs (the rest takes seconds)."""
 
 from __future__ import annotations

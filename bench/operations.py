@@ -27,13 +27,13 @@ from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.cli import bootstrap, migrate
 from app.core.config import Settings
 from app.core.storage import LocalStorage
 from app.data.db import Database
 from app.data.models import File, Index, Project
 from app.ops.backup import backup
 from app.ops.integrity import Verifier
+from app.ops.prepare import bootstrap, migrate
 from app.ops.restore import restore
 
 LARGE_BYTES = 4 << 20  # 4 MiB

@@ -26,7 +26,8 @@ from alembic import command
 from sqlalchemy import create_engine, text
 from werkzeug.security import generate_password_hash
 
-from app import cli, create_app
+from app import create_app
+from app.cli import accounts
 from app.core.config import Settings
 from app.data.db import Database
 from app.data.models import Index, User
@@ -171,7 +172,7 @@ def acl_settings(data_dir: Path, upstream: FakeUpstream) -> Settings:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """One app with the module docstring's indexes, shared by the read-only matrix tests."""
     with FakeUpstream() as upstream, pytest.MonkeyPatch.context() as patch:
-        for module in (auth, api, cli, admin):
+        for module in (auth, api, accounts, admin):
             patch.setattr(module, "hash_password", fast_hash)
         upstream.add_file("secretpkg", *ATTACKER)
         app = make_app(acl_settings(tmp_path_factory.mktemp("acl") / "data", upstream))
@@ -185,7 +186,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.fixture
 def fresh(tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> World:
     """The same world, built anew for a test that changes it."""
-    for module in (auth, api, cli, admin):
+    for module in (auth, api, accounts, admin):
         monkeypatch.setattr(module, "hash_password", fast_hash)
     app = make_app(acl_settings(tmp_path / "data", fake_upstream))
     tokens = build_world(app.test_client())

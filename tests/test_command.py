@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from app import __version__
-from app.cli import build_parser, main
+from app.cli import main
+from app.cli.parser import build_parser
 from tests.conftest import ROOT, clean_env, free_port
 
 COMMAND_TIMEOUT_SECONDS = 60

@@ -1,4 +1,5 @@
-"""app.core.config: Settings.from_env, sizes and the .env file."""
+"""app.core.config (with its kinds and its generated reference): Settings.from_env, sizes and
+the .env file."""
 
 from __future__ import annotations
 
@@ -15,13 +16,11 @@ from app.core.config import (
     SETTINGS,
     ConfigError,
     Settings,
-    env_example,
-    markdown,
     mask_database_url,
-    parse_duration,
-    parse_size,
     read_dotenv,
 )
+from app.core.config_docs import env_example, markdown
+from app.core.config_kinds import parse_duration, parse_size
 
 NO_DOTENV = {"ENV_FILE": os.devnull}
 
@@ -470,9 +469,10 @@ def test_every_default_reads_back_as_itself() -> None:
 
 
 # Reads of the environment outside app/core/config.py, each with the reason it is not a setting.
+COMMAND_INPUT = "a command's input, not a setting"
 ENVIRONMENT_READS = {
-    ("app/cli.py", 'if os.environ.get("PYSHELF_PASSWORD"):'): "a command's input, not a setting",
-    ("app/cli.py", 'return os.environ["PYSHELF_PASSWORD"]'): "a command's input, not a setting",
+    ("app/cli/accounts.py", 'if os.environ.get("PYSHELF_PASSWORD"):'): COMMAND_INPUT,
+    ("app/cli/accounts.py", 'return os.environ["PYSHELF_PASSWORD"]'): COMMAND_INPUT,
     ("app/ops/backup.py", "return {**os.environ, **{k: v for k, v in values.items() if v}}"): (
         "passes the whole environment on to pg_dump/psql, reads no variable of its own"
     ),

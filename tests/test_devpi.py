@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
-from app import cli
+from app.cli import accounts
 from app.data.models import DocSet, File, Project
 from app.http import api, auth
 from app.services.indexes import IndexConfigError, apply_operations
@@ -30,7 +30,7 @@ def fast_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     def fast(password: str) -> str:
         return generate_password_hash(password, "pbkdf2:sha256:1")
 
-    for module in (auth, api, cli):
+    for module in (auth, api, accounts):
         monkeypatch.setattr(module, "hash_password", fast)
 
 

@@ -17,7 +17,7 @@ from app import create_app
 from app.cli import main
 from app.core.config import Settings
 from app.data.models import DocSet, File, Index, Project, User
-from app.ops.devpi_import import password_hash_from_devpi
+from app.ops.devpi_format import password_hash_from_devpi
 from tests import test_cli
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import basic_auth

@@ -1,5 +1,5 @@
-"""Unit tests for app.core.dists: filenames, archives, core metadata and digests (PEP 427, 527,
-625)."""
+"""Unit tests for app.core.dists and app.core.dist_metadata: filenames, archives, core metadata
+and digests (PEP 427, 527, 625)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ from typing import IO
 
 import pytest
 
-from app.core import dists
+from app.core import dist_metadata
+from app.core.dist_metadata import (
+    NOT_A_TARFILE,
+    NOT_A_ZIPFILE,
+    TOP_LEVEL_COUNT,
+    CoreMetadata,
+    read_metadata,
+)
 from app.core.dists import (
     FilenameInfo,
     Hashes,
@@ -27,7 +34,6 @@ from app.core.dists import (
     is_valid_project_name,
     normalize_name,
     parse_filename,
-    read_metadata,
 )
 from tests.builders import (
     core_metadata,
@@ -60,7 +66,7 @@ def hash_stream(fileobj: IO[bytes], chunk_bytes: int = 1 << 20) -> Hashes:
     return hashes
 
 
-def _read(tmp_path, filename: str, data: bytes) -> dists.CoreMetadata:
+def _read(tmp_path, filename: str, data: bytes) -> CoreMetadata:
     """Write `data` as `filename` and read its metadata the way an upload does."""
     return read_metadata(write_dist(tmp_path, filename, data), parse_filename(filename))
 
@@ -346,7 +352,7 @@ def test_read_metadata_returns_a_wheels_metadata_and_its_exact_bytes(tmp_path):
     metadata = _read(tmp_path, filename, data)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert metadata.raw == archive.read(f"{DIST_INFO}/METADATA")
-    assert metadata == dists.CoreMetadata(
+    assert metadata == CoreMetadata(
         raw=metadata.raw,
         metadata_version="2.1",
         name="demo-pkg",
@@ -456,16 +462,16 @@ def test_read_metadata_prefers_the_body_when_description_is_also_a_header(tmp_pa
 
 BAD_ARCHIVES = [
     # Archive type.
-    pytest.param(WHEEL, lambda: b"not a zip", dists.NOT_A_ZIPFILE, id="wheel not a zip"),
-    pytest.param(ZIP_SDIST, lambda: b"not a zip", dists.NOT_A_ZIPFILE, id="zip sdist not a zip"),
-    pytest.param(SDIST, lambda: b"not a tar", dists.NOT_A_TARFILE, id="not gzip"),
-    pytest.param(SDIST, lambda: gzip.compress(b"x" * 600), dists.NOT_A_TARFILE, id="gzip not tar"),
-    pytest.param(SDIST, lambda: gzip.compress(b""), dists.NOT_A_TARFILE, id="empty gzip"),
-    pytest.param(SDIST, lambda: make_wheel()[1], dists.NOT_A_TARFILE, id="zip named tar.gz"),
+    pytest.param(WHEEL, lambda: b"not a zip", NOT_A_ZIPFILE, id="wheel not a zip"),
+    pytest.param(ZIP_SDIST, lambda: b"not a zip", NOT_A_ZIPFILE, id="zip sdist not a zip"),
+    pytest.param(SDIST, lambda: b"not a tar", NOT_A_TARFILE, id="not gzip"),
+    pytest.param(SDIST, lambda: gzip.compress(b"x" * 600), NOT_A_TARFILE, id="gzip not tar"),
+    pytest.param(SDIST, lambda: gzip.compress(b""), NOT_A_TARFILE, id="empty gzip"),
+    pytest.param(SDIST, lambda: make_wheel()[1], NOT_A_TARFILE, id="zip named tar.gz"),
     pytest.param(
         SDIST,
         lambda: gzip.decompress(make_sdist()[1]),
-        dists.NOT_A_TARFILE,
+        NOT_A_TARFILE,
         id="uncompressed tar named tar.gz",
     ),
     pytest.param(
@@ -547,20 +553,20 @@ BAD_ARCHIVES = [
     pytest.param(
         SDIST,
         lambda: tar_gz_bytes({f"{TOP}/PKG-INFO": b"", "other-1.0/PKG-INFO": b""}),
-        dists.TOP_LEVEL_COUNT,
+        TOP_LEVEL_COUNT,
         id="tar.gz with two top-level directories",
     ),
     pytest.param(
         SDIST,
         lambda: tar_gz_bytes({f"{TOP}/PKG-INFO": b"", "README": b""}),
-        dists.TOP_LEVEL_COUNT,
+        TOP_LEVEL_COUNT,
         id="tar.gz with a top-level file",
     ),
-    pytest.param(SDIST, lambda: tar_gz_bytes({}), dists.TOP_LEVEL_COUNT, id="empty tar.gz"),
+    pytest.param(SDIST, lambda: tar_gz_bytes({}), TOP_LEVEL_COUNT, id="empty tar.gz"),
     pytest.param(
         ZIP_SDIST,
         lambda: zip_bytes({f"{TOP}/PKG-INFO": b"", "other-1.0/PKG-INFO": b""}),
-        dists.TOP_LEVEL_COUNT,
+        TOP_LEVEL_COUNT,
         id="zip with two top-level directories",
     ),
     pytest.param(
@@ -784,8 +790,9 @@ def test_read_metadata_rejects_a_tarball_bomb_before_inflating_it(tmp_path):
 
 def test_read_metadata_stops_inflating_a_tarball_at_the_ratio_limit(tmp_path, monkeypatch):
     """A huge pax header is read, not skipped: the capped stream still refuses to inflate it."""
-    monkeypatch.setattr(dists, "RATIO_MIN_BYTES", MIB)
-    monkeypatch.setattr(dists, "_check_ratio", lambda *sizes: None)  # only the stream may stop it
+    monkeypatch.setattr(dist_metadata, "RATIO_MIN_BYTES", MIB)
+    # only the stream may stop it
+    monkeypatch.setattr(dist_metadata, "_check_ratio", lambda *sizes: None)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as archive:
         entry = tarfile.TarInfo(f"{TOP}/PKG-INFO")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -145,18 +148,25 @@ def test_the_graph_sees_a_circle_through_a_package() -> None:
     assert circles(graph) == [["app.a", "app.b"]]
 
 
+def in_cli(module: str) -> bool:
+    """app.cli or one of its modules (the command line, app/cli/)."""
+    return module == "app.cli" or module.startswith("app.cli.")
+
+
 def test_operations_do_not_reach_up_into_the_command_line() -> None:
-    """Backup, verify, cache, prefetch, import-devpi sit below app/cli.py: none imports it (it
+    """Backup, verify, cache, prefetch, import-devpi sit below app/cli/: none imports it (it
     imports them, by name, not by a string for importlib), so their errors are their own."""
     importers = []
     # app/__main__.py is the console script above the command line, the one module that may.
     for module, path in MODULES.items() - {("app.__main__", MODULES["app.__main__"])}:
+        if in_cli(module):
+            continue
         for node, _in_function in walk(ast.parse(path.read_text()).body, False):
-            if "app.cli" in imported(node, module):  # type: ignore[arg-type]
+            if any(in_cli(name) for name in imported(node, module)):  # type: ignore[arg-type]
                 importers.append(f"{module}:{node.lineno}")
 
     assert importers == []
-    assert "importlib" not in MODULES["app.cli"].read_text()
+    assert not any("importlib" in path.read_text() for m, path in MODULES.items() if in_cli(m))
 
 
 def import_blocks(body: list[ast.stmt], in_function: bool) -> list[tuple[list[ast.stmt], bool]]:
@@ -203,13 +213,13 @@ LAYERS = ("core", "data", "services", "http", "ops")  # pyproject.toml's [tool.i
 
 
 def test_every_module_is_in_a_layer_package() -> None:
-    """The import contracts see only the layer packages: a module added beside app/cli.py
+    """The import contracts see only the layer packages: a module added beside app/cli/
     would be in no layer, and nothing would check its imports (app/__main__.py only hands the
-    command line to app.cli, or a bare healthcheck to app.ops.server)."""
+    command line to app/cli/, or a bare healthcheck to app.ops.server)."""
     outside = sorted(
         module
         for module in MODULES
-        if module not in ("app", "app.cli", "app.__main__") and module.split(".")[1] not in LAYERS
+        if module not in ("app", "app.__main__") and module.split(".")[1] not in (*LAYERS, "cli")
     )
 
     assert outside == []
@@ -223,3 +233,39 @@ def test_pip_install_ships_every_package_of_app() -> None:
     packages = {".".join(init.parent.relative_to(ROOT).parts) for init in inits}
 
     assert packages <= set(config["packages"])
+
+
+# Libraries only some requests need, each tens of MiB in every worker that imports them: an
+# upload with PEP 740 attestations (pypi_attestations, which brings sigstore and boto3 along),
+# S3 storage (boto3), PostgreSQL (psycopg), rendering a description (readme_renderer).
+LOADED_ON_FIRST_USE = (
+    "pypi_attestations",
+    "sigstore",
+    "boto3",
+    "botocore",
+    "psycopg",
+    "readme_renderer",
+)
+
+
+def test_a_worker_on_sqlite_and_disk_starts_without_the_libraries_only_some_requests_need(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "import sys\n"
+        "from app import create_app\n"
+        "create_app()\n"
+        f"print(sorted(set({LOADED_ON_FIRST_USE!r}) & {{m.split('.')[0] for m in sys.modules}}))\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "DATA_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
-from app import cli
+from app.cli import accounts
 from app.data.models import File, Project
 from app.http import api, auth
 from tests.builders import make_sdist, make_wheel
@@ -35,7 +35,7 @@ def fast_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     def fast(password: str) -> str:
         return generate_password_hash(password, "pbkdf2:sha256:1")
 
-    for module in (auth, api, cli):
+    for module in (auth, api, accounts):
         monkeypatch.setattr(module, "hash_password", fast)
 
 

@@ -17,8 +17,8 @@ from app.data.models import Index, Project, User
 from app.http.auth import new_token, require_read, require_user
 from app.http.devpi import envelope, is_own, listing_reader, promote_for_caller, user_info
 from app.http.errors import HTTPError, index_or_404
-from app.http.web import index_page, user_page
 from app.http.web.base import wants_json
+from app.http.web.browse import index_page, user_page
 from app.services.indexes import (
     IndexConfigError,
     IndexPermissionError,

@@ -10,8 +10,8 @@ from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from app.core.dist_metadata import CoreMetadata, read_metadata
 from app.core.dists import (
-    CoreMetadata,
     FilenameInfo,
     Hashes,
     InvalidDistribution,
@@ -20,7 +20,6 @@ from app.core.dists import (
     is_valid_project_name,
     normalize_name,
     parse_filename,
-    read_metadata,
 )
 from app.data.db import begin_write, get_session
 from app.data.models import File, FileProvenance, Index, Project, User

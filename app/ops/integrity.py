@@ -25,7 +25,7 @@ from sqlalchemy import delete, func, make_url, select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.dists import CoreMetadata
+from app.core.dist_metadata import CoreMetadata
 from app.core.progress import Progress
 from app.core.storage import Storage, make_storage
 from app.core.upstream import UpstreamClient

@@ -25,7 +25,7 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import and_, select, true
 from sqlalchemy.orm import Session
 
-from app.core.config import parse_duration
+from app.core.config_kinds import parse_duration
 from app.core.dists import normalize_name
 from app.data.models import Index, MirrorPage, ServerBlock, User, utcnow
 from app.services.advisories import ProjectAdvisories, Refusal, for_project, thresholds_by_holder

@@ -20,13 +20,8 @@ from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.dists import (
-    MAX_METADATA_BYTES,
-    CoreMetadata,
-    InvalidDistribution,
-    parse_filename,
-    parse_metadata,
-)
+from app.core.dist_metadata import MAX_METADATA_BYTES, CoreMetadata, parse_metadata
+from app.core.dists import InvalidDistribution, parse_filename
 from app.data.models import Index, MirrorFile, MirrorHolding, MirrorPage, User
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,8 @@ from dataclasses import dataclass
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
-from app.core.dists import (
-    CoreMetadata,
-    InvalidDistribution,
-    parse_filename,
-    read_metadata,
-)
+from app.core.dist_metadata import CoreMetadata, read_metadata
+from app.core.dists import InvalidDistribution, parse_filename
 from app.core.storage import Storage
 from app.data.db import Database, begin_write
 from app.data.models import MirrorBlob, MirrorFile, MirrorHolding, utcnow

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from pydantic import ValidationError
-from pypi_attestations import Attestation, AttestationType
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.upstream import UpstreamClient, iter_raw
 from app.data.models import File, FileProvenance, Project
+
+if TYPE_CHECKING:
+    from pypi_attestations import Attestation
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,6 @@ MAX_ATTESTATIONS = 16  # PEP 740 names two kinds; a few of each is plenty
 # Uploads carry no Trusted Publisher login here: the bundle names the pyshelf account that
 # uploaded the file (PEP 740 requires a `publisher` with a `kind`; `claims` is free-form).
 PUBLISHER_KIND = "pyshelf-account"
-SUPPORTED_PREDICATES = frozenset(kind.value for kind in AttestationType)
 
 
 class InvalidAttestation(ValueError):
@@ -66,11 +67,25 @@ def _check_statement(statement: dict[str, Any], number: int, filename: str, sha2
             f"{filename} (sha256 {sha256})."
         )
     predicate_type = statement.get("predicateType")
-    if predicate_type not in SUPPORTED_PREDICATES:
+    supported = supported_predicates()
+    if predicate_type not in supported:
         raise InvalidAttestation(
             f"Attestation {number}: unsupported predicate type {str(predicate_type)[:80]!r}; "
-            f"expected one of {', '.join(sorted(SUPPORTED_PREDICATES))} (PEP 740)."
+            f"expected one of {', '.join(sorted(supported))} (PEP 740)."
         )
+
+
+# pypi_attestations brings sigstore, pydantic and boto3 along: about 55 MiB in every worker
+# that imports it. Only an upload with attestations or a mirrored provenance object needs it,
+# so it is imported on first use (the functions below), not when the server starts.
+
+
+@functools.cache
+def supported_predicates() -> frozenset[str]:
+    """PEP 740's predicate types, as pypi-attestations knows them."""
+    from pypi_attestations import AttestationType  # imported on first use: see above
+
+    return frozenset(kind.value for kind in AttestationType)
 
 
 def check_attestations(raw: str, filename: str, sha256: str) -> list[dict[str, Any]]:
@@ -101,6 +116,9 @@ def check_attestations(raw: str, filename: str, sha256: str) -> list[dict[str, A
 
 
 def _check_attestation(item: object, number: int, filename: str, sha256: str) -> None:
+    from pydantic import ValidationError  # imported on first use with pypi_attestations
+    from pypi_attestations import Attestation  # imported on first use: see above
+
     try:
         attestation = Attestation.model_validate(item)
     except ValidationError as exc:

@@ -19,7 +19,8 @@ from packaging.version import Version
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.core.dists import CoreMetadata, FilenameInfo, normalize_name
+from app.core.dist_metadata import CoreMetadata
+from app.core.dists import FilenameInfo, normalize_name
 from app.core.storage import Storage
 from app.data.models import DocSet, File, Index, MirrorBlob, MirrorHolding, Project, User, utcnow
 from app.services.indexes import (

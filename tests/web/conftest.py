@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from werkzeug.security import generate_password_hash
 
-from app import cli
+from app.cli import accounts
 from app.http import api, auth
 from app.http.web import admin
 
@@ -19,7 +19,7 @@ def fast_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     def fast(password: str) -> str:
         return generate_password_hash(password, "pbkdf2:sha256:1")
 
-    for module in (auth, api, cli, admin):
+    for module in (auth, api, accounts, admin):
         monkeypatch.setattr(module, "hash_password", fast)
 
 
