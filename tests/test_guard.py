@@ -9,6 +9,7 @@ import pytest
 
 from app.services import guard
 from app.services.guard import FileFacts
+from app.services.status import QUARANTINED, Marker
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, 0)
 
@@ -168,3 +169,21 @@ def test_mirror_min_age_seeds_root_pypi_and_zero_never_lifts_it(settings):
     assert start(3600) == 3600
     assert start(3 * 86_400) == 3 * 86_400
     assert start(0) == 3 * 86_400
+
+
+def test_a_quarantine_refuses_every_file_first_on_pages_and_last_at_file_urls():
+    """PEP 792's quarantine is one of the guard's rules: a page holds back all of a quarantined
+    project's files, while a file URL names a block rule before the quarantine."""
+    marker = Marker(QUARANTINED, "under review", "root/pypi")
+    order = [index("root/pypi", blocked=[("demo==2.0", "worse")])]
+
+    page = guard.guard_for(order, (), marker=marker)
+    assert page.verdict("demo", facts("1.0"), NOW) == guard.Verdict(
+        QUARANTINED, "Project demo is quarantined on root/pypi (PEP 792): under review"
+    )
+    assert page.verdict("demo", facts("2.0"), NOW).kind == QUARANTINED
+    at_url = guard.guard_for(order, (), marker=marker, precedence=guard.FILE)
+    assert at_url.verdict("demo", facts("1.0"), NOW).kind == QUARANTINED
+    assert at_url.verdict("demo", facts("2.0"), NOW).kind == guard.BLOCKED
+    active = Marker("deprecated", None, "root/pypi")
+    assert guard.guard_for([index("root/pypi")], (), marker=active) is guard.NO_GUARD

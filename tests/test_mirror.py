@@ -333,6 +333,16 @@ def test_refresh_marks_the_page_stale_and_the_next_request_refetches(mc, fake_up
     assert response.get_json() == {"refreshed": []}
 
 
+def test_both_refresh_urls_refuse_an_index_without_a_mirror_behind_it(mirror_app, mc):
+    """The simple API's refresh and the web's Refresh button are one rule: 400 with the reason."""
+    mirror_app.config["WTF_CSRF_ENABLED"] = False  # the web form's token is not the point here
+    assert mc.put("/admin/solo", json={"bases": []}, headers=ADMIN).status_code == 201
+    reason = "admin/solo has no mirror in its bases; nothing to refresh."
+    for path in ("/admin/solo/+simple/demo/refresh", "/admin/solo/demo/+refresh"):
+        response = mc.post(path, headers={"Accept": "application/json", **ADMIN})
+        assert response.status == f"400 {reason}", path
+
+
 # --- files ----------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from app.services.promote import (
     promote,
     promotions_of,
 )
+from app.services.releases import FILE_FIELDS
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -202,3 +203,10 @@ def test_what_cannot_be_promoted_raises_an_error_that_says_what_to_do(
         run(stages, target, **options)
     stages.rollback()
     assert stages.scalars(select(Promotion)).all() == []
+
+
+def test_a_copy_of_a_file_row_takes_every_column_but_its_id_and_project() -> None:
+    """releases.FILE_FIELDS is the one list of a File row's fields (promote copies them, bundles
+    carry them): a new column must be added to it."""
+    columns = {column.key for column in File.__table__.columns} - {"id", "project_id"}
+    assert set(FILE_FIELDS) == columns

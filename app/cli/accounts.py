@@ -17,7 +17,7 @@ from app.core.config import Settings
 from app.core.dists import normalize_name
 from app.data.db import Database, begin_write
 from app.data.models import Index, MirrorPage, Token, User
-from app.http.auth import hash_password, new_token_secret, token_hash
+from app.http.auth import new_token_secret, token_hash
 from app.ops.prepare import find_user
 from app.services.indexes import (
     IndexConfigError,
@@ -27,6 +27,7 @@ from app.services.indexes import (
     index_config,
     resolution_order,
 )
+from app.services.passwords import hash_password
 from app.services.releases import InUse, check_deletable, delete_index, delete_owned_indexes
 
 

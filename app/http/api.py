@@ -14,14 +14,7 @@ from app.core.config import Settings
 from app.core.dists import normalize_name
 from app.data.db import begin_write, get_session
 from app.data.models import Index, Project, User
-from app.http.auth import (
-    MIN_PASSWORD_CHARS,
-    USERNAME_RE,
-    hash_password,
-    new_token,
-    require_read,
-    require_user,
-)
+from app.http.auth import new_token, require_read, require_user
 from app.http.devpi import envelope, is_own, listing_reader, promote_for_caller, user_info
 from app.http.errors import HTTPError, index_or_404
 from app.http.web.base import wants_json
@@ -34,12 +27,18 @@ from app.services.indexes import (
     create_index,
     get_index_by_path,
     index_config,
-    may_configure,
-    shown_bases,
 )
+from app.services.passwords import MIN_PASSWORD_CHARS, USERNAME_RE, hash_password
 from app.services.promote import Promoted
 from app.services.releases import delete_index as delete_index_and_contents
-from app.services.releases import delete_owned_indexes, may_change, set_yanked, version_files
+from app.services.releases import (
+    delete_owned_indexes,
+    may_change,
+    may_configure,
+    set_yanked,
+    shown_bases,
+    version_files,
+)
 from app.services.status import ACTIVE, StatusError, check_status, set_status
 
 bp = Blueprint("api", __name__)

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 
 import itsdangerous
@@ -18,7 +17,6 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
-from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.core import initial_password
 from app.data.db import begin_write, get_session
@@ -26,14 +24,13 @@ from app.data.models import Index, Token, User, WebSession, utcnow
 from app.http.errors import HTTPError, too_many_logins
 from app.services import throttle
 from app.services.indexes import Reader, is_public, may_read, resolution_order
+from app.services.passwords import DUMMY_HASH, hash_password, is_imported_hash, password_matches
 
 log = logging.getLogger(__name__)
 
 TOKEN_USERNAME = "__token__"  # noqa: S105 - a convention, not a secret
 TOKEN_PREFIX = "pyshelf-"  # noqa: S105 - marks tokens, not a secret
 REALM = 'Basic realm="pyshelf"'
-USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MIN_PASSWORD_CHARS = 8
 SAFE_METHODS = ("GET", "HEAD")
 # The only unsafe requests a token limited to an index may make, and only to that index:
 # uploads of files and docs (twine, devpi upload) and yanks (the API's and the web form).
@@ -49,50 +46,6 @@ LOGIN_TOKEN_SECONDS = 36_000  # 10 hours, as devpi-server's logins
 LOGIN_TOKEN_SALT = "pyshelf.devpi-login"  # noqa: S105 - itsdangerous namespace, not a secret
 SESSION_FINGERPRINT_KEY = "_password_fp"  # in the web session: see bind_session
 SESSION_ID_KEY = "_session_id"  # in the web session: names its WebSession row (start_session)
-# Password hashes imported from devpi-server (app/ops/devpi_import.py): argon2 PHC strings as
-# devpi-server >= 6 stores them, and its older salted sha256 as "devpi-sha256$SALT$HEXDIGEST".
-ARGON2_PREFIX = "$argon2"
-DEVPI_SHA256_PREFIX = "devpi-sha256$"
-# Checked when the username is unknown, so timing reveals nothing: a hash of "not a password"
-# made by hash_password (same KDF and cost; a literal: hashing at import costs every process
-# 75 ms of CPU at start). tests/web/test_account.py checks it against hash_password's.
-_DUMMY_HASH = (
-    "scrypt:32768:8:1$17o9n30EDKXwvmlP$3a7a821ebefe26f438f5cb4a4c69c6fadd99438354b8721d5ede4df"
-    "007672612a7dc7336fabe3b490046fe7573cdc3d534fe7ce69e3417cb6f9bcbdca9f9ac66"
-)
-
-
-def hash_password(password: str) -> str:
-    """Hash a password with werkzeug's default KDF (scrypt)."""
-    return generate_password_hash(password)
-
-
-def is_imported_hash(stored: str) -> bool:
-    """Whether a stored hash came from devpi-server (and should become scrypt at next login)."""
-    return stored.startswith((ARGON2_PREFIX, DEVPI_SHA256_PREFIX))
-
-
-def password_matches(stored: str, password: str) -> bool:
-    """Check a password against a stored hash: werkzeug's, or one imported from devpi-server.
-
-    IMPORTED DEVPI HASHES: `import-devpi` keeps devpi-server's hashes so that people log in
-    with their old passwords; a user with such a hash is re-hashed to scrypt on the next
-    successful login (`_upgrade_hash`), so these branches only serve users who have not
-    logged in since the migration.
-    """
-    if stored.startswith(ARGON2_PREFIX):  # devpi-server >= 6 (passlib's argon2, PHC format)
-        from argon2 import PasswordHasher
-        from argon2.exceptions import InvalidHashError, VerificationError
-
-        try:
-            return PasswordHasher().verify(stored, password)
-        except (VerificationError, InvalidHashError):
-            return False
-    if stored.startswith(DEVPI_SHA256_PREFIX):  # devpi-server < 6: sha256(salt + password)
-        salt, _, digest = stored[len(DEVPI_SHA256_PREFIX) :].partition("$")
-        computed = hashlib.sha256(salt.encode("ascii") + password.encode("utf-8")).hexdigest()
-        return hmac.compare_digest(computed, digest.lower())
-    return check_password_hash(stored, password)  # a locked "!..." hash never matches
 
 
 def _upgrade_hash(user: User, password: str) -> None:
@@ -224,7 +177,7 @@ def find_token(session: Session, username: str, secret: str) -> Token | None:
 def _password_user(session: Session, username: str, password: str) -> User | None:
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
-        check_password_hash(_DUMMY_HASH, password)
+        password_matches(DUMMY_HASH, password)
         return None
     if not password_matches(user.password_hash, password):
         return None

@@ -47,7 +47,6 @@ from app.services.indexes import (
     index_config,
     is_public,
     may_read,
-    shown_bases,
 )
 from app.services.promote import (
     EXTERNAL_REFUSAL,
@@ -59,7 +58,13 @@ from app.services.promote import (
     ReleaseNotFound,
     promote,
 )
-from app.services.releases import delete_files, may_change, may_remove, parse_version
+from app.services.releases import (
+    delete_files,
+    may_change,
+    may_remove,
+    parse_version,
+    shown_bases,
+)
 from app.services.throttle import LoginThrottled
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from sqlalchemy import BindParameter, Select, bindparam, exists, func, select
 from werkzeug.http import http_date
 from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
-from app.core.dists import InvalidDistribution, parse_filename
+from app.core.dists import FilenameInfo, InvalidDistribution, parse_filename
 from app.data.db import FastRead, get_session
 from app.data.models import (
     ANONYMOUS,
@@ -36,9 +36,8 @@ from app.http.auth import require_read
 from app.http.errors import HTTPError
 from app.http.metrics import mark_guard
 from app.http.web import hook_headers
-from app.services import advisories, guard
-from app.services.indexes import get_index
-from app.services.status import QUARANTINED, Marker, is_quarantined, quarantine_reason
+from app.services import guard
+from app.services.status import QUARANTINED, Marker
 
 bp = Blueprint("files", __name__)
 log = logging.getLogger(__name__)
@@ -162,38 +161,38 @@ def _hosted_file(index: Index, sha256: str, filename: str) -> File | None:
 def release_file(user: str, index: str, sha256: str, filename: str) -> BaseResponse:
     """A release file, or its `.metadata` sidecar (PEP 658/714), to those who may read the
     index; only the index's own files (never another index's blob with the same hash)."""
-    found = get_index(get_session(), user, index)
+    is_metadata = filename.endswith(METADATA_SUFFIX)
+    dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
+    try:
+        parsed: FilenameInfo | None = parse_filename(dist_filename)
+    except InvalidDistribution:
+        parsed = None  # no project, no rule: the lookup answers 404
+    name = parsed.normalized_name if parsed is not None else ""
+    found, server, marker = guard.file_lookup(get_session(), user, index, name)
     if found is None or not SHA256_RE.match(sha256) or "/" in filename:
         raise HTTPError(404, f"No such file: {filename}")
     # A file's bytes are the same for every reader: only this index's own acl_read counts.
     require_read(found, with_bases=False)
-    is_metadata = filename.endswith(METADATA_SUFFIX)
-    dist_filename = filename[: -len(METADATA_SUFFIX)] if is_metadata else filename
-    if found.block_vulnerable:
-        _refuse_vulnerable(found, dist_filename)
-    _check_guard(found, sha256, dist_filename)
+    record = None if found.is_mirror else _hosted_file(found, sha256, dist_filename)
+    if record is not None:  # the project's name and the version as its pages show them
+        project = record.project
+        if project.status is not None:
+            marker = Marker(project.status, project.status_reason, found.path)
+        _check_guard(
+            found, sha256, dist_filename, project.normalized_name, record.version, server, marker
+        )
+    elif parsed is not None:
+        _check_guard(found, sha256, dist_filename, name, parsed.version, server, marker)
     if found.is_mirror:
-        mirror = current_app.extensions["pyshelf.mirror"]
-        try:
-            name = parse_filename(dist_filename).normalized_name
-        except InvalidDistribution:
-            name = None  # serve_file answers 404 for a name that is no distribution
-        if name is not None:
-            _refuse_quarantined(name, mirror.project_status(found, name))
-        return mirror.serve_file(
+        return current_app.extensions["pyshelf.mirror"].serve_file(
             found,
             sha256,
             dist_filename,
             is_metadata=is_metadata,
             is_head=request.method == "HEAD",
         )
-    record = _hosted_file(found, sha256, dist_filename)
     if record is None:
         raise HTTPError(404, f"No such file on {found.path}: {filename}")
-    project = record.project
-    if project.status is not None:
-        marker = Marker(project.status, project.status_reason, found.path)
-        _refuse_quarantined(project.normalized_name, marker)
     if not is_metadata:
         return send_blob(record.sha256, record.filename)
     if not record.metadata_sha256:
@@ -201,52 +200,35 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     return send_blob(record.metadata_sha256, filename, mimetype=METADATA_MIMETYPE)
 
 
-def _refuse_quarantined(normalized_name: str, marker: Marker | None) -> None:
-    """404 with the reason for a file of a quarantined project (PEP 792: none is offered)."""
-    if is_quarantined(marker) and marker is not None:
-        mark_guard(QUARANTINED)
-        metrics.count_guard(QUARANTINED, "file")
-        raise HTTPError(404, quarantine_reason(normalized_name, marker))
-
-
-def _refuse_vulnerable(index: Index, filename: str) -> None:
-    """403 naming the advisory when the index's block_vulnerable refuses the file's release
-    (pip prints the reason); its pages do not list it either (app/http/simple.py)."""
-    try:
-        info = parse_filename(filename)
-    except InvalidDistribution:
-        return  # no release: the lookup answers 404
-    refused = advisories.refusal(
-        get_session(), index.block_vulnerable, info.normalized_name, info.version
-    )
-    if refused is not None:
-        mark_guard("vulnerable", refused.advisories[0].id)
-        metrics.count_guard("vulnerable", "file")
-        raise HTTPError(403, refused.reason)
-
-
-def _check_guard(index: Index, sha256: str, filename: str) -> None:
+def _check_guard(
+    index: Index,
+    sha256: str,
+    filename: str,
+    name: str,
+    version: str,
+    server: guard.RuleGroups,
+    marker: Marker | None,
+) -> None:
     """Refuse a file (or its .metadata) that the supply-chain guard keeps from this index's
-    pages: 404 while a cooldown holds it back (it does not exist here yet), 403 when blocked."""
-    server = guard.server_rules(get_session())
-    if not server and not guard.is_active(index):
-        return
-    try:
-        parsed = parse_filename(filename)
-    except InvalidDistribution:
-        return  # no project, no rule: the view answers 404
+    pages: 403 when blocked or refused by block_vulnerable (pip prints the reason), 404 while a
+    cooldown holds it back (it does not exist here yet) or its project is quarantined (PEP 792:
+    none is offered)."""
     age_from = None
     if index.is_mirror and index.mirror_min_age:
         mirror = current_app.extensions["pyshelf.mirror"]
-        age_from = mirror.file_age_from(index, parsed.normalized_name, sha256, filename)
-    facts = guard.FileFacts(filename, parsed.version, index.path, age_from)
-    verdict = guard.guard_for([index], server).verdict(parsed.normalized_name, facts)
+        age_from = mirror.file_age_from(index, name, sha256, filename)
+    rules = guard.guard_for(
+        [index], server, marker=marker, advisories=get_session(), precedence=guard.FILE
+    )
+    verdict = rules.verdict(name, guard.FileFacts(filename, version, index.path, age_from))
     if verdict is None:
         return
     metrics.count_guard(verdict.kind, "file")
-    mark_guard(verdict.kind)
-    log.info("guard: %s %s/%s: %s", verdict.kind, index.path, filename, verdict.reason)
-    raise HTTPError(404 if verdict.kind == guard.COOLDOWN else 403, verdict.reason)
+    mark_guard(verdict.kind, verdict.detail)
+    if verdict.kind in (guard.BLOCKED, guard.COOLDOWN):
+        log.info("guard: %s %s/%s: %s", verdict.kind, index.path, filename, verdict.reason)
+    status = 404 if verdict.kind in (guard.COOLDOWN, QUARANTINED) else 403
+    raise HTTPError(status, verdict.reason)
 
 
 def _blob_lookup() -> Select[*tuple[Any, ...]]:

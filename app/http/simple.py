@@ -24,7 +24,7 @@ from app.http.auth import authenticated_user, require_read
 from app.http.errors import HTTPError, index_or_404, upstream_failed
 from app.http.metrics import mark_guard
 from app.http.web import hook_headers
-from app.services import advisories, guard, throttle
+from app.services import guard, throttle
 from app.services.indexes import (
     Dist,
     ProjectView,
@@ -32,7 +32,6 @@ from app.services.indexes import (
     may_read,
     project_names,
     project_view,
-    readable_order,
     resolution_order,
 )
 from app.services.pagecache import (
@@ -43,6 +42,7 @@ from app.services.pagecache import (
     PageCache,
     PageKey,
 )
+from app.services.releases import refresh_project
 from app.services.status import QUARANTINED
 
 bp = Blueprint("simple", __name__)
@@ -353,30 +353,22 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
         return _cached_page(hit, mime)
     mirror = _mirror_source()
     try:
-        view = project_view(session, found, normalized, mirror, reader=reader, order=order)
+        view = project_view(
+            session, found, normalized, mirror, reader=reader, order=order, for_installers=True
+        )
     except UpstreamError as exc:
         raise upstream_failed(exc, normalized) from None
     if view is None:
         # A 404, never a 403 or 500: uv tries its next index only after a 404.
         where = "in this offline mirror" if found.is_offline else "on index"
         raise HTTPError(404, f"Project {normalized} is not {where} {user}/{index}.")
-    view, hidden = advisories.hide_refused(session, order, view)
-    if hidden:
-        mark_guard("vulnerable", f"{hidden} files not listed")
-        metrics.count_guard("vulnerable", "page", hidden)
+    _count_left_out(view)
     body = json.dumps(detail_json(view)) if mime == MIME_JSON else detail_html(view)
     cache_control = CACHE_MIRROR if found.is_mirror else CACHE_LOCAL
     data = body.encode("utf-8")
     etag = _etag(mime, data)
-    for _, verdict in view.withheld:
-        metrics.count_guard(verdict.kind, "page")
-    if view.withheld:
-        kinds = ",".join(sorted({verdict.kind for _, verdict in view.withheld}))
-        mark_guard(kinds, f"{len(view.withheld)} files not listed")
-    if view.held_back:
-        mark_guard(QUARANTINED)  # not cached: every such page is counted and logged
-        metrics.count_guard(QUARANTINED, "page", len(view.held_back))
-    elif sees_all and not g.get("pyshelf_stale"):
+    # A quarantined project's page is never cached: every such page is counted and logged.
+    if not view.held_back and sees_all and not g.get("pyshelf_stale"):
         expires_at = mirror.expires_at(order, normalized)
         # A page that holds files back is good until the first of them is old enough.
         released_at = guard.next_change_at(view.withheld)
@@ -393,6 +385,25 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
                 expires_at=expires_at,
             )
     return _page(data, mime, cache_control, etag=etag)
+
+
+def _count_left_out(view: ProjectView) -> None:
+    """Count the files the guard left out of a page, by rule, and name the rules in the request
+    log: block_vulnerable's first, then the block rules' and cooldowns' together, then a
+    quarantine's."""
+    vulnerable = [v for _, v in view.withheld if v.kind == guard.VULNERABLE]
+    others = [v for _, v in view.withheld if v.kind != guard.VULNERABLE]
+    if vulnerable:
+        mark_guard(guard.VULNERABLE, f"{len(vulnerable)} files not listed")
+        metrics.count_guard(guard.VULNERABLE, "page", len(vulnerable))
+    for verdict in others:
+        metrics.count_guard(verdict.kind, "page")
+    if others:
+        kinds = ",".join(sorted({verdict.kind for verdict in others}))
+        mark_guard(kinds, f"{len(others)} files not listed")
+    if view.held_back:
+        mark_guard(QUARANTINED)
+        metrics.count_guard(QUARANTINED, "page", len(view.held_back))
 
 
 @bp.post("/<user>/<index>/+simple")  # else werkzeug 308s to the slash, and twine aborts
@@ -428,11 +439,7 @@ def refresh(user: str, index: str, project: str) -> BaseResponse:
                 {"Retry-After": str(wait)},
             )
     normalized = normalize_name(project)
-    mirror = _mirror_source()
-    mirrors = [i for i in readable_order(get_session(), found, reader) if i.is_mirror]
-    if not mirrors:
-        raise HTTPError(400, f"{found.path} has no mirror in its bases; nothing to refresh.")
-    refreshed = [i.path for i in mirrors if mirror.refresh(i, normalized)]
+    refreshed = refresh_project(get_session(), found, normalized, _mirror_source(), reader)
     if request.accept_mimetypes.best == "application/json":
         return Response(json.dumps({"refreshed": refreshed}), mimetype="application/json")
     return redirect(f"{request.script_root}/{found.path}/+simple/{normalized}/", 302)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -23,7 +22,7 @@ from app.core.dists import (
     parse_filename,
 )
 from app.data.db import begin_write, get_session
-from app.data.models import File, FileProvenance, Index, Project, User, utcnow
+from app.data.models import File, FileProvenance, Index, Project, User
 from app.http import metrics
 from app.http.auth import require_user
 from app.http.devpi import push_release
@@ -31,8 +30,9 @@ from app.http.errors import HTTPError, storage_failure
 from app.http.spool import Spool
 from app.http.web.docs import doc_upload
 from app.services.cache import BlobLock
-from app.services.indexes import get_index, may_upload
+from app.services.indexes import get_index
 from app.services.provenance import InvalidAttestation, check_attestations, provenance_object
+from app.services.releases import add_file, may_upload, release_fields, store_sidecar
 from app.services.status import CLOSED_TO_UPLOADS
 
 log = logging.getLogger(__name__)
@@ -157,16 +157,7 @@ def _store(
     if not storage.exists(spool.hashes.sha256):
         added.append(spool.hashes.sha256)
     storage.commit_temp(spool.hashes.sha256, spool.path)
-    if info.filetype != "bdist_wheel":
-        return None  # PEP 658: sidecars for wheels only
-    import hashlib
-    import io
-
-    metadata_sha256 = hashlib.sha256(metadata.raw).hexdigest()
-    if not storage.exists(metadata_sha256):
-        added.append(metadata_sha256)
-        storage.save(metadata_sha256, io.BytesIO(metadata.raw))
-    return metadata_sha256
+    return store_sidecar(storage, info, metadata, added)
 
 
 def _record(
@@ -197,24 +188,10 @@ def _record(
     if old is not None:  # a volatile index replaces the file
         session.delete(old)
         session.flush()
-    details = {k: v for k, v in dataclasses.asdict(meta).items() if k != "raw"}
-    record = File(
-        project_id=project.id,
-        filename=info.filename,
-        version=info.version,
-        filetype=info.filetype,
-        pyversion=info.pyversion,
-        sha256=spool.hashes.sha256,
-        blake2_256=spool.hashes.blake2_256,
-        md5=spool.hashes.md5,
-        size=spool.hashes.size,
-        requires_python=meta.requires_python,
-        metadata_sha256=metadata_sha256,
-        core_metadata=details,
-        uploader=user.username,
-        uploaded_at=utcnow(),
+    fields = release_fields(
+        info, meta, spool.hashes, metadata_sha256=metadata_sha256, uploader=user.username
     )
-    session.add(record)
+    record = add_file(session, project, fields)
     if attestations:
         session.flush()  # the file's id
         provenance = provenance_object(attestations, user.username)

@@ -44,6 +44,7 @@ from app.ops.bundle_format import (
 from app.services.cache import BlobLock, MirrorCache, holds
 from app.services.indexes import get_index_by_path
 from app.services.mirror_metadata import cached_files, extract, record_cached_file
+from app.services.releases import FILE_FIELDS
 
 log = logging.getLogger("pyshelf")
 
@@ -264,19 +265,9 @@ def _stage_part(
     return {"index": index.path, "projects": projects}
 
 
-STAGE_FILE_KEYS = (
-    "filename",
-    "version",
-    "filetype",
-    "pyversion",
-    "sha256",
-    "blake2_256",
-    "md5",
-    "requires_python",
-    "yanked",
-    "yanked_reason",
-    "core_metadata",
-    "uploader",
+# A file row's fields as they are; its size, sidecar and upload time are written apart.
+STAGE_FILE_KEYS = tuple(
+    key for key in FILE_FIELDS if key not in ("size", "metadata_sha256", "uploaded_at")
 )
 STAGE_DOCS_KEYS = (
     "version",

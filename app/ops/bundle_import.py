@@ -58,6 +58,7 @@ from app.ops.bundle_format import CHUNK_BYTES, BundleError, Manifest, format_tim
 from app.ops.prepare import find_user
 from app.services.fulltext import drain, index_project, index_stored_docset, index_stored_page
 from app.services.indexes import create_index, get_index_by_path
+from app.services.releases import add_file
 
 log = logging.getLogger("pyshelf")
 
@@ -397,26 +398,24 @@ def _merge_stage(session: Session, storage: Storage, index: Index, work: _Work) 
     for file in work.project["files"]:
         if file["filename"] in have:
             continue  # the same bytes (_conflicts refused others)
-        session.add(
-            File(
-                project_id=project.id,
-                filename=file["filename"],
-                version=str(file["version"]),
-                filetype=str(file["filetype"]),
-                pyversion=str(file["pyversion"]),
-                sha256=file["sha256"],
-                blake2_256=str(file["blake2_256"]),
-                md5=str(file["md5"]),
-                size=file["size"],
-                requires_python=file.get("requires_python"),
-                yanked=bool(file.get("yanked")),
-                yanked_reason=file.get("yanked_reason"),
-                metadata_sha256=file.get("metadata_blob"),
-                core_metadata=file.get("core_metadata") or {},
-                uploader=str(file.get("uploader") or ""),
-                uploaded_at=_parse_time(file.get("uploaded_at")),
-            )
-        )
+        fields = {
+            "filename": file["filename"],
+            "version": str(file["version"]),
+            "filetype": str(file["filetype"]),
+            "pyversion": str(file["pyversion"]),
+            "sha256": file["sha256"],
+            "blake2_256": str(file["blake2_256"]),
+            "md5": str(file["md5"]),
+            "size": file["size"],
+            "requires_python": file.get("requires_python"),
+            "yanked": bool(file.get("yanked")),
+            "yanked_reason": file.get("yanked_reason"),
+            "metadata_sha256": file.get("metadata_blob"),
+            "core_metadata": file.get("core_metadata") or {},
+            "uploader": str(file.get("uploader") or ""),
+            "uploaded_at": _parse_time(file.get("uploaded_at")),
+        }
+        add_file(session, project, fields)
     for docs in work.project.get("docs") or []:
         docset = session.scalar(
             select(DocSet).where(

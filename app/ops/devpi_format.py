@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from app.http.auth import ARGON2_PREFIX, DEVPI_SHA256_PREFIX
 from app.ops.prepare import OperationError
+from app.services.passwords import ARGON2_PREFIX, DEVPI_SHA256_PREFIX
 
 DUMP_VERSIONS = ("1", "2")  # devpi-server 2.x and later write "2"
 SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import io
 import logging
 import secrets
 from pathlib import Path
@@ -43,8 +41,6 @@ from app.core.dists import InvalidDistribution, normalize_name, parse_filename
 from app.core.storage import Storage, make_storage
 from app.data.db import Database, begin_write
 from app.data.models import DocSet, File, Index, Project, User, utcnow
-from app.http.auth import USERNAME_RE
-from app.http.web.docs import InvalidDocs, inspect_zip
 from app.ops.devpi_format import (
     Digests,
     ExportError,
@@ -56,8 +52,11 @@ from app.ops.devpi_format import (
 )
 from app.ops.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError, bootstrap, is_first_start
 from app.services.cache import BlobLock
+from app.services.docs import InvalidDocs, inspect_zip
 from app.services.fulltext import drain, index_docset, read_docs
 from app.services.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
+from app.services.passwords import USERNAME_RE
+from app.services.releases import add_file, release_fields, store_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -350,32 +349,19 @@ class Importer:
             return
         with path.open("rb") as source:
             self._save_blob(digests.sha256, source)
-        metadata_sha256 = None
-        if info.filetype == "bdist_wheel":  # PEP 658 sidecar, as uploads get
-            metadata_sha256 = hashlib.sha256(meta.raw).hexdigest()
-            self._save_blob(metadata_sha256, io.BytesIO(meta.raw))
+        metadata_sha256 = store_sidecar(self.storage, info, meta)  # PEP 658, as uploads get
         who, when = self._upload_log(entry)
         yanked = versiondata.get("yanked")
-        self.session.add(
-            File(
-                project_id=project.id,
-                filename=info.filename,
-                version=info.version,
-                filetype=info.filetype,
-                pyversion=info.pyversion,
-                sha256=digests.sha256,
-                blake2_256=digests.blake2_256,
-                md5=digests.md5,
-                size=digests.size,
-                requires_python=meta.requires_python,
-                yanked=bool(yanked),
-                yanked_reason=yanked if isinstance(yanked, str) and yanked else None,
-                metadata_sha256=metadata_sha256,
-                core_metadata={k: v for k, v in dataclasses.asdict(meta).items() if k != "raw"},
-                uploader=who,
-                uploaded_at=when or utcnow(),
-            )
+        fields = release_fields(
+            info,
+            meta,
+            digests,
+            metadata_sha256=metadata_sha256,
+            uploader=who,
+            uploaded_at=when,
+            yanked=yanked if isinstance(yanked, str) else bool(yanked),
         )
+        add_file(self.session, project, fields)
         self.report.file_count += 1
         self.report.file_bytes += digests.size
 

@@ -1,5 +1,6 @@
-"""Security advisories: which versions of a project they affect, and which releases an index's
-`block_vulnerable` setting refuses because of them (the records come from app/ops/osv_import.py).
+"""Security advisories: which versions of a project they affect, and which of them an index's
+`block_vulnerable` setting refuses (the records come from app/ops/osv_import.py; the
+supply-chain guard, app/services/guard.py, keeps those releases from installers).
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import select
@@ -15,9 +16,6 @@ from sqlalchemy.orm import Session
 
 from app.core.dists import InvalidDistribution, parse_filename
 from app.data.models import Advisory, AdvisoryAffected, File, Index, MirrorPage, Project
-
-if TYPE_CHECKING:  # indexes.py imports parse_threshold from here
-    from app.services.indexes import Dist, ProjectView
 
 log = logging.getLogger(__name__)
 
@@ -218,35 +216,6 @@ class Refusal:
             f"Vulnerable: {self.project} {self.version} is affected by {first.id}{severity}"
             f"{also}; this index refuses it (block_vulnerable={self.threshold})."
         )
-
-
-def refusal(
-    session: Session, threshold: str | None, normalized_name: str, version: str
-) -> Refusal | None:
-    """Why `threshold` refuses one release of a project, or None when it is served."""
-    if threshold is None:
-        return None
-    found = for_project(session, normalized_name).refusing(version, threshold)
-    return Refusal(normalized_name, version, threshold, found) if found else None
-
-
-def hide_refused(
-    session: Session, order: Sequence[Index], view: ProjectView
-) -> tuple[ProjectView, int]:
-    """The view without the releases that block_vulnerable refuses (and how many files went):
-    installers' pages list them not, as for a block rule."""
-    thresholds = thresholds_by_holder(order)
-    if not any(thresholds.values()):
-        return view, 0  # the setting is off everywhere: no query
-    known = for_project(session, view.normalized_name)
-    if not known:
-        return view, 0
-    kept: list[Dist] = [
-        d
-        for d in view.dists
-        if not known.refusing(d.version, thresholds.get(d.index_path, thresholds[order[0].path]))
-    ]
-    return dataclasses.replace(view, dists=kept), len(view.dists) - len(kept)
 
 
 @dataclasses.dataclass(frozen=True)

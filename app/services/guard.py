@@ -2,8 +2,10 @@
 
 One home for the decisions: project pages (app/services/indexes.py project_view) and file URLs
 (app/http/files.py) ask the same `Guard`, so a page and the files it lists always agree. A guard
-is a list of rule checks; each returns a `Verdict` for a file it refuses, or None. Another rule
-kind is one more check in `guard_for`.
+is a list of rule checks; each returns a `Verdict` for a file it refuses, or None. The rules:
+block rules (the server's and each index's), a mirror's release cooldown, a PEP 792 quarantine
+(app/services/status.py has the markers) and an index's block_vulnerable (app/services/
+advisories.py matches the advisories). Another rule kind is one more check in `guard_for`.
 """
 
 from __future__ import annotations
@@ -20,15 +22,24 @@ from typing import Any, Protocol, TypeVar
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import select
+from sqlalchemy import and_, select, true
 from sqlalchemy.orm import Session
 
 from app.core.config_kinds import parse_duration
 from app.core.dists import normalize_name
-from app.data.models import Index, ServerBlock, utcnow
+from app.data.models import Index, MirrorPage, ServerBlock, User, utcnow
+from app.services.advisories import ProjectAdvisories, Refusal, for_project, thresholds_by_holder
+from app.services.status import QUARANTINED, Marker, is_quarantined, quarantine_reason
 
 COOLDOWN = "cooldown"  # a mirrored file younger than the mirror's mirror_min_age
 BLOCKED = "blocked"  # a file an index's or the server's block rule matches
+VULNERABLE = "vulnerable"  # a release an advisory affects, refused by block_vulnerable
+# QUARANTINED (app/services/status.py): every file of a project quarantined (PEP 792)
+# Which rule names a file more than one refuses. A page leaves out a quarantined project's
+# files first, and lists a file that a block rule or cooldown holds back as that, before
+# block_vulnerable; a file URL answers the advisory's 403 first and the quarantine's 404 last.
+PAGE = (QUARANTINED, BLOCKED, COOLDOWN, VULNERABLE)
+FILE = (VULNERABLE, BLOCKED, COOLDOWN, QUARANTINED)
 ANY_PROJECT = "*"
 MAX_SPEC_CHARS = 1000
 MAX_REASON_CHARS = 200  # the reason goes into an HTTP status line
@@ -48,6 +59,7 @@ class Verdict:
     kind: str
     reason: str
     available_at: dt.datetime | None = None  # UTC, naive
+    detail: str | None = None  # for the request log (the first advisory's id)
 
 
 class Candidate(Protocol):
@@ -269,6 +281,37 @@ def server_rules(session: Session) -> RuleGroups:
     return (("this server", pairs),) if pairs else ()
 
 
+def file_lookup(
+    session: Session, username: str, name: str, project: str
+) -> tuple[Index | None, RuleGroups, Marker | None]:
+    """The index `username/name` of a file request, the server's block rules and (on a mirror)
+    the upstream's PEP 792 status of `project` (normalized) as last fetched: one query."""
+    rows = session.execute(
+        select(
+            Index, MirrorPage.status, MirrorPage.status_reason, ServerBlock.spec, ServerBlock.reason
+        )
+        .join(Index.owner)
+        .outerjoin(
+            MirrorPage,
+            and_(
+                MirrorPage.index_id == Index.id,
+                MirrorPage.normalized_name == project,
+                MirrorPage.is_found.is_(True),
+            ),
+        )
+        .outerjoin(ServerBlock, true())
+        .where(User.username == username, Index.name == name)
+        .order_by(ServerBlock.id)
+    ).all()
+    if not rows:
+        return None, (), None
+    index, status, status_reason = rows[0][:3]
+    pairs = tuple((spec, reason) for *_, spec, reason in rows if spec is not None)
+    server = (("this server", pairs),) if pairs else ()
+    marker = Marker(status, status_reason, index.path) if status is not None else None
+    return index, server, marker
+
+
 def block_check(table: SpecTable) -> Check:
     """Refuse the files a block rule matches, naming the rule, where it is set and why."""
 
@@ -313,6 +356,40 @@ def cooldown_check(mirrors: Sequence[Index]) -> Check:
             "(mirror_min_age)",
             available_at,
         )
+
+    return check
+
+
+def quarantine_check(marker: Marker) -> Check:
+    """Refuse every file of a quarantined project (PEP 792: none is offered for download)."""
+
+    def check(
+        name: str, dist: Candidate, version: Version | None, now: dt.datetime
+    ) -> Verdict | None:
+        return Verdict(QUARANTINED, quarantine_reason(name, marker))
+
+    return check
+
+
+def vulnerable_check(session: Session, thresholds: Mapping[str, str | None], asked: str) -> Check:
+    """Refuse the releases that block_vulnerable refuses for the advisories that affect them:
+    each file by the setting that holds for the index it comes from (thresholds_by_holder;
+    `asked`'s when it is none of them)."""
+    known: dict[str, ProjectAdvisories] = {}
+
+    def check(
+        name: str, dist: Candidate, version: Version | None, now: dt.datetime
+    ) -> Verdict | None:
+        threshold = thresholds.get(dist.index_path, thresholds[asked])
+        if threshold is None:
+            return None
+        if name not in known:
+            known[name] = for_project(session, name)
+        found = known[name].refusing(dist.version, threshold)
+        if not found:
+            return None
+        reason = Refusal(name, dist.version, threshold, found).reason
+        return Verdict(VULNERABLE, reason, detail=found[0].id)
 
     return check
 
@@ -367,22 +444,34 @@ def _version(text: str) -> Version | None:
         return None
 
 
-def guard_for(order: Sequence[Index], server: RuleGroups) -> Guard:
+def guard_for(
+    order: Sequence[Index],
+    server: RuleGroups,
+    *,
+    marker: Marker | None = None,
+    advisories: Session | None = None,
+    precedence: Sequence[str] = PAGE,
+) -> Guard:
     """The guard of a view made of `order` (an index and its bases): the server's block rules,
-    every index's in the order, and each mirror's cooldown for that mirror's files."""
-    checks: list[Check] = []
+    every index's in the order, each mirror's cooldown for that mirror's files, the project's
+    quarantine (`marker`, merged across the order), and with `advisories` (the session to read
+    them from) block_vulnerable; the web UI leaves it out, and lists vulnerable releases with
+    their advisories. `precedence` is PAGE or FILE."""
+    checks: dict[str, Check] = {}
+    if marker is not None and is_quarantined(marker):
+        checks[QUARANTINED] = quarantine_check(marker)
     groups = server + tuple(_index_rules(i) for i in order if i.blocked_digest)
     if groups:
-        checks.append(block_check(_compiled(groups)))
+        checks[BLOCKED] = block_check(_compiled(groups))
     mirrors = [i for i in order if i.is_mirror and (i.mirror_min_age or 0) > 0]
     if mirrors:
-        checks.append(cooldown_check(mirrors))
-    return Guard(tuple(checks)) if checks else NO_GUARD
-
-
-def is_active(index: Index) -> bool:
-    """Whether the index itself has rules (block rules, or a cooldown on a mirror)."""
-    return bool(index.blocked_digest) or (index.is_mirror and (index.mirror_min_age or 0) > 0)
+        checks[COOLDOWN] = cooldown_check(mirrors)
+    if advisories is not None and any(i.block_vulnerable for i in order):
+        thresholds = thresholds_by_holder(order)
+        checks[VULNERABLE] = vulnerable_check(advisories, thresholds, order[0].path)
+    if not checks:
+        return NO_GUARD
+    return Guard(tuple(checks[kind] for kind in precedence if kind in checks))
 
 
 def next_change_at(withheld: Iterable[tuple[Any, Verdict]]) -> dt.datetime | None:

@@ -27,7 +27,7 @@ from app.data.models import (
 )
 from app.services import guard, provenance
 from app.services.advisories import ThresholdError, parse_threshold
-from app.services.status import Marker, hosted_marker, served, view_marker
+from app.services.status import QUARANTINED, Marker, hosted_marker, view_marker
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -170,6 +170,10 @@ class MirrorSource(Protocol):
         """The upstream's PEP 792 status of a project this mirror has a page of, or None."""
         ...
 
+    def refresh(self, index: Index, normalized_name: str) -> bool:
+        """Fetch the project's page again on its next request; False if none was cached."""
+        ...
+
 
 def file_path(index_path: str, sha256: str, filename: str) -> str:
     """The `+f` path of a file: its sha256 fixes its bytes; no query (PEP 658 appends to it)."""
@@ -276,6 +280,7 @@ def project_view(
     ignore_bases: bool = False,
     reader: Reader | None = None,
     order: list[Index] | None = None,
+    for_installers: bool = False,
 ) -> ProjectView | None:
     """Merge a project across the index and its bases, or None if no index has it.
 
@@ -285,6 +290,10 @@ def project_view(
     With a `reader`, indexes it may not read contribute no files; they still count for the
     dependency-confusion rule, or a stranger would get upstream's project of a private name.
     `order` is the index's resolution_order when the caller has it already.
+    The supply-chain guard (app/services/guard.py) decides which files are served; the rest are
+    `held_back` (a quarantine) or `withheld` (with the rule's verdict). `for_installers` (the
+    simple pages) counts block_vulnerable too; the web UI lists those releases with their
+    advisories.
     """
     if ignore_bases:
         order = [index]
@@ -322,14 +331,19 @@ def project_view(
                 dists.append(dist)
     if name is None:
         return None
-    # PEP 792: a quarantined project offers no files for download; the filter is one call.
     marker = view_marker(markers)
-    shown = served(dists, marker)
-    held_back = [] if shown else dists
     # Every index of the chain counts for the guard, also those the reader may not read: a
     # base's block rule must not be lifted by whom it hides from.
-    checks = guard.guard_for(full_order, guard.server_rules(session))
-    shown, withheld = checks.split(normalized_name, shown)
+    checks = guard.guard_for(
+        full_order,
+        guard.server_rules(session),
+        marker=marker,
+        advisories=session if for_installers else None,
+    )
+    shown, withheld = checks.split(normalized_name, dists)
+    # PEP 792: a quarantined project offers no files for download (the web UI may show them)
+    held_back = [d for d, verdict in withheld if verdict.kind == QUARANTINED]
+    withheld = [(d, verdict) for d, verdict in withheld if verdict.kind != QUARANTINED]
     return ProjectView(name, normalized_name, shown, is_mirrored, marker, held_back, withheld)
 
 
@@ -645,23 +659,9 @@ def create_index(
     return index
 
 
-def shown_bases(session: Session, index: Index, reader: Reader) -> list[str]:
-    """The bases a reader is told of: every one to those who may configure the index, else
-    those they may read (a stage shows nothing of a base a stranger may not read)."""
-    bases = list(index.bases or [])
-    if reader.user is not None and may_configure(index, reader.user):
-        return bases
-    shown = []
-    for path in bases:
-        base = get_index_by_path(session, path)
-        if base is None or may_read(base, reader):
-            shown.append(path)
-    return shown
-
-
 def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, Any]:
     """An index's settings as the JSON API shows them (never credentials in mirror_url);
-    `bases` replaces the stored ones (shown_bases)."""
+    `bases` replaces the stored ones (releases.shown_bases)."""
     config: dict[str, Any] = {
         "type": index.type,
         "bases": list(index.bases or []) if bases is None else bases,
@@ -690,16 +690,6 @@ def index_config(index: Index, *, bases: list[str] | None = None) -> dict[str, A
     if log:
         config["guard_log"] = log
     return config
-
-
-def may_upload(index: Index, user: User) -> bool:
-    """Superusers, and users named in acl_upload (`:ANONYMOUS:` is not honoured for uploads)."""
-    return user.is_superuser or user.username in (index.acl_upload or ())
-
-
-def may_configure(index: Index, user: User) -> bool:
-    """Superusers and the index's owner."""
-    return user.is_superuser or user.id == index.owner_id
 
 
 def dependents(session: Session, paths: Iterable[str]) -> dict[str, list[str]]:

@@ -28,8 +28,9 @@ from app.core.dists import normalize_name
 from app.data.db import begin_write
 from app.data.models import DocSet, File, Index, Project, Promotion, User, utcnow
 from app.services.fulltext import Blobs, index_stored_docset
-from app.services.indexes import Reader, file_path, get_index_by_path, may_read, may_upload
+from app.services.indexes import Reader, file_path, get_index_by_path, may_read
 from app.services.provenance import copy_provenance
+from app.services.releases import add_file, copied_fields, may_upload
 from app.services.status import CLOSED_TO_UPLOADS, QUARANTINED
 
 log = logging.getLogger(__name__)
@@ -39,24 +40,6 @@ EXTERNAL_REFUSAL = (
     "pyshelf does not push to other servers (pypi: targets): it never sends packages or "
     "credentials elsewhere for you. Download the files and upload them there with "
     "twine upload --repository-url URL."
-)
-# What a File row carries over to its copy: everything but its id and project.
-COPIED_FILE_FIELDS = (
-    "filename",
-    "version",
-    "filetype",
-    "pyversion",
-    "sha256",
-    "blake2_256",
-    "md5",
-    "size",
-    "requires_python",
-    "yanked",
-    "yanked_reason",
-    "metadata_sha256",
-    "core_metadata",
-    "uploader",
-    "uploaded_at",
 )
 COPIED_DOC_FIELDS = (
     "sha256",
@@ -365,10 +348,7 @@ def copy_release(
         session.delete(old)
     session.flush()
     for record in files:
-        copy = File(project_id=project.id)
-        for field in COPIED_FILE_FIELDS:
-            setattr(copy, field, getattr(record, field))
-        session.add(copy)
+        copy = add_file(session, project, copied_fields(record))
         session.flush()  # the copy's id: the attestations describe its bytes too (PEP 740)
         copy_provenance(session, record.id, copy.id)
     summary = next((f.core_metadata.get("summary") for f in files if f.core_metadata), None)

@@ -1,5 +1,6 @@
-"""Release rules: who may change what, the files of a version, yanking (PEP 592) and deleting
-files, projects' versions and whole indexes; the HTTP layer maps the errors (app/http/errors.py).
+"""Release rules: who may change what, a File row with its PEP 658 sidecar, the files of a
+version, yanking (PEP 592) and deleting files, projects' versions and whole indexes,
+refreshing mirrored pages; the HTTP layer maps the errors (app/http/errors.py).
 
 Deleting never removes blobs (another file or index may share the bytes): the records go, so
 nothing links to them any more; orphan removal (`pyshelf cache`) reclaims the space.
@@ -7,15 +8,50 @@ nothing links to them any more; orphan removal (`pyshelf cache`) reclaims the sp
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+from collections.abc import Mapping
+from typing import Any, Protocol
+
 from packaging.version import Version
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.core.dists import normalize_name
-from app.data.models import DocSet, File, Index, MirrorBlob, MirrorHolding, Project, User
-from app.services.indexes import dependents
+from app.core.dist_metadata import CoreMetadata
+from app.core.dists import FilenameInfo, normalize_name
+from app.core.storage import Storage
+from app.data.models import DocSet, File, Index, MirrorBlob, MirrorHolding, Project, User, utcnow
+from app.services.indexes import (
+    MirrorSource,
+    Reader,
+    dependents,
+    get_index_by_path,
+    may_read,
+    readable_order,
+)
 
 MAX_VERSION_SHOWN_CHARS = 100  # a 4300-digit "version" must not fill the status line
+# What a File row holds besides its id and project: a copy (promote) takes all of it, and a
+# bundle carries it (app/ops/bundle_export.py).
+FILE_FIELDS = (
+    "filename",
+    "version",
+    "filetype",
+    "pyversion",
+    "sha256",
+    "blake2_256",
+    "md5",
+    "size",
+    "requires_python",
+    "yanked",
+    "yanked_reason",
+    "metadata_sha256",
+    "core_metadata",
+    "uploader",
+    "uploaded_at",
+)
 
 
 class ReleaseError(Exception):
@@ -55,6 +91,108 @@ def may_change(index: Index, user: User) -> bool:
 def may_remove(index: Index, user: User, *, force: bool = False) -> bool:
     """Delete released files: as `may_change`, on volatile indexes, or by a superuser's `force`."""
     return may_change(index, user) and (index.volatile or (force and user.is_superuser))
+
+
+def may_upload(index: Index, user: User) -> bool:
+    """Superusers, and users named in acl_upload (`:ANONYMOUS:` is not honoured for uploads)."""
+    return user.is_superuser or user.username in (index.acl_upload or ())
+
+
+def may_configure(index: Index, user: User) -> bool:
+    """Superusers and the index's owner."""
+    return user.is_superuser or user.id == index.owner_id
+
+
+def shown_bases(session: Session, index: Index, reader: Reader) -> list[str]:
+    """The bases a reader is told of: every one to those who may configure the index, else
+    those they may read (a stage shows nothing of a base a stranger may not read)."""
+    bases = list(index.bases or [])
+    if reader.user is not None and may_configure(index, reader.user):
+        return bases
+    shown = []
+    for path in bases:
+        base = get_index_by_path(session, path)
+        if base is None or may_read(base, reader):
+            shown.append(path)
+    return shown
+
+
+# --- a File row and its sidecar -----------------------------------------------------------------
+
+
+class Digests(Protocol):
+    """A release file's hashes and size (app/core/dists.py Hashes has them)."""
+
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def blake2_256(self) -> str: ...
+    @property
+    def md5(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+
+def store_sidecar(
+    storage: Storage, info: FilenameInfo, meta: CoreMetadata, added: list[str] | None = None
+) -> str | None:
+    """Store a wheel's METADATA as its PEP 658 sidecar blob and return its sha256 (None for an
+    sdist: PEP 658 sidecars are for wheels only). A key stored anew goes into `added`."""
+    if info.filetype != "bdist_wheel":
+        return None
+    metadata_sha256 = hashlib.sha256(meta.raw).hexdigest()
+    if not storage.exists(metadata_sha256):
+        if added is not None:
+            added.append(metadata_sha256)
+        storage.save(metadata_sha256, io.BytesIO(meta.raw))
+    return metadata_sha256
+
+
+def release_fields(
+    info: FilenameInfo,
+    meta: CoreMetadata,
+    digests: Digests,
+    *,
+    metadata_sha256: str | None,
+    uploader: str,
+    uploaded_at: dt.datetime | None = None,
+    yanked: bool | str = False,
+) -> dict[str, Any]:
+    """The FILE_FIELDS of a release file read from its bytes (an upload, an import): names from
+    the filename, the hashes, core metadata and the sidecar `store_sidecar` stored."""
+    return {
+        "filename": info.filename,
+        "version": info.version,
+        "filetype": info.filetype,
+        "pyversion": info.pyversion,
+        "sha256": digests.sha256,
+        "blake2_256": digests.blake2_256,
+        "md5": digests.md5,
+        "size": digests.size,
+        "requires_python": meta.requires_python,
+        "yanked": bool(yanked),
+        "yanked_reason": yanked if isinstance(yanked, str) and yanked else None,
+        "metadata_sha256": metadata_sha256,
+        "core_metadata": {k: v for k, v in dataclasses.asdict(meta).items() if k != "raw"},
+        "uploader": uploader,
+        "uploaded_at": uploaded_at or utcnow(),
+    }
+
+
+def add_file(session: Session, project: Project, fields: Mapping[str, Any]) -> File:
+    """Add a File row to `project` (the caller commits): every one of FILE_FIELDS, from
+    `release_fields` (uploads, imports) or another row (a promotion's copy)."""
+    missing = [name for name in FILE_FIELDS if name not in fields]
+    if missing:
+        raise ValueError(f"a File row needs {', '.join(missing)}")
+    record = File(project_id=project.id, **{name: fields[name] for name in FILE_FIELDS})
+    session.add(record)
+    return record
+
+
+def copied_fields(record: File) -> dict[str, Any]:
+    """A File row's FILE_FIELDS, for a copy of it (`add_file`)."""
+    return {name: getattr(record, name) for name in FILE_FIELDS}
 
 
 # --- the files of a version -------------------------------------------------------------------
@@ -110,6 +248,25 @@ def has_version(session: Session, project_id: int, version: str) -> bool:
     wanted = Version(version)
     versions = session.scalars(select(File.version).where(File.project_id == project_id))
     return any(Version(v) == wanted for v in versions)
+
+
+# --- refreshing -------------------------------------------------------------------------------
+
+
+def refresh_project(
+    session: Session,
+    index: Index,
+    normalized_name: str,
+    mirror: MirrorSource,
+    reader: Reader | None,
+) -> list[str]:
+    """Make the mirrors behind `index` that `reader` may read fetch a project's page again on
+    its next request (devpi's refresh, the web's Refresh button); the paths of those that had
+    it cached. InvalidRequest when the index has no mirror in its bases."""
+    mirrors = [i for i in readable_order(session, index, reader) if i.is_mirror]
+    if not mirrors:
+        raise InvalidRequest(f"{index.path} has no mirror in its bases; nothing to refresh.")
+    return [i.path for i in mirrors if mirror.refresh(i, normalized_name)]
 
 
 # --- deleting ---------------------------------------------------------------------------------

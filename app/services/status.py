@@ -1,11 +1,12 @@
-"""Project status markers (PEP 792): the values and what quarantine hides."""
+"""Project status markers (PEP 792): the values, who set them where, and how an index and its
+bases merge them (the supply-chain guard, app/services/guard.py, refuses a quarantined
+project's files)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,8 +21,6 @@ STATUSES = (ACTIVE, "archived", QUARANTINED, "deprecated")  # PEP 792's four mar
 # PEP 792: an archived or quarantined project's index MUST NOT allow uploads to it.
 CLOSED_TO_UPLOADS = ("archived", QUARANTINED)
 MAX_REASON_CHARS = 1000  # a reason goes into 404 status lines (cut there to about 200)
-
-T = TypeVar("T")
 
 
 class StatusError(ValueError):
@@ -88,11 +87,6 @@ def view_marker(markers: Iterable[Marker | None]) -> Marker | None:
 def is_quarantined(marker: Marker | None) -> bool:
     """Whether installers get no files of the project (PEP 792 `quarantined`)."""
     return marker is not None and marker.status == QUARANTINED
-
-
-def served(items: Sequence[T], marker: Marker | None) -> list[T]:
-    """What installers may see of a project's files: none while it is quarantined."""
-    return [] if is_quarantined(marker) else list(items)
 
 
 def quarantine_reason(normalized_name: str, marker: Marker) -> str:

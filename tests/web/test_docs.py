@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import zipfile
 from typing import Any
 
 import pytest
 
-from app.http.web.docs import DOC_CSP, InvalidDocs, inspect_zip
+from app.http.web.docs import DOC_CSP
 from tests.builders import zip_bytes
 from tests.conftest import basic_auth
 from tests.web.helpers import ADMIN, HTML, doc_upload_form, docs_zip, login, upload
-
-LIMITS = {"max_bytes": 1 << 20, "max_files": 100}
 
 
 @pytest.fixture
@@ -226,24 +223,6 @@ def test_missing_docs_are_404(client: Any, demo: None) -> None:
     response = client.get("/admin/dev/demo-pkg/1.0/+doc/")
 
     assert response.status == "404 No documentation for demo-pkg 1.0 on admin/dev."
-
-
-def test_inspect_zip_strips_a_single_top_folder_and_counts() -> None:
-    info = inspect_zip(io.BytesIO(docs_zip()), **LIMITS)
-
-    assert info.path_prefix == "html/"
-    assert info.entry_count == 4
-    assert info.uncompressed_bytes > 0
-
-
-def test_inspect_zip_refuses_encrypted_members() -> None:
-    data = bytearray(zip_bytes({"index.html": b"x"}, compression=zipfile.ZIP_STORED))
-    # Set the "encrypted" flag bit in the central directory entry (APPNOTE 4.4.4).
-    central = data.rfind(b"PK\x01\x02")
-    data[central + 8] |= 0x1
-
-    with pytest.raises(InvalidDocs, match="encrypted"):
-        inspect_zip(io.BytesIO(bytes(data)), **LIMITS)
 
 
 def test_docs_limits_come_from_the_environment() -> None:

@@ -37,7 +37,7 @@ from app.http.web.base import (
     version_url,
 )
 from app.services import guard
-from app.services.indexes import may_configure, may_upload
+from app.services.releases import may_configure, may_upload
 
 csrf = CSRFProtect()
 

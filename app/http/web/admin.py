@@ -20,12 +20,9 @@ from app.core.upstream import mask_url
 from app.data.db import begin_write, get_session
 from app.data.models import Index, Token, User
 from app.http.auth import (
-    MIN_PASSWORD_CHARS,
-    USERNAME_RE,
     authenticated_user,
     bind_session,
     end_session,
-    hash_password,
     new_token,
     start_session,
     verify_password,
@@ -42,12 +39,11 @@ from app.services.indexes import (
     create_index,
     get_index_by_path,
     is_public,
-    may_configure,
     may_read,
     may_set_mirror_url,
-    may_upload,
 )
-from app.services.releases import InUse, delete_owned_indexes
+from app.services.passwords import MIN_PASSWORD_CHARS, USERNAME_RE, hash_password
+from app.services.releases import InUse, delete_owned_indexes, may_configure, may_upload
 from app.services.releases import delete_index as delete_index_and_contents
 from app.services.throttle import LoginThrottled
 

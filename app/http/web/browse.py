@@ -22,8 +22,8 @@ from app.services.indexes import (
     get_index_by_path,
     is_public,
     may_read,
-    shown_bases,
 )
+from app.services.releases import shown_bases
 
 
 def require_read_page(index: Index) -> Reader | None:

@@ -24,15 +24,12 @@ checks again that the user may read the index; an expired grant starts over at `
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import mimetypes
 import posixpath
-import re
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
@@ -51,6 +48,7 @@ from app.data.models import DocSet, Index, Project, User, utcnow
 from app.http.errors import HTTPError
 from app.http.spool import Spool
 from app.services.cache import BlobLock
+from app.services.docs import INDEX_HTML, InvalidDocs, inspect_zip, member_path
 from app.services.fulltext import queue_docset
 from app.services.indexes import Reader, may_read, readable_order
 
@@ -61,9 +59,7 @@ DOC_CSP = (
     "allow-downloads; default-src 'self' 'unsafe-inline' data:; base-uri 'none'; "
     "form-action 'self'"
 )
-INDEX_HTML = "index.html"
 CHUNK_BYTES = 256 << 10  # 256 KiB per read from the zip
-ENCRYPTED_FLAG = 0x1  # general purpose bit 0 (APPNOTE.TXT 4.4.4)
 # mimetypes depends on the machine's /etc/mime.types; these are the types docs need.
 CONTENT_TYPES = {
     ".html": "text/html",
@@ -90,80 +86,9 @@ CONTENT_TYPES = {
     ".pdf": "application/pdf",
     ".wasm": "application/wasm",
 }
-_DRIVE_RE = re.compile(r"^[A-Za-z]:")
 GRANT_PREFIX = "+grant/"  # +doc/+grant/GRANT/PATH
 DOC_GRANT_SECONDS = 43_200  # 12 hours: a day's reading; then the browser's cookie renews it
 DOC_GRANT_SALT = "pyshelf.doc-grant"  # itsdangerous namespace, not a secret
-
-
-class InvalidDocs(ValueError):
-    """The documentation zip cannot be accepted; the message says why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DocZip:
-    """What checking a documentation zip found out."""
-
-    entry_count: int
-    uncompressed_bytes: int
-    path_prefix: str  # the single top folder all files are in ("html/"), or ""
-
-
-def member_path(name: str) -> str:
-    """A zip member's path, cleaned; InvalidDocs for absolute names or `..` segments."""
-    path = name.replace("\\", "/")  # zips made on Windows may use backslashes
-    if "\x00" in path or path.startswith("/") or _DRIVE_RE.match(path):
-        raise InvalidDocs(f"Documentation zip member {name[:100]!r} has an absolute path.")
-    parts = [part for part in path.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise InvalidDocs(f"Documentation zip member {name[:100]!r} points outside the zip (..).")
-    return "/".join(parts)
-
-
-def inspect_zip(source: str | Path | IO[bytes], *, max_bytes: int, max_files: int) -> DocZip:
-    """Check a documentation zip before it is stored; InvalidDocs says what is wrong."""
-    try:
-        archive = zipfile.ZipFile(source)
-    # NotImplementedError: a member that needs a newer zip version ("zip file version 23.5")
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
-        raise InvalidDocs(f"The documentation is not a readable zip file: {exc}.") from None
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > max_files:
-            raise InvalidDocs(
-                f"Documentation zip has {len(infos)} members; the limit is {max_files} "
-                "(DOCS_MAX_FILES)."
-            )
-        total = 0
-        files: list[str] = []
-        for info in infos:
-            path = member_path(info.filename)
-            if info.flag_bits & ENCRYPTED_FLAG:
-                raise InvalidDocs(f"Documentation zip member {path!r} is encrypted.")
-            if not path or info.is_dir():  # is_dir() fails on an empty name
-                continue
-            total += info.file_size
-            if total > max_bytes:
-                raise InvalidDocs(
-                    f"Documentation zip unpacks to more than {max_bytes} bytes (DOCS_MAX_SIZE)."
-                )
-            files.append(path)
-    if not files:
-        raise InvalidDocs("Documentation zip holds no files.")
-    prefix = _common_top_folder(files)
-    if prefix + INDEX_HTML not in files:
-        raise InvalidDocs(
-            "Documentation zip has no index.html at its top (or in its single top folder); "
-            "zip the built HTML directory (Sphinx: _build/html, MkDocs: site)."
-        )
-    return DocZip(len(infos), total, prefix)
-
-
-def _common_top_folder(files: list[str]) -> str:
-    tops = {path.partition("/")[0] for path in files}
-    if len(tops) == 1 and all("/" in path for path in files):
-        return tops.pop() + "/"
-    return ""
 
 
 def normalize_version(version: str) -> str:

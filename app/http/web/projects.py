@@ -38,14 +38,13 @@ from app.services.indexes import (
     Reader,
     get_index_by_path,
     may_read,
-    may_upload,
     project_view,
     readable_order,
     resolution_order,
 )
 from app.services.mirror_description import mirror_metadata, newest_described
 from app.services.promote import promotable_targets, promotions_of
-from app.services.releases import may_change
+from app.services.releases import may_change, may_upload, refresh_project
 from app.services.status import STATUSES
 
 VERSIONS_PER_PAGE = 20  # a mirrored project may have hundreds of versions
@@ -301,10 +300,7 @@ def refresh(user: str, index: str, project: str) -> Response:
             require_user()
         return redirect(url_for("web.login", next=project_url(found.path, normalized)), 303)
     mirror = current_app.extensions["pyshelf.mirror"]
-    mirrors = [i for i in readable_order(get_session(), found, reader) if i.is_mirror]
-    if not mirrors:
-        raise HTTPError(400, f"{found.path} has no mirror in its bases; nothing to refresh.")
-    refreshed = [i.path for i in mirrors if mirror.refresh(i, normalized)]
+    refreshed = refresh_project(get_session(), found, normalized, mirror, reader)
     if refreshed:
         flash(f"{normalized} will be fetched again from {', '.join(refreshed)}.", "info")
     else:
