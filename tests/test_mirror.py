@@ -1,4 +1,4 @@
-"""Tests of app/services/mirror.py (the caching policy) through the Flask test client and a fake
+"""Tests of app/services/mirror/ (the caching policy) through the Flask test client and a fake
 upstream.
 
 Stale-if-error (RFC 5861), revalidation (RFC 9110 §13.1.2), negative caching and single-flight
@@ -25,6 +25,7 @@ from sqlalchemy import delete, select
 from app import create_app
 from app.core.config import Settings
 from app.core.locks import Lock, Locks
+from app.core.metrics import REGISTRY
 from app.core.storage import LocalStorage
 from app.core.upstream import UpstreamError
 from app.data.db import Database
@@ -37,10 +38,11 @@ from app.data.models import (
     MirrorStats,
     User,
 )
-from app.http.metrics import REGISTRY
+from app.http.simple import STALE_HEADER
 from app.ops.integrity import Verifier
 from app.ops.prepare import bootstrap, migrate
-from app.services.mirror import STALE_HEADER, Mirror, _flush_at_exit
+from app.services.mirror import Mirror
+from app.services.mirror.stats import flush_at_exit
 from tests.blobs import stored_blob
 from tests.builders import make_wheel, wheel_metadata
 from tests.conftest import ADMIN_PASSWORD, basic_auth
@@ -58,7 +60,7 @@ def sha256(data: bytes) -> str:
 
 
 class Clock:
-    """A settable `utcnow` for app.services.mirror: freshness without sleeping."""
+    """A settable `utcnow` for app.services.mirror.pages: freshness without sleeping."""
 
     def __init__(self) -> None:
         self.now = dt.datetime(2026, 1, 1, 12, 0, 0)
@@ -74,7 +76,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """Mirror freshness decisions read this clock."""
     fake_clock = Clock()
-    monkeypatch.setattr("app.services.mirror.utcnow", fake_clock)
+    monkeypatch.setattr("app.services.mirror.pages.utcnow", fake_clock)
     return fake_clock
 
 
@@ -637,7 +639,7 @@ def test_counters_flush_on_a_miss_and_at_exit(mirror_app, mc, demo):
 
     assert row() == (0, 1, len(demo[1]))
     counters = the_mirror(mirror_app).counters
-    _flush_at_exit(lambda: counters)  # what atexit calls in a gunicorn worker
+    flush_at_exit(lambda: counters)  # what atexit calls in a gunicorn worker
     assert row() == (2, 1, len(demo[1]))
 
 
@@ -746,7 +748,7 @@ def test_an_io_error_writing_the_part_file_sends_the_whole_file_uncached(
     def broken(*_args: object) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr("app.services.mirror.write_at", broken)
+    monkeypatch.setattr("app.services.mirror.downloads.write_at", broken)
     before = write_failures("mirror")
 
     response = mc.get(file_url(mc, demo[0]))
