@@ -155,6 +155,7 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
             _refuse_quarantined(name, mirror.project_status(found, name))
         return _mirrored(
             mirror.serve_file(
+                get_session(),
                 found,
                 sha256,
                 dist_filename,

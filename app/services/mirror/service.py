@@ -14,13 +14,14 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from app.core import metrics
 from app.core.config import Settings
 from app.core.dists import InvalidDistribution, parse_filename
 from app.core.storage import DISK_FULL_ERRNOS, Storage
 from app.core.upstream import UpstreamClient, UpstreamError, UpstreamTimeout, iter_raw, mask_url
-from app.data.db import Database, begin_write, get_session
+from app.data.db import Database, begin_write
 from app.data.models import Index, MirrorHolding, MirrorPage, MirrorSidecar
 from app.services.cache import MirrorCache, count_fetch, hold, holds
 from app.services.indexes import Dist
@@ -115,9 +116,17 @@ class Mirror:
     # --- files ---------------------------------------------------------------------------------
 
     def serve_file(
-        self, index: Index, key: str, filename: str, *, is_metadata: bool, is_head: bool = False
+        self,
+        session: Session,
+        index: Index,
+        key: str,
+        filename: str,
+        *,
+        is_metadata: bool,
+        is_head: bool = False,
     ) -> Served:
-        """A mirrored file (or its sidecar): from the cache, or streamed from upstream into it.
+        """A mirrored file (or its sidecar): from the cache, or streamed from upstream into it;
+        `session` is the caller's (a request's), for the first look at what the mirror holds.
 
         HEAD of a file not cached yet answers from the page without starting a download.
         Raises NotListed, UpstreamFailed, UpstreamTimedOut or StillFetching.
@@ -126,10 +135,10 @@ class Mirror:
             name = parse_filename(filename).normalized_name
         except InvalidDistribution:
             raise NotListed(f"No such file on {index.path}: {filename}") from None
-        if not is_metadata and self._is_cached_here(index, key):
+        if not is_metadata and self._is_cached_here(session, index, key):
             # The sha256 in the URL names the bytes: no need to decode the project's page.
             return self.downloads.send_cached(index, key, filename)
-        sidecar = self._cached_sidecar(index, key, filename) if is_metadata else None
+        sidecar = self._cached_sidecar(session, index, key, filename) if is_metadata else None
         if sidecar is not None:
             return self.downloads.send_cached(
                 index, sidecar, f"{filename}.metadata", is_metadata=True
@@ -140,21 +149,22 @@ class Mirror:
         if entry is None:
             raise NotListed(f"No such file on {index.path}: {filename}")
         if is_metadata:
-            return self.sidecar(index, entry)
-        if entry.get("sha256") and self._is_cached_here(index, key):
+            return self.sidecar(session, index, entry)
+        if entry.get("sha256") and self._is_cached_here(session, index, key):
             return self.downloads.send_cached(index, key, filename)
         if is_head:
             return Head(entry.get("size"))
         return self.downloads.fetch(index, entry)
 
-    def _is_cached_here(self, index: Index, key: str) -> bool:
+    def _is_cached_here(self, session: Session, index: Index, key: str) -> bool:
         """Whether this mirror holds the blob `key` (fetched it itself) and the store has it."""
-        return holds(get_session(), index.id, key) and self.storage.exists(key)
+        return holds(session, index.id, key) and self.storage.exists(key)
 
-    def _cached_sidecar(self, index: Index, key: str, filename: str) -> str | None:
+    def _cached_sidecar(
+        self, session: Session, index: Index, key: str, filename: str
+    ) -> str | None:
         """The sidecar of this mirror's file `key`: the METADATA extracted when it cached the
         wheel, else the upstream's one recorded; if it holds it and it is stored."""
-        session = get_session()
         digest = sidecar_of(session, index.id, key, filename) or session.scalar(
             select(MirrorSidecar.metadata_sha256)
             .join(
@@ -200,7 +210,9 @@ class Mirror:
             return
         metrics.count_cache(misses=1, fetched_bytes=size)
 
-    def sidecar(self, index: Index, entry: dict[str, Any], *, replace: bool = False) -> Blob | Data:
+    def sidecar(
+        self, session: Session, index: Index, entry: dict[str, Any], *, replace: bool = False
+    ) -> Blob | Data:
         """The PEP 658 sidecar of a page's file: fetched once per mirror, verified against the
         advertised sha256, cached (bytes stored already for another index are kept, never served
         unfetched; `replace`: verify --repair, over a damaged stored copy)."""
@@ -208,7 +220,7 @@ class Mirror:
         name = entry["filename"] + ".metadata"
         if not digest:
             raise NotListed(f"Upstream offers no core metadata for {entry['filename']}.")
-        if not replace and self._is_cached_here(index, digest):
+        if not replace and self._is_cached_here(session, index, digest):
             self._remember_sidecar(index, entry, digest)
             return self.downloads.send_cached(index, digest, name, is_metadata=True)
         lock = self.downloads.locks.exclusive(f"meta-{index.id}-{digest}")
