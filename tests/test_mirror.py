@@ -38,10 +38,20 @@ from app.data.models import (
     MirrorStats,
     User,
 )
+from app.http.errors import from_mirror
 from app.http.simple import STALE_HEADER
 from app.ops.integrity import Verifier
 from app.ops.prepare import bootstrap, migrate
-from app.services.mirror import Mirror
+from app.services.indexes import get_index_by_path
+from app.services.mirror import (
+    Blob,
+    Mirror,
+    NotListed,
+    StillFetching,
+    Stream,
+    UpstreamFailed,
+    UpstreamTimedOut,
+)
 from app.services.mirror.stats import flush_at_exit
 from tests.blobs import stored_blob
 from tests.builders import make_wheel, wheel_metadata
@@ -353,6 +363,34 @@ def test_a_file_is_downloaded_once_verified_and_then_served_from_the_store(
     assert "immutable" in second.headers["Cache-Control"]
     assert fake_upstream.count("/files/") == 1
     assert part_files(mirror_app.config["PYSHELF_SETTINGS"]) == []
+
+
+def test_the_mirror_service_serves_files_without_a_request(mirror_app, fake_upstream, demo):
+    """No Flask: a stream first (verified, cached as it goes), then the stored blob; a file the
+    page does not list is NotListed, and the HTTP edge maps each failure to its status."""
+    filename, data = demo
+    mirror, key = the_mirror(mirror_app), sha256(data)
+    database = mirror_app.extensions["pyshelf.db"]
+    with database.session() as session:
+        index = get_index_by_path(session, "root/pypi")
+        first = mirror.serve_file(session, index, key, filename, is_metadata=False)
+        assert isinstance(first, Stream)
+        assert first.size == len(data)
+        try:
+            assert b"".join(first.chunks) == data
+        finally:
+            first.close()
+        second = mirror.serve_file(session, index, key, filename, is_metadata=False)
+        assert second == Blob(key, filename)
+        with pytest.raises(NotListed, match=r"No such file on root/pypi: mirror_demo-9\.0"):
+            mirror.serve_file(
+                session, index, key, "mirror_demo-9.0-py3-none-any.whl", is_metadata=False
+            )
+    assert fake_upstream.count("/files/") == 1
+    timed_out = from_mirror(UpstreamTimedOut("Upstream timed out: slow", retry_after_seconds=30))
+    assert (timed_out.status, timed_out.headers) == (504, {"Retry-After": "30"})
+    assert from_mirror(UpstreamFailed("Upstream failed: 500")).status == 502
+    assert from_mirror(StillFetching("busy", retry_after_seconds=5)).status == 503
 
 
 def test_a_head_request_for_an_uncached_file_leaves_no_lock_behind(

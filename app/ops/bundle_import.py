@@ -61,7 +61,7 @@ from app.services.indexes import create_index, get_index_by_path
 
 log = logging.getLogger("pyshelf")
 
-PAGE_KEYS = (  # what a MirrorPage entry keeps (app/services/mirror.py _entry)
+PAGE_KEYS = (  # what a MirrorPage entry keeps (app/services/mirror/pages.py _entry)
     "filename",
     "version",
     "url",

@@ -2,10 +2,10 @@
 
 app/ops/resolve.py decides which versions and files each target environment needs; this module
 reads the index's pages and metadata for it and fetches the files. Both go through the mirror
-service (app/services/mirror/) as a pip request does: the page an anonymous installer gets
-(guard, advisories and quarantine applied), single flight with the server's workers, the hash
-check against the upstream's sha256, accounting, cache cap, and the METADATA the mirror reads
-from a wheel it caches (served as its sidecar).
+service (app/services/mirror/) as a pip request does: the page installers get (guard rules,
+advisories and quarantine applied; the operator reads every index), single flight with the
+server's workers, the hash check against the upstream's sha256, accounting, cache cap, and the
+METADATA the mirror reads from a wheel it caches (served as its sidecar).
 """
 
 from __future__ import annotations

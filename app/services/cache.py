@@ -143,7 +143,7 @@ def hold(session: Session, index_id: int, key: str, size: int) -> None:
 
 def count_fetch(session: Session, index_id: int, fetched_bytes: int) -> None:
     """Add one miss and its bytes to mirror `index_id`'s counters in the caller's write
-    transaction (app/services/mirror.py's Counters adds up the rest between flushes)."""
+    transaction (app/services/mirror/stats.py's Counters adds up the rest between flushes)."""
     if session.get(MirrorStats, index_id) is None:
         session.add(MirrorStats(index_id=index_id, hits=0, misses=0, bytes_fetched=0))
         session.flush()
