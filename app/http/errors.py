@@ -12,9 +12,8 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
-from app.core.storage import (
-    DISK_FULL_ERRNOS as DISK_FULL_ERRNOS,  # re-exported: app/http/serving.py
-)
+# DISK_FULL_ERRNOS is storage's; re-exported here for app/http/serving.py
+from app.core.storage import DISK_FULL_ERRNOS as DISK_FULL_ERRNOS
 from app.core.storage import StorageUnavailable
 from app.core.upstream import UpstreamTimeout
 from app.data.db import get_session
