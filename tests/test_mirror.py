@@ -384,7 +384,7 @@ def test_the_mirror_service_serves_files_without_a_request(mirror_app, fake_upst
         assert second == Blob(key, filename)
         with pytest.raises(NotListed, match=r"No such file on root/pypi: mirror_demo-9\.0"):
             mirror.serve_file(
-                session, index, key, "mirror_demo-9.0-py3-none-any.whl", is_metadata=False
+                session, index, "0" * 64, "mirror_demo-9.0-py3-none-any.whl", is_metadata=False
             )
     assert fake_upstream.count("/files/") == 1
     timed_out = from_mirror(UpstreamTimedOut("Upstream timed out: slow", retry_after_seconds=30))
