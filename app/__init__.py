@@ -91,7 +91,7 @@ def create_app(
         upload,
         web,
     )
-    from app.services.mirror import Mirror, stale_header
+    from app.services.mirror import Mirror
     from app.services.pagecache import PageCache
 
     settings = settings or Settings.from_env()
@@ -113,7 +113,9 @@ def create_app(
     upstream = upstream or UpstreamClient.from_settings(settings)
     app.extensions["pyshelf.storage"] = storage
     app.extensions["pyshelf.upstream"] = upstream
-    app.extensions["pyshelf.mirror"] = Mirror(settings, database, storage, upstream)
+    app.extensions["pyshelf.mirror"] = Mirror(
+        settings, database, storage, upstream, notes=simple.RequestNotes()
+    )
     app.extensions["pyshelf.pages"] = PageCache(database)
 
     request_log = logs.RequestLog(app.wsgi_app, access_log=settings.access_log)
@@ -125,7 +127,7 @@ def create_app(
     devpi.init_app(app)
     upload.init_app(app)
     web.init_app(app)
-    app.after_request(stale_header)
+    app.after_request(simple.stale_header)
 
     for module in (health, metrics, simple, files, guard, provenance, upload, api, devpi, web):
         app.register_blueprint(module.bp)

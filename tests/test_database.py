@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from app.core.upstream import UpstreamClient
 from app.data.db import Database, begin_write
 from app.data.models import File, LoginFailure, MirrorStats
-from app.services.mirror import Counters
+from app.services.mirror.stats import Counters
 from tests import test_mirror
 from tests.builders import make_wheel
 from tests.conftest import TEST_ALLOW_PRIVATE

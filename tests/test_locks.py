@@ -190,7 +190,7 @@ def test_a_download_another_replica_holds_too_long_is_streamed_uncached(
     mirror_app, mc, fake_upstream, demo, remote, monkeypatch
 ):
     """The client does not wait out a long download elsewhere: its bytes come from upstream."""
-    monkeypatch.setattr("app.services.mirror.REMOTE_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr("app.services.mirror.downloads.REMOTE_WAIT_SECONDS", 0.3)
     filename, data = demo
     url = file_url(mc, filename)
     leader = remote.exclusive(
@@ -213,7 +213,7 @@ def test_bytes_streamed_uncached_are_still_checked_against_the_sha256(
     """A wrong file is cut off before its last chunk, cached or not."""
     from app.core.upstream import UpstreamError
 
-    monkeypatch.setattr("app.services.mirror.REMOTE_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr("app.services.mirror.downloads.REMOTE_WAIT_SECONDS", 0.1)
     filename, data = demo
     url = file_url(mc, filename)
     fake_upstream.corrupt.add(filename)

@@ -13,8 +13,9 @@ import pytest
 
 from app.core.config import Settings
 from app.core.logs import JsonFormatter, TextFormatter, request_id_var
+from app.core.metrics import REGISTRY
 from app.http import health
-from app.http.metrics import REGISTRY, route_kind
+from app.http.metrics import route_kind
 from tests.builders import make_wheel
 from tests.conftest import basic_auth
 from tests.fake_upstream import FakeUpstream

@@ -1,4 +1,4 @@
-"""Tests of app/services/mirror.py (the caching policy) through the Flask test client and a fake
+"""Tests of app/services/mirror/ (the caching policy) through the Flask test client and a fake
 upstream.
 
 Stale-if-error (RFC 5861), revalidation (RFC 9110 §13.1.2), negative caching and single-flight
@@ -25,6 +25,7 @@ from sqlalchemy import delete, select
 from app import create_app
 from app.core.config import Settings
 from app.core.locks import Lock, Locks
+from app.core.metrics import REGISTRY
 from app.core.storage import LocalStorage
 from app.core.upstream import UpstreamError
 from app.data.db import Database
@@ -37,10 +38,21 @@ from app.data.models import (
     MirrorStats,
     User,
 )
-from app.http.metrics import REGISTRY
+from app.http.errors import from_mirror
+from app.http.simple import STALE_HEADER
 from app.ops.integrity import Verifier
 from app.ops.prepare import bootstrap, migrate
-from app.services.mirror import STALE_HEADER, Mirror, _flush_at_exit
+from app.services.indexes import get_index_by_path
+from app.services.mirror import (
+    Blob,
+    Mirror,
+    NotListed,
+    StillFetching,
+    Stream,
+    UpstreamFailed,
+    UpstreamTimedOut,
+)
+from app.services.mirror.stats import flush_at_exit
 from tests.blobs import stored_blob
 from tests.builders import make_wheel, wheel_metadata
 from tests.conftest import ADMIN_PASSWORD, basic_auth
@@ -58,7 +70,7 @@ def sha256(data: bytes) -> str:
 
 
 class Clock:
-    """A settable `utcnow` for app.services.mirror: freshness without sleeping."""
+    """A settable `utcnow` for app.services.mirror.pages: freshness without sleeping."""
 
     def __init__(self) -> None:
         self.now = dt.datetime(2026, 1, 1, 12, 0, 0)
@@ -74,7 +86,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """Mirror freshness decisions read this clock."""
     fake_clock = Clock()
-    monkeypatch.setattr("app.services.mirror.utcnow", fake_clock)
+    monkeypatch.setattr("app.services.mirror.pages.utcnow", fake_clock)
     return fake_clock
 
 
@@ -363,6 +375,34 @@ def test_a_file_is_downloaded_once_verified_and_then_served_from_the_store(
     assert part_files(mirror_app.config["PYSHELF_SETTINGS"]) == []
 
 
+def test_the_mirror_service_serves_files_without_a_request(mirror_app, fake_upstream, demo):
+    """No Flask: a stream first (verified, cached as it goes), then the stored blob; a file the
+    page does not list is NotListed, and the HTTP edge maps each failure to its status."""
+    filename, data = demo
+    mirror, key = the_mirror(mirror_app), sha256(data)
+    database = mirror_app.extensions["pyshelf.db"]
+    with database.session() as session:
+        index = get_index_by_path(session, "root/pypi")
+        first = mirror.serve_file(session, index, key, filename, is_metadata=False)
+        assert isinstance(first, Stream)
+        assert first.size == len(data)
+        try:
+            assert b"".join(first.chunks) == data
+        finally:
+            first.close()
+        second = mirror.serve_file(session, index, key, filename, is_metadata=False)
+        assert second == Blob(key, filename)
+        with pytest.raises(NotListed, match=r"No such file on root/pypi: mirror_demo-9\.0"):
+            mirror.serve_file(
+                session, index, "0" * 64, "mirror_demo-9.0-py3-none-any.whl", is_metadata=False
+            )
+    assert fake_upstream.count("/files/") == 1
+    timed_out = from_mirror(UpstreamTimedOut("Upstream timed out: slow", retry_after_seconds=30))
+    assert (timed_out.status, timed_out.headers) == (504, {"Retry-After": "30"})
+    assert from_mirror(UpstreamFailed("Upstream failed: 500")).status == 502
+    assert from_mirror(StillFetching("busy", retry_after_seconds=5)).status == 503
+
+
 def test_a_head_request_for_an_uncached_file_leaves_no_lock_behind(
     mirror_app, mc, fake_upstream, demo
 ):
@@ -647,7 +687,7 @@ def test_counters_flush_on_a_miss_and_at_exit(mirror_app, mc, demo):
 
     assert row() == (0, 1, len(demo[1]))
     counters = the_mirror(mirror_app).counters
-    _flush_at_exit(lambda: counters)  # what atexit calls in a gunicorn worker
+    flush_at_exit(lambda: counters)  # what atexit calls in a gunicorn worker
     assert row() == (2, 1, len(demo[1]))
 
 
@@ -756,7 +796,7 @@ def test_an_io_error_writing_the_part_file_sends_the_whole_file_uncached(
     def broken(*_args: object) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr("app.services.mirror.write_at", broken)
+    monkeypatch.setattr("app.services.mirror.downloads.write_at", broken)
     before = write_failures("mirror")
 
     response = mc.get(file_url(mc, demo[0]))

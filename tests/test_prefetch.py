@@ -197,7 +197,7 @@ def test_prefetch_resolves_the_tree_per_target_and_fetches_exactly_what_installs
 
 def prefetch_with(app, requirements, versions="3.11,3.12", platforms=TARGETS[1]):
     """Plan and fetch through `app`'s root/pypi (the steps of prefetch(), on a test's app)."""
-    source = MirrorSource(app, "root/pypi")
+    source = MirrorSource(app.extensions["pyshelf.mirror"], "root/pypi")
     targets = parse_targets(versions, platforms)
     return fetch(source, plan(requirements, targets, source), progress=False)
 
@@ -347,7 +347,7 @@ def test_progress_counts_files_and_bytes_against_a_known_total(settings, fake_up
     fake_upstream.html_only = True  # PEP 503: no sizes on the pages
     files = [publish_upstream(fake_upstream, name) for name in ("p1", "p2")]
     app = make_app(mirrored(settings, fake_upstream))
-    source = MirrorSource(app, "root/pypi")
+    source = MirrorSource(app.extensions["pyshelf.mirror"], "root/pypi")
     planned = plan(requirements_of("p1", "p2"), parse_targets("3.11", NATIVE), source)
     stream = io.StringIO()
     bars: list[Progress] = []

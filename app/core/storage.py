@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import io
 import os
 import re
@@ -27,6 +28,7 @@ COPY_CHUNK_BYTES = 1 << 20  # 1 MiB
 READ_BUFFER_BYTES = 256 << 10  # 256 KiB: what one S3 reader keeps in memory
 MULTIPART_BYTES = 16 << 20  # 16 MiB: larger files go up in parts of this size
 PRESIGN_SECONDS = 300  # 5 minutes: a presigned download URL is good for this long
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # a write the disk refused for want of room
 STATUS_PROBE = ".status-probe"  # the object /+status writes and removes under the prefix
 
 

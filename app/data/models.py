@@ -314,7 +314,7 @@ class MirrorHolding(Base):
 class MirrorSidecar(Base):
     """Which cached PEP 658 sidecar belongs to a mirrored file: the sidecar's URL names the
     file's sha256, the store keeps the sidecar under its own. Recorded when the sidecar is first
-    served (app/services/mirror.py), dropped when the project's upstream page no longer lists the
+    served (app/services/mirror/), dropped when the project's upstream page no longer lists the
     pair, so a cached sidecar is found without decoding the project's page (app/http/files.py).
     """
 

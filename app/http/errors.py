@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import html
 import json
 import logging
@@ -13,18 +12,26 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
+# DISK_FULL_ERRNOS is storage's; re-exported here for app/http/serving.py
+from app.core.storage import DISK_FULL_ERRNOS as DISK_FULL_ERRNOS
 from app.core.storage import StorageUnavailable
 from app.core.upstream import UpstreamTimeout
 from app.data.db import get_session
 from app.data.models import Index
 from app.services.indexes import get_index
+from app.services.mirror import (
+    MirrorError,
+    NotListed,
+    StillFetching,
+    UpstreamFailed,
+    UpstreamTimedOut,
+)
 from app.services.releases import InUse, InvalidRequest, NotAllowed, NotFound, ReleaseError
 
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 300
 NO_STORE = "no-store"  # errors must not be cached (RFC 9111 §5.2.2.5)
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL = "Insufficient Storage: the data disk is full; nothing was stored (free DATA_DIR space)."
 DATABASE_BUSY = "Database busy: another writer held the lock too long; nothing was stored, retry."
 RETRY_AFTER_SECONDS = "30"
@@ -34,6 +41,13 @@ DOMAIN_STATUS: dict[type[ReleaseError], int] = {
     NotAllowed: 403,
     NotFound: 404,
     InUse: 409,
+}
+# The mirror's (app/services/mirror/results.py): the first class that matches decides.
+MIRROR_STATUS: dict[type[MirrorError], int] = {
+    NotListed: 404,
+    StillFetching: 503,
+    UpstreamTimedOut: 504,
+    UpstreamFailed: 502,
 }
 
 
@@ -51,6 +65,16 @@ def from_domain(exc: ReleaseError) -> HTTPError:
     """The HTTPError for a domain refusal: its status from DOMAIN_STATUS, its message as reason."""
     status = next(code for kind, code in DOMAIN_STATUS.items() if isinstance(exc, kind))
     return HTTPError(status, str(exc))
+
+
+def from_mirror(exc: MirrorError) -> HTTPError:
+    """The HTTPError for a mirror failure: its status from MIRROR_STATUS, its message as reason,
+    and Retry-After (RFC 9110 §10.2.3) when the mirror says when to retry."""
+    status = next(code for kind, code in MIRROR_STATUS.items() if isinstance(exc, kind))
+    headers = {}
+    if exc.retry_after_seconds is not None:
+        headers["Retry-After"] = str(exc.retry_after_seconds)
+    return HTTPError(status, str(exc), headers)
 
 
 def index_or_404(user: str, index: str) -> Index:
@@ -143,7 +167,8 @@ def storage_failure(exc: BaseException) -> HTTPError | None:
 
 
 def init_app(app: Flask) -> None:
-    """Turn HTTPError, the domain's refusals and werkzeug's exceptions into reasoned responses."""
+    """Turn HTTPError, the domain's refusals, the mirror's failures and werkzeug's exceptions
+    into reasoned responses."""
 
     @app.errorhandler(HTTPError)
     def _handle_http_error(exc: HTTPError) -> Response:
@@ -153,6 +178,11 @@ def init_app(app: Flask) -> None:
     def _handle_domain_error(exc: ReleaseError) -> Response:
         failure = from_domain(exc)
         return error_response(failure.status, failure.reason)
+
+    @app.errorhandler(MirrorError)
+    def _handle_mirror_error(exc: MirrorError) -> Response:
+        failure = from_mirror(exc)
+        return error_response(failure.status, failure.reason, failure.headers)
 
     @app.errorhandler(StorageUnavailable)
     def _handle_storage(exc: StorageUnavailable) -> Response:

@@ -37,6 +37,7 @@ from app.http.errors import HTTPError
 from app.http.metrics import mark_guard
 from app.http.web import hook_headers
 from app.services import guard
+from app.services.mirror import Blob, Data, Head, Served
 from app.services.status import QUARANTINED, Marker
 
 bp = Blueprint("files", __name__)
@@ -184,12 +185,15 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     elif parsed is not None:
         _check_guard(found, sha256, dist_filename, name, parsed.version, server, marker)
     if found.is_mirror:
-        return current_app.extensions["pyshelf.mirror"].serve_file(
-            found,
-            sha256,
-            dist_filename,
-            is_metadata=is_metadata,
-            is_head=request.method == "HEAD",
+        return _mirrored(
+            current_app.extensions["pyshelf.mirror"].serve_file(
+                get_session(),
+                found,
+                sha256,
+                dist_filename,
+                is_metadata=is_metadata,
+                is_head=request.method == "HEAD",
+            )
         )
     if record is None:
         raise HTTPError(404, f"No such file on {found.path}: {filename}")
@@ -198,6 +202,29 @@ def release_file(user: str, index: str, sha256: str, filename: str) -> BaseRespo
     if not record.metadata_sha256:
         raise HTTPError(404, f"No core metadata for {dist_filename} (only wheels have it).")
     return send_blob(record.metadata_sha256, filename, mimetype=METADATA_MIMETYPE)
+
+
+def _mirrored(served: Served) -> BaseResponse:
+    """The mirror's answer as a response: a stored blob, or bytes clients must not cache (no
+    ranges until the file is cached); its failures are app/http/errors.py's MIRROR_STATUS."""
+    if isinstance(served, Blob):
+        if served.is_hit:
+            metrics.mark_cache_hit()
+        mimetype = METADATA_MIMETYPE if served.is_metadata else "application/octet-stream"
+        return send_blob(served.key, served.filename, mimetype=mimetype)
+    if isinstance(served, Data):
+        response = Response(served.data, mimetype=METADATA_MIMETYPE)
+    elif isinstance(served, Head):
+        response = Response(b"", mimetype="application/octet-stream")
+        if served.size is not None:
+            response.headers["Content-Length"] = str(served.size)
+    else:
+        response = Response(served.chunks, mimetype="application/octet-stream")
+        response.call_on_close(served.close)
+        if served.size is not None:
+            response.headers["Content-Length"] = str(served.size)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _check_guard(

@@ -52,21 +52,9 @@ def _mirrored(index: Index, sha256: str, filename: str) -> dict[str, Any] | None
     except InvalidDistribution:
         return None
     mirror = current_app.extensions["pyshelf.mirror"]
-    try:
-        page = mirror.page(index, name)
-    except UpstreamTimeout as exc:
-        raise HTTPError(504, f"Upstream timed out: {exc}", {"Retry-After": "30"}) from None
-    except UpstreamError as exc:
-        raise HTTPError(502, f"Upstream failed: {exc}", {"Retry-After": "30"}) from None
-    entry = next(
-        (
-            e
-            for e in (page.files if page else [])
-            if e["filename"] == filename and e.get("sha256") == sha256
-        ),
-        None,
-    )
-    if entry is None or not entry.get("provenance"):
+    # Its failures (502/504, Retry-After) are the mirror's: app/http/errors.py maps them.
+    entry = mirror.listed_entry(index, name, filename, sha256)
+    if entry is None or entry.get("sha256") != sha256 or not entry.get("provenance"):
         return None
     try:
         return fetch_provenance(

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from flask import Blueprint, Flask, Response, current_app, g, redirect, request
+from flask import Blueprint, Flask, Response, current_app, g, has_request_context, redirect, request
 from werkzeug.http import parse_accept_header, parse_etags
 from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
@@ -62,6 +62,30 @@ ALIASES = {
 # RFC 9111 §5.2.2.4: uploads must show at once; clients revalidate with the ETag
 CACHE_LOCAL = "no-cache"
 CACHE_MIRROR = "public, max-age=600"  # RFC 9111 §5.2.2.1: pages made only from upstream data
+STALE_HEADER = "X-Pyshelf-Stale"
+
+
+class RequestNotes:
+    """The mirror's notes (app/services/mirror/results.py PageNotes), kept on this request."""
+
+    def served_stale(self, index_path: str) -> None:
+        """Remember the mirror for the stale header; such a page is not stored."""
+        if has_request_context():
+            g.setdefault("pyshelf_stale", set()).add(index_path)
+
+    def stored_page(self, before: int, after: int) -> None:
+        """Nothing but this save changed since the request read `before`: the page it builds
+        from what the mirror just stored may be stored at `after`."""
+        if has_request_context() and g.get(REQUEST_GENERATION) == before:
+            setattr(g, REQUEST_GENERATION, after)
+
+
+def stale_header(response: Response) -> Response:
+    """Say which mirrors answered from a stale cache (after_request hook)."""
+    stale = g.get("pyshelf_stale")
+    if stale:
+        response.headers[STALE_HEADER] = ", ".join(sorted(stale))
+    return response
 
 
 def _parse_accept(header: str) -> list[tuple[str, float]]:

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from app.core.dists import Hashes
-from app.core.storage import write_at
-from app.http.errors import DISK_FULL_ERRNOS
+from app.core.storage import DISK_FULL_ERRNOS, write_at
 
 
 class Spool:

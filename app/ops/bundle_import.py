@@ -62,7 +62,7 @@ from app.services.releases import add_file
 
 log = logging.getLogger("pyshelf")
 
-PAGE_KEYS = (  # what a MirrorPage entry keeps (app/services/mirror.py _entry)
+PAGE_KEYS = (  # what a MirrorPage entry keeps (app/services/mirror/pages.py _entry)
     "filename",
     "version",
     "url",

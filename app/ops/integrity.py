@@ -25,7 +25,6 @@ from sqlalchemy import delete, func, make_url, select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.dist_metadata import CoreMetadata
 from app.core.progress import Progress
 from app.core.storage import Storage, make_storage
 from app.core.upstream import UpstreamClient
@@ -45,12 +44,11 @@ from app.data.models import (
     User,
 )
 from app.services.cache import BlobLock, MirrorCache, forget_metadata, human_bytes, uploaded_blobs
-from app.services.mirror_metadata import extract, record_cached_file
+from app.services.mirror import Mirror, Stream
 
 log = logging.getLogger("pyshelf")
 
 ORPHAN_GRACE_SECONDS = 600  # younger unreferenced blobs may belong to a write in progress
-HASH_CHUNK_BYTES = 1 << 20
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 SHOWN = 20  # problems listed one per line; the rest are counted
 
@@ -63,8 +61,9 @@ class Refs:
     private_sizes: dict[str, int] = field(default_factory=dict)
     mirror: dict[str, int] = field(default_factory=dict)  # sha256 -> size (mirror_blobs)
     mirror_index: dict[str, int] = field(default_factory=dict)  # sha256 -> index id
-    # Files and sidecars that mirror pages list (cached or not): sha256 -> (index id, url, name)
-    listed: dict[str, tuple[int, str, str]] = field(default_factory=dict)
+    # Files and sidecars that mirror pages list (cached or not): sha256 -> (index id, the page's
+    # entry of the file, name); a sidecar's entry is its file's
+    listed: dict[str, tuple[int, dict[str, Any], str]] = field(default_factory=dict)
 
     def all_keys(self) -> set[str]:
         """Keys referenced in any way."""
@@ -108,11 +107,10 @@ def blob_references(session: Any) -> Refs:
     for index_id, entries in pages:
         for entry in entries or []:
             if entry.get("sha256"):
-                refs.listed.setdefault(entry["sha256"], (index_id, entry["url"], entry["filename"]))
+                refs.listed.setdefault(entry["sha256"], (index_id, entry, entry["filename"]))
             if entry.get("metadata_sha256"):
                 refs.listed.setdefault(
-                    entry["metadata_sha256"],
-                    (index_id, entry["url"] + ".metadata", entry["filename"] + ".metadata"),
+                    entry["metadata_sha256"], (index_id, entry, entry["filename"] + ".metadata")
                 )
     return refs
 
@@ -189,13 +187,18 @@ class Verifier:
     """Walks the database and the blob store; repairs what may be repaired."""
 
     def __init__(
-        self, settings: Settings, database: Database, storage: Storage, upstream: Any = None
+        self,
+        settings: Settings,
+        database: Database,
+        storage: Storage,
+        upstream: UpstreamClient | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
         self.storage = storage
-        self.upstream = upstream
         self.cache = MirrorCache(settings, database, storage)
+        # Repairs fetch through the mirror's download engine, as a request would.
+        self.mirror = Mirror(settings, database, storage, upstream) if upstream else None
 
     def run(self, *, repair: bool = False, progress: bool = True) -> Report:
         """Check everything; with `repair`, fix mirror damage and remove orphans."""
@@ -279,14 +282,13 @@ class Verifier:
     def _refetch(self, problem: Problem, refs: Refs) -> str | None:
         key = problem.key
         listed = refs.listed.get(key)
-        if listed is not None and self.upstream is not None:
-            index_id, url, name = listed
+        if listed is not None and self.mirror is not None:
+            index_id, entry, name = listed
             try:
-                size, metadata = self._download(index_id, url, key, name)
+                self._fetch_again(self.mirror, index_id, entry, name, key)
             except Exception as exc:
                 log.warning("could not fetch %s again: %s", name, exc)
             else:
-                self._record(index_id, key, size, name, metadata)
                 return "fetched again from the upstream"
         # Not refetchable now: drop it, so that the next request fetches it (never serve it).
         with BlobLock(self.settings).exclusive() as is_locked:
@@ -304,46 +306,30 @@ class Verifier:
                 self.storage.delete(key)
         return "removed; the next request fetches it"
 
-    def _download(
-        self, index_id: int, url: str, key: str, name: str
-    ) -> tuple[int, CoreMetadata | None]:
-        """Fetch `url` again over the blob `key`: its size and (a release file's) core metadata,
-        read as a mirror download reads it (app/services/mirror_metadata.py)."""
+    def _fetch_again(
+        self, mirror: Mirror, index_id: int, entry: dict[str, Any], name: str, key: str
+    ) -> None:
+        """Fetch a listed file (or its sidecar) over the damaged blob `key` through the mirror's
+        own download (single flight with the server, hash check, commit, accounting, the
+        METADATA it reads from a release file); raises when the blob is not right after."""
         with self.database.session() as session:
             index = session.get(Index, index_id)
-            simple_url = index.mirror_url if index is not None else None
-        response = self.upstream.open_file(url, simple_url=simple_url)
-        tmp, tmp_path = self.storage.new_temp()
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with tmp:
-                for chunk in response.iter_content(HASH_CHUNK_BYTES):
-                    tmp.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            if digest.hexdigest() != key:
-                raise ValueError(f"upstream sent bytes hashing to {digest.hexdigest()}")
-            is_sidecar = name.endswith(".metadata")
-            metadata = None if is_sidecar else extract(tmp_path, name)
-            self.storage.commit_temp(key, tmp_path, replace=True)  # over a corrupt copy
-        finally:
-            response.close()
-            tmp_path.unlink(missing_ok=True)
-        return size, metadata
-
-    def _record(
-        self, index_id: int, key: str, size: int, name: str, metadata: CoreMetadata | None
-    ) -> None:
-        with self.database.session() as session:
-            if uploaded_blobs(session, [key]):
-                return
-        if self.cache.record(index_id, key, size) and not name.endswith(".metadata"):
-            record_cached_file(
-                self.database, self.storage, self.cache, index_id, key, name, size, metadata
-            )
+            if index is None:
+                raise ValueError("its mirror is gone")
+            if name.endswith(".metadata"):
+                mirror.sidecar(session, index, entry, replace=True)
+                served = None
+            else:
+                served = mirror.downloads.fetch(index, entry, replace=True)
+        if isinstance(served, Stream):
+            try:
+                for _chunk in served.chunks:  # the engine checks the bytes before committing
+                    pass
+            finally:
+                served.close()
+        actual = blob_sha256(self.storage, key)
+        if actual != key:
+            raise ValueError(f"the stored bytes still hash to {actual}")
 
     def _remove_orphans(self, report: Report) -> None:
         old = [p for p in report.of("orphan") if not p.is_recent]

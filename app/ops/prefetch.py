@@ -1,39 +1,43 @@
 """Filling the mirror cache with what a requirements file needs, so a site can go offline.
 
 app/ops/resolve.py decides which versions and files each target environment needs; this module
-reads the index's pages and metadata for it and fetches the files. Both go through the app
-itself (in-process, Flask's test client), so they take exactly the path a pip request takes:
-single-flight with the server's workers, hash check against the upstream's sha256, accounting,
-cache cap, and the METADATA the mirror reads from a wheel it caches (served as its sidecar).
+reads the index's pages and metadata for it and fetches the files. Both go through the mirror
+service (app/services/mirror/) as a pip request does: the page installers get (guard rules,
+advisories and quarantine applied; the operator reads every index), single flight with the
+server's workers, the hash check against the upstream's sha256, accounting, cache cap, and the
+METADATA the mirror reads from a wheel it caches (served as its sidecar).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from app import create_app
 from app.core.config import Settings
-from app.core.dists import parse_filename
+from app.core.dists import normalize_name, parse_filename
 from app.core.progress import Progress
-from app.core.upstream import MIME_JSON
+from app.core.storage import make_storage
+from app.core.upstream import UpstreamClient, UpstreamError
+from app.data.db import Database
+from app.data.models import File, Index, Project
 from app.ops.requirements import Requirements
 from app.ops.resolve import Miss, Plan, PlannedFile, SourceError, plan
 from app.ops.targets import Target
 from app.services.cache import holds, human_bytes
 from app.services.fulltext import drain_queue
-from app.services.indexes import get_index_by_path
+from app.services.indexes import Dist, get_index_by_path, project_view, resolution_order
+from app.services.mirror import Blob, Data, Head, Mirror, MirrorError
 from app.services.mirror_metadata import cached_files
 
 log = logging.getLogger(__name__)
 
-INDEX_OF_FILE_RE = re.compile(r"/([^/]+/[^/]+)/\+f/")  # the index in a `+f` path
+FILE_URL_RE = re.compile(r"^/([^/]+/[^/]+)/\+f/([0-9a-f]{64})/([^/]+)$")  # a `+f` path
 
 
 @dataclass
@@ -48,25 +52,48 @@ class PrefetchSummary:
     misses: list[Miss] = field(default_factory=list)
 
 
-class MirrorSource:
-    """An index's pages and core metadata read through an app, as pip would read them."""
+def _entry(dist: Dist) -> dict[str, Any]:
+    """A page's file as the PEP 691 JSON page lists it (the keys resolve.py reads)."""
+    entry: dict[str, Any] = {
+        "filename": dist.filename,
+        "url": f"/{dist.path}",
+        "hashes": {"sha256": dist.sha256} if dist.sha256 else {},
+        "requires-python": dist.requires_python,
+        "yanked": dist.yanked,
+        "core-metadata": {"sha256": dist.metadata_sha256} if dist.metadata_sha256 else False,
+    }
+    if dist.size is not None:
+        entry["size"] = dist.size
+    return entry
 
-    def __init__(self, app: Flask, index_path: str) -> None:
-        self.app = app
-        self.client = app.test_client()
+
+class MirrorSource:
+    """An index's pages and core metadata read through the mirror service, as pip reads them."""
+
+    def __init__(self, mirror: Mirror, index_path: str) -> None:
+        self.mirror = mirror
+        self.database: Database = mirror.database
+        self.storage = mirror.storage
         self.index_path = index_path.strip("/")
-        self.storage = app.extensions["pyshelf.storage"]
         self.fetched: dict[str, int] = {}  # url -> bytes: files downloaded to read metadata
 
     def files(self, project: str) -> list[dict[str, Any]]:
-        """The PEP 691 file entries of `project` on the index."""
-        response = self.client.get(
-            f"/{self.index_path}/+simple/{project}/", headers={"Accept": MIME_JSON}
-        )
-        if response.status_code != 200:
-            raise SourceError(f"{self.index_path} answers {response.status}")
-        files: list[dict[str, Any]] = response.get_json()["files"]
-        return files
+        """The PEP 691 file entries of `project` on the index, as an installer gets them."""
+        name = normalize_name(project)
+        with self.database.session() as session:
+            index = get_index_by_path(session, self.index_path)
+            if index is None:
+                raise SourceError(f"there is no index {self.index_path} (404)")
+            order = resolution_order(session, index)
+            try:
+                view = project_view(
+                    session, index, name, self.mirror, order=order, for_installers=True
+                )
+            except UpstreamError as exc:
+                raise SourceError(f"the upstream failed and {name} is not cached: {exc}") from None
+            if view is None:
+                raise SourceError(f"project {name} is not on index {self.index_path} (404)")
+        return [_entry(dist) for dist in view.dists]
 
     def metadata(self, entry: dict[str, Any]) -> bytes:
         """Core metadata of a file: its sidecar, else read from the file once cached."""
@@ -78,50 +105,94 @@ class MirrorSource:
             # mirror read its METADATA or PKG-INFO (app/services/mirror_metadata.py).
             self.download(url)
         if entry["filename"].endswith(".whl"):
-            return self._get(url + ".metadata")
+            return self._sidecar(url)
         return self._pkg_info(entry, key)
 
     def download(self, url: str, bar: Progress | None = None, *, grow: bool = False) -> int:
-        """GET a file to its end through the mirror (which hashes and caches it); its size.
-        `grow`: the plan did not know the size, so the bar's total grows by it."""
+        """Fetch a file (or `.metadata` sidecar) to its end through the mirror (which hashes and
+        caches it); its size. `grow`: the plan did not know the size, so the bar grows by it."""
         if url in self.fetched:
             return self.fetched[url]
-        response = self.client.get(url)
+        with self.database.session() as session:
+            index, key, filename = self._file_of(session, url)
+            if not index.is_mirror:  # an upload: stored already
+                size = self.storage.size(self._hosted_key(session, index, key, filename))
+                self.fetched[url] = size
+                return size
+            served = self._serve(session, index, key, filename)
         size = 0
-        try:
-            if response.status_code != 200:
-                raise SourceError(f"{self.index_path} answers {response.status}")
-            length = response.headers.get("Content-Length", "")
-            if bar is not None and grow and length.isdigit():
-                bar.grow(int(length))
-            for chunk in response.response:  # streams through the mirror into the cache
-                size += len(chunk)
-                if bar is not None:
-                    bar.advance(len(chunk))
-        except SourceError:
-            raise
-        except Exception as exc:  # the mirror's hash check or the upstream failed mid-file
-            raise SourceError(f"download failed: {exc}") from None
-        finally:
-            response.close()
+        if isinstance(served, Blob):
+            size = self.storage.size(served.key)
+        elif isinstance(served, Data):
+            size = len(served.data)
+        elif not isinstance(served, Head):
+            try:
+                if bar is not None and grow and served.size is not None:
+                    bar.grow(served.size)
+                for chunk in served.chunks:  # streams through the mirror into the cache
+                    size += len(chunk)
+                    if bar is not None:
+                        bar.advance(len(chunk))
+            except Exception as exc:  # the mirror's hash check or the upstream failed mid-file
+                raise SourceError(f"download failed: {exc}") from None
+            finally:
+                served.close()
         self.fetched[url] = size
         return size
 
-    def _get(self, url: str) -> bytes:
-        response = self.client.get(url)
+    def _file_of(self, session: Session, url: str) -> tuple[Index, str, str]:
+        """The index, key and filename a `+f` URL names (SourceError when there is none)."""
+        match = FILE_URL_RE.match(url)
+        index = get_index_by_path(session, match.group(1)) if match else None
+        if match is None or index is None:
+            raise SourceError(f"{url.rsplit('/', 1)[-1]}: no such file (404)")
+        return index, match.group(2), match.group(3)
+
+    def _serve(self, session: Session, index: Index, key: str, filename: str) -> Any:
+        """What the mirror serves for a file or its `.metadata` (SourceError with its reason)."""
+        is_metadata = filename.endswith(".metadata")
         try:
-            if response.status_code != 200:
-                raise SourceError(f"{url.rsplit('/', 1)[-1]}: {response.status}")
-            return response.get_data()
-        finally:
-            response.close()
+            return self.mirror.serve_file(
+                session, index, key, filename.removesuffix(".metadata"), is_metadata=is_metadata
+            )
+        except MirrorError as exc:
+            raise SourceError(str(exc)) from None
+
+    def _hosted_key(self, session: Session, index: Index, key: str, filename: str) -> str:
+        """The blob of an uploaded file or (`.metadata`) of its sidecar."""
+        dist_filename = filename.removesuffix(".metadata")
+        record = session.scalar(
+            select(File)
+            .join(Project)
+            .where(Project.index_id == index.id, File.sha256 == key, File.filename == dist_filename)
+        )
+        found = record.metadata_sha256 if record and filename.endswith(".metadata") else key
+        if record is None or found is None:
+            raise SourceError(f"{filename}: no such file on {index.path} (404)")
+        return found
+
+    def _sidecar(self, url: str) -> bytes:
+        """The bytes of a wheel's `.metadata` sidecar, fetched through the mirror if need be."""
+        with self.database.session() as session:
+            index, key, filename = self._file_of(session, url + ".metadata")
+            if not index.is_mirror:
+                blob = self._hosted_key(session, index, key, filename)
+            else:
+                served = self._serve(session, index, key, filename)
+                if isinstance(served, Data):
+                    return served.data
+                if not isinstance(served, Blob):  # a sidecar is never streamed
+                    raise SourceError(f"{filename}: not served whole")
+                blob = served.key
+        with self.storage.open(blob) as stream:
+            data: bytes = stream.read()
+        return data
 
     def _pkg_info(self, entry: dict[str, Any], key: str) -> bytes:
         """The PKG-INFO the mirror read from sdist `key` when it cached it."""
-        index_path = self._index_of(entry["url"])
-        with self.app.extensions["pyshelf.db"].session() as session:
-            index = get_index_by_path(session, index_path)
-            cached = cached_files(session, index.id, _project_of(entry), [key]) if index else {}
+        with self.database.session() as session:
+            index, _key, _filename = self._file_of(session, entry["url"])
+            cached = cached_files(session, index.id, _project_of(entry), [key])
         found = cached.get(key)
         if found is None or found.metadata_sha256 is None:
             raise SourceError("no PKG-INFO could be read from it")
@@ -129,18 +200,15 @@ class MirrorSource:
             data: bytes = stream.read()
         return data
 
-    def _index_of(self, url: str) -> str:
-        match = INDEX_OF_FILE_RE.search(url)
-        return match.group(1) if match else self.index_path
-
     def is_cached(self, url: str, key: str) -> bool:
         """Whether the index the `+f` url names serves `key` from its store: an upload, or a
         file that mirror fetched itself (the same bytes cached for another index do not count:
         the mirror would download them on first use)."""
         if not key or not self.storage.exists(key):
             return False
-        with self.app.extensions["pyshelf.db"].session() as session:
-            index = get_index_by_path(session, self._index_of(url))
+        with self.database.session() as session:
+            match = FILE_URL_RE.match(url)
+            index = get_index_by_path(session, match.group(1)) if match else None
             if index is None:
                 return False
             return not index.is_mirror or holds(session, index.id, key)
@@ -230,14 +298,16 @@ def prefetch(
     progress: bool = True,
 ) -> PrefetchSummary:
     """Resolve `requirements` for `targets` on `index_path` and fetch every file they need
-    through an app of these settings."""
-    source = open_source(settings, index_path)
-    summary = fetch(source, plan(requirements, targets, source), progress=progress)
+    through the mirror service, as the server's workers would."""
+    database = Database(settings.database_url)
+    mirror = Mirror(
+        settings, database, make_storage(settings), UpstreamClient.from_settings(settings)
+    )
+    try:
+        source = MirrorSource(mirror, index_path)
+        summary = fetch(source, plan(requirements, targets, source), progress=progress)
+    finally:
+        mirror.counters.flush()
+        database.engine.dispose()
     drain_queue(settings)  # the pages it stored, queued for search by the mirror
     return summary
-
-
-def open_source(settings: Settings, index_path: str) -> MirrorSource:
-    """Index `index_path` of an app of these settings, for plan() and fetch()."""
-    app = create_app(dataclasses.replace(settings, access_log=False))  # no access log lines
-    return MirrorSource(app, index_path)

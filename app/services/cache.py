@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app.core import metrics
 from app.core.config import Settings
 from app.core.locks import Locks
 from app.core.storage import Storage
@@ -49,7 +50,6 @@ from app.data.models import (
     MirrorStats,
     utcnow,
 )
-from app.http import metrics
 from app.services.fulltext import index_cached_project
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def hold(session: Session, index_id: int, key: str, size: int) -> None:
 
 def count_fetch(session: Session, index_id: int, fetched_bytes: int) -> None:
     """Add one miss and its bytes to mirror `index_id`'s counters in the caller's write
-    transaction (app/services/mirror.py's Counters adds up the rest between flushes)."""
+    transaction (app/services/mirror/stats.py's Counters adds up the rest between flushes)."""
     if session.get(MirrorStats, index_id) is None:
         session.add(MirrorStats(index_id=index_id, hits=0, misses=0, bytes_fetched=0))
         session.flush()
@@ -393,7 +393,7 @@ class MirrorCache:
         with self.database.session() as session:
             result.total_after = self.total_bytes(session)
         if result.removed_files:
-            metrics.EVICTIONS.inc(result.removed_bytes)
+            metrics.count_eviction(result.removed_bytes)
             log.info(
                 "mirror cache over %d bytes: evicted %d files (%d bytes), %d bytes left",
                 cap,

@@ -156,7 +156,7 @@ class ProjectView:
 
 
 class MirrorSource(Protocol):
-    """What indexes.py needs from mirror indexes (implemented in mirror.py)."""
+    """What indexes.py needs from mirror indexes (implemented in app/services/mirror/)."""
 
     def project(self, index: Index, normalized_name: str) -> tuple[str, list[Dist]] | None:
         """The upstream project's name and files (fetching if needed), or None if unknown."""

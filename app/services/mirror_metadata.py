@@ -1,7 +1,7 @@
 """Core metadata of mirrored files: read once when a mirror caches a file, kept beside it.
 
 A plain PEP 503 upstream gives neither sizes nor PEP 658 sidecars. When a mirror caches a file
-(app/services/mirror.py's download, which prefetch goes through too; app/ops/integrity.py's repair),
+(app/services/mirror/downloads.py, which prefetch and app/ops/integrity.py's repair use too),
 this module reads its METADATA or PKG-INFO with the checks an upload gets (app/core/dists.py),
 stores it under its sha256 and records it in `mirror_files` with the file's size. The mirror holds
 the metadata blob as it holds the file (app/services/cache.py: it made those bytes from bytes it

@@ -43,7 +43,7 @@ GZIP_MIN_BYTES = 8192  # smaller pages fit in a few packets as they are
 GZIP_LEVEL = 1  # hashes (incompressible) are most of a large page: 6 is 8% smaller, 2x slower
 PUT_WAIT_MS = 200  # storing a page is optional: a read never waits long for another writer
 # flask.g key: the generation a page built in this request may be stored at (app/http/simple.py
-# sets it; the mirror moves it past its own page fetch, app/services/mirror.py `_save`)
+# sets it; the mirror moves it past its own page fetch through simple.py's RequestNotes)
 REQUEST_GENERATION = "pyshelf_page_generation"
 GZIP_SUFFIX = "-gz"  # the gzipped twin is another representation, with its own strong ETag
 # Watch: the staleness bound of a worker's copies, how often it reads the generation when no
