@@ -279,7 +279,13 @@ def test_bad_storage_url_is_reported_with_the_other_bad_variables(tmp_path: Path
                 "ACCEL_REDIRECT_PREFIX": "/_blobs",
             }
         )
-    disk = Settings.from_env({"DATA_DIR": str(tmp_path), "ACCEL_REDIRECT_PREFIX": "_blobs/"})
+    disk = Settings.from_env(
+        {
+            "DATA_DIR": str(tmp_path),
+            "STORAGE_URL": (tmp_path / "blobs").as_uri(),  # disk, also in the S3 test pass
+            "ACCEL_REDIRECT_PREFIX": "_blobs/",
+        }
+    )
     assert disk.accel_redirect_prefix == "/_blobs"
 
 
