@@ -56,7 +56,8 @@ from app.data.models import (
 )
 from app.ops.bundle_format import CHUNK_BYTES, BundleError, Manifest, format_time, open_bundle
 from app.ops.prepare import find_user
-from app.services.fulltext import drain, index_project, index_stored_docset, index_stored_page
+from app.services.fulltext import drain, index_project, index_stored_page
+from app.services.fulltext_docs import index_stored_docset
 from app.services.indexes import create_index, get_index_by_path
 
 log = logging.getLogger("pyshelf")

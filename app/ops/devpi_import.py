@@ -56,7 +56,8 @@ from app.ops.devpi_format import (
 )
 from app.ops.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError, bootstrap, is_first_start
 from app.services.cache import BlobLock
-from app.services.fulltext import drain, index_docset, read_docs
+from app.services.fulltext import drain
+from app.services.fulltext_docs import index_docset, read_docs
 from app.services.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
 
 log = logging.getLogger(__name__)
