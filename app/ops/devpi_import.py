@@ -40,7 +40,8 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.dist_metadata import read_metadata
 from app.core.dists import InvalidDistribution, normalize_name, parse_filename
-from app.core.storage import Storage, make_storage
+from app.core.storage import Storage
+from app.core.storage_choice import make_storage
 from app.data.db import Database, begin_write
 from app.data.models import DocSet, File, Index, Project, User, utcnow
 from app.http.auth import USERNAME_RE

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.progress import Progress
-from app.core.storage import make_storage
+from app.core.storage_choice import make_storage
 from app.data.db import Database, begin_write
 from app.data.models import (
     DocSet,
