@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.core.config import Settings  # noqa: E402
-from app.core.storage import make_storage  # noqa: E402
+from app.core.storage_choice import make_storage  # noqa: E402
 from app.data.db import Database, begin_write  # noqa: E402
 from app.data.models import MirrorPage, utcnow  # noqa: E402
 from app.ops.prepare import bootstrap, migrate  # noqa: E402

@@ -28,7 +28,7 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.core.config import Settings
-from app.core.storage import LocalStorage
+from app.core.storage_local import LocalStorage
 from app.data.db import Database
 from app.data.models import File, Index, Project
 from app.ops.backup import backup

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 from app.data import schema  # noqa: E402
 from app.data.db import make_engine  # noqa: E402
 from app.data.models import DocSet, Index, MirrorPage, Project, SearchDocument, User  # noqa: E402
-from app.services import fulltext, search  # noqa: E402
+from app.services import fulltext, fulltext_docs, fulltext_engines, search  # noqa: E402
 
 SEED = 19
 BATCH = 5_000
@@ -106,7 +106,7 @@ def fill(session: Session, projects: int, docsets: int, pages: int) -> list[str]
                 for n in names
             ],
         )
-        fulltext._write(
+        fulltext_engines.write_documents(
             session,
             [
                 {
@@ -140,11 +140,11 @@ def fill(session: Session, projects: int, docsets: int, pages: int) -> list[str]
         )
         session.add(docset)
         session.flush()
-        fulltext.index_docset(
+        fulltext_docs.index_docset(
             session,
             docset,
             [
-                fulltext.DocsPage(
+                fulltext_docs.DocsPage(
                     f"page{p}.html", words(rng, vocabulary, 6), words(rng, vocabulary, 400)
                 )
                 for p in range(pages)
@@ -311,8 +311,8 @@ def run(args: argparse.Namespace, url: str) -> None:
         session.add(docset)
         session.flush()
         started = time.perf_counter()
-        pages = fulltext.read_docs(io.BytesIO(data), "html/")
-        fulltext.index_docset(session, docset, pages)
+        pages = fulltext_docs.read_docs(io.BytesIO(data), "html/")
+        fulltext_docs.index_docset(session, docset, pages)
         session.commit()
         zip_seconds = time.perf_counter() - started
         session.delete(docset)  # the database can be measured again (--database)

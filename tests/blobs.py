@@ -65,7 +65,7 @@ def server_blob(server: Any, key: str) -> StoredBlob:
 def data_dir_blob(data_dir: Any, key: str, env: dict[str, str] | None = None) -> StoredBlob:
     """The blob `key` of the store a server on `data_dir` (with `env`) uses."""
     from app.core.config import Settings
-    from app.core.storage import make_storage
+    from app.core.storage_choice import make_storage
     from tests import s3server
 
     full = {"ENV_FILE": os.devnull, "DATA_DIR": str(data_dir), **s3server.storage_env(data_dir)}

@@ -26,7 +26,7 @@ from app import create_app
 from app.core.config import Settings
 from app.core.locks import Lock, Locks
 from app.core.metrics import REGISTRY
-from app.core.storage import LocalStorage
+from app.core.storage_local import LocalStorage
 from app.core.upstream import UpstreamError
 from app.data.db import Database
 from app.data.models import (

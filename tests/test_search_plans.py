@@ -10,7 +10,7 @@ from sqlalchemy import event, select
 
 from app.data.db import Database
 from app.data.models import Index
-from app.services import fulltext, search
+from app.services import fulltext_engines, search
 from tests.conftest import TEST_DATABASE
 
 pytestmark = pytest.mark.skipif(
@@ -60,7 +60,7 @@ def test_a_search_limited_to_readable_indexes_reads_its_matches_not_the_indexes(
             for n in range(5)
             for kind in ("release", "docs")
         ]
-        fulltext._write(session, rows)
+        fulltext_engines.write_documents(session, rows)
         session.commit()
 
     statements = statements_of(database, query, index_ids)
@@ -95,7 +95,7 @@ def test_a_weighed_search_ranks_by_the_columns_it_matches_in_without_bm25(app: A
             {"normalized_name": "spread", "summary": "common", "description": "rare rare rare"},
             {"normalized_name": "other", "summary": "common"},
         ]
-        fulltext._write(
+        fulltext_engines.write_documents(
             session, [{"index_id": index_id, "kind": "release", "name": "", **r} for r in rows]
         )
         session.commit()

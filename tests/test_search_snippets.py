@@ -9,7 +9,7 @@ from sqlalchemy import event, select
 
 from app.data.db import Database
 from app.data.models import Index
-from app.services import fulltext, search
+from app.services import fulltext_engines, search
 
 FILLER = " ".join(f"filler{n}" for n in range(2_000))
 
@@ -24,7 +24,7 @@ def test_snippets_mark_the_first_match_of_a_long_text_without_the_engines_highli
     with database.session() as session:
         index_id = session.scalars(select(Index.id)).first()
         body = f"{FILLER} the Reconciliation manifests " + "reconcile again " * 200
-        fulltext._write(
+        fulltext_engines.write_documents(
             session,
             [
                 {

@@ -13,7 +13,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RoutingException
 
 from app.core.config import ConfigError, Settings
-from app.http.serving import BufferingWorker, NeedsRoom, Refused, RequestReader, body_limit
+from app.http.request_reader import NeedsRoom, Refused, RequestReader, body_limit
+from app.http.serving import BufferingWorker
 
 NO_DOTENV = {"ENV_FILE": os.devnull}
 
@@ -135,7 +136,7 @@ def test_reader_asks_for_room_before_a_body_the_disk_cannot_hold_then_reads_on(
     head = f"POST /admin/dev/ HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
     request = reader(tmp_path, max_request_body=1024, target="/admin/dev/")
     free = SimpleNamespace(free=1000)
-    monkeypatch.setattr("app.http.serving.shutil.disk_usage", lambda _path: free)
+    monkeypatch.setattr("app.http.request_reader.shutil.disk_usage", lambda _path: free)
 
     with pytest.raises(NeedsRoom) as short:
         request.feed(head + body[:1000])

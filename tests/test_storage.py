@@ -14,13 +14,10 @@ from typing import Any
 import pytest
 
 from app.core.config import ConfigError, Settings
-from app.core.storage import (
-    LocalStorage,
-    S3Storage,
-    StorageUnavailable,
-    make_storage,
-    parse_storage_url,
-)
+from app.core.storage import StorageUnavailable, parse_storage_url
+from app.core.storage_choice import make_storage
+from app.core.storage_local import LocalStorage
+from app.core.storage_s3 import S3Storage
 from tests import s3server
 from tests.conftest import ADMIN_PASSWORD, basic_auth, free_port
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from app.cli.base import CommandError, confirm
 from app.core.config import Settings
-from app.core.storage import make_storage
+from app.core.storage_choice import make_storage
 from app.data.db import Database
 from app.ops.osv_import import import_osv
 from app.ops.prepare import check_data_dir, migrate

@@ -1,5 +1,8 @@
 """The data model: users, tokens, indexes, projects, files, doc sets, promotions, mirror cache,
-logins, search documents, advisories."""
+logins, search documents, advisories.
+
+It stays one module past ~500 lines on purpose: read top to bottom it is the whole schema, every
+table with its foreign keys and the models its relationships name, as a migration sees it."""
 
 from __future__ import annotations
 

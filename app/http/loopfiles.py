@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
     from app.core.logs import RequestLog
     from app.http.files import CachedFiles, Stored
-    from app.http.serving import BufferingWorker, Connection, RequestReader
+    from app.http.request_reader import RequestReader
+    from app.http.serving import BufferingWorker, Connection
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.progress import Progress
-from app.core.storage import Storage, make_storage
+from app.core.storage import Storage
+from app.core.storage_choice import make_storage
 from app.ops.integrity import Refs, blob_references
 from app.ops.prepare import OperationError
 from app.services.cache import BlobLock

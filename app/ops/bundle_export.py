@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.progress import Progress
-from app.core.storage import Storage, make_storage
+from app.core.storage import Storage
+from app.core.storage_choice import make_storage
 from app.data.db import Database
 from app.data.models import DocSet, File, Index, MirrorPage, Project, utcnow
 from app.ops.backup import fsync_dir

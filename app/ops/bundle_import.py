@@ -40,7 +40,8 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.dists import normalize_name
 from app.core.progress import Progress
-from app.core.storage import Storage, make_storage
+from app.core.storage import Storage
+from app.core.storage_choice import make_storage
 from app.data.db import Database, begin_write
 from app.data.models import (
     BundleImport,
@@ -56,7 +57,8 @@ from app.data.models import (
 )
 from app.ops.bundle_format import CHUNK_BYTES, BundleError, Manifest, format_time, open_bundle
 from app.ops.prepare import find_user
-from app.services.fulltext import drain, index_project, index_stored_docset, index_stored_page
+from app.services.fulltext import drain, index_project, index_stored_page
+from app.services.fulltext_docs import index_stored_docset
 from app.services.indexes import create_index, get_index_by_path
 from app.services.releases import add_file
 

@@ -38,7 +38,8 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.dist_metadata import read_metadata
 from app.core.dists import InvalidDistribution, normalize_name, parse_filename
-from app.core.storage import Storage, make_storage
+from app.core.storage import Storage
+from app.core.storage_choice import make_storage
 from app.data.db import Database, begin_write
 from app.data.models import DocSet, File, Index, Project, User, utcnow
 from app.ops.devpi_format import (
@@ -53,7 +54,8 @@ from app.ops.devpi_format import (
 from app.ops.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError, bootstrap, is_first_start
 from app.services.cache import BlobLock
 from app.services.docs import InvalidDocs, inspect_zip
-from app.services.fulltext import drain, index_docset, read_docs
+from app.services.fulltext import drain
+from app.services.fulltext_docs import index_docset, read_docs
 from app.services.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
 from app.services.passwords import USERNAME_RE
 from app.services.releases import add_file, release_fields, store_sidecar

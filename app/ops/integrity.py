@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.progress import Progress
-from app.core.storage import Storage, make_storage
+from app.core.storage import Storage
+from app.core.storage_choice import make_storage
 from app.core.upstream import UpstreamClient
 from app.data.db import Database, begin_write
 from app.data.models import (

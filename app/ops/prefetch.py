@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.dists import normalize_name, parse_filename
 from app.core.progress import Progress
-from app.core.storage import make_storage
+from app.core.storage_choice import make_storage
 from app.core.upstream import UpstreamClient, UpstreamError
 from app.data.db import Database
 from app.data.models import File, Index, Project

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from app.core.config import ConfigError, Settings, mask_database_url
 from app.core.locks import is_postgresql
-from app.core.storage import S3Storage, make_storage
+from app.core.storage_choice import make_storage
+from app.core.storage_s3 import S3Storage
 
 REACH_TIMEOUT_SECONDS = 5  # for the database and the bucket to answer
 # What pyshelf writes inside DATA_DIR (when they exist they must stay writable).

@@ -30,7 +30,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from app.core.config import Settings
 from app.core.progress import Progress
-from app.core.storage import StorageUnavailable, make_storage
+from app.core.storage import StorageUnavailable
+from app.core.storage_choice import make_storage
 from app.ops.backup import (
     BLOB_MEMBER_RE,
     CHUNK_BYTES,

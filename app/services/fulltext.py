@@ -1,18 +1,18 @@
-"""The full-text search index: what is indexed (releases, docs pages, mirrored projects) and how
-it stays in step, on SQLite FTS5 or PostgreSQL tsvector (queries: app/services/search.py).
+"""The full-text search index: what is indexed (releases, mirrored projects; doc pages:
+app/services/fulltext_docs.py) and how it stays in step, through the `search_jobs` queue
+(writing rows on SQLite FTS5 or PostgreSQL tsvector: app/services/fulltext_engines.py;
+queries: app/services/search.py).
 
 One row of `search_documents` per project on an index (its newest release that is not
-yanked), per HTML page of an uploaded doc set, and per project a mirror cached. SQLite indexes
-the rows in the FTS5 table `search_fts` (porter stemming, unicode61 without diacritics), kept
-in step by triggers; PostgreSQL keeps a weighted `tsvector` (the 'english' configuration, of
-text whose accents were removed here: `unaccent` would need a superuser) under a GIN index.
+yanked), per HTML page of an uploaded doc set, and per project a mirror cached.
 
 What uploads add is indexed after the response: the upload's transaction writes a row of
 `search_jobs` (`queue`), and `drain` indexes the queued items, each in a transaction that
 deletes its jobs, so a crash leaves them queued; the web app drains once it has sent the
 response of a request that queued something (app/http/web/search.py), an admin command before
 it exits, a server start what a crash left. Queued are: the releases of a session that adds
-files (the listeners at the bottom: every writer, present and future, goes through them), an
+files (the listeners at the bottom: every writer, present and future, goes through them; they
+stay in this module, which every writer imports, so they are registered wherever it runs), an
 uploaded doc set (`queue_docset`), a page the mirror stores (`queue_stored_page`). Yanking or
 deleting files re-indexes their project in the same transaction, and deleting a project, doc
 set, mirror page or index deletes its rows by ON DELETE CASCADE: a hit never outlives what it
@@ -25,39 +25,20 @@ holds).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import html.parser
 import logging
-import os
-import re
-import unicodedata
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
-from typing import IO, Any
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import (
-    Text,
-    and_,
-    bindparam,
-    delete,
-    event,
-    func,
-    insert,
-    inspect,
-    literal_column,
-    select,
-)
+from sqlalchemy import and_, delete, event, func, inspect, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnClause
 
 from app.core.config import Settings
 from app.core.progress import Progress
-from app.core.render import render_description
-from app.core.storage import make_storage
+from app.core.storage_choice import make_storage
 from app.data.db import Database, begin_write
 from app.data.models import (
     DocSet,
@@ -70,130 +51,14 @@ from app.data.models import (
     SearchJob,
     utcnow,
 )
-from app.services.mirror_description import Blobs as Blobs  # re-exported: promote.py uses it
-from app.services.mirror_description import describe_page
+from app.services.fulltext_docs import DocsPage, index_docset, index_stored_docset, read_docs
+from app.services.fulltext_engines import description_text, write_documents
+from app.services.mirror_description import Blobs, describe_page
 
 log = logging.getLogger(__name__)
 
-MAX_FIELD_CHARS = 200_000  # of one field's text: a long page is still found by its start
-HTML_SUFFIXES = (".html", ".htm")
-SKIPPED_PAGES = {"genindex.html", "search.html", "py-modindex.html"}  # Sphinx's generated lists
-SKIPPED_FOLDERS = ("_static/", "_sources/", "_images/")
-# Control characters are dropped from indexed text: snippets mark matches with two of them
-# (app/services/search.py), so user content cannot forge the marks.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-WORD = re.compile(r"[^\W_]+")  # what both engines index as a word: letters and digits
 KINDS = ("release", "docs", "mirror")
-TEXT_SEARCH_CONFIG = "english"  # PostgreSQL's: English stemming and stop words
 DRAIN_MAX_JOBS = 1_000  # items one drain indexes; the rest wait for the next
-
-
-# --- text -----------------------------------------------------------------------------------
-
-
-def fold(value: str) -> str:
-    """Text without accents (NFKD, combining marks dropped), for PostgreSQL's tsvector."""
-    decomposed = unicodedata.normalize("NFKD", value)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def _clean(value: str | None) -> str:
-    return _CONTROL.sub(" ", value or "")[:MAX_FIELD_CHARS]
-
-
-class _TextParser(html.parser.HTMLParser):
-    """The visible text of an HTML page and its <title>: no scripts, styles or navigation."""
-
-    HIDDEN = frozenset({"script", "style", "noscript", "template", "nav", "head", "svg"})
-    BLOCKS = frozenset({"p", "div", "li", "br", "tr", "td", "th", "pre", "dt", "dd", "section"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title: list[str] = []
-        self.hidden = 0
-        self.in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
-            self.in_title = True
-        elif tag in self.HIDDEN:
-            self.hidden += 1
-        elif tag in self.BLOCKS or re.fullmatch(r"h[1-6]", tag):
-            self.parts.append(" ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self.in_title = False
-        elif tag in self.HIDDEN and self.hidden:
-            self.hidden -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self.in_title:
-            self.title.append(data)
-        elif not self.hidden:
-            self.parts.append(data)
-
-
-def html_text(page: str) -> tuple[str, str]:
-    """An HTML page's title and visible text, whitespace collapsed."""
-    parser = _TextParser()
-    parser.feed(page)
-    parser.close()
-    collapse = " ".join
-    return collapse("".join(parser.title).split()), collapse("".join(parser.parts).split())
-
-
-def description_text(description: str | None, content_type: str | None) -> str:
-    """A description as words: rendered as the project page renders it, tags stripped."""
-    if not description:
-        return ""
-    rendered = render_description(_clean(description), content_type)
-    return html_text(str(rendered))[1] if rendered else ""
-
-
-# --- writing --------------------------------------------------------------------------------
-
-
-def _write(session: Session, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    is_postgresql = session.get_bind().dialect.name == "postgresql"
-    for row in rows:
-        for field in ("name", "summary", "keywords", "description", "body", "title"):
-            row[field] = _clean(row.get(field))
-        row.setdefault("updated_at", utcnow())
-    if not is_postgresql:
-        session.execute(insert(SearchDocument), rows)
-        return
-    # PostgreSQL: the tsvector is computed by the server from each weight's words, given as
-    # parameters (`weight_a` ... `weight_d`), in one executemany.
-    for row in rows:
-        row |= {
-            "weight_a": _words(row["name"]),
-            "weight_b": _words(row["summary"]),
-            "weight_c": _words(f"{row['keywords']} {row['title']}"),
-            "weight_d": _words(f"{row['description']} {row['body']}"),
-        }
-    session.execute(insert(SearchDocument).values(tsv=_TSVECTOR), rows)
-
-
-def _words(value: str) -> str:
-    # Words as FTS5's unicode61 and parse_query see them: PostgreSQL's parser would keep
-    # "zope.interface" as one host name and drop "<script>" as a tag.
-    return " ".join(WORD.findall(fold(value)))
-
-
-def _weighted(weight: str) -> Any:
-    config: ColumnClause[str] = literal_column(f"'{TEXT_SEARCH_CONFIG}'::regconfig")
-    label: ColumnClause[str] = literal_column(f"'{weight}'")  # a "char", not a parameter
-    words = bindparam(f"weight_{weight.lower()}", type_=Text())
-    return func.setweight(func.to_tsvector(config, words), label)
-
-
-_TSVECTOR = (
-    _weighted("A").op("||")(_weighted("B")).op("||")(_weighted("C")).op("||")(_weighted("D"))
-)
 
 
 def _newest(files: Iterable[File]) -> File | None:
@@ -249,7 +114,7 @@ def index_project(session: Session, project_id: int) -> None:
                 meta.get("description"), meta.get("description_content_type")
             ),
         }
-    _write(session, [row])
+    write_documents(session, [row])
 
 
 def index_mirror_page(
@@ -279,7 +144,7 @@ def _write_mirror(session: Session, page: MirrorPage, summary: str, words: str) 
         "description": words,
         "updated_at": page.fetched_at or utcnow(),
     }
-    _write(session, [row])
+    write_documents(session, [row])
 
 
 def _mirror_text(session: Session, blobs: Blobs, page: MirrorPage) -> tuple[str, str]:
@@ -371,86 +236,6 @@ def _description_inputs(session: Session, page: MirrorPage) -> tuple[Any, ...]:
         )
     )
     return (page.id, page.fetched_at, page.is_found, sorted(tuple(row) for row in rows))
-
-
-@dataclasses.dataclass(frozen=True)
-class DocsPage:
-    """One HTML page of a doc set, as text."""
-
-    path: str  # below the doc set's top folder, as in +doc/PATH
-    title: str
-    body: str
-
-
-def read_docs(source: str | os.PathLike[str] | IO[bytes], prefix: str) -> list[DocsPage]:
-    """The HTML pages of a documentation zip below `prefix` (checked at upload:
-    app/http/web/docs.py), as text; Sphinx's generated index, search page and static files are left
-    out."""
-    pages = []
-    with zipfile.ZipFile(source) as archive:
-        for info in archive.infolist():
-            name = info.filename.replace("\\", "/")
-            # zipfile cuts a name at a NUL, which can leave it empty: ZipInfo.is_dir() fails then.
-            if not name or name.endswith("/") or not name.startswith(prefix):
-                continue
-            path = name[len(prefix) :]
-            if (
-                not path.lower().endswith(HTML_SUFFIXES)
-                or path in SKIPPED_PAGES
-                or path.startswith(SKIPPED_FOLDERS)
-                or ".." in path.split("/")
-            ):
-                continue
-            try:
-                with archive.open(info) as member:
-                    page = member.read(MAX_FIELD_CHARS * 4).decode("utf-8", "replace")
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError):
-                # A damaged, encrypted or oddly compressed member: the upload checks read only
-                # the directory, and this page is as unreadable to the docs server; not indexed.
-                log.warning("docs page %s is unreadable; not indexed", name)
-                continue
-            title, body = html_text(page)
-            pages.append(DocsPage(path, title, body))
-    return pages
-
-
-def index_docset(session: Session, docset: DocSet, pages: Iterable[DocsPage]) -> int:
-    """(Re)index a doc set from its pages (read_docs); return how many; the caller commits."""
-    session.flush()  # a new doc set gets its id
-    session.execute(delete(SearchDocument).where(SearchDocument.docset_id == docset.id))
-    rows = [
-        {
-            "index_id": docset.index_id,
-            "docset_id": docset.id,
-            "kind": "docs",
-            "normalized_name": docset.normalized_name,
-            "version": docset.version,
-            "path": page.path,
-            "title": page.title,
-            "body": page.body,
-            "updated_at": docset.uploaded_at,
-        }
-        for page in pages
-    ]
-    _write(session, rows)
-    return len(rows)
-
-
-def index_stored_docset(session: Session, blobs: Blobs, docset: DocSet) -> int:
-    """(Re)index a doc set from its zip in the blob store; return how many pages."""
-    try:
-        with blobs.open(docset.sha256) as blob:
-            pages = read_docs(blob, docset.path_prefix)
-    except (FileNotFoundError, zipfile.BadZipFile, OSError) as exc:  # checked at upload
-        log.error(
-            "cannot index the docs of %s %s (%s): %s",
-            docset.normalized_name,
-            docset.version,
-            docset.sha256,
-            exc,
-        )
-        return 0
-    return index_docset(session, docset, pages)
 
 
 # --- the queue: indexing after the response ---------------------------------------------------

@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session
 from app.core.dists import normalize_name
 from app.data.db import begin_write
 from app.data.models import DocSet, File, Index, Project, Promotion, User, utcnow
-from app.services.fulltext import Blobs, index_stored_docset
+from app.services.fulltext_docs import index_stored_docset
 from app.services.indexes import Reader, file_path, get_index_by_path, may_read
+from app.services.mirror_description import Blobs
 from app.services.provenance import copy_provenance
 from app.services.releases import add_file, copied_fields, may_upload
 from app.services.status import CLOSED_TO_UPLOADS, QUARANTINED

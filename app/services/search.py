@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
-from app.services.fulltext import TEXT_SEARCH_CONFIG, WORD, fold
+from app.services.fulltext_engines import TEXT_SEARCH_CONFIG, WORD, fold
 
 log = logging.getLogger(__name__)
 
