@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 # Each imports its module when it runs: `prepare` runs on every container start and loads none
-# of them (prefetch even builds the whole Flask app).
+# of them (prefetch, for one, brings the whole mirror service and its upstream client).
 
 
 def cmd_import_devpi(settings: Settings, args: argparse.Namespace) -> None:

@@ -2,7 +2,7 @@
 
 A plain PEP 503 upstream gives neither sizes nor PEP 658 sidecars. When a mirror caches a file
 (app/services/mirror/downloads.py, which prefetch and app/ops/integrity.py's repair use too),
-this module reads its METADATA or PKG-INFO with the checks an upload gets (app/core/dists.py),
+this module reads its METADATA or PKG-INFO with the checks an upload gets (dist_metadata.py),
 stores it under its sha256 and records it in `mirror_files` with the file's size. The mirror holds
 the metadata blob as it holds the file (app/services/cache.py: it made those bytes from bytes it
 fetched and verified itself). A wheel's METADATA is then its PEP 658/714 sidecar, byte for byte; an
@@ -44,7 +44,8 @@ class CachedFile:
 
 def extract(path: str | os.PathLike[str], filename: str) -> CoreMetadata | None:
     """The core metadata of the mirrored file at `path`, read and checked as an upload's
-    (app/core/dists.py: size, zip-bomb and path limits, name and version); None when it has none
+    (app/core/dist_metadata.py: size, zip-bomb and path limits, name and version); None when it
+    has none
     valid (logged: it is the upstream's file, served all the same)."""
     try:
         return read_metadata(path, parse_filename(filename))
