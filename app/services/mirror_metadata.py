@@ -45,8 +45,7 @@ class CachedFile:
 def extract(path: str | os.PathLike[str], filename: str) -> CoreMetadata | None:
     """The core metadata of the mirrored file at `path`, read and checked as an upload's
     (app/core/dist_metadata.py: size, zip-bomb and path limits, name and version); None when it
-    has none
-    valid (logged: it is the upstream's file, served all the same)."""
+    has none valid (logged: it is the upstream's file, served all the same)."""
     try:
         return read_metadata(path, parse_filename(filename))
     except InvalidDistribution as exc:
