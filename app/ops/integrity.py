@@ -28,7 +28,7 @@ from app.core.config import Settings
 from app.core.progress import Progress
 from app.core.storage import Storage
 from app.core.storage_choice import make_storage
-from app.core.upstream import UpstreamClient
+from app.core.upstream_client import UpstreamClient
 from app.data.db import Database, begin_write
 from app.data.models import (
     DocSet,

@@ -23,7 +23,8 @@ from app.core.config import Settings
 from app.core.dists import normalize_name, parse_filename
 from app.core.progress import Progress
 from app.core.storage_choice import make_storage
-from app.core.upstream import UpstreamClient, UpstreamError
+from app.core.upstream import UpstreamError
+from app.core.upstream_client import UpstreamClient
 from app.data.db import Database
 from app.data.models import File, Index, Project
 from app.ops.requirements import Requirements

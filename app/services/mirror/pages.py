@@ -20,13 +20,13 @@ from app.core.dists import InvalidDistribution, parse_filename
 from app.core.locks import FileLock
 from app.core.storage import Storage
 from app.core.upstream import (
-    UpstreamClient,
     UpstreamError,
     UpstreamFile,
     UpstreamNotFound,
     UpstreamTimeout,
     mask_url,
 )
+from app.core.upstream_client import UpstreamClient
 from app.data.db import Database, begin_write, get_session
 from app.data.models import Index, MirrorPage, MirrorSidecar, utcnow
 from app.services.fulltext import queue_stored_page

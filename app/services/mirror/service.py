@@ -20,7 +20,8 @@ from app.core import metrics
 from app.core.config import Settings
 from app.core.dists import InvalidDistribution, parse_filename
 from app.core.storage import DISK_FULL_ERRNOS, Storage
-from app.core.upstream import UpstreamClient, UpstreamError, UpstreamTimeout, iter_raw, mask_url
+from app.core.upstream import UpstreamError, UpstreamTimeout, mask_url
+from app.core.upstream_client import UpstreamClient, iter_raw
 from app.data.db import Database, begin_write
 from app.data.models import Index, MirrorHolding, MirrorPage, MirrorSidecar
 from app.services.cache import MirrorCache, count_fetch, hold, holds
