@@ -56,7 +56,8 @@ from app.services.cache import BlobLock
 from app.services.docs import InvalidDocs, inspect_zip
 from app.services.fulltext import drain
 from app.services.fulltext_docs import index_docset, read_docs
-from app.services.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
+from app.services.indexes import get_index_by_path
+from app.services.indexes_config import IndexConfigError, apply_config, create_index
 from app.services.passwords import USERNAME_RE
 from app.services.releases import add_file, release_fields, store_sidecar
 

@@ -32,7 +32,8 @@ from app.ops.resolve import Miss, Plan, PlannedFile, SourceError, plan
 from app.ops.targets import Target
 from app.services.cache import holds, human_bytes
 from app.services.fulltext import drain_queue
-from app.services.indexes import Dist, get_index_by_path, project_view, resolution_order
+from app.services.indexes import get_index_by_path, resolution_order
+from app.services.indexes_view import Dist, project_view
 from app.services.mirror import Blob, Data, Head, Mirror, MirrorError
 from app.services.mirror_metadata import cached_files
 
