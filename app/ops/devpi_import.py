@@ -52,7 +52,7 @@ from app.ops.devpi_format import (
     read_dataindex,
 )
 from app.ops.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError, bootstrap, is_first_start
-from app.services.cache import BlobLock
+from app.services.cache_blobs import BlobLock
 from app.services.docs import InvalidDocs, inspect_zip
 from app.services.fulltext import drain
 from app.services.fulltext_docs import index_docset, read_docs

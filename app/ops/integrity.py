@@ -44,7 +44,8 @@ from app.data.models import (
     Token,
     User,
 )
-from app.services.cache import BlobLock, MirrorCache, forget_metadata, human_bytes, uploaded_blobs
+from app.services.cache import MirrorCache, human_bytes
+from app.services.cache_blobs import BlobLock, forget_metadata, uploaded_blobs
 from app.services.mirror import Mirror, Stream
 
 log = logging.getLogger("pyshelf")

@@ -30,7 +30,8 @@ from app.data.models import File, Index, Project
 from app.ops.requirements import Requirements
 from app.ops.resolve import Miss, Plan, PlannedFile, SourceError, plan
 from app.ops.targets import Target
-from app.services.cache import holds, human_bytes
+from app.services.cache import human_bytes
+from app.services.cache_blobs import holds
 from app.services.fulltext import drain_queue
 from app.services.indexes import get_index_by_path, resolution_order
 from app.services.indexes_view import Dist, project_view

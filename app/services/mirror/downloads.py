@@ -30,7 +30,8 @@ from app.core.upstream import UpstreamError, UpstreamTimeout, mask_url
 from app.core.upstream_client import UpstreamClient, iter_raw
 from app.data.db import Database
 from app.data.models import Index
-from app.services.cache import MirrorCache, holds
+from app.services.cache import MirrorCache
+from app.services.cache_blobs import holds
 from app.services.mirror.pages import file_key, upstream_budget_seconds
 from app.services.mirror.results import (
     Blob,

@@ -24,7 +24,8 @@ from app.core.upstream import UpstreamError, UpstreamTimeout, mask_url
 from app.core.upstream_client import UpstreamClient, iter_raw
 from app.data.db import Database, begin_write
 from app.data.models import Index, MirrorHolding, MirrorPage, MirrorSidecar
-from app.services.cache import MirrorCache, count_fetch, hold, holds
+from app.services.cache import MirrorCache
+from app.services.cache_blobs import count_fetch, hold, holds
 from app.services.indexes_view import Dist
 from app.services.mirror.downloads import CACHE_WRITE_ERRNOS, Downloads, count_write_failure
 from app.services.mirror.pages import Pages, file_key, upstream_budget_seconds
