@@ -73,7 +73,7 @@ def create_app(
     from app.core import logs
     from app.core.config import Settings
     from app.core.storage_choice import make_storage
-    from app.core.upstream import UpstreamClient
+    from app.core.upstream_client import UpstreamClient
     from app.data import db
     from app.data.db import Database
     from app.http import (

@@ -35,7 +35,8 @@ from app.http import api, auth
 from app.http.web import admin
 from app.ops.devpi_import import Importer
 from app.ops.prepare import bootstrap, migrate
-from app.services.indexes import Reader, apply_operations, may_read, normalize_config
+from app.services.indexes import Reader, may_read
+from app.services.indexes_config import apply_operations, normalize_config
 from tests.builders import make_wheel, zip_bytes
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.fake_upstream import FakeUpstream

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app.data.models import Advisory, AdvisoryAffected
 from app.ops.osv_import import cvss3_score, parse_record, rating
 from app.services import advisories
-from app.services.indexes import IndexConfigError, apply_operations, normalize_config
+from app.services.indexes_config import IndexConfigError, apply_operations, normalize_config
 from tests.osv import CRITICAL_VECTOR, MEDIUM_VECTOR, export, fixture_records, record
 from tests.test_cli import database, env, prepared, run  # noqa: F401 - fixtures
 

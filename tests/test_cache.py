@@ -1,5 +1,5 @@
-"""The mirror cache (app/services/cache.py): accounting, LRU eviction under a cap, stats
-(prefetch: tests/test_prefetch.py)."""
+"""The mirror cache (app/services/cache.py, cache_blobs.py): accounting, LRU eviction under a
+cap, stats (prefetch: tests/test_prefetch.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from sqlalchemy import select
 from app import cli
 from app.core.config import ConfigError, Settings
 from app.data.models import Index, MirrorBlob, MirrorHolding
-from app.services.cache import BlobLock, MirrorCache
+from app.services.cache import MirrorCache
+from app.services.cache_blobs import BlobLock
 from tests.builders import make_wheel
 from tests.conftest import basic_auth
 from tests.fake_upstream import FakeUpstream

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from app.core.upstream import UpstreamClient
+from app.core.upstream_client import UpstreamClient
 from app.data.models import MirrorFile, MirrorHolding, MirrorSidecar, MirrorStats
 from tests import test_mirror
 from tests.builders import make_wheel, wheel_metadata

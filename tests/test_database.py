@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from app.core.upstream import UpstreamClient
+from app.core.upstream_client import UpstreamClient
 from app.data.db import Database, begin_write
 from app.data.models import File, LoginFailure, MirrorStats
 from app.services.mirror.stats import Counters

@@ -15,7 +15,7 @@ from werkzeug.security import generate_password_hash
 from app.cli import accounts
 from app.data.models import DocSet, File, Project
 from app.http import api, auth
-from app.services.indexes import IndexConfigError, apply_operations
+from app.services.indexes_config import IndexConfigError, apply_operations
 from tests.builders import make_sdist, make_wheel
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 

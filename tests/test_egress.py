@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from app.core.egress import AddressGuard, parse_networks, refused_kind
-from app.core.upstream import MAX_REDIRECTS, UpstreamClient, UpstreamError, UpstreamRefused
+from app.core.upstream import UpstreamError, UpstreamRefused
+from app.core.upstream_client import MAX_REDIRECTS, UpstreamClient
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 PAGE = json.dumps({"meta": {"api-version": "1.1"}, "name": "demo", "files": []}).encode()

@@ -1,5 +1,5 @@
-"""app.services.indexes: resolution order, merged project views and the dependency-confusion
-rule."""
+"""app.services.indexes and indexes_view: resolution order, merged project views and the
+dependency-confusion rule."""
 
 from __future__ import annotations
 
@@ -12,14 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.core.dists import normalize_name, parse_filename
 from app.data.models import File, Index, Project, User
-from app.services.indexes import (
-    Dist,
-    create_index,
-    get_index_by_path,
-    project_names,
-    project_view,
-    resolution_order,
-)
+from app.services.indexes import get_index_by_path, resolution_order
+from app.services.indexes_config import create_index
+from app.services.indexes_view import Dist, project_names, project_view
 from tests.test_upload import fast_password_hashes  # noqa: F401 - autouse fixture
 
 SHA_A = "a" * 64

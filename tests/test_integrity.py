@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, delete, select, text
 
 from app import cli
 from app.core.config import Settings
-from app.core.upstream import UpstreamClient
+from app.core.upstream_client import UpstreamClient
 from app.data.models import MirrorBlob
 from app.ops.integrity import ORPHAN_GRACE_SECONDS, Verifier, format_report
 from tests.blobs import StoredBlob, stored_blob

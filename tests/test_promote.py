@@ -12,7 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.data.models import DocSet, File, Project, Promotion, User
-from app.services.indexes import Reader, create_index, get_index_by_path
+from app.services.indexes import Reader, get_index_by_path
+from app.services.indexes_config import create_index
 from app.services.promote import (
     FileConflict,
     InvalidPromotion,

@@ -1,4 +1,4 @@
-"""Tests of app/core/upstream.py (the upstream HTTP client and its parsers) and of the fake
+"""Tests of app/core/upstream*.py (the upstream HTTP client and its parsers) and of the fake
 upstream."""
 
 from __future__ import annotations
@@ -18,18 +18,14 @@ import pytest
 import requests
 
 from app.core.upstream import (
-    ACCEPT_PAGE,
-    UpstreamClient,
     UpstreamError,
     UpstreamFile,
     UpstreamNotFound,
     UpstreamTimeout,
-    iter_raw,
     mask_url,
-    normalize_upload_time,
-    parse_html_page,
-    parse_json_page,
 )
+from app.core.upstream_client import ACCEPT_PAGE, UpstreamClient, iter_raw
+from app.core.upstream_pages import normalize_upload_time, parse_html_page, parse_json_page
 from tests.conftest import TEST_ALLOW_PRIVATE
 from tests.fake_upstream import MIME_HTML, MIME_JSON, FakeUpstream, negotiate
 

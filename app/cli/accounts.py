@@ -19,14 +19,8 @@ from app.data.db import Database, begin_write
 from app.data.models import Index, MirrorPage, Token, User
 from app.http.auth import new_token_secret, token_hash
 from app.ops.prepare import find_user
-from app.services.indexes import (
-    IndexConfigError,
-    apply_config,
-    create_index,
-    get_index_by_path,
-    index_config,
-    resolution_order,
-)
+from app.services.indexes import get_index_by_path, resolution_order
+from app.services.indexes_config import IndexConfigError, apply_config, create_index, index_config
 from app.services.passwords import hash_password
 from app.services.releases import InUse, check_deletable, delete_index, delete_owned_indexes
 

@@ -19,13 +19,13 @@ from app.http.devpi import envelope, is_own, listing_reader, promote_for_caller,
 from app.http.errors import HTTPError, index_or_404
 from app.http.web.base import wants_json
 from app.http.web.browse import index_page, user_page
-from app.services.indexes import (
+from app.services.indexes import get_index_by_path
+from app.services.indexes_config import (
     IndexConfigError,
     IndexPermissionError,
     apply_config,
     apply_operations,
     create_index,
-    get_index_by_path,
     index_config,
 )
 from app.services.passwords import MIN_PASSWORD_CHARS, USERNAME_RE, hash_password

@@ -41,13 +41,8 @@ from app.http.auth import (
     verify_password,
 )
 from app.http.errors import HTTPError, index_or_404, too_many_logins
-from app.services.indexes import (
-    Reader,
-    get_index,
-    index_config,
-    is_public,
-    may_read,
-)
+from app.services.indexes import Reader, get_index, is_public, may_read
+from app.services.indexes_config import index_config
 from app.services.promote import (
     EXTERNAL_REFUSAL,
     FileConflict,
@@ -75,7 +70,8 @@ API_VERSION = "2"  # devpi-client accepts only this X-Devpi-Api-Version
 # that compare versions parse it as PEP 440.
 SERVER_VERSION = f"6.20.3+pyshelf.{__version__}"
 # Only what is implemented: with this feature devpi-client sends `devpi index NAME key+=value`
-# as a list of operations (app/services/indexes.py apply_operations) instead of a whole config.
+# as a list of operations (app/services/indexes_config.py apply_operations) instead of a whole
+# config.
 # `push-no-docs`/`push-only-docs`: devpi push's --no-docs and --only-docs.
 FEATURES = ["server-keyvalue-parsing", "push-no-docs", "push-only-docs"]
 PROMOTE_STATUS: dict[type[PromoteError], int] = {

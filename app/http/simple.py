@@ -25,15 +25,8 @@ from app.http.errors import HTTPError, index_or_404, upstream_failed
 from app.http.metrics import mark_guard
 from app.http.web import hook_headers
 from app.services import guard, throttle
-from app.services.indexes import (
-    Dist,
-    ProjectView,
-    is_public,
-    may_read,
-    project_names,
-    project_view,
-    resolution_order,
-)
+from app.services.indexes import is_public, may_read, resolution_order
+from app.services.indexes_view import Dist, ProjectView, project_names, project_view
 from app.services.pagecache import (
     GZIP_MIN_BYTES,
     GZIP_SUFFIX,

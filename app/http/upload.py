@@ -29,7 +29,7 @@ from app.http.devpi import push_release
 from app.http.errors import HTTPError, storage_failure
 from app.http.spool import Spool
 from app.http.web.docs import doc_upload
-from app.services.cache import BlobLock
+from app.services.cache_blobs import BlobLock
 from app.services.indexes import get_index
 from app.services.provenance import InvalidAttestation, check_attestations, provenance_object
 from app.services.releases import add_file, may_upload, release_fields, store_sidecar

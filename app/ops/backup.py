@@ -40,7 +40,7 @@ from app.core.storage import Storage
 from app.core.storage_choice import make_storage
 from app.ops.integrity import Refs, blob_references
 from app.ops.prepare import OperationError
-from app.services.cache import BlobLock
+from app.services.cache_blobs import BlobLock
 
 log = logging.getLogger("pyshelf")
 

@@ -42,7 +42,8 @@ from app.ops.bundle_format import (
     blob_member,
     format_time,
 )
-from app.services.cache import BlobLock, MirrorCache, holds
+from app.services.cache import MirrorCache
+from app.services.cache_blobs import BlobLock, holds
 from app.services.indexes import get_index_by_path
 from app.services.mirror_metadata import cached_files, extract, record_cached_file
 from app.services.releases import FILE_FIELDS

@@ -59,7 +59,8 @@ from app.ops.bundle_format import CHUNK_BYTES, BundleError, Manifest, format_tim
 from app.ops.prepare import find_user
 from app.services.fulltext import drain, index_project, index_stored_page
 from app.services.fulltext_docs import index_stored_docset
-from app.services.indexes import create_index, get_index_by_path
+from app.services.indexes import get_index_by_path
+from app.services.indexes_config import create_index
 from app.services.releases import add_file
 
 log = logging.getLogger("pyshelf")

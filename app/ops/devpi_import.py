@@ -52,11 +52,12 @@ from app.ops.devpi_format import (
     read_dataindex,
 )
 from app.ops.prepare import MIRROR_INDEX, STAGE_INDEX, OperationError, bootstrap, is_first_start
-from app.services.cache import BlobLock
+from app.services.cache_blobs import BlobLock
 from app.services.docs import InvalidDocs, inspect_zip
 from app.services.fulltext import drain
 from app.services.fulltext_docs import index_docset, read_docs
-from app.services.indexes import IndexConfigError, apply_config, create_index, get_index_by_path
+from app.services.indexes import get_index_by_path
+from app.services.indexes_config import IndexConfigError, apply_config, create_index
 from app.services.passwords import USERNAME_RE
 from app.services.releases import add_file, release_fields, store_sidecar
 

@@ -28,7 +28,7 @@ from app.core.config import Settings
 from app.core.progress import Progress
 from app.core.storage import Storage
 from app.core.storage_choice import make_storage
-from app.core.upstream import UpstreamClient
+from app.core.upstream_client import UpstreamClient
 from app.data.db import Database, begin_write
 from app.data.models import (
     DocSet,
@@ -44,7 +44,8 @@ from app.data.models import (
     Token,
     User,
 )
-from app.services.cache import BlobLock, MirrorCache, forget_metadata, human_bytes, uploaded_blobs
+from app.services.cache import MirrorCache, human_bytes
+from app.services.cache_blobs import BlobLock, forget_metadata, uploaded_blobs
 from app.services.mirror import Mirror, Stream
 
 log = logging.getLogger("pyshelf")

@@ -23,15 +23,18 @@ from app.core.config import Settings
 from app.core.dists import normalize_name, parse_filename
 from app.core.progress import Progress
 from app.core.storage_choice import make_storage
-from app.core.upstream import UpstreamClient, UpstreamError
+from app.core.upstream import UpstreamError
+from app.core.upstream_client import UpstreamClient
 from app.data.db import Database
 from app.data.models import File, Index, Project
 from app.ops.requirements import Requirements
 from app.ops.resolve import Miss, Plan, PlannedFile, SourceError, plan
 from app.ops.targets import Target
-from app.services.cache import holds, human_bytes
+from app.services.cache import human_bytes
+from app.services.cache_blobs import holds
 from app.services.fulltext import drain_queue
-from app.services.indexes import Dist, get_index_by_path, project_view, resolution_order
+from app.services.indexes import get_index_by_path, resolution_order
+from app.services.indexes_view import Dist, project_view
 from app.services.mirror import Blob, Data, Head, Mirror, MirrorError
 from app.services.mirror_metadata import cached_files
 

@@ -23,7 +23,8 @@ from app.data.db import make_engine
 from app.data.models import User
 from app.data.schema import MIGRATIONS_DIR
 from app.ops.preflight import data_dir_problems
-from app.services.indexes import create_index, get_index_by_path
+from app.services.indexes import get_index_by_path
+from app.services.indexes_config import create_index
 from app.services.passwords import hash_password, password_matches
 
 log = logging.getLogger("pyshelf")

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.core.dists import InvalidDistribution, parse_filename
 from app.data.models import Advisory, AdvisoryAffected, File, Index, MirrorPage, Project
+from app.services.indexes import is_whitelisted
 
 log = logging.getLogger(__name__)
 
@@ -278,13 +279,11 @@ def served_affected(
     """What an index serves from the indexes a reader may read (`readable`, a subset of its
     resolution `order`) that an advisory affects, by project and version. Mirrors count with
     the projects they have cached; the upstream is not asked."""
-    from app.services.indexes import is_whitelisted  # here: indexes.py imports this module
-
     thresholds = thresholds_by_holder(order)
     stages = [i for i in order if not i.is_mirror]
     held = {i.path: _held_versions(session, i) for i in readable}
     # A name a stage holds hides the mirrors' project of that name (dependency confusion),
-    # as on the index's pages (app/services/indexes.py project_view).
+    # as on the index's pages (app/services/indexes_view.py project_view).
     private = {name for i in stages for name in _held_versions(session, i)}
     results: list[Served] = []
     for name in sorted({n for versions in held.values() for n in versions}):

@@ -1,33 +1,27 @@
-"""The mirror cache's accounting: which blobs it holds, their last download, the size cap.
+"""The mirror cache's accounting and eviction: the total it holds, each blob's last download,
+the size cap.
 
-A mirror records each file it fetched and verified in `mirror_holdings` (what it may serve:
-the blob store is shared by all indexes, and a sha256 on an upstream page proves nothing) and,
-once per blob, in `mirror_blobs` (what the cap counts). Downloads from the cache update
-`last_access_at` in batches (at most every few seconds per worker, never a write per request).
-When the recorded total passes MIRROR_CACHE_MAX_SIZE, the least recently downloaded files are
-removed until the total is below LOW_WATER of the cap, and with them every mirror's holding.
-Their project pages stay: the next request fetches a removed file again; search describes
-those projects from what is left (app/services/fulltext.py). A write that fails
-for a full disk first asks `make_room` to evict, whatever the cap.
-
-Blobs that an upload references (File, its wheel's METADATA sidecar, DocSet) are never removed,
-even when a mirror cached the same bytes. Uploads store their blob before they record its row,
-so they hold `BlobLock` shared from store to commit; whoever deletes blobs (eviction, orphan
-removal) holds it exclusively while it checks for rows and deletes: it sees every upload either
-fully recorded or not yet stored.
+What each mirror holds and which blobs uploads reference is app/services/cache_blobs.py.
+Downloads from the cache update `last_access_at` in batches (at most every few seconds per
+worker, never a write per request). When the recorded total passes MIRROR_CACHE_MAX_SIZE, the
+least recently downloaded files are removed until the total is below LOW_WATER of the cap, and
+with them every mirror's holding. Their project pages stay: the next request fetches a removed
+file again; search describes those projects from what is left (app/services/fulltext.py). A
+write that fails for a full disk first asks `make_room` to evict, whatever the cap. Eviction
+never removes a blob an upload references, and holds `BlobLock` (app/services/cache_blobs.py)
+while it checks and deletes.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import datetime as dt
 import logging
 import shutil
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +34,6 @@ from app.core.locks import Locks
 from app.core.storage import Storage
 from app.data.db import Database, begin_write
 from app.data.models import (
-    DocSet,
-    File,
     Index,
     MirrorBlob,
     MirrorFile,
@@ -50,6 +42,14 @@ from app.data.models import (
     MirrorStats,
     utcnow,
 )
+from app.services.cache_blobs import (
+    LOCK_WAIT_SECONDS,
+    BlobLock,
+    forget_metadata,
+    hold,
+    recorded_blobs,
+    uploaded_blobs,
+)
 from app.services.fulltext import index_cached_project
 
 log = logging.getLogger(__name__)
@@ -57,117 +57,8 @@ log = logging.getLogger(__name__)
 ACCESS_FLUSH_SECONDS = 5.0  # how stale last_access_at may be, per worker
 LOW_WATER = 0.9  # eviction frees down to 90 % of the cap, so one miss does not evict each time
 EVICT_BATCH = 200  # candidates considered per round
-LOCK_WAIT_SECONDS = 30.0  # how long eviction waits for uploads between store and record
-REQUEST_LOCK_WAIT_SECONDS = 0.5  # ... when it runs in a request thread (a backup holds it long)
+REQUEST_LOCK_WAIT_SECONDS = 0.5  # the blob lock wait in a request thread (a backup holds it long)
 DISCARD_LOCK_WAIT_SECONDS = 5.0  # a failed upload's cleanup; what it cannot wait for, verify does
-
-
-class BlobLock:
-    """The lock named "blobs" (app/core/locks.py): shared to store and record, exclusive to
-    delete."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.locks = Locks.of(settings)
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        """Held by a writer between storing a blob and committing the row that references it."""
-        lock = self.locks.shared("blobs")
-        try:
-            lock.acquire()
-            yield
-        finally:
-            lock.close()
-
-    @contextlib.contextmanager
-    def exclusive(self, timeout_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[bool]:
-        """Held while deciding which blobs are unreferenced and deleting them; yields success."""
-        lock = self.locks.exclusive("blobs")
-        try:
-            yield lock.acquire(timeout_seconds)
-        finally:
-            lock.close()
-
-
-def uploaded_blobs(session: Session, keys: Iterable[str]) -> set[str]:
-    """Which of `keys` an upload references: a release file, a wheel's sidecar, a doc zip."""
-    keys = list(keys)
-    found: set[str] = set()
-    for start in range(0, len(keys), 500):  # bounded IN lists
-        chunk = keys[start : start + 500]
-        found.update(session.scalars(select(File.sha256).where(File.sha256.in_(chunk))))
-        found.update(
-            session.scalars(select(File.metadata_sha256).where(File.metadata_sha256.in_(chunk)))
-        )
-        found.update(session.scalars(select(DocSet.sha256).where(DocSet.sha256.in_(chunk))))
-    return found
-
-
-def recorded_blobs(session: Session, keys: Iterable[str]) -> set[str]:
-    """Which of `keys` the database says are stored (uploads and mirror_blobs): no store I/O."""
-    keys = list(keys)
-    found = uploaded_blobs(session, keys)
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        found.update(session.scalars(select(MirrorBlob.sha256).where(MirrorBlob.sha256.in_(chunk))))
-    return found
-
-
-def holds(session: Session, index_id: int, key: str) -> bool:
-    """Whether mirror `index_id` fetched the blob `key` from its upstream itself (and may serve
-    it); the store may hold the same bytes for another index, which proves nothing here."""
-    return (
-        session.scalar(
-            select(MirrorHolding.index_id).where(
-                MirrorHolding.index_id == index_id, MirrorHolding.sha256 == key
-            )
-        )
-        is not None
-    )
-
-
-def hold(session: Session, index_id: int, key: str, size: int) -> None:
-    """Record in the caller's write transaction that mirror `index_id` fetched, verified and
-    stored `key`: it holds the blob, and the cap counts it once."""
-    now = utcnow()
-    row = session.get(MirrorBlob, key)
-    if row is None:
-        session.add(
-            MirrorBlob(sha256=key, index_id=index_id, size=size, cached_at=now, last_access_at=now)
-        )
-    else:  # another mirror's too: still one blob, counted once
-        row.size, row.last_access_at = size, now
-    if session.get(MirrorHolding, (index_id, key)) is None:
-        session.add(MirrorHolding(index_id=index_id, sha256=key, fetched_at=now))
-
-
-def count_fetch(session: Session, index_id: int, fetched_bytes: int) -> None:
-    """Add one miss and its bytes to mirror `index_id`'s counters in the caller's write
-    transaction (app/services/mirror/stats.py's Counters adds up the rest between flushes)."""
-    if session.get(MirrorStats, index_id) is None:
-        session.add(MirrorStats(index_id=index_id, hits=0, misses=0, bytes_fetched=0))
-        session.flush()
-    session.execute(
-        update(MirrorStats)
-        .where(MirrorStats.index_id == index_id)
-        .values(
-            misses=MirrorStats.misses + 1,
-            bytes_fetched=MirrorStats.bytes_fetched + fetched_bytes,
-        )
-    )
-
-
-def forget_metadata(session: Session, keys: list[str]) -> None:
-    """Blobs `keys` leave the cache: no mirrored file offers them as its core metadata any more
-    (app/services/mirror_metadata.py; the caller commits, the page-cache triggers forget the
-    pages)."""
-    for start in range(0, len(keys), 500):  # bounded IN lists
-        chunk = keys[start : start + 500]
-        session.execute(
-            update(MirrorFile)
-            .where(MirrorFile.metadata_sha256.in_(chunk))
-            .values(metadata_sha256=None, is_sidecar=False)
-        )
 
 
 def _projects_of(session: Session, keys: list[str]) -> set[tuple[int, str]]:

@@ -1,6 +1,6 @@
 """The supply-chain guard: which files an index serves, and why it holds back or blocks the rest.
 
-One home for the decisions: project pages (app/services/indexes.py project_view) and file URLs
+One home for the decisions: project pages (app/services/indexes_view.py project_view) and file URLs
 (app/http/files.py) ask the same `Guard`, so a page and the files it lists always agree. A guard
 is a list of rule checks; each returns a `Verdict` for a file it refuses, or None. The rules:
 block rules (the server's and each index's), a mirror's release cooldown, a PEP 792 quarantine
@@ -63,7 +63,7 @@ class Verdict:
 
 
 class Candidate(Protocol):
-    """What the guard looks at in a file (app/services/indexes.py Dist has it)."""
+    """What the guard looks at in a file (app/services/indexes_view.py Dist has it)."""
 
     @property
     def filename(self) -> str: ...

@@ -4,10 +4,11 @@ A plain PEP 503 upstream gives neither sizes nor PEP 658 sidecars. When a mirror
 (app/services/mirror/downloads.py, which prefetch and app/ops/integrity.py's repair use too),
 this module reads its METADATA or PKG-INFO with the checks an upload gets (dist_metadata.py),
 stores it under its sha256 and records it in `mirror_files` with the file's size. The mirror holds
-the metadata blob as it holds the file (app/services/cache.py: it made those bytes from bytes it
-fetched and verified itself). A wheel's METADATA is then its PEP 658/714 sidecar, byte for byte; an
-sdist's PKG-INFO only describes the project on the web pages and in search (its dependencies are
-not reliable); which file's metadata describes a project: app/services/mirror_description.py.
+the metadata blob as it holds the file (app/services/cache_blobs.py: it made those bytes from
+bytes it fetched and verified itself). A wheel's METADATA is then its PEP 658/714 sidecar, byte
+for byte; an sdist's PKG-INFO only describes the project on the web pages and in search (its
+dependencies are not reliable); which file's metadata describes a project:
+app/services/mirror_description.py.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from app.core.dists import InvalidDistribution, parse_filename
 from app.core.storage import Storage
 from app.data.db import Database, begin_write
 from app.data.models import MirrorBlob, MirrorFile, MirrorHolding, utcnow
-from app.services.cache import MirrorCache, count_fetch, hold
+from app.services.cache import MirrorCache
+from app.services.cache_blobs import count_fetch, hold
 from app.services.fulltext import index_cached_project
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ The staging workflow: upload to `alice/dev`, test, then copy the release into a 
 upload times, uploader and metadata stay as they were. Every rule of the target holds:
 `acl_upload`, immutability (`volatile=False`: other bytes under a filename it has are a
 conflict, the same bytes a no-op), and the dependency-confusion guard, which is the project row
-itself (app/services/indexes.py project_view: a name a stage holds hides its mirrors' project).
+itself (app/services/indexes_view.py project_view: a name a stage holds hides its mirrors' project).
 Reading the source needs read access to it (acl_read): a release the caller may not read
 is answered exactly as a missing one.
 
@@ -341,7 +341,7 @@ def copy_release(
     )
     if (
         project is None
-    ):  # the name now hides its mirrors' project of this name (app/services/indexes.py)
+    ):  # the name now hides its mirrors' project of this name (app/services/indexes_view.py)
         project = Project(index_id=target.id, name=project_name, normalized_name=normalized)
         session.add(project)
         session.flush()

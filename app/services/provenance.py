@@ -12,7 +12,7 @@ from urllib.parse import quote
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.upstream import UpstreamClient, iter_raw
+from app.core.upstream_client import UpstreamClient, iter_raw
 from app.data.models import File, FileProvenance, Project
 
 if TYPE_CHECKING:

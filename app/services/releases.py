@@ -23,14 +23,8 @@ from app.core.dist_metadata import CoreMetadata
 from app.core.dists import FilenameInfo, normalize_name
 from app.core.storage import Storage
 from app.data.models import DocSet, File, Index, MirrorBlob, MirrorHolding, Project, User, utcnow
-from app.services.indexes import (
-    MirrorSource,
-    Reader,
-    dependents,
-    get_index_by_path,
-    may_read,
-    readable_order,
-)
+from app.services.indexes import Reader, dependents, get_index_by_path, may_read, readable_order
+from app.services.indexes_view import MirrorSource
 
 MAX_VERSION_SHOWN_CHARS = 100  # a 4300-digit "version" must not fill the status line
 # What a File row holds besides its id and project: a copy (promote) takes all of it, and a

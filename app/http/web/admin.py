@@ -31,15 +31,12 @@ from app.http.devpi import json_login
 from app.http.errors import HTTPError
 from app.http.web.base import back, bp, index_or_404, index_url, login_redirect, safe_next
 from app.http.web.pages import all_indexes
-from app.services.indexes import (
+from app.services.indexes import Reader, get_index_by_path, is_public, may_read
+from app.services.indexes_config import (
     IndexConfigError,
     IndexPermissionError,
-    Reader,
     apply_config,
     create_index,
-    get_index_by_path,
-    is_public,
-    may_read,
     may_set_mirror_url,
 )
 from app.services.passwords import MIN_PASSWORD_CHARS, USERNAME_RE, hash_password

@@ -16,13 +16,7 @@ from app.http.devpi import users_json
 from app.http.errors import HTTPError
 from app.http.web import pages
 from app.http.web.base import bp, current_location, index_or_404, page_number, wants_json
-from app.services.indexes import (
-    Reader,
-    acl_read_of,
-    get_index_by_path,
-    is_public,
-    may_read,
-)
+from app.services.indexes import Reader, acl_read_of, get_index_by_path, is_public, may_read
 from app.services.releases import shown_bases
 
 

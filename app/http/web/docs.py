@@ -47,7 +47,7 @@ from app.data.db import begin_write, get_session
 from app.data.models import DocSet, Index, Project, User, utcnow
 from app.http.errors import HTTPError
 from app.http.spool import Spool
-from app.services.cache import BlobLock
+from app.services.cache_blobs import BlobLock
 from app.services.docs import INDEX_HTML, InvalidDocs, inspect_zip, member_path
 from app.services.fulltext import queue_docset
 from app.services.indexes import Reader, may_read, readable_order

@@ -14,7 +14,8 @@ from app.core.dists import InvalidDistribution, parse_filename
 from app.data.db import get_session
 from app.data.models import BundleImport, File, Index, MirrorPage, Project, User
 from app.services.advisories import Found
-from app.services.indexes import ProjectView, Reader, readable_order
+from app.services.indexes import Reader, readable_order
+from app.services.indexes_view import ProjectView
 from app.services.mirror_description import (
     Metadata,
     from_core_metadata,

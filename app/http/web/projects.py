@@ -34,14 +34,13 @@ from app.http.web.base import (
 from app.http.web.browse import absolute_url, require_read_page, root_url
 from app.services import advisories
 from app.services.indexes import (
-    ProjectView,
     Reader,
     get_index_by_path,
     may_read,
-    project_view,
     readable_order,
     resolution_order,
 )
+from app.services.indexes_view import ProjectView, project_view
 from app.services.mirror_description import mirror_metadata, newest_described
 from app.services.promote import promotable_targets, promotions_of
 from app.services.releases import may_change, may_upload, refresh_project

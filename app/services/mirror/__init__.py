@@ -7,8 +7,8 @@ cap, LRU eviction) and counted (stats.py, app/core/metrics.py). Nothing here spe
 mirror answers with results.py's values or raises its errors, and app/http maps both.
 
 All indexes share one blob store, and an upstream page may list any sha256 (another index's
-private upload, say): a mirror serves only blobs it holds (app/services/cache.py `holds`: it
-fetched and verified them itself). Bytes already stored for someone else are downloaded and
+private upload, say): a mirror serves only blobs it holds (app/services/cache_blobs.py `holds`:
+it fetched and verified them itself). Bytes already stored for someone else are downloaded and
 verified all the same, then kept as they are (the store deduplicates).
 """
 

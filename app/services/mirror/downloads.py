@@ -26,10 +26,12 @@ from app.core import metrics
 from app.core.config import Settings
 from app.core.locks import Lock, Locks
 from app.core.storage import DISK_FULL_ERRNOS, Storage, write_at
-from app.core.upstream import UpstreamClient, UpstreamError, UpstreamTimeout, iter_raw, mask_url
+from app.core.upstream import UpstreamError, UpstreamTimeout, mask_url
+from app.core.upstream_client import UpstreamClient, iter_raw
 from app.data.db import Database
 from app.data.models import Index
-from app.services.cache import MirrorCache, holds
+from app.services.cache import MirrorCache
+from app.services.cache_blobs import holds
 from app.services.mirror.pages import file_key, upstream_budget_seconds
 from app.services.mirror.results import (
     Blob,

@@ -20,17 +20,18 @@ from app.core.dists import InvalidDistribution, parse_filename
 from app.core.locks import FileLock
 from app.core.storage import Storage
 from app.core.upstream import (
-    UpstreamClient,
     UpstreamError,
     UpstreamFile,
     UpstreamNotFound,
     UpstreamTimeout,
     mask_url,
 )
+from app.core.upstream_client import UpstreamClient
 from app.data.db import Database, begin_write, get_session
 from app.data.models import Index, MirrorPage, MirrorSidecar, utcnow
 from app.services.fulltext import queue_stored_page
-from app.services.indexes import Dist, file_path
+from app.services.indexes import file_path
+from app.services.indexes_view import Dist
 from app.services.mirror.results import PageNotes, UpstreamFailed, UpstreamTimedOut
 from app.services.mirror.stats import stats_row
 from app.services.mirror_metadata import cached_files
@@ -318,7 +319,7 @@ class Pages:
             session.commit()
         return True
 
-    # --- what indexes.py and the blueprints ask ------------------------------------------------
+    # --- what indexes_view.py and the blueprints ask --------------------------------------------
 
     def project(self, index: Index, normalized_name: str) -> tuple[str, list[Dist]] | None:
         """The upstream project's name and files as local `+f` links, or None if unknown."""

@@ -20,11 +20,13 @@ from app.core import metrics
 from app.core.config import Settings
 from app.core.dists import InvalidDistribution, parse_filename
 from app.core.storage import DISK_FULL_ERRNOS, Storage
-from app.core.upstream import UpstreamClient, UpstreamError, UpstreamTimeout, iter_raw, mask_url
+from app.core.upstream import UpstreamError, UpstreamTimeout, mask_url
+from app.core.upstream_client import UpstreamClient, iter_raw
 from app.data.db import Database, begin_write
 from app.data.models import Index, MirrorHolding, MirrorPage, MirrorSidecar
-from app.services.cache import MirrorCache, count_fetch, hold, holds
-from app.services.indexes import Dist
+from app.services.cache import MirrorCache
+from app.services.cache_blobs import count_fetch, hold, holds
+from app.services.indexes_view import Dist
 from app.services.mirror.downloads import CACHE_WRITE_ERRNOS, Downloads, count_write_failure
 from app.services.mirror.pages import Pages, file_key, upstream_budget_seconds
 from app.services.mirror.results import (
