@@ -10,7 +10,16 @@ counters live in this module's registry.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# With PROMETHEUS_MULTIPROC_DIR set, an unlabelled counter opens its file there as soon as it is
+# made, so the directory must exist before this module is imported: a command started with the
+# variable already set (entrypoint.sh's `prepare`, before gunicorn's settings make it) would
+# otherwise stop at the import.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 # Single-process mode registers here; in multiprocess mode the values go to files instead.
 REGISTRY = CollectorRegistry(auto_describe=True)
