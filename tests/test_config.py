@@ -476,6 +476,10 @@ ENVIRONMENT_READS = {
     ("app/ops/backup.py", "return {**os.environ, **{k: v for k, v in values.items() if v}}"): (
         "passes the whole environment on to pg_dump/psql, reads no variable of its own"
     ),
+    ("app/core/metrics.py", 'if multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):'): (
+        "the variable prometheus_client itself reads when the counters are made: its directory"
+        " must exist by then"
+    ),
 }
 _ENVIRONMENT_RE = re.compile(r"\bos\.environ\b|\bgetenv\b|\bfrom os import\b")
 # app/http/gunicorn_conf.py hands values to gunicorn and prometheus_client through the environment.

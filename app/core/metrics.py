@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 # made, so the directory must exist before this module is imported: a command started with the
 # variable already set (entrypoint.sh's `prepare`, before gunicorn's settings make it) would
 # otherwise stop at the import.
-if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+if multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(multiproc_dir, exist_ok=True)
 
 # Single-process mode registers here; in multiprocess mode the values go to files instead.
 REGISTRY = CollectorRegistry(auto_describe=True)
