@@ -54,9 +54,8 @@ SCALE_TESTS := tests/test_upload.py tests/test_backup.py tests/test_integrity.py
 # PARALLEL= runs them in one process.
 PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 
-test: $(VENV)/.installed $(DEVPI_VENV)/.installed $(CLIENTS_VENV)/.installed chromium postgres ## install what the tests need, type-check app/ and its import contracts, then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
-	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
+test: $(VENV)/.installed $(DEVPI_VENV)/.installed $(CLIENTS_VENV)/.installed chromium postgres ## install what the tests need, make lint (ruff, mypy, the import contracts), then run them all: SQLite + disk, then PostgreSQL + S3 (the image's: test-container)
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PARALLEL)
 	PYSHELF_TEST_DATABASE=postgres PYSHELF_TEST_STORAGE=s3 $(PY) -m pytest -q -p no:cacheprovider $(PARALLEL) $(SCALE_TESTS)
 
