@@ -16,7 +16,7 @@ import pytest
 from app import __version__
 from app.cli import main
 from app.cli.parser import build_parser
-from tests.conftest import ROOT, clean_env, free_port
+from tests.conftest import ROOT, TEST_DATABASE, clean_env, free_port
 
 COMMAND_TIMEOUT_SECONDS = 60
 COMMANDS = {
@@ -178,6 +178,9 @@ def test_a_command_succeeds_quietly_and_logs_with_v(data_dir: Path) -> None:
     assert "database schema is up to date" in verbose.stderr
 
 
+@pytest.mark.skipif(
+    TEST_DATABASE != "sqlite", reason="looks for the SQLite file a new data directory gets"
+)
 def test_migrate_makes_the_schema_and_says_nothing(tmp_path: Path) -> None:
     """`pyshelf migrate` on a new data directory: a database at head, no output."""
     result = pyshelf("migrate", cwd=tmp_path, DATA_DIR=str(tmp_path / "data"))
@@ -307,6 +310,10 @@ def test_a_missing_env_file_is_refused_before_anything_is_made(tmp_path: Path) -
     assert not data.exists()
 
 
+@pytest.mark.skipif(
+    TEST_DATABASE != "sqlite",
+    reason="reads DATABASE_URL from .env: the PostgreSQL pass sets it in the environment",
+)
 def test_config_show_names_each_source_and_masks_secrets(tmp_path: Path) -> None:
     """Environment over .env over default, each line saying which; no secret is printed."""
     dotenv = tmp_path / ".env"
