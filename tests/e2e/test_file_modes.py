@@ -11,7 +11,7 @@ import pytest
 
 from tests.blobs import server_blob
 from tests.builders import make_wheel
-from tests.conftest import LiveServer
+from tests.conftest import TEST_DATABASE, LiveServer
 from tests.e2e.helpers import cli, publish, sha256
 
 pytestmark = pytest.mark.e2e
@@ -38,6 +38,10 @@ def server(server_factory: Callable[..., LiveServer], tmp_path: Path) -> LiveSer
     return started
 
 
+@pytest.mark.skipif(
+    TEST_DATABASE != "sqlite",
+    reason="looks at the SQLite file and the generated secret_key (PostgreSQL passes SECRET_KEY)",
+)
 def test_the_server_creates_its_data_for_its_own_user_only(server: LiveServer) -> None:
     data = server.data_dir
     assert mode(data) == 0o700
@@ -74,6 +78,10 @@ def test_a_backup_is_for_its_owner_only_even_in_a_folder_open_to_others(
     assert mode(folder) == 0o755  # the operator's folder is left as it is
 
 
+@pytest.mark.skipif(
+    TEST_DATABASE != "sqlite",
+    reason="looks at the SQLite file and the generated secret_key (PostgreSQL passes SECRET_KEY)",
+)
 def test_verify_names_what_others_may_read_with_the_chmod_that_closes_it(
     server: LiveServer,
 ) -> None:
