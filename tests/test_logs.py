@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from app.core import logs
 from app.core.logs import TextFormatter, short_user_agent
 from tests.e2e.test_logs import PIP_AGENT
 
@@ -49,3 +52,65 @@ def test_text_lines_start_with_an_iso_8601_utc_time() -> None:
     line = TextFormatter().format(record)
 
     assert line == "2026-01-02T03:04:05.678+00:00 [pyshelf] INFO pyshelf: hello"
+
+
+class _Clock:
+    """time.perf_counter for app.core.logs, moved only by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_the_request_duration_ends_with_the_body_not_with_work_done_at_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Search indexing runs in the response's close(), after the client has the body: an
+    # upload's logged duration and its request metrics must not include it.
+    clock = _Clock()
+    monkeypatch.setattr(logs, "time", clock)
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            clock.now += 0.25  # building and sending the body
+            yield b"answer"
+
+        def close(self) -> None:
+            clock.now += 30.0  # work after the response
+
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        start_response("200 OK", [("Content-Length", "6")])
+        return Body()
+
+    seen: list[logs.Finished] = []
+    middleware = logs.RequestLog(app, access_log=False)
+    middleware.observers.append(seen.append)
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/"}
+    body = middleware(environ, lambda status, headers, *exc: None)
+    assert b"".join(body) == b"answer"
+    body.close()  # type: ignore[attr-defined]
+    assert [f.bytes_sent for f in seen] == [6]
+    assert seen[0].seconds == pytest.approx(0.25)
+
+
+def test_a_body_closed_before_its_end_is_timed_to_the_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(logs, "time", clock)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"part"
+        yield b"never read"
+
+    seen: list[logs.Finished] = []
+    middleware = logs.RequestLog(app, access_log=False)
+    middleware.observers.append(seen.append)
+    body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+    assert next(iter(body)) == b"part"
+    clock.now += 2.0  # the client went away; the server closes the body later
+    body.close()  # type: ignore[attr-defined]
+    assert seen[0].seconds == pytest.approx(2.0)

@@ -200,12 +200,22 @@ class RequestLog:
         return _Body(
             result,
             request_id,
-            lambda sent: self.finish(environ, state["status"], sent, started),
+            lambda sent, ended: self.finish(environ, state["status"], sent, started, ended),
         )
 
-    def finish(self, environ: WSGIEnvironment, status: int, sent: int, started: float) -> None:
-        """Tell the observers and log the line (also for answers sent without the app)."""
-        finished = Finished(environ, status, sent, time.perf_counter() - started)
+    def finish(
+        self,
+        environ: WSGIEnvironment,
+        status: int,
+        sent: int,
+        started: float,
+        ended: float | None = None,
+    ) -> None:
+        """Tell the observers and log the line (also for answers sent without the app). The
+        duration ends at `ended` (the last byte handed to the server) when given, so work the
+        app does in its body's close() after that (search indexing) is not counted."""
+        duration = (time.perf_counter() if ended is None else ended) - started
+        finished = Finished(environ, status, sent, duration)
         for observer in self.observers:
             try:
                 observer(finished)
@@ -217,15 +227,20 @@ class RequestLog:
 
 class _Body:
     """The response body, counted as it goes; `close()` (which every WSGI server calls, even for
-    a body never iterated) closes the app's body and then reports the request as finished."""
+    a body never iterated) closes the app's body and then reports the request as finished, timed
+    to when its last byte went to the server (or to the close, for a body not read to its end)."""
 
     def __init__(
-        self, result: Iterable[bytes], request_id: str, on_close: Callable[[int], None]
+        self,
+        result: Iterable[bytes],
+        request_id: str,
+        on_close: Callable[[int, float | None], None],
     ) -> None:
         self.result = result
         self.request_id = request_id
         self.on_close = on_close
         self.sent = 0
+        self.ended: float | None = None
         self.closed = False
         self.token: contextvars.Token[str | None] | None = None
 
@@ -235,6 +250,7 @@ class _Body:
         for chunk in self.result:
             self.sent += len(chunk)
             yield chunk
+        self.ended = time.perf_counter()
 
     def close(self) -> None:
         if self.closed:
@@ -245,7 +261,7 @@ class _Body:
             if close is not None:
                 close()
         finally:
-            self.on_close(self.sent)
+            self.on_close(self.sent, self.ended)
             if self.token is not None:
                 with contextlib.suppress(ValueError):  # closed from another context
                     request_id_var.reset(self.token)
