@@ -15,11 +15,16 @@ _fillers: list[Filler] = []
 _original_post_init: Callable[[Any], None] | None = None
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
 def is_test_data_dir(data_dir: str | os.PathLike[str]) -> bool:
-    """Data directories under the temp folder are tests' own; others (./data) keep the real
-    defaults (SQLite, local blobs)."""
+    """Data directories under the temp folder are tests' own; others keep the real defaults
+    (SQLite, local blobs): so does the checkout's own ./data when the checkout itself is under
+    the temp folder (a clean clone in /tmp)."""
     temp = Path(tempfile.gettempdir()).resolve()
-    return temp in Path(data_dir).resolve().parents
+    parents = Path(data_dir).resolve().parents
+    return temp in parents and CHECKOUT not in parents
 
 
 def register(filler: Filler) -> None:
