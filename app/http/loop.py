@@ -132,7 +132,12 @@ class LoopAnswers:
         if fields is None:
             return False
         thread_fields = THREAD_FIELDS if is_file else PAGE_THREAD_FIELDS
-        if any(name in thread_fields or name.startswith("x-forwarded-") for name in fields):
+        # gunicorn judges a name with "_" by header_map and its forwarders (SCRIPT_NAME from a
+        # trusted proxy changes the prefix): a thread's.
+        if any(
+            name in thread_fields or name.startswith("x-forwarded-") or "_" in name
+            for name in fields
+        ):
             return False
         path = target
         if self.prefix:

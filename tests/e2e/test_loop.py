@@ -320,6 +320,7 @@ def test_a_stored_page_is_answered_by_the_loop_as_a_thread_answers_it(
     [
         ({"If-None-Match": "*"}, 304),  # the view answers it (RFC 9110 section 13.1.2)
         ({"Range": "bytes=0-9"}, 200),
+        ({"X_Anything": "1"}, 200),  # gunicorn's header_map judges "_" (SCRIPT_NAME, ...)
         ({"Accept-Encoding": "gzip"}, 200),  # with ?format= below: a query is the view's
     ],
 )
