@@ -67,7 +67,7 @@ def shelf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             {
                 "ADMIN_PASSWORD": ADMIN_PASSWORD,
                 "MIRROR_URL": upstream.url,
-                "WEB_CONCURRENCY": "1",
+                "WEB_CONCURRENCY": "2",
                 "THREADS": "2",
                 "LOG_LEVEL": "DEBUG",
             },
@@ -128,8 +128,9 @@ def loop_sent(
     headers: dict[str, str] | None = None,
 ) -> set[str]:
     """Fetch `path` (which the loop answers) and wait for its line: then the request ids of
-    every answer the loop has sent (one worker logs in order: none of the earlier ones is
-    missing). Elsewhere than SQLite + disk: no wait, no ids."""
+    every answer the loop has sent. A connection stays with one worker, whose loop logs each
+    answer before it reads the next request: none of the earlier ones on `connection` is
+    missing then. Elsewhere than SQLite + disk: no wait, no ids."""
     answer = fetch(connection, path, headers)
     assert answer[0] == 200, answer[2]
     last = request_id(answer)
