@@ -3,7 +3,7 @@ request, and `begin_write`, which serializes writers on both."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -150,32 +150,36 @@ class FastRead:
             connection.close()  # back to the pool, which rolls back
         return row
 
-    def own_connection_reader(self, busy_ms: int) -> Callable[..., tuple[Any, ...] | None] | None:
-        """On SQLite, `one` on a connection of its own, outside the pool, that waits at most
-        `busy_ms` for a lock (then raises): for a thread that must never wait long, the worker's
-        event loop (app/http/loopfiles.py). None on a database across the network.
 
-        The connection is opened by the first call, in the thread that makes it.
-        """
-        if self.engine.dialect.name != "sqlite":
-            return None
-        own: list[Any] = []
+class OwnConnection:
+    """On SQLite, a connection outside the pool for one thread that must never wait long (the
+    worker's event loop: app/http/loop.py): FastReads run on it wait at most `busy_ms` for a
+    lock, then raise. Opened by the first read, in the thread that makes it."""
 
-        def one(**params: Any) -> tuple[Any, ...] | None:
-            if not own:
-                proxied = self.engine.raw_connection()
-                proxied.detach()  # never back to the pool: this thread's alone
-                own.append(proxied.dbapi_connection)
-                own[0].execute(f"PRAGMA busy_timeout={int(busy_ms)}")
-            values = {**self.constants, **params}
-            arguments = [values[p] for p in self.positions] if self.positions else values
-            cursor = own[0].execute(self.sql, arguments)
-            try:
-                return cast("tuple[Any, ...] | None", cursor.fetchone())
-            finally:
-                cursor.close()
+    def __init__(self, database: Database, busy_ms: int) -> None:
+        self.engine = database.engine
+        self.busy_ms = busy_ms
+        self.connection: Any = None
 
-        return one
+    @classmethod
+    def for_database(cls, database: Database, busy_ms: int) -> OwnConnection | None:
+        """One for SQLite; None on a database across the network (a round trip would block)."""
+        return cls(database, busy_ms) if database.engine.dialect.name == "sqlite" else None
+
+    def one(self, read: FastRead, **params: Any) -> tuple[Any, ...] | None:
+        """`read.one(**params)`, on this connection."""
+        if self.connection is None:
+            proxied = self.engine.raw_connection()
+            proxied.detach()  # never back to the pool: this thread's alone
+            self.connection = proxied.dbapi_connection
+            self.connection.execute(f"PRAGMA busy_timeout={int(self.busy_ms)}")
+        values = {**read.constants, **params}
+        arguments = [values[p] for p in read.positions] if read.positions else values
+        cursor = self.connection.execute(read.sql, arguments)
+        try:
+            return cast("tuple[Any, ...] | None", cursor.fetchone())
+        finally:
+            cursor.close()
 
 
 def get_session() -> Session:

@@ -112,9 +112,9 @@ class BufferingWorker(ThreadWorker):
         self.recv_view = memoryview(bytearray(RECV_BYTES))  # the loop is one thread: one buffer
         # TLS_CERT and TLS_KEY are read once per worker (gunicorn read them per connection).
         self.tls = gunicorn_sock.ssl_context(self.cfg) if self.cfg.is_ssl else None
-        from app.http.loopfiles import LoopFiles  # not at the top: see init_app
+        from app.http.loop import LoopAnswers  # not at the top: see init_app
 
-        self.loop_files = LoopFiles.for_worker(self)
+        self.loop_answers = LoopAnswers.for_worker(self)
         super().run()
 
     def limit_for(self, method: str, target: str) -> tuple[int, str]:
@@ -267,9 +267,9 @@ class BufferingWorker(ThreadWorker):
         self.unwatch(conn)
         self.reading.discard(conn)
         conn.reader = None
-        # A stored file of a public index: sent from here, no thread (app/http/loopfiles.py).
-        loop_files = self.loop_files if reader.is_framed and not reader.body_bytes else None
-        if loop_files is not None and loop_files.serve(conn, reader, rest):
+        # A stored file or page of a public index: sent from here, no thread (app/http/loop.py).
+        loop = self.loop_answers if reader.is_framed and not reader.body_bytes else None
+        if loop is not None and loop.serve(conn, reader, rest):
             return
         conn.inbox = reader.inbox
         conn.rest = rest if reader.is_framed else b""

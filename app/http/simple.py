@@ -7,6 +7,7 @@ import html
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -17,7 +18,7 @@ from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's 
 
 from app.core.dists import normalize_name
 from app.core.upstream import MIME_HTML, MIME_JSON, MIME_TEXT_HTML, UpstreamError
-from app.data.db import get_session
+from app.data.db import OwnConnection, get_session
 from app.data.models import utcnow
 from app.http import metrics
 from app.http.auth import authenticated_user, require_read
@@ -465,6 +466,15 @@ def refresh(user: str, index: str, project: str) -> BaseResponse:
 PAGE_PATH_RE = re.compile(r"^/([^/]+)/([^/]+)/\+simple/([^/]+)/$")
 
 
+@dataclass(frozen=True)
+class StoredPage:
+    """A stored public page as CachedPages and the event loop (app/http/loop.py) send it."""
+
+    status: str  # "200 OK", or "304 NOT MODIFIED" when the client's ETag matched
+    headers: list[tuple[str, str]]  # the view's and the hooks' (without HSTS)
+    body: bytes  # b"" for a 304; a HEAD gets the headers alone
+
+
 class CachedPages:
     """WSGI middleware in front of the Flask app: GET and HEAD of a stored public project page
     are answered from the page cache without a request context, hooks or session; everything
@@ -478,16 +488,32 @@ class CachedPages:
         self.wsgi_app = wsgi_app
         self.cache: PageCache = app.extensions["pyshelf.pages"]
         self.fixed, self.hsts = hook_headers(app)
+        app.extensions["pyshelf.cached_pages"] = self
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        page = self.stored(environ)
+        if page is None:
+            return self.wsgi_app(environ, start_response)
+        environ["pyshelf.route_kind"] = "simple"  # for /+metrics, as app/http/metrics.py labels it
+        headers = page.headers
+        if environ.get("wsgi.url_scheme") == "https":
+            headers = [*headers, self.hsts]
+        start_response(page.status, headers)
+        return [page.body] if page.body and environ["REQUEST_METHOD"] != "HEAD" else []
+
+    def stored(
+        self, environ: dict[str, Any], own: OwnConnection | None = None
+    ) -> StoredPage | None:
+        """The stored public page a GET or HEAD (`environ`: its WSGI keys) asks for, or None
+        when the app must answer. `own`: the connection to read it on (the event loop's)."""
         method = environ.get("REQUEST_METHOD")
         path = environ.get("PATH_INFO", "")
         match = PAGE_PATH_RE.match(path) if method in ("GET", "HEAD") and path.isascii() else None
         if match is None or normalize_name(match[3]) != match[3]:
-            return self.wsgi_app(environ, start_response)
+            return None
         seen = _seen_etags(environ.get("HTTP_IF_NONE_MATCH"))
         if seen is None:
-            return self.wsgi_app(environ, start_response)
+            return None
         query = environ.get("QUERY_STRING")
         format_param = parse_qs(query).get("format", [None])[0] if query else None
         mime = negotiate(environ.get("HTTP_ACCEPT"), format_param)
@@ -496,23 +522,18 @@ class CachedPages:
             match[3],
             f"{mime} {environ.get('SCRIPT_NAME', '').rstrip('/')}",
         )
-        hit = self.cache.get(key, seen, _wants_gzip(environ.get("HTTP_ACCEPT_ENCODING")))
+        hit = self.cache.get(key, seen, _wants_gzip(environ.get("HTTP_ACCEPT_ENCODING")), own)
         if hit is None or not hit.is_public:
-            return self.wsgi_app(environ, start_response)
-        environ["pyshelf.route_kind"] = "simple"  # for /+metrics, as app/http/metrics.py labels it
+            return None
         headers = [
             ("ETag", f'"{hit.etag}"'),
             ("Cache-Control", hit.cache_control),
             ("Vary", "Accept, Accept-Encoding" if hit.has_gzip else "Accept"),
             *self.fixed,
         ]
-        if environ.get("wsgi.url_scheme") == "https":
-            headers.append(self.hsts)
         if hit.body is None:
-            start_response("304 NOT MODIFIED", headers)
-            return []
+            return StoredPage("304 NOT MODIFIED", headers, b"")
         headers += [("Content-Type", _content_type(mime)), ("Content-Length", str(len(hit.body)))]
         if hit.is_gzip:
             headers.append(("Content-Encoding", "gzip"))
-        start_response("200 OK", headers)
-        return [] if method == "HEAD" else [hit.body]
+        return StoredPage("200 OK", headers, hit.body)

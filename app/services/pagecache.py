@@ -27,13 +27,14 @@ import select as selectors
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Select, bindparam, case, delete, event, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.data.db import Database, FastRead, begin_write
+from app.data.db import Database, FastRead, OwnConnection, begin_write
 from app.data.models import CachedPage, PageCacheState
 from app.data.schema import PAGES_CHANNEL
 
@@ -108,16 +109,24 @@ class PageCache:
         }
         self.watch: Watch | None = None  # started by watch_changes
 
-    def get(self, key: PageKey, seen_etags: frozenset[str], want_gzip: bool) -> Hit | None:
+    def get(
+        self,
+        key: PageKey,
+        seen_etags: frozenset[str],
+        want_gzip: bool,
+        own: OwnConnection | None = None,
+    ) -> Hit | None:
         """The stored page, or None when there is none or its mirror data is due for a check.
 
         `seen_etags` are the client's If-None-Match tags (gzip suffix removed): when the stored
         ETag is among them the body is not even read. With a current `watch`, from this
-        worker's copy when it has one, else from the database, keeping a copy.
+        worker's copy when it has one, else from the database (on `own` connection when given:
+        the event loop's), keeping a copy.
         """
         watch = self.watch
         if watch is None or not watch.is_current():
-            row = self._read(key, want_gzip, next(iter(seen_etags)) if len(seen_etags) == 1 else "")
+            seen = next(iter(seen_etags)) if len(seen_etags) == 1 else ""
+            row = self._read(key, want_gzip, seen, own)
             return None if row is None else _hit(row, seen_etags, want_gzip)
         copy = watch.copies.get((key, want_gzip))
         if copy is not None:
@@ -129,8 +138,11 @@ class PageCache:
         watch.keep((key, want_gzip), row, epoch)
         return _hit(row, seen_etags, want_gzip)
 
-    def _read(self, key: PageKey, want_gzip: bool, seen: str) -> tuple[Any, ...] | None:
-        return self.lookups[want_gzip].one(
+    def _read(
+        self, key: PageKey, want_gzip: bool, seen: str, own: OwnConnection | None = None
+    ) -> tuple[Any, ...] | None:
+        read = self.lookups[want_gzip]
+        return (read.one if own is None else partial(own.one, read))(
             seen=seen,
             name=key.normalized_name,
             index_path=key.index_path,
