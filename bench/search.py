@@ -5,6 +5,7 @@ app/services/fulltext.py) against the full-text index, on one generated database
     .venv/bin/python bench/search.py                       # SQLite in a temp dir, the defaults
     .venv/bin/python bench/search.py --projects 100000 --docsets 2000   # the issue's scale
     .venv/bin/python bench/search.py --postgres     # a throwaway server, as the tests start it
+    .venv/bin/python bench/search.py --database URL --compare /tmp/before.py   # before/after
 
 Rows go straight into the tables (no HTTP, no readme rendering): names, summaries and
 descriptions from a Zipf-distributed vocabulary, and the same number of cached mirror pages as
@@ -232,6 +233,12 @@ def main() -> None:
         help="measure only this many package and docs uploads, with and without the indexer",
     )
     parser.add_argument(
+        "--compare",
+        metavar="SEARCH_PY",
+        help="only compare another version of app/services/search.py (before; e.g. from git show"
+        " main:app/services/search.py) with this one (after), alternating query by query",
+    )
+    parser.add_argument(
         "--database",
         help="a database URL to use: filled when it has no tables, else measured as it is",
     )
@@ -284,6 +291,10 @@ def run(args: argparse.Namespace, url: str) -> None:
             vocabulary[40][:3] + "*",
             f"docs:{vocabulary[300]}",
         ]
+        if args.compare:
+            readable = session.scalars(select(Index.id).order_by(Index.id)).all()
+            compare(session, Path(args.compare), queries, list(readable), args.rounds)
+            return
         parsed = [search.parse_query(q) for q in queries]
         like_queries = [q.strip('"*').removeprefix("docs:") for q in queries]
         timed(lambda q: like_search(session, q), like_queries, 1)  # warm the caches
@@ -341,6 +352,52 @@ def run(args: argparse.Namespace, url: str) -> None:
     )
 
 
+def compare(
+    session: Session, before_path: Path, queries: list[str], readable: list[int], rounds: int
+) -> None:
+    """Medians of `before_path`'s search and this one's, alternating which goes first query by
+    query, each search in its own transaction (as a request); two rounds warm up (psycopg
+    prepares a statement after five runs)."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("search_before", before_path)
+    assert spec is not None
+    assert spec.loader is not None
+    before = importlib.util.module_from_spec(spec)
+    sys.modules["search_before"] = before  # dataclasses look their module up
+    spec.loader.exec_module(before)
+    versions = {"before": before, "after": search}
+    times: dict[str, dict[str, list[float]]] = {v: {q: [] for q in queries} for v in versions}
+    loads = []
+    for number in range(rounds + 2):
+        loads.append(os.getloadavg()[0])
+        for position, query in enumerate(queries):
+            order = list(versions) if (number + position) % 2 == 0 else list(versions)[::-1]
+            for version in order:
+                module = versions[version]
+                started = time.perf_counter()
+                module.search(session, module.parse_query(query), limit=51, index_ids=readable)
+                if number >= 2:
+                    times[version][query].append((time.perf_counter() - started) * 1000)
+                session.commit()
+    print(
+        f"\n{rounds} rounds after 2 warm-up rounds,"
+        f" load average {min(loads):.1f}-{max(loads):.1f}\n"
+    )
+    print("| median ms | before | after | ratio |\n|---|---|---|---|")
+    for query in queries:
+        old, new = (statistics.median(times[v][query]) for v in versions)
+        print(f"| `{query}` | {old:.1f} | {new:.1f} | {new / old:.2f} |")
+    every = {v: [t for values in times[v].values() for t in values] for v in versions}
+    old_all, new_all = every["before"], every["after"]
+    print(
+        f"| p50 / p99 of {len(new_all)} searches | {percentile(old_all, 0.5):.1f} /"
+        f" {percentile(old_all, 0.99):.1f} | {percentile(new_all, 0.5):.1f} /"
+        f" {percentile(new_all, 0.99):.1f} | |"
+    )
+
+
 def upload_overhead(count: int, pages: int) -> None:
     """Time `count` wheel uploads (a 2,000-word Markdown README) and `count` docs uploads
     (`pages` pages) through the app, in rounds that rotate three modes: no indexer, indexed
@@ -393,7 +450,9 @@ def upload_overhead(count: int, pages: int) -> None:
         finally:
             fulltext.queue = saved
 
-    seconds = {mode: {"package": 0.0, "docs": 0.0} for mode in modes}
+    seconds: dict[str, dict[str, list[float]]] = {
+        mode: {"package": [], "docs": []} for mode in modes
+    }
     drained = {"package": 0.0, "docs": 0.0}  # indexing after the response: until searchable
     for number in range(count):
         for mode in modes[number % 3 :] + modes[: number % 3]:  # rotate which goes first
@@ -409,7 +468,7 @@ def upload_overhead(count: int, pages: int) -> None:
                 with indexer(mode):
                     started = time.perf_counter()
                     response = client.post("/admin/dev/", data=form, headers=auth)
-                    seconds[mode][kind] += time.perf_counter() - started
+                    seconds[mode][kind].append(time.perf_counter() - started)
                     assert response.status_code == 200, response.get_data(as_text=True)
                     started = time.perf_counter()
                     response.close()  # what a server does once it has sent it: the drain runs
@@ -421,12 +480,15 @@ def upload_overhead(count: int, pages: int) -> None:
         " indexed in the request, ms (ratio) | indexing after the response, ms |"
     )
     print("|---|---|---|---|---|")
-    for kind in ("package", "docs"):
-        off, after, inside = (seconds[mode][kind] / count * 1000 for mode in modes)
-        print(
-            f"| {kind} | {off:.1f} | {after:.1f} ({after / off:.2f}x) |"
-            f" {inside:.1f} ({inside / off:.2f}x) | {drained[kind] / count * 1000:.1f} |"
-        )
+    # Means, then medians: one upload stalled by the disk (an fsync behind other work) moves a
+    # mean by several percent, a median not.
+    for label, average in (("mean", statistics.mean), ("median", statistics.median)):
+        for kind in ("package", "docs"):
+            off, after, inside = (average(seconds[mode][kind]) * 1000 for mode in modes)
+            print(
+                f"| {kind}, {label} | {off:.1f} | {after:.1f} ({after / off:.2f}x) |"
+                f" {inside:.1f} ({inside / off:.2f}x) | {drained[kind] / count * 1000:.1f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -467,7 +467,16 @@ class SearchDocument(Base):
     them (kept in step by triggers, app/data/schema.py), on PostgreSQL the GIN index on `tsv`."""
 
     __tablename__ = "search_documents"
-    __table_args__ = (SQLIndex("ix_search_documents_tsv", "tsv", postgresql_using="gin"),)
+    # No pending list (fastupdate off, migration 0022): every search scanned all of it, up to
+    # 4 MB of entries not yet merged, 5-20 ms per statement; inserts take about 8% longer.
+    __table_args__ = (
+        SQLIndex(
+            "ix_search_documents_tsv",
+            "tsv",
+            postgresql_using="gin",
+            postgresql_with={"fastupdate": "off"},
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     index_id: Mapped[int] = mapped_column(ForeignKey("indexes.id", ondelete="CASCADE"), index=True)
