@@ -210,6 +210,19 @@ def index_cached_project(
         session.commit()
 
 
+def queue_cached_project(session: Session, index_id: int, normalized_name: str) -> None:
+    """Queue the project of a file mirror `index_id` cached for (re)indexing, as
+    index_cached_project would do it, in the caller's transaction (nothing when the mirror has
+    no page of it); the caller commits, then drains."""
+    page_id = session.scalar(
+        select(MirrorPage.id).where(
+            MirrorPage.index_id == index_id, MirrorPage.normalized_name == normalized_name
+        )
+    )
+    if page_id is not None:
+        queue(session, "mirror", page_id)
+
+
 def _mirror_page(session: Session, index_id: int, normalized_name: str) -> MirrorPage | None:
     return session.scalar(
         select(MirrorPage).where(
