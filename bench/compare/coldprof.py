@@ -59,7 +59,8 @@ def inner(data_dir: Path, plan_path: Path, out_path: Path, with_profile: bool) -
     def fsync(fd: int) -> None:
         counts["fsync"] += 1
         started = time.perf_counter()
-        real_fsync(fd)
+        if not os.environ.get("COLDPROF_NO_FSYNC"):  # what fsync costs: an experiment only
+            real_fsync(fd)
         counts["fsync_ms"] += (time.perf_counter() - started) * 1000  # type: ignore[assignment]
 
     def connect(self: Any) -> None:
@@ -67,6 +68,10 @@ def inner(data_dir: Path, plan_path: Path, out_path: Path, with_profile: bool) -
         real_connect(self)
 
     os.fsync = fsync
+    if os.environ.get("COLDPROF_NO_SEARCH"):  # what search indexing costs: an experiment only
+        from app.services import fulltext
+
+        fulltext.drain = lambda *_args, **_kwargs: 0  # type: ignore[assignment]
     urllib3.connection.HTTPConnection.connect = connect  # type: ignore[method-assign]
     event.listen(Session, "after_commit", lambda _s: counts.update(["commits"]))
     app = create_app()
