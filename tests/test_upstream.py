@@ -13,16 +13,19 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from urllib.parse import urldefrag, urljoin
 
 import pytest
 import requests
 
+from app.core import upstream_pages
 from app.core.upstream import (
     UpstreamError,
     UpstreamFile,
     UpstreamNotFound,
     UpstreamTimeout,
     mask_url,
+    url_origin,
 )
 from app.core.upstream_client import ACCEPT_PAGE, UpstreamClient, iter_raw
 from app.core.upstream_pages import normalize_upload_time, parse_html_page, parse_json_page
@@ -600,6 +603,42 @@ def test_html_filename_comes_from_the_href_not_the_anchor_text():
 )
 def test_html_hrefs_are_resolved_against_the_page_url(href, expected_url):
     assert only_file(html_page(f'<a href="{href}">x</a>')).url == expected_url
+
+
+@pytest.mark.parametrize(
+    "href",
+    [
+        "https://files.test/p/a-1.0.tar.gz",
+        "https://files.test:443/p/a-1.0.tar.gz#sha256=" + "a" * 64,
+        "http://u:p@files.test/p/a-1.0.tar.gz#",
+        "http://files.test/p/a.whl#x#y",
+        "HTTP://files.test/p/a.whl",
+        "http://files.test/p/../a.whl",
+        "http://files.test/p/a.whl?x=1",
+        "http://files.test/p/a.whl;x",
+        "http://[::1]/p/a.whl",
+        "http://files.test:99999/p/a.whl",
+        "http://files.test:x/p/a.whl",
+        "http://files.test/p/a b.whl",
+        "http://files.test/p/a\tb.whl",
+        "https://files.test/p/a.whl#\nsha256=" + "a" * 64,
+        "http:///p/a.whl",
+        "http://:80/p/a.whl",
+        "ftp://files.test/p/a.whl",
+        "http://files.test/p/\u00e9.whl",
+    ],
+)
+def test_a_plain_absolute_file_url_resolves_as_urljoin_and_urldefrag_resolve_it(href):
+    """The fast path for absolute URLs (one origin check per host) gives what the general path
+    gives: the URL, its fragment, and None for what is not a usable http(s) URL."""
+    base = "https://upstream.test/simple/demo-pkg/"
+    try:
+        url, fragment = urldefrag(urljoin(base, href))
+        expected = (url if url_origin(url) is not None else None), fragment
+    except ValueError:
+        expected = None, ""
+
+    assert upstream_pages._resolve(base, href) == expected
 
 
 def test_html_base_href_sets_the_base_of_every_link():

@@ -26,6 +26,7 @@ BAD_EXTENSION = (
 _PROJECT_NAME_RE = re.compile(
     r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE | re.ASCII
 )
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")  # ordinals 0-31 and DEL
 _EXTENSIONS = (".whl", ".tar.gz", ".zip")  # PEP 527, plus legacy .zip sdists
 
 
@@ -85,7 +86,7 @@ def _extension(filename: str) -> str | None:
 
 def parse_filename(filename: str) -> FilenameInfo:
     """Check a distribution filename (PEP 427, PEP 527, PEP 625) and say what it names."""
-    if any(ord(char) < 32 or ord(char) == 127 for char in filename):
+    if _CONTROL_CHARS.search(filename):
         raise InvalidDistribution(
             "Cannot upload a file with non-printable characters (ordinals 0-31) "
             "or the DEL character (ordinal 127) in the name."

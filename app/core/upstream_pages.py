@@ -19,6 +19,15 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_API_MAJOR = "1"  # PEP 629: refuse a major version we do not understand
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+# An absolute http(s) URL that urljoin and urldefrag give back as it is: no space or control
+# character, query, parameters or brackets; the fragment is all after the first "#".
+_PLAIN_ABSOLUTE = re.compile(
+    r"(?P<url>(?P<origin>https?://[^/?#;\[\]\x00-\x20\x7f]+)/[^?#;\x00-\x20\x7f]*)"
+    r"(?:#(?P<fragment>[^\x00-\x20\x7f]*))?\Z"
+)
+_HTTP_ORIGINS: set[str] = set()  # origins of plain URLs seen valid (the hosts met)
+MAX_KNOWN_ORIGINS = 1000  # past that, further hosts are checked every time
+_UNSAFE_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")  # a separator, a control character, DEL
 
 
 def parse_json_page(data: bytes | str, base_url: str, requested_name: str) -> ParsedPage:
@@ -161,6 +170,15 @@ def _malformed(display: str, what: str) -> UpstreamError:
 
 def _resolve(base_url: str, href: str) -> tuple[str | None, str]:
     """The absolute http(s) URL of `href` without fragment (None if unusable), and the fragment."""
+    plain = _PLAIN_ABSOLUTE.match(href) if href.isascii() else None
+    if plain is not None:
+        # urljoin and urldefrag give such a URL back as it is: only its origin needs a look,
+        # once per host (a page lists thousands of files on one or two hosts).
+        origin = plain["origin"]
+        is_http = origin in _HTTP_ORIGINS or url_origin(origin) is not None
+        if is_http and len(_HTTP_ORIGINS) < MAX_KNOWN_ORIGINS:
+            _HTTP_ORIGINS.add(origin)
+        return (plain["url"] if is_http else None), plain["fragment"] or ""
     try:
         url, fragment = urldefrag(urljoin(base_url, href))
     except ValueError:
@@ -186,7 +204,7 @@ def _is_safe_filename(filename: str) -> bool:
         bool(filename)
         and filename not in (".", "..")
         and len(filename) <= 255
-        and not any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in filename)
+        and not _UNSAFE_CHARS.search(filename)
     )
 
 

@@ -16,9 +16,12 @@ stay in this module, which every writer imports, so they are registered wherever
 uploaded doc set (`queue_docset`), a page the mirror stores (`queue_stored_page`). Yanking or
 deleting files re-indexes their project in the same transaction, and deleting a project, doc
 set, mirror page or index deletes its rows by ON DELETE CASCADE: a hit never outlives what it
-names. A file the mirror caches or evicts is indexed in a transaction of its own
-(`index_cached_project`, from app/services/mirror_metadata.py and app/services/cache.py), with
-the summary and description of the cached metadata that describes it
+names. A file the mirror downloads queues its project in the transaction that records it
+(`queue_cached_project`), drained once the client has the last byte
+(app/services/mirror/downloads.py); one it evicts or a bundle brings is indexed in a
+transaction of its own (`index_cached_project`, from app/services/cache.py and
+app/services/mirror_metadata.py); either way with the summary and description of the cached
+metadata that describes it
 (app/services/mirror_description.py: the web project page's rule, and only what that mirror
 holds).
 """
@@ -208,6 +211,19 @@ def index_cached_project(
             text = _mirror_text(session, blobs, page)
         _write_mirror(session, page, *text)
         session.commit()
+
+
+def queue_cached_project(session: Session, index_id: int, normalized_name: str) -> None:
+    """Queue the project of a file mirror `index_id` cached for (re)indexing, as
+    index_cached_project would do it, in the caller's transaction (nothing when the mirror has
+    no page of it); the caller commits, then drains."""
+    page_id = session.scalar(
+        select(MirrorPage.id).where(
+            MirrorPage.index_id == index_id, MirrorPage.normalized_name == normalized_name
+        )
+    )
+    if page_id is not None:
+        queue(session, "mirror", page_id)
 
 
 def _mirror_page(session: Session, index_id: int, normalized_name: str) -> MirrorPage | None:

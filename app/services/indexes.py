@@ -7,6 +7,7 @@ index and its bases into what its pages show is app/services/indexes_view.py.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -17,6 +18,8 @@ from sqlalchemy.orm import Session
 from app.core.dists import normalize_name
 from app.data.models import ANONYMOUS, AUTHENTICATED, Index, User
 
+# What quote() leaves as it is (RFC 3986 unreserved): most filenames need no quoting at all.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 DEFAULT_ACL_READ = (ANONYMOUS,)  # everyone may read, as devpi
 ACL_READ_SPECIALS = (ANONYMOUS, AUTHENTICATED)
 
@@ -63,7 +66,8 @@ def may_read(index: Index, reader: Reader) -> bool:
 
 def file_path(index_path: str, sha256: str, filename: str) -> str:
     """The `+f` path of a file: its sha256 fixes its bytes; no query (PEP 658 appends to it)."""
-    return f"{index_path}/+f/{sha256}/{quote(filename)}"
+    quoted = filename if _UNRESERVED.fullmatch(filename) else quote(filename)
+    return f"{index_path}/+f/{sha256}/{quoted}"
 
 
 def get_index(session: Session, username: str, name: str) -> Index | None:

@@ -30,7 +30,7 @@ from app.data.db import Database, begin_write
 from app.data.models import MirrorBlob, MirrorFile, MirrorHolding, utcnow
 from app.services.cache import MirrorCache
 from app.services.cache_blobs import count_fetch, hold
-from app.services.fulltext import index_cached_project
+from app.services.fulltext import index_cached_project, queue_cached_project
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,16 @@ def record_cached_file(
     metadata: CoreMetadata | None,
     *,
     is_fetch: bool = False,
+    queue_index: bool = False,
 ) -> bool:
     """Record that mirror `index_id` cached and holds `filename` (sha256 `key`, `size` bytes)
     with its `metadata` (from extract), storing that as a blob this mirror holds too, and
     reindex the project for search (its description may come from this file now); with
     `is_fetch`, count the miss and its bytes in the mirror's stats. One transaction for all of
-    it: False (logged) when it could not be written, and the file is served all the same."""
+    it: False (logged) when it could not be written, and the file is served all the same.
+
+    `queue_index`: the reindex is queued in that transaction (app/services/fulltext.py's
+    `search_jobs`) for the caller to drain, instead of done here in a transaction of its own."""
     try:
         info = parse_filename(filename)
     except InvalidDistribution:  # never cached: the mirror serves only files it can name
@@ -101,10 +105,14 @@ def record_cached_file(
             )
             if is_fetch:
                 count_fetch(session, index_id, size)
+            if queue_index:
+                queue_cached_project(session, index_id, info.normalized_name)
             session.commit()
     except Exception:  # accounting must never break a download: it is fetched again
         log.exception("could not record mirrored %s", filename)
         return False
+    if queue_index:
+        return True
     try:
         index_cached_project(database, storage, index_id, info.normalized_name)
     except Exception:  # search finds the project by name until `reindex` or its next change

@@ -30,6 +30,7 @@ from app.core.upstream import UpstreamError, UpstreamTimeout, mask_url
 from app.core.upstream_client import UpstreamClient, iter_raw
 from app.data.db import Database
 from app.data.models import Index
+from app.services import fulltext
 from app.services.cache import MirrorCache
 from app.services.cache_blobs import holds
 from app.services.mirror.pages import file_key, upstream_budget_seconds
@@ -246,6 +247,7 @@ class Downloads:
             raise
         storage, counters, cache = self.storage, self.counters, self.cache
         database, index_id = self.database, index.id
+        index_in_request = self.settings.search_index_in_request
         is_caching, has_made_room, is_dropped = True, False, False
 
         def drop_part() -> None:
@@ -296,7 +298,7 @@ class Downloads:
             storage.commit_temp(key, part_path, replace=replace)  # replace: over a damaged copy
 
         def generate() -> Iterator[bytes]:
-            is_client_gone = False
+            is_client_gone = is_index_queued = False
             try:
                 # Only the sha256 is checked: md5 and blake2b (uploads keep them) would cut the
                 # first download's speed by three.
@@ -337,14 +339,29 @@ class Downloads:
                 # Recorded before the lock is freed (one transaction with the miss counted):
                 # a follower then finds it held, and the pages show its size and sidecar from
                 # the client's next request on.
+                # The search index is queued in the same transaction and brought up to date
+                # once the client has the last byte (index_queued, below).
                 is_counted = is_caching and record_cached_file(
-                    database, storage, cache, index_id, key, filename, size, metadata, is_fetch=True
+                    database,
+                    storage,
+                    cache,
+                    index_id,
+                    key,
+                    filename,
+                    size,
+                    metadata,
+                    is_fetch=True,
+                    queue_index=True,
                 )
+                is_index_queued = is_counted
                 release()  # before the last byte goes out: the client then sees a finished cache
                 if is_counted:
                     metrics.count_cache(misses=1, fetched_bytes=size)
                 else:
                     counters.add(index.id, misses=1, fetched_bytes=size)
+                if is_index_queued and index_in_request:
+                    is_index_queued = False
+                    index_queued(database, storage)
                 if not is_client_gone:
                     yield held
             except Exception as exc:
@@ -358,6 +375,8 @@ class Downloads:
                 raise
             finally:
                 release()
+                if is_index_queued:  # also when the client left at the last byte
+                    index_queued(database, storage)
             # After the last byte: the client does not wait for an eviction over the cap.
             if is_caching:
                 cache.evict_if_over()
@@ -460,6 +479,16 @@ class Downloads:
 
         # close: the part file is open now, on HEAD too
         return Stream(generate(), total, lambda: part.close())
+
+
+def index_queued(database: Database, storage: Storage) -> None:
+    """Index what a download queued for search (app/services/fulltext.py drain); a failure is
+    logged, and the queue keeps what was not indexed."""
+    try:
+        fulltext.drain(database, storage)
+    except Exception:
+        log.exception("search indexing after a mirror download failed")
+    fulltext.take_queued()  # done: the request's own after-response drain has nothing to do
 
 
 def count_write_failure(what: str, where: str, exc: OSError) -> None:

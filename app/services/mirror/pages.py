@@ -340,6 +340,7 @@ class Pages:
             # What the mirror cached it knows first-hand: the size of the bytes it verified and
             # the METADATA inside a wheel (the PEP 658 sidecar, even where upstream has none).
             held = cached.get(entry["sha256"]) if entry.get("sha256") else None
+            uploaded_at = _parse_time(entry.get("upload_time"))
             dists.append(
                 Dist(
                     filename=entry["filename"],
@@ -349,14 +350,15 @@ class Pages:
                     size=held.size if held else entry.get("size"),
                     requires_python=entry.get("requires_python"),
                     yanked=entry.get("yanked") or False,
-                    upload_time=_parse_time(entry.get("upload_time")),
+                    upload_time=uploaded_at,
                     metadata_sha256=(
                         held.metadata_sha256
                         if held and held.is_sidecar
                         else entry.get("metadata_sha256")
                     ),
                     index_path=index_path,
-                    age_from=age_from(entry),
+                    # age_from(entry), without parsing the upload time twice
+                    age_from=uploaded_at or _parse_time(entry.get("first_seen_at")),
                     provenance=mirrored_provenance_path(index_path, entry),
                 )
             )
