@@ -97,6 +97,38 @@ def test_commit_temp_stores_and_removes_the_temp_file(storage: Any) -> None:
         assert blob.read() == data
 
 
+def test_commit_temp_syncs_every_folder_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rename is durable once its folder is synced; the folder made for the first blob under
+    # a new prefix is durable once its own parent is: both, or a crash could lose the blob.
+    storage = LocalStorage(tmp_path / "blobs")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    data = b"first blob under its prefix"
+    tmp, temp_path = storage.new_temp()
+    with tmp:
+        tmp.write(data)
+    synced.clear()  # the temp file's own fsync is new_temp's caller's
+    storage.commit_temp(_sha(data), temp_path)
+    blob = storage.local_path(_sha(data))
+    assert set(synced) == {str(blob.parent), str(blob.parent.parent), str(storage.root)}
+
+    same_prefix = _sha(data)[:4] + "0" * 60
+    tmp, temp_path = storage.new_temp()
+    with tmp:
+        tmp.write(b"another")
+    synced.clear()
+    storage.commit_temp(same_prefix, temp_path)
+    assert synced == [str(storage.local_path(same_prefix).parent)]  # nothing new made
+
+
 def test_reader_seeks_like_a_file_so_zipfile_works(storage: Any) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

@@ -63,13 +63,12 @@ class LocalStorage:
         """Move a finished, fsynced temp file into place under `key` (an atomic rename: the
         same bytes, or right ones over a damaged copy, so `replace` changes nothing here)."""
         target = self.local_path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        made = _make_parents(target.parent)
         os.replace(tmp_path, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # The rename is durable once its folder is synced, and a folder made for it once the
+        # folder holding that is: else a crash could lose a blob the database says is stored.
+        for folder in (target.parent, *(new.parent for new in made)):
+            _fsync_dir(folder)
 
     def delete(self, key: str) -> None:
         """Remove a blob; a missing one is not an error."""
@@ -101,3 +100,22 @@ class LocalStorage:
         path = Path(name)
         if self.root in path.parents and not path.is_dir():
             path.unlink(missing_ok=True)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Make `folder` and its missing parents; the ones made, deepest first."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+    return missing
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
