@@ -88,6 +88,7 @@ def create_app(
         provenance,
         serving,
         simple,
+        stored_pages,
         upload,
         web,
     )
@@ -133,7 +134,7 @@ def create_app(
         app.register_blueprint(module.bp)
     # The request log is outermost, so it sees the client address that ProxyFix worked out.
     # Stored public pages and files skip Flask.
-    stored = files.CachedFiles(app, simple.CachedPages(app, app.wsgi_app))
+    stored = files.CachedFiles(app, stored_pages.CachedPages(app, app.wsgi_app))
     request_log.wsgi_app = trusted_proxy_fix(stored, settings.forwarded_allow_ips)
     # Flask's documented way to wrap its WSGI app; mypy refuses every assignment to a method
     app.wsgi_app = request_log  # type: ignore[method-assign]

@@ -5,7 +5,7 @@ thread switches, socket mode changes and a poller re-registration per request, m
 of pyshelf's own work for a cached wheel or a stored page (bench/PROFILE.md). BufferingWorker
 (app/http/serving.py) has read each request whole on the loop already; for a plain GET or HEAD
 of a file or sidecar that CachedFiles (app/http/files.py) would send, or of a project page that
-CachedPages (app/http/simple.py) would answer from the page cache, `LoopAnswers` answers right
+CachedPages (app/http/stored_pages.py) would answer from the page cache, `LoopAnswers` answers right
 there, with their own code: one indexed read on a SQLite connection of the loop's own, the head,
 then the page's bytes, or os.sendfile() for what the socket takes of a file at once (a thread
 sends the rest of a larger body). Anything else (a range, a revalidation of a file, a private
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from app.http.files import CachedFiles
     from app.http.request_reader import RequestReader
     from app.http.serving import BufferingWorker, Connection
-    from app.http.simple import CachedPages
+    from app.http.stored_pages import CachedPages
 
 log = logging.getLogger(__name__)
 

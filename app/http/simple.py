@@ -5,26 +5,20 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from flask import Blueprint, Flask, Response, current_app, g, has_request_context, redirect, request
+from flask import Blueprint, Response, current_app, g, has_request_context, redirect, request
 from werkzeug.http import parse_accept_header, parse_etags
 from werkzeug.wrappers import Response as BaseResponse  # redirect()'s; Flask's subclasses it
 
 from app.core.dists import normalize_name
 from app.core.upstream import MIME_HTML, MIME_JSON, MIME_TEXT_HTML, UpstreamError
-from app.data.db import OwnConnection, get_session
+from app.data.db import get_session
 from app.data.models import utcnow
 from app.http import metrics
 from app.http.auth import authenticated_user, require_read
 from app.http.errors import HTTPError, index_or_404, upstream_failed
 from app.http.metrics import mark_guard
-from app.http.web import hook_headers
 from app.services import guard, throttle
 from app.services.indexes import is_public, may_read, resolution_order
 from app.services.indexes_view import Dist, ProjectView, project_names, project_view
@@ -257,13 +251,13 @@ def _etag(mime: str, data: bytes) -> str:
     return hashlib.sha256(mime.encode() + b"\0" + data).hexdigest()[:32]
 
 
-def _content_type(mime: str) -> str:
+def content_type_header(mime: str) -> str:
     return mime if mime == MIME_JSON else f"{mime}; charset=utf-8"  # PEP 691
 
 
 def _page(data: bytes, mime: str, cache_control: str, *, etag: str | None = None) -> Response:
     """A negotiated page, a strong ETag per representation; 304 if it matches (RFC 9110 §13.1.2)."""
-    response = Response(data, content_type=_content_type(mime))
+    response = Response(data, content_type=content_type_header(mime))
     response.set_etag(etag or _etag(mime, data))
     response.headers["Cache-Control"] = cache_control
     # RFC 9110 §12.5.5; large pages have a gzipped twin in the page cache
@@ -280,7 +274,7 @@ def _cached_page(hit: Hit, mime: str) -> Response:
         response = Response(status=304)
         del response.headers["Content-Type"]
     else:
-        response = Response(hit.body, content_type=_content_type(mime))
+        response = Response(hit.body, content_type=content_type_header(mime))
         if hit.is_gzip:
             response.headers["Content-Encoding"] = "gzip"
     response.set_etag(hit.etag)
@@ -289,7 +283,7 @@ def _cached_page(hit: Hit, mime: str) -> Response:
     return response
 
 
-def _seen_etags(header: str | None) -> frozenset[str] | None:
+def seen_etags(header: str | None) -> frozenset[str] | None:
     """The client's If-None-Match tags, gzip suffix removed; None for `*` (not from the cache)."""
     if not header:
         return frozenset()
@@ -299,7 +293,7 @@ def _seen_etags(header: str | None) -> frozenset[str] | None:
     return frozenset(t.removesuffix(GZIP_SUFFIX) for t in tags.as_set(include_weak=True))
 
 
-def _wants_gzip(header: str | None) -> bool:
+def wants_gzip(header: str | None) -> bool:
     return bool(header) and parse_accept_header(header)["gzip"] > 0
 
 
@@ -354,8 +348,8 @@ def project_page(user: str, index: str, project: str) -> BaseResponse:
     mime = negotiate(request.headers.get("Accept"), request.args.get("format"))
     cache = _page_cache()
     key = PageKey(f"{user}/{index}", normalized, f"{mime} {request.script_root}")
-    seen = _seen_etags(request.headers.get("If-None-Match"))
-    want_gzip = _wants_gzip(request.headers.get("Accept-Encoding"))
+    seen = seen_etags(request.headers.get("If-None-Match"))
+    want_gzip = wants_gzip(request.headers.get("Accept-Encoding"))
     hit = cache.get(key, seen, want_gzip) if seen is not None else None
     if hit is not None and hit.is_public:
         return _cached_page(hit, mime)
@@ -461,79 +455,3 @@ def refresh(user: str, index: str, project: str) -> BaseResponse:
     if request.accept_mimetypes.best == "application/json":
         return Response(json.dumps({"refreshed": refreshed}), mimetype="application/json")
     return redirect(f"{request.script_root}/{found.path}/+simple/{normalized}/", 302)
-
-
-PAGE_PATH_RE = re.compile(r"^/([^/]+)/([^/]+)/\+simple/([^/]+)/$")
-
-
-@dataclass(frozen=True)
-class StoredPage:
-    """A stored public page as CachedPages and the event loop (app/http/loop.py) send it."""
-
-    status: str  # "200 OK", or "304 NOT MODIFIED" when the client's ETag matched
-    headers: list[tuple[str, str]]  # the view's and the hooks' (without HSTS)
-    body: bytes  # b"" for a 304; a HEAD gets the headers alone
-
-
-class CachedPages:
-    """WSGI middleware in front of the Flask app: GET and HEAD of a stored public project page
-    are answered from the page cache without a request context, hooks or session; everything
-    else (a miss, a restricted page, a redirect, `If-None-Match: *`) goes to the app.
-
-    The answer carries the headers the app's hooks add to every response (devpi's, the
-    security headers): tests/test_simple.py compares both ways header by header.
-    """
-
-    def __init__(self, app: Flask, wsgi_app: WSGIApplication) -> None:
-        self.wsgi_app = wsgi_app
-        self.cache: PageCache = app.extensions["pyshelf.pages"]
-        self.fixed, self.hsts = hook_headers(app)
-        app.extensions["pyshelf.cached_pages"] = self
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        page = self.stored(environ)
-        if page is None:
-            return self.wsgi_app(environ, start_response)
-        environ["pyshelf.route_kind"] = "simple"  # for /+metrics, as app/http/metrics.py labels it
-        headers = page.headers
-        if environ.get("wsgi.url_scheme") == "https":
-            headers = [*headers, self.hsts]
-        start_response(page.status, headers)
-        return [page.body] if page.body and environ["REQUEST_METHOD"] != "HEAD" else []
-
-    def stored(
-        self, environ: dict[str, Any], own: OwnConnection | None = None
-    ) -> StoredPage | None:
-        """The stored public page a GET or HEAD (`environ`: its WSGI keys) asks for, or None
-        when the app must answer. `own`: the connection to read it on (the event loop's)."""
-        method = environ.get("REQUEST_METHOD")
-        path = environ.get("PATH_INFO", "")
-        match = PAGE_PATH_RE.match(path) if method in ("GET", "HEAD") and path.isascii() else None
-        if match is None or normalize_name(match[3]) != match[3]:
-            return None
-        seen = _seen_etags(environ.get("HTTP_IF_NONE_MATCH"))
-        if seen is None:
-            return None
-        query = environ.get("QUERY_STRING")
-        format_param = parse_qs(query).get("format", [None])[0] if query else None
-        mime = negotiate(environ.get("HTTP_ACCEPT"), format_param)
-        key = PageKey(
-            f"{match[1]}/{match[2]}",
-            match[3],
-            f"{mime} {environ.get('SCRIPT_NAME', '').rstrip('/')}",
-        )
-        hit = self.cache.get(key, seen, _wants_gzip(environ.get("HTTP_ACCEPT_ENCODING")), own)
-        if hit is None or not hit.is_public:
-            return None
-        headers = [
-            ("ETag", f'"{hit.etag}"'),
-            ("Cache-Control", hit.cache_control),
-            ("Vary", "Accept, Accept-Encoding" if hit.has_gzip else "Accept"),
-            *self.fixed,
-        ]
-        if hit.body is None:
-            return StoredPage("304 NOT MODIFIED", headers, b"")
-        headers += [("Content-Type", _content_type(mime)), ("Content-Length", str(len(hit.body)))]
-        if hit.is_gzip:
-            headers.append(("Content-Encoding", "gzip"))
-        return StoredPage("200 OK", headers, hit.body)
