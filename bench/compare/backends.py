@@ -263,10 +263,24 @@ def markdown(results: dict[str, Any]) -> str:
         f"start it: loopback TCP, fsync off); moto {v.get('moto', '?')} (its server, in memory) "
         f"with boto3 {v.get('boto3', '?')}; psycopg {v.get('psycopg', '?')}; Python "
         f"{m['python']}; {m['nginx']}; {m['wrk']}.",
-        f"- **Runs**: medians of {plan['page_repeats']} throughput runs per page configuration "
-        f"({plan['page_seconds']:g} s with wrk on the 3-file page, {plan['many_seconds']:g} s "
-        f"of closed loop on the 10,000-file one) and of {plan['runs']} download rounds (a new "
-        "server, database and bucket each).",
+        "- **Runs**: "
+        + " and ".join(
+            part
+            for part, phase in (
+                (
+                    f"medians of {plan['page_repeats']} throughput runs per page configuration "
+                    f"({plan['page_seconds']:g} s with wrk on the 3-file page, "
+                    f"{plan['many_seconds']:g} s of closed loop on the 10,000-file one)",
+                    "pages",
+                ),
+                (
+                    f"of {plan['runs']} download rounds (a new server, database and bucket each)",
+                    "downloads",
+                ),
+            )
+            if phase in results
+        )
+        + ".",
         "",
     ]
     header = ["", *(LABELS[b] for b in BACKENDS), "PostgreSQL + S3 / SQLite"]
