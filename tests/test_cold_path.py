@@ -31,7 +31,8 @@ PAGES = ("/root/pypi/+simple/cold-demo/", "/admin/dev/+simple/cold-demo/")
 
 def built_by_the_view(headers: dict[str, str]) -> bool:
     """Whether Flask built the answer: flask-login adds Cookie to Vary there, while a stored
-    public page answered before Flask (app/http/stored_pages.py CachedPages) has no Cookie in Vary."""
+    public page answered before Flask (app/http/stored_pages.py CachedPages) has no Cookie in
+    Vary."""
     return "Cookie" in headers.get("Vary", "")
 
 

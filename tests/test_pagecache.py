@@ -1,5 +1,6 @@
-"""The page cache (app/services/pagecache.py): stored pages, the triggers that forget them, and the
-WSGI fast path (app/http/stored_pages.py CachedPages) that must answer exactly as the Flask view does."""
+"""The page cache (app/services/pagecache.py): stored pages, the triggers that forget them, and
+the WSGI fast path (app/http/stored_pages.py CachedPages) that must answer exactly as the Flask
+view does."""
 
 from __future__ import annotations
 
