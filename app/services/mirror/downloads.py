@@ -7,6 +7,10 @@ this mirror holds it. Followers on this machine stream the leader's part file as
 final byte only ever comes from the committed blob. When the disk fails a cache write (full,
 I/O error), least recently used mirror files are evicted and the write retried once; after
 that the download goes on uncached: the client still gets every verified byte.
+
+It stays one module past ~500 lines on purpose: `Downloads.fetch` and the generators it returns
+are one state machine around the file's lock (lead or follow, hash, commit, record, release,
+evict), and its steps share that lock's lifetime; split, a reader would follow it across files.
 """
 
 from __future__ import annotations
