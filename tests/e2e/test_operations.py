@@ -378,6 +378,15 @@ def test_metrics_count_a_cold_and_a_warm_download_across_workers_and_logs_are_js
     fetch(server, path)  # warm
 
     prometheus = {"Authorization": "Bearer prom-token"}
+    # A request is counted when its worker closes it, which may be just after the client has
+    # the last byte (the first download then indexes its project for search): wait, bounded.
+    deadline = time.monotonic() + 10
+    while True:
+        text = fetch(server, "/+metrics", prometheus).decode()
+        counted = metric(text, "pyshelf_http_requests_total", kind="file", status="200")
+        if counted == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     scrapes = [fetch(server, "/+metrics", prometheus).decode() for _ in range(4)]  # both workers
     for text in scrapes:
         assert metric(text, "pyshelf_mirror_cache_misses_total") == 1
