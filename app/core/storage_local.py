@@ -68,7 +68,7 @@ class LocalStorage:
         # The rename is durable once its folder is synced, and a folder made for it once the
         # folder holding that is: else a crash could lose a blob the database says is stored.
         for folder in (target.parent, *(new.parent for new in made)):
-            _fsync_dir(folder)
+            fsync_dir(folder)
 
     def delete(self, key: str) -> None:
         """Remove a blob; a missing one is not an error."""
@@ -113,7 +113,8 @@ def _make_parents(folder: Path) -> list[Path]:
     return missing
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make what changed in `folder` (names renamed, made or removed in it) durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -38,6 +38,7 @@ from app.core.config import Settings
 from app.core.progress import Progress
 from app.core.storage import Storage
 from app.core.storage_choice import make_storage
+from app.core.storage_local import fsync_dir
 from app.ops.integrity import Refs, blob_references
 from app.ops.prepare import OperationError
 from app.services.cache_blobs import BlobLock
@@ -387,11 +388,3 @@ def _add(
     reader = _HashingReader(source, bar)
     tar.addfile(info, reader)
     return reader.digest.hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

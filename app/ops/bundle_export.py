@@ -31,9 +31,9 @@ from app.core.config import Settings
 from app.core.progress import Progress
 from app.core.storage import Storage
 from app.core.storage_choice import make_storage
+from app.core.storage_local import fsync_dir
 from app.data.db import Database
 from app.data.models import DocSet, File, Index, MirrorPage, Project, utcnow
-from app.ops.backup import fsync_dir
 from app.ops.bundle_format import (
     CHUNK_BYTES,
     MANIFEST,

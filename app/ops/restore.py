@@ -32,6 +32,7 @@ from app.core.config import Settings
 from app.core.progress import Progress
 from app.core.storage import StorageUnavailable
 from app.core.storage_choice import make_storage
+from app.core.storage_local import fsync_dir
 from app.ops.backup import (
     BLOB_MEMBER_RE,
     CHUNK_BYTES,
@@ -43,7 +44,6 @@ from app.ops.backup import (
     SQLITE_MEMBER,
     BackupError,
     database_kind,
-    fsync_dir,
     pg_env,
     sqlite_path,
 )
