@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from .clients import median, percentile
@@ -99,11 +100,14 @@ class Numbers:
         return sum(s["redirects"] for s in row[state]) if row else 0
 
 
-def _targets(n: Numbers, results: dict[str, Any]) -> list[list[str]]:
-    rows = []
+def _target_row(rows: list[list[str]], target: str, measured: str, ok: bool | None) -> None:
+    """One row of a targets table: met, not met (in bold), or not measured."""
+    rows.append([target, measured, "-" if ok is None else ("yes" if ok else "**no**")])
 
-    def add(target: str, measured: str, ok: bool | None) -> None:
-        rows.append([target, measured, "-" if ok is None else ("yes" if ok else "**no**")])
+
+def _targets(n: Numbers, results: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    add = partial(_target_row, rows)
 
     connections = results.get("plan", {}).get("connections", (8, 32))
     for fmt in ("html", "json"):
@@ -182,10 +186,8 @@ def _targets(n: Numbers, results: dict[str, Any]) -> list[list[str]]:
 def _second_round(n: Numbers) -> list[list[str]]:
     """Issue #21's targets: the cold path ahead of proxpi, idle memory below it, the warm replay
     within 2x of the upstream (its PostgreSQL target is measured by `make bench-backends`)."""
-    rows = []
-
-    def add(target: str, measured: str, ok: bool | None) -> None:
-        rows.append([target, measured, "-" if ok is None else ("yes" if ok else "**no**")])
+    rows: list[list[str]] = []
+    add = partial(_target_row, rows)
 
     for tool, label in (("pip", "`pip install`"), ("uv", "`uv pip install`")):
         p, x = n.install(tool, "pyshelf cold"), n.install(tool, "proxpi cold")
