@@ -13,6 +13,7 @@ from sqlalchemy import event, select
 
 from app.core.upstream_client import UpstreamClient
 from app.data.models import MirrorFile, MirrorHolding, MirrorSidecar, MirrorStats
+from app.services import mirror_description
 from tests import test_mirror
 from tests.builders import make_wheel, wheel_metadata
 from tests.conftest import TEST_ALLOW_PRIVATE
@@ -142,3 +143,32 @@ def test_threads_of_a_worker_reuse_one_upstream_connection(fake_upstream: FakeUp
     assert [page.name for page in pages] == [f"pool-{n}" for n in range(4)]
     assert fake_upstream.count("/simple/pool-") == 4
     assert fake_upstream.connections == 1
+
+
+def test_a_first_seen_page_is_indexed_by_name_without_reading_its_versions(
+    mc: Any, demo: tuple[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mirror holds nothing of a page it has just fetched, so nothing can describe the
+    project yet: its search document is its name, written without parsing or sorting one
+    version (a 10,000-file page has thousands). Once a file is cached, the versions are read."""
+    parsed: list[str] = []
+    real = mirror_description.version_key
+    monkeypatch.setattr(mirror_description, "version_key", lambda v: parsed.append(v) or real(v))
+    filename, _ = demo
+
+    url = file_url(mc, filename)
+
+    assert parsed == []
+    assert search_names(mc, "mirror-demo") == ["mirror-demo"]
+    assert search_names(mc, "demo package") == []  # the wheel's summary: not read yet
+    assert mc.get(url).status_code == 200
+    assert "1.0.0" in parsed  # the first download reads them, and indexes the summary
+    assert search_names(mc, "demo package") == ["mirror-demo"]
+
+
+def search_names(client: Any, query: str) -> list[str]:
+    response = client.get(
+        "/+search", query_string={"q": query}, headers={"Accept": "application/json"}
+    )
+    assert response.status_code == 200, response.status
+    return [hit["name"] for hit in response.get_json()["hits"]]

@@ -115,13 +115,14 @@ def latest_version(versions: dict[str, bool]) -> str | None:
     `versions` maps each version to whether it is yanked; pre-releases and yanked versions
     count only when nothing else exists.
     """
-    ordered = newest_first(versions)
-    candidates = [v for v in ordered if not versions[v]] or ordered
-    for version in candidates:
-        key = version_key(version)
-        if key[0] and not (key[1].is_prerelease or key[1].is_devrelease):
-            return version
-    return candidates[0] if candidates else None
+    candidates = [v for v in versions if not versions[v]] or list(versions)
+    keys = {version: version_key(version) for version in candidates}
+    finals = [v for v in candidates if keys[v][0] and not _is_pre(keys[v][1])]
+    return max(finals or candidates, key=keys.__getitem__, default=None)
+
+
+def _is_pre(version: Version) -> bool:
+    return version.is_prerelease or version.is_devrelease
 
 
 def from_core_metadata(data: dict[str, Any]) -> Metadata:
@@ -256,11 +257,10 @@ def describe_page(session: Session, storage: Blobs, page: MirrorPage) -> Metadat
             except (InvalidDistribution, KeyError):
                 continue
         entries.append((version, entry))
-    holdings = {
-        key
-        for mirror, key in held(session, (entry.get("sha256") for _, entry in entries))
-        if mirror == path
-    }
+    keys = {entry.get(name) for _, entry in entries for name in ("sha256", "metadata_sha256")}
+    holdings = {key for mirror, key in held(session, keys) if mirror == path}
+    if not holdings:  # no cached file and no cached sidecar: nothing here can describe it
+        return None
     by_version: dict[str, list[_File]] = {}
     yanked: dict[str, bool] = {}
     for version, entry in entries:
@@ -275,8 +275,10 @@ def describe_page(session: Session, storage: Blobs, page: MirrorPage) -> Metadat
             )
         )
         yanked[version] = yanked.get(version, True) and bool(entry.get("yanked"))
-    versions = [_Version(v, by_version[v]) for v in newest_first(by_version)]
-    found = newest_described(
-        session, storage, versions, latest_version(yanked), {path: page.index_id}
-    )
+    # Only the latest and the versions with a cached file can describe it: newest_described
+    # skips the others, so they need not be sorted (a 10,000-file page has thousands).
+    latest = latest_version(yanked)
+    tried = [v for v, files in by_version.items() if v == latest or any(f.is_cached for f in files)]
+    versions = [_Version(v, by_version[v]) for v in newest_first(tried)]
+    found = newest_described(session, storage, versions, latest, {path: page.index_id})
     return found[1] if found is not None else None

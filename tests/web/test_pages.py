@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from app.data.db import Database
 from app.data.models import MirrorPage
 from app.http.web import pages
 from app.ops.prepare import bootstrap, migrate
+from app.services.mirror_description import latest_version, version_key
 from tests.builders import make_wheel, wheel_metadata
 from tests.fake_upstream import FakeUpstream
 from tests.web.helpers import ADMIN, HTML, JSON, login, upload
@@ -393,3 +395,25 @@ def test_links_carry_a_proxys_path_prefix_once(client: Any) -> None:
     assert 'href="/pypi/admin/dev/demo-pkg/latest/+doc/"' in page
     assert data["doc_url"] == "http://pkgs.example/pypi/admin/dev/demo-pkg/1.0/+doc/"
     assert data["+links"][0]["href"].startswith("http://pkgs.example/pypi/admin/dev/+f/")
+
+
+def test_latest_version_is_the_highest_final_release_not_yanked() -> None:
+    """As PyPI shows it: pre-releases, dev releases and yanked versions count only when nothing
+    else exists; an invalid version sorts below every valid one. Checked against the plain
+    definition (sort everything, take the first that qualifies) on random version sets."""
+    pool = ["1.0", "1.0.post1", "2.0rc1", "2.0.dev3", "1.10", "0.9", "3!0.1", "not-a-version",
+            "zzz", "1.0a1", "2.0", "10.0b2"]  # fmt: skip
+    rng = random.Random(21)  # noqa: S311 - test data, not a secret
+    for _ in range(400):
+        versions = {v: rng.random() < 0.3 for v in rng.sample(pool, rng.randint(1, len(pool)))}
+        ordered = sorted(versions, key=version_key, reverse=True)
+        candidates = [v for v in ordered if not versions[v]] or ordered
+        finals = [
+            v for v in candidates
+            if version_key(v)[0] and not version_key(v)[1].is_prerelease
+            and not version_key(v)[1].is_devrelease
+        ]  # fmt: skip
+        assert latest_version(versions) == (finals or candidates)[0], versions
+    assert latest_version({}) is None
+    assert latest_version({"2.0rc1": False, "1.0": True}) == "2.0rc1"
+    assert latest_version({"2.0": True, "1.0": True}) == "2.0"
