@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, select
 
 from app.core.upstream_client import UpstreamClient
-from app.data.models import MirrorFile, MirrorHolding, MirrorSidecar, MirrorStats
+from app.data.models import Index, MirrorFile, MirrorHolding, MirrorSidecar, MirrorStats
 from app.services import mirror_description
 from tests import test_mirror
 from tests.builders import make_wheel, wheel_metadata
@@ -172,3 +172,23 @@ def search_names(client: Any, query: str) -> list[str]:
     )
     assert response.status_code == 200, response.status
     return [hit["name"] for hit in response.get_json()["hits"]]
+
+
+@pytest.mark.parametrize("few", [5000, 2])
+def test_the_holdings_of_a_page_are_the_same_read_at_once_or_looked_up(
+    mirror_app: Any, monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    """A mirror holding few blobs has them read at once, a larger one has the page's keys
+    looked up (in batches): the same keys either way, and only this mirror's."""
+    monkeypatch.setattr(mirror_description, "FEW_HOLDINGS", few)
+    monkeypatch.setattr(mirror_description, "HOLDINGS_BATCH", 3)
+    keys = [f"{n:064x}" for n in range(10)]
+    with mirror_app.extensions["pyshelf.db"].session() as session:
+        mirror_id, other_id = session.scalars(select(Index.id).order_by(Index.id)).all()[:2]
+        session.add_all(MirrorHolding(index_id=mirror_id, sha256=key) for key in keys[:5])
+        session.add(MirrorHolding(index_id=other_id, sha256=keys[7]))
+        session.commit()
+
+        found = mirror_description._holdings(session, mirror_id, [*keys[3:], None, keys[4]])
+
+    assert found == {keys[3], keys[4]}
