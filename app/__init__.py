@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -92,6 +93,8 @@ def create_app(
         upload,
         web,
     )
+    from app.services import fulltext
+    from app.services.indexer import IdleIndexer
     from app.services.mirror import Mirror
     from app.services.pagecache import PageCache
 
@@ -114,12 +117,17 @@ def create_app(
     upstream = upstream or UpstreamClient.from_settings(settings)
     app.extensions["pyshelf.storage"] = storage
     app.extensions["pyshelf.upstream"] = upstream
+    # What requests queue for search is indexed while the worker is idle (serving starts it).
+    indexer = IdleIndexer(partial(fulltext.drain, database, storage))
+    app.extensions["pyshelf.indexer"] = indexer
     app.extensions["pyshelf.mirror"] = Mirror(
-        settings, database, storage, upstream, notes=simple.RequestNotes()
+        settings, database, storage, upstream, notes=simple.RequestNotes(), indexer=indexer
     )
     app.extensions["pyshelf.pages"] = PageCache(database)
 
     request_log = logs.RequestLog(app.wsgi_app, access_log=settings.access_log)
+    request_log.arrivals.append(indexer.touch)
+    request_log.observers.append(lambda _finished: indexer.touch())
     metrics.init_app(app, request_log)  # first: its before_request labels every request
     db.init_app(app, database)
     errors.init_app(app)

@@ -1,5 +1,6 @@
 """Indexing after the response: uploads queue search jobs in their own transaction, a drain
-indexes them, yanks and deletes apply at once (app/services/fulltext.py)."""
+(the worker's indexer, or a search first) indexes them, yanks and deletes apply at once
+(app/services/fulltext.py, app/services/indexer.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy import func, select
 from app import create_app
 from app.core.config import Settings
 from app.data.models import SearchJob
-from app.services import fulltext
+from app.services import fulltext, indexer
 from tests.web.helpers import ADMIN, doc_upload_form, docs_zip, upload
 
 JSON = {"Accept": "application/json"}
@@ -44,11 +45,11 @@ def drain(client: Any) -> int:
     return fulltext.drain(app.extensions["pyshelf.db"], app.extensions["pyshelf.storage"])
 
 
-def test_an_upload_is_queued_in_its_transaction_and_found_once_drained(
+def test_an_upload_is_queued_in_its_transaction_and_found_by_the_next_search(
     queued_client: Any,
 ) -> None:
     """The response comes before the indexing; the job outlives the process that queued it
-    (a crash), and any drain indexes it."""
+    (a crash), and a search indexes what is queued before it looks."""
     description = "Parses quokka ledgers."
     assert upload(queued_client, "quokka", "1.0", description=description).status == "200 OK"
     docs = docs_zip({"html/index.html": b"<title>Guide</title><p>numbat billing</p>"})
@@ -57,16 +58,28 @@ def test_an_upload_is_queued_in_its_transaction_and_found_once_drained(
     )
     assert response.status == "200 OK"
 
-    assert names(queued_client, "quokka ledgers") == []
-    assert names(queued_client, "numbat") == []
     assert jobs(queued_client) == 2
 
-    assert drain(queued_client) == 2
+    assert names(queued_client, "quokka ledgers") == ["release:quokka"]
 
     assert jobs(queued_client) == 0
-    assert names(queued_client, "quokka ledgers") == ["release:quokka"]
     assert names(queued_client, "numbat") == ["docs:quokka"]
     assert drain(queued_client) == 0
+
+
+def test_a_search_indexes_what_is_queued_within_its_budget(
+    queued_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog longer than a search's budget is left to the worker's indexer: the search
+    answers with what is indexed so far."""
+    upload(queued_client, "quoll", "1.0", description="Spotted marsupial.")
+    monkeypatch.setattr(indexer, "CATCH_UP_SECONDS", -1.0)
+
+    assert names(queued_client, "marsupial") == []
+    assert jobs(queued_client) == 1
+
+    monkeypatch.setattr(indexer, "CATCH_UP_SECONDS", 2.0)
+    assert names(queued_client, "marsupial") == ["release:quoll"]
 
 
 def test_a_yank_and_a_delete_apply_before_their_response(queued_client: Any) -> None:

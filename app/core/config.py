@@ -253,9 +253,10 @@ class Settings:
         The most members a documentation zip may hold.""")
     search_index_in_request: bool = setting(
         LIMITS, "SEARCH_INDEX_IN_REQUEST", BOOLEAN, "false", meaning="""
-        false: an upload or a newly mirrored page is indexed for search just after its response
-        is sent (the upload is not slowed; it is searchable once indexed, well under a second
-        for a package). true: before the response, so a search right after it finds it.""")
+        false: an upload, a newly mirrored page or file is indexed for search after its
+        response, once the worker has had no request for a moment (at most seconds later under
+        load), so neither it nor the requests after it wait; a search indexes what is still
+        queued before it looks, so it finds it. true: before the response.""")
 
     database_url: str = setting(DATABASE, "DATABASE_URL", SQL_URL, "", meaning="""
         Empty: SQLite in DATA_DIR/pyshelf.sqlite3. Several replicas share one PostgreSQL

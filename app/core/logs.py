@@ -147,15 +147,19 @@ Observer = Callable[[Finished], None]
 
 
 class RequestLog:
-    """WSGI middleware: request id, one log line per request, observers told at the end."""
+    """WSGI middleware: request id, one log line per request, observers told at the end (and
+    arrivals at the start)."""
 
     def __init__(self, wsgi_app: WSGIApplication, *, access_log: bool = True) -> None:
         self.wsgi_app = wsgi_app
         self.access_log = access_log
         self.observers: list[Observer] = []
+        self.arrivals: list[Callable[[], None]] = []  # told when a request comes in
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
+        for arrival in self.arrivals:
+            arrival()
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = incoming if _INCOMING_ID_RE.match(incoming) else secrets.token_hex(8)
         environ["pyshelf.request_id"] = request_id

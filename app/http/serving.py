@@ -115,6 +115,9 @@ class BufferingWorker(ThreadWorker):
         from app.http.loop import LoopAnswers  # not at the top: see init_app
 
         self.loop_answers = LoopAnswers.for_worker(self)
+        indexer = self.wsgi.extensions.get("pyshelf.indexer")
+        if indexer is not None:
+            indexer.start()  # search indexing while this worker is idle
         super().run()
 
     def limit_for(self, method: str, target: str) -> tuple[int, str]:

@@ -8,17 +8,17 @@ yanked), per HTML page of an uploaded doc set, and per project a mirror cached.
 
 What uploads add is indexed after the response: the upload's transaction writes a row of
 `search_jobs` (`queue`), and `drain` indexes the queued items, each in a transaction that
-deletes its jobs, so a crash leaves them queued; the web app drains once it has sent the
-response of a request that queued something (app/http/web/search.py), an admin command before
-it exits, a server start what a crash left. Queued are: the releases of a session that adds
+deletes its jobs, so a crash leaves them queued; a server worker's indexer drains once the
+worker has no requests (app/services/indexer.py), a search before it looks
+(app/http/web/search.py), an admin command before it exits, a server start what a crash left. Queued are: the releases of a session that adds
 files (the listeners at the bottom: every writer, present and future, goes through them; they
 stay in this module, which every writer imports, so they are registered wherever it runs), an
 uploaded doc set (`queue_docset`), a page the mirror stores (`queue_stored_page`). Yanking or
 deleting files re-indexes their project in the same transaction, and deleting a project, doc
 set, mirror page or index deletes its rows by ON DELETE CASCADE: a hit never outlives what it
 names. A file the mirror downloads queues its project in the transaction that records it
-(`queue_cached_project`), drained once the client has the last byte
-(app/services/mirror/downloads.py); one it evicts or a bundle brings is indexed in a
+(`queue_cached_project`, app/services/mirror/downloads.py), drained as the others are; one
+it evicts or a bundle brings is indexed in a
 transaction of its own (`index_cached_project`, from app/services/cache.py and
 app/services/mirror_metadata.py); either way with the summary and description of the cached
 metadata that describes it
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import zipfile
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
@@ -280,13 +281,22 @@ def queue_docset(session: Session, docset: DocSet) -> None:
     queue(session, "docset", docset.id)
 
 
-def drain(database: Database, blobs: Blobs, max_jobs: int = DRAIN_MAX_JOBS) -> int:
+def drain(
+    database: Database,
+    blobs: Blobs,
+    max_jobs: int = DRAIN_MAX_JOBS,
+    budget_seconds: float | None = None,
+) -> int:
     """Index what is queued, oldest first, each item in a write transaction that deletes its
     jobs (two processes never index the same item twice); a doc set's zip is read and parsed
-    before the write lock. Return how many items were indexed."""
+    before the write lock. No item is started after `budget_seconds`. Return how many items
+    were indexed."""
     done = 0
+    deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
     with database.session() as session:
         for _ in range(max_jobs):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             job = session.execute(
                 select(SearchJob.id, SearchJob.kind, SearchJob.target_id)
                 .order_by(SearchJob.id)

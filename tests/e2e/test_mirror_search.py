@@ -9,9 +9,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from tests import pgserver
+from tests.builders import make_wheel
 from tests.conftest import LiveServer, basic_auth
-from tests.e2e.helpers import ADMIN, api, cli, settles_to
+from tests.e2e.helpers import ADMIN, api, cli, raw_upload, settles_to
 from tests.e2e.test_mirror import JSON as SIMPLE_JSON
 from tests.e2e.test_mirror import add_wheel, file_entry, page, pip_install, start_mirror
 from tests.fake_upstream import FakeUpstream
@@ -123,3 +126,37 @@ def test_a_cached_wheels_description_is_found_on_the_mirror_that_holds_it_only(
         "mirror:root/pypi/plain-app",
         "mirror:admin/m2/plain-app",
     }
+
+
+def indexed_summary(server: LiveServer, name: str) -> str | None:
+    """The summary of `name`'s search document, read from the server's database (no search
+    sent: a search indexes what is queued before it looks)."""
+    url = pgserver.database_env(server.data_dir).get("DATABASE_URL")
+    engine = create_engine(url or f"sqlite:///{server.data_dir / 'pyshelf.sqlite3'}")
+    try:
+        with engine.connect() as db:
+            return db.execute(
+                text("SELECT summary FROM search_documents WHERE normalized_name = :name"),
+                {"name": name},
+            ).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_an_install_is_indexed_once_the_server_is_idle_and_a_search_finds_an_upload_at_once(
+    server_factory: Any, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """What a `pip install` through an empty mirror queues is indexed by the workers once no
+    request has come for a moment, with no search to ask for it; an upload is found by a
+    search sent right after its response (the search indexes what is still queued first)."""
+    fake_upstream.html_only = True
+    add_wheel(fake_upstream, "plain-app", "2.0.0", with_metadata=False, summary=SUMMARY)
+    server = start_mirror(server_factory, fake_upstream)
+
+    pip_install(server, "root/pypi", tmp_path / "target", "plain-app")
+
+    settles_to(lambda: indexed_summary(server, "plain-app"), SUMMARY)
+
+    filename, data = make_wheel("lemur-tools", "1.0", summary="Counts ringtailed lemurs")
+    assert raw_upload(server, "admin/dev", filename, data)[0] == 200
+    assert found(server, "ringtailed") == ["release:admin/dev/lemur-tools"]

@@ -13,6 +13,7 @@ from app.http.auth import current_reader
 from app.http.errors import HTTPError
 from app.http.web.base import bp, doc_url, page_number, project_url
 from app.services import fulltext
+from app.services.indexer import IdleIndexer
 from app.services.indexes import readable_index_ids
 from app.services.search import Hit, InvalidQuery, parse_query, search
 
@@ -56,6 +57,9 @@ def search_page() -> Response | str:
         )
     hits: list[Hit] = []
     if query:
+        # What is still queued is indexed first: a search finds all that was queued before it.
+        indexer: IdleIndexer = current_app.extensions["pyshelf.indexer"]
+        indexer.catch_up()
         session = get_session()
         try:
             hits = search(
@@ -91,21 +95,13 @@ def search_page() -> Response | str:
 
 def index_after_response(response: Response) -> Response:
     """After a request that queued something for search (an upload, a stored mirror page),
-    index it once the response is sent (the server closes it then), or before it is sent with
-    SEARCH_INDEX_IN_REQUEST (after_request hook)."""
+    wake the worker's indexer once the response is sent (app/services/indexer.py), or index it
+    before the response with SEARCH_INDEX_IN_REQUEST (after_request hook)."""
     if not fulltext.take_queued():
         return response
-    database = current_app.extensions["pyshelf.db"]
-    storage = current_app.extensions["pyshelf.storage"]
-
-    def drain() -> None:
-        try:
-            fulltext.drain(database, storage)
-        except Exception:  # the response is gone: log; the queue keeps what was not indexed
-            log.exception("search indexing after the response failed")
-
+    indexer: IdleIndexer = current_app.extensions["pyshelf.indexer"]
     if current_app.config["PYSHELF_SETTINGS"].search_index_in_request:
-        drain()
+        indexer.index_now()
     else:
-        response.call_on_close(drain)
+        response.call_on_close(indexer.wake)  # once the request's transaction is committed
     return response

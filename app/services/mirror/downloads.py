@@ -37,6 +37,7 @@ from app.data.models import Index
 from app.services import fulltext
 from app.services.cache import MirrorCache
 from app.services.cache_blobs import holds
+from app.services.indexer import IdleIndexer
 from app.services.mirror.pages import file_key, upstream_budget_seconds
 from app.services.mirror.results import (
     Blob,
@@ -73,6 +74,7 @@ class Downloads:
         upstream: UpstreamClient,
         counters: Counters,
         cache: MirrorCache,
+        indexer: IdleIndexer,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -80,6 +82,7 @@ class Downloads:
         self.upstream = upstream
         self.counters = counters
         self.cache = cache
+        self.indexer = indexer  # what a first download queues for search is indexed by it
         self.part_dir = settings.tmp_dir / "mirror"
         self.locks = Locks.of(settings)  # downloads: one per file across workers and replicas
 
@@ -251,7 +254,7 @@ class Downloads:
             raise
         storage, counters, cache = self.storage, self.counters, self.cache
         database, index_id = self.database, index.id
-        index_in_request = self.settings.search_index_in_request
+        index_in_request, indexer = self.settings.search_index_in_request, self.indexer
         is_caching, has_made_room, is_dropped = True, False, False
 
         def drop_part() -> None:
@@ -365,7 +368,8 @@ class Downloads:
                     counters.add(index.id, misses=1, fetched_bytes=size)
                 if is_index_queued and index_in_request:
                     is_index_queued = False
-                    index_queued(database, storage)
+                    indexer.index_now()
+                    fulltext.take_queued()  # done: the request's own hook has nothing to do
                 if not is_client_gone:
                     yield held
             except Exception as exc:
@@ -380,7 +384,8 @@ class Downloads:
             finally:
                 release()
                 if is_index_queued:  # also when the client left at the last byte
-                    index_queued(database, storage)
+                    indexer.wake()
+                    fulltext.take_queued()
             # After the last byte: the client does not wait for an eviction over the cap.
             if is_caching:
                 cache.evict_if_over()
@@ -483,16 +488,6 @@ class Downloads:
 
         # close: the part file is open now, on HEAD too
         return Stream(generate(), total, lambda: part.close())
-
-
-def index_queued(database: Database, storage: Storage) -> None:
-    """Index what a download queued for search (app/services/fulltext.py drain); a failure is
-    logged, and the queue keeps what was not indexed."""
-    try:
-        fulltext.drain(database, storage)
-    except Exception:
-        log.exception("search indexing after a mirror download failed")
-    fulltext.take_queued()  # done: the request's own after-response drain has nothing to do
 
 
 def count_write_failure(what: str, where: str, exc: OSError) -> None:

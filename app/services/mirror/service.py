@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import io
 import logging
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
@@ -24,8 +25,10 @@ from app.core.upstream import UpstreamError, UpstreamTimeout, mask_url
 from app.core.upstream_client import UpstreamClient, iter_raw
 from app.data.db import Database, begin_write
 from app.data.models import Index, MirrorHolding, MirrorPage, MirrorSidecar
+from app.services import fulltext
 from app.services.cache import MirrorCache
 from app.services.cache_blobs import count_fetch, hold, holds
+from app.services.indexer import IdleIndexer
 from app.services.indexes_view import Dist
 from app.services.mirror.downloads import CACHE_WRITE_ERRNOS, Downloads, count_write_failure
 from app.services.mirror.pages import Pages, file_key, upstream_budget_seconds
@@ -60,6 +63,7 @@ class Mirror:
         storage: Storage,
         upstream: UpstreamClient,
         notes: PageNotes | None = None,
+        indexer: IdleIndexer | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -67,7 +71,11 @@ class Mirror:
         self.counters = Counters(database)
         self.cache = MirrorCache(settings, database, storage)
         self.pages = Pages(settings, database, storage, upstream, notes or NoNotes())
-        self.downloads = Downloads(settings, database, storage, upstream, self.counters, self.cache)
+        # Without a worker's indexer (commands), what a download queues is indexed at once.
+        indexer = indexer or IdleIndexer(partial(fulltext.drain, database, storage))
+        self.downloads = Downloads(
+            settings, database, storage, upstream, self.counters, self.cache, indexer
+        )
         self.locks = self.downloads.locks
 
     @property
