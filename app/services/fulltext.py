@@ -10,10 +10,10 @@ What uploads add is indexed after the response: the upload's transaction writes 
 `search_jobs` (`queue`), and `drain` indexes the queued items, each in a transaction that
 deletes its jobs, so a crash leaves them queued; a server worker's indexer drains once the
 worker has no requests (app/services/indexer.py), a search before it looks
-(app/http/web/search.py), an admin command before it exits, a server start what a crash left. Queued are: the releases of a session that adds
-files (the listeners at the bottom: every writer, present and future, goes through them; they
-stay in this module, which every writer imports, so they are registered wherever it runs), an
-uploaded doc set (`queue_docset`), a page the mirror stores (`queue_stored_page`). Yanking or
+(app/http/web/search.py), an admin command before it exits, a server start what a crash
+left. Queued are: the releases of a session that adds files (the listeners at the bottom: every
+writer, present and future, goes through them; they stay in this module, which every writer
+imports, so they are registered wherever it runs), an uploaded doc set (`queue_docset`), a page the mirror stores (`queue_stored_page`). Yanking or
 deleting files re-indexes their project in the same transaction, and deleting a project, doc
 set, mirror page or index deletes its rows by ON DELETE CASCADE: a hit never outlives what it
 names. A file the mirror downloads queues its project in the transaction that records it
