@@ -7,23 +7,21 @@ One row of `search_documents` per project on an index (its newest release that i
 yanked), per HTML page of an uploaded doc set, and per project a mirror cached.
 
 What uploads add is indexed after the response: the upload's transaction writes a row of
-`search_jobs` (`queue`), and `drain` indexes the queued items, each in a transaction that
-deletes its jobs, so a crash leaves them queued; a server worker's indexer drains once the
-worker has no requests (app/services/indexer.py), a search before it looks
-(app/http/web/search.py), an admin command before it exits, a server start what a crash
-left. Queued are: the releases of a session that adds files (the listeners at the bottom: every
-writer, present and future, goes through them; they stay in this module, which every writer
-imports, so they are registered wherever it runs), an uploaded doc set (`queue_docset`), a page the mirror stores (`queue_stored_page`). Yanking or
-deleting files re-indexes their project in the same transaction, and deleting a project, doc
-set, mirror page or index deletes its rows by ON DELETE CASCADE: a hit never outlives what it
-names. A file the mirror downloads queues its project in the transaction that records it
-(`queue_cached_project`, app/services/mirror/downloads.py), drained as the others are; one
-it evicts or a bundle brings is indexed in a
-transaction of its own (`index_cached_project`, from app/services/cache.py and
-app/services/mirror_metadata.py); either way with the summary and description of the cached
-metadata that describes it
-(app/services/mirror_description.py: the web project page's rule, and only what that mirror
-holds).
+`search_jobs` (`queue`), and `drain` indexes the queued items, each in a transaction that deletes
+its jobs, so a crash leaves them queued; a server worker's indexer drains once the worker has no
+requests (app/services/indexer.py), a search before it looks (app/http/web/search.py), an admin
+command before it exits, a server start what a crash left. Queued are: the releases of a session
+that adds files (the listeners at the bottom: every writer, present and future, goes through them;
+they stay in this module, which every writer imports, so they are registered wherever it runs), an
+uploaded doc set (`queue_docset`), a page the mirror stores (`queue_stored_page`). Yanking or
+deleting files re-indexes their project in the same transaction, and deleting a project, doc set,
+mirror page or index deletes its rows by ON DELETE CASCADE: a hit never outlives what it names. A
+file the mirror downloads queues its project in the transaction that records it
+(`queue_cached_project`, app/services/mirror/downloads.py), drained as the others are; one it evicts
+or a bundle brings is indexed in a transaction of its own (`index_cached_project`, from
+app/services/cache.py and app/services/mirror_metadata.py); either way with the summary and
+description of the cached metadata that describes it (app/services/mirror_description.py: the web
+project page's rule, and only what that mirror holds).
 """
 
 from __future__ import annotations
