@@ -460,7 +460,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _table(["", *SERVERS, "nginx (static ceiling)"], rows)
         lines += [
             "One client on one connection reading 1 MiB at a time; a new server for every first "
-            "download; a cached download (and nginx's) is the median of 5 in each round. "
+            "download; a cached download (and nginx's) is the median of 5 in each round, "
+            "none of them sampled (memory is sampled in 5 more). "
             "proxpi answers a file it has not finished caching within 0.9 s with a "
             "redirect to the upstream (followed here, counted as redirected).",
             "",

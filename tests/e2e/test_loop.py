@@ -14,6 +14,7 @@ import re
 import secrets
 import socket
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator
 
@@ -221,6 +222,27 @@ def test_pipelined_requests_and_connection_close(shelf: dict) -> None:
     assert received.count(b"HTTP/1.1 200 OK\r\n") == 2
     assert b"Connection: close\r\n" in received
     assert received.endswith(PUBLIC[1])
+
+
+def test_a_client_gone_mid_body_costs_only_its_own_answer(shelf: dict) -> None:
+    """Clients that reset the connection after the first bytes of a file larger than a socket
+    takes at once (the rest still being sent): the workers go on, the next downloads are whole
+    and nothing is logged as an error."""
+    server, path = shelf["server"], shelf["paths"]["public"]
+    for _ in range(4):  # both workers, twice
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_SECONDS) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert sock.recv(1 << 16).startswith(b"HTTP/1.1 200 OK\r\n")
+            # close with a RST (SO_LINGER 0): the server's next send fails
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT_SECONDS)
+    try:
+        for _ in range(3):
+            status, _headers, body = fetch(connection, path)
+            assert (status, body) == (200, PUBLIC[1])
+    finally:
+        connection.close()
+    assert not [line for line in server.log().splitlines() if "Traceback" in line]
 
 
 @pytest.mark.parametrize("suffix", ["", ".metadata"])
