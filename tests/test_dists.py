@@ -6,18 +6,20 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import os
+import random
 import subprocess
 import sys
 import tarfile
 import time
 import zipfile
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
-from app.core import dist_metadata
+from app.core import dist_metadata, dists
 from app.core.dist_metadata import (
     NOT_A_TARFILE,
     NOT_A_ZIPFILE,
@@ -916,3 +918,49 @@ def test_builders_make_distributions_that_pip_installs_and_twine_checks(tmp_path
         env=env,
         timeout=120,
     )
+
+
+def test_the_common_wheel_form_reads_as_packaging_reads_it(monkeypatch: Any) -> None:
+    """Filenames made of ordinary and odd parts (empty tags, double underscores, non-ASCII and
+    huge numbers, bad versions, extra dashes): wherever the one-regex reading takes a name, it
+    gives what packaging's parse gives; elsewhere packaging decides, as before."""
+    names = ["demo", "Demo.Pkg", "a", "a_b", "a__b", "_a", "a.", "é", "a1", "1a", "a..b"]
+    versions = [
+        "1.0",
+        "1.0.post1",
+        "2!1.0",
+        "1.0+local.1",
+        "v1",
+        "01.0",
+        "1.0_dev",
+        "x",
+        "1" * 5000,
+    ]
+    builds = ["", "-1", "-12abc", "-a1", "-" + "9" * 30, "-1-2", "-0"]
+    pythons = ["py3", "py2.py3", "cp311", "3x", "py3.", "Py3", "py_3", "é3", ""]
+    others = ["none-any", "cp311-manylinux_2_17_x86_64.manylinux2014_x86_64", "-any", "none-"]
+    rng = random.Random(427)  # noqa: S311 - test data, not a secret
+    cases = [
+        f"{n}-{v}{b}-{p}-{o}.whl"
+        for n, v, b, p, o in itertools.product(
+            names, versions[:4], builds[:2], pythons[:3], others[:2]
+        )
+    ]
+    cases += [
+        f"{rng.choice(names)}-{rng.choice(versions)}{rng.choice(builds)}-{rng.choice(pythons)}"
+        f"-{rng.choice(others)}.whl"
+        for _ in range(3000)
+    ]
+    fast_ones = 0
+    for filename in cases:
+        fast = dists._common_wheel(filename)
+        with monkeypatch.context() as patch:
+            patch.setattr(dists, "_common_wheel", lambda _filename: None)
+            try:
+                slow: FilenameInfo | str = dists.parse_filename(filename)
+            except InvalidDistribution as exc:
+                slow = str(exc)
+        if fast is not None:
+            fast_ones += 1
+            assert fast == slow, filename
+    assert 500 < fast_ones < len(cases)  # both ways were taken
