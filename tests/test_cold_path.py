@@ -13,7 +13,7 @@ from sqlalchemy import event, select
 
 from app.core.upstream_client import UpstreamClient
 from app.data.models import Index, MirrorFile, MirrorHolding, MirrorSidecar, MirrorStats
-from app.services import mirror_description
+from app.services import cache_blobs, mirror_description
 from tests import test_mirror
 from tests.builders import make_wheel, wheel_metadata
 from tests.conftest import TEST_ALLOW_PRIVATE
@@ -180,8 +180,8 @@ def test_the_holdings_of_a_page_are_the_same_read_at_once_or_looked_up(
 ) -> None:
     """A mirror holding few blobs has them read at once, a larger one has the page's keys
     looked up (in batches): the same keys either way, and only this mirror's."""
-    monkeypatch.setattr(mirror_description, "FEW_HOLDINGS", few)
-    monkeypatch.setattr(mirror_description, "HOLDINGS_BATCH", 3)
+    monkeypatch.setattr(cache_blobs, "FEW_HOLDINGS", few)
+    monkeypatch.setattr(cache_blobs, "HOLDINGS_BATCH", 3)
     keys = [f"{n:064x}" for n in range(10)]
     with mirror_app.extensions["pyshelf.db"].session() as session:
         mirror_id, other_id = session.scalars(select(Index.id).order_by(Index.id)).all()[:2]
@@ -189,6 +189,6 @@ def test_the_holdings_of_a_page_are_the_same_read_at_once_or_looked_up(
         session.add(MirrorHolding(index_id=other_id, sha256=keys[7]))
         session.commit()
 
-        found = mirror_description._holdings(session, mirror_id, [*keys[3:], None, keys[4]])
+        found = cache_blobs.held_by(session, mirror_id, [*keys[3:], None, keys[4]])
 
     assert found == {keys[3], keys[4]}

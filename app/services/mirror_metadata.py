@@ -29,7 +29,7 @@ from app.core.storage import Storage
 from app.data.db import Database, begin_write
 from app.data.models import MirrorBlob, MirrorFile, MirrorHolding, utcnow
 from app.services.cache import MirrorCache
-from app.services.cache_blobs import count_fetch, hold
+from app.services.cache_blobs import count_fetch, held_by, hold
 from app.services.fulltext import index_cached_project, queue_cached_project
 
 log = logging.getLogger(__name__)
@@ -160,14 +160,11 @@ def cached_files(
         key: CachedFile(size, metadata if held else None, bool(is_sidecar) and bool(held))
         for key, size, metadata, is_sidecar, held in rows
     }
-    missing = [key for key in keys if key not in found]
-    for start in range(0, len(missing), 500):  # bounded IN lists
+    held = sorted(held_by(session, index_id, (key for key in keys if key not in found)))
+    for start in range(0, len(held), 500):  # bounded IN lists
         for key, size in session.execute(
-            select(MirrorHolding.sha256, MirrorBlob.size)
-            .join(MirrorBlob, MirrorBlob.sha256 == MirrorHolding.sha256)
-            .where(
-                MirrorHolding.index_id == index_id,
-                MirrorHolding.sha256.in_(missing[start : start + 500]),
+            select(MirrorBlob.sha256, MirrorBlob.size).where(
+                MirrorBlob.sha256.in_(held[start : start + 500])
             )
         ):
             found[key] = CachedFile(size, None, False)
