@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import socket
@@ -1052,3 +1053,28 @@ def test_fake_upstream_redirects_non_normalized_names_and_restarts_on_its_port()
             assert response.status == 200
 
     assert final_url == url + "demo-pkg/"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024-02-30T03:04:05Z",  # no such day
+        "2024-01-02T24:00:00Z",
+        "0000-01-02T03:04:05Z",
+        "2024-01-02T03:04:05.0000000Z",
+        "2024-01-02T03:04:05.999999Z",
+        "2024-01-02T03:04:05.000001Z",
+        "2024-01-02T03:04:05.100000Z",
+    ],
+)
+def test_an_upload_time_in_the_normal_form_is_checked_as_any_other(value):
+    """The normal form is taken as it is only when it is a real moment: the same answer as
+    parsing and formatting it again."""
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        expected = None
+    else:
+        fraction = f".{moment.microsecond:06d}" if moment.microsecond else ""
+        expected = moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+    assert normalize_upload_time(value) == expected

@@ -48,8 +48,8 @@ RETRY_AFTER_SECONDS = 30  # what a client is told when the upstream failed with 
 def _parse_time(value: str | None) -> dt.datetime | None:
     if not value:
         return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:  # stored times end in Z (UTC): read without it, they are naive UTC already
+        parsed = dt.datetime.fromisoformat(value[:-1] if value.endswith("Z") else value)
     except ValueError:
         return None
     if parsed.tzinfo is not None:
