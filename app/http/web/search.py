@@ -1,10 +1,8 @@
 """GET /+search: full-text search over every index the caller may read (app/services/search.py), as
 HTML with highlighted snippets or as JSON; `?query=` (devpi-web's name) works as `?q=`. And the
-hook that indexes what a request queued (app/services/fulltext.py) once its response is sent."""
+hook that has what a request queued (app/services/fulltext.py) indexed once its response is sent."""
 
 from __future__ import annotations
-
-import logging
 
 from flask import Response, current_app, jsonify, render_template, request
 
@@ -16,8 +14,6 @@ from app.services import fulltext
 from app.services.indexer import IdleIndexer
 from app.services.indexes import readable_index_ids
 from app.services.search import Hit, InvalidQuery, parse_query, search
-
-log = logging.getLogger(__name__)
 
 SEARCH_PAGE_SIZE = 50
 MAX_SEARCH_PAGE = 20  # 1,000 hits: past that, a narrower query finds it faster than paging
