@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_API_MAJOR = "1"  # PEP 629: refuse a major version we do not understand
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-# An upload time already in the form normalize_upload_time gives (no fraction of .000000).
-_CANONICAL_TIME = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.(?!0{6})[0-9]{6})?Z"
+# An upload time in UTC with Z and none or all six digits of its fraction: the form
+# normalize_upload_time gives (which drops a fraction of .000000).
+_NORMAL_TIME = re.compile(
+    r"(?P<seconds>[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?P<fraction>\.[0-9]{6})?Z"
 )
 # An absolute http(s) URL that urljoin and urldefrag give back as it is: no space or control
 # character, query, parameters or brackets; the fragment is all after the first "#".
@@ -155,12 +156,14 @@ def normalize_upload_time(value: object) -> str | None:
     """`YYYY-MM-DDTHH:MM:SS[.ffffff]Z` in UTC (PEP 700), or None; a value without offset is UTC."""
     if not isinstance(value, str) or not value.strip():
         return None
-    if _CANONICAL_TIME.fullmatch(value):  # as an index writes it: only its date needs a check
+    normal = _NORMAL_TIME.fullmatch(value)
+    if normal is not None:  # as an index writes it: only its date needs a check
         try:
             datetime.fromisoformat(value)
         except ValueError:
             return None
-        return value
+        fraction = normal["fraction"] or ".000000"
+        return value if fraction != ".000000" else f"{normal['seconds']}Z"
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
