@@ -130,10 +130,6 @@ def _upload_time(dist: Dist) -> str | None:
     return dist.upload_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # PEP 700: UTC with Z
 
 
-def _href(dist: Dist) -> str:
-    return f"{request.script_root}/{dist.path}"
-
-
 def _provenance_url(path: str) -> str:
     """PEP 740 asks for an absolute URL: PUBLIC_URL's when the operator set one, else a path on
     this server (a page naming the Host header it was asked with could not be stored once for
@@ -147,11 +143,12 @@ def detail_json(view: ProjectView) -> dict[str, Any]:
     files = []
     versions: dict[str, None] = {}
     has_all_sizes = True
+    root = request.script_root  # read once: a page may list 10,000 files
     for dist in view.dists:
         versions.setdefault(dist.version, None)
         entry: dict[str, Any] = {
             "filename": dist.filename,
-            "url": _href(dist),
+            "url": f"{root}/{dist.path}",
             "hashes": {"sha256": dist.sha256} if dist.sha256 else {},
             "requires-python": dist.requires_python,
             "yanked": dist.yanked,
@@ -207,8 +204,9 @@ def detail_html(view: ProjectView) -> str:
         "  <body>",
         f"    <h1>Links for {html.escape(view.name)}</h1>",
     ]
+    root = request.script_root  # read once: a page may list 10,000 files
     for dist in view.dists:
-        href = _href(dist) + (f"#sha256={dist.sha256}" if dist.sha256 else "")
+        href = f"{root}/{dist.path}" + (f"#sha256={dist.sha256}" if dist.sha256 else "")
         attrs = [f'href="{html.escape(href)}"']
         if dist.requires_python:
             attrs.append(f'data-requires-python="{html.escape(dist.requires_python)}"')
