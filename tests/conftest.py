@@ -71,6 +71,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+PORT_ATTEMPTS = 3  # a server whose port another process took starts again on a new one
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:
@@ -98,10 +101,21 @@ class LiveServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, **env: str) -> LiveServer:
-        """Start (or restart with changed env) and wait for /+status."""
+        """Start (or restart with changed env) and wait for /+status; on another port when
+        another process took this one between free_port() and the server's bind."""
         self.env.update(env)
+        for _attempt in range(PORT_ATTEMPTS):
+            if self._start_on_port():
+                return self
+            self.port = free_port()
+        raise RuntimeError(f"no free port in {PORT_ATTEMPTS} attempts:\n{self.log()}")
+
+    def _start_on_port(self) -> bool:
+        """Start on self.port and wait until it answers /+status: True; False when the port
+        was taken (by another test's server: its answers are not ours)."""
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - the server process owns it
+        started_at = log.tell()  # a restart appends: only what this start printed counts
         self.process = subprocess.Popen(
             [str(ROOT / "entrypoint.sh"), "serve"],
             cwd=ROOT,
@@ -118,15 +132,24 @@ class LiveServer:
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        listening = f"Listening at: http://127.0.0.1:{self.port} ("
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                printed = self.log(since=started_at)
+                # pyshelf's own check before it starts, or gunicorn's bind after it
+                if (
+                    "is already in use by another program" in printed
+                    or "Connection in use" in printed
+                ):
+                    return False
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.url + "/+status", timeout=2) as response:
-                    if response.status == 200:
-                        return self
+                    if response.status == 200 and listening in self.log(since=started_at):
+                        return True
             except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server did not answer within {START_TIMEOUT_SECONDS} s:\n{self.log()}")
 
@@ -141,9 +164,11 @@ class LiveServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
 
-    def log(self) -> str:
-        """Everything the server printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+    def log(self, since: int = 0) -> str:
+        """Everything the server printed so far (from byte `since` of its log)."""
+        if not self.log_path:
+            return ""
+        return self.log_path.read_bytes()[since:].decode(errors="replace")
 
     def worker_pids(self) -> list[int]:
         """The gunicorn worker processes (children of the master)."""
