@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
     from app.core.config import Settings
 
-# Flask, SQLAlchemy and the rest are imported in the functions below, not here: gunicorn's
-# master imports app.core.config (and so this package) for its settings, and never serves a request.
+# Flask, SQLAlchemy and the rest are imported in the functions below, not here: `pyshelf
+# healthcheck` and gunicorn's settings import app.core.config (and so this package) and need none.
 __version__ = "0.1.0"
 log = logging.getLogger(__name__)
 

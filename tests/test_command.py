@@ -4,6 +4,7 @@ checkout's `pyshelf`): help, version, quiet success, confirmations, where .env c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pty
 import re
@@ -187,6 +188,73 @@ def test_migrate_makes_the_schema_and_says_nothing(tmp_path: Path) -> None:
 
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     assert (tmp_path / "data" / "pyshelf.sqlite3").is_file()
+
+
+def test_serve_hands_its_own_process_to_gunicorn_before_prometheus_client_is_loaded(
+    tmp_path: Path,
+) -> None:
+    """`serve` becomes gunicorn's master in the process that prepared (its workers fork with the
+    imports done), with gunicorn's command line and environment; prometheus_client must not be
+    loaded by then, or it would pick its single-process mode before gunicorn_conf.py sets
+    PROMETHEUS_MULTIPROC_DIR, and each worker would count alone."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "pyshelf.env").write_text("ADMIN_USER=conf-admin\n", encoding="utf-8")
+    # gunicorn's application class, stood in for when `serve` imports it; gunicorn.config reads
+    # WEB_CONCURRENCY as it is imported (an empty one fails), so the environment must be fixed
+    # by then.
+    script = (
+        "import importlib.abc, importlib.util, json, os, sys\n"
+        "seen = {'pid': os.getpid()}\n"
+        "print(json.dumps(seen))\n"
+        "class WSGIApplication:\n"
+        "    def __init__(self, usage, prog):\n"
+        "        pass\n"
+        "    def run(self):\n"
+        "        seen.update(prometheus='prometheus_client' in sys.modules, argv=sys.argv,\n"
+        "                    pid=os.getpid(), env_file=os.environ.get('ENV_FILE'))\n"
+        "        print(json.dumps(seen))\n"
+        "        sys.exit(0)\n"
+        "class StandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'gunicorn.app.wsgiapp':\n"
+        "            return importlib.util.spec_from_loader(name, self)\n"
+        "    def create_module(self, spec):\n"
+        "        return None\n"
+        "    def exec_module(self, module):\n"
+        "        seen['web_concurrency'] = os.environ.get('WEB_CONCURRENCY', 'unset')\n"
+        "        module.WSGIApplication = WSGIApplication\n"
+        "sys.meta_path.insert(0, StandIn())\n"
+        "from app.cli import main\n"
+        "main(['serve'])\n"
+    )
+    env = clean_env(
+        DATA_DIR=str(tmp_path / "data"),
+        ADMIN_PASSWORD="admin-pw-1",
+        ENV_FILE="conf/pyshelf.env",
+        PORT=str(free_port()),
+        HOST="127.0.0.1",
+        WEB_CONCURRENCY="",
+        PYTHONPATH=str(ROOT),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    started, seen = (json.loads(line) for line in result.stdout.splitlines()[-2:])
+
+    assert result.returncode == 0, result.stderr
+    assert seen["pid"] == started["pid"]
+    assert seen["prometheus"] is False
+    assert Path(seen["argv"][0]).parts[-2:] == ("gunicorn", "__main__.py")
+    assert seen["argv"][1:] == ["--config", "python:app.http.gunicorn_conf", "app:create_app()"]
+    assert seen["env_file"] == str(tmp_path / "conf" / "pyshelf.env")  # absolute for gunicorn
+    assert seen["web_concurrency"] == "unset"  # when gunicorn is imported: it fails on ""
 
 
 # --- destructive commands ask ------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from app.core.config import Settings
-from app.core.locks import Locks, advisory_key
+from app.core.locks import Locks, _lock_engine, advisory_key
 from app.ops.prepare import migrate
 from tests import test_mirror
 from tests.operations import sha256
@@ -127,6 +128,22 @@ def test_advisory_keys_are_stable_and_distinct() -> None:
 
 
 @pytest.mark.empty_database
+def test_a_forked_process_gets_no_pooled_lock_connection_of_its_parent(tmp_path: Path) -> None:
+    """gunicorn's master took the schema lock while preparing, then forks its workers: a pooled
+    connection in both would be one database session used by two processes."""
+    engine = _lock_engine(f"sqlite:///{tmp_path / 'locks.sqlite3'}")
+    engine.connect().close()  # back into the pool, idle
+    assert engine.pool.checkedin() == 1
+
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit code only
+        os._exit(engine.pool.checkedin())
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert engine.pool.checkedin() == 0  # the parent's, closed
+
+
 def test_replicas_migrating_at_once_migrate_once(settings: Settings) -> None:
     """Two starts at the same moment on one database: both succeed, the schema is whole."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)

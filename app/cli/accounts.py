@@ -17,7 +17,6 @@ from app.core.config import Settings
 from app.core.dists import normalize_name
 from app.data.db import Database, begin_write
 from app.data.models import Index, MirrorPage, Token, User
-from app.http.auth import new_token_secret, token_hash
 from app.ops.prepare import find_user
 from app.services.indexes import get_index_by_path, resolution_order
 from app.services.indexes_config import IndexConfigError, apply_config, create_index, index_config
@@ -103,6 +102,10 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
     """token create USER: print a new API token (use it with username __token__)."""
+    # Here, not at the top: app.http.auth brings the mirror and its prometheus counters along,
+    # which `serve` must not load before it becomes gunicorn's master (app/ops/server.py).
+    from app.http.auth import new_token_secret, token_hash
+
     database = Database(settings.database_url)
     with database.session() as session:
         begin_write(session)

@@ -12,7 +12,7 @@ from app.core.config import ConfigError, Settings, env_file, mask_database_url, 
 from app.core.upstream import mask_url
 from app.data.db import Database, begin_write
 from app.ops.prepare import bootstrap, check_data_dir, clean_tmp, make_data_dir_private, migrate
-from app.ops.server import exec_gunicorn, healthcheck
+from app.ops.server import healthcheck, run_gunicorn
 from app.services import fulltext, pagecache
 
 log = logging.getLogger("pyshelf")
@@ -45,7 +45,7 @@ def cmd_prepare(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     """serve: prepare as `prepare` does, then become gunicorn (never returns)."""
     cmd_prepare(settings, args)
-    exec_gunicorn()
+    run_gunicorn()
 
 
 def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -441,17 +441,16 @@ def sources(environ: Mapping[str, str] | None = None) -> list[tuple[Setting, str
     return shown
 
 
-def server_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment `pyshelf serve` hands to gunicorn: ENV_FILE made absolute (the same file
-    whatever gunicorn's directory), and no empty WEB_CONCURRENCY (gunicorn reads it itself and
-    fails on an empty one, as compose passes .env.example's `WEB_CONCURRENCY=`)."""
-    env = dict(os.environ if environ is None else environ)
-    path = env_file(env)
+def set_server_environ(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Make the environment what gunicorn reads when `pyshelf serve` becomes it: ENV_FILE made
+    absolute (the same file whatever gunicorn's directory), and no empty WEB_CONCURRENCY
+    (gunicorn reads it itself and fails on an empty one, as compose passes .env.example's
+    `WEB_CONCURRENCY=`)."""
+    path = env_file(environ)
     if path is not None:
-        env["ENV_FILE"] = str(path)
-    if not env.get("WEB_CONCURRENCY", "").strip():
-        env.pop("WEB_CONCURRENCY", None)
-    return env
+        environ["ENV_FILE"] = str(path)
+    if not environ.get("WEB_CONCURRENCY", "").strip():
+        environ.pop("WEB_CONCURRENCY", None)
 
 
 def _problems_between(settings: Settings, bad: set[str], url: str) -> list[str]:

@@ -195,6 +195,17 @@ def _lock_engine(url: str) -> Engine:
         return engine
 
 
+def _close_idle_lock_connections() -> None:
+    """Before a fork: a pooled connection must not live on in two processes (gunicorn's master,
+    which took the schema lock while preparing, forks its workers; psycopg then fails with
+    `prepared statement "_pg3_0" already exists`). Connections of locks still held stay open."""
+    for engine in _engines.values():
+        engine.dispose()
+
+
+os.register_at_fork(before=_close_idle_lock_connections)
+
+
 class Locks:
     """Makes named locks: flock() files for SQLite, advisory locks for PostgreSQL."""
 

@@ -95,7 +95,9 @@ def post_worker_init(worker: Any) -> None:
 
 def child_exit(server: object, worker: Any) -> None:
     """A worker is gone: drop its live gauges (its counters keep counting in the sum)."""
-    from prometheus_client import multiprocess  # only here: the master imports no app code
+    # Only here: imported at the top, before PROMETHEUS_MULTIPROC_DIR is set above, it would
+    # pick its single-process mode for the workers the master forks.
+    from prometheus_client import multiprocess
 
     # prometheus_client leaves mark_process_dead unannotated.
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
-import os
+import gc
 import ssl
 import sys
 import urllib.request
+from pathlib import Path
 from typing import NoReturn
 
-from app.core.config import ConfigError, Settings, server_environ
+from app.core.config import ConfigError, Settings, set_server_environ
 
 GUNICORN_CONFIG = "python:app.http.gunicorn_conf"
 WSGI_APP = "app:create_app()"
+GUNICORN_ARGS = ["--config", GUNICORN_CONFIG, WSGI_APP]
 HEALTHCHECK_TIMEOUT_SECONDS = 4  # within the image's HEALTHCHECK --timeout=5s
 _ANY_ADDRESS = ("0.0.0.0", "::", "[::]", "")  # noqa: S104 - compared with, never bound
 
 
-def exec_gunicorn() -> NoReturn:
-    """Replace this process with gunicorn serving the app (its settings: app/http/gunicorn_conf.py),
-    so that signals from Docker or systemd reach gunicorn's master directly."""
-    argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONFIG, WSGI_APP]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, argv, server_environ())  # noqa: S606 - our own interpreter
+def run_gunicorn() -> NoReturn:
+    """Become gunicorn's master in this process, serving the app (its settings:
+    app/http/gunicorn_conf.py): signals from Docker or systemd reach it directly, and the workers
+    it forks start with what `prepare` imported (SQLAlchemy, the models: half a second each).
+
+    By then nothing may have imported prometheus_client: gunicorn_conf.py sets its
+    PROMETHEUS_MULTIPROC_DIR first (tests/test_command.py checks)."""
+    set_server_environ()
+    # Only now: gunicorn reads WEB_CONCURRENCY from the environment when it is imported.
+    import gunicorn
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    # The command line of `python -m gunicorn`: gunicorn parses it, and an upgrade by USR2
+    # executes it again (a new master in a new interpreter, as before).
+    sys.argv = [str(Path(gunicorn.__file__).with_name("__main__.py")), *GUNICORN_ARGS]
+    # What the master holds stays shared with its workers: the collector skips it from now on
+    # instead of touching (and so copying) every page of it in each worker.
+    gc.collect()
+    gc.freeze()
+    WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]", prog="gunicorn").run()
+    sys.exit(0)  # not reached: gunicorn exits itself when it stops
 
 
 def status_url(settings: Settings) -> str:
