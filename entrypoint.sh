@@ -1,7 +1,7 @@
 #!/bin/sh
 # `pyshelf` from a checkout or the image, where it is not installed (`pip install .` gives the
 # same command on PATH): entrypoint.sh ARGS = pyshelf ARGS, `serve` when none is given.
-#   entrypoint.sh [serve]        check DATA_DIR, migrate, bootstrap from env, exec gunicorn
+#   entrypoint.sh [serve]        check DATA_DIR, migrate, bootstrap from env, become gunicorn
 #   entrypoint.sh healthcheck    exit 0 when this server's /+status says 200 (Docker HEALTHCHECK)
 #   entrypoint.sh COMMAND ...    user, token, index, backup, restore, ... (pyshelf --help)
 # It stays in the directory it was started from: ./.env and a relative ENV_FILE or DATA_DIR

@@ -105,8 +105,9 @@ def test_published_package_installs_and_survives_a_restart(
     print(f"healthy after {server.wait_healthy():.1f} s")
     [password] = GENERATED_PASSWORD.findall(server.logs())  # no ADMIN_PASSWORD: generated
 
-    gunicorn = [(uid, args) for uid, args in server.processes() if "gunicorn" in args]
-    assert len(gunicorn) == 3, gunicorn  # the master and WEB_CONCURRENCY workers
+    # `serve` becomes gunicorn's master, which forks the workers (app/ops/server.py)
+    gunicorn = [(uid, args) for uid, args in server.processes() if args.endswith("-m app serve")]
+    assert len(gunicorn) == 3, server.processes()  # the master and WEB_CONCURRENCY workers
     assert {uid for uid, _ in gunicorn} == {str(IMAGE_UID)}
 
     upload = run_twine(
