@@ -122,3 +122,26 @@ def test_a_search_catches_up_within_its_budget() -> None:
     assert [(jobs, budget) for jobs, budget, _ in queue.calls] == [
         (DRAIN_MAX_JOBS, CATCH_UP_SECONDS)
     ]
+
+
+def test_one_search_of_a_worker_catches_up_at_a_time() -> None:
+    """Searches that arrive together do not each index (and read the same docs zip): the
+    others wait for the first, then find the queue empty."""
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def slow_drain(max_jobs: int, budget_seconds: float | None) -> int:
+        inside.append(1)
+        overlaps.append(len(inside))
+        time.sleep(0.2)
+        inside.pop()
+        return 0
+
+    indexer = IdleIndexer(slow_drain)
+    searches = [threading.Thread(target=indexer.catch_up) for _ in range(4)]
+    for search in searches:
+        search.start()
+    for search in searches:
+        search.join(timeout=DEADLINE_SECONDS)
+
+    assert overlaps == [1, 1, 1, 1]

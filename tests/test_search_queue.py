@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from app import create_app
 from app.core.config import Settings
@@ -136,3 +137,62 @@ def test_in_request_indexing_drains_before_the_response(client: Any) -> None:
 
     assert jobs(client) == 0
     assert names(client, "monotreme") == ["release:platypus"]
+
+
+def test_an_item_another_process_took_first_does_not_end_the_drain(
+    queued_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two drainers (a worker's indexer, a search) may pick the same first item: the one that
+    loses goes on with the next, so an indexer never stops with items still queued."""
+    upload(queued_client, "bandicoot", "1.0", description="Digging bandicoot notes.")
+    upload(queued_client, "bettong", "1.0", description="Hopping bettong notes.")
+    assert jobs(queued_client) == 2
+    database = queued_client.application.extensions["pyshelf.db"]
+    real_begin_write = fulltext.begin_write
+    taken: list[int] = []
+
+    def another_drainer_first(session: Any, **kwargs: Any) -> None:
+        if not taken:  # the other drainer indexes the first item just before this one's lock
+            with database.session() as other:
+                first = other.scalar(select(SearchJob.id).order_by(SearchJob.id).limit(1))
+                other.execute(delete(SearchJob).where(SearchJob.id == first))
+                other.commit()
+                taken.append(first)
+        real_begin_write(session, **kwargs)
+
+    monkeypatch.setattr(fulltext, "begin_write", another_drainer_first)
+
+    assert drain_some(queued_client, max_jobs=1) == 1
+
+    assert jobs(queued_client) == 0
+    assert len(taken) == 1
+
+
+def test_a_search_answers_when_the_write_lock_stays_busy(
+    queued_client: Any, monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """A search waits for the write lock only within its catch-up budget: a long writer
+    elsewhere leaves the queue to the worker's indexer, and the search answers with what is
+    indexed (no error)."""
+    if settings.database_url.startswith("postgresql"):
+        pytest.skip("holds SQLite's write lock from a second connection")
+    upload(queued_client, "numbat", "1.0", description="Termite eating numbat notes.")
+    monkeypatch.setattr(indexer, "CATCH_UP_SECONDS", 0.3)
+    writer = sqlite3.connect(settings.data_dir / "pyshelf.sqlite3", timeout=5)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+
+        assert names(queued_client, "termite") == []
+
+        assert jobs(queued_client) == 1
+    finally:
+        writer.rollback()
+        writer.close()
+    assert names(queued_client, "termite") == ["release:numbat"]
+
+
+def drain_some(client: Any, max_jobs: int) -> int:
+    app = client.application
+    return fulltext.drain(
+        app.extensions["pyshelf.db"], app.extensions["pyshelf.storage"], max_jobs=max_jobs
+    )

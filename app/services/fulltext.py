@@ -36,6 +36,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import and_, delete, event, func, inspect, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -287,13 +288,16 @@ def drain(
 ) -> int:
     """Index what is queued, oldest first, each item in a write transaction that deletes its
     jobs (two processes never index the same item twice); a doc set's zip is read and parsed
-    before the write lock. No item is started after `budget_seconds`. Return how many items
-    were indexed."""
-    done = 0
+    before the write lock. With `budget_seconds` (a search's catch-up), no item is started
+    after it and the write lock is waited for only until then (what is left stays queued).
+    Return how many items were indexed: 0 only when nothing was queued (or the budget ran
+    out), not for an item another process took first."""
+    done = lost = 0
     deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
     with database.session() as session:
-        for _ in range(max_jobs):
-            if deadline is not None and time.monotonic() > deadline:
+        while done < max_jobs and lost <= max_jobs:
+            left_ms = None if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if left_ms is not None and left_ms <= 0:
                 break
             job = session.execute(
                 select(SearchJob.id, SearchJob.kind, SearchJob.target_id)
@@ -304,10 +308,18 @@ def drain(
                 break
             job_id, kind, target_id = job
             pages = _docset_pages(session, blobs, target_id) if kind == "docset" else None
-            begin_write(session)
+            try:
+                begin_write(session, wait_ms=left_ms)
+            except OperationalError:
+                if left_ms is None:
+                    raise
+                session.rollback()
+                log.info("search queue: the write lock stayed busy; left to the indexer")
+                break
             session.expire_all()  # read what the write lock now protects
             if session.scalar(select(SearchJob.id).where(SearchJob.id == job_id)) is None:
-                session.rollback()  # another process indexed it meanwhile
+                session.rollback()  # another process indexed it meanwhile: the queue is shorter
+                lost += 1
                 continue
             session.execute(
                 delete(SearchJob).where(SearchJob.kind == kind, SearchJob.target_id == target_id)

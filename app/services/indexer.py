@@ -9,6 +9,11 @@ MAX_WAIT_SECONDS under steady load, and then indexes one item at a time, waiting
 items. A search indexes what is still queued before it looks (app/http/web/search.py), so it
 finds everything queued before it. Without a thread (a server other than pyshelf's worker, the
 tests' client), `wake()` indexes at once, in the caller's thread.
+
+What counts as a request: one a thread answers, from its start to its last byte; one answered
+on the event loop (app/http/loop.py) and a body still being read count when they end. A worker
+that stops (a restart, max_requests) leaves what it had not indexed queued: the next wake of
+any worker, a search or the next start indexes it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class IdleIndexer:
         self.active_at = time.monotonic()
         self.woken = threading.Event()
         self.thread: threading.Thread | None = None
+        self.catching_up = threading.Lock()
 
     def start(self) -> None:
         """Start the indexer thread (a server worker, once it serves: never before a fork)."""
@@ -69,8 +75,15 @@ class IdleIndexer:
 
     def catch_up(self) -> None:
         """Before a search: index what is still queued, in this thread, for at most
-        CATCH_UP_SECONDS (a backlog past that is left to the indexer thread)."""
-        self._drain(DRAIN_MAX_JOBS, CATCH_UP_SECONDS)
+        CATCH_UP_SECONDS (a backlog past that, or a write lock busy that long, is left to the
+        indexer thread). One search of this worker at a time does it: the others wait for it
+        (within the same bound), so that they do not all read the same docs zip."""
+        if not self.catching_up.acquire(timeout=CATCH_UP_SECONDS):
+            return
+        try:
+            self._drain(DRAIN_MAX_JOBS, CATCH_UP_SECONDS)
+        finally:
+            self.catching_up.release()
 
     def _run(self) -> None:
         while True:

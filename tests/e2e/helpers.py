@@ -39,13 +39,16 @@ ACCEPT_UV = (
 ACCEPT_POETRY = "application/vnd.pypi.simple.v1+json, */*;q=0.1"
 ADMIN = ("admin", ADMIN_PASSWORD)
 CLI_TIMEOUT_SECONDS = 60
-# A server indexes what a response queued for search just after sending it (docs/search.md).
+# A server's workers index what requests queued for search once they are idle, a search
+# indexes what is still queued first (docs/search.md): what a probe reads without a search
+# (the database) may lag.
 INDEXING_WAIT_SECONDS = 10
 
 
 def settles_to(probe: Callable[[], Any], expected: Any) -> None:
     """Assert `probe()` returns `expected` within INDEXING_WAIT_SECONDS (polled every 0.1 s):
-    a search right after an upload or a stored mirror page may run before it is indexed."""
+    for what may lag behind the requests that caused it (the search index read directly, a
+    page cached by another worker)."""
     deadline = time.monotonic() + INDEXING_WAIT_SECONDS
     while (value := probe()) != expected and time.monotonic() < deadline:
         time.sleep(0.1)

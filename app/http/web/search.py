@@ -53,6 +53,10 @@ def search_page() -> Response | str:
         )
     hits: list[Hit] = []
     if query:
+        try:
+            parsed = parse_query(query)
+        except InvalidQuery as exc:
+            raise HTTPError(400, str(exc)) from None
         # What is still queued is indexed first: a search finds all that was queued before it.
         indexer: IdleIndexer = current_app.extensions["pyshelf.indexer"]
         indexer.catch_up()
@@ -60,7 +64,7 @@ def search_page() -> Response | str:
         try:
             hits = search(
                 session,
-                parse_query(query),
+                parsed,
                 limit=SEARCH_PAGE_SIZE + 1,
                 offset=(page - 1) * SEARCH_PAGE_SIZE,
                 index_ids=readable_index_ids(session, current_reader()),
