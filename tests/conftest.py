@@ -72,6 +72,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 PORT_ATTEMPTS = 3  # a server whose port another process took starts again on a new one
+SCHEMES = ("http", "https")  # how gunicorn names the address it listens at (TLS_CERT: https)
 
 
 def free_port() -> int:
@@ -132,7 +133,7 @@ class LiveServer:
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        listening = f"Listening at: http://127.0.0.1:{self.port} ("
+        listening = [f"Listening at: {scheme}://127.0.0.1:{self.port} (" for scheme in SCHEMES]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 printed = self.log(since=started_at)
@@ -145,7 +146,8 @@ class LiveServer:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.url + "/+status", timeout=2) as response:
-                    if response.status == 200 and listening in self.log(since=started_at):
+                    printed = self.log(since=started_at)
+                    if response.status == 200 and any(line in printed for line in listening):
                         return True
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass

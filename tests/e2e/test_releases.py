@@ -28,7 +28,7 @@ from app.data.models import (
 )
 from tests.builders import make_wheel
 from tests.conftest import LiveServer, basic_auth, clean_env
-from tests.e2e.helpers import ADMIN, MIME_JSON, api, cli, raw_upload, simple_json
+from tests.e2e.helpers import ADMIN, MIME_JSON, api, cli, raw_upload, settles_to, simple_json
 from tests.web.helpers import CSRF_RE
 
 pytestmark = pytest.mark.e2e
@@ -127,7 +127,11 @@ def test_deleting_a_stage_leaves_the_same_state_through_each_surface(
     assert simple_json(server, path, project)["files"]  # the page is built and cached
     index_id = _count(server, select(Index.id).where(Index.name == path.split("/")[1]))
     assert _count(server, select(func.count()).where(CachedPage.index_path == path)) > 0
-    assert _count(server, select(func.count()).where(SearchDocument.index_id == index_id)) > 0
+    # The worker indexes the upload once it has no requests (app/services/indexer.py).
+    settles_to(
+        lambda: _count(server, select(func.count()).where(SearchDocument.index_id == index_id)) > 0,
+        True,
+    )
 
     _delete_index(server, surface, path)
 
