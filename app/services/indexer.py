@@ -10,8 +10,9 @@ items. A search indexes what is still queued before it looks (app/http/web/searc
 finds everything queued before it. Without a thread (a server other than pyshelf's worker, the
 tests' client), `wake()` indexes at once, in the caller's thread.
 
-What counts as a request: one a thread answers, from its start to its last byte; one answered
-on the event loop (app/http/loop.py) and a body still being read count when they end. A worker
+What counts as activity: a request a thread answers, when it starts and when its last byte is
+sent; one answered on the event loop (app/http/loop.py) when it ends. A long request in between
+(a large download) does not hold the indexer back; the GIL is then shared with it. A worker
 that stops (a restart, max_requests) leaves what it had not indexed queued: the next wake of
 any worker, a search or the next start indexes it.
 """
